@@ -1,0 +1,44 @@
+# dicom-archive: `make run` starts the archive with embedded defaults; `make test` runs everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run install system-deps services services-stop test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dicom-archive serve
+
+system-deps:
+	bash scripts/system-deps.sh
+
+services: $(STAMP)
+	bash scripts/services.sh start
+
+services-stop:
+	bash scripts/services.sh stop
+
+lint: $(STAMP)
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: $(STAMP) system-deps services lint
+	$(BIN)/pytest -q -rs --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" tests/unit
+
+bench: $(STAMP) system-deps services
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf archive-data .pytest_cache

@@ -1,0 +1,241 @@
+"""Free-text search index in SQLite FTS5 (the embedded default).
+
+``search_docs`` holds one row per instance (SOP Instance UID unique, the
+flattened fields as JSON); ``search_fts`` is a plain FTS5 table over the text
+whose rowid is the row's rowid, so a document is replaced by rowid in the same
+transaction and no old term survives. (A contentless-delete table would save
+the stored copy of the text but needs SQLite >= 3.43.)
+
+One connection in one writer thread does every write; readers use their own
+connections on a small pool. WAL lets readers run while the writer commits.
+User text never reaches the MATCH grammar raw: it is cut into terms, each
+quoted as an FTS5 string, and the terms are ANDed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from archive.adapters._executor import Blocking
+from archive.core.errors import BackendUnavailable
+from archive.core.models import SearchDocument
+from archive.core.ports import SearchHit
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MAX_TERMS = 32  # more terms than this in one query are ignored
+_HAS_TOKEN = re.compile(r"[^\W_]")  # a chunk without a letter or digit has no FTS5 token
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS search_schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS search_docs (
+    rowid INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    fields TEXT NOT NULL CHECK (json_valid(fields)),
+    indexed_at REAL NOT NULL
+)""",
+    """CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
+    text, tokenize = 'unicode61 remove_diacritics 2'
+)""",
+)
+
+_UPSERT_DOC = """
+INSERT INTO search_docs (sop_instance_uid, study_uid, series_uid, fields, indexed_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (sop_instance_uid) DO UPDATE SET
+    study_uid = excluded.study_uid, series_uid = excluded.series_uid,
+    fields = excluded.fields, indexed_at = excluded.indexed_at
+RETURNING rowid
+"""
+
+_SEARCH = """
+SELECT d.sop_instance_uid, d.study_uid, d.series_uid, bm25(search_fts) AS bm25
+FROM search_fts JOIN search_docs AS d ON d.rowid = search_fts.rowid
+WHERE search_fts MATCH ?
+ORDER BY bm25
+LIMIT ?
+"""
+
+
+def match_expression(text: str) -> str | None:
+    """An FTS5 MATCH expression for user ``text``: quoted terms, ANDed.
+
+    Terms split on whitespace; each becomes an FTS5 string (``"..."`` with ``"``
+    doubled), so operators, column filters and parentheses in the input are
+    plain text. A trailing ``*`` makes the term a prefix query. Returns None
+    when the text has no searchable term.
+    """
+    parts: list[str] = []
+    for chunk in text.split()[:MAX_TERMS]:
+        prefix = chunk.endswith("*")
+        chunk = chunk.rstrip("*")
+        if not _HAS_TOKEN.search(chunk):
+            continue
+        quoted = '"' + chunk.replace('"', '""') + '"'
+        parts.append(quoted + ("*" if prefix else ""))
+    return " AND ".join(parts) if parts else None
+
+
+class Fts5Search:
+    name = "fts5-search"
+
+    def __init__(self, path: Path, *, page_size: int = 1000, readers: int = 4) -> None:
+        self.path = Path(path)
+        self.page_size = page_size
+        self._writer = Blocking("fts5-write", workers=1)
+        self._readers = Blocking("fts5-read", workers=readers)
+        self._write_conn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # connections (each used only by the thread that opened it)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendUnavailable("search", f"cannot open {self.path}: {exc}") from exc
+        return conn
+
+    def _w(self) -> sqlite3.Connection:
+        if self._write_conn is None:
+            self._write_conn = self._connect()
+        return self._write_conn
+
+    def _r(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._read_conns.append(conn)
+        return conn
+
+    # Backend
+
+    def _migrate(self) -> None:
+        conn = self._w()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            row = conn.execute("SELECT max(version) FROM search_schema_version").fetchone()
+            current = row[0] or 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(f"search schema {current} is newer than this code ({SCHEMA_VERSION})")
+            if current < SCHEMA_VERSION:
+                conn.execute("DELETE FROM search_schema_version")
+                conn.execute("INSERT INTO search_schema_version VALUES (?)", (SCHEMA_VERSION,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def migrate(self) -> None:
+        await self._writer.run(self._migrate)
+
+    def _ping(self) -> None:
+        try:
+            self._r().execute("SELECT 1 FROM search_docs LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise BackendUnavailable("search", str(exc)) from exc
+
+    async def ping(self) -> None:
+        await self._readers.run(self._ping)
+
+    def _close_writer(self) -> None:
+        if self._write_conn is not None:
+            self._write_conn.close()
+            self._write_conn = None
+
+    async def close(self) -> None:
+        await self._writer.run(self._close_writer)
+        self._writer.shutdown()
+        self._readers.shutdown()
+        with self._lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+
+    # SearchIndex
+
+    def _upsert(self, documents: Sequence[SearchDocument]) -> None:
+        conn = self._w()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # locked beyond busy_timeout, disk gone
+            raise BackendUnavailable("search", str(exc)) from exc
+        try:
+            for doc in documents:
+                (rowid,) = conn.execute(
+                    _UPSERT_DOC,
+                    (
+                        doc.sop_instance_uid,
+                        doc.study_uid,
+                        doc.series_uid,
+                        json.dumps(doc.fields, ensure_ascii=False, separators=(",", ":")),
+                        doc.indexed_at,
+                    ),
+                ).fetchone()
+                # FTS5 honours OR REPLACE on rowid: the old terms go with the old row.
+                conn.execute("INSERT OR REPLACE INTO search_fts (rowid, text) VALUES (?, ?)", (rowid, doc.text))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.debug("search upsert: %d documents", len(documents))
+
+    async def upsert(self, documents: Sequence[SearchDocument]) -> None:
+        if documents:
+            await self._writer.run(self._upsert, list(documents))
+
+    def _search(self, expression: str, limit: int) -> list[SearchHit]:
+        rows = self._r().execute(_SEARCH, (expression, limit)).fetchall()
+        # bm25() is lower for better matches; a hit's score is higher for better.
+        return [SearchHit(uid, study, series, -float(rank)) for uid, study, series, rank in rows]
+
+    async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
+        expression = match_expression(text)
+        if expression is None or limit <= 0:
+            return []
+        return await self._readers.run(self._search, expression, limit)
+
+    def _count(self) -> int:
+        return int(self._r().execute("SELECT count(*) FROM search_docs").fetchone()[0])
+
+    async def count(self) -> int:
+        return await self._readers.run(self._count)
+
+    def _page(self, after: str, size: int) -> list[str]:
+        rows = self._r().execute(
+            "SELECT sop_instance_uid FROM search_docs WHERE sop_instance_uid > ? "
+            "ORDER BY sop_instance_uid LIMIT ?",
+            (after, size),
+        ).fetchall()
+        return [uid for (uid,) in rows]
+
+    async def ids(self) -> AsyncIterator[str]:
+        """Every indexed SOP Instance UID, in UID order, one page at a time."""
+        after = ""
+        while True:
+            page = await self._readers.run(self._page, after, self.page_size)
+            for uid in page:
+                yield uid
+            if len(page) < self.page_size:
+                return
+            after = page[-1]

@@ -1,0 +1,255 @@
+"""Free-text search index in OpenSearch (the distributed adapter).
+
+One document per instance, ``_id`` = SOP Instance UID. The mapping is fixed
+and strict so that thousands of distinct tags (private ones included) never
+grow it: the flattened attributes live in one ``flat_object`` field (OpenSearch
+>= 2.7), which indexes every leaf as a keyword under its path, so an exact
+filter on any attribute is a term query (``fields.PatientID``,
+``fields.ContentSequence.TextValue``, ``fields.00091001``) while the mapping
+stays at a handful of fields. ``text`` carries every value for full text,
+folded (lowercase + ASCII folding) so "muller" finds "Müller".
+
+Writes use ``refresh=wait_for``: a document is searchable when ``upsert``
+returns (read-your-writes), at the cost of waiting up to one refresh interval.
+User text is only ever given to ``simple_query_string`` with the PREFIX and
+WHITESPACE operators enabled, so input cannot inject query syntax.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
+
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
+from opensearchpy.exceptions import RequestError, TransportError
+
+from archive.core.errors import ArchiveError, BackendUnavailable
+from archive.core.models import SearchDocument
+from archive.core.ports import SearchHit
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window default
+# flat_object indexes "path=value" as one Lucene term (at most 32,766 bytes);
+# exact filters on longer values are not useful, full text keeps them whole.
+MAX_FIELD_VALUE_CHARS = 1024
+_HAS_TOKEN = re.compile(r"[^\W_]")
+
+_ANALYSIS = {
+    "analyzer": {
+        "folded": {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]},
+    }
+}
+
+MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "_meta": {"schema_version": SCHEMA_VERSION},
+    # The object store is the source of truth: the text is indexed, not stored twice.
+    "_source": {"excludes": ["text"]},
+    "properties": {
+        "sop_instance_uid": {"type": "keyword"},
+        "study_uid": {"type": "keyword"},
+        "series_uid": {"type": "keyword"},
+        "indexed_at": {"type": "date", "format": "epoch_millis"},
+        "text": {"type": "text", "analyzer": "folded"},
+        "fields": {"type": "flat_object"},
+    },
+}
+
+
+class SearchWriteRejected(ArchiveError):
+    """OpenSearch refused some documents of a bulk write (a permanent, per-document error)."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        sample = "; ".join(f"{uid}: {reason}" for uid, reason in list(failures.items())[:3])
+        super().__init__(f"search index rejected {len(failures)} document(s): {sample}")
+        self.failures = failures
+
+
+def _transient(status: object) -> bool:
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def _source(doc: SearchDocument) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": doc.sop_instance_uid,
+        "study_uid": doc.study_uid,
+        "series_uid": doc.series_uid,
+        "indexed_at": int(doc.indexed_at * 1000),
+        "text": doc.text,
+        "fields": {k: [v[:MAX_FIELD_VALUE_CHARS] for v in vs] for k, vs in doc.fields.items()},
+    }
+
+
+class OpenSearchIndex:
+    name = "opensearch"
+
+    def __init__(
+        self,
+        url: str,
+        index: str = "archive-instances",
+        *,
+        page_size: int = 1000,
+        shards: int = 1,
+        refresh_interval: str = "1s",
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.index = index
+        self.template = f"{index}-template"
+        self.page_size = page_size
+        self.shards = shards
+        self.refresh_interval = refresh_interval
+        self._client = AsyncOpenSearch(
+            hosts=[url], timeout=timeout, max_retries=2, retry_on_timeout=True, http_compress=True
+        )
+
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        """Await a client call; unreachable, timed out, overloaded or 5xx -> BackendUnavailable."""
+        try:
+            return await call
+        except OSConnectionError as exc:  # includes ConnectionTimeout
+            raise BackendUnavailable("search", f"{what}: {exc}") from exc
+        except TransportError as exc:
+            if _transient(exc.status_code):
+                raise BackendUnavailable("search", f"{what}: {exc}") from exc
+            raise
+
+    # Backend
+
+    def _template_body(self) -> dict[str, Any]:
+        settings = {
+            "index": {
+                "number_of_shards": self.shards,
+                "auto_expand_replicas": "0-1",  # no replica on one node, one on a cluster
+                "refresh_interval": self.refresh_interval,
+                "mapping.total_fields.limit": 100,  # the strict mapping needs ~10
+                "max_result_window": MAX_RESULT_WINDOW,
+            },
+            "analysis": _ANALYSIS,
+        }
+        return {
+            "index_patterns": [self.index, f"{self.index}-*"],
+            "priority": 100,
+            "template": {"settings": settings, "mappings": MAPPINGS},
+            "_meta": {"schema_version": SCHEMA_VERSION, "owner": "dicom-archive"},
+        }
+
+    async def migrate(self) -> None:
+        """Put the composable index template and create the index when missing (idempotent)."""
+        await self._call(
+            "put template",
+            self._client.indices.put_index_template(name=self.template, body=self._template_body()),
+        )
+        if await self._call("index exists", self._client.indices.exists(index=self.index)):
+            return
+        try:
+            await self._call("create index", self._client.indices.create(index=self.index))
+            log.info("search index %s created", self.index)
+        except RequestError as exc:  # another replica created it in the meantime
+            if "resource_already_exists_exception" not in str(exc.error):
+                raise
+
+    async def drop(self) -> None:
+        """Delete the index and its template (tests, and rebuilding from scratch)."""
+        await self._call("delete index", self._client.indices.delete(index=self.index, ignore_unavailable=True))
+        await self._call(
+            "delete template", self._client.indices.delete_index_template(name=self.template, ignore=[404])
+        )
+
+    async def ping(self) -> None:
+        health = await self._call("cluster health", self._client.cluster.health())
+        if health.get("status") == "red":
+            raise BackendUnavailable("search", "cluster health is red")
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    # SearchIndex
+
+    async def upsert(self, documents: Sequence[SearchDocument]) -> None:
+        if not documents:
+            return
+        body: list[dict[str, Any]] = []
+        for doc in documents:
+            body.append({"index": {"_index": self.index, "_id": doc.sop_instance_uid}})
+            body.append(_source(doc))
+        result = await self._call(
+            "bulk", self._client.bulk(body=body, refresh="wait_for", filter_path="errors,items.*.error,items.*._id,items.*.status")
+        )
+        if not result.get("errors"):
+            log.debug("search upsert: %d documents into %s", len(documents), self.index)
+            return
+        failures: dict[str, str] = {}
+        transient = True
+        for item in result.get("items", []):
+            outcome = next(iter(item.values()))
+            if "error" not in outcome:
+                continue
+            error = outcome["error"]
+            reason = f"{error.get('type')}: {error.get('reason')}" if isinstance(error, dict) else str(error)
+            failures[str(outcome.get("_id"))] = reason
+            transient = transient and _transient(outcome.get("status"))
+        if transient:  # every failure is back-pressure or a node problem: retry the batch later
+            raise BackendUnavailable("search", f"bulk: {len(failures)} document(s) failed: {next(iter(failures.values()))}")
+        raise SearchWriteRejected(failures)
+
+    async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
+        terms = [t for t in text.split() if _HAS_TOKEN.search(t)]
+        if not terms or limit <= 0:
+            return []
+        body = {
+            "query": {
+                "simple_query_string": {
+                    "query": " ".join(terms),
+                    "fields": ["text"],
+                    "default_operator": "and",
+                    "flags": "PREFIX|WHITESPACE",  # a trailing * only; no +, -, |, quotes, ~, ()
+                    "analyze_wildcard": True,  # fold prefixes too: "müll*" finds "Muller"
+                }
+            },
+            "_source": ["study_uid", "series_uid"],
+            "size": min(limit, MAX_RESULT_WINDOW),
+            "track_total_hits": False,
+        }
+        result = await self._call("search", self._client.search(index=self.index, body=body))
+        return [
+            SearchHit(
+                sop_instance_uid=hit["_id"],
+                study_uid=hit["_source"]["study_uid"],
+                series_uid=hit["_source"]["series_uid"],
+                score=float(hit["_score"]),
+            )
+            for hit in result["hits"]["hits"]
+        ]
+
+    async def count(self) -> int:
+        result = await self._call("count", self._client.count(index=self.index))
+        return int(result["count"])
+
+    async def ids(self) -> AsyncIterator[str]:
+        """Every indexed SOP Instance UID, in UID order, one page at a time (search_after)."""
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {
+                "query": {"match_all": {}},
+                "sort": [{"sop_instance_uid": "asc"}],
+                "_source": False,
+                "size": self.page_size,
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            result = await self._call("ids", self._client.search(index=self.index, body=body))
+            hits = result["hits"]["hits"]
+            for hit in hits:
+                yield hit["_id"]
+            if len(hits) < self.page_size:
+                return
+            after = hits[-1]["sort"]

@@ -1,0 +1,147 @@
+"""The ``dicom-archive`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from archive import logs
+from archive.core.errors import ArchiveError, ConfigError
+from archive.settings import SETTINGS, Settings
+
+EPILOG = "Settings come from ARCHIVE_* environment variables:\n" + "\n".join(
+    f"  {s.env:<26} {s.help} (default: {s.default or 'unset'})" for s in SETTINGS
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-archive",
+        description="A DICOM archive: receive, store, index, search.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
+
+    serve = add("serve", "run every role in one command (embedded defaults)",
+                "Run the DICOM receiver, the indexer and the query service in one process, "
+                "on the embedded backends unless ARCHIVE_* URLs point elsewhere. Creates what "
+                "the backends need on start.")
+    serve.add_argument("--data-dir", type=Path, help="where embedded backends keep files (ARCHIVE_DATA_DIR)")
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (ARCHIVE_DICOM_PORT)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (ARCHIVE_HTTP_PORT)")
+    serve.add_argument("--aet", help="our AE title (ARCHIVE_AET)")
+    serve.add_argument("--workers", type=int, help="SCP processes sharing the DICOM port (ARCHIVE_WORKERS)")
+
+    scp = add("scp", "run the stateless C-STORE receiver",
+              "Receive C-ECHO and C-STORE; store each instance durably in the object store and "
+              "queue it for indexing before answering Success. Serves /healthz, /readyz, /metrics "
+              "on the HTTP port.")
+    scp.add_argument("--workers", type=int, help="processes sharing the DICOM port via SO_REUSEPORT")
+    scp.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
+
+    add("indexer", "run the indexer",
+        "Consume index messages; write the catalog and the search index; acknowledge after both. "
+        "Serves /healthz, /readyz, /metrics on the HTTP port.")
+    add("query", "run the query service",
+        "Serve QIDO-RS under /dicom-web plus /healthz, /readyz, /metrics on the HTTP port.")
+    add("migrate", "create or upgrade schema, index template, bucket and queues",
+        "Create or upgrade everything the configured backends need: catalog schema, search "
+        "index template, bucket, queues and dead-letter queue. Idempotent.")
+    verify = add("verify", "check that object store, catalog and search index agree",
+                 "Count instances in the object store, the catalog and the search index and list "
+                 "discrepancies (missing, orphaned, checksum mismatches). Exit status 0 only when "
+                 "all three agree.")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--deep", action="store_true", help="re-hash every object instead of trusting recorded checksums")
+    verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "data_dir": getattr(args, "data_dir", None),
+        "dicom_port": getattr(args, "dicom_port", None),
+        "http_port": getattr(args, "http_port", None),
+        "aet": getattr(args, "aet", None),
+        "workers": getattr(args, "workers", None),
+    }
+    return Settings.from_env(**overrides)
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.compose import Backends
+    from archive.ops.verify import verify
+
+    async def go() -> int:
+        backends = Backends.from_settings(settings)
+        try:
+            await backends.migrate()
+            report = await verify(backends.store, backends.catalog, backends.search, deep=args.deep,
+                                  queue=backends.queue if args.repair else None)
+        finally:
+            await backends.close()
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            print(f"objects:           {report.objects}")
+            print(f"catalog instances: {report.catalog_instances}")
+            print(f"search documents:  {report.search_documents}")
+            for kind, count in report.counts.items():
+                if count:
+                    print(f"{kind}: {count} (e.g. {', '.join(getattr(report, kind)[:5])})")
+            if args.repair:
+                print(f"re-queued orphaned objects: {report.repaired}")
+            print("consistent" if report.consistent else "INCONSISTENT")
+        return 0 if report.consistent else 1
+
+    return asyncio.run(go())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"dicom-archive: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.log_format)
+    from archive import runtime
+
+    try:
+        if args.command == "serve":
+            asyncio.run(runtime.run(settings, scp=True, indexer=True, query=True))
+        elif args.command == "scp":
+            child = bool(args.worker_child)
+            asyncio.run(runtime.run(settings, scp=True, indexer=False, query=False, http=not child,
+                                    reuse_port=child, spawn_workers=not child))
+        elif args.command == "indexer":
+            asyncio.run(runtime.run(settings, scp=False, indexer=True, query=False))
+        elif args.command == "query":
+            asyncio.run(runtime.run(settings, scp=False, indexer=False, query=True))
+        elif args.command == "migrate":
+            asyncio.run(runtime.migrate(settings))
+            print("migrated")
+        elif args.command == "verify":
+            return _verify(settings, args)
+    except ConfigError as exc:
+        print(f"dicom-archive: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ArchiveError as exc:
+        print(f"dicom-archive: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

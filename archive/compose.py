@@ -1,0 +1,96 @@
+"""The composition root: settings -> adapters. The only module that knows them all."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from archive.core.ports import Backend, Catalog, MessageQueue, ObjectStore, SearchIndex
+from archive.settings import Settings
+
+
+def _sqlite_path(url: str) -> Path:
+    # sqlite:///abs/path -> /abs/path ; sqlite://relative/path -> relative/path
+    rest = url.split("://", 1)[1]
+    return Path(rest)
+
+
+def object_store(settings: Settings) -> ObjectStore:
+    url = settings.object_store
+    if url.startswith("file://"):
+        from archive.adapters.filesystem_store import FilesystemStore
+
+        return FilesystemStore(Path(url[len("file://"):]), fsync=settings.fsync)
+    from archive.adapters.s3_store import S3Store
+
+    parts = urlsplit(url)
+    options = parse_qs(parts.query)
+    return S3Store(
+        parts.netloc,
+        parts.path.strip("/"),
+        settings.s3_access_key,
+        settings.s3_secret_key,
+        secure=options.get("secure", ["false"])[0].lower() == "true",
+        region=options.get("region", [None])[0],
+    )
+
+
+def message_queue(settings: Settings) -> MessageQueue:
+    url = settings.queue
+    if url.startswith("sqlite://"):
+        from archive.adapters.sqlite_queue import SqliteQueue
+
+        return SqliteQueue(_sqlite_path(url), delivery_limit=settings.delivery_limit)
+    from archive.adapters.amqp_queue import AmqpQueue
+
+    return AmqpQueue(url, queue=settings.queue_name, delivery_limit=settings.delivery_limit,
+                     prefetch=settings.indexer_prefetch)
+
+
+def catalog(settings: Settings) -> Catalog:
+    url = settings.catalog
+    if url.startswith("sqlite://"):
+        from archive.adapters.sqlite_catalog import SqliteCatalog
+
+        return SqliteCatalog(_sqlite_path(url))
+    from archive.adapters.postgres_catalog import PostgresCatalog
+
+    return PostgresCatalog(url.replace("postgres://", "postgresql://", 1))
+
+
+def search_index(settings: Settings) -> SearchIndex:
+    url = settings.search
+    if url.startswith("sqlite://"):
+        from archive.adapters.fts5_search import Fts5Search
+
+        return Fts5Search(_sqlite_path(url))
+    from archive.adapters.opensearch_search import OpenSearchIndex
+
+    return OpenSearchIndex(url, index=settings.search_index)
+
+
+@dataclass
+class Backends:
+    store: ObjectStore
+    queue: MessageQueue
+    catalog: Catalog
+    search: SearchIndex
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Backends":
+        for url in (settings.queue, settings.catalog, settings.search):
+            if url.startswith("sqlite://"):
+                _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
+        return cls(object_store(settings), message_queue(settings), catalog(settings), search_index(settings))
+
+    def all(self) -> list[Backend]:
+        return [self.store, self.queue, self.catalog, self.search]
+
+    async def migrate(self) -> None:
+        for backend in self.all():
+            await backend.migrate()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self.all()), return_exceptions=True)

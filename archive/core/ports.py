@@ -1,0 +1,129 @@
+"""Ports: the small interfaces every backend adapter implements.
+
+Each has an embedded default (filesystem, SQLite, FTS5) and a distributed
+adapter (S3/MinIO, RabbitMQ, PostgreSQL, OpenSearch); the same contract tests
+run against both. Capabilities are data, not extra methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from archive.core.models import DicomJson, ObjectInfo, Payload, PutResult, SearchDocument
+from archive.core.query import Query
+from archive.core.records import CatalogEntry, CatalogInstance
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every adapter offers for start-up and readiness."""
+
+    name: str  # "filesystem", "s3", "sqlite-queue", "amqp", ... (for logs and /readyz)
+
+    async def migrate(self) -> None:
+        """Create or upgrade what the backend needs (idempotent)."""
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the backend answers now."""
+
+    async def close(self) -> None: ...
+
+
+class ObjectStore(Backend, Protocol):
+    async def put(self, key: str, payload: Payload, *, if_absent: bool = True) -> PutResult:
+        """Store durably. With ``if_absent`` an existing object is kept and reported."""
+
+    async def head(self, key: str) -> ObjectInfo | None: ...
+
+    def get(self, key: str) -> AsyncIterator[bytes]:
+        """Stream the object's bytes; raises ObjectNotFound."""
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object under ``prefix`` (checksums where the store keeps them)."""
+
+
+class Delivery(Protocol):
+    """One message handed to a consumer; settled exactly once."""
+
+    body: bytes
+    delivery_count: int  # 1 on first delivery
+
+    async def ack(self) -> None:
+        """Done: remove the message for good."""
+
+    async def retry(self, delay: float) -> None:
+        """Give the message back for a later delivery (counts towards the limit)."""
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    ready: int  # waiting or in flight
+    dead: int  # in the dead-letter queue
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    body: bytes
+    delivery_count: int
+    reason: str
+
+
+class MessageQueue(Backend, Protocol):
+    """At-least-once queue of index messages with a dead-letter queue.
+
+    A message delivered ``delivery_limit`` times without an ack is moved to the
+    dead-letter queue instead of being delivered again.
+    """
+
+    async def publish(self, body: bytes) -> None:
+        """Return only once the message is durable (broker confirm / commit)."""
+
+    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries, waiting at most ``timeout`` for the first."""
+
+    async def depth(self) -> QueueDepth: ...
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
+
+
+class Catalog(Backend, Protocol):
+    """The relational catalog of patients, studies, series and instances."""
+
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
+        """Insert or update every entry in one transaction (idempotent by SOP UID)."""
+
+    async def find(self, query: Query) -> list[DicomJson]:
+        """Match ``query`` at its level; DICOM JSON with the requested return keys."""
+
+    async def count_instances(self) -> int: ...
+
+    def instances(self) -> AsyncIterator[CatalogInstance]: ...
+
+    async def get_instance(self, sop_instance_uid: str) -> CatalogInstance | None: ...
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    score: float
+
+
+class SearchIndex(Backend, Protocol):
+    """Free-text search over every attribute of every instance."""
+
+    async def upsert(self, documents: Sequence[SearchDocument]) -> None:
+        """Write documents (id = SOP Instance UID); searchable when this returns."""
+
+    async def search(self, text: str, limit: int = 20) -> list[SearchHit]: ...
+
+    async def count(self) -> int: ...
+
+    def ids(self) -> AsyncIterator[str]: ...

@@ -1,0 +1,1 @@
+"""The indexer role: queue -> catalog + search index, ack after both committed."""

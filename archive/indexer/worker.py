@@ -1,0 +1,159 @@
+"""The indexer: consume index messages in batches and write catalog and search.
+
+- Acks only after the catalog commit and the search write both succeeded.
+- Transient failures (a backend down) keep the batch and retry it with jittered
+  exponential backoff; the messages stay unacknowledged, so nothing is lost if
+  the indexer dies meanwhile, and no delivery attempt is burnt while waiting.
+- Any other failure is isolated to its message (the batch is split), which is
+  given back to the queue; after the delivery limit the queue dead-letters it.
+- Upserts are keyed on SOP Instance UID, so redeliveries never duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from archive import metrics
+from archive.core.errors import BackendUnavailable, PoisonMessage
+from archive.core.flatten import flatten
+from archive.core.models import IndexMessage
+from archive.core.ports import Catalog, Delivery, MessageQueue, SearchIndex
+from archive.core.records import CatalogEntry
+
+log = logging.getLogger(__name__)
+
+POISON_RETRY_DELAY = 1.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class _Item:
+    delivery: Delivery
+    message: IndexMessage
+
+
+class Indexer:
+    def __init__(
+        self,
+        queue: MessageQueue,
+        catalog: Catalog,
+        search: SearchIndex,
+        *,
+        batch_size: int = 200,
+        receive_timeout: float = 0.5,
+    ) -> None:
+        self.queue = queue
+        self.catalog = catalog
+        self.search = search
+        self.batch_size = batch_size
+        self.receive_timeout = receive_timeout
+        self._stopping = asyncio.Event()
+        self.batches = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        log.info("indexer started", extra={"queue": self.queue.name, "catalog": self.catalog.name,
+                                           "search": self.search.name})
+        while not self._stopping.is_set():
+            try:
+                deliveries = await self.queue.receive(self.batch_size, self.receive_timeout)
+            except BackendUnavailable as exc:
+                log.warning("queue unavailable", extra={"reason": str(exc)})
+                await self._sleep(1.0)
+                continue
+            if deliveries:
+                await self.handle(deliveries)
+        log.info("indexer stopped")
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> None:
+        items: list[_Item] = []
+        for delivery in deliveries:
+            try:
+                items.append(_Item(delivery, IndexMessage.from_bytes(delivery.body)))
+            except PoisonMessage as exc:
+                await self._poison(delivery, None, exc)
+        if items:
+            await self._write_with_retry(items)
+
+    async def _write_with_retry(self, items: list[_Item]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._write(items)
+            except BackendUnavailable as exc:
+                attempt += 1
+                metrics.INDEX_FAILURES.labels("transient").inc()
+                delay = min(MAX_BACKOFF, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random())
+                log.warning("backend unavailable, batch kept for retry",
+                            extra={"reason": str(exc), "attempt": attempt, "retry_in": round(delay, 2),
+                                   "batch": len(items)})
+                if self._stopping.is_set():
+                    return  # unacked: the queue redelivers them to the next indexer
+                await self._sleep(delay)
+                continue
+            except Exception as exc:
+                if len(items) > 1:
+                    # Isolate the bad message(s): write one by one.
+                    for item in items:
+                        await self._write_with_retry([item])
+                    return
+                await self._poison(items[0].delivery, items[0].message, exc)
+                return
+            break
+        for item in items:
+            await self._ack(item.delivery)
+
+    async def _write(self, items: list[_Item]) -> None:
+        started = time.perf_counter()
+        # Last message per SOP Instance UID wins within a batch.
+        latest: dict[str, IndexMessage] = {}
+        for item in items:
+            latest[item.message.sop_instance_uid] = item.message
+        messages = list(latest.values())
+        entries = [CatalogEntry.from_message(m) for m in messages]
+        await self.catalog.upsert(entries)
+        now = time.time()
+        await self.search.upsert([flatten(m, indexed_at=now) for m in messages])
+        done = time.time()
+        metrics.INDEX_BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.INDEXED.inc(len(messages))
+        for m in messages:
+            metrics.TIME_TO_SEARCHABLE.observe(max(0.0, done - m.received_at))
+        self.batches += 1
+
+    async def _ack(self, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except BackendUnavailable as exc:
+            # The message will be delivered again; the upserts are idempotent.
+            log.warning("ack failed; message will be redelivered", extra={"reason": str(exc)})
+
+    async def _poison(self, delivery: Delivery, message: IndexMessage | None, exc: Exception) -> None:
+        metrics.INDEX_FAILURES.labels("poison").inc()
+        log.error(
+            "index message failed; returned to the queue (dead-lettered after the delivery limit)",
+            extra={
+                "sop_instance_uid": message.sop_instance_uid if message else None,
+                "study_uid": message.study_uid if message else None,
+                "delivery_count": delivery.delivery_count,
+                "error": type(exc).__name__,
+            },
+        )
+        try:
+            await delivery.retry(POISON_RETRY_DELAY)
+        except BackendUnavailable as err:
+            log.warning("could not return message to the queue", extra={"reason": str(err)})

@@ -1,0 +1,142 @@
+"""Read what the archive needs from a received dataset without loading bulk data.
+
+The dataset file (as spooled by the receiver, without File Meta Information)
+is parsed up to the pixel data; elements larger than ``BULK_THRESHOLD`` are
+never read. The result carries the validated UIDs and the DICOM JSON metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from archive.core.errors import MalformedDataset
+from archive.core.models import DicomJson
+from archive.core.uids import validate_uid
+
+BULK_THRESHOLD = 16 * 1024  # values above this stay out of the metadata (PS3.18 BulkDataURI)
+PIXEL_GROUP = 0x7FE0
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1437.1"  # dicom-archive
+IMPLEMENTATION_VERSION = "DICOMARCHIVE01"
+
+
+@dataclass(frozen=True)
+class Description:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    metadata: DicomJson
+
+
+def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group >= PIXEL_GROUP and tag.group != 0xFFFE
+
+
+def _element_json(elem: DataElement) -> dict[str, Any]:
+    return elem.to_json_dict(bulk_data_element_handler=_bulk_marker, bulk_data_threshold=BULK_THRESHOLD)
+
+
+def _bulk_marker(elem: DataElement) -> str:
+    return f"bulk:{elem.tag:08X}"
+
+
+def dataset_json(ds: Dataset) -> DicomJson:
+    """DICOM JSON (PS3.18 F.2) of ``ds`` without deferred or bulk values."""
+    out: DicomJson = {}
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 or tag.group in (0x0002, 0xFFFE):
+            continue  # group lengths, file meta, delimiters
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            vr = raw.VR or "UN"
+            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{tag:08X}"}
+            continue
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                items = [dataset_json(item) for item in elem.value]
+                out[f"{tag:08X}"] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            else:
+                out[f"{tag:08X}"] = _element_json(elem)
+        except Exception:  # an undecodable element: keep going, record it as bulk-like
+            out[f"{tag:08X}"] = {"vr": "UN", "BulkDataURI": f"bulk:{tag:08X}"}
+    return out
+
+
+def read_header(fp: BinaryIO, transfer_syntax_uid: str) -> Dataset:
+    """Parse a dataset (no File Meta) encoded in ``transfer_syntax_uid`` up to pixel data."""
+    ts = UID(transfer_syntax_uid)
+    if ts == DeflatedExplicitVRLittleEndian:
+        # Deflated datasets are small in practice; inflate to memory.
+        fp = io.BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+    implicit = ts == ImplicitVRLittleEndian
+    little = ts != ExplicitVRBigEndian
+    try:
+        ds = read_dataset(
+            fp,
+            is_implicit_VR=implicit,
+            is_little_endian=little,
+            stop_when=_stop_at_pixels,
+            defer_size=BULK_THRESHOLD,
+        )
+    except Exception as exc:
+        raise MalformedDataset(f"dataset cannot be parsed: {exc}") from exc
+    if len(ds) == 0:
+        raise MalformedDataset("dataset is empty")
+    charset = ds.get("SpecificCharacterSet")
+    ds.set_original_encoding(implicit, little, charset.value if charset else None)
+    return ds
+
+
+def describe(path: Path, transfer_syntax_uid: str) -> Description:
+    """Validate the UIDs of a spooled dataset and build its metadata."""
+    with open(path, "rb") as fh:
+        ds = read_header(fh, transfer_syntax_uid)
+        try:
+            metadata = dataset_json(ds)
+        except Exception as exc:
+            raise MalformedDataset(f"dataset cannot be decoded: {exc}") from exc
+    return Description(
+        study_uid=validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
+        series_uid=validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        sop_instance_uid=validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
+        sop_class_uid=validate_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+        transfer_syntax_uid=str(transfer_syntax_uid),
+        metadata=metadata,
+    )
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                    source_aet: str = "") -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax_uid
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if source_aet:
+        meta.SourceApplicationEntityTitle = source_aet
+    buffer = DicomFileLike(io.BytesIO())
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return b"\x00" * 128 + b"DICM" + buffer.parent.getvalue()  # type: ignore[attr-defined]
+
+
+def inline_binary(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,183 @@
+"""The ingest service: a received instance becomes durable and queued, or nothing.
+
+``prepare`` does the local work on the receiver's thread (parse the header up
+to the pixel data, validate UIDs, checksum). ``commit`` talks to the backends:
+object store first, then the queue. Success means both are durable. If the
+publish fails, an object this call created is removed again, so no object is
+left that the catalog will never learn of; a sender that retries repairs any
+crash in between, because an identical re-send is published again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from archive import metrics
+from archive.core.errors import BackendUnavailable, DuplicateConflict, UIDMismatch
+from archive.core.models import IndexMessage, Payload
+from archive.core.ports import MessageQueue, ObjectStore
+from archive.core.uids import object_key, validate_uid
+from archive.ingest.describe import Description, describe, file_meta_bytes
+from archive.settings import DuplicatePolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One instance as a receiver got it: the dataset spooled to a local file."""
+
+    dataset_path: Path  # the encoded dataset, without File Meta Information
+    transfer_syntax_uid: str
+    source_aet: str
+    affected_sop_class_uid: str | None = None  # from the C-STORE command, if any
+    affected_sop_instance_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    description: Description
+    payload: Payload
+    key: str
+    source_aet: str
+
+
+class Outcome(str, Enum):
+    STORED = "stored"
+    IDENTICAL = "identical"  # re-sent, same bytes: success, re-queued
+    KEPT_FIRST = "kept_first"  # same UID, other bytes: first kept (warning)
+    REPLACED = "replaced"  # same UID, other bytes: replaced (policy)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: Outcome
+    sop_instance_uid: str
+    key: str
+
+
+def _sha256(parts: tuple[bytes | Path, ...]) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    for part in parts:
+        if isinstance(part, bytes):
+            digest.update(part)
+            size += len(part)
+            continue
+        with open(part, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class IngestService:
+    def __init__(self, store: ObjectStore, queue: MessageQueue, policy: DuplicatePolicy) -> None:
+        self.store = store
+        self.queue = queue
+        self.policy = policy
+
+    def prepare(self, received: Received) -> Prepared:
+        """Parse and validate locally (blocking; call from a worker thread)."""
+        if received.affected_sop_instance_uid is not None:
+            validate_uid(received.affected_sop_instance_uid, "AffectedSOPInstanceUID")
+        if received.affected_sop_class_uid is not None:
+            validate_uid(received.affected_sop_class_uid, "AffectedSOPClassUID")
+        description = describe(received.dataset_path, received.transfer_syntax_uid)
+        # PS3.4 B.2.3: the dataset must be the instance the command announced
+        if (
+            received.affected_sop_instance_uid is not None
+            and description.sop_instance_uid != received.affected_sop_instance_uid
+        ):
+            raise UIDMismatch("SOP Instance UID in the dataset differs from the command's Affected SOP Instance UID")
+        if (
+            received.affected_sop_class_uid is not None
+            and description.sop_class_uid != received.affected_sop_class_uid
+        ):
+            raise UIDMismatch("SOP Class UID in the dataset differs from the command's Affected SOP Class UID")
+        header = file_meta_bytes(
+            description.sop_class_uid,
+            description.sop_instance_uid,
+            description.transfer_syntax_uid,
+            received.source_aet,
+        )
+        parts: tuple[bytes | Path, ...] = (header, received.dataset_path)
+        sha256, size = _sha256(parts)
+        return Prepared(
+            description=description,
+            payload=Payload(parts=parts, size=size, sha256=sha256),
+            key=object_key(description.sop_instance_uid),
+            source_aet=received.source_aet,
+        )
+
+    def _message(self, prepared: Prepared) -> bytes:
+        d = prepared.description
+        return IndexMessage(
+            key=prepared.key,
+            size=prepared.payload.size,
+            sha256=prepared.payload.sha256,
+            study_uid=d.study_uid,
+            series_uid=d.series_uid,
+            sop_instance_uid=d.sop_instance_uid,
+            sop_class_uid=d.sop_class_uid,
+            transfer_syntax_uid=d.transfer_syntax_uid,
+            received_at=time.time(),
+            source_aet=prepared.source_aet,
+            metadata=d.metadata,
+        ).to_bytes()
+
+    async def _existing_sha256(self, key: str, recorded: str | None) -> str:
+        if recorded:
+            return recorded
+        digest = hashlib.sha256()
+        async for chunk in self.store.get(key):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    async def commit(self, prepared: Prepared) -> StoreResult:
+        uid = prepared.description.sop_instance_uid
+        result = await self.store.put(prepared.key, prepared.payload, if_absent=True)
+        if result.created:
+            await self._publish_or_undo(prepared, undo=True)
+            metrics.INGEST_BYTES.inc(prepared.payload.size)
+            return StoreResult(Outcome.STORED, uid, prepared.key)
+
+        existing = await self._existing_sha256(prepared.key, result.info.sha256)
+        if existing == prepared.payload.sha256:
+            await self._publish_or_undo(prepared, undo=False)
+            metrics.DUPLICATES.labels("identical").inc()
+            log.info("identical instance received again", extra={"sop_instance_uid": uid})
+            return StoreResult(Outcome.IDENTICAL, uid, prepared.key)
+
+        if self.policy is DuplicatePolicy.REPLACE:
+            await self.store.put(prepared.key, prepared.payload, if_absent=False)
+            await self._publish_or_undo(prepared, undo=False)
+            metrics.DUPLICATES.labels("replaced").inc()
+            log.warning("instance replaced by different content", extra={"sop_instance_uid": uid})
+            return StoreResult(Outcome.REPLACED, uid, prepared.key)
+        if self.policy is DuplicatePolicy.REJECT:
+            metrics.DUPLICATES.labels("rejected").inc()
+            log.warning("different content under an archived SOP Instance UID rejected",
+                        extra={"sop_instance_uid": uid})
+            raise DuplicateConflict(f"SOP Instance UID {uid} is archived with different content")
+        metrics.DUPLICATES.labels("kept_first").inc()
+        log.warning("different content under an archived SOP Instance UID; first kept",
+                    extra={"sop_instance_uid": uid})
+        return StoreResult(Outcome.KEPT_FIRST, uid, prepared.key)
+
+    async def _publish_or_undo(self, prepared: Prepared, *, undo: bool) -> None:
+        try:
+            await self.queue.publish(self._message(prepared))
+        except BackendUnavailable:
+            if undo:
+                try:
+                    await self.store.delete(prepared.key)
+                except Exception:  # the orphan is reported by verify and repaired by a re-send
+                    log.exception("could not remove object after failed publish",
+                                  extra={"sop_instance_uid": prepared.description.sop_instance_uid})
+            raise

@@ -1,0 +1,38 @@
+"""Prometheus metrics of every role. Labels never carry patient data."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ASSOCIATIONS = Counter(
+    "archive_dicom_associations_total", "Association requests by outcome", ["outcome"]
+)
+ACTIVE_ASSOCIATIONS = Gauge("archive_dicom_active_associations", "Associations in progress")
+STORES = Counter("archive_cstore_total", "C-STORE requests by result", ["result"])
+STORE_SECONDS = Histogram(
+    "archive_cstore_seconds",
+    "Time from a C-STORE request being received to its response",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INGEST_BYTES = Counter("archive_ingest_bytes_total", "Bytes of instances stored")
+DUPLICATES = Counter(
+    "archive_duplicate_instances_total",
+    "Instances received again under an archived SOP Instance UID",
+    ["outcome"],  # identical | kept_first | replaced | rejected
+)
+INDEXED = Counter("archive_indexed_instances_total", "Instances written to catalog and search index")
+INDEX_FAILURES = Counter(
+    "archive_index_failures_total", "Index attempts that failed", ["kind"]  # transient | poison
+)
+INDEX_BATCH_SECONDS = Histogram(
+    "archive_index_batch_seconds", "Time to write one batch to catalog and search index"
+)
+TIME_TO_SEARCHABLE = Histogram(
+    "archive_time_to_searchable_seconds",
+    "Time from the receiver's Success to the instance being in catalog and search index",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+QUEUE_READY = Gauge("archive_queue_ready_messages", "Index messages waiting or in flight")
+QUEUE_DEAD = Gauge("archive_queue_dead_messages", "Index messages in the dead-letter queue")
+QUERIES = Counter("archive_queries_total", "Queries answered", ["interface", "level", "status"])
+QUERY_SECONDS = Histogram("archive_query_seconds", "Query latency", ["interface"])

@@ -1,0 +1,1 @@
+"""Operations: verify (and later reindex, replay of dead letters)."""

@@ -1,0 +1,160 @@
+"""Verify: do object store, catalog and search index agree?
+
+Counts the instances in each and lists discrepancies: catalog entries whose
+object is missing, objects the catalog does not know (orphans), checksum or
+size mismatches between object store and catalog, and search documents
+missing or extra. ``repair`` re-queues orphaned objects for indexing (the
+object store is the source of truth).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archive.core.models import IndexMessage, ObjectInfo
+from archive.core.ports import Catalog, MessageQueue, ObjectStore, SearchIndex
+from archive.core.records import CatalogInstance
+from archive.core.uids import uid_from_key
+from pydicom.filereader import _read_file_meta_info
+
+from archive.ingest.describe import describe
+
+log = logging.getLogger(__name__)
+SAMPLE = 50  # discrepancies listed per kind (counts are always complete)
+
+
+@dataclass
+class Report:
+    objects: int = 0
+    catalog_instances: int = 0
+    search_documents: int = 0
+    missing_objects: list[str] = field(default_factory=list)  # SOP UIDs in catalog, no object
+    orphaned_objects: list[str] = field(default_factory=list)  # keys with no catalog entry
+    checksum_mismatches: list[str] = field(default_factory=list)  # SOP UIDs
+    missing_from_search: list[str] = field(default_factory=list)  # SOP UIDs
+    orphaned_search_documents: list[str] = field(default_factory=list)  # SOP UIDs
+    counts: dict[str, int] = field(default_factory=dict)
+    repaired: int = 0
+    seconds: float = 0.0
+
+    @property
+    def consistent(self) -> bool:
+        return not any(self.counts.values()) and self.objects == self.catalog_instances == self.search_documents
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["consistent"] = self.consistent
+        return data
+
+
+def _note(report: Report, kind: str, value: str) -> None:
+    report.counts[kind] = report.counts.get(kind, 0) + 1
+    items: list[str] = getattr(report, kind)
+    if len(items) < SAMPLE:
+        items.append(value)
+
+
+async def _actual_sha256(store: ObjectStore, key: str) -> str:
+    digest = hashlib.sha256()
+    async for chunk in store.get(key):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def verify(
+    store: ObjectStore,
+    catalog: Catalog,
+    search: SearchIndex,
+    *,
+    deep: bool = False,
+    queue: MessageQueue | None = None,
+) -> Report:
+    """Compare the three; with ``deep`` re-hash every object; with ``queue`` repair orphans."""
+    started = time.monotonic()
+    report = Report()
+    report.counts = {k: 0 for k in ("missing_objects", "orphaned_objects", "checksum_mismatches",
+                                     "missing_from_search", "orphaned_search_documents")}
+    objects: dict[str, ObjectInfo] = {}
+    async for info in store.list("instances/"):
+        objects[info.key] = info
+    report.objects = len(objects)
+
+    catalog_uids: set[str] = set()
+    seen_keys: set[str] = set()
+    entry: CatalogInstance
+    async for entry in catalog.instances():
+        catalog_uids.add(entry.sop_instance_uid)
+        info = objects.get(entry.object_key)
+        if info is None:
+            _note(report, "missing_objects", entry.sop_instance_uid)
+            continue
+        seen_keys.add(entry.object_key)
+        sha = await _actual_sha256(store, info.key) if deep or info.sha256 is None else info.sha256
+        if sha != entry.sha256 or info.size != entry.size:
+            _note(report, "checksum_mismatches", entry.sop_instance_uid)
+    report.catalog_instances = len(catalog_uids)
+    for key in objects.keys() - seen_keys:
+        _note(report, "orphaned_objects", key)
+        if queue is not None:
+            report.repaired += await _requeue(store, queue, key)
+
+    search_ids: set[str] = set()
+    async for sop in search.ids():
+        search_ids.add(sop)
+    report.search_documents = len(search_ids)
+    for sop in catalog_uids - search_ids:
+        _note(report, "missing_from_search", sop)
+    for sop in search_ids - catalog_uids:
+        _note(report, "orphaned_search_documents", sop)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+async def _requeue(store: ObjectStore, queue: MessageQueue, key: str) -> int:
+    """Rebuild the index message of a stored object and publish it (1 on success)."""
+    if uid_from_key(key) is None:
+        log.warning("object with a foreign key left alone", extra={"key": key[:200]})
+        return 0
+    with tempfile.TemporaryDirectory(prefix="archive-repair-") as tmp:
+        path = Path(tmp) / "object.dcm"
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "wb") as fh:
+            async for chunk in store.get(key):
+                fh.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        try:
+            with open(path, "rb") as fh:
+                preamble = fh.read(132)
+                if preamble[128:132] != b"DICM":
+                    raise ValueError("not a DICOM Part 10 file")
+                meta = _read_file_meta_info(fh)
+                ts = str(meta.get("TransferSyntaxUID", ""))
+                data_start = fh.tell()
+            dataset = Path(tmp) / "dataset.raw"
+            with open(path, "rb") as src, open(dataset, "wb") as dst:
+                src.seek(data_start)
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            d = describe(dataset, ts)
+        except Exception as exc:
+            log.warning("orphaned object cannot be described", extra={"key": key[:200], "error": type(exc).__name__})
+            return 0
+    if uid_from_key(key) != d.sop_instance_uid:
+        log.warning("orphaned object's SOP Instance UID does not match its key", extra={"key": key[:200]})
+        return 0
+    message = IndexMessage(
+        key=key, size=size, sha256=digest.hexdigest(), study_uid=d.study_uid, series_uid=d.series_uid,
+        sop_instance_uid=d.sop_instance_uid, sop_class_uid=d.sop_class_uid,
+        transfer_syntax_uid=d.transfer_syntax_uid, received_at=time.time(), source_aet="",
+        metadata=d.metadata,
+    )
+    await queue.publish(message.to_bytes())
+    return 1

@@ -1,0 +1,95 @@
+"""The query service's HTTP routes (QIDO-RS under /dicom-web)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from pydicom.datadict import tag_for_keyword
+
+from archive import metrics
+from archive.core.levels import Level
+from archive.core.models import DicomJson
+from archive.core.ports import Catalog
+from archive.core.query import Query
+from archive.query import qido
+
+CATALOG = web.AppKey("catalog", Catalog)
+MAX_LIMIT = web.AppKey("max_limit", int)
+DICOM_JSON = "application/dicom+json"
+
+
+def _tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    return f"{tag:08X}" if tag is not None else keyword
+
+
+def _shape(result: DicomJson, query: Query, base_url: str) -> DicomJson:
+    """Keep the required, matched and included attributes; add RetrieveURL."""
+    study = result.get("0020000D", {}).get("Value", [None])[0]
+    series = result.get("0020000E", {}).get("Value", [None])[0]
+    url = f"{base_url}/studies/{study}"
+    if query.level in (Level.SERIES, Level.IMAGE) and series:
+        url += f"/series/{series}"
+    if query.level is Level.IMAGE:
+        url += f"/instances/{result.get('00080018', {}).get('Value', [''])[0]}"
+    result = dict(result)
+    result["00081190"] = {"vr": "UR", "Value": [url]}
+    result.setdefault("00080056", {"vr": "CS", "Value": ["ONLINE"]})
+    if query.include_all:
+        return dict(sorted(result.items()))
+    wanted = {_tag(k) for k in qido.REQUIRED[query.level]}
+    wanted |= {_tag(m.keyword) for m in query.matchers}
+    wanted |= {_tag(k) for k in query.return_keys}
+    return {tag: value for tag, value in sorted(result.items()) if tag in wanted}
+
+
+async def _answer(request: web.Request, level: Level, scope: dict[str, str]) -> web.Response:
+    started = time.perf_counter()
+    query = qido.parse(level, list(request.query.items()), scope=scope, max_limit=request.app[MAX_LIMIT])
+    # Ask for one more than the page to know whether the result was truncated.
+    results = await request.app[CATALOG].find(
+        Query(query.level, query.matchers, query.return_keys, query.include_all, query.fuzzy,
+              query.limit + 1, query.offset)
+    )
+    truncated = len(results) > query.limit
+    results = results[: query.limit]
+    base = f"{request.scheme}://{request.host}/dicom-web"
+    body = [_shape(r, query, base) for r in results]
+    headers = {}
+    if truncated:
+        # PS3.18 8.3.4.4: tell the client there are more results than returned
+        headers["Warning"] = '299 dicom-archive "There are additional results that can be requested"'
+    metrics.QUERIES.labels("qido", level.value, "200").inc()
+    metrics.QUERY_SECONDS.labels("qido").observe(time.perf_counter() - started)
+    return web.json_response(body, content_type=DICOM_JSON, headers=headers)
+
+
+async def studies(request: web.Request) -> web.Response:
+    return await _answer(request, Level.STUDY, {})
+
+
+async def series(request: web.Request) -> web.Response:
+    scope = {"StudyInstanceUID": request.match_info["study"]} if "study" in request.match_info else {}
+    return await _answer(request, Level.SERIES, scope)
+
+
+async def instances(request: web.Request) -> web.Response:
+    scope = {}
+    if "study" in request.match_info:
+        scope["StudyInstanceUID"] = request.match_info["study"]
+    if "series" in request.match_info:
+        scope["SeriesInstanceUID"] = request.match_info["series"]
+    return await _answer(request, Level.IMAGE, scope)
+
+
+def add_routes(app: web.Application, catalog: Catalog, max_limit: int) -> None:
+    app[CATALOG] = catalog
+    app[MAX_LIMIT] = max_limit
+    r = app.router
+    r.add_get("/dicom-web/studies", studies)
+    r.add_get("/dicom-web/series", series)
+    r.add_get("/dicom-web/instances", instances)
+    r.add_get("/dicom-web/studies/{study}/series", series)
+    r.add_get("/dicom-web/studies/{study}/instances", instances)
+    r.add_get("/dicom-web/studies/{study}/series/{series}/instances", instances)

@@ -1,0 +1,1 @@
+"""The DIMSE receiver role: C-ECHO and C-STORE into the ingest service."""

@@ -1,0 +1,71 @@
+"""HTTP pieces every role serves: /healthz, /readyz, /metrics, and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from archive.core.errors import BackendUnavailable, ObjectNotFound
+from archive.core.ports import Backend
+from archive.core.query import InvalidQuery
+
+BACKENDS = web.AppKey("backends", list[Backend])
+READY_TIMEOUT = 3.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The one table from errors to HTTP statuses.
+HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (InvalidQuery, 400),
+    (ObjectNotFound, 404),
+    (BackendUnavailable, 503),
+)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        for kind, status in HTTP_STATUS:
+            if isinstance(exc, kind):
+                return web.json_response({"error": str(exc)}, status=status)
+        raise
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    backends = request.app[BACKENDS]
+
+    async def check(backend: Backend) -> tuple[str, str]:
+        try:
+            await asyncio.wait_for(backend.ping(), READY_TIMEOUT)
+            return backend.name, "ok"
+        except Exception as exc:  # any failure means not ready
+            return backend.name, f"unavailable: {type(exc).__name__}: {exc}"[:300]
+
+    results = dict(await asyncio.gather(*(check(b) for b in backends)))
+    ready = all(v == "ok" for v in results.values())
+    return web.json_response({"ready": ready, "backends": results}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def base_app(backends: Sequence[Backend]) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app[BACKENDS] = list(backends)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

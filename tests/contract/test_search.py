@@ -1,0 +1,267 @@
+"""Contract of the SearchIndex port, over SQLite FTS5 and OpenSearch."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import BasicTextSRStorage
+
+from archive.adapters.fts5_search import Fts5Search
+from archive.adapters.opensearch_search import OpenSearchIndex, SearchWriteRejected
+from archive.core.errors import BackendUnavailable
+from archive.core.flatten import flatten
+from archive.core.models import SearchDocument
+from archive.core.ports import SearchIndex
+from tests.conftest import free_port, service_setting
+from tests.factories import make_ct, make_message, new_uid
+
+PAGE = 500  # small pages so that ids() crosses page boundaries
+
+HOSTILE = [
+    '"); DROP TABLE x; --',
+    '"); DROP TABLE search_docs; --',
+    "NEAR(a b)",
+    "title:*",
+    'unbalanced "quote',
+    '"',
+    "a AND OR",
+    "OR",
+    "*",
+    "**",
+    "",
+    "   ",
+    "-",
+    "((",
+    "^2 ~ +- |",
+    "fields:secretvalue",
+    "text:doe",
+    "doe\x00jane",
+]
+
+
+def make_doc(tmp_path: Path, ds: Dataset | None = None, **kwargs: object) -> SearchDocument:
+    return flatten(make_message(ds if ds is not None else make_ct(**kwargs), tmp_path))  # type: ignore[arg-type]
+
+
+def make_sr(**kwargs: object) -> Dataset:
+    """A Basic Text SR-like instance whose report text sits in ContentSequence (PS3.3 C.17.3)."""
+    ds = make_ct(**kwargs)  # type: ignore[arg-type]
+    del ds.PixelData
+    ds.SOPClassUID = BasicTextSRStorage
+    ds.Modality = "SR"
+    concept = Dataset()
+    concept.CodeValue = "121071"
+    concept.CodingSchemeDesignator = "DCM"
+    concept.CodeMeaning = "Finding"
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    item.ConceptNameCodeSequence = DicomSequence([concept])
+    item.TextValue = "small nodule in the left lung"
+    ds.ValueType = "CONTAINER"
+    ds.ContentSequence = DicomSequence([item])
+    return ds
+
+
+@pytest.fixture(params=["sqlite", "opensearch"])
+async def index(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[SearchIndex]:
+    backend: Fts5Search | OpenSearchIndex
+    if request.param == "sqlite":
+        backend = Fts5Search(tmp_path / "search.db", page_size=PAGE)
+    else:
+        backend = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique, page_size=PAGE)
+    try:
+        await backend.migrate()
+        yield backend
+    finally:
+        if isinstance(backend, OpenSearchIndex):
+            await backend.drop()
+        await backend.close()
+
+
+def uids(hits: list) -> set[str]:  # type: ignore[type-arg]
+    return {hit.sop_instance_uid for hit in hits}
+
+
+async def test_upsert_count_and_hit_fields(index: SearchIndex, tmp_path: Path) -> None:
+    await index.ping()
+    assert await index.count() == 0
+    docs = [make_doc(tmp_path, patient_name=f"Patient{i}^Test") for i in range(3)]
+    await index.upsert(docs)
+    assert await index.count() == 3
+    hits = await index.search("patient1")
+    assert len(hits) == 1
+    hit = hits[0]
+    assert (hit.sop_instance_uid, hit.study_uid, hit.series_uid) == (
+        docs[1].sop_instance_uid,
+        docs[1].study_uid,
+        docs[1].series_uid,
+    )
+    assert hit.score > 0
+
+
+async def test_reupsert_is_idempotent_and_replaces_text(index: SearchIndex, tmp_path: Path) -> None:
+    sop = new_uid()
+    old = make_doc(tmp_path, sop_uid=sop, patient_name="Oldname^Anna")
+    other = make_doc(tmp_path, patient_name="Bystander^Bob")
+    await index.upsert([old, other])
+    await index.upsert([old, other])
+    assert await index.count() == 2
+    assert uids(await index.search("oldname")) == {sop}
+
+    new = make_doc(tmp_path, sop_uid=sop, study_uid=old.study_uid, series_uid=old.series_uid, patient_name="Newname^Anna")
+    await index.upsert([new])
+    assert await index.count() == 2
+    assert await index.search("oldname") == []
+    assert uids(await index.search("newname")) == {sop}
+    assert uids(await index.search("anna")) == {sop}  # one document, not two versions
+    ids = [uid async for uid in index.ids()]
+    assert sorted(ids) == sorted([sop, other.sop_instance_uid])
+
+
+async def test_same_uid_twice_in_one_batch_keeps_the_last(index: SearchIndex, tmp_path: Path) -> None:
+    sop = new_uid()
+    first = make_doc(tmp_path, sop_uid=sop, patient_name="First^Version")
+    second = dataclasses.replace(first, text=first.text.replace("First", "Second"))
+    await index.upsert([first, second])
+    assert await index.count() == 1
+    assert await index.search("first") == []
+    assert uids(await index.search("second")) == {sop}
+
+
+async def test_free_text_name_institution_and_and_semantics(index: SearchIndex, tmp_path: Path) -> None:
+    doe = make_doc(tmp_path, patient_name="Doe^Jane")
+    roe = make_ct(patient_name="Roe^Richard")
+    roe.InstitutionName = "Saint Mary Clinic"
+    roe_doc = make_doc(tmp_path, roe)
+    await index.upsert([doe, roe_doc])
+    assert uids(await index.search("Doe")) == {doe.sop_instance_uid}
+    assert uids(await index.search("jane DOE")) == {doe.sop_instance_uid}
+    assert uids(await index.search("general hospital")) == {doe.sop_instance_uid}
+    assert uids(await index.search("saint mary")) == {roe_doc.sop_instance_uid}
+    assert await index.search("saint hospital") == []  # AND: every term must match
+    assert uids(await index.search("chest")) == {doe.sop_instance_uid, roe_doc.sop_instance_uid}
+    assert len(await index.search("chest", limit=1)) == 1
+    assert uids(await index.search("rich*")) == {roe_doc.sop_instance_uid}  # prefix
+
+
+async def test_private_tag_value_is_searchable(index: SearchIndex, tmp_path: Path) -> None:
+    ds = make_ct()
+    ds.private_block(0x0009, "ACME", create=True).add_new(0x01, "LO", "secretvalue")
+    doc = make_doc(tmp_path, ds)
+    assert doc.fields["00091001"] == ["secretvalue"]
+    await index.upsert([doc, make_doc(tmp_path)])
+    assert uids(await index.search("secretvalue")) == {doc.sop_instance_uid}
+    assert uids(await index.search("secretv*")) == {doc.sop_instance_uid}
+
+
+async def test_sr_content_text_is_searchable(index: SearchIndex, tmp_path: Path) -> None:
+    sr = make_doc(tmp_path, make_sr())
+    assert sr.fields["ContentSequence.TextValue"] == ["small nodule in the left lung"]
+    await index.upsert([sr, make_doc(tmp_path)])
+    assert uids(await index.search("nodule lung")) == {sr.sop_instance_uid}
+    assert uids(await index.search("Nodule LEFT")) == {sr.sop_instance_uid}
+    assert await index.search("nodule liver") == []
+
+
+async def test_accent_insensitive(index: SearchIndex, tmp_path: Path) -> None:
+    doc = make_doc(tmp_path, patient_name="Müller^Jürgen", charset="ISO_IR 192")
+    await index.upsert([doc, make_doc(tmp_path)])
+    for text in ("muller", "Müller", "MULLER", "jurgen", "müll*", "mull*"):
+        assert uids(await index.search(text)) == {doc.sop_instance_uid}, text
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+async def test_hostile_input_is_plain_text(index: SearchIndex, tmp_path: Path, text: str) -> None:
+    doc = make_doc(tmp_path)
+    await index.upsert([doc])
+    hits = await index.search(text)
+    assert isinstance(hits, list)
+    assert uids(hits) <= {doc.sop_instance_uid}
+    assert await index.count() == 1  # nothing was dropped or altered
+    assert uids(await index.search("doe")) == {doc.sop_instance_uid}
+
+
+async def test_ids_pages_through_every_document(index: SearchIndex, tmp_path: Path) -> None:
+    base = make_doc(tmp_path)
+    docs = [dataclasses.replace(base, sop_instance_uid=new_uid()) for _ in range(1200)]
+    for start in range(0, len(docs), 400):
+        await index.upsert(docs[start : start + 400])
+    assert await index.count() == 1200
+    ids = [uid async for uid in index.ids()]
+    assert len(ids) == 1200
+    assert set(ids) == {d.sop_instance_uid for d in docs}
+    assert ids == sorted(ids)  # one stable order, no page repeated or skipped
+
+
+async def test_migrate_twice_keeps_data(index: SearchIndex, tmp_path: Path) -> None:
+    doc = make_doc(tmp_path)
+    await index.upsert([doc])
+    await index.migrate()
+    await index.migrate()
+    assert await index.count() == 1
+    assert uids(await index.search("doe")) == {doc.sop_instance_uid}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "opensearch"])
+async def test_unreachable_backend_is_unavailable(backend: str, tmp_path: Path) -> None:
+    index: Fts5Search | OpenSearchIndex
+    if backend == "sqlite":
+        (tmp_path / "file").write_text("not a directory")
+        index = Fts5Search(tmp_path / "file" / "search.db")
+    else:
+        index = OpenSearchIndex(f"http://127.0.0.1:{free_port()}", index="unused", timeout=2)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await index.migrate()
+        with pytest.raises(BackendUnavailable):
+            await index.ping()
+    finally:
+        await index.close()
+
+
+async def test_opensearch_raises_on_partial_bulk_failure(tmp_path: Path, unique: str) -> None:
+    index = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+    try:
+        await index.migrate()
+        await index.upsert([make_doc(tmp_path)])
+        client = index._client
+        await client.indices.put_settings(index=unique, body={"index.blocks.write": True})
+        with pytest.raises(SearchWriteRejected) as info:
+            await index.upsert([make_doc(tmp_path), make_doc(tmp_path)])
+        assert len(info.value.failures) == 2
+        await client.indices.put_settings(index=unique, body={"index.blocks.write": False})
+        assert await index.count() == 1
+    finally:
+        await index.drop()
+        await index.close()
+
+
+async def test_opensearch_exact_filter_on_any_tag_path(tmp_path: Path, unique: str) -> None:
+    """flat_object keeps dotted sequence paths and private hex tags as exact-match keys."""
+    index = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+    ds = make_sr(patient_id="PAT-77")
+    ds.private_block(0x0009, "ACME", create=True).add_new(0x01, "LO", "secretvalue")
+    doc = make_doc(tmp_path, ds)
+    try:
+        await index.migrate()
+        await index.upsert([doc, make_doc(tmp_path)])
+        for field, value in (
+            ("fields.PatientID", "PAT-77"),
+            ("fields.ContentSequence.TextValue", "small nodule in the left lung"),
+            ("fields.00091001", "secretvalue"),
+        ):
+            result = await index._client.search(index=unique, body={"query": {"term": {field: value}}})
+            assert [h["_id"] for h in result["hits"]["hits"]] == [doc.sop_instance_uid], field
+        mapping = await index._client.indices.get_mapping(index=unique)
+        assert set(mapping[unique]["mappings"]["properties"]) == {
+            "sop_instance_uid", "study_uid", "series_uid", "indexed_at", "text", "fields"
+        }  # many distinct tags, same mapping
+    finally:
+        await index.drop()
+        await index.close()

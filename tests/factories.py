@@ -1,0 +1,117 @@
+"""Test data made here: synthetic CT instances and the messages built from them."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from archive.core.models import IndexMessage
+from archive.core.uids import object_key
+from archive.ingest.describe import describe
+
+UID_ROOT = "1.2.826.0.1.3680043.10.1437.9."
+
+
+def new_uid() -> str:
+    return generate_uid(prefix=UID_ROOT)
+
+
+def make_ct(
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    patient_id: str = "PAT-1",
+    patient_name: str = "Doe^Jane",
+    study_date: str = "20240115",
+    accession: str = "ACC-1",
+    modality: str = "CT",
+    instance_number: int = 1,
+    size: int = 64,
+    seed: int = 0,
+    charset: str | None = None,
+) -> Dataset:
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid or new_uid()
+    ds.StudyInstanceUID = study_uid or new_uid()
+    ds.SeriesInstanceUID = series_uid or new_uid()
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.StudyDate = study_date
+    ds.StudyTime = "101500"
+    ds.AccessionNumber = accession
+    ds.StudyID = "1"
+    ds.StudyDescription = "CT CHEST"
+    ds.ReferringPhysicianName = "Smith^John"
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = "AXIAL"
+    ds.BodyPartExamined = "CHEST"
+    ds.InstitutionName = "General Hospital"
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = size
+    ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(0, 4096, size=(size, size), dtype=np.uint16).tobytes()
+    return ds
+
+
+def dataset_bytes(ds: Dataset, implicit: bool = False) -> bytes:
+    """The dataset encoded without File Meta, as a C-STORE carries it."""
+    buffer = io.BytesIO()
+    from pydicom.filebase import DicomFileLike
+
+    fp = DicomFileLike(buffer)
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit
+    write_dataset(fp, ds)
+    return buffer.getvalue()
+
+
+def write_part10(ds: Dataset, path: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
+    ds = ds.copy()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_message(ds: Dataset, tmp_path: Path, *, sha256: str = "0" * 64, size: int = 1) -> IndexMessage:
+    spool = tmp_path / f"{ds.SOPInstanceUID}.raw"
+    spool.write_bytes(dataset_bytes(ds))
+    d = describe(spool, ExplicitVRLittleEndian)
+    return IndexMessage(
+        key=object_key(d.sop_instance_uid),
+        size=size,
+        sha256=sha256,
+        study_uid=d.study_uid,
+        series_uid=d.series_uid,
+        sop_instance_uid=d.sop_instance_uid,
+        sop_class_uid=d.sop_class_uid,
+        transfer_syntax_uid=d.transfer_syntax_uid,
+        received_at=time.time(),
+        source_aet="TESTSCU",
+        metadata=d.metadata,
+    )
