@@ -19,19 +19,26 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from archive.adapters._executor import Blocking
-from archive.core.errors import BackendUnavailable
+from archive.core.errors import BackendUnavailable, ConfigError
 from archive.core.models import SearchDocument
 from archive.core.ports import SearchHit
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SCHEMA_VERSION = 1
 MAX_TERMS = 32  # more terms than this in one query are ignored
+MAX_LIMIT = 10_000  # no unbounded result sets (same cap as OpenSearch's result window)
+# SQLite errors that say "not now" (busy, disk, permissions) rather than "wrong".
+_TRANSIENT = ("locked", "busy", "disk i/o", "full", "unable to open", "readonly", "no such table")
 _HAS_TOKEN = re.compile(r"[^\W_]")  # a chunk without a letter or digit has no FTS5 token
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # FTS5 ends a string at NUL: never pass controls
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS search_schema_version (version INTEGER NOT NULL)",
@@ -75,7 +82,7 @@ def match_expression(text: str) -> str | None:
     when the text has no searchable term.
     """
     parts: list[str] = []
-    for chunk in text.split()[:MAX_TERMS]:
+    for chunk in _CONTROL.sub(" ", text).split()[:MAX_TERMS]:
         prefix = chunk.endswith("*")
         chunk = chunk.rstrip("*")
         if not _HAS_TOKEN.search(chunk):
@@ -83,6 +90,16 @@ def match_expression(text: str) -> str | None:
         quoted = '"' + chunk.replace('"', '""') + '"'
         parts.append(quoted + ("*" if prefix else ""))
     return " AND ".join(parts) if parts else None
+
+
+async def _guard(blocking: Blocking, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` on ``blocking``; transient SQLite failures become BackendUnavailable."""
+    try:
+        return await blocking.run(fn, *args)
+    except sqlite3.OperationalError as exc:
+        if any(marker in str(exc).lower() for marker in _TRANSIENT):
+            raise BackendUnavailable("search", str(exc)) from exc
+        raise
 
 
 class Fts5Search:
@@ -137,17 +154,21 @@ class Fts5Search:
             row = conn.execute("SELECT max(version) FROM search_schema_version").fetchone()
             current = row[0] or 0
             if current > SCHEMA_VERSION:
-                raise RuntimeError(f"search schema {current} is newer than this code ({SCHEMA_VERSION})")
+                raise ConfigError(
+                    f"{self.path}: search schema version {current} is newer than this code's "
+                    f"({SCHEMA_VERSION}); run a newer archive or point at another file"
+                )
             if current < SCHEMA_VERSION:
                 conn.execute("DELETE FROM search_schema_version")
                 conn.execute("INSERT INTO search_schema_version VALUES (?)", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                conn.execute("ROLLBACK")
             raise
 
     async def migrate(self) -> None:
-        await self._writer.run(self._migrate)
+        await _guard(self._writer, self._migrate)
 
     def _ping(self) -> None:
         try:
@@ -156,7 +177,7 @@ class Fts5Search:
             raise BackendUnavailable("search", str(exc)) from exc
 
     async def ping(self) -> None:
-        await self._readers.run(self._ping)
+        await _guard(self._readers, self._ping)
 
     def _close_writer(self) -> None:
         if self._write_conn is not None:
@@ -176,10 +197,7 @@ class Fts5Search:
 
     def _upsert(self, documents: Sequence[SearchDocument]) -> None:
         conn = self._w()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:  # locked beyond busy_timeout, disk gone
-            raise BackendUnavailable("search", str(exc)) from exc
+        conn.execute("BEGIN IMMEDIATE")  # waits busy_timeout for another writer
         try:
             for doc in documents:
                 (rowid,) = conn.execute(
@@ -193,16 +211,19 @@ class Fts5Search:
                     ),
                 ).fetchone()
                 # FTS5 honours OR REPLACE on rowid: the old terms go with the old row.
-                conn.execute("INSERT OR REPLACE INTO search_fts (rowid, text) VALUES (?, ?)", (rowid, doc.text))
+                conn.execute(
+                    "INSERT OR REPLACE INTO search_fts (rowid, text) VALUES (?, ?)", (rowid, doc.text)
+                )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                conn.execute("ROLLBACK")
             raise
         log.debug("search upsert: %d documents", len(documents))
 
     async def upsert(self, documents: Sequence[SearchDocument]) -> None:
         if documents:
-            await self._writer.run(self._upsert, list(documents))
+            await _guard(self._writer, self._upsert, list(documents))
 
     def _search(self, expression: str, limit: int) -> list[SearchHit]:
         rows = self._r().execute(_SEARCH, (expression, limit)).fetchall()
@@ -213,13 +234,13 @@ class Fts5Search:
         expression = match_expression(text)
         if expression is None or limit <= 0:
             return []
-        return await self._readers.run(self._search, expression, limit)
+        return await _guard(self._readers, self._search, expression, min(limit, MAX_LIMIT))
 
     def _count(self) -> int:
         return int(self._r().execute("SELECT count(*) FROM search_docs").fetchone()[0])
 
     async def count(self) -> int:
-        return await self._readers.run(self._count)
+        return await _guard(self._readers, self._count)
 
     def _page(self, after: str, size: int) -> list[str]:
         rows = self._r().execute(
@@ -233,7 +254,7 @@ class Fts5Search:
         """Every indexed SOP Instance UID, in UID order, one page at a time."""
         after = ""
         while True:
-            page = await self._readers.run(self._page, after, self.page_size)
+            page = await _guard(self._readers, self._page, after, self.page_size)
             for uid in page:
                 yield uid
             if len(page) < self.page_size:

@@ -40,6 +40,7 @@ MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window default
 # exact filters on longer values are not useful, full text keeps them whole.
 MAX_FIELD_VALUE_CHARS = 1024
 _HAS_TOKEN = re.compile(r"[^\W_]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _ANALYSIS = {
     "analyzer": {
@@ -97,7 +98,7 @@ class OpenSearchIndex:
         *,
         page_size: int = 1000,
         shards: int = 1,
-        refresh_interval: str = "1s",
+        refresh_interval: str = "250ms",
         timeout: float = 30.0,
     ) -> None:
         self.url = url
@@ -158,10 +159,9 @@ class OpenSearchIndex:
 
     async def drop(self) -> None:
         """Delete the index and its template (tests, and rebuilding from scratch)."""
-        await self._call("delete index", self._client.indices.delete(index=self.index, ignore_unavailable=True))
-        await self._call(
-            "delete template", self._client.indices.delete_index_template(name=self.template, ignore=[404])
-        )
+        indices = self._client.indices
+        await self._call("delete index", indices.delete(index=self.index, ignore_unavailable=True))
+        await self._call("delete template", indices.delete_index_template(name=self.template, ignore=[404]))
 
     async def ping(self) -> None:
         health = await self._call("cluster health", self._client.cluster.health())
@@ -180,9 +180,9 @@ class OpenSearchIndex:
         for doc in documents:
             body.append({"index": {"_index": self.index, "_id": doc.sop_instance_uid}})
             body.append(_source(doc))
-        result = await self._call(
-            "bulk", self._client.bulk(body=body, refresh="wait_for", filter_path="errors,items.*.error,items.*._id,items.*.status")
-        )
+        # refresh=wait_for: searchable on return (read-your-writes) without forcing a refresh.
+        only = "errors,items.*.error,items.*._id,items.*.status"
+        result = await self._call("bulk", self._client.bulk(body=body, refresh="wait_for", filter_path=only))
         if not result.get("errors"):
             log.debug("search upsert: %d documents into %s", len(documents), self.index)
             return
@@ -197,11 +197,12 @@ class OpenSearchIndex:
             failures[str(outcome.get("_id"))] = reason
             transient = transient and _transient(outcome.get("status"))
         if transient:  # every failure is back-pressure or a node problem: retry the batch later
-            raise BackendUnavailable("search", f"bulk: {len(failures)} document(s) failed: {next(iter(failures.values()))}")
+            first = next(iter(failures.values()))
+            raise BackendUnavailable("search", f"bulk: {len(failures)} document(s) failed: {first}")
         raise SearchWriteRejected(failures)
 
     async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
-        terms = [t for t in text.split() if _HAS_TOKEN.search(t)]
+        terms = [t for t in _CONTROL.sub(" ", text).split() if _HAS_TOKEN.search(t)]
         if not terms or limit <= 0:
             return []
         body = {

@@ -27,6 +27,14 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class FilePart:
+    """The bytes of a local file from ``offset`` to its end."""
+
+    path: Path
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class Payload:
     """Bytes to store, given as an ordered list of in-memory parts and local files.
 
@@ -34,7 +42,7 @@ class Payload:
     object without ever holding the dataset in memory.
     """
 
-    parts: tuple[bytes | Path, ...]
+    parts: tuple[bytes | Path | FilePart, ...]
     size: int
     sha256: str
 
@@ -44,7 +52,9 @@ class Payload:
                 if part:
                     yield part
                 continue
-            with open(part, "rb") as fh:
+            path, offset = (part.path, part.offset) if isinstance(part, FilePart) else (part, 0)
+            with open(path, "rb") as fh:
+                fh.seek(offset)
                 while True:
                     chunk = fh.read(chunk_size)
                     if not chunk:

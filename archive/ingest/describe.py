@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
-from pydicom.filereader import read_dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
@@ -97,14 +98,35 @@ def read_header(fp: BinaryIO, transfer_syntax_uid: str) -> Dataset:
         raise MalformedDataset(f"dataset cannot be parsed: {exc}") from exc
     if len(ds) == 0:
         raise MalformedDataset("dataset is empty")
-    charset = ds.get("SpecificCharacterSet")
-    ds.set_original_encoding(implicit, little, charset.value if charset else None)
+    try:
+        charset = ds.get("SpecificCharacterSet")
+    except Exception as exc:
+        raise MalformedDataset(f"Specific Character Set cannot be read: {exc}") from exc
+    try:
+        encodings = convert_encodings(charset) if charset else None
+    except Exception as exc:
+        raise MalformedDataset(f"unknown Specific Character Set: {exc}") from exc
+    ds.set_original_encoding(implicit, little, encodings)
     return ds
 
 
-def describe(path: Path, transfer_syntax_uid: str) -> Description:
+def dataset_offset(path: Path) -> int:
+    """Where the dataset starts: after preamble and File Meta of a Part 10 file, else 0."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            return 0
+        try:
+            _read_file_meta_info(fh)
+        except Exception as exc:
+            raise MalformedDataset(f"File Meta Information cannot be parsed: {exc}") from exc
+        return fh.tell()
+
+
+def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Description:
     """Validate the UIDs of a spooled dataset and build its metadata."""
     with open(path, "rb") as fh:
+        fh.seek(offset)
         ds = read_header(fh, transfer_syntax_uid)
         try:
             metadata = dataset_json(ds)
@@ -124,18 +146,19 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
                     source_aet: str = "") -> bytes:
     """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     if source_aet:
         meta.SourceApplicationEntityTitle = source_aet
-    buffer = DicomFileLike(io.BytesIO())
+    raw = io.BytesIO()
+    buffer = DicomFileLike(raw)
     buffer.is_little_endian = True
     buffer.is_implicit_VR = False
     write_file_meta_info(buffer, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buffer.parent.getvalue()  # type: ignore[attr-defined]
+    return b"\x00" * 128 + b"DICM" + raw.getvalue()
 
 
 def inline_binary(data: bytes) -> str:

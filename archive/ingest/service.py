@@ -19,10 +19,10 @@ from pathlib import Path
 
 from archive import metrics
 from archive.core.errors import BackendUnavailable, DuplicateConflict, UIDMismatch
-from archive.core.models import IndexMessage, Payload
+from archive.core.models import FilePart, IndexMessage, Payload
 from archive.core.ports import MessageQueue, ObjectStore
 from archive.core.uids import object_key, validate_uid
-from archive.ingest.describe import Description, describe, file_meta_bytes
+from archive.ingest.describe import Description, dataset_offset, describe, file_meta_bytes
 from archive.settings import DuplicatePolicy
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Received:
     """One instance as a receiver got it: the dataset spooled to a local file."""
 
-    dataset_path: Path  # the encoded dataset, without File Meta Information
+    dataset_path: Path  # the encoded dataset, with or without preamble + File Meta
     transfer_syntax_uid: str
     source_aet: str
     affected_sop_class_uid: str | None = None  # from the C-STORE command, if any
@@ -61,18 +61,12 @@ class StoreResult:
     key: str
 
 
-def _sha256(parts: tuple[bytes | Path, ...]) -> tuple[str, int]:
+def _sha256(parts: tuple[bytes | Path | FilePart, ...]) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    for part in parts:
-        if isinstance(part, bytes):
-            digest.update(part)
-            size += len(part)
-            continue
-        with open(part, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
+    for chunk in Payload(parts, 0, "").chunks():
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size
 
 
@@ -88,7 +82,8 @@ class IngestService:
             validate_uid(received.affected_sop_instance_uid, "AffectedSOPInstanceUID")
         if received.affected_sop_class_uid is not None:
             validate_uid(received.affected_sop_class_uid, "AffectedSOPClassUID")
-        description = describe(received.dataset_path, received.transfer_syntax_uid)
+        offset = dataset_offset(received.dataset_path)
+        description = describe(received.dataset_path, received.transfer_syntax_uid, offset)
         # PS3.4 B.2.3: the dataset must be the instance the command announced
         if (
             received.affected_sop_instance_uid is not None
@@ -106,7 +101,7 @@ class IngestService:
             description.transfer_syntax_uid,
             received.source_aet,
         )
-        parts: tuple[bytes | Path, ...] = (header, received.dataset_path)
+        parts: tuple[bytes | Path | FilePart, ...] = (header, FilePart(received.dataset_path, offset))
         sha256, size = _sha256(parts)
         return Prepared(
             description=description,

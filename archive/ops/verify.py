@@ -23,7 +23,7 @@ from archive.core.records import CatalogInstance
 from archive.core.uids import uid_from_key
 from pydicom.filereader import _read_file_meta_info
 
-from archive.ingest.describe import describe
+from archive.ingest.describe import dataset_offset, describe
 
 log = logging.getLogger(__name__)
 SAMPLE = 50  # discrepancies listed per kind (counts are always complete)
@@ -90,13 +90,13 @@ async def verify(
     entry: CatalogInstance
     async for entry in catalog.instances():
         catalog_uids.add(entry.sop_instance_uid)
-        info = objects.get(entry.object_key)
-        if info is None:
+        stored = objects.get(entry.object_key)
+        if stored is None:
             _note(report, "missing_objects", entry.sop_instance_uid)
             continue
         seen_keys.add(entry.object_key)
-        sha = await _actual_sha256(store, info.key) if deep or info.sha256 is None else info.sha256
-        if sha != entry.sha256 or info.size != entry.size:
+        sha = await _actual_sha256(store, stored.key) if deep or stored.sha256 is None else stored.sha256
+        if sha != entry.sha256 or stored.size != entry.size:
             _note(report, "checksum_mismatches", entry.sop_instance_uid)
     report.catalog_instances = len(catalog_uids)
     for key in objects.keys() - seen_keys:
@@ -131,19 +131,13 @@ async def _requeue(store: ObjectStore, queue: MessageQueue, key: str) -> int:
                 digest.update(chunk)
                 size += len(chunk)
         try:
+            offset = dataset_offset(path)
+            if offset == 0:
+                raise ValueError("not a DICOM Part 10 file")
             with open(path, "rb") as fh:
-                preamble = fh.read(132)
-                if preamble[128:132] != b"DICM":
-                    raise ValueError("not a DICOM Part 10 file")
-                meta = _read_file_meta_info(fh)
-                ts = str(meta.get("TransferSyntaxUID", ""))
-                data_start = fh.tell()
-            dataset = Path(tmp) / "dataset.raw"
-            with open(path, "rb") as src, open(dataset, "wb") as dst:
-                src.seek(data_start)
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            d = describe(dataset, ts)
+                fh.seek(128 + 4)
+                ts = str(_read_file_meta_info(fh).get("TransferSyntaxUID", ""))
+            d = describe(path, ts, offset)
         except Exception as exc:
             log.warning("orphaned object cannot be described", extra={"key": key[:200], "error": type(exc).__name__})
             return 0

@@ -30,7 +30,7 @@ def _status_dataset(status: Status) -> Dataset:
 def handle_store(event: Event, ingest: IngestService, portal: Portal, timeout: float) -> Dataset:
     """EVT_C_STORE: spooled dataset -> object store + queue -> status."""
     started = time.perf_counter()
-    request = event.request
+    request: Any = event.request
     calling = event.assoc.requestor.ae_title
     sop_uid = str(request.AffectedSOPInstanceUID or "")
     try:

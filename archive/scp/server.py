@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
+import threading
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
@@ -48,7 +50,9 @@ class ArchiveAssociationServer(ThreadedAssociationServer):
 def storage_contexts() -> list[Any]:
     """Every storage SOP class pynetdicom knows, in every transfer syntax pydicom knows."""
     syntaxes = [str(ts) for ts in AllTransferSyntaxes]
-    contexts = [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+    contexts = [
+        build_context(str(cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts
+    ]
     contexts.append(build_context(Verification, syntaxes))
     return contexts
 
@@ -70,20 +74,29 @@ class StoreSCP:
         self.server: ThreadedAssociationServer | None = None
 
     def start(self, port: int | None = None, reuse_port: bool = False) -> int:
+        # pynetdicom spools each received dataset to a temporary file: keep the
+        # spool beside the data, not on a small /tmp.
+        spool = self.settings.data_dir / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(spool)
         policy = AccessPolicy(self.settings.allowed_aets, self.settings.allowed_networks)
         server_class = type("Server", (ArchiveAssociationServer,), {"reuse_port": reuse_port})
-        handlers_ = [
+        handlers_: list[Any] = [
             (evt.EVT_C_STORE, handlers.handle_store, [self.ingest, self.portal, self.settings.store_timeout]),
             (evt.EVT_REQUESTED, handlers.handle_requested, [policy]),
             (evt.EVT_CONN_OPEN, handlers.handle_open),
             (evt.EVT_CONN_CLOSE, handlers.handle_close),
         ]
-        self.server = self.ae.start_server(
+        # AE.start_server() takes no server_class (pynetdicom 3.0); do what its
+        # non-blocking branch does with our class.
+        server = self.ae.make_server(
             (self.settings.bind, self.settings.dicom_port if port is None else port),
-            block=False,
             evt_handlers=handlers_,
             server_class=server_class,
         )
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        self.ae._servers.append(server)  # so AE.shutdown() stops it too
+        self.server = server
         bound = int(self.server.server_address[1])
         log.info("DICOM SCP listening", extra={"aet": self.settings.aet, "port": bound})
         return bound

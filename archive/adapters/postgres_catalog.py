@@ -1,0 +1,270 @@
+"""Catalog on PostgreSQL (the distributed backend), psycopg 3 async with a pool.
+
+The pool opens lazily (first call or ``migrate``). Each batch upsert is one
+transaction of one statement per level: ``INSERT ... SELECT FROM unnest(arrays)
+ON CONFLICT DO UPDATE``, rows sorted by key so that concurrent indexers lock
+rows in the same order; deadlocks and serialization failures that still happen
+are retried with jittered backoff (``100 * attempt`` ms + jitter, as Orthanc
+does). Connection failures raise ``BackendUnavailable("catalog", ...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.errors import TransactionRollback
+from psycopg_pool import AsyncConnectionPool
+
+from archive.adapters import migrations
+from archive.adapters.sql_catalog import (
+    INSTANCE_COLUMNS,
+    INSTANCE_LIST_COLUMNS,
+    LIST_BATCH,
+    PATIENT_COLUMNS,
+    SERIES_COLUMNS,
+    STUDY_COLUMNS,
+    Dialect,
+    UpsertPlan,
+    assemble,
+    build_find,
+    catalog_instance,
+    instance_values,
+    moved_series,
+    on_conflict,
+    patient_values,
+    plan_upsert,
+    series_values,
+    study_values,
+)
+from archive.core.errors import BackendUnavailable
+from archive.core.models import DicomJson
+from archive.core.query import Query
+from archive.core.records import CatalogEntry, CatalogInstance
+
+log = logging.getLogger(__name__)
+
+RETRIES = 5
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+DIALECT = Dialect(
+    placeholder="%s",
+    like_escape="",  # backslash is PostgreSQL's default LIKE escape
+    distinct_list="string_agg(DISTINCT {}, ',')",
+    decode_json=lambda value: value or {},  # psycopg already loads jsonb
+)
+
+# PostgreSQL element types of each column, for the unnest() arrays
+_TYPES = {
+    "patient_fk": "bigint", "study_fk": "bigint", "series_fk": "bigint", "size": "bigint",
+    "series_number": "integer", "instance_number": "integer", "number_of_frames": "integer",
+    "updated_at": "float8", "received_at": "float8", "indexed_at": "float8",
+    "attrs": "jsonb", "metadata": "jsonb",
+}  # fmt: skip
+
+
+def _upsert_sql(table: str, columns: Sequence[str], returning: str = "") -> str:
+    arrays = ", ".join(f"%s::{_TYPES.get(c, 'text')}[]" for c in columns)
+    text = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {on_conflict(table, columns)}"
+    return f"{text} RETURNING {returning}" if returning else text
+
+
+_PATIENTS = _upsert_sql("patients", PATIENT_COLUMNS, "id, patient_id, issuer")
+_STUDIES = _upsert_sql("studies", STUDY_COLUMNS, "id, study_uid")
+_SERIES = _upsert_sql("series", SERIES_COLUMNS, "id, series_uid")
+_INSTANCES = _upsert_sql("instances", INSTANCE_COLUMNS)
+
+
+def _arrays(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (the parameters of unnest)."""
+    return [[row[n] for row in rows] for n in range(width)]
+
+
+class PostgresCatalog:
+    """The :class:`~archive.core.ports.Catalog` port on PostgreSQL.
+
+    ``schema`` puts every table in that schema (created by ``migrate``) instead
+    of the connection's default search path: tests isolate themselves with it.
+    """
+
+    name = "postgresql-catalog"
+
+    def __init__(
+        self,
+        dsn: str,
+        min_size: int = 1,
+        max_size: int = 8,
+        *,
+        schema: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if schema is not None and not _SCHEMA.match(schema):
+            raise ValueError(f"schema {schema!r}: use lowercase letters, digits and _")
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self._pool: AsyncConnectionPool | None = None
+        self._opening = asyncio.Lock()
+
+    # -- pool -----------------------------------------------------------------
+    async def _get_pool(self) -> AsyncConnectionPool:
+        if self._pool is not None:
+            return self._pool
+        async with self._opening:
+            if self._pool is None:
+                kwargs: dict[str, Any] = {"connect_timeout": max(1, int(self.connect_timeout))}
+                if self.schema:
+                    kwargs["options"] = f"-c search_path={self.schema}"
+                pool = AsyncConnectionPool(
+                    self.dsn,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    kwargs=kwargs,
+                    timeout=self.connect_timeout,
+                    open=False,
+                    name="catalog",
+                )
+                try:
+                    await pool.open(wait=True, timeout=self.connect_timeout)
+                except Exception as exc:
+                    await pool.close()
+                    raise BackendUnavailable("catalog", f"cannot connect to PostgreSQL: {exc}") from exc
+                self._pool = pool
+        assert self._pool is not None
+        return self._pool
+
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        pool = await self._get_pool()
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+        except psycopg.OperationalError as exc:
+            raise BackendUnavailable("catalog", str(exc)) from exc
+
+    # -- Backend --------------------------------------------------------------
+    async def migrate(self) -> None:
+        """Apply missing schema versions in one transaction under an advisory lock."""
+        pool = await self._get_pool()
+        key = zlib.crc32(f"dicom-archive catalog {self.schema or ''}".encode()) - 2**31
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                # concurrent migrators wait here, then see the versions applied by the first
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                if self.schema:
+                    await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version "
+                    "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                done = {row[0] for row in await (await conn.execute("SELECT version FROM schema_version")).fetchall()}
+                applied = []
+                for migration in migrations.load("postgresql"):
+                    if migration.version in done:
+                        continue
+                    await conn.execute(migration.sql)  # no parameters: several statements at once
+                    await conn.execute(
+                        "INSERT INTO schema_version (version, description, applied_at) VALUES (%s, %s, %s)",
+                        (migration.version, migration.description, time.time()),
+                    )
+                    applied.append(migration.version)
+        except psycopg.OperationalError as exc:
+            raise BackendUnavailable("catalog", str(exc)) from exc
+        if applied:
+            log.info("catalog migrated to schema versions %s", applied)
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # -- Catalog --------------------------------------------------------------
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
+        if not entries:
+            return
+        plan = plan_upsert(entries)
+        pool = await self._get_pool()
+        for attempt in range(1, RETRIES + 1):
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    await self._upsert(conn, plan)
+                return
+            except TransactionRollback as exc:  # deadlock or serialization failure
+                if attempt == RETRIES:
+                    raise
+                delay = (100 * attempt + random.uniform(0, 100)) / 1000
+                log.warning("catalog upsert retry %d in %.0f ms: %s", attempt, delay * 1000, exc.sqlstate)
+                await asyncio.sleep(delay)
+            except psycopg.OperationalError as exc:
+                raise BackendUnavailable("catalog", str(exc)) from exc
+
+    @staticmethod
+    async def _upsert(conn: AsyncConnection[Any], plan: UpsertPlan) -> None:
+        now = time.time()
+        uids = [s.series_uid for s, _ in plan.series]
+        cur = await conn.execute("SELECT series_uid, study_uid FROM series WHERE series_uid = ANY(%s)", (uids,))
+        stored: dict[str, str] = {row[0]: row[1] for row in await cur.fetchall()}
+
+        rows = [patient_values(p) for p in plan.patients]
+        cur = await conn.execute(_PATIENTS, _arrays(rows, len(PATIENT_COLUMNS)))
+        patient_ids = {(r[1], r[2]): r[0] for r in await cur.fetchall()}
+
+        rows = [study_values(st, patient_ids[pkey], now) for st, pkey in plan.studies]
+        cur = await conn.execute(_STUDIES, _arrays(rows, len(STUDY_COLUMNS)))
+        study_ids = {r[1]: r[0] for r in await cur.fetchall()}
+
+        rows = [series_values(se, study_ids[st], st, now) for se, st in plan.series]
+        cur = await conn.execute(_SERIES, _arrays(rows, len(SERIES_COLUMNS)))
+        series_ids = {r[1]: r[0] for r in await cur.fetchall()}
+
+        for series_uid, study_uid in moved_series(plan, stored):
+            log.info("series %s moved to study %s", series_uid, study_uid)
+            await conn.execute(
+                "UPDATE instances SET study_uid = %s WHERE series_fk = %s", (study_uid, series_ids[series_uid])
+            )
+        rows = [instance_values(row, series_ids[se], st, se, now) for row, st, se in plan.instances]
+        await conn.execute(_INSTANCES, _arrays(rows, len(INSTANCE_COLUMNS)))
+
+    async def find(self, query: Query) -> list[DicomJson]:
+        """Match ``query`` at its level (PS3.4 C.2.2.2, C.6) in one SELECT.
+
+        Every result holds all the attributes stored at the query level and the
+        levels above, plus the computed attributes of the level; ``return_keys``
+        and ``include_all`` are not applied here (the query service filters).
+        """
+        text, params = build_find(query, DIALECT)
+        return [assemble(query, row, DIALECT) for row in await self._fetch(text, params)]
+
+    async def count_instances(self) -> int:
+        rows = await self._fetch("SELECT COUNT(*) FROM instances")
+        return int(rows[0][0])
+
+    async def instances(self) -> AsyncIterator[CatalogInstance]:
+        """Every instance, in keyset-paginated batches (never the whole table at once)."""
+        last = 0
+        text = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE id > %s ORDER BY id LIMIT %s"
+        while True:
+            rows = await self._fetch(text, (last, LIST_BATCH))
+            for row in rows:
+                yield catalog_instance(row)
+            if len(rows) < LIST_BATCH:
+                return
+            last = rows[-1][0]
+
+    async def get_instance(self, sop_instance_uid: str) -> CatalogInstance | None:
+        text = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE sop_instance_uid = %s"
+        rows = await self._fetch(text, (sop_instance_uid,))
+        return catalog_instance(rows[0]) if rows else None

@@ -1,0 +1,269 @@
+"""Catalog on SQLite (the embedded default).
+
+One database file in WAL mode with ``synchronous=NORMAL``: a commit is durable
+against process crashes and costs no fsync. Writes run on a dedicated
+single-thread executor owning the writer connection; reads run on a second
+thread with its own connection, so a query never queues behind a batch upsert
+(WAL lets readers proceed while the writer commits). Each write transaction
+starts with ``BEGIN IMMEDIATE`` so two processes sharing the file serialise on
+the lock (waiting up to ``busy_timeout``) instead of failing on lock upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from archive.adapters import migrations
+from archive.adapters._executor import Blocking
+from archive.adapters.sql_catalog import (
+    INSTANCE_COLUMNS,
+    INSTANCE_LIST_COLUMNS,
+    LIST_BATCH,
+    PATIENT_COLUMNS,
+    SERIES_COLUMNS,
+    STUDY_COLUMNS,
+    Dialect,
+    UpsertPlan,
+    assemble,
+    build_find,
+    catalog_instance,
+    instance_values,
+    moved_series,
+    on_conflict,
+    patient_values,
+    plan_upsert,
+    series_values,
+    study_values,
+)
+from archive.core.errors import BackendUnavailable
+from archive.core.models import DicomJson
+from archive.core.query import Query
+from archive.core.records import CatalogEntry, CatalogInstance
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 30.0
+_UNAVAILABLE = ("database is locked", "unable to open", "disk i/o error", "disk is full", "readonly database")
+_CHUNK = 500  # bound parameters per IN (...) list
+
+DIALECT = Dialect(
+    placeholder="?",
+    like_escape=" ESCAPE '\\'",
+    distinct_list="group_concat(DISTINCT {})",
+    decode_json=lambda text: json.loads(text) if text else {},
+)
+
+
+def _upsert_sql(table: str, columns: Sequence[str], returning: str = "") -> str:
+    marks = ", ".join("?" for _ in columns)
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {on_conflict(table, columns)}"
+    return f"{sql} RETURNING {returning}" if returning else sql
+
+
+_PATIENTS = _upsert_sql("patients", PATIENT_COLUMNS, "id")
+_STUDIES = _upsert_sql("studies", STUDY_COLUMNS, "id")
+_SERIES = _upsert_sql("series", SERIES_COLUMNS, "id")
+_INSTANCES = _upsert_sql("instances", INSTANCE_COLUMNS)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into complete statements (no implicit COMMIT)."""
+    out, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            out.append(buffer.strip())
+            buffer = ""
+    return out
+
+
+class SqliteCatalog:
+    """The :class:`~archive.core.ports.Catalog` port on one SQLite file."""
+
+    name = "sqlite-catalog"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer = Blocking("sqlite-catalog-w", workers=1)
+        self._reader = Blocking("sqlite-catalog-r", workers=1)
+        self._wcon: sqlite3.Connection | None = None  # lives in the writer thread
+        self._rcon: sqlite3.Connection | None = None  # lives in the reader thread
+
+    # -- connections (each created and used in its own thread) ---------------
+    def _connect(self, reader: bool) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            if not reader:
+                con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA foreign_keys=ON")
+            # DICOM matching is case sensitive (PS3.4 C.2.2.2.1; names use the folded
+            # columns), and a case-sensitive LIKE can use the BINARY indexes.
+            con.execute("PRAGMA case_sensitive_like=ON")
+            if reader:
+                con.execute("PRAGMA query_only=ON")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _write_con(self) -> sqlite3.Connection:
+        if self._wcon is None:
+            self._wcon = self._connect(reader=False)
+        return self._wcon
+
+    def _read_con(self) -> sqlite3.Connection:
+        if self._rcon is None:
+            self._rcon = self._connect(reader=True)
+        return self._rcon
+
+    async def _run(self, executor: Blocking, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await executor.run(fn, *args)
+        except sqlite3.OperationalError as exc:
+            if any(s in str(exc).lower() for s in _UNAVAILABLE):
+                raise BackendUnavailable("catalog", f"{self.path}: {exc}") from exc
+            raise
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        con = self._write_con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(con)
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return result
+
+    # -- Backend --------------------------------------------------------------
+    async def migrate(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailable("catalog", f"{self.path.parent}: {exc}") from exc
+        applied = await self._run(self._writer, self._transaction, self._migrate)
+        if applied:
+            log.info("catalog %s migrated to schema versions %s", self.path, applied)
+
+    def _migrate(self, con: sqlite3.Connection) -> list[int]:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        done = {row[0] for row in con.execute("SELECT version FROM schema_version")}
+        applied = []
+        for migration in migrations.load("sqlite"):
+            if migration.version in done:
+                continue
+            for statement in _statements(migration.sql):
+                con.execute(statement)
+            con.execute(
+                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.description, time.time()),
+            )
+            applied.append(migration.version)
+        return applied
+
+    async def ping(self) -> None:
+        try:
+            await self._run(self._reader, lambda: self._read_con().execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
+            raise BackendUnavailable("catalog", f"{self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        def close_writer() -> None:
+            if self._wcon is not None:
+                self._wcon.close()
+                self._wcon = None
+
+        def close_reader() -> None:
+            if self._rcon is not None:
+                self._rcon.close()
+                self._rcon = None
+
+        await self._writer.run(close_writer)
+        await self._reader.run(close_reader)
+        self._writer.shutdown()
+        self._reader.shutdown()
+
+    # -- Catalog --------------------------------------------------------------
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
+        if not entries:
+            return
+        plan = plan_upsert(entries)
+        started = time.perf_counter()
+        await self._run(self._writer, self._transaction, lambda con: self._upsert(con, plan))
+        log.debug("catalog upsert of %d instances in %.1f ms", len(plan.instances), (time.perf_counter() - started) * 1e3)
+
+    @staticmethod
+    def _upsert(con: sqlite3.Connection, plan: UpsertPlan) -> None:
+        now = time.time()
+        stored: dict[str, str] = {}
+        uids = [s.series_uid for s, _ in plan.series]
+        for i in range(0, len(uids), _CHUNK):
+            chunk = uids[i : i + _CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            stored.update(con.execute(f"SELECT series_uid, study_uid FROM series WHERE series_uid IN ({marks})", chunk))
+        patient_ids = {}
+        for p in plan.patients:
+            patient_ids[(p.patient_id, p.issuer)] = con.execute(_PATIENTS, patient_values(p)).fetchone()[0]
+        study_ids = {}
+        for st, pkey in plan.studies:
+            study_ids[st.study_uid] = con.execute(_STUDIES, study_values(st, patient_ids[pkey], now)).fetchone()[0]
+        series_ids = {}
+        for se, study_uid in plan.series:
+            values = series_values(se, study_ids[study_uid], study_uid, now)
+            series_ids[se.series_uid] = con.execute(_SERIES, values).fetchone()[0]
+        for series_uid, study_uid in moved_series(plan, stored):
+            log.info("series %s moved to study %s", series_uid, study_uid)
+            con.execute("UPDATE instances SET study_uid = ? WHERE series_fk = ?", (study_uid, series_ids[series_uid]))
+        con.executemany(
+            _INSTANCES,
+            [instance_values(row, series_ids[se], st, se, now) for row, st, se in plan.instances],
+        )
+
+    async def find(self, query: Query) -> list[DicomJson]:
+        """Match ``query`` at its level (PS3.4 C.2.2.2, C.6) in one SELECT.
+
+        Every result holds all the attributes stored at the query level and the
+        levels above, plus the computed attributes of the level; ``return_keys``
+        and ``include_all`` are not applied here (the query service filters).
+        """
+        sql, params = build_find(query, DIALECT)
+
+        def run() -> list[Any]:
+            return self._read_con().execute(sql, params).fetchall()
+
+        rows = await self._run(self._reader, run)
+        return [assemble(query, row, DIALECT) for row in rows]
+
+    async def count_instances(self) -> int:
+        row = await self._run(self._reader, lambda: self._read_con().execute("SELECT COUNT(*) FROM instances").fetchone())
+        return int(row[0])
+
+    async def instances(self) -> AsyncIterator[CatalogInstance]:
+        """Every instance, in keyset-paginated batches (never the whole table at once)."""
+        last = 0
+        sql = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE id > ? ORDER BY id LIMIT ?"
+        while True:
+            after = last
+            rows = await self._run(self._reader, lambda: self._read_con().execute(sql, (after, LIST_BATCH)).fetchall())
+            for row in rows:
+                yield catalog_instance(row)
+            if len(rows) < LIST_BATCH:
+                return
+            last = rows[-1][0]
+
+    async def get_instance(self, sop_instance_uid: str) -> CatalogInstance | None:
+        sql = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE sop_instance_uid = ?"
+        row = await self._run(self._reader, lambda: self._read_con().execute(sql, (sop_instance_uid,)).fetchone())
+        return catalog_instance(row) if row else None

@@ -1,0 +1,112 @@
+"""The object-store contract, run against the filesystem and S3 (SeaweedFS/MinIO)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from archive.adapters.filesystem_store import FilesystemStore
+from archive.adapters.s3_store import S3Store
+from archive.core.errors import ObjectNotFound
+from archive.core.models import Payload
+from archive.core.ports import ObjectStore
+from tests.conftest import service_setting
+
+
+def payload(*parts: bytes | Path) -> Payload:
+    digest = hashlib.sha256()
+    size = 0
+    for p in parts:
+        data = p if isinstance(p, bytes) else p.read_bytes()
+        digest.update(data)
+        size += len(data)
+    return Payload(parts=tuple(parts), size=size, sha256=digest.hexdigest())
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[ObjectStore]:
+    if request.param == "filesystem":
+        backend: ObjectStore = FilesystemStore(tmp_path / "objects")
+    else:
+        url = urlsplit(service_setting("ARCHIVE_OBJECT_STORE"))
+        backend = S3Store(
+            url.netloc, f"test-{unique}", service_setting("ARCHIVE_S3_ACCESS_KEY"),
+            service_setting("ARCHIVE_S3_SECRET_KEY"), part_size=5 * 1024 * 1024,
+        )
+    await backend.migrate()
+    await backend.migrate()  # idempotent
+    yield backend
+    async for info in backend.list():
+        await backend.delete(info.key)
+    await backend.close()
+
+
+async def read_all(store: ObjectStore, key: str) -> bytes:
+    return b"".join([chunk async for chunk in store.get(key)])
+
+
+async def test_put_get_head_range_delete(store: ObjectStore, tmp_path: Path) -> None:
+    body = tmp_path / "body"
+    body.write_bytes(os.urandom(100_000))
+    p = payload(b"HEADER", body)
+    result = await store.put("instances/aa/bb/1.2.3.dcm", p)
+    assert result.created
+    assert await read_all(store, "instances/aa/bb/1.2.3.dcm") == b"HEADER" + body.read_bytes()
+    info = await store.head("instances/aa/bb/1.2.3.dcm")
+    assert info is not None and info.size == p.size and info.sha256 == p.sha256
+    assert await store.get_range("instances/aa/bb/1.2.3.dcm", 2, 4) == b"ADER"
+    assert await store.head("instances/aa/bb/missing.dcm") is None
+    await store.delete("instances/aa/bb/1.2.3.dcm")
+    assert await store.head("instances/aa/bb/1.2.3.dcm") is None
+    with pytest.raises(ObjectNotFound):
+        await read_all(store, "instances/aa/bb/1.2.3.dcm")
+
+
+async def test_put_if_absent_keeps_first(store: ObjectStore) -> None:
+    first = payload(b"first")
+    assert (await store.put("instances/00/11/9.dcm", first)).created
+    second = await store.put("instances/00/11/9.dcm", payload(b"second"))
+    assert not second.created and second.info.sha256 == first.sha256
+    assert await read_all(store, "instances/00/11/9.dcm") == b"first"
+    replaced = await store.put("instances/00/11/9.dcm", payload(b"second"), if_absent=False)
+    assert replaced.created
+    assert await read_all(store, "instances/00/11/9.dcm") == b"second"
+
+
+async def test_large_object_streams_multipart(store: ObjectStore, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with open(big, "wb") as fh:
+        for _ in range(12):
+            fh.write(os.urandom(1024 * 1024))
+    p = payload(b"H" * 132, big)
+    assert (await store.put("instances/cc/dd/big.dcm", p)).created
+    info = await store.head("instances/cc/dd/big.dcm")
+    assert info is not None and info.size == p.size and info.sha256 == p.sha256
+    digest = hashlib.sha256()
+    async for chunk in store.get("instances/cc/dd/big.dcm"):
+        assert len(chunk) <= 1 << 20  # streamed, never the whole object at once
+        digest.update(chunk)
+    assert digest.hexdigest() == p.sha256
+
+
+async def test_list_prefix(store: ObjectStore) -> None:
+    for i in range(5):
+        await store.put(f"instances/0{i}/00/{i}.dcm", payload(str(i).encode()))
+    await store.put("other/x", payload(b"x"))
+    keys = sorted([info.key async for info in store.list("instances/")])
+    assert keys == [f"instances/0{i}/00/{i}.dcm" for i in range(5)]
+
+
+async def test_filesystem_refuses_unsafe_keys(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    await store.migrate()
+    for key in ("../escape", "/abs", "a/../../b", "a//b", ""):
+        with pytest.raises(ValueError):
+            await store.put(key, payload(b"x"))
+    assert not (tmp_path / "escape").exists()
+    await store.close()

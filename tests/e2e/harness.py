@@ -1,0 +1,131 @@
+"""Run real archive processes (``dicom-archive serve`` or the separate roles) for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read()
+            return response.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode(errors="replace")
+
+
+@dataclass
+class ArchiveProcess:
+    """One ``dicom-archive`` process with its own ports and log file."""
+
+    command: str
+    env: dict[str, str]
+    log_path: Path
+    dicom_port: int = 0
+    http_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> "ArchiveProcess":
+        env = {**os.environ, **self.env}
+        env["ARCHIVE_DICOM_PORT"] = str(self.dicom_port)
+        env["ARCHIVE_HTTP_PORT"] = str(self.http_port)
+        env.setdefault("ARCHIVE_BIND", "127.0.0.1")
+        env.setdefault("ARCHIVE_LOG_LEVEL", "INFO")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "archive.cli", self.command, *self.extra_args],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        log.close()
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.command} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status, _ = http_json(f"{self.http}/readyz", timeout=2)
+                if status == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.command} not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+def serve(tmp_path: Path, **env: str) -> ArchiveProcess:
+    """An embedded ``serve`` on fresh ports and a fresh data dir."""
+    base = {"ARCHIVE_DATA_DIR": str(tmp_path / "data"), "ARCHIVE_FSYNC": "false"}
+    base.update(env)
+    return ArchiveProcess("serve", base, tmp_path / "serve.log", free_port(), free_port())
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout} s (last value {last!r})")
+
+
+def verify(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "archive.cli", "verify", "--json"],
+        env={**os.environ, **env}, capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        raise AssertionError(f"verify printed no JSON: {result.stdout}\n{result.stderr}") from None
+    return result.returncode, report
