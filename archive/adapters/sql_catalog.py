@@ -225,7 +225,7 @@ COLUMNS: dict[str, _Column] = {
 # PS3.4 C.6.1.1.5, C.6.2.1: results are ordered deterministically per level
 _ORDER: dict[int, tuple[tuple[str, str], ...]] = {
     0: (("p.patient_id", ""), ("p.issuer", ""), ("p.id", "")),
-    1: (("st.study_date", ""), ("st.study_uid", "")),
+    1: (("st.study_date", " DESC NULLS LAST"), ("st.study_uid", "")),
     2: (("se.series_number", " NULLS LAST"), ("se.series_uid", "")),
     3: (("i.instance_number", " NULLS LAST"), ("i.sop_instance_uid", "")),
 }

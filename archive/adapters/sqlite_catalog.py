@@ -84,6 +84,20 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+def _enable_wal(con: sqlite3.Connection) -> None:
+    """Switch the file to WAL once; the switch can fail busy without waiting."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SqliteCatalog:
     """The :class:`~archive.core.ports.Catalog` port on one SQLite file."""
 
@@ -101,7 +115,7 @@ class SqliteCatalog:
         con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             if not reader:
-                con.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(con)
             con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
             # DICOM matching is case sensitive (PS3.4 C.2.2.2.1; names use the folded

@@ -383,7 +383,8 @@ class StreamSender(threading.Thread):
                     with self._lock:
                         self.sent.append(Sent(str(ds.SOPInstanceUID), status, started, time.monotonic()))
                     n += 1
-                    if status == -1 and not assoc.is_established:
+                    if status == -1:  # no answer: the association is gone or useless
+                        assoc.abort()
                         break
                     if self.pause:
                         time.sleep(self.pause)

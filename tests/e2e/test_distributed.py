@@ -27,8 +27,9 @@ def test_roles_on_real_backends(dist: Distributed, tmp_path: Path) -> None:
     assert {"patients", "studies", "series", "instances"} <= tables, tables
 
     assert echoscu(dist.scp.dicom_port).returncode == 0
-    study = new_uid()
-    datasets = [make_ct(study_uid=study, instance_number=i, seed=i, patient_id="DIST-1") for i in range(20)]
+    study, series = new_uid(), new_uid()
+    datasets = [make_ct(study_uid=study, series_uid=series, instance_number=i, seed=i, patient_id="DIST-1")
+                for i in range(20)]
     files = [write_part10(ds, tmp_path / f"ct{i}.dcm") for i, ds in enumerate(datasets)]
     result = storescu(dist.scp.dicom_port, files)
     assert result.returncode == 0, result.stderr
