@@ -98,7 +98,8 @@ spawn() {
   local pidfile="$SERVICES_DIR/$name.pid" logfile="$SERVICES_DIR/$name.log"
   rm -f "$pidfile"
   : >"$logfile"
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 &
+  # 9>&-: the daemon must not inherit (and so hold forever) our lock on fd 9.
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 9>&- &
   local i
   for i in $(seq 50); do [[ -s $pidfile ]] && return 0; sleep 0.1; done
   die "$name" "could not spawn $*" "$logfile"
@@ -234,7 +235,7 @@ pg_launch() {
   # pg_ctl daemonizes the postmaster; it answers on TCP once ready (waited for below).
   pg_as_postgres "$bin/pg_ctl" -D "$data" -l "$SERVICES_DIR/pg.log" -W start -o "\
     -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$dir/run \
-    -c max_connections=200 -c logging_collector=off" >/dev/null ||
+    -c max_connections=200 -c logging_collector=off" >/dev/null 9>&- ||
     die pg "pg_ctl start failed" "$SERVICES_DIR/pg.log"
 }
 
@@ -302,7 +303,8 @@ rabbit_env() {
   export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
 
-rabbitmqctl_() { (rabbit_env; timeout 90 "$RABBIT_BIN/rabbitmqctl" -n "$RABBIT_NODE" "$@"); }
+# (9>&-: the CLI may start epmd, which must not inherit our lock)
+rabbitmqctl_() { (rabbit_env; timeout 90 "$RABBIT_BIN/rabbitmqctl" -n "$RABBIT_NODE" "$@" 9>&-); }
 
 # The node name is not on beam's command line, but our private HOME is.
 RABBIT_PATTERN() { echo "-home $SERVICES_DIR/rabbitmq/home"; }
@@ -563,8 +565,9 @@ ensure_gitignore() {
 
 lock() {
   mkdir -p "$SERVICES_DIR"
-  exec 9>"$SERVICES_DIR/.lock"
-  flock -w 600 9 || die services "another services.sh holds $SERVICES_DIR/.lock"
+  # Serialises concurrent start/stop runs. Children get 9>&- so no daemon keeps it.
+  exec 9>"$SERVICES_DIR/services.lock"
+  flock -w 600 9 || die services "another services.sh holds $SERVICES_DIR/services.lock"
 }
 
 cmd_start() {

@@ -260,7 +260,7 @@ def like_pattern(pattern: str) -> str:
             out.append("%")
         elif ch == "?":
             out.append("_")
-        elif ch in "%_\\":
+        elif ch in "":
             out.append("\\" + ch)
         else:
             out.append(ch)

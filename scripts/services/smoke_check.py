@@ -65,10 +65,9 @@ async def _check_rabbit(url: str) -> str:
         assert msg is not None and msg.body == b"ping", "quorum queue lost the message"
         await msg.ack()
         await q.delete(if_unused=False, if_empty=False)
-        props = conn.connection.server_properties if hasattr(conn, "connection") else {}
-    version = props.get("version", b"?") if isinstance(props, dict) else "?"
-    if isinstance(version, bytes):
-        version = version.decode()
+        version = "?"
+        if conn.transport is not None:
+            version = conn.transport.connection.server_properties.get("version", "?")
     return f"rabbitmq {version} (quorum queue + x-delivery-limit ok)"
 
 

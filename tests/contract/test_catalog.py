@@ -217,6 +217,7 @@ SERIES_CASES: list[Case] = [
     ("patient attribute above", lambda w: [SingleValue("PatientID", "PID-1")], lambda s, w: s.patient_id == "PID-1"),
     ("study date above", lambda w: [Range("StudyDate", None, "20230601")], lambda s, w: s.study_date <= "20230601"),
     ("description wildcard", lambda w: [Wildcard("SeriesDescription", "AX*")], lambda s, w: True),
+    ("ModalitiesInStudy is about the study", lambda w: [SingleValue("ModalitiesInStudy", "MR")], in_study_with({"MR"})),
 ]  # fmt: skip
 
 IMAGE_CASES: list[Case] = [
