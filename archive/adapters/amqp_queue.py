@@ -92,6 +92,14 @@ class AmqpDelivery:
 
 
 class AmqpQueue:
+    """The MessageQueue on RabbitMQ (>= 3.10) at ``url``, queue ``queue`` (see ``migrate``).
+
+    ``prefetch`` bounds the unacked messages this consumer holds (basic.qos); ``confirm_timeout``
+    bounds every broker round trip, so that during an outage ``publish`` fails with
+    BackendUnavailable instead of hanging; ``reconnect_interval`` paces the robust reconnects.
+    One object belongs to one event loop.
+    """
+
     name = "amqp"
 
     def __init__(

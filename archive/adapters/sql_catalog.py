@@ -152,7 +152,9 @@ def moved_series(plan: UpsertPlan, stored: dict[str, str]) -> list[tuple[str, st
     instances of those series that the batch does not carry need their
     denormalised ``study_uid`` updated too.
     """
-    return [(s.series_uid, study_uid) for s, study_uid in plan.series if stored.get(s.series_uid, study_uid) != study_uid]
+    return [
+        (s.series_uid, study_uid) for s, study_uid in plan.series if stored.get(s.series_uid, study_uid) != study_uid
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -208,7 +210,7 @@ COLUMNS: dict[str, _Column] = {
     "StudyID": _Column(1, "study_id", "text"),
     "StudyDescription": _Column(1, "study_description", "text"),
     "ReferringPhysicianName": _Column(1, "referring_physician_folded", "pn"),
-    # PS3.4 C.6.2.1.2: a study matches when any of its series has the modality
+    # PS3.4 C.6.2.1.2 (Table C.6-5): a study matches when any of its series has the modality
     "ModalitiesInStudy": _Column(2, "modality", "text", describes=1),
     "SeriesInstanceUID": _Column(2, "series_uid", "text"),
     "Modality": _Column(2, "modality", "text"),
@@ -222,7 +224,7 @@ COLUMNS: dict[str, _Column] = {
     "InstanceNumber": _Column(3, "instance_number", "int"),
 }
 
-# PS3.4 C.6.1.1.5, C.6.2.1: results are ordered deterministically per level
+# the standard leaves the order of responses open; ours is deterministic so that paging is stable
 _ORDER: dict[int, tuple[tuple[str, str], ...]] = {
     0: (("p.patient_id", ""), ("p.issuer", ""), ("p.id", "")),
     1: (("st.study_date", " DESC NULLS LAST"), ("st.study_uid", "")),
@@ -235,13 +237,15 @@ _SERIES_OF_STUDY = "series x2 WHERE x2.study_fk = pg.k"
 _COMPUTED: dict[int, tuple[tuple[str, str, str], ...]] = {
     0: (
         ("00201200", "IS", "SELECT COUNT(*) FROM studies x1 WHERE x1.patient_fk = pg.k"),
-        ("00201202", "IS", "SELECT COUNT(*) FROM series x2 JOIN studies x1 ON x2.study_fk = x1.id WHERE x1.patient_fk = pg.k"),
+        ("00201202", "IS", "SELECT COUNT(*) FROM series x2 JOIN studies x1 ON x2.study_fk = x1.id "
+                           "WHERE x1.patient_fk = pg.k"),
         ("00201204", "IS", "SELECT COUNT(*) FROM instances x3 JOIN series x2 ON x3.series_fk = x2.id "
                            "JOIN studies x1 ON x2.study_fk = x1.id WHERE x1.patient_fk = pg.k"),
     ),
     1: (
         ("00201206", "IS", f"SELECT COUNT(*) FROM {_SERIES_OF_STUDY}"),
-        ("00201208", "IS", "SELECT COUNT(*) FROM instances x3 JOIN series x2 ON x3.series_fk = x2.id WHERE x2.study_fk = pg.k"),
+        ("00201208", "IS", "SELECT COUNT(*) FROM instances x3 JOIN series x2 ON x3.series_fk = x2.id "
+                           "WHERE x2.study_fk = pg.k"),
         ("00080061", "CS", "SELECT {agg} FROM " + _SERIES_OF_STUDY),
     ),
     2: (("00201209", "IS", "SELECT COUNT(*) FROM instances x3 WHERE x3.series_fk = pg.k"),),
@@ -260,7 +264,7 @@ def like_pattern(pattern: str) -> str:
             out.append("%")
         elif ch == "?":
             out.append("_")
-        elif ch in "":
+        elif ch in "%_\\":
             out.append("\\" + ch)
         else:
             out.append(ch)
@@ -336,10 +340,11 @@ class _Builder:
         raise InvalidQuery(f"{m.keyword}: unsupported matching {type(m).__name__}")
 
     def _fuzzy(self, expr: str, value: str) -> str:
-        """PS3.18 8.3.4.4 fuzzy matching: any name component starts with the value."""
+        """QIDO-RS ``fuzzymatching`` (PS3.18): any name component starts with the value."""
         prefix = like_pattern(fold(value) or "").rstrip("%") + "%"
         esc = self.dialect.like_escape
-        return "(" + " OR ".join(f"{expr} LIKE {self.bind(p)}{esc}" for p in (prefix, "%^" + prefix, "% " + prefix)) + ")"
+        patterns = (prefix, "%^" + prefix, "% " + prefix)
+        return "(" + " OR ".join(f"{expr} LIKE {self.bind(p)}{esc}" for p in patterns) + ")"
 
     @staticmethod
     def _value(keyword: str, kind: str, value: str) -> Any:
@@ -358,7 +363,14 @@ class _Builder:
 
 
 def build_find(query: Query, dialect: Dialect) -> tuple[str, list[Any]]:
-    """One SELECT for ``query``: the page first, then computed attributes of its rows."""
+    """One SELECT for ``query``: the page first, then computed attributes of its rows.
+
+    Matchers on attributes of higher levels join up the hierarchy (hierarchical
+    scoping, e.g. StudyInstanceUID at SERIES level); matchers on attributes of
+    lower levels become ``EXISTS`` over the children. ``limit`` and ``offset``
+    are applied in SQL (``limit`` 0 returns nothing); counts are computed only
+    for the rows of the page.
+    """
     level = LEVELS.index(query.level)
     builder = _Builder(dialect, query.fuzzy)
     tables = [f"{TABLES[level]} {ALIASES[level]}"]

@@ -109,6 +109,7 @@ class SqliteCatalog:
         self._reader = Blocking("sqlite-catalog-r", workers=1)
         self._wcon: sqlite3.Connection | None = None  # lives in the writer thread
         self._rcon: sqlite3.Connection | None = None  # lives in the reader thread
+        self._closed = False
 
     # -- connections (each created and used in its own thread) ---------------
     def _connect(self, reader: bool) -> sqlite3.Connection:
@@ -161,7 +162,7 @@ class SqliteCatalog:
     # -- Backend --------------------------------------------------------------
     async def migrate(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            await self._writer.run(self.path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendUnavailable("catalog", f"{self.path.parent}: {exc}") from exc
         applied = await self._run(self._writer, self._transaction, self._migrate)
@@ -194,6 +195,10 @@ class SqliteCatalog:
             raise BackendUnavailable("catalog", f"{self.path}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
         def close_writer() -> None:
             if self._wcon is not None:
                 self._wcon.close()
@@ -216,7 +221,8 @@ class SqliteCatalog:
         plan = plan_upsert(entries)
         started = time.perf_counter()
         await self._run(self._writer, self._transaction, lambda con: self._upsert(con, plan))
-        log.debug("catalog upsert of %d instances in %.1f ms", len(plan.instances), (time.perf_counter() - started) * 1e3)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        log.debug("catalog upsert of %d instances in %.1f ms", len(plan.instances), elapsed_ms)
 
     @staticmethod
     def _upsert(con: sqlite3.Connection, plan: UpsertPlan) -> None:
@@ -251,6 +257,8 @@ class SqliteCatalog:
         Every result holds all the attributes stored at the query level and the
         levels above, plus the computed attributes of the level; ``return_keys``
         and ``include_all`` are not applied here (the query service filters).
+        Person names match case- and accent-insensitively; ``fuzzy`` matches a
+        name when any of its components starts with the value.
         """
         sql, params = build_find(query, DIALECT)
 
@@ -261,7 +269,8 @@ class SqliteCatalog:
         return [assemble(query, row, DIALECT) for row in rows]
 
     async def count_instances(self) -> int:
-        row = await self._run(self._reader, lambda: self._read_con().execute("SELECT COUNT(*) FROM instances").fetchone())
+        count = "SELECT COUNT(*) FROM instances"
+        row = await self._run(self._reader, lambda: self._read_con().execute(count).fetchone())
         return int(row[0])
 
     async def instances(self) -> AsyncIterator[CatalogInstance]:

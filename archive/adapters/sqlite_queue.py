@@ -117,6 +117,14 @@ class SqliteDelivery:
 
 
 class SqliteQueue:
+    """The embedded MessageQueue in the SQLite file ``path`` (created by ``migrate``).
+
+    ``lease_seconds``: how long a claimed message stays invisible; a consumer that dies holds
+    its messages that long (so it must exceed the time to process a batch). ``poll_interval``:
+    how often a waiting consumer looks for messages published by other processes.
+    ``synchronous``: "NORMAL" survives process crashes (``kill -9``); "FULL" also power loss.
+    """
+
     name = "sqlite-queue"
 
     def __init__(

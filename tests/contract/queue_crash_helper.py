@@ -20,7 +20,7 @@ from typing import Any
 
 from archive.adapters.amqp_queue import AmqpQueue
 from archive.adapters.sqlite_queue import SqliteQueue
-from archive.core.ports import MessageQueue
+from archive.core.ports import Delivery, MessageQueue
 
 
 def open_queue(spec: dict[str, Any]) -> MessageQueue:
@@ -45,7 +45,7 @@ async def publish(queue: MessageQueue, count: int) -> None:
 
 
 async def consume(queue: MessageQueue, count: int) -> None:
-    held = []
+    held: list[Delivery] = []
     while len(held) < count:
         deliveries = await queue.receive(count - len(held), timeout=10)
         if not deliveries:

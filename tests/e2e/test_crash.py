@@ -2,14 +2,16 @@
 
 After every scenario: each SOP Instance UID answered Success (0x0000) is in the
 object store, the catalog and the search index exactly once (QIDO lists it once,
-``verify`` agrees), and nothing indexed points to a missing object.
+``verify`` agrees), and nothing indexed points to a missing object. The sets of
+UIDs are compared, not just counts.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from tests.e2e.distributed import (
 )
 from tests.e2e.harness import ArchiveProcess, serve
 from tests.e2e.senders import associate_result
+from tests.factories import new_uid
 
 pytestmark = pytest.mark.slow
 
@@ -37,42 +40,73 @@ def dist(tmp_path: Path, unique: str) -> Iterator[Distributed]:
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-              sender: StreamSender | None = None) -> None:
-    """Wait for ``predicate``; give up early when the sender it depends on has ended."""
+              senders: Sequence[StreamSender] = ()) -> None:
+    """Wait for ``predicate``; give up early when the senders it depends on have ended."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        if sender is not None and not sender.is_alive() and not predicate():
-            raise AssertionError(f"the sender ended before {what}: {sender.errors[-3:]}, "
-                                 f"{len(sender.answered())} answered")
+        if senders and not any(s.is_alive() for s in senders) and not predicate():
+            errors = [e for s in senders for e in s.errors[-2:]]
+            raise AssertionError(f"the senders ended before {what}: {errors}, "
+                                 f"{sum(len(s.answered()) for s in senders)} answered")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
 
 
-def _indexed_all(query: ArchiveProcess, sender: StreamSender, timeout: float = 45.0) -> None:
-    wanted = set(sender.successes())
-    _wait_for(lambda: wanted <= set(qido_instance_uids(query.http, sender.study_uid)), timeout,
-              f"{len(wanted)} Success'd instances to be searchable")
+def _senders(port: int, count: int, each: int, **kwargs: Any) -> list[StreamSender]:
+    """``count`` concurrent associations sending into one study."""
+    study = new_uid()
+    group = [StreamSender(port, each, study_uid=study, **kwargs) for _ in range(count)]
+    for sender in group:
+        sender.start()
+    return group
 
 
-def _assert_nothing_lost(query: ArchiveProcess, sender: StreamSender, objects: list[str],
-                         report: dict) -> None:
+def _successes(senders: Sequence[StreamSender]) -> list[str]:
+    return [uid for s in senders for uid in s.successes()]
+
+
+def _join(senders: Sequence[StreamSender], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for sender in senders:
+        sender.join(max(0.1, deadline - time.monotonic()))
+    assert not any(s.is_alive() for s in senders), "a sender hangs"
+
+
+def _indexed_all(query: ArchiveProcess, senders: Sequence[StreamSender], timeout: float = 30.0) -> None:
+    wanted = set(_successes(senders))
+    study = senders[0].study_uid
+    missing: set[str] = set()
+
+    def done() -> bool:
+        nonlocal missing
+        missing = wanted - set(qido_instance_uids(query.http, study))
+        return not missing
+
+    try:
+        _wait_for(done, timeout, "the Success'd instances to be searchable")
+    except AssertionError:
+        raise AssertionError(f"{len(missing)} of {len(wanted)} Success'd instances are not searchable "
+                             f"after {timeout} s, e.g. {sorted(missing)[:3]}") from None
+
+
+def _assert_nothing_lost(query: ArchiveProcess, senders: Sequence[StreamSender], objects: list[str],
+                         report: dict[str, Any]) -> None:
     """The invariant every scenario ends with."""
-    successes = sender.successes()
-    assert successes, "the sender got no Success at all"
+    successes = _successes(senders)
+    assert successes, "the senders got no Success at all"
     assert len(successes) == len(set(successes))
-    found = qido_instance_uids(query.http, sender.study_uid)
+    found = qido_instance_uids(query.http, senders[0].study_uid)
     assert len(found) == len(set(found)), "an instance is listed more than once"
     lost = set(successes) - set(found)
     assert not lost, f"{len(lost)} Success'd instances are not searchable, e.g. {sorted(lost)[:3]}"
     dangling = set(found) - set(objects)
     assert not dangling, f"indexed without an object: {sorted(dangling)[:3]}"
-    # Anything beyond the Successes was in flight when something died (no answer).
-    unanswered = {s.uid for s in sender.answered() if s.status != 0x0000}
+    # Anything indexed beyond the Successes was in flight when something died (no answer).
+    unanswered = {a.uid for s in senders for a in s.answered() if a.status != 0x0000}
     assert set(found) - set(successes) <= unanswered
     assert report["consistent"] and not any(report["counts"].values()), report
-    assert report["objects"] == report["catalog_instances"] == report["search_documents"]
-    assert report["objects"] >= len(successes)
+    assert report["objects"] == report["catalog_instances"] == report["search_documents"] == len(found)
     assert len(objects) == len(set(objects)) == report["objects"]
 
 
@@ -82,90 +116,87 @@ def _embedded_objects(proc: ArchiveProcess) -> list[str]:
 
 
 def test_indexer_killed_mid_stream(dist: Distributed) -> None:
-    sender = StreamSender(dist.scp.dicom_port, 300)
-    sender.start()
-    _wait_for(lambda: len(sender.successes()) >= 60
-              and len(qido_instance_uids(dist.query.http, sender.study_uid)) > 0, 30,
-              "the indexer to be busy", sender)
+    senders = _senders(dist.scp.dicom_port, 1, 300)
+    study = senders[0].study_uid
+    _wait_for(lambda: len(_successes(senders)) >= 60 and len(qido_instance_uids(dist.query.http, study)) > 0,
+              30, "the indexer to be busy", senders)
     dist.indexer.kill9()
-    assert sender.is_alive(), "the stream ended before the indexer was killed"
-    time.sleep(0.5)  # stores keep being answered with the indexer down
-    sender.join(60)
-    assert not sender.is_alive()
-    assert [s.status for s in sender.answered()] == [0x0000] * 300, sender.errors
+    assert senders[0].is_alive(), "the stream ended before the indexer was killed"
+    _join(senders, 60)
+    # The receiver does not need the indexer: every store is answered Success.
+    assert [a.status for a in senders[0].answered()] == [0x0000] * 300, senders[0].errors
     dist.restart("indexer")
-    _indexed_all(dist.query, sender)
+    _indexed_all(dist.query, senders)
     report = verify_until_consistent(dist.env)
-    _assert_nothing_lost(dist.query, sender, object_uids(dist.env), report)
+    _assert_nothing_lost(dist.query, senders, object_uids(dist.env), report)
     assert report["objects"] == 300
 
 
 def test_scp_killed_mid_association(dist: Distributed) -> None:
-    sender = StreamSender(dist.scp.dicom_port, 300)
-    sender.start()
-    _wait_for(lambda: len(sender.successes()) >= 50, 30, "50 successes", sender)
+    # Several associations, so that some stores are half-way through when the kill lands.
+    senders = _senders(dist.scp.dicom_port, 4, 100)
+    _wait_for(lambda: len(_successes(senders)) >= 50, 30, "50 successes", senders)
     dist.scp.kill9()
-    sender.join(30)
-    assert not sender.is_alive()
-    assert len(sender.answered()) < 300, "the association survived the kill"
-    assert sender.answered()[-1].status == -1 or sender.errors  # the association was cut
+    _join(senders)
+    assert sum(len(s.answered()) for s in senders) < 400, "the associations survived the kill"
     dist.restart("scp")
     assert associate_result(dist.scp.dicom_port, "CRASHSCU")[0]
-    _indexed_all(dist.query, sender)
+    _indexed_all(dist.query, senders)
     # An object stored but not yet queued when the scp died is an orphan: re-queue it.
     verify_repair(dist.env)
     report = verify_until_consistent(dist.env)
-    _assert_nothing_lost(dist.query, sender, object_uids(dist.env), report)
+    _assert_nothing_lost(dist.query, senders, object_uids(dist.env), report)
 
 
 def test_rabbitmq_outage_during_a_send(dist: Distributed) -> None:
-    sender = StreamSender(dist.scp.dicom_port, 5000, reconnect=True, pause=0.01)
-    sender.start()
+    senders = _senders(dist.scp.dicom_port, 1, 5000, reconnect=True, pause=0.01)
+    sender = senders[0]
     down_at = up_at = 0.0
     try:
-        _wait_for(lambda: len(sender.successes()) >= 30, 30, "30 successes before the outage", sender)
+        _wait_for(lambda: len(sender.successes()) >= 30, 30, "30 successes before the outage", senders)
         stopped = rabbitmqctl("stop_app")
         assert stopped.returncode == 0, stopped.stderr
         down_at = time.monotonic()
-        _wait_for(lambda: sum(s.started > down_at for s in sender.answered()) >= 5, 40,
-                  "answers during the outage", sender)
+        # Keep the broker down for a couple of seconds so that reconnect attempts fail too.
+        _wait_for(lambda: sum(a.started > down_at for a in sender.answered()) >= 5
+                  and time.monotonic() - down_at > 2.0, 40, "answers during the outage", senders)
     finally:
         if down_at:
             started = rabbitmqctl("start_app")
             up_at = time.monotonic()
             assert started.returncode == 0, started.stderr
-    _wait_for(lambda: sum(s.started > up_at and s.status == 0 for s in sender.answered()) >= 20, 60,
-              "successes to resume after the outage", sender)
+    # Our processes are not restarted: they reconnect by themselves.
+    _wait_for(lambda: sum(a.started > up_at and a.status == 0 for a in sender.answered()) >= 20, 60,
+              "successes to resume after the outage", senders)
     sender.stop()
-    sender.join(30)
+    _join(senders)
 
     answered = sender.answered()
-    during = [s.status for s in answered if s.started > down_at and s.finished < up_at]
+    during = [a.status for a in answered if a.started > down_at and a.finished < up_at]
     assert during and all(status == 0xA700 for status in during), [hex(s) for s in during]
-    assert {s.status for s in answered} <= {0x0000, 0xA700}, {hex(s.status) for s in answered}
-    _indexed_all(dist.query, sender)
+    assert {a.status for a in answered} <= {0x0000, 0xA700}, {hex(a.status) for a in answered}
+    _indexed_all(dist.query, senders)
     report = verify_until_consistent(dist.env)
-    _assert_nothing_lost(dist.query, sender, object_uids(dist.env), report)
+    objects = object_uids(dist.env)
+    _assert_nothing_lost(dist.query, senders, objects, report)
     # Refused instances left nothing behind.
-    refused = {s.uid for s in answered if s.status == 0xA700}
-    assert not refused & set(object_uids(dist.env))
+    refused = {a.uid for a in answered if a.status == 0xA700}
+    assert not refused & set(objects)
 
 
 def test_serve_killed_mid_stream(tmp_path: Path) -> None:
     proc = serve(tmp_path).start()
     try:
-        sender = StreamSender(proc.dicom_port, 300)
-        sender.start()
-        _wait_for(lambda: len(sender.successes()) >= 50, 30, "50 successes", sender)
+        senders = _senders(proc.dicom_port, 4, 100)
+        _wait_for(lambda: len(_successes(senders)) >= 50, 30, "50 successes", senders)
         proc.kill9()
-        sender.join(30)
-        assert not sender.is_alive()
-        assert len(sender.answered()) < 300, "the association survived the kill"
+        _join(senders)
+        assert sum(len(s.answered()) for s in senders) < 400, "the associations survived the kill"
         restart(proc)
         assert associate_result(proc.dicom_port, "CRASHSCU")[0]
-        _indexed_all(proc, sender)
+        _indexed_all(proc, senders)
         verify_repair(proc.env)
         report = verify_until_consistent(proc.env)
-        _assert_nothing_lost(proc, sender, _embedded_objects(proc), report)
+        _assert_nothing_lost(proc, senders, _embedded_objects(proc), report)
     finally:
         proc.stop()

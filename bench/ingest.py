@@ -1,0 +1,533 @@
+"""Ingest benchmark: C-STORE throughput, latency, time-to-searchable and memory.
+
+    .venv/bin/python bench/ingest.py [--count 1000] [--repeat 3] [--quick] [--out results.json]
+                                     [--scenarios serve,serve-w2,distributed,orthanc,storescp,large]
+
+Receivers (each fresh, on loopback, in a temp dir): ``dicom-archive serve`` (embedded,
+fsync on), the same with 2 SCP workers, the distributed roles on the services of
+``scripts/services.sh``, Orthanc (SQLite), DCMTK storescp (files only). The sender is
+DCMTK storescu with 1 association, or 4 storescu processes in parallel. See
+docs/benchmarks.md for what each number means and how it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _receivers import (DCMTK_ENV, Distributed, Orthanc, Receiver, Serve, StoreSCP,  # noqa: E402
+                        distributed_missing)
+from _util import (Batch, SliceFactory, TreeSampler, histogram_delta, histogram_quantile,  # noqa: E402
+                   http_json, install_signal_handlers, kill_all, percentile, scrape,
+                   write_large_instance)
+
+ALL = ("serve", "serve-w2", "distributed", "orthanc", "storescp", "large")
+STUDIES = 4  # each batch: 4 studies; with 4 associations each association sends one study
+DRAIN_TIMEOUT = 600.0
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def make_receiver(name: str, workdir: Path) -> Receiver:
+    if name == "serve":
+        return Serve(workdir / name)
+    if name == "serve-w2":
+        return Serve(workdir / name, workers=2)
+    if name == "distributed":
+        return Distributed(workdir / name)
+    if name == "orthanc":
+        return Orthanc(workdir / name)
+    if name == "storescp":
+        return StoreSCP(workdir / name)
+    raise ValueError(name)
+
+
+# ---- sending -------------------------------------------------------------------------------
+
+def storescu(receiver: Receiver, files: list[Path], assocs: int, timeout: float) -> float:
+    """Send ``files`` with ``assocs`` storescu processes in parallel; return wall seconds."""
+    tool = shutil.which("storescu")
+    if tool is None:
+        raise RuntimeError("storescu is not installed (apt-get install dcmtk)")
+    size = -(-len(files) // assocs)
+    chunks = [files[i:i + size] for i in range(0, len(files), size)]
+    env = {**os.environ, **DCMTK_ENV}
+    started = time.perf_counter()
+    procs = [subprocess.Popen([tool, "-aet", f"BENCH{i}", "-aec", receiver.aet, "127.0.0.1",
+                               str(receiver.dicom_port), *map(str, chunk)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+             for i, chunk in enumerate(chunks)]
+    problems = []
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - started)))
+            text = out.decode(errors="replace")
+            if proc.returncode != 0 or "E: " in text or "Store Failed" in text:
+                problems.append(f"storescu exit {proc.returncode}: {text[-800:]}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    elapsed = time.perf_counter() - started
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return elapsed
+
+
+def wait_stored(receiver: Receiver, batch: Batch, timeout: float) -> float:
+    """Wait until the receiver holds (ours: can find) the whole batch; return when."""
+    deadline = time.monotonic() + timeout
+    want = len(batch.files)
+    while True:
+        got = receiver.stored(batch)
+        if got >= want:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{receiver.label}: {got}/{want} instances after {timeout} s\n{receiver.logs()}")
+        time.sleep(0.05 if receiver.ours else 0.2)
+
+
+# ---- one load run ----------------------------------------------------------------------------
+
+def _q(buckets: list[tuple[float, float]], q: float, scale: float = 1.0) -> float | None:
+    value = histogram_quantile(q, buckets)
+    return None if value is None else value * scale
+
+
+def load_run(receiver: Receiver, batch: Batch, assocs: int) -> dict[str, Any]:
+    count = len(batch.files)
+    before_scp = scrape(receiver.scp_metrics) if receiver.scp_metrics else {}
+    before_idx = scrape(receiver.indexer_metrics) if receiver.indexer_metrics else {}
+    sampler = TreeSampler(receiver.roots())
+    sampler.start()
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    try:
+        elapsed = storescu(receiver, batch.files, assocs, timeout=max(120.0, count * 0.25))
+        t_all = wait_stored(receiver, batch, DRAIN_TIMEOUT)
+    finally:
+        usage = sampler.stop()
+    result: dict[str, Any] = {
+        "assocs": assocs, "count": count, "bytes": batch.bytes, "seconds": elapsed,
+        "inst_s": count / elapsed, "mb_s": batch.bytes / 2**20 / elapsed,
+        "loadavg_before": load_before, "processes": usage,
+    }
+    main = next(iter(usage))
+    result["peak_rss_mb"] = usage[main]["peak_rss_mb"]
+    result["cpu_ms_per_instance"] = 1000 * sum(u["cpu_s"] for u in usage.values()) / count
+    if receiver.ours:
+        result["all_searchable_s"] = t_all - t0  # first byte sent -> last instance searchable
+        result["end_to_end_inst_s"] = count / (t_all - t0)
+        after_scp = scrape(receiver.scp_metrics or "")
+        after_idx = scrape(receiver.indexer_metrics or "")
+        cstore = histogram_delta(before_scp, after_scp, "archive_cstore_seconds")
+        tts = histogram_delta(before_idx, after_idx, "archive_time_to_searchable_seconds")
+        result["cstore_observed"] = cstore[-1][1] if cstore else 0
+        result["cstore_p50_ms"] = _q(cstore, 0.5, 1000)
+        result["cstore_p99_ms"] = _q(cstore, 0.99, 1000)
+        result["searchable_observed"] = tts[-1][1] if tts else 0
+        result["searchable_p50_s"] = _q(tts, 0.5)
+        result["searchable_p99_s"] = _q(tts, 0.99)
+    return result
+
+
+# ---- probe: per-request round trip and time from Success to visible in QIDO ------------------
+
+class VisibilityPoller(threading.Thread):
+    """Polls QIDO-RS for the SOP Instance UIDs answered Success but not yet seen."""
+
+    def __init__(self, qido: str) -> None:
+        super().__init__(daemon=True)
+        self.qido = qido
+        self.pending: dict[str, float] = {}
+        self.visible: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.errors = 0
+
+    def add(self, uid: str, success_at: float) -> None:
+        with self.lock:
+            self.pending[uid] = success_at
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                uids = list(self.pending)[:40]
+            if not uids:
+                if self.done.is_set():
+                    return
+                time.sleep(0.002)
+                continue
+            try:
+                status, body = http_json(f"{self.qido}/instances?SOPInstanceUID={quote(','.join(uids))}"
+                                         f"&limit=100", timeout=5)
+            except OSError:
+                self.errors += 1
+                status, body = 0, None
+            now = time.monotonic()
+            if status == 200:
+                with self.lock:
+                    for row in body or []:
+                        uid = row.get("00080018", {}).get("Value", [None])[0]
+                        if uid in self.pending:
+                            self.visible[uid] = now - self.pending.pop(uid)
+            else:
+                self.errors += 1
+            time.sleep(0.01)
+
+
+def probe(receiver: Receiver, batch: Batch, rate: float, visible_timeout: float = 60.0) -> dict[str, Any]:
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    ae = AE(ae_title="BENCHPROBE")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    poller = VisibilityPoller(receiver.qido) if receiver.qido else None
+    if poller:
+        poller.start()
+    rtts: list[float] = []
+    failures = 0
+    assoc = ae.associate("127.0.0.1", receiver.dicom_port, ae_title=receiver.aet)
+    if not assoc.is_established:
+        raise RuntimeError(f"{receiver.label}: probe association not established")
+    try:
+        start = time.monotonic()
+        for i, (path, uid) in enumerate(zip(batch.files, batch.sop_uids)):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t = time.monotonic()
+            answer = assoc.send_c_store(path)
+            done = time.monotonic()
+            ok = "Status" in answer and int(answer.Status) == 0
+            if not ok:
+                failures += 1
+                continue
+            rtts.append(done - t)
+            if poller:
+                poller.add(uid, done)
+    finally:
+        assoc.release()
+    result: dict[str, Any] = {
+        "count": len(batch.files), "rate_per_s": rate, "failures": failures,
+        "rtt_p50_ms": _ms(percentile(rtts, 0.5)), "rtt_p99_ms": _ms(percentile(rtts, 0.99)),
+        "rtt_max_ms": _ms(max(rtts) if rtts else None),
+    }
+    if poller:
+        deadline = time.monotonic() + visible_timeout
+        while poller.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        poller.done.set()
+        with poller.lock:
+            missing = len(poller.pending)
+            poller.pending.clear()
+        poller.join(10)
+        seen = list(poller.visible.values())
+        result.update({
+            "visible_p50_ms": _ms(percentile(seen, 0.5)), "visible_p99_ms": _ms(percentile(seen, 0.99)),
+            "visible_max_ms": _ms(max(seen) if seen else None), "not_visible": missing,
+            "poll_errors": poller.errors,
+        })
+    return result
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
+# ---- large instance -------------------------------------------------------------------------
+
+def large_run(name: str, workdir: Path, size: int) -> dict[str, Any]:
+    path = workdir / "large.dcm"
+    log(f"large: writing a {size / 2**30:.2f} GiB instance")
+    uid = write_large_instance(path, size)
+    receiver = make_receiver(name, workdir / f"large-{name}")
+    try:
+        receiver.start()
+        idle = TreeSampler(receiver.roots())
+        idle_rss = idle.stop()
+        sampler = TreeSampler(receiver.roots())
+        sampler.start()
+        try:
+            seconds = storescu(receiver, [path], 1, timeout=900)
+            t_sent = time.perf_counter()
+            visible = None
+            if receiver.qido:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    status, body = http_json(f"{receiver.qido}/instances?SOPInstanceUID={uid}", timeout=10)
+                    if status == 200 and body:
+                        visible = time.perf_counter() - t_sent
+                        break
+                    time.sleep(0.1)
+        finally:
+            usage = sampler.stop()
+        main = next(iter(usage))
+        return {
+            "receiver": receiver.label, "bytes": path.stat().st_size, "seconds": seconds,
+            "mb_s": path.stat().st_size / 2**20 / seconds, "visible_after_s": visible,
+            "idle_rss_mb": idle_rss[main]["peak_rss_mb"], "peak_rss_mb": usage[main]["peak_rss_mb"],
+            "processes": usage,
+        }
+    finally:
+        receiver.stop()
+        receiver.cleanup()
+        path.unlink(missing_ok=True)
+
+
+# ---- one receiver ---------------------------------------------------------------------------
+
+def bench_receiver(name: str, workdir: Path, factory: SliceFactory, args: argparse.Namespace) -> dict[str, Any]:
+    receiver = make_receiver(name, workdir)
+    out: dict[str, Any] = {"receiver": receiver.label, "key": name, "runs": []}
+    try:
+        log(f"{name}: starting")
+        receiver.start()
+        warm = factory.batch(workdir / "warm", 20, 1)
+        storescu(receiver, warm.files, 1, timeout=120)
+        wait_stored(receiver, warm, 120)
+        warm.remove()
+        for rep in range(args.repeat):
+            for assocs in args.assocs:
+                batch = factory.batch(workdir / "batch", args.count, STUDIES)
+                try:
+                    run = load_run(receiver, batch, assocs)
+                finally:
+                    batch.remove()
+                run["repeat"] = rep
+                out["runs"].append(run)
+                log(f"{name}: {assocs} assoc(s) rep {rep}: {run['inst_s']:.0f} inst/s, "
+                    f"peak RSS {run['peak_rss_mb']:.0f} MB"
+                    + (f", all searchable after {run['all_searchable_s']:.1f} s" if receiver.ours else ""))
+        if args.probe:
+            batch = factory.batch(workdir / "probe", args.probe, 1)
+            try:
+                out["probe"] = probe(receiver, batch, args.probe_rate)
+            finally:
+                batch.remove()
+            log(f"{name}: probe {out['probe']}")
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"{name}: FAILED {out['error']}\n{traceback.format_exc()}")
+    finally:
+        receiver.stop()
+        receiver.cleanup()
+    return out
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for res in results:
+        for assocs in sorted({r["assocs"] for r in res.get("runs", [])}):
+            runs = [r for r in res["runs"] if r["assocs"] == assocs]
+
+            def med(key: str) -> float | None:
+                values = [r[key] for r in runs if r.get(key) is not None]
+                return statistics.median(values) if values else None
+
+            rows.append({
+                "key": res["key"], "receiver": res["receiver"], "assocs": assocs, "repeats": len(runs),
+                "inst_s": med("inst_s"), "inst_s_min": min(r["inst_s"] for r in runs),
+                "inst_s_max": max(r["inst_s"] for r in runs), "mb_s": med("mb_s"),
+                "cstore_p50_ms": med("cstore_p50_ms"), "cstore_p99_ms": med("cstore_p99_ms"),
+                "searchable_p50_s": med("searchable_p50_s"), "searchable_p99_s": med("searchable_p99_s"),
+                "all_searchable_s": med("all_searchable_s"), "end_to_end_inst_s": med("end_to_end_inst_s"),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                "cpu_ms_per_instance": med("cpu_ms_per_instance"),
+                "visible_p50_ms": res.get("probe", {}).get("visible_p50_ms"),
+                "visible_p99_ms": res.get("probe", {}).get("visible_p99_ms"),
+            })
+    orthanc = {r["assocs"]: r["inst_s"] for r in rows if r["key"] == "orthanc"}
+    for row in rows:
+        base = orthanc.get(row["assocs"])
+        row["vs_orthanc"] = row["inst_s"] / base if base else None
+    return rows
+
+
+def _f(value: float | None, fmt: str = "{:.0f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _pair(a: float | None, b: float | None, fmt: str = "{:.0f}") -> str:
+    return "–" if a is None and b is None else f"{_f(a, fmt)} / {_f(b, fmt)}"
+
+
+def markdown(rows: list[dict[str, Any]], results: list[dict[str, Any]], large: list[dict[str, Any]]) -> str:
+    lines = [
+        "| receiver | assocs | inst/s (median; min–max) | MB/s | C-STORE p50 / p99 ms (server) "
+        "| searchable p50 / p99 s (server, under load) | all searchable after (s) "
+        "| QIDO-visible p50 / p99 ms (probe) | peak RSS MB | CPU ms/inst | × Orthanc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['receiver']} | {r['assocs']} | {_f(r['inst_s'])} ({_f(r['inst_s_min'])}–{_f(r['inst_s_max'])}) "
+            f"| {_f(r['mb_s'])} | {_pair(r['cstore_p50_ms'], r['cstore_p99_ms'], '{:.1f}')} "
+            f"| {_pair(r['searchable_p50_s'], r['searchable_p99_s'], '{:.2f}')} "
+            f"| {_f(r['all_searchable_s'], '{:.1f}')} "
+            f"| {_pair(r['visible_p50_ms'], r['visible_p99_ms'])} | {_f(r['peak_rss_mb'])} "
+            f"| {_f(r['cpu_ms_per_instance'], '{:.1f}')} | {_f(r['vs_orthanc'], '{:.2f}')} |")
+    lines += ["", "| receiver | probe instances | pynetdicom round trip p50 / p99 / max ms | QIDO-visible p50 / p99 / max ms | not visible |",
+              "|---|---|---|---|---|"]
+    for res in results:
+        p = res.get("probe")
+        if p:
+            lines.append(f"| {res['receiver']} | {p['count']} @ {p['rate_per_s']:.0f}/s "
+                         f"| {_f(p['rtt_p50_ms'], '{:.1f}')} / {_f(p['rtt_p99_ms'], '{:.1f}')} / {_f(p['rtt_max_ms'], '{:.1f}')} "
+                         f"| {_f(p.get('visible_p50_ms'))} / {_f(p.get('visible_p99_ms'))} / {_f(p.get('visible_max_ms'))} "
+                         f"| {p.get('not_visible', '–')} |")
+    for res in results:
+        if res.get("error"):
+            lines.append(f"\n**{res['receiver']} failed:** {res['error'][:300]}")
+    if large:
+        lines += ["", "| large instance → receiver | size | seconds | MB/s | visible after (s) | RSS idle → peak MB |",
+                  "|---|---|---|---|---|---|"]
+        for g in large:
+            if "error" in g:
+                lines.append(f"| {g['receiver']} | – | failed: {g['error'][:200]} | | | |")
+                continue
+            lines.append(f"| {g['receiver']} | {g['bytes'] / 2**30:.2f} GiB | {g['seconds']:.1f} | {g['mb_s']:.0f} "
+                         f"| {_f(g['visible_after_s'], '{:.2f}')} | {g['idle_rss_mb']:.0f} → {g['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict[str, Any]], large: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[str]:
+    out = []
+
+    def ratio(key: str) -> str:
+        values = [f"{r['assocs']} assoc: {r['vs_orthanc']:.2f}×" for r in rows
+                  if r["key"] == key and r["vs_orthanc"] is not None]
+        return ", ".join(values) or "not measured"
+
+    out.append(f"embedded >= 1.5× Orthanc inst/s: {ratio('serve')}")
+    out.append(f"distributed >= 1.0× Orthanc inst/s: {ratio('distributed')}")
+    for res in results:
+        p = res.get("probe") or {}
+        if p.get("visible_p99_ms") is not None:
+            under = [r["searchable_p99_s"] for r in rows if r["key"] == res["key"] and r["searchable_p99_s"] is not None]
+            out.append(f"time-to-searchable p99 < 2 s, {res['receiver']}: probe {p['visible_p99_ms'] / 1000:.2f} s; "
+                       f"under load (server) {', '.join(f'{v:.2f} s' for v in under) or '–'}")
+    for g in large:
+        if "peak_rss_mb" in g:
+            out.append(f"RSS < 200 MB with a {g['bytes'] / 2**30:.2f} GiB instance, {g['receiver']}: "
+                       f"peak {g['peak_rss_mb']:.0f} MB")
+    return out
+
+
+def machine() -> dict[str, Any]:
+    def tool_version(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+        except Exception:
+            return "?"
+
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpus": os.cpu_count(), "cpu_model": model,
+        "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "storescu": tool_version(["storescu", "--version"]), "orthanc": tool_version(["Orthanc", "--version"]),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1000, help="instances per run (default 1000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per receiver and association count")
+    parser.add_argument("--assocs", default="1,4", help="association counts (default 1,4)")
+    parser.add_argument("--probe", type=int, default=200, help="probe instances (pynetdicom sender; 0: none)")
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="probe instances per second")
+    parser.add_argument("--large-size", type=float, default=1.0, help="GiB of the large instance")
+    parser.add_argument("--large-receivers", default="serve,distributed", help="receivers of the large instance")
+    parser.add_argument("--scenarios", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 60 instances, 1 repeat, small probe, 64 MiB large")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
+    parser.add_argument("--workdir", type=Path, help="where to put data (default: a new temp dir)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.count, args.repeat, args.probe, args.large_size = 60, 1, 20, 1 / 16
+    args.assocs = [int(a) for a in args.assocs.split(",")]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - set(ALL)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if "distributed" in scenarios or "distributed" in args.large_receivers:
+        missing = distributed_missing()
+        if missing:
+            log(f"distributed skipped: {', '.join(missing)} not set (run `make services`)")
+            scenarios = [s for s in scenarios if s != "distributed"]
+            args.large_receivers = ",".join(r for r in args.large_receivers.split(",") if r != "distributed")
+
+    install_signal_handlers()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="archive-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    results: list[dict[str, Any]] = []
+    large: list[dict[str, Any]] = []
+    try:
+        factory = SliceFactory(workdir)
+        log(f"workdir {workdir}; slices of {factory.file_size} bytes; scenarios {scenarios}")
+        for name in scenarios:
+            if name != "large":
+                results.append(bench_receiver(name, workdir / name, factory, args))
+        if "large" in scenarios:
+            for name in [r for r in args.large_receivers.split(",") if r]:
+                try:
+                    large.append(large_run(name, workdir, int(args.large_size * 2**30)))
+                    log(f"large -> {name}: {large[-1]}")
+                except Exception as exc:
+                    large.append({"receiver": name, "error": f"{type(exc).__name__}: {exc}"})
+                    log(f"large -> {name} FAILED: {traceback.format_exc()}")
+    finally:
+        kill_all()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    rows = summarise(results)
+    table = markdown(rows, results, large)
+    goals = targets(rows, large, results)
+    print(table)
+    print()
+    print("\n".join(f"- {g}" for g in goals))
+    report = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "rows": rows, "results": results, "large": large, "targets": goals}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table + "\n\n" + "\n".join(f"- {g}" for g in goals) + "\n")
+    failed = any("error" in r for r in results) or any("error" in g for g in large)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
