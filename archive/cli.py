@@ -63,7 +63,44 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--deep", action="store_true", help="re-hash every object instead of trusting recorded checksums")
     verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing")
+    dead = add("dead-letters", "list index messages in the dead-letter queue",
+               "List the index messages that could not be indexed within the delivery limit "
+               "(UIDs and reasons only; no patient data). They stay in the dead-letter queue.")
+    dead.add_argument("--limit", type=int, default=100, help="most messages to list")
+    dead.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.compose import message_queue
+    from archive.core.errors import PoisonMessage
+    from archive.core.models import IndexMessage
+
+    async def go() -> int:
+        queue = message_queue(settings)
+        try:
+            await queue.migrate()
+            depth = await queue.depth()
+            letters = await queue.dead_letters(args.limit)
+        finally:
+            await queue.close()
+        rows = []
+        for letter in letters:
+            try:
+                m = IndexMessage.from_bytes(letter.body)
+                ids = {"sop_instance_uid": m.sop_instance_uid, "study_uid": m.study_uid, "key": m.key}
+            except PoisonMessage:
+                ids = {"sop_instance_uid": None, "study_uid": None, "key": None}
+            rows.append({**ids, "delivery_count": letter.delivery_count, "reason": letter.reason})
+        if args.json:
+            print(json.dumps({"ready": depth.ready, "dead": depth.dead, "messages": rows}, indent=2))
+        else:
+            print(f"waiting: {depth.ready}  dead-lettered: {depth.dead}")
+            for row in rows:
+                print(f"{row['sop_instance_uid'] or '<unparseable>'}  deliveries={row['delivery_count']}  {row['reason']}")
+        return 0
+
+    return asyncio.run(go())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -132,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             print("migrated")
         elif args.command == "verify":
             return _verify(settings, args)
+        elif args.command == "dead-letters":
+            return _dead_letters(settings, args)
     except ConfigError as exc:
         print(f"dicom-archive: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -92,6 +92,15 @@ die() {
 # port_open PORT: is something accepting TCP connections on 127.0.0.1:PORT?
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
+# proc_live PID: the process exists and is not a zombie (a killed daemon lingers as a
+# zombie until PID 1 reaps it, and `kill -0` still succeeds on it).
+proc_live() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }           # skip "pid (comm) "; the state letter comes next
+  [[ ${stat%% *} != Z ]]
+}
+
 # pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its command line contains PATTERN
 # (guards against a stale pid file whose pid was reused by another process).
 pid_alive() {
@@ -99,7 +108,7 @@ pid_alive() {
   [[ -s $pidfile ]] || return 1
   pid=$(head -n 1 "$pidfile")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
+  proc_live "$pid" || return 1
   local cmdline
   cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
   [[ $cmdline == *"$pattern"* ]]
@@ -149,10 +158,10 @@ stop_pid() {
   pid=$(head -n 1 "$pidfile")
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < grace * 5; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    proc_live "$pid" || break
     sleep 0.2
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if proc_live "$pid"; then
     log "$name: still running after ${grace}s, sending SIGKILL to $pid"
     kill -KILL "$pid" 2>/dev/null || true
     sleep 0.5
@@ -213,11 +222,10 @@ PG_DIR() { echo "$SERVICES_DIR/pg"; }
 
 pg_as_postgres() { runuser -u postgres -- "$@"; }
 
-pg_running() {
-  local data; data="$(PG_DIR)/data"
-  [[ -f $data/postmaster.pid ]] || return 1
-  pg_as_postgres "$(pg_bindir)/pg_ctl" -D "$data" status >/dev/null 2>&1
-}
+# The postmaster's pid is the first line of postmaster.pid (a stale file is harmless:
+# pg_ctl start replaces it).
+PG_PATTERN() { echo "-D $(PG_DIR)/data"; }
+pg_running() { pid_alive "$(PG_DIR)/data/postmaster.pid" "$(PG_PATTERN)"; }
 
 pg_ready() { "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
 
@@ -267,7 +275,8 @@ pg_psql() {
 
 pg_ready_and_provision() {
   local dir; dir=$(PG_DIR)
-  wait_for pg "$TIMEOUT_DEFAULT" "" "" pg_ready "$SERVICES_DIR/pg.log"
+  wait_for pg "$TIMEOUT_DEFAULT" "$dir/data/postmaster.pid" "$(PG_PATTERN)" pg_ready \
+    "$SERVICES_DIR/pg.log"
   head -n 1 "$dir/data/postmaster.pid" >"$SERVICES_DIR/pg.pid"
   # Role and databases, idempotently.
   [[ $(pg_psql -At -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'") == 1 ]] ||
@@ -291,7 +300,7 @@ pg_stop() {
     log "pg: stopping"
     pg_as_postgres "$(pg_bindir)/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null || true
   fi
-  stop_pid pg "$SERVICES_DIR/pg.pid" postgres 5
+  stop_pid pg "$SERVICES_DIR/pg.pid" "$(PG_PATTERN)" 5
 }
 
 pg_env() {
