@@ -86,6 +86,7 @@ def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
             await queue.close()
         rows = []
         for letter in letters:
+            ids: dict[str, str | None]
             try:
                 m = IndexMessage.from_bytes(letter.body)
                 ids = {"sop_instance_uid": m.sop_instance_uid, "study_uid": m.study_uid, "key": m.key}
