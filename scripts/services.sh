@@ -115,7 +115,8 @@ pid_alive() {
 }
 
 # spawn NAME CMD...: run CMD detached (own session, no stdin) with output in NAME.log (the
-# previous one becomes NAME.log.prev) and its pid in NAME.pid (written by the child itself before exec, so it is the real pid).
+# previous one becomes NAME.log.prev) and its pid in NAME.pid (written by the child itself
+# just before exec, so it is the daemon's real pid).
 spawn() {
   local name=$1; shift
   local pidfile="$SERVICES_DIR/$name.pid" logfile="$SERVICES_DIR/$name.log"
@@ -242,11 +243,28 @@ pg_fix_traversal() {
   done
 }
 
+# After a crash (kill -9) the dead postmaster can linger as a zombie until PID 1 reaps
+# it, and postgres refuses to start while the pid in postmaster.pid "exists". Wait for
+# the reaping, then drop the stale file (the shared-memory interlock still protects the
+# data directory against surviving backends).
+pg_clear_stale_pidfile() {
+  local lockfile=$1/postmaster.pid pid i
+  [[ -f $lockfile ]] || return 0
+  pid=$(head -n 1 "$lockfile")
+  for ((i = 0; i < 50; i++)); do
+    [[ -e /proc/$pid ]] || return 0
+    sleep 0.2
+  done
+  log "pg: removing stale $lockfile (pid $pid is not a running postmaster)"
+  rm -f "$lockfile"
+}
+
 pg_launch() {
   local dir data bin
   dir=$(PG_DIR); data=$dir/data; bin=$(pg_bindir)
   if pg_running; then return 0; fi
   port_open "$PG_PORT" && die pg "port $PG_PORT is in use by another process"
+  pg_clear_stale_pidfile "$data"
   mkdir -p "$dir/run"
   chown postgres:postgres "$dir" "$dir/run"
   pg_fix_traversal
@@ -598,6 +616,19 @@ write_env() {
   mv -f "$tmp" "$ENV_FILE"
 }
 
+# Keep the kernel from handing our ports out as ephemeral ports of outgoing connections:
+# most lie in Linux's ephemeral range (32768-60999), and a busy client that happens to hold
+# one as its local port makes our listener fail with EADDRINUSE (seen with RabbitMQ).
+# Best effort: needs root and a writable /proc/sys.
+reserve_ports() {
+  local f=/proc/sys/net/ipv4/ip_local_reserved_ports cur ports
+  [[ -w $f ]] || return 0
+  cur=$(cat "$f" 2>/dev/null) || return 0
+  ports="$PG_PORT,$RABBIT_PORT,$RABBIT_DIST_PORT,$S3_PORT,$OS_HTTP_PORT,$OS_TRANSPORT_PORT"
+  ports+=$(printf ',%s' "${S3_INTERNAL_PORTS[@]##*=}")
+  echo "${cur:+$cur,}$ports" 2>/dev/null >"$f" || log "could not reserve ports (ignored)"
+}
+
 ensure_gitignore() {
   local gi="$REPO_ROOT/.gitignore" line
   touch "$gi"
@@ -619,9 +650,13 @@ cmd_start() {
   ensure_gitignore
   lock
   ensure_packages "${SVCS[@]}"
+  reserve_ports
   # Launch everything first, then wait: the services boot in parallel.
   for svc in "${SVCS[@]}"; do "$(fn "$svc" launch)"; done
-  for svc in "${SVCS[@]}"; do "$(fn "$svc" ready_and_provision)"; done
+  for svc in "${SVCS[@]}"; do
+    "$(fn "$svc" ready_and_provision)"
+    log "$svc: ready (+$((SECONDS - t0))s)"
+  done
   write_env
   log "all up (${SVCS[*]}) in $((SECONDS - t0))s; settings in $ENV_FILE:"
   grep '^ARCHIVE_' "$ENV_FILE" >&2

@@ -12,9 +12,10 @@ the private RabbitMQ node of ``scripts/services.sh``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
-import json
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from tests.conftest import ROOT, free_port, service_setting
@@ -148,6 +149,7 @@ class Distributed:
         self.base_catalog = service_setting("ARCHIVE_CATALOG")
         search = service_setting("ARCHIVE_SEARCH")
         s3 = urlsplit(store)
+        self.tmp_path.mkdir(parents=True, exist_ok=True)
         # The schema exists before any process starts; every connection of the
         # catalog adapter gets it as search_path through libpq's `options`.
         with _pg_connect(self.base_catalog) as conn:
@@ -194,6 +196,7 @@ class Distributed:
                          for p in [*self.procs.values(), *self.extra])
 
     def stop(self) -> None:
+        print(self.logs())  # pytest shows it for failed tests only
         for proc in [*self.extra, *self.procs.values()]:
             try:
                 proc.stop(timeout=20)
@@ -299,7 +302,7 @@ def qido_instance_uids(base_http: str, study_uid: str, page: int = 500) -> list[
 def with_meta(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
     """pynetdicom 3 picks the presentation context from file_meta.TransferSyntaxUID."""
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     return ds
 
 
@@ -370,6 +373,9 @@ class StreamSender(threading.Thread):
                     return
                 time.sleep(0.2)
                 continue
+            raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+            if raw is not None:  # else Nagle + delayed ACK stall each C-STORE ~40 ms
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 while n < self.count and not self._halt.is_set() and assoc.is_established:
                     ds = self._dataset(n)
