@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from archive.adapters._executor import Blocking
+from archive.adapters._sqlite import connect as sqlite_connect
 from archive.core.errors import BackendUnavailable, ConfigError
 from archive.core.models import SearchDocument
 from archive.core.ports import SearchHit
@@ -119,11 +120,7 @@ class Fts5Search:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = sqlite_connect(self.path, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable("search", f"cannot open {self.path}: {exc}") from exc
         return conn

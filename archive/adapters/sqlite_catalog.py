@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from archive.adapters import migrations
 from archive.adapters._executor import Blocking
+from archive.adapters._sqlite import connect as sqlite_connect
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
     INSTANCE_LIST_COLUMNS,
@@ -84,20 +85,6 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def _enable_wal(con: sqlite3.Connection) -> None:
-    """Switch the file to WAL once; the switch can fail busy without waiting."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                con.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 class SqliteCatalog:
     """The :class:`~archive.core.ports.Catalog` port on one SQLite file."""
 
@@ -113,17 +100,12 @@ class SqliteCatalog:
 
     # -- connections (each created and used in its own thread) ---------------
     def _connect(self, reader: bool) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        con = sqlite_connect(self.path, busy_timeout=BUSY_TIMEOUT_S, reader=reader)
         try:
-            if not reader:
-                _enable_wal(con)
-            con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
             # DICOM matching is case sensitive (PS3.4 C.2.2.2.1; names use the folded
             # columns), and a case-sensitive LIKE can use the BINARY indexes.
             con.execute("PRAGMA case_sensitive_like=ON")
-            if reader:
-                con.execute("PRAGMA query_only=ON")
         except BaseException:
             con.close()
             raise
@@ -146,6 +128,8 @@ class SqliteCatalog:
             if any(s in str(exc).lower() for s in _UNAVAILABLE):
                 raise BackendUnavailable("catalog", f"{self.path}: {exc}") from exc
             raise
+        except OSError as exc:  # the directory cannot be created or used
+            raise BackendUnavailable("catalog", f"{self.path}: {exc}") from exc
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         con = self._write_con()

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from archive.adapters._sqlite import connect as sqlite_connect
 from archive.core.errors import BackendUnavailable, ConfigError
 from archive.core.ports import DeadLetter, Delivery, QueueDepth
 
@@ -161,11 +162,7 @@ class SqliteQueue:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            conn = sqlite_connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable("queue", f"cannot open {self.path}: {exc}") from exc
         return conn

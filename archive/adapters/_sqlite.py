@@ -1,0 +1,49 @@
+"""Opening SQLite files the same way for every embedded adapter.
+
+WAL (readers never block the writer), a busy timeout, and errors that mean
+"cannot use the file now" mapped to BackendUnavailable.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+
+def enable_wal(con: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch the file to WAL once; the switch can fail "locked" without waiting."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def connect(
+    path: Path,
+    *,
+    synchronous: str = "NORMAL",
+    busy_timeout: float = 30.0,
+    reader: bool = False,
+    check_same_thread: bool = True,
+) -> sqlite3.Connection:
+    """An autocommit connection (explicit BEGIN) in WAL mode; raises sqlite3/OS errors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=check_same_thread)
+    try:
+        if not reader:
+            enable_wal(con, busy_timeout)
+        con.execute(f"PRAGMA synchronous={synchronous}")
+        con.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        if reader:
+            con.execute("PRAGMA query_only=ON")
+    except BaseException:
+        con.close()
+        raise
+    return con
