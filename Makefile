@@ -18,8 +18,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/dicom-archive serve
 
-system-deps:
+system-deps: $(STAMP)
 	bash scripts/system-deps.sh
+	bash scripts/install-helm.sh
 
 services: $(STAMP)
 	bash scripts/services.sh start

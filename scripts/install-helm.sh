@@ -38,8 +38,17 @@ if ! helm_path="$(find_helm)"; then
   fi
   echo "install-helm: building helm $HELM_VERSION with $(go version | awk '{print $3}') (takes a few minutes)" >&2
   start=$(date +%s)
+  # The ldflags are those of helm's own Makefile: without them `helm version` says "v3.22" and
+  # `helm template`/`helm lint` assume Kubernetes v1.20 (older than the chart's kubeVersion).
+  # K8S_MINOR follows the client-go the release is built with (v0.37 -> Kubernetes 1.37).
+  K8S_MINOR="${HELM_K8S_MINOR:-37}"
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${K8S_MINOR}"
+  done
   # CGO off: a static binary, and no C toolchain needed.
-  CGO_ENABLED=0 go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
   echo "install-helm: built in $(( $(date +%s) - start )) s" >&2
   helm_path="$(go env GOPATH)/bin/helm"
   [ -x "$helm_path" ] || { echo "install-helm: $helm_path missing after go install" >&2; exit 1; }

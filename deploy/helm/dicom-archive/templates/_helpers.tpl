@@ -1,0 +1,236 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "dicom-archive.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name; roles append -scp, -indexer, -query, -migrate. */}}
+{{- define "dicom-archive.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "dicom-archive.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels. Call with (dict "ctx" $ "component" "scp"). */}}
+{{- define "dicom-archive.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dicom-archive.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Common labels. Call with (dict "ctx" $ "component" "scp"); component may be empty. */}}
+{{- define "dicom-archive.labels" -}}
+helm.sh/chart: {{ include "dicom-archive.chart" .ctx }}
+{{ include "dicom-archive.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: dicom-archive
+{{- end }}
+
+{{- define "dicom-archive.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "dicom-archive.secretName" -}}
+{{- default (printf "%s-credentials" (include "dicom-archive.fullname" .)) .Values.existingSecret }}
+{{- end }}
+
+{{/*
+Non-secret settings (ConfigMap data). Integers go through int64 so that large values are not
+rendered in float notation (1.048576e+06).
+*/}}
+{{- define "dicom-archive.configData" -}}
+{{- $s := .Values.settings -}}
+{{- $store := required "backends.objectStore is required (s3://host:port/bucket)" .Values.backends.objectStore -}}
+{{- if not (hasPrefix "s3://" $store) -}}
+{{- fail (printf "backends.objectStore must be an s3:// URL (pods are stateless), got %q" $store) -}}
+{{- end -}}
+ARCHIVE_DATA_DIR: {{ .Values.dataDir | quote }}
+ARCHIVE_OBJECT_STORE: {{ $store | quote }}
+ARCHIVE_SEARCH_INDEX: {{ $s.searchIndex | quote }}
+ARCHIVE_QUEUE_NAME: {{ $s.queueName | quote }}
+ARCHIVE_AET: {{ $s.aet | quote }}
+ARCHIVE_BIND: "0.0.0.0"
+ARCHIVE_DICOM_PORT: {{ .Values.ports.dicom | int64 | quote }}
+ARCHIVE_HTTP_PORT: {{ .Values.ports.http | int64 | quote }}
+ARCHIVE_ALLOWED_AETS: {{ join "," $s.allowedAets | quote }}
+ARCHIVE_ALLOWED_NETWORKS: {{ join "," $s.allowedNetworks | quote }}
+ARCHIVE_MAX_ASSOCIATIONS: {{ $s.maxAssociations | int64 | quote }}
+ARCHIVE_MAX_PDU: {{ $s.maxPdu | int64 | quote }}
+ARCHIVE_NETWORK_TIMEOUT: {{ $s.networkTimeout | toString | quote }}
+ARCHIVE_ACSE_TIMEOUT: {{ $s.acseTimeout | toString | quote }}
+ARCHIVE_DIMSE_TIMEOUT: {{ $s.dimseTimeout | toString | quote }}
+ARCHIVE_STORE_TIMEOUT: {{ $s.storeTimeout | toString | quote }}
+ARCHIVE_DUPLICATE_POLICY: {{ $s.duplicatePolicy | quote }}
+ARCHIVE_DELIVERY_LIMIT: {{ $s.deliveryLimit | int64 | quote }}
+ARCHIVE_INDEXER_BATCH: {{ $s.indexerBatch | int64 | quote }}
+ARCHIVE_INDEXER_PREFETCH: {{ $s.indexerPrefetch | int64 | quote }}
+ARCHIVE_QUERY_LIMIT: {{ $s.queryLimit | int64 | quote }}
+ARCHIVE_WORKERS: "1"
+ARCHIVE_LOG_LEVEL: {{ $s.logLevel | quote }}
+ARCHIVE_LOG_FORMAT: {{ $s.logFormat | quote }}
+{{- range $name, $value := .Values.extraConfig }}
+{{- if not (hasPrefix "ARCHIVE_" $name) }}
+{{- fail (printf "extraConfig: %q is not an ARCHIVE_* setting" $name) }}
+{{- end }}
+{{- if has $name (list "ARCHIVE_S3_ACCESS_KEY" "ARCHIVE_S3_SECRET_KEY" "ARCHIVE_QUEUE" "ARCHIVE_CATALOG" "ARCHIVE_SEARCH") }}
+{{- fail (printf "extraConfig: %s holds credentials; set it under backends (or in existingSecret)" $name) }}
+{{- end }}
+{{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Credentials (Secret data, base64). Only rendered when existingSecret is empty. */}}
+{{- define "dicom-archive.secretData" -}}
+{{- $b := .Values.backends -}}
+{{- $queue := required "backends.queue is required (amqp://user:pass@host:port/vhost) unless existingSecret is set" $b.queue -}}
+{{- $catalog := required "backends.catalog is required (postgresql://user:pass@host:port/db) unless existingSecret is set" $b.catalog -}}
+{{- $search := required "backends.search is required (http(s)://host:port) unless existingSecret is set" $b.search -}}
+{{- if not (or (hasPrefix "amqp://" $queue) (hasPrefix "amqps://" $queue)) }}
+{{- fail "backends.queue must be an amqp:// or amqps:// URL: the embedded queue cannot be shared by pods" }}
+{{- end }}
+{{- if not (or (hasPrefix "postgresql://" $catalog) (hasPrefix "postgres://" $catalog)) }}
+{{- fail "backends.catalog must be a postgresql:// URL: the embedded catalog cannot be shared by pods" }}
+{{- end }}
+{{- if not (or (hasPrefix "http://" $search) (hasPrefix "https://" $search)) -}}
+{{- fail "backends.search must be an http(s):// OpenSearch URL: the embedded index cannot be shared by pods" -}}
+{{- end -}}
+ARCHIVE_S3_ACCESS_KEY: {{ required "backends.s3AccessKey is required unless existingSecret is set" $b.s3AccessKey | b64enc | quote }}
+ARCHIVE_S3_SECRET_KEY: {{ required "backends.s3SecretKey is required unless existingSecret is set" $b.s3SecretKey | b64enc | quote }}
+ARCHIVE_QUEUE: {{ $queue | b64enc | quote }}
+ARCHIVE_CATALOG: {{ $catalog | b64enc | quote }}
+ARCHIVE_SEARCH: {{ $search | b64enc | quote }}
+{{- end }}
+
+{{/*
+Pod template annotations: config checksums (roll pods when settings change) and Prometheus
+scrape annotations. Call with (dict "ctx" $ "extra" .podAnnotations "metrics" true).
+*/}}
+{{- define "dicom-archive.podAnnotations" -}}
+{{- $ctx := .ctx -}}
+checksum/config: {{ include "dicom-archive.configData" $ctx | sha256sum }}
+{{- if not $ctx.Values.existingSecret }}
+checksum/secret: {{ include "dicom-archive.secretData" $ctx | sha256sum }}
+{{- end }}
+{{- if and .metrics $ctx.Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ $ctx.Values.ports.http | int64 | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- with $ctx.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The archive container and its volumes, shared by the role Deployments and the migrate Job.
+Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" RES "serving" BOOL).
+"serving" adds ports, probes and the preStop sleep (long-running roles only).
+*/}}
+{{- define "dicom-archive.container" -}}
+{{- $ctx := .ctx -}}
+- name: {{ .role }}
+  image: {{ include "dicom-archive.image" $ctx | quote }}
+  imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+  args: [{{ .role | quote }}]
+  envFrom:
+    - configMapRef:
+        name: {{ .configMap }}
+    # Listed last: its keys win over the ConfigMap's.
+    - secretRef:
+        name: {{ .secret }}
+  {{- if .serving }}
+  ports:
+    - name: http
+      containerPort: {{ $ctx.Values.ports.http }}
+      protocol: TCP
+    {{- if eq .role "scp" }}
+    - name: dicom
+      containerPort: {{ $ctx.Values.ports.dicom }}
+      protocol: TCP
+    {{- end }}
+  lifecycle:
+    preStop:
+      exec:
+        command: ["sleep", {{ $ctx.Values.preStopSleepSeconds | int64 | quote }}]
+  startupProbe:
+    httpGet: {path: /healthz, port: http}
+    {{- toYaml $ctx.Values.probes.startup | nindent 4 }}
+  livenessProbe:
+    httpGet: {path: /healthz, port: http}
+    {{- toYaml $ctx.Values.probes.liveness | nindent 4 }}
+  readinessProbe:
+    httpGet: {path: /readyz, port: http}
+    {{- toYaml $ctx.Values.probes.readiness | nindent 4 }}
+  {{- end }}
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $ctx.Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: data
+      mountPath: {{ $ctx.Values.dataDir }}
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+
+{{- define "dicom-archive.volumes" -}}
+- name: data
+  emptyDir:
+    sizeLimit: {{ .sizeLimit }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
+
+{{/* Pod-level fields shared by every pod of the chart. */}}
+{{- define "dicom-archive.podSpecCommon" -}}
+{{- $ctx := . -}}
+automountServiceAccountToken: false
+{{- with $ctx.Values.serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
+enableServiceLinks: false
+{{- with $ctx.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml $ctx.Values.podSecurityContext | nindent 2 }}
+{{- end }}
+
+{{/* Scheduling: the role's own settings, else the chart-wide ones. Call with (dict "ctx" $ "r" ROLEVALUES). */}}
+{{- define "dicom-archive.scheduling" -}}
+{{- $g := .ctx.Values -}}
+{{- with (default $g.nodeSelector .r.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $g.tolerations .r.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $g.affinity .r.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .r.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,438 @@
+"""The Helm chart renders valid Kubernetes objects that run the roles the way the code expects.
+
+Needs helm (``scripts/install-helm.sh``) and kubernetes-validate; skips without them on a
+laptop and fails with CI=true. Rendering is local (``helm template``): no cluster is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from archive.settings import SETTINGS, Settings
+from tests.conftest import ROOT, missing
+
+CHART = ROOT / "deploy" / "helm" / "dicom-archive"
+FULL_VALUES = CHART / "ci" / "full-values.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+KUBE_VERSION = "1.30.0"  # a recent version kubernetes-validate ships schemas for
+RELEASE = "rel"
+NAMESPACE = "imaging"
+ROLES = ("scp", "indexer", "query")
+SETTING_NAMES = {s.env for s in SETTINGS}
+SECRET_KEYS = {"ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_QUEUE", "ARCHIVE_CATALOG", "ARCHIVE_SEARCH"}
+DRAIN_SECONDS = 30  # archive.runtime.DRAIN_SECONDS
+CRD_GROUPS = ("monitoring.coreos.com/",)  # custom resources: no schema in kubernetes-validate
+
+Doc = dict[str, Any]
+
+
+def _find_helm() -> str | None:
+    if path := shutil.which("helm"):
+        return path
+    candidates = [Path.home() / "go" / "bin" / "helm"]
+    if go := shutil.which("go"):
+        gopath = subprocess.run([go, "env", "GOPATH"], capture_output=True, text=True).stdout.strip()
+        if gopath:
+            candidates.insert(0, Path(gopath) / "bin" / "helm")
+    return next((str(c) for c in candidates if os.access(c, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path = _find_helm()
+    if path is None:
+        missing("helm is not installed; run scripts/install-helm.sh")
+    assert path is not None
+    return path
+
+
+def _helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60)
+
+
+def _template(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return _helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                 "--kube-version", KUBE_VERSION, *args)
+
+
+def _render(helm: str, *args: str) -> list[Doc]:
+    result = _template(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def default_docs(helm: str) -> list[Doc]:
+    return _render(helm)
+
+
+@pytest.fixture(scope="module")
+def full_docs(helm: str) -> list[Doc]:
+    return _render(helm, "-f", str(FULL_VALUES))
+
+
+@pytest.fixture(params=["default", "full"])
+def docs(request: pytest.FixtureRequest) -> list[Doc]:
+    return list(request.getfixturevalue(f"{request.param}_docs"))
+
+
+def _kinds(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def _name(suffix: str) -> str:
+    return f"{RELEASE}-dicom-archive-{suffix}"
+
+
+def _is_hook(doc: Doc) -> bool:
+    return "helm.sh/hook" in doc["metadata"].get("annotations", {})
+
+
+def _config(docs: list[Doc]) -> dict[str, str]:
+    return dict(_one(docs, "ConfigMap", _name("config"))["data"])
+
+
+def _container(deployment: Doc) -> Doc:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def _pod_specs(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            yield doc, doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "Pod":
+            yield doc, doc["spec"]
+
+
+# --- helm itself -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", [[], ["-f", str(FULL_VALUES)]], ids=["default", "full"])
+def test_helm_lint_is_clean(helm: str, values: list[str]) -> None:
+    result = _helm(helm, "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *values)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_manifest_is_valid_kubernetes(docs: list[Doc]) -> None:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        missing("kubernetes-validate is not installed; run scripts/install-helm.sh")
+    errors = []
+    for doc in docs:
+        if doc["apiVersion"].startswith(CRD_GROUPS):
+            continue  # checked structurally below
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = "/".join(str(p) for p in exc.path)
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']} at {path}: {exc.message}")
+    assert not errors, "\n".join(errors)
+
+
+# --- the roles -------------------------------------------------------------------------------
+
+def test_each_role_is_a_deployment_running_its_subcommand(docs: list[Doc]) -> None:
+    deployments = {d["metadata"]["name"]: d for d in _kinds(docs, "Deployment")}
+    assert set(deployments) == {_name(r) for r in ROLES}
+    for role in ROLES:
+        deployment = deployments[_name(role)]
+        container = _container(deployment)
+        assert container["args"] == [role]
+        assert "command" not in container  # the image's ENTRYPOINT is `dicom-archive`
+        assert container["image"].endswith(":0.1.0")
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_probes_use_healthz_and_readyz_on_the_http_port(docs: list[Doc]) -> None:
+    http_port = int(_config(docs)["ARCHIVE_HTTP_PORT"])
+    for deployment in _kinds(docs, "Deployment"):
+        container = _container(deployment)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["http"] == http_port == 8080
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                            ("readinessProbe", "/readyz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+        # The start-up probe covers `migrate` on start; liveness only takes over afterwards.
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+
+
+def test_shutdown_leaves_time_to_drain(docs: list[Doc]) -> None:
+    for deployment in _kinds(docs, "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        command = _container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        assert spec["terminationGracePeriodSeconds"] > int(command[1]) + DRAIN_SECONDS
+
+
+def test_resources_and_scp_memory_limit(docs: list[Doc]) -> None:
+    for deployment in _kinds(docs, "Deployment"):
+        resources = _container(deployment)["resources"]
+        assert {"cpu", "memory"} <= resources["requests"].keys()  # the HPA needs CPU requests
+        assert "memory" in resources["limits"]
+    scp = _container(_one(docs, "Deployment", _name("scp")))
+    assert scp["resources"]["limits"]["memory"] == "512Mi"
+
+
+def test_pods_are_locked_down_and_write_only_to_emptydirs(docs: list[Doc]) -> None:
+    data_dir = _config(docs)["ARCHIVE_DATA_DIR"]
+    for doc, spec in _pod_specs(docs):
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["automountServiceAccountToken"] is False, where
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+        if doc["kind"] == "Pod":
+            continue  # the helm test pod writes nothing
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        assert set(mounts) == {data_dir, "/tmp"}, where
+        for path in (data_dir, "/tmp"):
+            assert volumes[mounts[path]]["emptyDir"]["sizeLimit"], where
+    # The scp spools received datasets under ARCHIVE_DATA_DIR/spool: room for large instances.
+    scp = _one(docs, "Deployment", _name("scp"))["spec"]["template"]["spec"]
+    data = next(v for v in scp["volumes"] if v["name"] == "data")
+    assert data["emptyDir"]["sizeLimit"] == "20Gi"
+
+
+# --- services, scaling, disruption -----------------------------------------------------------
+
+def test_scp_service_exposes_the_dicom_port(default_docs: list[Doc], full_docs: list[Doc]) -> None:
+    for docs in (default_docs, full_docs):
+        service = _one(docs, "Service", _name("scp"))
+        assert service["spec"]["ports"] == [
+            {"name": "dicom", "port": 11112, "targetPort": "dicom", "protocol": "TCP",
+             **({"nodePort": 31112} if docs is full_docs else {})}]
+        assert service["spec"]["sessionAffinity"] == "None"
+        # The modality's address must reach the pod for ARCHIVE_ALLOWED_NETWORKS.
+        assert service["spec"]["externalTrafficPolicy"] == "Local"
+        assert service["spec"]["selector"].items() <= _pod_labels(docs, "scp").items()
+        container = _container(_one(docs, "Deployment", _name("scp")))
+        assert {"name": "dicom", "containerPort": 11112, "protocol": "TCP"} in container["ports"]
+        assert _config(docs)["ARCHIVE_DICOM_PORT"] == "11112"
+    assert _one(default_docs, "Service", _name("scp"))["spec"]["type"] == "LoadBalancer"
+    assert _one(full_docs, "Service", _name("scp"))["spec"]["type"] == "NodePort"
+
+
+def _pod_labels(docs: list[Doc], role: str) -> dict[str, str]:
+    return dict(_one(docs, "Deployment", _name(role))["spec"]["template"]["metadata"]["labels"])
+
+
+def test_query_service_selects_query_pods_on_http(docs: list[Doc]) -> None:
+    service = _one(docs, "Service", _name("query"))
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["selector"].items() <= _pod_labels(docs, "query").items()
+    assert not service["spec"]["selector"].items() <= _pod_labels(docs, "scp").items()
+
+
+def test_scp_and_indexer_autoscale_on_cpu(docs: list[Doc]) -> None:
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in _kinds(docs, "HorizontalPodAutoscaler")}
+    assert {_name("scp"), _name("indexer")} <= set(hpas)
+    for name, hpa in hpas.items():
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+        # An HPA-managed Deployment leaves replicas alone, or every upgrade resets the scale.
+        assert "replicas" not in _one(docs, "Deployment", name)["spec"]
+    for deployment in _kinds(docs, "Deployment"):
+        if deployment["metadata"]["name"] not in hpas:
+            assert deployment["spec"]["replicas"] >= 1
+
+
+def test_scp_has_a_disruption_budget(docs: list[Doc]) -> None:
+    pdb = _one(docs, "PodDisruptionBudget", _name("scp"))
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= _pod_labels(docs, "scp").items()
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= _pod_labels(docs, "query").items()
+
+
+# --- migrate hook ----------------------------------------------------------------------------
+
+def test_migrate_job_is_a_pre_install_hook(docs: list[Doc]) -> None:
+    job = _one(docs, "Job", _name("migrate"))
+    annotations = job["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["migrate"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # Pre-install hooks run before the release's own ConfigMap/Secret exist: whatever the Job
+    # reads must be a hook created earlier (lower weight) or the user's existing Secret.
+    job_weight = int(annotations["helm.sh/hook-weight"])
+    existing = {"archive-credentials"} if _is_existing_secret(docs) else set()
+    for source in container["envFrom"]:
+        kind, ref = ("ConfigMap", source["configMapRef"]) if "configMapRef" in source else ("Secret", source["secretRef"])
+        if ref["name"] in existing:
+            continue
+        dependency = _one(docs, kind, ref["name"])
+        assert _is_hook(dependency), f"{kind}/{ref['name']} would not exist yet at pre-install"
+        assert "pre-install" in dependency["metadata"]["annotations"]["helm.sh/hook"]
+        assert int(dependency["metadata"]["annotations"]["helm.sh/hook-weight"]) < job_weight
+    assert _config(docs) == _one(docs, "ConfigMap", _name("migrate"))["data"]
+
+
+def _is_existing_secret(docs: list[Doc]) -> bool:
+    return not any(d["kind"] == "Secret" for d in docs)
+
+
+# --- settings --------------------------------------------------------------------------------
+
+def test_every_archive_variable_in_the_chart_is_a_real_setting(docs: list[Doc]) -> None:
+    sources = [p for p in CHART.rglob("*") if p.is_file()] + [DOCKERFILE]
+    named = {m for p in sources for m in re.findall(r"\bARCHIVE_[A-Z0-9_]+", p.read_text())}
+    rendered: set[str] = set()
+    for doc in docs:
+        if doc["kind"] in ("ConfigMap", "Secret"):
+            rendered |= set(doc.get("data", {}))
+    for _, spec in _pod_specs(docs):
+        for container in spec["containers"]:
+            rendered |= {e["name"] for e in container.get("env", [])}
+    assert named and rendered
+    unknown = {n for n in named | rendered if n.startswith("ARCHIVE_")} - SETTING_NAMES
+    assert not unknown, f"not in archive.settings.SETTINGS: {sorted(unknown)}"
+    # Every setting a pod needs in Kubernetes is set by the chart (the rest keep their defaults).
+    assert SECRET_KEYS | {"ARCHIVE_OBJECT_STORE", "ARCHIVE_DATA_DIR", "ARCHIVE_LOG_FORMAT"} <= named
+
+
+def test_rendered_environment_is_accepted_by_the_settings(default_docs: list[Doc], full_docs: list[Doc]) -> None:
+    # Default values: ConfigMap + the chart's Secret, exactly as envFrom merges them.
+    secret = _one(default_docs, "Secret", _name("credentials"))
+    env = _config(default_docs) | {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    settings = Settings.from_env(env)
+    assert settings.object_store.startswith("s3://")
+    assert settings.catalog.startswith("postgresql://") and settings.queue.startswith("amqp://")
+    assert settings.search.startswith("http://")
+    assert settings.log_format == "json" and settings.workers == 1
+    # Everything on: the user's Secret stands in for the chart's.
+    env = _config(full_docs) | {
+        "ARCHIVE_S3_ACCESS_KEY": "a", "ARCHIVE_S3_SECRET_KEY": "s", "ARCHIVE_QUEUE": "amqp://u:p@mq/",
+        "ARCHIVE_CATALOG": "postgresql://u:p@db/archive", "ARCHIVE_SEARCH": "https://search:9200"}
+    settings = Settings.from_env(env)
+    assert settings.aet == "HOSPITAL_VNA"
+    assert settings.allowed_aets == ("CT01", "MR02", "PACS")
+    assert [str(n) for n in settings.allowed_networks] == ["10.20.0.0/16", "192.168.7.0/24"]
+    assert settings.duplicate_policy.value == "reject"
+    assert (settings.delivery_limit, settings.indexer_batch, settings.indexer_prefetch) == (8, 500, 1000)
+    assert settings.max_pdu == 16777216 and settings.store_timeout == 90.5
+    assert settings.fsync is False
+
+
+def test_no_credentials_outside_secrets(default_docs: list[Doc], full_docs: list[Doc], helm: str) -> None:
+    secret = _one(default_docs, "Secret", _name("credentials"))
+    secret_values = {base64.b64decode(v).decode() for v in secret["data"].values()}
+    assert set(secret["data"]) == SECRET_KEYS
+    userinfo = re.compile(r"://[^/@\s]+:[^/@\s]+@")
+    for docs in (default_docs, full_docs):
+        for configmap in _kinds(docs, "ConfigMap"):
+            data = configmap["data"]
+            assert not SECRET_KEYS & set(data), configmap["metadata"]["name"]
+            for key, value in data.items():
+                assert not userinfo.search(value), key
+                assert not any(s in value for s in secret_values), key
+    # With existingSecret the chart renders no Secret and the credential values go nowhere.
+    assert _is_existing_secret(full_docs)
+    assert "UNUSED-" not in _template(helm, "-f", str(FULL_VALUES)).stdout
+    for deployment in _kinds(full_docs, "Deployment") + _kinds(full_docs, "Job"):
+        refs = [s["secretRef"]["name"] for s in _container(deployment)["envFrom"] if "secretRef" in s]
+        assert refs == ["archive-credentials"]
+
+
+# --- optional features -----------------------------------------------------------------------
+
+def test_optional_features_are_off_by_default(default_docs: list[Doc]) -> None:
+    kinds = {d["kind"] for d in default_docs}
+    assert not kinds & {"Ingress", "ServiceMonitor", "NetworkPolicy"}
+    assert {d["metadata"]["name"] for d in _kinds(default_docs, "Service")} == {_name("scp"), _name("query")}
+    annotations = _one(default_docs, "Deployment", _name("indexer"))["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8080"
+
+
+def test_ingress_routes_to_the_query_service(full_docs: list[Doc]) -> None:
+    ingress = _one(full_docs, "Ingress", _name("query"))
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = _one(full_docs, "Service", backend["name"])
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert ingress["spec"]["tls"][0]["secretName"] == "archive-tls"
+
+
+def test_service_monitor_scrapes_every_role(full_docs: list[Doc]) -> None:
+    monitor = _one(full_docs, "ServiceMonitor", f"{RELEASE}-dicom-archive")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    services = [s for s in _kinds(full_docs, "Service")
+                if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in services] == [_name("metrics")]
+    metrics = services[0]
+    assert metrics["spec"]["clusterIP"] == "None"
+    assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]}
+    for role in ROLES:
+        assert metrics["spec"]["selector"].items() <= _pod_labels(full_docs, role).items(), role
+    job_labels = _one(full_docs, "Job", _name("migrate"))["spec"]["template"]["metadata"]["labels"]
+    assert not metrics["spec"]["selector"].items() <= job_labels.items()
+
+
+def test_network_policies_admit_only_the_configured_peers(full_docs: list[Doc]) -> None:
+    policies = {p["metadata"]["name"]: p for p in _kinds(full_docs, "NetworkPolicy")}
+    assert set(policies) == {_name(r) for r in (*ROLES, "migrate")}
+    scp = policies[_name("scp")]["spec"]
+    assert scp["podSelector"]["matchLabels"].items() <= _pod_labels(full_docs, "scp").items()
+    dicom_rule = next(r for r in scp["ingress"] if r["ports"][0]["port"] == "dicom")
+    assert dicom_rule["from"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert policies[_name("migrate")]["spec"]["ingress"] == []
+    for policy in policies.values():
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert {"port": 53, "protocol": "UDP"} in policy["spec"]["egress"][0]["ports"]
+
+
+# --- guard rails -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "backends.catalog=sqlite:///archive/catalog.db"], "backends.catalog must be a postgresql://"),
+    (["--set", "backends.queue=sqlite:///q.db"], "backends.queue must be an amqp://"),
+    (["--set", "backends.objectStore=file:///data"], "/backends/objectStore"),
+    (["--set", "settings.allowedNetworks={10.0.0.0/8}", "--set", "scp.service.externalTrafficPolicy=Cluster"],
+     "needs scp.service.externalTrafficPolicy=Local"),
+    (["--set", "settings.duplicatePolicy=overwrite"], "/settings/duplicatePolicy"),
+    (["--set", "settings.aetitle=X"], "aetitle"),
+    (["--set", "extraConfig.ARCHIVE_CATALOG=postgresql://u:p@db/a"], "holds credentials"),
+], ids=["sqlite-catalog", "sqlite-queue", "file-store", "snat-allow-list", "bad-policy", "typo", "secret-in-config"])
+def test_chart_refuses_configurations_that_cannot_work(helm: str, args: list[str], message: str) -> None:
+    result = _template(helm, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_image_and_chart_agree(default_docs: list[Doc]) -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert 'ENTRYPOINT ["dicom-archive"]' in dockerfile
+    user = re.search(r"^USER\s+(\d+)", dockerfile, re.M)
+    assert user, "the image runs as a numeric non-root user"
+    spec = _one(default_docs, "Deployment", _name("scp"))["spec"]["template"]["spec"]
+    assert int(user.group(1)) == spec["securityContext"]["runAsUser"] != 0
+    data_dir = re.search(r"ARCHIVE_DATA_DIR=(\S+)", dockerfile)
+    assert data_dir and data_dir.group(1) == _config(default_docs)["ARCHIVE_DATA_DIR"]
