@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DELIVERY_LIMIT_REASON = "delivery limit reached"
 _MAX_BATCH = 2000  # operations per group-commit transaction
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -66,6 +68,32 @@ _SCHEMA = (
     reason TEXT NOT NULL
 )""",
 )
+
+# v2: claims record their owner (a process on this host), so the claims of a consumer that
+# died (kill -9) are released as soon as another consumer notices, not after the lease.
+_MIGRATIONS = {2: "ALTER TABLE messages ADD COLUMN owner TEXT"}
+_RELEASE_CHECK_SECONDS = 2.0
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process on this host (clock ticks since boot), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces; fields after the last ")" are fixed
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # not ours to judge: let its lease run out
+    return _process_start(int(pid)) == started
+
 
 # Wake-ups of consumers waiting in this process, by database file: latency only, never
 # correctness (other processes are seen by polling).
@@ -157,6 +185,8 @@ class SqliteQueue:
         self._pending_lock = threading.Lock()
         self._flush_scheduled = False
         self._closed = False
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
+        self._next_release_check = 0.0
 
     # connections: each lives in (and is used only by) its executor's one thread
 
@@ -257,6 +287,10 @@ class SqliteQueue:
             current = row[0] or 0
             if current > SCHEMA_VERSION:
                 raise ConfigError(f"queue schema {current} in {self.path} is newer than this code ({SCHEMA_VERSION})")
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            for version, statement in sorted(_MIGRATIONS.items()):
+                if version > current and "owner" not in columns:
+                    conn.execute(statement)
             if current < SCHEMA_VERSION:
                 conn.execute("DELETE FROM queue_schema_version")
                 conn.execute("INSERT INTO queue_schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -308,8 +342,25 @@ class SqliteQueue:
         await self._write(op)  # returns after the COMMIT that holds the message
         _wake(self._key)
 
+    def _release_dead_claims(self, conn: sqlite3.Connection, now: float) -> None:
+        """Make the claims of consumers that died visible again (at-least-once, promptly)."""
+        owners = [row[0] for row in conn.execute(
+            "SELECT DISTINCT owner FROM messages WHERE visible_at > ? AND owner IS NOT NULL AND owner != ?",
+            (now, self._owner),
+        )]
+        for owner in owners:
+            if not _owner_alive(owner):
+                released = conn.execute(
+                    "UPDATE messages SET visible_at = ?, owner = NULL WHERE owner = ? AND visible_at > ?",
+                    (now, owner, now),
+                ).rowcount
+                log.warning("released %d queue messages claimed by a consumer that died", released)
+
     def _claim(self, conn: sqlite3.Connection, max_messages: int) -> list[tuple[int, bytes, int]]:
         now = time.time()
+        if now >= self._next_release_check:
+            self._next_release_check = now + _RELEASE_CHECK_SECONDS
+            self._release_dead_claims(conn, now)
         claimed: list[tuple[int, bytes, int]] = []
         while len(claimed) < max_messages:
             rows = conn.execute(
@@ -330,8 +381,8 @@ class SqliteQueue:
                     log.warning("queue message %d dead-lettered after %d deliveries", message_id, count)
                 else:
                     conn.execute(
-                        "UPDATE messages SET visible_at = ?, delivery_count = ? WHERE id = ?",
-                        (now + self.lease_seconds, count + 1, message_id),
+                        "UPDATE messages SET visible_at = ?, delivery_count = ?, owner = ? WHERE id = ?",
+                        (now + self.lease_seconds, count + 1, self._owner, message_id),
                     )
                     claimed.append((message_id, bytes(body), count + 1))
         return claimed
@@ -384,7 +435,7 @@ class SqliteQueue:
         def op(conn: sqlite3.Connection) -> int:
             # Only while still ours: a lapsed lease may have been claimed again by now.
             cursor = conn.execute(
-                "UPDATE messages SET visible_at = ? WHERE id = ? AND delivery_count = ?",
+                "UPDATE messages SET visible_at = ?, owner = NULL WHERE id = ? AND delivery_count = ?",
                 (time.time() + max(delay, 0.0), message_id, delivery_count),
             )
             return cursor.rowcount

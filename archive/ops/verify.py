@@ -3,8 +3,9 @@
 Counts the instances in each and lists discrepancies: catalog entries whose
 object is missing, objects the catalog does not know (orphans), checksum or
 size mismatches between object store and catalog, and search documents
-missing or extra. ``repair`` re-queues orphaned objects for indexing (the
-object store is the source of truth).
+missing or extra. ``repair`` re-queues orphaned objects, and the objects of
+catalog entries missing from the search index, for indexing (the object store
+is the source of truth; the indexer's upserts are idempotent).
 """
 
 from __future__ import annotations
@@ -86,10 +87,12 @@ async def verify(
     report.objects = len(objects)
 
     catalog_uids: set[str] = set()
+    catalog_keys: dict[str, str] = {}  # SOP Instance UID -> object key
     seen_keys: set[str] = set()
     entry: CatalogInstance
     async for entry in catalog.instances():
         catalog_uids.add(entry.sop_instance_uid)
+        catalog_keys[entry.sop_instance_uid] = entry.object_key
         stored = objects.get(entry.object_key)
         if stored is None:
             _note(report, "missing_objects", entry.sop_instance_uid)
@@ -110,6 +113,9 @@ async def verify(
     report.search_documents = len(search_ids)
     for sop in catalog_uids - search_ids:
         _note(report, "missing_from_search", sop)
+        # An indexer that died between the catalog commit and the search write: index again.
+        if queue is not None and catalog_keys[sop] in objects:
+            report.repaired += await _requeue(store, queue, catalog_keys[sop])
     for sop in search_ids - catalog_uids:
         _note(report, "orphaned_search_documents", sop)
     report.seconds = round(time.monotonic() - started, 3)

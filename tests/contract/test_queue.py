@@ -259,6 +259,31 @@ async def test_killed_consumer_messages_are_delivered_again(backend: Backend, qu
 # ---- embedded queue only ---------------------------------------------------------------------
 
 
+async def test_sqlite_claims_of_a_dead_consumer_are_released_before_the_lease(tmp_path: Path) -> None:
+    """A consumer killed with kill -9 holds a 300 s lease; its claims come back in seconds."""
+    path = tmp_path / "queue.db"
+    queue = SqliteQueue(path, lease_seconds=300.0, poll_interval=0.01)
+    await queue.migrate()
+    sent = {b"held-%d" % i for i in range(3)}
+    for body in sorted(sent):
+        await queue.publish(body)
+    proc = await spawn("consume", {"kind": "sqlite", "path": str(path), "lease_seconds": 300.0}, len(sent))
+    assert proc.stdout is not None
+    while (line := await asyncio.wait_for(proc.stdout.readline(), 30)) != b"holding\n":
+        assert line.startswith(b"claimed "), line
+    assert await queue.receive(10, timeout=0.2) == []  # the living child holds them
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    started = time.monotonic()
+    redelivered: list[Delivery] = []
+    while len(redelivered) < len(sent) and time.monotonic() - started < 10:
+        redelivered += await queue.receive(10, timeout=0.5)
+    assert {d.body for d in redelivered} == sent
+    assert time.monotonic() - started < 10  # far below the 300 s lease
+    await asyncio.gather(*(d.ack() for d in redelivered))
+    await queue.close()
+
+
 async def test_sqlite_publish_from_threads_and_processes_share_the_file(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
     shared = SqliteQueue(path, lease_seconds=LEASE)

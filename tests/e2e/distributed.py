@@ -407,9 +407,13 @@ RABBIT_NODE = "archive@localhost"
 RABBIT_BIN = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
+def _rabbit_dir() -> Path:
+    return Path(os.environ.get("SERVICES_DIR", ROOT / ".services")) / "rabbitmq"
+
+
 def _rabbit_env() -> dict[str, str]:
     """The environment scripts/services.sh gives its CLI tools (rabbit_env)."""
-    base = Path(os.environ.get("SERVICES_DIR", ROOT / ".services")) / "rabbitmq"
+    base = _rabbit_dir()
     return {
         **os.environ,
         "HOME": str(base / "home"),  # the Erlang cookie
@@ -424,7 +428,7 @@ def _rabbit_env() -> dict[str, str]:
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    if not Path(RABBIT_BIN).exists() or not (ROOT / ".services" / "rabbitmq" / "home").exists():
+    if not Path(RABBIT_BIN).exists() or not (_rabbit_dir() / "home").exists():
         from tests.conftest import missing
 
         missing("the private RabbitMQ node of scripts/services.sh is not here")

@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.distributed import Distributed, distributed, with_meta, object_uids, qido_instance_uids, schema_tables
+from tests.e2e.distributed import (
+    Distributed,
+    distributed,
+    object_uids,
+    qido_instance_uids,
+    schema_tables,
+)
 from tests.e2e.harness import http_json, verify, wait_until
 from tests.e2e.senders import echoscu, pynetdicom_store, storescu
 from tests.factories import make_ct, new_uid, write_part10
+
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture
@@ -21,6 +29,7 @@ def dist(tmp_path: Path, unique: str) -> Iterator[Distributed]:
         yield env
 
 
+@pytest.mark.dcmtk
 def test_roles_on_real_backends(dist: Distributed, tmp_path: Path) -> None:
     # The catalog's migrations ran inside the test's own schema (search_path from the URL).
     tables = schema_tables(dist.base_catalog, dist.name)
@@ -53,9 +62,9 @@ def test_roles_on_real_backends(dist: Distributed, tmp_path: Path) -> None:
 def test_two_stateless_scps_share_the_backends(dist: Distributed) -> None:
     second = dist.another_scp("scp2")
     study = new_uid()
-    first_batch = [with_meta(make_ct(study_uid=study, instance_number=i, seed=i, patient_id="DIST-2")) for i in range(10)]
-    second_batch = [with_meta(make_ct(study_uid=study, instance_number=10 + i, seed=i, patient_id="DIST-2")) for i in range(10)]
-    both = with_meta(make_ct(study_uid=study, instance_number=99, patient_id="DIST-2"))  # sent to each receiver
+    first_batch = [make_ct(study_uid=study, instance_number=i, seed=i, patient_id="DIST-2") for i in range(10)]
+    second_batch = [make_ct(study_uid=study, instance_number=10 + i, seed=i, patient_id="DIST-2") for i in range(10)]
+    both = make_ct(study_uid=study, instance_number=99, patient_id="DIST-2")  # sent to each receiver
     results: dict[int, list[int]] = {}
 
     def send(port: int) -> None:
