@@ -80,7 +80,8 @@ class Serve(_OurReceiver):
         super().__init__(workdir)
         self.workers = workers
         self.fsync = fsync
-        self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "")
+        self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
+            "" if fsync else ", ARCHIVE_FSYNC=false")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
         self.scp_metrics = self.indexer_metrics = f"{http}/metrics"

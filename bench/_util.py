@@ -314,6 +314,11 @@ class TreeSampler(threading.Thread):
         while not self._halt.wait(self.interval):
             self.sample()
 
+    def cpu_so_far(self) -> float:
+        """CPU seconds of all sampled trees since the start (samples now)."""
+        self.sample()
+        return sum(last - self._first_cpu.get(pid, 0.0) for pid, last in list(self._last_cpu.items()))
+
     def stop(self) -> dict[str, dict[str, float]]:
         self._halt.set()
         if self.is_alive():
@@ -323,6 +328,23 @@ class TreeSampler(threading.Thread):
         for pid, last in self._last_cpu.items():
             cpu[self._owner[pid]] += last - self._first_cpu.get(pid, 0.0)
         return {label: {"peak_rss_mb": self.peak[label] / 2**20, "cpu_s": cpu[label]} for label in self.roots}
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
+    return total - idle, total
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (the senders)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---- Prometheus text ------------------------------------------------------------------------

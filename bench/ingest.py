@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _receivers import (DCMTK_ENV, Distributed, Orthanc, Receiver, Serve, StoreSCP,  # noqa: E402
                         distributed_missing)
-from _util import (Batch, SliceFactory, TreeSampler, histogram_delta, histogram_quantile,  # noqa: E402
-                   http_json, install_signal_handlers, kill_all, percentile, scrape,
+from _util import (Batch, SliceFactory, TreeSampler, children_cpu, cpu_jiffies,  # noqa: E402
+                   histogram_delta, histogram_quantile, http_json, install_signal_handlers, kill_all, percentile, scrape,
                    write_large_instance)
 
-ALL = ("serve", "serve-w2", "distributed", "orthanc", "storescp", "large")
+ALL = ("serve", "serve-w2", "serve-nofsync", "distributed", "orthanc", "storescp", "large")
 STUDIES = 4  # each batch: 4 studies; with 4 associations each association sends one study
 DRAIN_TIMEOUT = 600.0
 
@@ -50,6 +50,8 @@ def make_receiver(name: str, workdir: Path) -> Receiver:
         return Serve(workdir / name)
     if name == "serve-w2":
         return Serve(workdir / name, workers=2)
+    if name == "serve-nofsync":
+        return Serve(workdir / name, fsync=False)
     if name == "distributed":
         return Distributed(workdir / name)
     if name == "orthanc":
@@ -105,6 +107,21 @@ def wait_stored(receiver: Receiver, batch: Batch, timeout: float) -> float:
         time.sleep(0.05 if receiver.ours else 0.2)
 
 
+def wait_quiet(threshold: float, limit: float) -> float:
+    """Wait (up to ``limit`` s) until the machine is below ``threshold`` busy cores for 2 s in a row."""
+    started = time.monotonic()
+    calm = 0
+    while time.monotonic() - started < limit:
+        busy0, total0 = cpu_jiffies()
+        time.sleep(1.0)
+        busy1, total1 = cpu_jiffies()
+        cores = (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+        calm = calm + 1 if cores < threshold else 0
+        if calm >= 2:
+            break
+    return time.monotonic() - started
+
+
 # ---- one load run ----------------------------------------------------------------------------
 
 def _q(buckets: list[tuple[float, float]], q: float, scale: float = 1.0) -> float | None:
@@ -119,20 +136,33 @@ def load_run(receiver: Receiver, batch: Batch, assocs: int) -> dict[str, Any]:
     sampler = TreeSampler(receiver.roots())
     sampler.start()
     load_before = os.getloadavg()[0]
+    busy0, total0 = cpu_jiffies()
+    sender0 = children_cpu()
     t0 = time.perf_counter()
     try:
         elapsed = storescu(receiver, batch.files, assocs, timeout=max(120.0, count * 0.25))
+        busy1, total1 = cpu_jiffies()
+        sender_cpu = children_cpu() - sender0
+        receiver_cpu = sampler.cpu_so_far()
         t_all = wait_stored(receiver, batch, DRAIN_TIMEOUT)
     finally:
         usage = sampler.stop()
+    cpus = os.cpu_count() or 1
+    machine_busy = (busy1 - busy0) / max(1, total1 - total0) * cpus  # cores busy while sending
     result: dict[str, Any] = {
         "assocs": assocs, "count": count, "bytes": batch.bytes, "seconds": elapsed,
         "inst_s": count / elapsed, "mb_s": batch.bytes / 2**20 / elapsed,
         "loadavg_before": load_before, "processes": usage,
+        "machine_busy_cores": machine_busy, "sender_cpu_s": sender_cpu,
     }
     main = next(iter(usage))
     result["peak_rss_mb"] = usage[main]["peak_rss_mb"]
     result["cpu_ms_per_instance"] = 1000 * sum(u["cpu_s"] for u in usage.values()) / count
+    # What else ran on the machine while sending (other users' work, the services' idle load, the
+    # benchmark itself); the receiver's CPU after the last Success (indexing backlog) is excluded.
+    result["receiver_busy_cores"] = receiver_cpu / elapsed
+    result["sender_busy_cores"] = sender_cpu / elapsed
+    result["other_busy_cores"] = max(0.0, machine_busy - (receiver_cpu + sender_cpu) / elapsed)
     if receiver.ours:
         result["all_searchable_s"] = t_all - t0  # first byte sent -> last instance searchable
         result["end_to_end_inst_s"] = count / (t_all - t0)
@@ -309,11 +339,13 @@ def bench_receiver(name: str, workdir: Path, factory: SliceFactory, args: argpar
         for rep in range(args.repeat):
             for assocs in args.assocs:
                 batch = factory.batch(workdir / "batch", args.count, STUDIES)
+                waited = wait_quiet(args.quiet, args.quiet_wait) if args.quiet_wait > 0 else 0.0
                 try:
                     run = load_run(receiver, batch, assocs)
                 finally:
                     batch.remove()
                 run["repeat"] = rep
+                run["waited_for_quiet_s"] = waited
                 out["runs"].append(run)
                 log(f"{name}: {assocs} assoc(s) rep {rep}: {run['inst_s']:.0f} inst/s, "
                     f"peak RSS {run['peak_rss_mb']:.0f} MB"
@@ -355,6 +387,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "all_searchable_s": med("all_searchable_s"), "end_to_end_inst_s": med("end_to_end_inst_s"),
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                 "cpu_ms_per_instance": med("cpu_ms_per_instance"),
+                "other_busy_cores": med("other_busy_cores"),
+                "cstore_coverage": (min(r.get("cstore_observed", 0) / r["count"] for r in runs)
+                                    if res["runs"] and "cstore_observed" in runs[0] else None),
                 "visible_p50_ms": res.get("probe", {}).get("visible_p50_ms"),
                 "visible_p99_ms": res.get("probe", {}).get("visible_p99_ms"),
             })
@@ -377,17 +412,25 @@ def markdown(rows: list[dict[str, Any]], results: list[dict[str, Any]], large: l
     lines = [
         "| receiver | assocs | inst/s (median; min–max) | MB/s | C-STORE p50 / p99 ms (server) "
         "| searchable p50 / p99 s (server, under load) | all searchable after (s) "
-        "| QIDO-visible p50 / p99 ms (probe) | peak RSS MB | CPU ms/inst | × Orthanc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| QIDO-visible p50 / p99 ms (probe) | peak RSS MB | CPU ms/inst | other load (cores) | × Orthanc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    partial = False
     for r in rows:
+        mark = ""
+        if r["cstore_coverage"] is not None and r["cstore_coverage"] < 0.95:
+            mark, partial = " ¹", True
         lines.append(
             f"| {r['receiver']} | {r['assocs']} | {_f(r['inst_s'])} ({_f(r['inst_s_min'])}–{_f(r['inst_s_max'])}) "
-            f"| {_f(r['mb_s'])} | {_pair(r['cstore_p50_ms'], r['cstore_p99_ms'], '{:.1f}')} "
+            f"| {_f(r['mb_s'])} | {_pair(r['cstore_p50_ms'], r['cstore_p99_ms'], '{:.1f}')}{mark} "
             f"| {_pair(r['searchable_p50_s'], r['searchable_p99_s'], '{:.2f}')} "
             f"| {_f(r['all_searchable_s'], '{:.1f}')} "
             f"| {_pair(r['visible_p50_ms'], r['visible_p99_ms'])} | {_f(r['peak_rss_mb'])} "
-            f"| {_f(r['cpu_ms_per_instance'], '{:.1f}')} | {_f(r['vs_orthanc'], '{:.2f}')} |")
+            f"| {_f(r['cpu_ms_per_instance'], '{:.1f}')} | {_f(r['other_busy_cores'], '{:.2f}')} "
+            f"| {_f(r['vs_orthanc'], '{:.2f}')} |")
+    if partial:
+        lines.append("\n¹ only the C-STORE requests of the SCP process that serves HTTP are in its /metrics "
+                     "(the worker processes have no metrics endpoint)")
     lines += ["", "| receiver | probe instances | pynetdicom round trip p50 / p99 / max ms | QIDO-visible p50 / p99 / max ms | not visible |",
               "|---|---|---|---|---|"]
     for res in results:
@@ -469,13 +512,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-size", type=float, default=1.0, help="GiB of the large instance")
     parser.add_argument("--large-receivers", default="serve,distributed", help="receivers of the large instance")
     parser.add_argument("--scenarios", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    parser.add_argument("--quiet", type=float, default=0.6,
+                        help="before each run, wait until fewer than this many cores are busy (default 0.6)")
+    parser.add_argument("--quiet-wait", type=float, default=180.0,
+                        help="longest wait for a quiet machine in seconds (0: do not wait)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 instances, 1 repeat, small probe, 64 MiB large")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
     parser.add_argument("--workdir", type=Path, help="where to put data (default: a new temp dir)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.count, args.repeat, args.probe, args.large_size = 60, 1, 20, 1 / 16
+        args.count, args.repeat, args.probe, args.large_size, args.quiet_wait = 60, 1, 20, 1 / 16, 0
     args.assocs = [int(a) for a in args.assocs.split(",")]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(scenarios) - set(ALL)

@@ -6,6 +6,7 @@ import logging
 import socket
 import tempfile
 import threading
+import time
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
@@ -103,8 +104,6 @@ class StoreSCP:
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         """Stop accepting, let running associations finish (up to a deadline), close."""
-        import time
-
         if self.server is None:
             return
         self.server.shutdown()  # stops accepting and closes the listening socket
