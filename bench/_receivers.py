@@ -5,6 +5,7 @@
   ``scripts/services.sh`` (own bucket, queue, index and schema, removed afterwards)
 - ``orthanc``: Orthanc (Debian package) on SQLite, no plugins, TCP_NODELAY=1
 - ``storescp``: DCMTK storescp writing files only (``--fork``: one process per association)
+- ``pynetdicom``: pynetdicom's own storescp app writing files only (the floor of a pynetdicom receiver)
 """
 
 from __future__ import annotations
@@ -162,6 +163,18 @@ class Distributed(_OurReceiver):
         for role, proc in self.procs.items():
             proc.wait_http(f"http://127.0.0.1:{self.ports[role]}/readyz", timeout=120)
 
+    def roots(self) -> dict[str, int]:
+        """The roles, then the services (their CPU is part of the cost; RSS is reported per role)."""
+        roots = super().roots()
+        for service in ("pg", "rabbitmq", "s3", "opensearch"):
+            try:
+                pid = int((ROOT / ".services" / f"{service}.pid").read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if Path(f"/proc/{pid}").exists():
+                roots[f"service:{service}"] = pid
+        return roots
+
     def cleanup(self) -> None:
         if self._backends is not None:
             self._backends.teardown()
@@ -255,3 +268,18 @@ def _wait_port(port: int, proc: Proc, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"{proc.name} does not listen on {port}")
+
+
+class PynetdicomSCP(StoreSCP):
+    """``python -m pynetdicom storescp``: decodes each dataset and writes it as a file."""
+
+    label = "pynetdicom 3 storescp (files only)"
+
+    def start(self) -> None:
+        self.out = self.workdir / "out"
+        self.out.mkdir(parents=True, exist_ok=True)
+        proc = Proc("pynetdicom", [sys.executable, "-m", "pynetdicom", "storescp", "-q", "-aet", self.aet,
+                                   "-ba", "127.0.0.1", "-od", str(self.out), str(self.dicom_port)],
+                    self.workdir / "pynetdicom.log")
+        self.procs["pynetdicom"] = proc
+        _wait_port(self.dicom_port, proc)

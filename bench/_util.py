@@ -269,7 +269,7 @@ def tree(pid: int) -> list[int]:
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
-    """(RSS bytes, CPU seconds incl. reaped children) of one process."""
+    """(RSS bytes, CPU seconds including its reaped children) of one process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -296,7 +296,8 @@ class TreeSampler(threading.Thread):
         self.sample()  # CPU baseline of the processes alive at start
         self._baseline = False
 
-    def sample(self) -> None:
+    def sample(self) -> set[int]:
+        seen: set[int] = set()
         for label, root in self.roots.items():
             total = 0
             for pid in tree(root):
@@ -304,11 +305,13 @@ class TreeSampler(threading.Thread):
                 if stat is None:
                     continue
                 total += stat[0]
+                seen.add(pid)
                 # processes born later count from zero
                 self._first_cpu.setdefault(pid, stat[1] if self._baseline else 0.0)
                 self._last_cpu[pid] = stat[1]
                 self._owner[pid] = label
             self.peak[label] = max(self.peak[label], total)
+        return seen
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
@@ -316,17 +319,21 @@ class TreeSampler(threading.Thread):
 
     def cpu_so_far(self) -> float:
         """CPU seconds of all sampled trees since the start (samples now)."""
-        self.sample()
-        return sum(last - self._first_cpu.get(pid, 0.0) for pid, last in list(self._last_cpu.items()))
+        alive = self.sample()
+        return sum(last - self._first_cpu.get(pid, 0.0) for pid, last in list(self._last_cpu.items())
+                   if pid in alive)
 
     def stop(self) -> dict[str, dict[str, float]]:
         self._halt.set()
         if self.is_alive():
             self.join(5)
-        self.sample()
+        alive = self.sample()
         cpu: dict[str, float] = {k: 0.0 for k in self.roots}
         for pid, last in self._last_cpu.items():
-            cpu[self._owner[pid]] += last - self._first_cpu.get(pid, 0.0)
+            # A child that is gone was reaped by its parent in the tree, whose cutime/cstime
+            # now hold all of its CPU time: counting its samples too would count it twice.
+            if pid in alive:
+                cpu[self._owner[pid]] += last - self._first_cpu.get(pid, 0.0)
         return {label: {"peak_rss_mb": self.peak[label] / 2**20, "cpu_s": cpu[label]} for label in self.roots}
 
 

@@ -1,11 +1,12 @@
 """Ingest benchmark: C-STORE throughput, latency, time-to-searchable and memory.
 
     .venv/bin/python bench/ingest.py [--count 1000] [--repeat 3] [--quick] [--out results.json]
-                                     [--scenarios serve,serve-w2,distributed,orthanc,storescp,large]
+                                     [--scenarios serve,serve-w2,serve-nofsync,distributed,orthanc,storescp,pynetdicom,large]
 
 Receivers (each fresh, on loopback, in a temp dir): ``dicom-archive serve`` (embedded,
-fsync on), the same with 2 SCP workers, the distributed roles on the services of
-``scripts/services.sh``, Orthanc (SQLite), DCMTK storescp (files only). The sender is
+fsync on), the same with 2 SCP workers and with ARCHIVE_FSYNC=false, the distributed
+roles on the services of ``scripts/services.sh``, Orthanc (SQLite), DCMTK storescp
+(files only), pynetdicom's storescp app (files only). The sender is
 DCMTK storescu with 1 association, or 4 storescu processes in parallel. See
 docs/benchmarks.md for what each number means and how it is measured.
 """
@@ -30,13 +31,13 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _receivers import (DCMTK_ENV, Distributed, Orthanc, Receiver, Serve, StoreSCP,  # noqa: E402
-                        distributed_missing)
+from _receivers import (DCMTK_ENV, Distributed, Orthanc, PynetdicomSCP, Receiver, Serve,  # noqa: E402
+                        StoreSCP, distributed_missing)
 from _util import (Batch, SliceFactory, TreeSampler, children_cpu, cpu_jiffies,  # noqa: E402
                    histogram_delta, histogram_quantile, http_json, install_signal_handlers, kill_all, percentile, scrape,
                    write_large_instance)
 
-ALL = ("serve", "serve-w2", "serve-nofsync", "distributed", "orthanc", "storescp", "large")
+ALL = ("serve", "serve-w2", "serve-nofsync", "distributed", "orthanc", "storescp", "pynetdicom", "large")
 STUDIES = 4  # each batch: 4 studies; with 4 associations each association sends one study
 DRAIN_TIMEOUT = 600.0
 
@@ -58,6 +59,8 @@ def make_receiver(name: str, workdir: Path) -> Receiver:
         return Orthanc(workdir / name)
     if name == "storescp":
         return StoreSCP(workdir / name)
+    if name == "pynetdicom":
+        return PynetdicomSCP(workdir / name)
     raise ValueError(name)
 
 
@@ -157,14 +160,20 @@ def load_run(receiver: Receiver, batch: Batch, assocs: int) -> dict[str, Any]:
     }
     main = next(iter(usage))
     result["peak_rss_mb"] = usage[main]["peak_rss_mb"]
-    result["cpu_ms_per_instance"] = 1000 * sum(u["cpu_s"] for u in usage.values()) / count
+    ours = {k: u for k, u in usage.items() if not k.startswith("service:")}
+    services = {k: u for k, u in usage.items() if k.startswith("service:")}
+    result["peak_rss_all_roles_mb"] = sum(u["peak_rss_mb"] for u in ours.values())
+    result["cpu_ms_per_instance"] = 1000 * sum(u["cpu_s"] for u in ours.values()) / count
+    if services:
+        result["services_cpu_ms_per_instance"] = 1000 * sum(u["cpu_s"] for u in services.values()) / count
     # What else ran on the machine while sending (other users' work, the services' idle load, the
     # benchmark itself); the receiver's CPU after the last Success (indexing backlog) is excluded.
     result["receiver_busy_cores"] = receiver_cpu / elapsed
     result["sender_busy_cores"] = sender_cpu / elapsed
     result["other_busy_cores"] = max(0.0, machine_busy - (receiver_cpu + sender_cpu) / elapsed)
     if receiver.ours:
-        result["all_searchable_s"] = t_all - t0  # first byte sent -> last instance searchable
+        # last Success (storescu exits) -> whole batch searchable; polled every 50 ms
+        result["all_searchable_s"] = max(0.0, t_all - (t0 + elapsed))
         result["end_to_end_inst_s"] = count / (t_all - t0)
         after_scp = scrape(receiver.scp_metrics or "")
         after_idx = scrape(receiver.indexer_metrics or "")
@@ -387,6 +396,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "all_searchable_s": med("all_searchable_s"), "end_to_end_inst_s": med("end_to_end_inst_s"),
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                 "cpu_ms_per_instance": med("cpu_ms_per_instance"),
+                "services_cpu_ms_per_instance": med("services_cpu_ms_per_instance"),
                 "other_busy_cores": med("other_busy_cores"),
                 "cstore_coverage": (min(r.get("cstore_observed", 0) / r["count"] for r in runs)
                                     if res["runs"] and "cstore_observed" in runs[0] else None),
@@ -408,10 +418,15 @@ def _pair(a: float | None, b: float | None, fmt: str = "{:.0f}") -> str:
     return "–" if a is None and b is None else f"{_f(a, fmt)} / {_f(b, fmt)}"
 
 
+def _services(row: dict[str, Any]) -> str:
+    value = row.get("services_cpu_ms_per_instance")
+    return "" if value is None else f" (+{value:.1f} services)"
+
+
 def markdown(rows: list[dict[str, Any]], results: list[dict[str, Any]], large: list[dict[str, Any]]) -> str:
     lines = [
         "| receiver | assocs | inst/s (median; min–max) | MB/s | C-STORE p50 / p99 ms (server) "
-        "| searchable p50 / p99 s (server, under load) | all searchable after (s) "
+        "| searchable p50 / p99 s (server, under load) | last searchable − last Success (s) "
         "| QIDO-visible p50 / p99 ms (probe) | peak RSS MB | CPU ms/inst | other load (cores) | × Orthanc |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -426,7 +441,7 @@ def markdown(rows: list[dict[str, Any]], results: list[dict[str, Any]], large: l
             f"| {_pair(r['searchable_p50_s'], r['searchable_p99_s'], '{:.2f}')} "
             f"| {_f(r['all_searchable_s'], '{:.1f}')} "
             f"| {_pair(r['visible_p50_ms'], r['visible_p99_ms'])} | {_f(r['peak_rss_mb'])} "
-            f"| {_f(r['cpu_ms_per_instance'], '{:.1f}')} | {_f(r['other_busy_cores'], '{:.2f}')} "
+            f"| {_f(r['cpu_ms_per_instance'], '{:.1f}')}{_services(r)} | {_f(r['other_busy_cores'], '{:.2f}')} "
             f"| {_f(r['vs_orthanc'], '{:.2f}')} |")
     if partial:
         lines.append("\n¹ only the C-STORE requests of the SCP process that serves HTTP are in its /metrics "
@@ -504,25 +519,28 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=1000, help="instances per run (default 1000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per receiver and association count")
+    parser.add_argument("--count", type=int, help="instances per run (default 1000; --quick: 60)")
+    parser.add_argument("--repeat", type=int, help="runs per receiver and association count (default 3; --quick: 1)")
     parser.add_argument("--assocs", default="1,4", help="association counts (default 1,4)")
-    parser.add_argument("--probe", type=int, default=200, help="probe instances (pynetdicom sender; 0: none)")
+    parser.add_argument("--probe", type=int, help="probe instances, pynetdicom sender (default 200; --quick: 20; 0: none)")
     parser.add_argument("--probe-rate", type=float, default=20.0, help="probe instances per second")
-    parser.add_argument("--large-size", type=float, default=1.0, help="GiB of the large instance")
+    parser.add_argument("--large-size", type=float, help="GiB of the large instance (default 1; --quick: 1/16)")
     parser.add_argument("--large-receivers", default="serve,distributed", help="receivers of the large instance")
     parser.add_argument("--scenarios", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--quiet", type=float, default=0.6,
                         help="before each run, wait until fewer than this many cores are busy (default 0.6)")
-    parser.add_argument("--quiet-wait", type=float, default=180.0,
-                        help="longest wait for a quiet machine in seconds (0: do not wait)")
+    parser.add_argument("--quiet-wait", type=float,
+                        help="longest wait for a quiet machine in seconds (default 180; --quick: 0 = do not wait)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 instances, 1 repeat, small probe, 64 MiB large")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
     parser.add_argument("--workdir", type=Path, help="where to put data (default: a new temp dir)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.count, args.repeat, args.probe, args.large_size, args.quiet_wait = 60, 1, 20, 1 / 16, 0
+    defaults = {"count": (1000, 60), "repeat": (3, 1), "probe": (200, 20), "large_size": (1.0, 1 / 16),
+                "quiet_wait": (180.0, 0.0)}
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     args.assocs = [int(a) for a in args.assocs.split(",")]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(scenarios) - set(ALL)

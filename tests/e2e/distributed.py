@@ -403,7 +403,9 @@ class StreamSender(threading.Thread):
 
 # ---- RabbitMQ node control ------------------------------------------------------------------
 
-RABBIT_NODE = "archive@localhost"
+# The node name scripts/services.sh gives its private RabbitMQ (renamed with a port offset).
+_OFFSET = int(os.environ.get("SERVICES_PORT_OFFSET", "0") or 0)
+RABBIT_NODE = f"archive{_OFFSET}@localhost" if _OFFSET else "archive@localhost"
 RABBIT_BIN = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
