@@ -204,6 +204,7 @@ class Orthanc(Receiver):
             "RemoteAccessAllowed": True,
             "SaveJobs": False,
             "StorageCompression": False,
+            "SyncStorageArea": True,  # Orthanc >= 1.7.4 default, stated: fsync like our default
             "Plugins": [],
         }
         path = self.workdir / "orthanc.json"
