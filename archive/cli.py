@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     scp.add_argument("--workers", type=int, help="processes sharing the DICOM port via SO_REUSEPORT")
     scp.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
 
-    add("indexer", "run the indexer",
-        "Consume index messages; write the catalog and the search index; acknowledge after both. "
-        "Serves /healthz, /readyz, /metrics on the HTTP port.")
+    indexer = add("indexer", "run the indexer",
+                  "Consume index messages; write the catalog and the search index; acknowledge after "
+                  "both. Serves /healthz, /readyz, /metrics on the HTTP port.")
+    indexer.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     add("query", "run the query service",
         "Serve QIDO-RS under /dicom-web plus /healthz, /readyz, /metrics on the HTTP port.")
     add("migrate", "create or upgrade schema, index template, bucket and queues",
@@ -104,6 +107,14 @@ def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _shared_metrics_dir(settings: Settings) -> None:
+    """Metrics of all processes of this command in one place (before prometheus_client loads)."""
+    path = settings.data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         "data_dir": getattr(args, "data_dir", None),
@@ -152,17 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dicom-archive: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
+    if args.command == "serve" or (args.command == "scp" and settings.workers > 1 and not args.worker_child):
+        _shared_metrics_dir(settings)
     from archive import runtime
 
     try:
         if args.command == "serve":
-            asyncio.run(runtime.run(settings, scp=True, indexer=True, query=True))
+            asyncio.run(runtime.run(settings, scp=True, indexer=True, query=True, indexer_child=True))
         elif args.command == "scp":
             child = bool(args.worker_child)
             asyncio.run(runtime.run(settings, scp=True, indexer=False, query=False, http=not child,
                                     reuse_port=child, spawn_workers=not child))
         elif args.command == "indexer":
-            asyncio.run(runtime.run(settings, scp=False, indexer=True, query=False))
+            asyncio.run(runtime.run(settings, scp=False, indexer=True, query=False,
+                                    http=not args.worker_child))
         elif args.command == "query":
             asyncio.run(runtime.run(settings, scp=False, indexer=False, query=True))
         elif args.command == "migrate":

@@ -1,4 +1,8 @@
-"""Prometheus metrics of every role. Labels never carry patient data."""
+"""Prometheus metrics of every role. Labels never carry patient data.
+
+When one command runs several processes (`serve`, `scp --workers N`), they share
+``PROMETHEUS_MULTIPROC_DIR`` and the parent's /metrics aggregates them all.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from prometheus_client import Counter, Gauge, Histogram
 ASSOCIATIONS = Counter(
     "archive_dicom_associations_total", "Association requests by outcome", ["outcome"]
 )
-ACTIVE_ASSOCIATIONS = Gauge("archive_dicom_active_associations", "Associations in progress")
+ACTIVE_ASSOCIATIONS = Gauge(
+    "archive_dicom_active_associations", "Associations in progress", multiprocess_mode="livesum"
+)
 STORES = Counter("archive_cstore_total", "C-STORE requests by result", ["result"])
 STORE_SECONDS = Histogram(
     "archive_cstore_seconds",
@@ -32,7 +38,11 @@ TIME_TO_SEARCHABLE = Histogram(
     "Time from the receiver's Success to the instance being in catalog and search index",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
-QUEUE_READY = Gauge("archive_queue_ready_messages", "Index messages waiting or in flight")
-QUEUE_DEAD = Gauge("archive_queue_dead_messages", "Index messages in the dead-letter queue")
+QUEUE_READY = Gauge(
+    "archive_queue_ready_messages", "Index messages waiting or in flight", multiprocess_mode="mostrecent"
+)
+QUEUE_DEAD = Gauge(
+    "archive_queue_dead_messages", "Index messages in the dead-letter queue", multiprocess_mode="mostrecent"
+)
 QUERIES = Counter("archive_queries_total", "Queries answered", ["interface", "level", "status"])
 QUERY_SECONDS = Histogram("archive_query_seconds", "Query latency", ["interface"])

@@ -8,6 +8,7 @@ HTTP listener, close the backends.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from archive import web as archive_web
 from archive.compose import Backends
+from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.app import add_routes
@@ -50,8 +52,8 @@ async def _start_http(app: web.Application, settings: Settings, stack: AsyncExit
     return port
 
 
-def _spawn_scp_workers(count: int, settings: Settings) -> list[subprocess.Popen[bytes]]:
-    """Extra SCP processes sharing the DICOM port through SO_REUSEPORT."""
+def _child_env(settings: Settings) -> dict[str, str]:
+    """Children see exactly the parent's settings (CLI flags included)."""
     env = os.environ.copy()
     env.update({
         "ARCHIVE_DATA_DIR": str(settings.data_dir),
@@ -64,59 +66,121 @@ def _spawn_scp_workers(count: int, settings: Settings) -> list[subprocess.Popen[
         "ARCHIVE_DICOM_PORT": str(settings.dicom_port),
         "ARCHIVE_WORKERS": "1",
     })
-    return [
-        subprocess.Popen([sys.executable, "-m", "archive.cli", "scp", "--worker-child"], env=env)
-        for _ in range(count)
-    ]
+    return env
 
 
-def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=DRAIN_SECONDS + 5)
-        except subprocess.TimeoutExpired:
-            child.kill()
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM this child when its parent dies, even by kill -9 (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _forget_metrics(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+class Children:
+    """Role processes started by `serve`/`scp`: restarted if they die, drained on stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.env = _child_env(settings)
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+
+    def spawn(self, role: str) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "archive.cli", role, "--worker-child"],
+            env=self.env, preexec_fn=_die_with_parent,
+        )
+        self.procs.append((role, proc))
+        log.info("child started", extra={"role": role, "pid": proc.pid})
+
+    async def supervise(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            for i, (role, proc) in enumerate(list(self.procs)):
+                if proc.poll() is not None and not self.stopping:
+                    log.error("child exited; restarting", extra={"role": role, "pid": proc.pid,
+                                                                "returncode": proc.returncode})
+                    self.procs.remove((role, proc))
+                    _forget_metrics(proc.pid)
+                    self.spawn(role)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for role, proc in self.procs:
+            try:
+                proc.wait(timeout=DRAIN_SECONDS + 5)
+            except subprocess.TimeoutExpired:
+                log.error("child did not stop in time; killed", extra={"role": role, "pid": proc.pid})
+                proc.kill()
 
 
 async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http: bool = True,
-              reuse_port: bool = False, spawn_workers: bool = True) -> None:
-    """Run the chosen roles in this process until SIGTERM/SIGINT."""
+              reuse_port: bool = False, spawn_workers: bool = True, indexer_child: bool = False) -> None:
+    """Run the chosen roles until SIGTERM/SIGINT.
+
+    ``indexer_child`` runs the indexer in a child process (as `serve` does) so that the
+    receiver and the indexer do not share one interpreter lock.
+    """
     backends = Backends.from_settings(settings)
+    # Each role migrates and watches only the backends it uses: a receiver stays ready
+    # while the catalog is down, because its Success needs only object store and queue.
+    needed: list[Backend] = []
+    if scp:
+        needed += [backends.store, backends.queue]
+    if indexer:
+        needed += [backends.queue, backends.catalog, backends.search]
+    if query:
+        needed += [backends.catalog, backends.search]
+    used = list(dict.fromkeys(needed))
     async with AsyncExitStack() as stack:
         stack.push_async_callback(backends.close)
-        await backends.migrate()
-        used = [backends.catalog, backends.search] if query and not (scp or indexer) else backends.all()
+        for backend in used:
+            await backend.migrate()
         app = archive_web.base_app(used)
         if query:
             add_routes(app, backends.catalog, settings.query_limit)
 
+        children = Children(settings)
         store_scp: StoreSCP | None = None
-        children: list[subprocess.Popen[bytes]] = []
         if scp:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
             store_scp = StoreSCP(settings, ingest, Portal(asyncio.get_running_loop()))
             multi = settings.workers > 1 and spawn_workers
             store_scp.start(reuse_port=reuse_port or multi)
-            if multi:
-                children = _spawn_scp_workers(settings.workers - 1, settings)
+            for _ in range(settings.workers - 1 if multi else 0):
+                children.spawn("scp")
 
         worker: Indexer | None = None
         worker_task: asyncio.Task[None] | None = None
-        if indexer:
+        if indexer and indexer_child:
+            children.spawn("indexer")
+        elif indexer:
             worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch)
             worker_task = asyncio.create_task(worker.run(), name="indexer")
+        supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 
         if http:
             await _start_http(app, settings, stack)
         await _wait_for_signal()
 
-        # Ordered shutdown: stop accepting and drain, then the indexer, then HTTP and backends.
+        # Ordered shutdown: stop accepting and drain, then the indexers, then HTTP and backends.
+        children.stopping = True
+        if supervisor is not None:
+            supervisor.cancel()
         if store_scp is not None:
             await asyncio.to_thread(store_scp.stop, DRAIN_SECONDS)
-        if children:
-            await asyncio.to_thread(_stop_children, children)
+        await asyncio.to_thread(children.stop)
         if worker is not None and worker_task is not None:
             worker.stop()
             try:

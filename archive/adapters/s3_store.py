@@ -28,7 +28,7 @@ class _PayloadReader(io.RawIOBase):
 
     def __init__(self, payload: Payload) -> None:
         self._chunks: Iterator[bytes] = payload.chunks()
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def readable(self) -> bool:
         return True
@@ -38,11 +38,13 @@ class _PayloadReader(io.RawIOBase):
             chunk = next(self._chunks, None)
             if chunk is None:
                 break
-            self._buffer += chunk
-        if size < 0:
-            data, self._buffer = self._buffer, b""
+            self._buffer += chunk  # bytearray: amortised append, no quadratic copying
+        if size < 0 or size >= len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer.clear()
         else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
         return data
 
 
@@ -62,7 +64,7 @@ class S3Store:
         *,
         secure: bool = False,
         region: str | None = None,
-        part_size: int = 16 * 1024 * 1024,
+        part_size: int = 8 * 1024 * 1024,
     ) -> None:
         self.bucket = bucket
         self.part_size = part_size
@@ -120,6 +122,8 @@ class S3Store:
             part_size=self.part_size if multipart else 0,
             content_type="application/dicom",
             metadata={_META: payload.sha256},
+            # One part in flight: memory stays near one part whatever the object's size.
+            num_parallel_uploads=1,
         )
         return PutResult(created=True, info=ObjectInfo(key, payload.size, payload.sha256))
 

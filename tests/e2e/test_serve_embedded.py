@@ -144,8 +144,18 @@ def test_health_readiness_metrics(archive: ArchiveProcess) -> None:
     import urllib.request
 
     pynetdicom_store(archive.dicom_port, [make_ct(patient_id="SECRET-PID-42", patient_name="Secret^Name")])
-    with urllib.request.urlopen(f"{archive.http}/metrics") as response:
-        text = response.read().decode()
-    assert 'archive_cstore_total{result="success"}' in text
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{archive.http}/metrics") as response:
+            return str(response.read().decode())
+
+    # The indexer runs in a child process of `serve`: its metrics are aggregated here too.
+    def indexed() -> str | None:
+        text = scrape()
+        return text if "archive_indexed_instances_total 1.0" in text else None
+
+    text = wait_until(indexed)
+    assert 'archive_cstore_total{result="success"} 1.0' in text
+    assert "archive_time_to_searchable_seconds_count 1.0" in text
     assert "SECRET" not in text
     assert "SECRET-PID-42" not in archive.log_tail(1000) and "Secret^Name" not in archive.log_tail(1000)
