@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,8 @@ class IndexMessage:
     version: int = INDEX_MESSAGE_VERSION
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+        # vars(), not dataclasses.asdict(): asdict deep-copies the metadata first.
+        return json.dumps(vars(self), separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "IndexMessage":
