@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 import time
 from typing import Any
 
@@ -37,6 +38,12 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom's warnings quote element values (a malformed Patient Name, say): they would
+    # put patient data into the logs. Our own handlers log what failed, with UIDs only.
+    import pydicom.config  # noqa: F401  (it sets its logger's level when first imported)
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("opensearch").setLevel(logging.WARNING)

@@ -1,0 +1,22 @@
+import json
+import logging
+
+import pytest
+from pydicom.dataset import Dataset
+
+from archive import logs
+
+
+def test_json_logs_carry_extra_fields_and_no_pydicom_values(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup("INFO", "json")
+    try:
+        ds = Dataset()
+        ds.PatientBirthDate = "SECRET-DOB"  # pydicom warns, quoting the value
+        ds.SOPInstanceUID = "1.2.SECRET"
+        logging.getLogger("archive.test").warning("stored", extra={"sop_instance_uid": "1.2.3"})
+        err = capsys.readouterr().err
+    finally:
+        logging.getLogger().handlers.clear()
+    assert "SECRET" not in err
+    line = json.loads(err.strip().splitlines()[-1])
+    assert line["msg"] == "stored" and line["sop_instance_uid"] == "1.2.3" and line["level"] == "WARNING"
