@@ -24,6 +24,7 @@ from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.app import add_routes
+from archive.scp.fast import FastStoreSCP
 from archive.scp.portal import Portal
 from archive.scp.server import StoreSCP
 from archive.settings import Settings
@@ -65,6 +66,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
         "ARCHIVE_BIND": settings.bind,
         "ARCHIVE_DICOM_PORT": str(settings.dicom_port),
         "ARCHIVE_WORKERS": "1",
+        "ARCHIVE_SCP_ENGINE": settings.scp_engine,
     })
     return env
 
@@ -153,11 +155,16 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
 
         children = Children(settings)
         store_scp: StoreSCP | None = None
+        fast_scp: FastStoreSCP | None = None
         if scp:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
-            store_scp = StoreSCP(settings, ingest, Portal(asyncio.get_running_loop()))
             multi = settings.workers > 1 and spawn_workers
-            store_scp.start(reuse_port=reuse_port or multi)
+            if settings.scp_engine == "asyncio":
+                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop())
+                await fast_scp.start(reuse_port=reuse_port or multi)
+            else:
+                store_scp = StoreSCP(settings, ingest, Portal(asyncio.get_running_loop()))
+                store_scp.start(reuse_port=reuse_port or multi)
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp")
 
@@ -180,6 +187,8 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             supervisor.cancel()
         if store_scp is not None:
             await asyncio.to_thread(store_scp.stop, DRAIN_SECONDS)
+        if fast_scp is not None:
+            await fast_scp.stop(DRAIN_SECONDS)
         await asyncio.to_thread(children.stop)
         if worker is not None and worker_task is not None:
             worker.stop()

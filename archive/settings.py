@@ -47,6 +47,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARCHIVE_HTTP_PORT", "8080", "HTTP port (DICOMweb, health, metrics)"),
     Setting("ARCHIVE_ALLOWED_AETS", "", "Comma-separated calling AE titles allowed to associate (empty: any)"),
     Setting("ARCHIVE_ALLOWED_NETWORKS", "", "Comma-separated CIDRs allowed to associate (empty: any)"),
+    Setting("ARCHIVE_SCP_ENGINE", "pynetdicom", "DICOM receiver: `pynetdicom`, or `asyncio` (experimental; C-ECHO and C-STORE only; about 1.5-2x faster)"),
     Setting("ARCHIVE_MAX_ASSOCIATIONS", "64", "Concurrent associations per SCP process"),
     Setting("ARCHIVE_MAX_PDU", "1048576", "Largest PDU we accept (bytes; 0 = unlimited)"),
     Setting("ARCHIVE_NETWORK_TIMEOUT", "60", "Seconds without network activity before an association is closed"),
@@ -82,6 +83,7 @@ class Settings:
     http_port: int = 8080
     allowed_aets: tuple[str, ...] = ()
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    scp_engine: str = "pynetdicom"
     max_associations: int = 64
     max_pdu: int = 1048576
     network_timeout: float = 60.0
@@ -139,6 +141,8 @@ class Settings:
         ):
             if value < low:
                 raise ConfigError(f"{name}: must be at least {low}, got {value}")
+        if self.scp_engine not in ("pynetdicom", "asyncio"):
+            raise ConfigError(f"ARCHIVE_SCP_ENGINE: {self.scp_engine!r} is not `pynetdicom` or `asyncio`")
         if self.log_format not in ("json", "text"):
             raise ConfigError("ARCHIVE_LOG_FORMAT: `json` or `text`")
 
@@ -163,6 +167,7 @@ class Settings:
             "ARCHIVE_QUEUE_NAME": "queue_name",
             "ARCHIVE_AET": "aet",
             "ARCHIVE_BIND": "bind",
+            "ARCHIVE_SCP_ENGINE": "scp_engine",
             "ARCHIVE_LOG_LEVEL": "log_level",
             "ARCHIVE_LOG_FORMAT": "log_format",
         }

@@ -17,9 +17,10 @@ from tests.factories import make_ct, new_uid, write_part10
 from tests.sopclasses import every_kind
 
 
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[ArchiveProcess]:
-    proc = serve(tmp_path).start()
+@pytest.fixture(params=["pynetdicom", "asyncio"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArchiveProcess]:
+    """`serve` with each DICOM receiver engine (ARCHIVE_SCP_ENGINE)."""
+    proc = serve(tmp_path, ARCHIVE_SCP_ENGINE=request.param).start()
     yield proc
     assert proc.stop() == 0, proc.log_tail()
 

@@ -1,0 +1,338 @@
+"""The asyncio receiver (archive.scp.fast) against real senders on embedded backends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from archive.adapters.filesystem_store import FilesystemStore
+from archive.adapters.sqlite_queue import SqliteQueue
+from archive.core.uids import object_key
+from archive.ingest.service import IngestService
+from archive.scp.fast import FastStoreSCP
+from archive.scp.fast import pdu
+from archive.scp.portal import Portal
+from archive.scp.server import StoreSCP
+from archive.settings import Settings
+from tests.e2e.senders import associate_result, echoscu, pynetdicom_store, storescu
+from tests.factories import make_ct, new_uid, write_part10
+from tests.sopclasses import every_kind
+
+
+@dataclass
+class Running:
+    port: int
+    portal: Portal
+    store: FilesystemStore
+    queue: SqliteQueue
+
+    def object_bytes(self, sop_uid: str) -> bytes:
+        return self.portal.run(self._read(sop_uid))
+
+    async def _read(self, sop_uid: str) -> bytes:
+        return b"".join([chunk async for chunk in self.store.get(object_key(sop_uid))])
+
+    def queued(self) -> int:
+        return self.portal.run(self.queue.depth()).ready
+
+
+def _start(tmp: Path, engine: str, **env: str) -> tuple[Running, object]:
+    settings = Settings.from_env({"ARCHIVE_DATA_DIR": str(tmp), "ARCHIVE_BIND": "127.0.0.1",
+                                  "ARCHIVE_FSYNC": "false", **env})
+    portal = Portal().start()
+    store, queue = FilesystemStore(tmp / "objects", fsync=False), SqliteQueue(tmp / "queue.db")
+    portal.run(store.migrate())
+    portal.run(queue.migrate())
+    ingest = IngestService(store, queue, settings.duplicate_policy)
+    scp: object
+    if engine == "asyncio":
+        fast = FastStoreSCP(settings, ingest, portal.loop)
+        port = portal.run(fast.start("127.0.0.1", 0))
+        scp = fast
+    else:
+        slow = StoreSCP(settings, ingest, portal)
+        port = slow.start(port=0)
+        scp = slow
+    return Running(port, portal, store, queue), scp
+
+
+def _stop(running: Running, scp: object) -> None:
+    if isinstance(scp, FastStoreSCP):
+        running.portal.run(scp.stop(drain_seconds=1))
+    elif isinstance(scp, StoreSCP):
+        scp.stop(drain_seconds=1)
+    running.portal.run(running.queue.close())
+    running.portal.run(running.store.close())
+    running.portal.stop()
+
+
+@pytest.fixture
+def fast(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    env = getattr(request, "param", {})
+    running, scp = _start(tmp_path, "asyncio", **env)
+    try:
+        yield running
+    finally:
+        _stop(running, scp)
+
+
+def test_echo_from_dcmtk_and_pynetdicom(fast: Running) -> None:
+    result = echoscu(fast.port)
+    assert result.returncode == 0, result.stderr
+    ae = AE(ae_title="ECHO")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", fast.port, ae_title="ARCHIVE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+@pytest.mark.parametrize("fast", [{"ARCHIVE_MAX_PDU": "16384"}], indirect=True)
+def test_storescu_instances_are_stored_and_queued(fast: Running, tmp_path: Path) -> None:
+    """Many PDUs per dataset (16 KB maximum): every instance stored once, queued once."""
+    datasets = [make_ct(size=256, seed=i) for i in range(5)]
+    files = [write_part10(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(datasets)]
+    result = storescu(fast.port, files)
+    assert result.returncode == 0, result.stderr
+    for ds in datasets:
+        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(fast.object_bytes(ds.SOPInstanceUID)))
+        assert stored.SOPInstanceUID == ds.SOPInstanceUID
+        assert stored.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert str(stored.file_meta.SourceApplicationEntityTitle).strip() == "STORESCU"
+        assert stored.PixelData == ds.PixelData
+    assert fast.queued() == 5
+    assert not list((tmp_path / "spool").iterdir())  # spool files removed
+
+
+def test_every_kind_and_compressed_syntaxes(fast: Running) -> None:
+    study = new_uid()
+    for ds, syntax in every_kind(study, "PAT-FAST"):
+        assert pynetdicom_store(fast.port, [ds], transfer_syntax=syntax) == [0]
+        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(fast.object_bytes(ds.SOPInstanceUID)))
+        assert stored.file_meta.TransferSyntaxUID == syntax
+        assert stored.SOPClassUID == ds.SOPClassUID
+        if "PixelData" in ds:
+            assert stored.PixelData == ds.PixelData
+    assert fast.queued() == len(every_kind(study, "PAT-FAST"))
+
+
+def test_stored_bytes_equal_the_pynetdicom_receivers(tmp_path: Path) -> None:
+    datasets = [make_ct(size=128, seed=i) for i in range(3)]
+    keep = tempfile.tempdir  # StoreSCP.start points tempfile at its spool
+    stored: dict[str, list[bytes]] = {}
+    for engine in ("pynetdicom", "asyncio"):
+        running, scp = _start(tmp_path / engine, engine)
+        try:
+            assert pynetdicom_store(running.port, [ds.copy() for ds in datasets]) == [0, 0, 0]
+            stored[engine] = [running.object_bytes(ds.SOPInstanceUID) for ds in datasets]
+            assert running.queued() == 3
+        finally:
+            _stop(running, scp)
+            tempfile.tempdir = keep
+    assert stored["asyncio"] == stored["pynetdicom"]
+
+
+def test_four_concurrent_associations(fast: Running) -> None:
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def send(n: int) -> None:
+        result = pynetdicom_store(fast.port, [make_ct(seed=n * 10 + i) for i in range(8)])
+        with lock:
+            statuses.extend(result)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [0] * 32
+    assert fast.queued() == 32
+
+
+def test_uid_mismatch_answers_a900(fast: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # send the file as it is: the command's UIDs then come from its File Meta
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = make_ct()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(new_uid())  # what the C-STORE command announces
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "mismatch.dcm"
+    ds.preamble = b"\x00" * 128
+    ds.save_as(path, enforce_file_format=False)  # keep the mismatching File Meta as set
+    assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", fast.port, ae_title="ARCHIVE")
+    try:
+        status = assoc.send_c_store(path)
+        assert status.Status == 0xA900
+        assert "differs" in str(status.ErrorComment)
+    finally:
+        assoc.release()
+    assert fast.queued() == 0
+
+
+@pytest.mark.parametrize("fast", [{"ARCHIVE_ALLOWED_AETS": "GOODSCU"}], indirect=True)
+def test_calling_ae_outside_the_allow_list_is_rejected(fast: Running) -> None:
+    assert associate_result(fast.port, "EVILSCU") == (False, 0x01, 0x03)
+    assert associate_result(fast.port, "GOODSCU") == (True, None, None)
+
+
+@pytest.mark.parametrize("fast", [{"ARCHIVE_MAX_ASSOCIATIONS": "1"}], indirect=True)
+def test_association_cap_rejects_transient(fast: Running) -> None:
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    first = holder.associate("127.0.0.1", fast.port, ae_title="ARCHIVE")
+    assert first.is_established
+    other = AE(ae_title="SECOND")
+    other.add_requested_context(Verification)
+    second = other.associate("127.0.0.1", fast.port, ae_title="ARCHIVE")
+    assert second.is_rejected
+    primitive = second.acceptor.primitive
+    assert primitive is not None
+    assert (primitive.result, primitive.result_source, primitive.diagnostic) == (0x02, 0x03, 0x02)
+    first.release()
+
+
+# --- raw sockets: malformed input --------------------------------------------------------
+
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BxH", kind, len(value)) + value
+
+
+def _associate_rq(abstract: str = Verification, syntax: str = "1.2.840.10008.1.2") -> bytes:
+    cx = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, abstract.encode()) + _item(0x40, syntax.encode()))
+    user = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4")
+                 + _item(0x59, b"unknown sub-item"))
+    body = (struct.pack(">HH", 1, 0) + b"ARCHIVE".ljust(16) + b"RAWSCU".ljust(16) + bytes(32)
+            + _item(0x10, pdu.APPLICATION_CONTEXT.encode()) + _item(0x99, b"unknown item") + cx + user)
+    return struct.pack(">BxI", 1, len(body)) + body
+
+
+def _recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    head = sock.recv(6, socket.MSG_WAITALL)
+    if len(head) < 6:
+        return -1, b""
+    kind, length = struct.unpack(">BxI", head)
+    return kind, sock.recv(length, socket.MSG_WAITALL)
+
+
+def _closed_after(port: int, payload: bytes, *, half_close: bool = True) -> list[int]:
+    """Send ``payload`` (then EOF); return the PDU types received until the server closes."""
+    kinds: list[int] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        while True:
+            kind, _ = _recv_pdu(sock)
+            if kind < 0:
+                return kinds
+            kinds.append(kind)
+
+
+def test_garbage_closes_the_connection_and_the_server_keeps_serving(
+        fast: Running, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="archive.scp.fast")
+    rng = random.Random(7)
+    cases = [
+        os.urandom(1),
+        bytes(rng.randrange(256) for _ in range(3000)),
+        b"\x01\x00\xff\xff\xff\xff" + bytes(100),  # huge A-ASSOCIATE-RQ length
+        b"\x04\x00\x00\x00\x00\x10" + bytes(16),  # P-DATA before association
+        _associate_rq()[:40],  # truncated
+        b"\x01\x00" + struct.pack(">I", 80) + bytes(74) + b"\x20\x00\xff\xff\x01\x00",  # item past its PDU
+    ]
+    for i in range(40):  # random mutations of a valid request
+        raw = bytearray(_associate_rq())
+        for _ in range(3):
+            raw[rng.randrange(6, len(raw))] = rng.randrange(256)
+        cases.append(bytes(raw))
+    for payload in cases:
+        kinds = _closed_after(fast.port, payload)
+        assert set(kinds) <= {pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ, pdu.A_ABORT}
+    # no EOF from the peer: these are aborted at once, not after a timeout
+    assert _closed_after(fast.port, cases[2], half_close=False) == [pdu.A_ABORT]
+    assert _closed_after(fast.port, cases[3], half_close=False) == [pdu.A_ABORT]
+    assert echoscu(fast.port).returncode == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # handled, not crashed
+    assert any("aborted" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("fast", [{"ARCHIVE_ACSE_TIMEOUT": "0.5"}], indirect=True)
+def test_silent_peer_is_dropped_after_the_artim_timeout(fast: Running) -> None:
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=5) as sock:
+        assert sock.recv(10) == b""  # closed by the server, not by our 5 s timeout
+
+
+@pytest.mark.parametrize("fast", [{"ARCHIVE_NETWORK_TIMEOUT": "0.5"}], indirect=True)
+def test_stalled_pdu_is_aborted_after_the_network_timeout(fast: Running) -> None:
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=5) as sock:
+        sock.sendall(_associate_rq())
+        assert _recv_pdu(sock)[0] == pdu.A_ASSOCIATE_AC
+        sock.sendall(struct.pack(">BxI", 4, 100) + struct.pack(">IBB", 96, 1, 0) + bytes(10))  # then silence
+        assert _recv_pdu(sock)[0] == pdu.A_ABORT
+        assert _recv_pdu(sock)[0] == -1
+
+
+def test_malformed_pdv_aborts_and_unknown_command_answers_0211(fast: Running) -> None:
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=10) as sock:
+        sock.sendall(_associate_rq())
+        assert _recv_pdu(sock)[0] == pdu.A_ASSOCIATE_AC
+        # C-FIND-RQ (0x0020) without a dataset on the Verification context
+        command = _command(0x0020, 7)
+        sock.sendall(struct.pack(">BxI", 4, len(command) + 6) + struct.pack(">IBB", len(command) + 2, 1, 3) + command)
+        kind, body = _recv_pdu(sock)
+        assert kind == pdu.P_DATA_TF
+        assert struct.pack("<HHIH", 0, 0x0100, 2, 0x8020) in body
+        assert struct.pack("<HHIH", 0, 0x0900, 2, 0x0211) in body
+        # a PDV longer than its PDU
+        sock.sendall(struct.pack(">BxI", 4, 10) + struct.pack(">IBB", 5000, 1, 3) + bytes(4))
+        assert _recv_pdu(sock)[0] == pdu.A_ABORT
+        assert _recv_pdu(sock)[0] == -1
+    assert echoscu(fast.port).returncode == 0
+
+
+def _command(field: int, message_id: int) -> bytes:
+    def element(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, tag, len(value)) + value
+    body = (element(0x0002, b"1.2.840.10008.1.1\x00") + element(0x0100, struct.pack("<H", field))
+            + element(0x0110, struct.pack("<H", message_id)) + element(0x0800, struct.pack("<H", 0x0101)))
+    return element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def test_stop_drains_then_aborts_and_refuses_new_peers(tmp_path: Path) -> None:
+    running, scp = _start(tmp_path, "asyncio")
+    assert isinstance(scp, FastStoreSCP)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    held = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVE")
+    assert held.is_established
+    try:
+        running.portal.run(scp.stop(drain_seconds=0.3), timeout=10)
+        for _ in range(50):
+            if held.is_aborted:
+                break
+            threading.Event().wait(0.05)
+        assert held.is_aborted  # the straggler got an A-ABORT after the deadline
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", running.port), timeout=2).close()
+    finally:
+        _stop(running, scp)
