@@ -77,12 +77,13 @@ class _OurReceiver(Receiver):
 
 
 class Serve(_OurReceiver):
-    def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True) -> None:
+    def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "pynetdicom") -> None:
         super().__init__(workdir)
         self.workers = workers
         self.fsync = fsync
+        self.engine = engine
         self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
-            "" if fsync else ", ARCHIVE_FSYNC=false")
+            "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "pynetdicom" else f", {engine} engine")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
         self.scp_metrics = self.indexer_metrics = f"{http}/metrics"
@@ -96,6 +97,7 @@ class Serve(_OurReceiver):
             "ARCHIVE_HTTP_PORT": str(self.http_port),
             "ARCHIVE_WORKERS": str(self.workers),
             "ARCHIVE_FSYNC": "true" if self.fsync else "false",
+            "ARCHIVE_SCP_ENGINE": self.engine,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         proc = Proc("serve", [sys.executable, "-m", "archive.cli", "serve"], self.workdir / "serve.log", env)
