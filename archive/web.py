@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -13,6 +14,7 @@ from archive.core.errors import BackendUnavailable, ObjectNotFound
 from archive.core.ports import Backend
 from archive.core.query import InvalidQuery
 
+log = logging.getLogger(__name__)
 BACKENDS = web.AppKey("backends", list[Backend])
 READY_TIMEOUT = 3.0
 
@@ -36,7 +38,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         for kind, status in HTTP_STATUS:
             if isinstance(exc, kind):
                 return web.json_response({"error": str(exc)}, status=status)
-        raise
+        # Unexpected: log the type only (driver errors can quote patient data), answer 500.
+        log.error("request failed", extra={"path": request.path, "error": type(exc).__name__})
+        return web.json_response({"error": "internal error"}, status=500)
 
 
 async def healthz(request: web.Request) -> web.Response:

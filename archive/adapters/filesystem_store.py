@@ -8,7 +8,6 @@ The SHA-256 is kept in an extended attribute when the filesystem supports it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import tempfile
@@ -85,10 +84,8 @@ class FilesystemStore:
                 finally:
                     os.close(dir_fd)
             return PutResult(created=True, info=ObjectInfo(key, payload.size, payload.sha256))
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO):
-                raise BackendUnavailable("object store", str(exc)) from exc
-            raise
+        except OSError as exc:  # disk full, read-only, permissions, I/O: the store cannot take it now
+            raise BackendUnavailable("object store", f"{exc.strerror or exc}") from exc
         finally:
             try:
                 os.unlink(tmp)

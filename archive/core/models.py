@@ -94,7 +94,7 @@ class IndexMessage:
 
     def to_bytes(self) -> bytes:
         # vars(), not dataclasses.asdict(): asdict deep-copies the metadata first.
-        return json.dumps(vars(self), separators=(",", ":")).encode("utf-8")
+        return json.dumps(vars(self), separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "IndexMessage":

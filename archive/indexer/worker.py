@@ -65,12 +65,16 @@ class Indexer:
         while not self._stopping.is_set():
             try:
                 deliveries = await self.queue.receive(self.batch_size, self.receive_timeout)
+                if deliveries:
+                    await self.handle(deliveries)
             except BackendUnavailable as exc:
                 log.warning("queue unavailable", extra={"reason": str(exc)})
                 await self._sleep(1.0)
-                continue
-            if deliveries:
-                await self.handle(deliveries)
+            except Exception as exc:
+                # Never let the loop die silently: unacked messages come back; keep going.
+                # Logged by type only (driver messages can quote values).
+                log.error("indexer loop error; continuing", extra={"error": type(exc).__name__})
+                await self._sleep(1.0)
         log.info("indexer stopped")
 
     async def _sleep(self, seconds: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from archive.core.uids import validate_uid
 
 BULK_THRESHOLD = 16 * 1024  # values above this stay out of the metadata (PS3.18 BulkDataURI)
 PIXEL_GROUP = 0x7FE0
+MAX_INFLATED = 256 * 1024 * 1024  # a Deflated Explicit VR dataset is inflated in memory up to this
+MAX_DEFLATED_INPUT = 64 * 1024 * 1024
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1437.1"  # dicom-archive
 IMPLEMENTATION_VERSION = "DICOMARCHIVE01"
 
@@ -47,8 +50,25 @@ def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group >= PIXEL_GROUP and tag.group != 0xFFFE
 
 
+def _clean(value: Any) -> Any:
+    """JSON-safe: no NUL characters (PostgreSQL text and jsonb refuse them)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
 def _element_json(elem: DataElement) -> dict[str, Any]:
-    return elem.to_json_dict(bulk_data_element_handler=_bulk_marker, bulk_data_threshold=BULK_THRESHOLD)
+    out = elem.to_json_dict(bulk_data_element_handler=_bulk_marker, bulk_data_threshold=BULK_THRESHOLD)
+    values = out.get("Value")
+    if isinstance(values, list):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            # NaN/Infinity are not DICOM JSON numbers (PS3.18 F.2.3); keep the element, not the value
+            del out["Value"]
+        else:
+            out["Value"] = [_clean(v) for v in values]
+    return out
 
 
 def _bulk_marker(elem: DataElement) -> str:
@@ -83,7 +103,12 @@ def read_header(fp: BinaryIO, transfer_syntax_uid: str) -> Dataset:
     ts = UID(transfer_syntax_uid)
     if ts == DeflatedExplicitVRLittleEndian:
         # Deflated datasets are small in practice; inflate to memory.
-        fp = io.BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+        # Inflate with a cap: a few KB of deflate must not become gigabytes in memory.
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        data = inflater.decompress(fp.read(MAX_DEFLATED_INPUT + 1), MAX_INFLATED)
+        if inflater.unconsumed_tail or len(data) >= MAX_INFLATED:
+            raise MalformedDataset(f"deflated dataset inflates beyond {MAX_INFLATED >> 20} MiB")
+        fp = io.BytesIO(data)
     implicit = ts == ImplicitVRLittleEndian
     little = ts != ExplicitVRBigEndian
     try:

@@ -2,10 +2,14 @@
 
 ``prepare`` does the local work on the receiver's thread (parse the header up
 to the pixel data, validate UIDs, checksum). ``commit`` talks to the backends:
-object store first, then the queue. Success means both are durable. If the
-publish fails, an object this call created is removed again, so no object is
-left that the catalog will never learn of; a sender that retries repairs any
-crash in between, because an identical re-send is published again.
+object store first, then the queue. Success means both are durable.
+
+If the publish fails the answer is a failure, but the object is not deleted: the
+broker may have taken the message before the failure showed (a lost confirm), and
+another association may have just answered Success for the same bytes. Deleting
+could leave an indexed instance without its object or lose an acknowledged one. The
+left object is complete; a re-send (identical, so published again) or
+``dicom-archive verify --repair`` indexes it.
 """
 
 from __future__ import annotations
@@ -95,11 +99,12 @@ class IngestService:
             and description.sop_class_uid != received.affected_sop_class_uid
         ):
             raise UIDMismatch("SOP Class UID in the dataset differs from the command's Affected SOP Class UID")
+        # No Source AE Title in the stored File Meta: the same instance sent by two peers
+        # must be the same bytes (the sender is recorded in the index message instead).
         header = file_meta_bytes(
             description.sop_class_uid,
             description.sop_instance_uid,
             description.transfer_syntax_uid,
-            received.source_aet,
         )
         parts: tuple[bytes | Path | FilePart, ...] = (header, FilePart(received.dataset_path, offset))
         sha256, size = _sha256(parts)
@@ -138,20 +143,20 @@ class IngestService:
         uid = prepared.description.sop_instance_uid
         result = await self.store.put(prepared.key, prepared.payload, if_absent=True)
         if result.created:
-            await self._publish_or_undo(prepared, undo=True)
+            await self._publish(prepared)
             metrics.INGEST_BYTES.inc(prepared.payload.size)
             return StoreResult(Outcome.STORED, uid, prepared.key)
 
         existing = await self._existing_sha256(prepared.key, result.info.sha256)
         if existing == prepared.payload.sha256:
-            await self._publish_or_undo(prepared, undo=False)
+            await self._publish(prepared)
             metrics.DUPLICATES.labels("identical").inc()
             log.info("identical instance received again", extra={"sop_instance_uid": uid})
             return StoreResult(Outcome.IDENTICAL, uid, prepared.key)
 
         if self.policy is DuplicatePolicy.REPLACE:
             await self.store.put(prepared.key, prepared.payload, if_absent=False)
-            await self._publish_or_undo(prepared, undo=False)
+            await self._publish(prepared)
             metrics.DUPLICATES.labels("replaced").inc()
             log.warning("instance replaced by different content", extra={"sop_instance_uid": uid})
             return StoreResult(Outcome.REPLACED, uid, prepared.key)
@@ -165,14 +170,11 @@ class IngestService:
                     extra={"sop_instance_uid": uid})
         return StoreResult(Outcome.KEPT_FIRST, uid, prepared.key)
 
-    async def _publish_or_undo(self, prepared: Prepared, *, undo: bool) -> None:
+    async def _publish(self, prepared: Prepared) -> None:
+        """Queue the index message; on failure the object stays (see the module docstring)."""
         try:
             await self.queue.publish(self._message(prepared))
         except BackendUnavailable:
-            if undo:
-                try:
-                    await self.store.delete(prepared.key)
-                except Exception:  # the orphan is reported by verify and repaired by a re-send
-                    log.exception("could not remove object after failed publish",
-                                  extra={"sop_instance_uid": prepared.description.sop_instance_uid})
+            log.warning("object stored but not queued; a re-send or `verify --repair` indexes it",
+                        extra={"sop_instance_uid": prepared.description.sop_instance_uid})
             raise

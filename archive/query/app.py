@@ -24,7 +24,7 @@ def _tag(keyword: str) -> str:
     return f"{tag:08X}" if tag is not None else keyword
 
 
-def _shape(result: DicomJson, query: Query, base_url: str) -> DicomJson:
+def _shape(result: DicomJson, query: Query, base_url: str, scope: dict[str, str]) -> DicomJson:
     """Keep the required, matched and included attributes; add RetrieveURL."""
     study = result.get("0020000D", {}).get("Value", [None])[0]
     series = result.get("0020000E", {}).get("Value", [None])[0]
@@ -39,6 +39,11 @@ def _shape(result: DicomJson, query: Query, base_url: str) -> DicomJson:
     if query.include_all:
         return dict(sorted(result.items()))
     wanted = {_tag(k) for k in qido.REQUIRED[query.level]}
+    # PS3.18 10.6.3.3: a query not scoped to a study (series) also returns that level's attributes
+    if query.level in (Level.SERIES, Level.IMAGE) and "StudyInstanceUID" not in scope:
+        wanted |= {_tag(k) for k in qido.REQUIRED[Level.STUDY]}
+    if query.level is Level.IMAGE and "SeriesInstanceUID" not in scope:
+        wanted |= {_tag(k) for k in qido.REQUIRED[Level.SERIES]}
     wanted |= {_tag(m.keyword) for m in query.matchers}
     wanted |= {_tag(k) for k in query.return_keys}
     return {tag: value for tag, value in sorted(result.items()) if tag in wanted}
@@ -55,7 +60,7 @@ async def _answer(request: web.Request, level: Level, scope: dict[str, str]) -> 
     truncated = len(results) > query.limit
     results = results[: query.limit]
     base = f"{request.scheme}://{request.host}/dicom-web"
-    body = [_shape(r, query, base) for r in results]
+    body = [_shape(r, query, base, scope) for r in results]
     headers = {}
     if truncated:
         # PS3.18 8.3.4.4: tell the client there are more results than returned

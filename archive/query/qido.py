@@ -80,6 +80,8 @@ def parse(
         if name in _CONTROL:
             continue
         keyword = _keyword(name)
+        if any(ord(c) < 0x20 and c not in "\x1b" for c in value):  # ESC is allowed (ISO 2022)
+            raise InvalidQuery(f"{keyword}: control characters are not allowed in a value")
         if keyword in scope:
             raise InvalidQuery(f"{keyword} is already given in the path")
         matchers.append(parse_value(keyword, value, uid_separator=","))

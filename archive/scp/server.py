@@ -19,6 +19,7 @@ from archive.ingest.service import IngestService
 from archive.scp import handlers
 from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
+from archive.scp.spool import process_spool
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,7 @@ class StoreSCP:
     def start(self, port: int | None = None, reuse_port: bool = False) -> int:
         # pynetdicom spools each received dataset to a temporary file: keep the
         # spool beside the data, not on a small /tmp.
-        spool = self.settings.data_dir / "spool"
-        spool.mkdir(parents=True, exist_ok=True)
-        tempfile.tempdir = str(spool)
+        tempfile.tempdir = str(process_spool(self.settings.data_dir))
         policy = AccessPolicy(self.settings.allowed_aets, self.settings.allowed_networks)
         server_class = type("Server", (ArchiveAssociationServer,), {"reuse_port": reuse_port})
         handlers_: list[Any] = [

@@ -40,7 +40,9 @@ ERROR_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
     (InvalidUID, Status(0xC001, "invalid_uid", "Invalid UID in dataset (PS3.5 9.1)")),
     (MalformedDataset, Status(0xC000, "malformed", "Dataset cannot be parsed")),
 )
-UNEXPECTED = Status(0xC0FF, "internal_error", "Unexpected error while archiving")
+# Our own fault, not the sender's: 0x0110 Processing failure (PS3.7 C), not a Cxxx "cannot
+# understand", which senders take as permanent.
+UNEXPECTED = Status(0x0110, "internal_error", "Unexpected error while archiving")
 
 
 def status_for_error(exc: BaseException) -> Status:

@@ -445,3 +445,18 @@ async def test_prefix_wildcard_uses_the_folded_name_index(catalog: Catalog) -> N
             await conn.execute("SET LOCAL enable_seqscan = off")
             plan = "\n".join(r[0] for r in await (await conn.execute("EXPLAIN " + sql, params)).fetchall())
         assert "patients_name_folded" in plan and "~>=~ 'DOE'" in plan, plan
+
+
+async def test_values_json_and_postgresql_refuse_are_cleaned_on_receipt(catalog: Catalog, tmp_path: Path) -> None:
+    """NaN decimal strings and NUL characters arrive from real senders; they must index."""
+    from tests.factories import make_ct, make_message
+
+    ds = make_ct(patient_id="NUL\x00ID")
+    ds.PatientWeight = "NaN"
+    ds.StudyDescription = "CT\x00CHEST"
+    message = make_message(ds, tmp_path)
+    assert b"NaN" not in message.to_bytes() and b"\\u0000" not in message.to_bytes()
+    await catalog.upsert([CatalogEntry.from_message(message)])
+    [study] = await catalog.find(Query(Level.STUDY, (SingleValue("PatientID", "NULID"),)))
+    assert study["00100020"]["Value"] == ["NULID"]
+    assert "Value" not in study.get("00101030", {})  # PatientWeight kept without its NaN value

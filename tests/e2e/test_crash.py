@@ -183,12 +183,12 @@ def test_rabbitmq_outage_during_a_send(dist: Distributed) -> None:
     assert during and all(status == 0xA700 for status in during), [hex(s) for s in during]
     assert {a.status for a in answered} <= {0x0000, 0xA700}, {hex(a.status) for a in answered}
     _indexed_all(dist.query, senders)
+    # A refused instance may have left its object (the receiver never deletes after a put:
+    # the broker might have taken the message after all); repair indexes such objects.
+    verify_repair(dist.env)
     report = verify_until_consistent(dist.env)
     objects = object_uids(dist.env)
     _assert_nothing_lost(dist.query, senders, objects, report)
-    # Refused instances left nothing behind.
-    refused = {a.uid for a in answered if a.status == 0xA700}
-    assert not refused & set(objects)
 
 
 def test_serve_killed_mid_stream(tmp_path: Path) -> None:

@@ -117,3 +117,18 @@ async def test_malformed_queries_are_400(client: TestClient, query: str) -> None
 async def test_hostile_values_are_data(client: TestClient) -> None:
     assert await get(client, "/dicom-web/studies?PatientID=%27%20OR%201%3D1%20--") == []
     assert await get(client, "/dicom-web/studies?PatientName=%25") == []
+
+
+async def test_unscoped_series_and_instances_carry_study_attributes(client: TestClient) -> None:
+    [series] = await get(client, "/dicom-web/series?PatientID=P-B")
+    assert series["00100020"]["Value"] == ["P-B"]  # PatientID, a study-level return attribute
+    assert series["00080020"]["Value"] == ["20231201"]  # StudyDate
+    [instance] = await get(client, "/dicom-web/instances?PatientID=P-B")
+    assert instance["00080060"]["Value"] == ["MR"]  # Modality, a series-level return attribute
+    scoped = await get(client, f"/dicom-web/studies/{STUDY_A}/series")
+    assert "00100020" not in scoped[0]
+
+
+async def test_control_characters_are_400(client: TestClient) -> None:
+    response = await client.get("/dicom-web/studies?PatientID=%00x")
+    assert response.status == 400

@@ -23,6 +23,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from archive import metrics
 from archive.ingest.service import IngestService, Received
+from archive.scp.spool import process_spool
 from archive.scp.access import AccessPolicy, Rejection
 from archive.scp.fast import pdu
 from archive.scp.status import OUTCOME_STATUS, SUCCESS, Status, status_for_error
@@ -294,7 +295,7 @@ class FastStoreSCP:
         self.loop = loop
         self.check_called_aet = check_called_aet
         self.policy = AccessPolicy(settings.allowed_aets, settings.allowed_networks)
-        self.spool = settings.data_dir / "spool"
+        self.spool = settings.data_dir / "spool"  # replaced by this process's own in start()
         self.active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -302,7 +303,7 @@ class FastStoreSCP:
             max_workers=max(2, min(16, settings.max_associations)), thread_name_prefix="fast-scp-prepare")
 
     async def start(self, host: str | None = None, port: int | None = None, *, reuse_port: bool = False) -> int:
-        self.spool.mkdir(parents=True, exist_ok=True)
+        self.spool = process_spool(self.settings.data_dir)
         self.loop = self.loop or asyncio.get_running_loop()
         self._server = await asyncio.start_server(
             self._accept, host or self.settings.bind, self.settings.dicom_port if port is None else port,
