@@ -10,6 +10,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from archive.core.errors import BackendUnavailable
+
 
 def enable_wal(con: sqlite3.Connection, busy_timeout: float) -> None:
     """Switch the file to WAL once; the switch can fail "locked" without waiting."""
@@ -27,15 +29,22 @@ def enable_wal(con: sqlite3.Connection, busy_timeout: float) -> None:
 
 def connect(
     path: Path,
+    backend: str,
     *,
     synchronous: str = "NORMAL",
     busy_timeout: float = 30.0,
     reader: bool = False,
     check_same_thread: bool = True,
 ) -> sqlite3.Connection:
-    """An autocommit connection (explicit BEGIN) in WAL mode; raises sqlite3/OS errors."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=check_same_thread)
+    """An autocommit connection (explicit BEGIN) in WAL mode.
+
+    A file that cannot be opened or set up raises BackendUnavailable(``backend``).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=check_same_thread)
+    except (OSError, sqlite3.Error) as exc:
+        raise BackendUnavailable(backend, f"cannot open {path}: {exc}") from exc
     try:
         if not reader:
             enable_wal(con, busy_timeout)
@@ -43,6 +52,9 @@ def connect(
         con.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         if reader:
             con.execute("PRAGMA query_only=ON")
+    except (OSError, sqlite3.Error) as exc:
+        con.close()
+        raise BackendUnavailable(backend, f"cannot open {path}: {exc}") from exc
     except BaseException:
         con.close()
         raise

@@ -119,11 +119,7 @@ class Fts5Search:
     # connections (each used only by the thread that opened it)
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite_connect(self.path, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise BackendUnavailable("search", f"cannot open {self.path}: {exc}") from exc
-        return conn
+        return sqlite_connect(self.path, "search", check_same_thread=False)
 
     def _w(self) -> sqlite3.Connection:
         if self._write_conn is None:

@@ -100,7 +100,7 @@ class SqliteCatalog:
 
     # -- connections (each created and used in its own thread) ---------------
     def _connect(self, reader: bool) -> sqlite3.Connection:
-        con = sqlite_connect(self.path, busy_timeout=BUSY_TIMEOUT_S, reader=reader)
+        con = sqlite_connect(self.path, "catalog", busy_timeout=BUSY_TIMEOUT_S, reader=reader)
         try:
             con.execute("PRAGMA foreign_keys=ON")
             # DICOM matching is case sensitive (PS3.4 C.2.2.2.1; names use the folded

@@ -191,11 +191,7 @@ class SqliteQueue:
     # connections: each lives in (and is used only by) its executor's one thread
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite_connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
-        except (OSError, sqlite3.Error) as exc:
-            raise BackendUnavailable("queue", f"cannot open {self.path}: {exc}") from exc
-        return conn
+        return sqlite_connect(self.path, "queue", synchronous=self.synchronous, busy_timeout=self.busy_timeout)
 
     def _w(self) -> sqlite3.Connection:
         if self._write_conn is None:
