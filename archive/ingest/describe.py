@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from archive.core.errors import MalformedDataset
-from archive.core.models import DicomJson
+from archive.core.models import DicomJson, IndexMessage
 from archive.core.uids import validate_uid
 
 BULK_THRESHOLD = 16 * 1024  # values above this stay out of the metadata (PS3.18 BulkDataURI)
@@ -44,6 +45,22 @@ class Description:
     sop_class_uid: str
     transfer_syntax_uid: str
     metadata: DicomJson
+
+    def index_message(self, key: str, size: int, sha256: str, source_aet: str) -> IndexMessage:
+        """The message the indexer needs for this instance, stored under ``key``."""
+        return IndexMessage(
+            key=key,
+            size=size,
+            sha256=sha256,
+            study_uid=self.study_uid,
+            series_uid=self.series_uid,
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            received_at=time.time(),
+            source_aet=source_aet,
+            metadata=self.metadata,
+        )
 
 
 def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:

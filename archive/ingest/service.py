@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from archive import metrics
 from archive.core.errors import BackendUnavailable, DuplicateConflict, UIDMismatch
-from archive.core.models import FilePart, IndexMessage, Payload
+from archive.core.models import FilePart, Payload
 from archive.core.ports import MessageQueue, ObjectStore
 from archive.core.uids import object_key, validate_uid
 from archive.ingest.describe import Description, dataset_offset, describe, file_meta_bytes
@@ -116,19 +115,8 @@ class IngestService:
         )
 
     def _message(self, prepared: Prepared) -> bytes:
-        d = prepared.description
-        return IndexMessage(
-            key=prepared.key,
-            size=prepared.payload.size,
-            sha256=prepared.payload.sha256,
-            study_uid=d.study_uid,
-            series_uid=d.series_uid,
-            sop_instance_uid=d.sop_instance_uid,
-            sop_class_uid=d.sop_class_uid,
-            transfer_syntax_uid=d.transfer_syntax_uid,
-            received_at=time.time(),
-            source_aet=prepared.source_aet,
-            metadata=d.metadata,
+        return prepared.description.index_message(
+            prepared.key, prepared.payload.size, prepared.payload.sha256, prepared.source_aet
         ).to_bytes()
 
     async def _existing_sha256(self, key: str, recorded: str | None) -> str:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archive.core.models import IndexMessage, ObjectInfo
+from archive.core.models import ObjectInfo
 from archive.core.ports import Catalog, MessageQueue, ObjectStore, SearchIndex
 from archive.core.records import CatalogInstance
 from archive.core.uids import uid_from_key
@@ -150,11 +150,5 @@ async def _requeue(store: ObjectStore, queue: MessageQueue, key: str) -> int:
     if uid_from_key(key) != d.sop_instance_uid:
         log.warning("orphaned object's SOP Instance UID does not match its key", extra={"key": key[:200]})
         return 0
-    message = IndexMessage(
-        key=key, size=size, sha256=digest.hexdigest(), study_uid=d.study_uid, series_uid=d.series_uid,
-        sop_instance_uid=d.sop_instance_uid, sop_class_uid=d.sop_class_uid,
-        transfer_syntax_uid=d.transfer_syntax_uid, received_at=time.time(), source_aet="",
-        metadata=d.metadata,
-    )
-    await queue.publish(message.to_bytes())
+    await queue.publish(d.index_message(key, size, digest.hexdigest(), source_aet="").to_bytes())
     return 1
