@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -42,8 +43,9 @@ def test_accepted_sockets_have_tcp_nodelay(tmp_path: Path) -> None:
         portal.stop()
 
 
-def test_association_cap_rejects_with_local_limit(tmp_path: Path) -> None:
-    proc = serve(tmp_path, ARCHIVE_MAX_ASSOCIATIONS="1").start()
+@pytest.mark.parametrize("engine", ["pynetdicom", "asyncio"])
+def test_association_cap_rejects_with_local_limit(tmp_path: Path, engine: str) -> None:
+    proc = serve(tmp_path, ARCHIVE_MAX_ASSOCIATIONS="1", ARCHIVE_SCP_ENGINE=engine).start()
     try:
         ae = AE(ae_title="HOLDER")
         ae.add_requested_context(Verification)
