@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from _util import ROOT, Batch, Proc, free_port, http_json
+from tests.conftest import _services_env
 
 # DCMTK reads TCP_NODELAY from the environment; the product doc's Orthanc numbers use it.
 DCMTK_ENV = {"TCP_NODELAY": "1"}
@@ -108,15 +109,8 @@ class Serve(_OurReceiver):
 
 
 def services_env() -> dict[str, str]:
-    values: dict[str, str] = {}
-    path = ROOT / ".services.env"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.partition("=")
-                values[key.strip()] = value.strip().strip('"').strip("'")
-    return {**values, **{k: v for k, v in os.environ.items() if k.startswith("ARCHIVE_")}}
+    """The services' settings (.services.env, as the tests read it), overridden by ARCHIVE_* variables."""
+    return {**_services_env(), **{k: v for k, v in os.environ.items() if k.startswith("ARCHIVE_")}}
 
 
 DISTRIBUTED_NEEDS = ("ARCHIVE_OBJECT_STORE", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY",

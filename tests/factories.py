@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -102,16 +101,4 @@ def make_message(ds: Dataset, tmp_path: Path, *, sha256: str = "0" * 64, size: i
     spool = tmp_path / f"{ds.SOPInstanceUID}.raw"
     spool.write_bytes(dataset_bytes(ds))
     d = describe(spool, ExplicitVRLittleEndian)
-    return IndexMessage(
-        key=object_key(d.sop_instance_uid),
-        size=size,
-        sha256=sha256,
-        study_uid=d.study_uid,
-        series_uid=d.series_uid,
-        sop_instance_uid=d.sop_instance_uid,
-        sop_class_uid=d.sop_class_uid,
-        transfer_syntax_uid=d.transfer_syntax_uid,
-        received_at=time.time(),
-        source_aet="TESTSCU",
-        metadata=d.metadata,
-    )
+    return d.index_message(object_key(d.sop_instance_uid), size, sha256, source_aet="TESTSCU")
