@@ -1,0 +1,172 @@
+"""The queries of the query benchmark and the clients that time them.
+
+Each query kind draws its values from the data loaded so far (``Samples``), with a
+fixed seed, so every size and backend sees the same kind of question:
+
+- ``patient_id``: studies of one patient (PatientID exact);
+- ``study_uid``: one study (StudyInstanceUID exact);
+- ``patient_name``: studies of patients whose name starts with a surname (``SMITH*``);
+- ``study_date``: studies of one week (StudyDate range);
+- ``modality_date``: CT or MR studies of one month (ModalitiesInStudy + StudyDate range);
+- ``text_rare``: free text matching one study (its accession number);
+- ``text_common``: free text matching thousands of instances (``<body part> <modality>``).
+
+Clients: QIDO-RS over one keep-alive HTTP connection (request sent -> body read), C-FIND
+over one open association (request sent -> final response), the JSON search API over
+HTTP, or, while that does not exist, ``SearchIndex.search`` called in this process.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from _querydata import DAYS, PROFILES, Samples, date_text
+
+PAGE = 100  # QIDO limit: what a viewer's study list asks for
+KINDS = ("patient_id", "study_uid", "patient_name", "study_date", "modality_date", "text_rare", "text_common")
+TEXT_KINDS = ("text_rare", "text_common")
+LABELS = {
+    "patient_id": "PatientID exact",
+    "study_uid": "StudyInstanceUID exact",
+    "patient_name": "PatientName wildcard (SURNAME*)",
+    "study_date": "StudyDate range (1 week)",
+    "modality_date": "ModalitiesInStudy + StudyDate (1 month)",
+    "text_rare": "free text, 1 study (accession)",
+    "text_common": "free text, common (\"chest ct\")",
+}
+EXACT = ("patient_id", "study_uid")
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str
+    keys: dict[str, str]  # DICOM keyword -> value (QIDO parameter / C-FIND identifier)
+    text: str = ""  # free text
+
+
+def questions(kind: str, samples: Samples, count: int, seed: int) -> list[Question]:
+    rng = random.Random(f"{kind}-{seed}")
+    out = []
+    for _ in range(count):
+        if kind == "patient_id":
+            out.append(Question(kind, {"PatientID": rng.choice(samples.patient_ids)}))
+        elif kind == "study_uid":
+            out.append(Question(kind, {"StudyInstanceUID": rng.choice(samples.study_uids)}))
+        elif kind == "patient_name":
+            out.append(Question(kind, {"PatientName": rng.choice(samples.surnames) + "*"}))
+        elif kind == "study_date":
+            day = rng.randrange(DAYS - 7)
+            out.append(Question(kind, {"StudyDate": f"{date_text(day)}-{date_text(day + 6)}"}))
+        elif kind == "modality_date":
+            day = rng.randrange(DAYS - 31)
+            out.append(Question(kind, {"ModalitiesInStudy": rng.choice(("CT", "MR")),
+                                       "StudyDate": f"{date_text(day)}-{date_text(day + 30)}"}))
+        elif kind == "text_rare":
+            out.append(Question(kind, {}, rng.choice(samples.accessions)))
+        elif kind == "text_common":
+            profile = rng.choice([p for p in PROFILES if p.modality in ("CT", "MR", "CR")])
+            out.append(Question(kind, {}, f"{rng.choice(profile.body_parts).lower()} {profile.modality.lower()}"))
+        else:
+            raise ValueError(kind)
+    return out
+
+
+def timed(run: Callable[[Question], int], items: list[Question], warmup: int) -> dict[str, Any]:
+    """Run every question (the first ``warmup`` untimed); latencies in ms, rows returned."""
+    for q in items[:warmup]:
+        run(q)
+    latencies, rows = [], []
+    for q in items[warmup:]:
+        started = time.perf_counter()
+        rows.append(run(q))
+        latencies.append((time.perf_counter() - started) * 1000)
+    return {"ms": latencies, "rows": rows}
+
+
+class Http:
+    """One keep-alive connection to the query service; ``get`` returns the decoded JSON."""
+
+    def __init__(self, port: int, timeout: float = 60.0) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def get(self, path: str, params: dict[str, Any]) -> Any:
+        self.conn.request("GET", f"{path}?{urlencode(params)}")
+        response = self.conn.getresponse()
+        body = response.read()
+        if response.status not in (200, 204):
+            raise RuntimeError(f"GET {path} {params}: {response.status} {body[:300]!r}")
+        return json.loads(body) if body else []
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def qido(client: Http) -> Callable[[Question], int]:
+    def run(q: Question) -> int:
+        return len(client.get("/dicom-web/studies", {**q.keys, "limit": PAGE}))
+
+    return run
+
+
+def search_api(client: Http) -> Callable[[Question], int]:
+    def run(q: Question) -> int:
+        body = client.get("/api/search", {"q": q.text, "limit": 20})
+        hits = body.get("results", body.get("hits", [])) if isinstance(body, dict) else body
+        return len(hits)
+
+    return run
+
+
+# ---- C-FIND (PS3.4 C.4.1, Study Root, STUDY level) -----------------------------------------
+
+STUDY_RETURN_KEYS = ("StudyDate", "StudyTime", "AccessionNumber", "PatientName", "PatientBirthDate",
+                     "PatientSex", "StudyID", "StudyDescription", "ModalitiesInStudy",
+                     "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+
+
+class CFind:
+    """One association to the query role's C-FIND SCP, kept open for every query."""
+
+    def __init__(self, port: int, aet: str = "ARCHIVE", timeout: float = 60.0) -> None:
+        from pynetdicom import AE
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+        self.model = StudyRootQueryRetrieveInformationModelFind
+        ae = AE(ae_title="BENCHFIND")
+        ae.add_requested_context(self.model)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+        self.assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+        if not self.assoc.is_established:
+            raise RuntimeError(f"C-FIND association to 127.0.0.1:{port} ({aet}) was not accepted")
+
+    def __call__(self, q: Question) -> int:
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = ""
+        ds.PatientID = ""
+        for keyword in STUDY_RETURN_KEYS:
+            setattr(ds, keyword, "")
+        for keyword, value in q.keys.items():
+            setattr(ds, keyword, value)
+        matches = 0
+        for status, identifier in self.assoc.send_c_find(ds, self.model):
+            if not status:
+                raise RuntimeError("C-FIND: no response (association aborted or timed out)")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01):  # PS3.4 C.4.1.1.4: pending, a match follows
+                matches += identifier is not None
+            elif code != 0x0000:
+                raise RuntimeError(f"C-FIND failed with status 0x{code:04X}")
+        return matches
+
+    def close(self) -> None:
+        self.assoc.release()

@@ -1,0 +1,254 @@
+"""Backends of the query benchmark: isolated per run, bulk loaded, removed afterwards.
+
+``postgres`` is PostgreSQL + OpenSearch of ``scripts/services.sh`` with a schema and an
+index of the run's own (``tests/e2e/distributed.py`` creates and drops them);
+``sqlite`` is SQLite + FTS5 files in a temp dir. Both are loaded through the archive's
+own adapters (``Catalog.upsert``, ``SearchIndex.upsert``) in large batches, the rows
+and documents built by ``CatalogEntry.from_message`` and ``flatten`` as the indexer
+builds them; the query role then runs as its own process on the loaded backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+from _util import ROOT, Proc, free_port
+
+from archive.adapters.opensearch_search import _source as opensearch_source  # the adapter's document body
+from archive.core.flatten import flatten
+from archive.core.models import IndexMessage, SearchDocument
+from archive.core.ports import Catalog, SearchIndex
+from archive.core.records import CatalogEntry
+
+BATCH = 2000  # instances per upsert call
+IN_FLIGHT = 2  # batches written concurrently (the next one is built meanwhile)
+
+
+class Family:
+    """One backend family: catalog + search index, the environment the query role needs."""
+
+    key = ""
+    label = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.env: dict[str, str] = {}
+        self.catalog: Catalog | None = None
+        self.search: SearchIndex | None = None
+
+    async def setup(self) -> None:
+        raise NotImplementedError
+
+    async def bulk_mode(self, on: bool) -> None:
+        """Switch the backends to (or back from) bulk loading."""
+
+    async def analyze(self) -> None:
+        """What the backend does on its own after a bulk load (autovacuum, refresh)."""
+
+    def sizes(self) -> dict[str, float]:
+        return {}
+
+    async def close(self) -> None:
+        for backend in (self.catalog, self.search):
+            if backend is not None:
+                await backend.close()
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def load(self, messages: list[IndexMessage]) -> None:
+        """Upsert ``messages`` into catalog and search index, ``IN_FLIGHT`` batches at a time."""
+        assert self.catalog is not None and self.search is not None
+        pending: list[asyncio.Task[Any]] = []
+        for start in range(0, len(messages), BATCH):
+            chunk = messages[start:start + BATCH]
+            entries = [CatalogEntry.from_message(m) for m in chunk]
+            documents = [flatten(m, indexed_at=0.0) for m in chunk]
+            writes: list[Awaitable[None]] = [self.catalog.upsert(entries), self.write_search(documents)]
+            pending.append(asyncio.ensure_future(asyncio.gather(*writes)))
+            await asyncio.sleep(0)  # let the writes start before building the next batch
+            while len(pending) >= IN_FLIGHT:
+                await pending.pop(0)
+        for task in pending:
+            await task
+
+    async def write_search(self, documents: list[SearchDocument]) -> None:
+        assert self.search is not None
+        await self.search.upsert(documents)
+
+
+class PostgresFamily(Family):
+    key = "postgres"
+    label = "PostgreSQL + OpenSearch"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.name = "benchq" + uuid.uuid4().hex[:10]
+        self._backends: Any = None
+        self._bulk_client: Any = None
+
+    async def setup(self) -> None:
+        from tests.e2e.distributed import Distributed
+
+        from opensearchpy import AsyncOpenSearch
+
+        from archive.adapters.opensearch_search import OpenSearchIndex
+        from archive.adapters.postgres_catalog import PostgresCatalog
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._backends = Distributed(self.workdir, self.name)
+        try:
+            self._backends.configure()  # own schema; own index name
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # pytest's Skipped when a service is missing
+            raise RuntimeError(f"PostgreSQL/OpenSearch: {exc}") from None
+        env = self._backends.env
+        self.env = {k: env[k] for k in ("ARCHIVE_CATALOG", "ARCHIVE_SEARCH", "ARCHIVE_SEARCH_INDEX")}
+        self.catalog = PostgresCatalog(env["ARCHIVE_CATALOG"], max_size=IN_FLIGHT + 1)
+        self.search = OpenSearchIndex(env["ARCHIVE_SEARCH"], index=self.name, timeout=120)
+        await self.catalog.migrate()
+        await self.search.migrate()
+        # uncompressed on loopback: gzip of 6 MB bulk bodies would cost this process a core
+        self._bulk_client = AsyncOpenSearch(hosts=[env["ARCHIVE_SEARCH"]], timeout=600, http_compress=False)
+
+    async def close(self) -> None:
+        if self._bulk_client is not None:
+            await self._bulk_client.close()
+        await super().close()
+
+    def _sql(self, statement: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.env["ARCHIVE_CATALOG"], autocommit=True, connect_timeout=10) as conn:
+            cur = conn.execute(statement)
+            return cur.fetchall() if cur.description else []
+
+    async def bulk_mode(self, on: bool) -> None:
+        """Refresh off while loading (then back to the adapter's interval and one refresh)."""
+        interval = "-1" if on else self.search.refresh_interval  # type: ignore[union-attr]
+        await self._bulk_client.indices.put_settings(index=self.name, body={"index": {"refresh_interval": interval}})
+        if not on:
+            await self._bulk_client.indices.refresh(index=self.name, request_timeout=600)
+
+    async def write_search(self, documents: list[SearchDocument]) -> None:
+        """One bulk request without ``refresh=wait_for`` (the adapter's read-your-writes wait)."""
+        body: list[dict[str, Any]] = []
+        for doc in documents:
+            body += [{"index": {"_index": self.name, "_id": doc.sop_instance_uid}}, opensearch_source(doc)]
+        result = await self._bulk_client.bulk(body=body, filter_path="errors,items.*.error", request_timeout=600)
+        if result.get("errors"):
+            raise RuntimeError(f"bulk load into {self.name}: {str(result)[:500]}")
+
+    async def analyze(self) -> None:
+        await asyncio.to_thread(self._sql, "VACUUM ANALYZE")  # only the run's schema: search_path
+
+    def sizes(self) -> dict[str, float]:
+        rows = self._sql(f"SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                         f"ON n.oid = c.relnamespace WHERE n.nspname = '{self.name}' AND c.relkind = 'r'")
+        from _util import http_json
+
+        _, stats = http_json(f"{self.env['ARCHIVE_SEARCH']}/{self.name}/_stats/store", timeout=30)
+        store = stats["_all"]["primaries"]["store"]["size_in_bytes"] if isinstance(stats, dict) else 0
+        return {"catalog_mb": float(rows[0][0] or 0) / 2**20, "search_mb": store / 2**20}
+
+    def teardown(self) -> None:
+        if self._backends is not None:
+            self._backends.teardown()  # index, template and schema (queue and bucket never made)
+        super().teardown()
+
+
+class SqliteFamily(Family):
+    key = "sqlite"
+    label = "SQLite + FTS5"
+
+    async def setup(self) -> None:
+        from archive.adapters.fts5_search import Fts5Search
+        from archive.adapters.sqlite_catalog import SqliteCatalog
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = {"ARCHIVE_CATALOG": f"sqlite://{self.workdir / 'catalog.db'}",
+                    "ARCHIVE_SEARCH": f"sqlite://{self.workdir / 'search.db'}"}
+        self.catalog = SqliteCatalog(self.workdir / "catalog.db")
+        self.search = Fts5Search(self.workdir / "search.db")
+        await self.catalog.migrate()
+        await self.search.migrate()
+
+    async def analyze(self) -> None:
+        # checkpoint the WAL written by the load; the archive itself runs no ANALYZE
+        def checkpoint() -> None:
+            for name in ("catalog.db", "search.db"):
+                with sqlite3.connect(self.workdir / name, timeout=60) as con:
+                    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await asyncio.to_thread(checkpoint)
+
+    def sizes(self) -> dict[str, float]:
+        def mb(name: str) -> float:
+            return sum(p.stat().st_size for p in self.workdir.glob(name + "*")) / 2**20
+
+        return {"catalog_mb": mb("catalog.db"), "search_mb": mb("search.db")}
+
+
+def _post(url: str) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120).close()
+
+
+FAMILIES: dict[str, type[Family]] = {"postgres": PostgresFamily, "sqlite": SqliteFamily}
+
+
+class QueryService:
+    """``dicom-archive query`` on the loaded backends, HTTP and DICOM on free loopback ports."""
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.proc: Proc | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        data = self.family.workdir / "query-data"
+        data.mkdir(parents=True, exist_ok=True)
+        env = {
+            **self.family.env, "ARCHIVE_DATA_DIR": str(data), "ARCHIVE_BIND": "127.0.0.1",
+            "ARCHIVE_HTTP_PORT": str(self.http_port), "ARCHIVE_DICOM_PORT": str(self.dicom_port),
+            "ARCHIVE_QUERY_DICOM_PORT": str(self.dicom_port), "ARCHIVE_LOG_LEVEL": "WARNING",
+        }  # fmt: skip
+        for inherited in [k for k in os.environ if k.startswith("ARCHIVE_") and k not in env]:
+            env[inherited] = ""  # nothing from the caller's shell leaks into the role
+        self.proc = Proc(f"query-{self.family.key}", [sys.executable, "-m", "archive.cli", "query"],
+                         self.family.workdir / "query.log", env, cwd=ROOT)
+        self.proc.wait_http(f"{self.base}/readyz", timeout=timeout)
+
+    def dicom_listening(self, timeout: float = 5.0) -> bool:
+        """Whether the role answers on its DICOM port (the C-FIND SCP has landed)."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1).close()
+                return True
+            except OSError:
+                time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=30)
+            self.proc = None

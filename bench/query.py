@@ -1,0 +1,259 @@
+"""Query benchmark: QIDO-RS, C-FIND and free-text latency as the archive grows to 1M instances.
+
+    .venv/bin/python bench/query.py [--sizes 10000,100000,1000000] [--families postgres,sqlite]
+                                    [--queries 200] [--quick] [--out results.json] [--markdown table.md]
+
+For each backend family (PostgreSQL + OpenSearch on the services of ``scripts/services.sh``,
+in a schema and an index of the run's own; SQLite + FTS5 in a temp dir) the catalog and the
+search index are bulk loaded with a synthetic hospital archive (bench/_querydata.py) up to
+each size in turn, and at each size a real ``dicom-archive query`` process is queried over
+QIDO-RS, C-FIND (once the query role has a C-FIND SCP) and free text. Everything the run
+creates (schema, index, files, processes) is removed at the end. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _queryclients import (EXACT, KINDS, LABELS, TEXT_KINDS, CFind, Http, Question, qido,  # noqa: E402
+                           questions, search_api)
+from _querydata import Hospital, Samples  # noqa: E402
+from _queryload import FAMILIES, Family, QueryService  # noqa: E402
+from _report import machine  # noqa: E402
+from _util import install_signal_handlers, kill_all, percentile  # noqa: E402
+
+WARMUP = 20
+
+
+def log(msg: str) -> None:
+    print(f"[bench-query {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+async def timed(run: Callable[[Question], Awaitable[int]], items: list[Question]) -> dict[str, Any]:
+    """Latency in ms of each question after ``WARMUP`` untimed ones; p50/p95 and rows returned."""
+    for q in items[:WARMUP]:
+        await run(q)
+    ms, rows = [], []
+    for q in items[WARMUP:]:
+        started = time.perf_counter()
+        rows.append(await run(q))
+        ms.append((time.perf_counter() - started) * 1000)
+    return {"n": len(ms), "p50_ms": percentile(ms, 0.5), "p95_ms": percentile(ms, 0.95),
+            "max_ms": max(ms), "rows_mean": sum(rows) / len(rows)}
+
+
+def blocking(fn: Callable[[Question], int]) -> Callable[[Question], Awaitable[int]]:
+    """A synchronous client as the awaitable ``timed`` expects (run inline: nothing else runs)."""
+    async def run(q: Question) -> int:
+        return fn(q)
+
+    return run
+
+
+async def measure(family: Family, service: QueryService, samples: Samples, size: int, count: int,
+                  cfind: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def row(interface: str, kind: str, result: dict[str, Any]) -> None:
+        out.append({"family": family.key, "size": size, "interface": interface, "kind": kind, **result})
+        log(f"{family.key} {size:>8}: {interface:<10} {kind:<14} p50 {result['p50_ms']:7.1f} ms  "
+            f"p95 {result['p95_ms']:7.1f} ms  rows {result['rows_mean']:.1f}")
+
+    http = Http(service.http_port)
+    try:
+        for kind in KINDS:
+            if kind in TEXT_KINDS:
+                continue
+            row("qido", kind, await timed(blocking(qido(http)), questions(kind, samples, count, size)))
+        if cfind:
+            finder = CFind(service.dicom_port)
+            try:
+                for kind in KINDS:
+                    if kind not in TEXT_KINDS:
+                        row("cfind", kind, await timed(blocking(finder), questions(kind, samples, count, size)))
+            finally:
+                finder.close()
+        api = search_api_available(http)
+        for kind in TEXT_KINDS:
+            items = questions(kind, samples, count, size)
+            if api:
+                row("search-api", kind, await timed(blocking(search_api(http)), items))
+            else:
+                assert family.search is not None
+                index = family.search
+
+                async def direct(q: Question) -> int:
+                    return len(await index.search(q.text, limit=20))
+
+                row("search-port", kind, await timed(direct, items))
+    finally:
+        http.close()
+    return out
+
+
+def search_api_available(http: Http) -> bool:
+    try:
+        http.get("/api/search", {"q": "bench", "limit": 1})
+        return True
+    except RuntimeError:  # 404 until the search API lands
+        return False
+
+
+async def bench_family(key: str, sizes: list[int], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    family = FAMILIES[key](workdir / key)
+    hospital = Hospital(seed=args.seed)
+    result: dict[str, Any] = {"family": key, "label": family.label, "stages": [], "rows": []}
+    service: QueryService | None = None
+    try:
+        await family.setup()
+        loaded = 0
+        for size in sizes:
+            started = time.perf_counter()
+            await family.bulk_mode(True)
+            while loaded < size:
+                chunk = hospital.take(min(args.chunk, size - loaded))
+                await family.load(chunk)
+                loaded += len(chunk)
+            await family.bulk_mode(False)
+            load_s = time.perf_counter() - started
+            await family.analyze()
+            s = hospital.samples
+            stage = {"size": size, "load_s": load_s, "load_inst_s": (size - (result["stages"][-1]["size"]
+                     if result["stages"] else 0)) / load_s, "patients": len(s.patient_ids), "studies": s.studies,
+                     "series": s.series, "after_load_s": time.perf_counter() - started - load_s, **family.sizes()}
+            result["stages"].append(stage)
+            log(f"{key}: {size} instances loaded ({stage['load_inst_s']:.0f} inst/s), {stage}")
+            if service is None:
+                service = QueryService(family)
+                service.start()
+            cfind = service.dicom_listening(timeout=2)
+            if not cfind:
+                log(f"{key}: the query role does not listen on its DICOM port: no C-FIND measured")
+            result["rows"] += await measure(family, service, hospital.samples, size, args.queries + WARMUP, cfind)
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"{key}: FAILED {result['error']}\n{traceback.format_exc()}")
+        if service is not None and service.proc is not None:
+            log(service.proc.log_tail())
+    finally:
+        if service is not None:
+            service.stop()
+        await family.close()
+        await asyncio.to_thread(family.teardown)  # its helpers run event loops of their own
+    return result
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+INTERFACES = {"qido": "QIDO-RS", "cfind": "C-FIND", "search-api": "GET /api/search",
+              "search-port": "SearchIndex.search (in process)"}
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    sizes = sorted({r["size"] for res in results for r in res["rows"]})
+    families = [res for res in results if res["rows"]]
+    head = "| query | interface | " + " | ".join(f"{res['label']} {_n(s)}" for res in families for s in sizes) + " |"
+    lines = [head, "|---|---|" + "---|" * (len(families) * len(sizes))]
+    index = {(r["family"], r["size"], r["interface"], r["kind"]): r for res in families for r in res["rows"]}
+    for interface in INTERFACES:
+        for kind in KINDS:
+            cells = [index.get((res["family"], s, interface, kind)) for res in families for s in sizes]
+            if not any(cells):
+                continue
+            text = [f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} ({_rows(c['rows_mean'])})" if c else "–" for c in cells]
+            lines.append(f"| {LABELS[kind]} | {INTERFACES[interface]} | " + " | ".join(text) + " |")
+    lines += ["", "| backend | size | patients | studies | series | load inst/s | catalog MB | search MB |",
+              "|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for st in res["stages"]:
+            lines.append(f"| {res['label']} | {_n(st['size'])} | {st['patients']} | {st['studies']} | {st['series']} "
+                         f"| {st['load_inst_s']:.0f} | {st.get('catalog_mb', 0):.0f} | {st.get('search_mb', 0):.0f} |")
+        if res.get("error"):
+            lines.append(f"\n**{res['label']} failed:** {res['error'][:300]}")
+    return "\n".join(lines)
+
+
+def _n(size: int) -> str:
+    return f"{size // 1_000_000}M" if size >= 1_000_000 and size % 1_000_000 == 0 else f"{size // 1000}k"
+
+
+def _rows(mean: float) -> str:
+    return f"{mean:.0f}" if mean >= 10 else f"{mean:.1f}"
+
+
+def targets(results: list[dict[str, Any]]) -> list[str]:
+    """Issue 3: exact keys p95 < 10 ms, free text p95 < 50 ms at the largest size on PostgreSQL/OpenSearch."""
+    out = []
+    for res in results:
+        if not res["rows"]:
+            continue
+        top = max(r["size"] for r in res["rows"])
+        for r in res["rows"]:
+            if r["size"] != top or (r["kind"] not in EXACT and r["kind"] not in TEXT_KINDS):
+                continue
+            goal = 10.0 if r["kind"] in EXACT else 50.0
+            flat = [x["p95_ms"] for x in res["rows"] if (x["interface"], x["kind"]) == (r["interface"], r["kind"])]
+            verdict = "met" if r["p95_ms"] < goal else "MISSED"
+            out.append(f"{res['label']} {_n(top)}, {INTERFACES[r['interface']]}, {LABELS[r['kind']]}: p95 "
+                       f"{r['p95_ms']:.1f} ms (target < {goal:.0f} ms: {verdict}; p95 by size "
+                       f"{' → '.join(f'{v:.1f}' for v in flat)} ms)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", help="instance counts to measure at, ascending (default 10000,100000,1000000)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help=f"subset of {','.join(FAMILIES)}")
+    parser.add_argument("--queries", type=int, help="timed queries per kind, interface and size (default 200)")
+    parser.add_argument("--chunk", type=int, default=50_000, help="instances generated at a time")
+    parser.add_argument("--seed", type=int, default=1437, help="seed of the synthetic data and of the queries")
+    parser.add_argument("--quick", action="store_true", help="10k instances, 50 queries per kind (about a minute)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
+    parser.add_argument("--workdir", type=Path, help="where to put the SQLite files and logs (default: a temp dir)")
+    args = parser.parse_args(argv)
+    args.sizes = args.sizes or ("10000" if args.quick else "10000,100000,1000000")
+    args.queries = args.queries or (50 if args.quick else 200)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    keys = [k.strip() for k in args.families.split(",") if k.strip()]
+    if set(keys) - set(FAMILIES):
+        parser.error(f"unknown families: {', '.join(sorted(set(keys) - set(FAMILIES)))}")
+
+    install_signal_handlers()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="archive-bench-query-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    results: list[dict[str, Any]] = []
+    try:
+        for key in keys:
+            results.append(asyncio.run(bench_family(key, sizes, args, workdir)))
+    finally:
+        kill_all()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    table = markdown(results)
+    goals = targets(results)
+    print(table + "\n\n" + "\n".join(f"- {g}" for g in goals))
+    if args.out:
+        report = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+                  "targets": goals}
+        args.out.write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table + "\n\n" + "\n".join(f"- {g}" for g in goals) + "\n")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
