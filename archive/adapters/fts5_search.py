@@ -10,6 +10,11 @@ One connection in one writer thread does every write; readers use their own
 connections on a small pool. WAL lets readers run while the writer commits.
 User text never reaches the MATCH grammar raw: it is cut into terms, each
 quoted as an FTS5 string, and the terms are ANDed.
+
+Schema 2 adds virtual generated columns for facets and sorting (study_date,
+modality, institution, body_part: the first value of the attribute in
+``fields``), so existing rows need no rewrite; ``query()`` translates a
+SearchRequest with :mod:`archive.adapters.fts5_query`.
 """
 
 from __future__ import annotations
@@ -23,17 +28,21 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from archive.adapters import fts5_query
 from archive.adapters._executor import Blocking
 from archive.adapters._sqlite import connect as sqlite_connect
 from archive.core.errors import BackendUnavailable, ConfigError
 from archive.core.models import SearchDocument
 from archive.core.ports import SearchHit
+from archive.core.query import InvalidQuery
+from archive.core.records import fold
+from archive.core.search import FACETS, FacetBucket, GroupHit, SearchRequest, SearchResult, make_hit
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_TERMS = 32  # more terms than this in one query are ignored
 MAX_LIMIT = 10_000  # no unbounded result sets (same cap as OpenSearch's result window)
 # SQLite errors that say "not now" (busy, disk, permissions) rather than "wrong".
@@ -54,6 +63,20 @@ _SCHEMA = (
     """CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
     text, tokenize = 'unicode61 remove_diacritics 2'
 )""",
+)
+
+# Schema 1 -> 2: facet and sort columns, derived from the fields JSON (nothing to backfill).
+_SCHEMA_2 = tuple(
+    f"ALTER TABLE search_docs ADD COLUMN {column} TEXT "
+    f"GENERATED ALWAYS AS (json_extract(fields, '$.{keyword}[0]')) VIRTUAL"
+    for column, keyword in (
+        ("study_date", "StudyDate"), ("modality", "Modality"),
+        ("institution", "InstitutionName"), ("body_part", "BodyPartExamined"),
+    )
+) + (
+    "CREATE INDEX IF NOT EXISTS search_docs_study ON search_docs (study_uid)",
+    "CREATE INDEX IF NOT EXISTS search_docs_series ON search_docs (series_uid)",
+    "CREATE INDEX IF NOT EXISTS search_docs_date ON search_docs (study_date)",
 )
 
 _UPSERT_DOC = """
@@ -131,6 +154,7 @@ class Fts5Search:
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only=ON")
+            conn.create_function("archive_fold", 1, fold, deterministic=True)
             self._local.conn = conn
             with self._lock:
                 self._read_conns.append(conn)
@@ -151,6 +175,9 @@ class Fts5Search:
                     f"{self.path}: search schema version {current} is newer than this code's "
                     f"({SCHEMA_VERSION}); run a newer archive or point at another file"
                 )
+            if current < 2:
+                for statement in _SCHEMA_2:
+                    conn.execute(statement)
             if current < SCHEMA_VERSION:
                 conn.execute("DELETE FROM search_schema_version")
                 conn.execute("INSERT INTO search_schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -228,6 +255,42 @@ class Fts5Search:
         if expression is None or limit <= 0:
             return []
         return await _guard(self._readers, self._search, expression, min(limit, MAX_LIMIT))
+
+    def _query(self, request: SearchRequest, expression: str | None) -> SearchResult:
+        conn = self._r()
+        base = fts5_query.matched(request, expression)
+        page_sql = fts5_query.page_sql(request, expression is not None)
+        conn.execute("BEGIN")  # one snapshot for total, page and facets
+        try:
+            total = int(conn.execute(base.text + "SELECT count(DISTINCT g) FROM m", base.params).fetchone()[0])
+            rows = conn.execute(base.text + page_sql, [*base.params, request.limit, request.offset]).fetchall()
+            best: dict[str, tuple[tuple[str, str, str], dict[str, list[str]]]] = {}
+            if rows:
+                keys = [row[0] for row in rows]
+                best_sql = base.text + fts5_query.best_documents_sql(len(keys))
+                for g, study, series, sop, fields in conn.execute(best_sql, [*base.params, *keys]):
+                    best[g] = ((study, series, sop), json.loads(fields))
+            facets = {}
+            for facet in request.facets:
+                buckets = conn.execute(base.text + fts5_query.facet_sql(facet, request.date_interval), base.params)
+                facets[facet] = tuple(FacetBucket(str(value), int(n)) for value, n in buckets)
+        finally:
+            conn.execute("COMMIT")
+        hits: list[GroupHit] = []
+        for g, score, n, modalities, _, _ in rows:
+            uids, fields = best[g]
+            hits.append(make_hit(request, uids, fields, score=None if score is None else float(score),
+                                 instances=int(n), modalities=modalities.split(",") if modalities else ()))
+        return SearchResult(total=total, hits=tuple(hits), facets=facets)
+
+    async def query(self, request: SearchRequest) -> SearchResult:
+        unknown = set(request.facets) - set(FACETS)
+        if unknown:
+            raise InvalidQuery(f"facets: unknown facet(s) {', '.join(sorted(unknown))}")
+        expression = match_expression(request.text)
+        if request.text.strip() and expression is None:  # text without a searchable term
+            return SearchResult(total=0, hits=(), facets={facet: () for facet in request.facets})
+        return await _guard(self._readers, self._query, request, expression)
 
     def _count(self) -> int:
         return int(self._r().execute("SELECT count(*) FROM search_docs").fetchone()[0])

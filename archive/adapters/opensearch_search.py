@@ -13,12 +13,20 @@ Writes use ``refresh=wait_for``: a document is searchable when ``upsert``
 returns (read-your-writes), at the cost of waiting up to one refresh interval.
 User text is only ever given to ``simple_query_string`` with the PREFIX and
 WHITESPACE operators enabled, so input cannot inject query syntax.
+
+flat_object fields cannot be aggregated or sorted on, so schema 2 adds a few
+dedicated fields for facets and sorting (``study_date``, ``modality``,
+``institution``, ``body_part``, folded ``patient_name``), derived from the
+flattened attributes when a document is written. ``migrate()`` adds them to an
+existing index (put_mapping, idempotent); documents written before schema 2
+lack them (free text and filters still find them, facets and sorts do not)
+until they are indexed again. ``query()`` translates a SearchRequest with
+:mod:`archive.adapters.opensearch_query`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -26,21 +34,30 @@ from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import RequestError, TransportError
 
+from archive.adapters.opensearch_query import (
+    FACET_PROPERTIES,
+    GROUP_FIELD,
+    facet_source,
+    page_stats_body,
+    search_body,
+    text_clause,
+)
 from archive.core.errors import ArchiveError, BackendUnavailable
+from archive.core.levels import Level
 from archive.core.models import SearchDocument
 from archive.core.ports import SearchHit
+from archive.core.query import InvalidQuery
+from archive.core.search import FacetBucket, SearchRequest, SearchResult, make_hit, query_terms
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window default
 # flat_object indexes "path=value" as one Lucene term (at most 32,766 bytes);
 # exact filters on longer values are not useful, full text keeps them whole.
 MAX_FIELD_VALUE_CHARS = 1024
-_HAS_TOKEN = re.compile(r"[^\W_]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _ANALYSIS = {
     "analyzer": {
@@ -60,6 +77,7 @@ MAPPINGS: dict[str, Any] = {
         "indexed_at": {"type": "date", "format": "epoch_millis"},
         "text": {"type": "text", "analyzer": "folded"},
         "fields": {"type": "flat_object"},
+        **FACET_PROPERTIES,
     },
 }
 
@@ -85,6 +103,8 @@ def _source(doc: SearchDocument) -> dict[str, Any]:
         "indexed_at": int(doc.indexed_at * 1000),
         "text": doc.text,
         "fields": {k: [v[:MAX_FIELD_VALUE_CHARS] for v in vs] for k, vs in doc.fields.items()},
+        **facet_source(doc.fields),
+        "schema_version": SCHEMA_VERSION,
     }
 
 
@@ -149,6 +169,7 @@ class OpenSearchIndex:
             self._client.indices.put_index_template(name=self.template, body=self._template_body()),
         )
         if await self._call("index exists", self._client.indices.exists(index=self.index)):
+            await self._upgrade()
             return
         try:
             await self._call("create index", self._client.indices.create(index=self.index))
@@ -156,6 +177,18 @@ class OpenSearchIndex:
         except RequestError as exc:  # another replica created it in the meantime
             if "resource_already_exists_exception" not in str(exc.error):
                 raise
+
+    async def _upgrade(self) -> None:
+        """Add the fields of this schema to an index made by an older one (idempotent)."""
+        body = {"_meta": {"schema_version": SCHEMA_VERSION}, "properties": FACET_PROPERTIES}
+        await self._call("put mapping", self._client.indices.put_mapping(index=self.index, body=body))
+        older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": SCHEMA_VERSION}}}}}}
+        result = await self._call("count", self._client.count(index=self.index, body=older))
+        if result["count"]:
+            log.warning(
+                "search index %s: %d documents predate schema %d; facets and sorting omit them "
+                "until they are indexed again", self.index, result["count"], SCHEMA_VERSION,
+            )
 
     async def drop(self) -> None:
         """Delete the index and its template (tests, and rebuilding from scratch)."""
@@ -202,19 +235,11 @@ class OpenSearchIndex:
         raise SearchWriteRejected(failures)
 
     async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
-        terms = [t for t in _CONTROL.sub(" ", text).split() if _HAS_TOKEN.search(t)]
+        terms = query_terms(text)
         if not terms or limit <= 0:
             return []
         body = {
-            "query": {
-                "simple_query_string": {
-                    "query": " ".join(terms),
-                    "fields": ["text"],
-                    "default_operator": "and",
-                    "flags": "PREFIX|WHITESPACE",  # a trailing * only; no +, -, |, quotes, ~, ()
-                    "analyze_wildcard": True,  # fold prefixes too: "müll*" finds "Muller"
-                }
-            },
+            "query": text_clause(terms),
             "_source": ["study_uid", "series_uid"],
             "size": min(limit, MAX_RESULT_WINDOW),
             "track_total_hits": False,
@@ -229,6 +254,47 @@ class OpenSearchIndex:
             )
             for hit in result["hits"]["hits"]
         ]
+
+    async def query(self, request: SearchRequest) -> SearchResult:
+        terms = query_terms(request.text)
+        if request.text.strip() and not terms:  # text without a searchable term
+            return SearchResult(total=0, hits=(), facets={facet: () for facet in request.facets})
+        body = search_body(request, terms)
+        try:
+            result = await self._call("query", self._client.search(index=self.index, body=body))
+        except RequestError as exc:  # e.g. a wildcard too complex to run: the request's fault
+            raise InvalidQuery(f"the search index cannot run this query ({exc.error})") from exc
+        aggs = result.get("aggregations", {})
+        page = result["hits"]["hits"]
+        grouped = request.level is not Level.IMAGE
+        total = int(aggs["groups"]["value"] if grouped else result["hits"]["total"]["value"])
+        stats: dict[str, tuple[int, list[str]]] = {}
+        group = GROUP_FIELD[request.level]
+        if page and grouped:
+            keys = [hit["_source"][group] for hit in page]
+            found = await self._call(
+                "query", self._client.search(index=self.index, body=page_stats_body(request, terms, keys))
+            )
+            for bucket in found["aggregations"]["page"]["buckets"]:
+                stats[bucket["key"]] = (int(bucket["doc_count"]), [m["key"] for m in bucket["modalities"]["buckets"]])
+        hits = []
+        for hit in page:
+            source = hit["_source"]
+            fields = source.get("fields") or {}
+            key = hit["_id"] if not grouped else source[group]
+            instances, modalities = stats.get(key, (1, list(fields.get("Modality", [])[:1])))
+            uids = (source["study_uid"], source["series_uid"], hit["_id"])
+            score = hit.get("_score")
+            hits.append(make_hit(request, uids, fields, score=None if score is None else float(score),
+                                 instances=instances, modalities=modalities))
+        facets = {}
+        for facet in request.facets:
+            buckets = aggs[f"facet_{facet}"]["buckets"]
+            facets[facet] = tuple(
+                FacetBucket(str(b.get("key_as_string", b["key"])), int(b["groups"]["value"] if grouped else b["doc_count"]))
+                for b in buckets
+            )
+        return SearchResult(total=total, hits=tuple(hits), facets=facets)
 
     async def count(self) -> int:
         result = await self._call("count", self._client.count(index=self.index))

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from archive.core.models import DicomJson, ObjectInfo, Payload, PutResult, SearchDocument
 from archive.core.query import Query
 from archive.core.records import CatalogEntry, CatalogInstance
+from archive.core.search import SearchRequest, SearchResult
 
 
 @runtime_checkable
@@ -122,7 +123,11 @@ class SearchIndex(Backend, Protocol):
     async def upsert(self, documents: Sequence[SearchDocument]) -> None:
         """Write documents (id = SOP Instance UID); searchable when this returns."""
 
-    async def search(self, text: str, limit: int = 20) -> list[SearchHit]: ...
+    async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
+        """Instances whose text holds every term (plain terms, ``term*`` prefixes), best first."""
+
+    async def query(self, request: SearchRequest) -> SearchResult:
+        """Free text and filters at ``request.level``: the total, one page of hits, facets."""
 
     async def count(self) -> int: ...
 

@@ -16,7 +16,10 @@ from archive.adapters.opensearch_search import OpenSearchIndex, SearchWriteRejec
 from archive.core.errors import BackendUnavailable
 from archive.core.flatten import flatten
 from archive.core.models import SearchDocument
+from archive.core.levels import Level
 from archive.core.ports import SearchHit, SearchIndex
+from archive.core.query import Matcher, Range, SingleValue, UIDList, Universal, Wildcard
+from archive.core.search import MAX_VALUE_CHARS, SearchRequest, SearchResult, Sort, date_interval
 from tests.conftest import free_port, service_setting
 from tests.factories import make_ct, make_message, new_uid
 
@@ -273,8 +276,154 @@ async def test_opensearch_exact_filter_on_any_tag_path(tmp_path: Path, unique: s
             assert [h["_id"] for h in result["hits"]["hits"]] == [doc.sop_instance_uid], field
         mapping = await index._client.indices.get_mapping(index=unique)
         assert set(mapping[unique]["mappings"]["properties"]) == {
-            "sop_instance_uid", "study_uid", "series_uid", "indexed_at", "text", "fields"
+            "sop_instance_uid", "study_uid", "series_uid", "indexed_at", "text", "fields",
+            "study_date", "modality", "institution", "body_part", "patient_name", "schema_version",
         }  # many distinct tags, same mapping
     finally:
         await index.drop()
         await index.close()
+
+
+# --- query(): free text + filters of the one query model, grouped, faceted, paged ---------------
+
+STUDY, SERIES, IMAGE = Level.STUDY, Level.SERIES, Level.IMAGE
+
+
+@dataclasses.dataclass
+class Corpus:
+    """Three studies, four series, seven instances; expectations are read off this data."""
+
+    a: str = dataclasses.field(default_factory=new_uid)  # Doe^Jane 20230510 CT x3 + SR (nodule)
+    b: str = dataclasses.field(default_factory=new_uid)  # Roe^Richard 20240115 MR x2, HEAD
+    c: str = dataclasses.field(default_factory=new_uid)  # Smith^Anna 20240302 CT x1
+
+    def documents(self, tmp_path: Path) -> list[SearchDocument]:
+        a_ct, a_sr, b_mr, c_ct = new_uid(), new_uid(), new_uid(), new_uid()
+        docs = [make_doc(tmp_path, study_uid=self.a, series_uid=a_ct, patient_id="PAT-A", seed=i,
+                         patient_name="Doe^Jane", study_date="20230510", instance_number=i) for i in range(3)]
+        docs.append(make_doc(tmp_path, make_sr(study_uid=self.a, series_uid=a_sr, patient_id="PAT-A",
+                                               patient_name="Doe^Jane", study_date="20230510")))
+        for i in range(2):
+            mr = make_ct(study_uid=self.b, series_uid=b_mr, patient_id="PAT-B", patient_name="Roe^Richard",
+                         study_date="20240115", modality="MR", instance_number=i)
+            mr.BodyPartExamined, mr.InstitutionName = "HEAD", "Saint Mary Clinic"
+            mr.StudyDescription, mr.ProtocolName = "MR BRAIN", "BRAIN ROUTINE"
+            docs.append(make_doc(tmp_path, mr))
+        docs.append(make_doc(tmp_path, study_uid=self.c, series_uid=c_ct, patient_id="PAT-C",
+                             patient_name="Smith^Anna", study_date="20240302"))
+        return docs
+
+
+@pytest.fixture
+async def corpus(index: SearchIndex, tmp_path: Path) -> Corpus:
+    data = Corpus()
+    await index.upsert(data.documents(tmp_path))
+    return data
+
+
+def studies(result: SearchResult) -> list[str]:
+    return [hit.study_uid for hit in result.hits]
+
+
+def facet(result: SearchResult, name: str) -> list[tuple[str, int]]:
+    return [(b.value, b.count) for b in result.facets[name]]
+
+
+async def test_query_groups_and_facets_at_each_level(index: SearchIndex, corpus: Corpus) -> None:
+    result = await index.query(SearchRequest())
+    assert result.total == 3 and {hit.study_uid for hit in result.hits} == {corpus.a, corpus.b, corpus.c}
+    assert facet(result, "Modality") == [("CT", 2), ("MR", 1), ("SR", 1)]  # studies, count desc then value
+    assert facet(result, "StudyDate") == [("2023", 1), ("2024", 2)]
+    assert facet(result, "InstitutionName") == [("General Hospital", 2), ("Saint Mary Clinic", 1)]
+    assert facet(result, "BodyPartExamined") == [("CHEST", 2), ("HEAD", 1)]
+    a = next(hit for hit in result.hits if hit.study_uid == corpus.a)
+    assert (a.series_uid, a.sop_instance_uid, a.score, a.instances) == (None, None, None, 4)
+    assert a.modalities == ("CT", "SR")
+    assert a.attributes["PatientID"] == "PAT-A" and a.attributes["StudyDate"] == "20230510"
+    series = await index.query(SearchRequest(level=SERIES))
+    assert series.total == 4 and all(hit.series_uid for hit in series.hits)
+    assert facet(series, "Modality") == [("CT", 2), ("MR", 1), ("SR", 1)]
+    instances = await index.query(SearchRequest(level=IMAGE, limit=100))
+    assert instances.total == 7 and len({hit.sop_instance_uid for hit in instances.hits}) == 7
+    assert facet(instances, "Modality") == [("CT", 4), ("MR", 2), ("SR", 1)]
+    assert facet(instances, "StudyDate") == [("2023", 4), ("2024", 3)]
+    only = await index.query(SearchRequest(facets=("Modality",)))
+    assert set(only.facets) == {"Modality"}
+
+
+async def test_query_free_text_with_highlights(index: SearchIndex, corpus: Corpus) -> None:
+    result = await index.query(SearchRequest(text="Nodule"))
+    assert studies(result) == [corpus.a] and result.total == 1
+    hit = result.hits[0]
+    assert hit.instances == 1 and hit.modalities == ("SR",) and hit.score is not None and hit.score > 0
+    marks = {h.field: h.fragments for h in hit.highlights}
+    assert marks == {"ContentSequence.TextValue": ("small <em>nodule</em> in the left lung",)}
+    assert facet(result, "Modality") == [("SR", 1)]  # facets of the match, not of the archive
+    brain = await index.query(SearchRequest(text="brain rout*", level=SERIES))
+    assert studies(brain) == [corpus.b] and brain.hits[0].instances == 2
+    assert {h.field for h in brain.hits[0].highlights} == {"StudyDescription", "ProtocolName"}
+    assert (await index.query(SearchRequest(text="nodule brain"))).total == 0  # AND
+
+
+async def test_query_filters_of_every_matching_type(index: SearchIndex, corpus: Corpus) -> None:
+    a, b, c = corpus.a, corpus.b, corpus.c
+    cases: list[tuple[tuple[Matcher, ...], set[str]]] = [
+        ((SingleValue("Modality", "CT"),), {a, c}),
+        ((SingleValue("Modality", "ct"),), set()),  # CS is case-sensitive
+        ((Range("StudyDate", "20240101", None),), {b, c}),
+        ((Range("StudyDate", None, "20231231"),), {a}),
+        ((Range("StudyDate", "20240101", "20240131"),), {b}),
+        ((Wildcard("PatientName", "doe*"),), {a}),  # person names: case-insensitive
+        ((SingleValue("PatientName", "ROE^RICHARD"),), {b}),
+        ((Wildcard("PatientName", "D?e^Jane"),), {a}),
+        ((UIDList("PatientID", ("PAT-A", "PAT-C")),), {a, c}),
+        ((UIDList("StudyInstanceUID", (b, c)),), {b, c}),
+        ((Wildcard("ProtocolName", "BRAIN*"),), {b}),  # any tag keyword
+        ((Wildcard("ContentSequence.TextValue", "*nodule*"),), {a}),  # inside a sequence
+        ((Universal("Modality"),), {a, b, c}),
+        ((Wildcard("InstitutionName", "Doe*"),), set()),  # one attribute, not any
+        ((SingleValue("Modality", "CT"), Range("StudyDate", "20240101", None)), {c}),  # AND
+        ((SingleValue("InstitutionName", "General Hospital"), SingleValue("Modality", "SR")), {a}),
+    ]
+    for filters, expected in cases:
+        result = await index.query(SearchRequest(filters=filters))
+        assert set(studies(result)) == expected and result.total == len(expected), filters
+    mixed = await index.query(SearchRequest(text="chest", filters=(Range("StudyDate", "20240101", None),)))
+    assert studies(mixed) == [c]
+
+
+async def test_query_sort_and_pagination(index: SearchIndex, corpus: Corpus) -> None:
+    a, b, c = corpus.a, corpus.b, corpus.c
+    by_date = await index.query(SearchRequest(sort=Sort("StudyDate", descending=True)))
+    assert studies(by_date) == [c, b, a]
+    assert studies(await index.query(SearchRequest(sort=Sort("StudyDate", descending=False)))) == [a, b, c]
+    assert studies(await index.query(SearchRequest(sort=Sort("PatientName", descending=False)))) == [a, b, c]
+    assert studies(await index.query(SearchRequest(sort=Sort("PatientName", descending=True)))) == [c, b, a]
+    pages = [await index.query(SearchRequest(sort=Sort("StudyDate"), limit=2, offset=o)) for o in (0, 2, 4)]
+    assert [studies(p) for p in pages] == [[c, b], [a], []]
+    assert all(p.total == 3 and facet(p, "Modality") == [("CT", 2), ("MR", 1), ("SR", 1)] for p in pages)
+    ranked = await index.query(SearchRequest(text="chest", level=IMAGE, limit=100))
+    scores = [hit.score or 0.0 for hit in ranked.hits]
+    assert ranked.total == 5 and scores == sorted(scores, reverse=True)
+
+
+async def test_query_monthly_histogram(index: SearchIndex, corpus: Corpus) -> None:
+    year = (Range("StudyDate", "20240101", "20241231"),)
+    result = await index.query(SearchRequest(filters=year, date_interval=date_interval(year)))
+    assert facet(result, "StudyDate") == [("2024-01", 1), ("2024-03", 1)]
+
+
+async def test_query_hostile_input_is_plain_data(index: SearchIndex, corpus: Corpus) -> None:
+    texts = [*HOSTILE, "x" * 1024, "Müller ñ 中文 \U0001f600", "\\", "{", "a:b", 'NEAR("doe" "jane")']
+    for text in texts:
+        result = await index.query(SearchRequest(text=text, level=IMAGE))
+        assert result.total == len(result.hits) <= 7, text
+    # Filter values are data too: no LIKE/GLOB/wildcard-query metacharacter but * and ? matches.
+    for value in [v[:MAX_VALUE_CHARS] for v in texts if v.strip("*")] + ["[D]oe", "D_e", "%", "_", "\\"]:
+        for matcher in (SingleValue("PatientName", value), Wildcard("PatientName", value + "*"),
+                        SingleValue("ContentSequence.TextValue", value)):
+            assert (await index.query(SearchRequest(filters=(matcher,)))).total == 0, matcher
+        await index.query(SearchRequest(filters=(Range("StudyDate", value, value),)))  # no error
+    assert (await index.query(SearchRequest(filters=(Wildcard("PatientName", "[D]oe*"),)))).total == 0
+    assert (await index.query(SearchRequest(text="doe OR smith"))).total == 0  # OR is a term
+    assert await index.count() == 7  # nothing dropped or altered

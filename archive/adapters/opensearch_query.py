@@ -1,0 +1,176 @@
+"""A SearchRequest as OpenSearch query DSL.
+
+Free text goes only to ``simple_query_string`` with the PREFIX and WHITESPACE
+flags (no operators); every filter value is a term, terms, wildcard or range
+query value, never query-string syntax. Attribute filters run on the
+``flat_object`` field (``fields.<path>``). PatientName compares with the
+folded ``patient_name`` keyword (case- and accent-insensitive, as the catalog
+compares person names); other person names case-insensitively. Results are
+grouped with ``collapse`` on the study or series UID, totals and facet counts
+are ``cardinality`` aggregations of that UID (exact up to 40,000 groups per
+count, approximate beyond).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from archive.core.levels import Level
+from archive.core.query import InvalidQuery, Matcher, Range, SingleValue, UIDList, Universal, Wildcard
+from archive.core.records import fold
+from archive.core.search import FACET_SIZE, SearchRequest, vr_of
+
+GROUP_FIELD = {Level.STUDY: "study_uid", Level.SERIES: "series_uid", Level.IMAGE: "sop_instance_uid"}
+FACET_FIELDS = {"Modality": "modality", "InstitutionName": "institution", "BodyPartExamined": "body_part"}
+PRECISION = 40_000  # cardinality counts are exact below this (OpenSearch's maximum)
+# Fields added in schema 2 for facets and sorting (derived from ``fields`` when indexing).
+FACET_PROPERTIES: dict[str, Any] = {
+    "study_date": {"type": "date", "format": "basic_date", "ignore_malformed": True},
+    "modality": {"type": "keyword", "ignore_above": 256},
+    "institution": {"type": "keyword", "ignore_above": 256},
+    "body_part": {"type": "keyword", "ignore_above": 256},
+    "patient_name": {"type": "keyword", "ignore_above": 256},  # folded, for matching and sorting
+    "schema_version": {"type": "integer"},  # of the document: older ones lack the fields above
+}
+
+
+def facet_source(fields: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The schema-2 facet and sort fields of a document, from its flattened attributes."""
+
+    def first(keyword: str) -> str | None:
+        values = fields.get(keyword)
+        return str(values[0]) if values else None
+
+    return {
+        "study_date": first("StudyDate"),
+        "modality": first("Modality"),
+        "institution": first("InstitutionName"),
+        "body_part": first("BodyPartExamined"),
+        "patient_name": [fold(v) for v in fields.get("PatientName", ())],
+    }
+
+
+def _wildcard_value(pattern: str) -> str:
+    """PS3.4 C.2.2.2.4 ``*``/``?`` kept; the wildcard query's escape character escaped."""
+    return pattern.replace("\\", "\\\\")
+
+
+def _one(field: str, m: SingleValue | Wildcard, normalise: bool, ci: bool) -> dict[str, Any]:
+    if isinstance(m, Wildcard):
+        value = (fold(m.pattern) or "") if normalise else m.pattern
+        return {"wildcard": {field: {"value": _wildcard_value(value), "case_insensitive": ci}}}
+    value = (fold(m.value) or "") if normalise else m.value
+    return {"term": {field: {"value": value, "case_insensitive": ci}}}
+
+
+def filter_clause(m: Matcher) -> dict[str, Any] | None:
+    """One matcher as a filter clause (None: matches everything)."""
+    if m.keyword == "PatientName":
+        field, normalise, ci = "patient_name", True, False
+    else:
+        field, normalise, ci = f"fields.{m.keyword}", False, vr_of(m.keyword) == "PN"
+    if isinstance(m, Universal):  # PS3.4 C.2.2.2.3
+        return None
+    if isinstance(m, SingleValue):  # PS3.4 C.2.2.2.1
+        return _one(field, m, normalise, ci)
+    if isinstance(m, Wildcard):  # PS3.4 C.2.2.2.4
+        return _one(field, m, normalise, ci) if m.pattern.strip("*") else None
+    if isinstance(m, UIDList):  # PS3.4 C.2.2.2.2 (and value lists of other VRs)
+        should = [
+            _one(field, Wildcard(m.keyword, v) if "*" in v or "?" in v else SingleValue(m.keyword, v), normalise, ci)
+            for v in m.values
+        ]
+        return {"bool": {"should": should, "minimum_should_match": 1}}
+    if isinstance(m, Range):  # PS3.4 C.2.2.2.5: inclusive, either end open
+        bounds = {k: v for k, v in (("gte", m.low), ("lte", m.high)) if v}
+        return {"range": {field: bounds}} if bounds else None
+    raise InvalidQuery(f"{m.keyword}: unsupported matching {type(m).__name__}")
+
+
+def text_clause(terms: Sequence[str]) -> dict[str, Any]:
+    return {
+        "simple_query_string": {
+            "query": " ".join(terms),
+            "fields": ["text"],
+            "default_operator": "and",
+            "flags": "PREFIX|WHITESPACE",  # a trailing * only; no +, -, |, quotes, ~, ()
+            "analyze_wildcard": True,  # fold prefixes too: "müll*" finds "Muller"
+        }
+    }
+
+
+def bool_query(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any]:
+    filters = [c for c in (filter_clause(m) for m in request.filters) if c is not None]
+    must = [text_clause(terms)] if terms else []
+    return {"bool": {"must": must, "filter": filters}}
+
+
+def _groups(level: Level) -> dict[str, Any]:
+    return {"groups": {"cardinality": {"field": GROUP_FIELD[level], "precision_threshold": PRECISION}}}
+
+
+def facet_aggs(request: SearchRequest) -> dict[str, Any]:
+    grouped = request.level is not Level.IMAGE
+    aggs: dict[str, Any] = {}
+    for facet in request.facets:
+        if facet == "StudyDate":
+            month = request.date_interval == "month"
+            agg: dict[str, Any] = {"date_histogram": {
+                "field": "study_date", "calendar_interval": "month" if month else "year",
+                "format": "yyyy-MM" if month else "yyyy", "min_doc_count": 1,
+            }}
+        elif facet in FACET_FIELDS:
+            order = [{"groups": "desc"} if grouped else {"_count": "desc"}, {"_key": "asc"}]
+            agg = {"terms": {"field": FACET_FIELDS[facet], "size": FACET_SIZE, "order": order}}
+        else:
+            raise InvalidQuery(f"facets: unknown facet {facet}")
+        if grouped:
+            agg["aggs"] = _groups(request.level)
+        aggs[f"facet_{facet}"] = agg
+    return aggs
+
+
+def _sort(request: SearchRequest, has_text: bool) -> list[Any]:
+    key, direction = request.sort.key, "desc" if request.sort.descending else "asc"
+    tie = {GROUP_FIELD[request.level]: "asc"}
+    if key == "StudyDate":
+        return [{"study_date": {"order": direction, "missing": "_last"}}, tie]
+    if key == "PatientName":
+        mode = "max" if request.sort.descending else "min"
+        return [{"patient_name": {"order": direction, "missing": "_last", "mode": mode}}, tie]
+    return ["_score", tie] if has_text else [tie]
+
+
+def search_body(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any]:
+    """Total, one page of groups (best document of each) and facets in one request."""
+    group = GROUP_FIELD[request.level]
+    body: dict[str, Any] = {
+        "query": bool_query(request, terms),
+        "from": request.offset,
+        "size": request.limit,
+        "sort": _sort(request, bool(terms)),
+        "track_scores": True,
+        "_source": ["study_uid", "series_uid", "fields"],
+        "aggs": facet_aggs(request),
+    }
+    if request.level is Level.IMAGE:
+        body["track_total_hits"] = True
+    else:
+        body["collapse"] = {"field": group}
+        body["track_total_hits"] = False
+        body["aggs"].update(_groups(request.level))
+    return body
+
+
+def page_stats_body(request: SearchRequest, terms: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:
+    """Matching instances and their modalities in each group of a page."""
+    group = GROUP_FIELD[request.level]
+    query = bool_query(request, terms)
+    query["bool"]["filter"].append({"terms": {group: list(keys)}})
+    return {
+        "size": 0,
+        "query": query,
+        "aggs": {"page": {"terms": {"field": group, "size": len(keys)},
+                          "aggs": {"modalities": {"terms": {"field": "modality", "size": 50}}}}},
+    }
