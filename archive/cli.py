@@ -49,13 +49,15 @@ def _parser() -> argparse.ArgumentParser:
               "on the HTTP port.")
     scp.add_argument("--workers", type=int, help="processes sharing the DICOM port via SO_REUSEPORT")
     scp.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
+    scp.add_argument("--with-query", action="store_true", help=argparse.SUPPRESS)  # serve's SCP workers
 
     indexer = add("indexer", "run the indexer",
                   "Consume index messages; write the catalog and the search index; acknowledge after "
                   "both. Serves /healthz, /readyz, /metrics on the HTTP port.")
     indexer.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     add("query", "run the query service",
-        "Serve QIDO-RS under /dicom-web plus /healthz, /readyz, /metrics on the HTTP port.")
+        "Serve QIDO-RS under /dicom-web plus /healthz, /readyz, /metrics on the HTTP port, and "
+        "C-ECHO, C-FIND, C-MOVE and C-GET (Patient Root and Study Root) on ARCHIVE_QUERY_DICOM_PORT.")
     add("migrate", "create or upgrade schema, index template, bucket and queues",
         "Create or upgrade everything the configured backends need: catalog schema, search "
         "index template, bucket, queues and dead-letter queue. Idempotent.")
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "scp":
             child = bool(args.worker_child)
             asyncio.run(runtime.run(settings, scp=True, indexer=False, query=False, http=not child,
-                                    reuse_port=child, spawn_workers=not child))
+                                    reuse_port=child, spawn_workers=not child, dimse_query=args.with_query))
         elif args.command == "indexer":
             asyncio.run(runtime.run(settings, scp=False, indexer=True, query=False,
                                     http=not args.worker_child))

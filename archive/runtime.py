@@ -24,9 +24,11 @@ from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.app import add_routes
+from archive.query.dimse import QueryRetrieve, query_retrieve_service
 from archive.scp.fast import FastStoreSCP
 from archive.scp.portal import Portal
-from archive.scp.server import StoreSCP
+from archive.scp.server import DicomServer, DimseService, StoreSCP
+from archive.scp.spool import process_spool
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,11 +95,12 @@ class Children:
     def __init__(self, settings: Settings) -> None:
         self.env = _child_env(settings)
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.flags: dict[str, tuple[str, ...]] = {}
         self.stopping = False
 
-    def spawn(self, role: str) -> None:
+    def spawn(self, role: str, *flags: str) -> None:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "archive.cli", role, "--worker-child"],
+            [sys.executable, "-m", "archive.cli", role, "--worker-child", *flags],
             env=self.env, preexec_fn=_die_with_parent,
         )
         self.procs.append((role, proc))
@@ -112,7 +115,7 @@ class Children:
                                                                 "returncode": proc.returncode})
                     self.procs.remove((role, proc))
                     _forget_metrics(proc.pid)
-                    self.spawn(role)
+                    self.spawn(role, *self.flags.get(role, ()))
 
     def stop(self) -> None:
         self.stopping = True
@@ -128,12 +131,16 @@ class Children:
 
 
 async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http: bool = True,
-              reuse_port: bool = False, spawn_workers: bool = True, indexer_child: bool = False) -> None:
+              reuse_port: bool = False, spawn_workers: bool = True, indexer_child: bool = False,
+              dimse_query: bool | None = None) -> None:
     """Run the chosen roles until SIGTERM/SIGINT.
 
     ``indexer_child`` runs the indexer in a child process (as `serve` does) so that the
-    receiver and the indexer do not share one interpreter lock.
+    receiver and the indexer do not share one interpreter lock. ``dimse_query`` (default:
+    with ``query``) answers C-FIND/C-MOVE/C-GET: on the receiver's port when ``scp`` runs
+    too (one AE for every service, as in `serve`), else on ARCHIVE_QUERY_DICOM_PORT.
     """
+    dimse_query = query if dimse_query is None else dimse_query
     backends = Backends.from_settings(settings)
     # Each role migrates and watches only the backends it uses: a receiver stays ready
     # while the catalog is down, because its Success needs only object store and queue.
@@ -144,6 +151,8 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         needed += [backends.queue, backends.catalog, backends.search]
     if query:
         needed += [backends.catalog, backends.search]
+    if dimse_query:
+        needed += [backends.catalog, backends.store]
     used = list(dict.fromkeys(needed))
     async with AsyncExitStack() as stack:
         stack.push_async_callback(backends.close)
@@ -154,8 +163,14 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             add_routes(app, backends.catalog, settings.query_limit)
 
         children = Children(settings)
+        portal = Portal(asyncio.get_running_loop())
+        qr_services: list[DimseService] = []
+        if dimse_query:
+            qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir))
+            qr_services.append(query_retrieve_service(qr, portal, settings))
         store_scp: StoreSCP | None = None
         fast_scp: FastStoreSCP | None = None
+        qr_server: DicomServer | None = None
         if scp:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
             multi = settings.workers > 1 and spawn_workers
@@ -163,10 +178,16 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
                 fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop())
                 await fast_scp.start(reuse_port=reuse_port or multi)
             else:
-                store_scp = StoreSCP(settings, ingest, Portal(asyncio.get_running_loop()))
+                store_scp = StoreSCP(settings, ingest, portal, qr_services)
                 store_scp.start(reuse_port=reuse_port or multi)
+            if qr_services and multi:
+                children.flags["scp"] = ("--with-query",)
             for _ in range(settings.workers - 1 if multi else 0):
-                children.spawn("scp")
+                children.spawn("scp", *children.flags.get("scp", ()))
+        if qr_services and (fast_scp is not None or not scp):
+            # the asyncio receiver answers C-ECHO and C-STORE only
+            qr_server = DicomServer(settings, qr_services, role="query")
+            qr_server.start(port=settings.query_dicom_port, reuse_port=True)
 
         worker: Indexer | None = None
         worker_task: asyncio.Task[None] | None = None
@@ -189,6 +210,8 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             await asyncio.to_thread(store_scp.stop, DRAIN_SECONDS)
         if fast_scp is not None:
             await fast_scp.stop(DRAIN_SECONDS)
+        if qr_server is not None:
+            await asyncio.to_thread(qr_server.stop, DRAIN_SECONDS)
         await asyncio.to_thread(children.stop)
         if worker is not None and worker_task is not None:
             worker.stop()

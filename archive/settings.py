@@ -45,6 +45,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARCHIVE_BIND", "0.0.0.0", "Address the DICOM and HTTP listeners bind to"),
     Setting("ARCHIVE_DICOM_PORT", "11112", "DICOM (DIMSE) port"),
     Setting("ARCHIVE_HTTP_PORT", "8080", "HTTP port (DICOMweb, health, metrics)"),
+    Setting("ARCHIVE_QUERY_DICOM_PORT", "11113", "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` answers every service on `ARCHIVE_DICOM_PORT`"),
+    Setting("ARCHIVE_PEERS", "", "C-MOVE destinations and commitment peers: `AET@host:port,AET2@host:port`"),
+    Setting("ARCHIVE_FIND_MAX_MATCHES", "10000", "Most matches one C-FIND returns; more end the response with 0xA700 and a comment"),
     Setting("ARCHIVE_ALLOWED_AETS", "", "Comma-separated calling AE titles allowed to associate (empty: any)"),
     Setting("ARCHIVE_ALLOWED_NETWORKS", "", "Comma-separated CIDRs allowed to associate (empty: any)"),
     Setting("ARCHIVE_SCP_ENGINE", "pynetdicom", "DICOM receiver: `pynetdicom`, or `asyncio` (experimental; C-ECHO and C-STORE only; about 1.5-2x faster)"),
@@ -67,6 +70,25 @@ SETTINGS: tuple[Setting, ...] = (
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A DICOM peer we open associations to (C-MOVE destination, commitment reports)."""
+
+    aet: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Peer":
+        aet, sep, address = text.strip().partition("@")
+        host, _, port = address.rpartition(":")
+        if not sep or not aet or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"ARCHIVE_PEERS: {text.strip()!r} is not AET@host:port")
+        if len(aet) > 16 or not aet.isascii() or "\\" in aet:
+            raise ConfigError(f"ARCHIVE_PEERS: {aet!r} is not a valid AE title (1-16 ASCII characters)")
+        return cls(aet, host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./archive-data")
     object_store: str = ""
@@ -81,6 +103,9 @@ class Settings:
     bind: str = "0.0.0.0"
     dicom_port: int = 11112
     http_port: int = 8080
+    query_dicom_port: int = 11113
+    peers: tuple[Peer, ...] = ()
+    find_max_matches: int = 10000
     allowed_aets: tuple[str, ...] = ()
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     scp_engine: str = "pynetdicom"
@@ -127,7 +152,8 @@ class Settings:
                 raise ConfigError("ARCHIVE_S3_ACCESS_KEY and ARCHIVE_S3_SECRET_KEY are required with an s3:// object store")
         if not 1 <= len(self.aet) <= 16 or not self.aet.isascii() or "\\" in self.aet:
             raise ConfigError(f"ARCHIVE_AET: {self.aet!r} is not a valid AE title (1-16 ASCII characters, no backslash)")
-        for name, port in (("ARCHIVE_DICOM_PORT", self.dicom_port), ("ARCHIVE_HTTP_PORT", self.http_port)):
+        for name, port in (("ARCHIVE_DICOM_PORT", self.dicom_port), ("ARCHIVE_HTTP_PORT", self.http_port),
+                           ("ARCHIVE_QUERY_DICOM_PORT", self.query_dicom_port)):
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name}: {port} is not a TCP port")
         for name, value, low in (
@@ -137,6 +163,7 @@ class Settings:
             ("ARCHIVE_INDEXER_PREFETCH", self.indexer_prefetch, 1),
             ("ARCHIVE_WORKERS", self.workers, 1),
             ("ARCHIVE_QUERY_LIMIT", self.query_limit, 1),
+            ("ARCHIVE_FIND_MAX_MATCHES", self.find_max_matches, 1),
             ("ARCHIVE_MAX_PDU", self.max_pdu, 0),
         ):
             if value < low:
@@ -188,6 +215,8 @@ class Settings:
             "ARCHIVE_INDEXER_PREFETCH": ("indexer_prefetch", int),
             "ARCHIVE_WORKERS": ("workers", int),
             "ARCHIVE_QUERY_LIMIT": ("query_limit", int),
+            "ARCHIVE_QUERY_DICOM_PORT": ("query_dicom_port", int),
+            "ARCHIVE_FIND_MAX_MATCHES": ("find_max_matches", int),
         }
         for var, (attr, kind) in numbers.items():
             if (value := get(var)) is not None:
@@ -207,6 +236,8 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"ARCHIVE_ALLOWED_NETWORKS: {cidr!r} is not a CIDR network") from None
             values["allowed_networks"] = tuple(nets)
+        if (value := get("ARCHIVE_PEERS")) is not None:
+            values["peers"] = tuple(Peer.parse(p) for p in value.split(",") if p.strip())
         if (value := get("ARCHIVE_DUPLICATE_POLICY")) is not None:
             try:
                 values["duplicate_policy"] = DuplicatePolicy(value)
@@ -222,6 +253,9 @@ class Settings:
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"]))
         return cls(**values)  # type: ignore[arg-type]
+
+    def peer(self, aet: str) -> Peer | None:
+        return next((p for p in self.peers if p.aet == aet.strip()), None)
 
     def with_(self, **changes: object) -> "Settings":
         return replace(self, **changes)  # type: ignore[arg-type]

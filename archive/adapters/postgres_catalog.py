@@ -37,6 +37,7 @@ from archive.adapters.sql_catalog import (
     UpsertPlan,
     assemble,
     build_find,
+    build_locate,
     catalog_instance,
     instance_values,
     moved_series,
@@ -265,3 +266,7 @@ class PostgresCatalog:
         text = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE sop_instance_uid = %s"
         rows = await self._fetch(text, (sop_instance_uid,))
         return catalog_instance(rows[0]) if rows else None
+
+    async def locate(self, query: Query) -> list[CatalogInstance]:
+        text, params = build_locate(query, DIALECT)
+        return [catalog_instance(row) for row in await self._fetch(text, params)]

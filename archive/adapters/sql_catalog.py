@@ -161,13 +161,16 @@ def moved_series(plan: UpsertPlan, stored: dict[str, str]) -> list[tuple[str, st
 # Listing instances (keyset pagination by primary key)
 
 LIST_BATCH = 1000
-INSTANCE_LIST_COLUMNS = "id, sop_instance_uid, study_uid, series_uid, object_key, size, sha256"
+INSTANCE_LIST_COLUMNS = (
+    "id, sop_instance_uid, study_uid, series_uid, object_key, size, sha256, sop_class_uid, transfer_syntax_uid"
+)
 
 
 def catalog_instance(row: Sequence[Any]) -> CatalogInstance:
     """Build from a row of ``id, INSTANCE_LIST_COLUMNS`` (the id is skipped)."""
     return CatalogInstance(
-        sop_instance_uid=row[1], study_uid=row[2], series_uid=row[3], object_key=row[4], size=int(row[5]), sha256=row[6]
+        sop_instance_uid=row[1], study_uid=row[2], series_uid=row[3], object_key=row[4], size=int(row[5]),
+        sha256=row[6], sop_class_uid=row[7], transfer_syntax_uid=row[8],
     )
 
 
@@ -362,6 +365,14 @@ class _Builder:
         return value
 
 
+def _joined_up(level: int) -> list[str]:
+    """FROM items: the level's table joined to every level above it."""
+    tables = [f"{TABLES[level]} {ALIASES[level]}"]
+    for n in range(level - 1, -1, -1):
+        tables.append(f"JOIN {TABLES[n]} {ALIASES[n]} ON {ALIASES[n]}.id = {ALIASES[n + 1]}.{PARENT_FK[n + 1]}")
+    return tables
+
+
 def build_find(query: Query, dialect: Dialect) -> tuple[str, list[Any]]:
     """One SELECT for ``query``: the page first, then computed attributes of its rows.
 
@@ -373,9 +384,7 @@ def build_find(query: Query, dialect: Dialect) -> tuple[str, list[Any]]:
     """
     level = LEVELS.index(query.level)
     builder = _Builder(dialect, query.fuzzy)
-    tables = [f"{TABLES[level]} {ALIASES[level]}"]
-    for n in range(level - 1, -1, -1):
-        tables.append(f"JOIN {TABLES[n]} {ALIASES[n]} ON {ALIASES[n]}.id = {ALIASES[n + 1]}.{PARENT_FK[n + 1]}")
+    tables = _joined_up(level)
     where = [c for m in query.matchers if (c := builder.condition(m, level)) is not None]
     if level == 0:  # a patient left without studies (all moved away) is not listed
         where.append("EXISTS (SELECT 1 FROM studies x1 WHERE x1.patient_fk = p.id)")
@@ -408,3 +417,26 @@ def assemble(query: Query, row: Sequence[Any], dialect: Dialect) -> DicomJson:
             values = sorted({v for v in (value or "").split(",") if v})
             result[tag] = {"vr": vr, "Value": values} if values else {"vr": vr}
     return result
+
+
+def build_locate(query: Query, dialect: Dialect) -> tuple[str, list[Any]]:
+    """The stored instances under everything ``query`` matches (C-MOVE, C-GET, commitment).
+
+    The matchers apply as at IMAGE level, whatever level was asked: a study-level
+    retrieve names StudyInstanceUIDs, which the joined studies table matches.
+    Rows are ``id, INSTANCE_LIST_COLUMNS``, ordered by study, series and instance,
+    at most ``query.limit`` of them.
+    """
+    level = LEVELS.index(Level.IMAGE)
+    builder = _Builder(dialect, query.fuzzy)
+    tables = _joined_up(level)
+    where = [c for m in query.matchers if (c := builder.condition(m, level)) is not None]
+    columns = ", ".join(f"i.{c.strip()}" for c in INSTANCE_LIST_COLUMNS.split(","))
+    sql = (
+        f"SELECT {columns} FROM {' '.join(tables)}"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + " ORDER BY st.study_uid, se.series_number NULLS LAST, se.series_uid,"
+        + " i.instance_number NULLS LAST, i.sop_instance_uid"
+        + f" LIMIT {builder.bind(max(query.limit, 0))}"
+    )
+    return sql, builder.params

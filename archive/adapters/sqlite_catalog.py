@@ -33,6 +33,7 @@ from archive.adapters.sql_catalog import (
     UpsertPlan,
     assemble,
     build_find,
+    build_locate,
     catalog_instance,
     instance_values,
     moved_series,
@@ -274,3 +275,8 @@ class SqliteCatalog:
         sql = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE sop_instance_uid = ?"
         row = await self._run(self._reader, lambda: self._read_con().execute(sql, (sop_instance_uid,)).fetchone())
         return catalog_instance(row) if row else None
+
+    async def locate(self, query: Query) -> list[CatalogInstance]:
+        sql, params = build_locate(query, DIALECT)
+        rows = await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
+        return [catalog_instance(row) for row in rows]

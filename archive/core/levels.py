@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from pydicom.datadict import tag_for_keyword
+
 
 class Level(str, Enum):
     PATIENT = "PATIENT"
@@ -117,3 +119,28 @@ ALL_KEYWORDS: dict[str, str] = {
     **COMPUTED_ATTRIBUTES,
 }
 TAG_TO_KEYWORD: dict[str, str] = {tag: kw for kw, tag in ALL_KEYWORDS.items()}
+
+
+def tag_of(keyword: str) -> str:
+    """The DICOM JSON key (8 hex digits) of a keyword; a tag given as 8 hex digits passes."""
+    if keyword in ALL_KEYWORDS:
+        return ALL_KEYWORDS[keyword]
+    if len(keyword) == 8 and all(c in "0123456789abcdefABCDEF" for c in keyword):
+        return keyword.upper()
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return f"{tag:08X}"
+
+
+def stored_at(level: Level) -> dict[str, str]:
+    """keyword -> tag of every attribute the catalog keeps for results at ``level``.
+
+    A result carries its own level's attributes and those of the levels above
+    (PS3.4 C.6.1, C.6.2), plus the computed ones.
+    """
+    order = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE]
+    out: dict[str, str] = {}
+    for above in order[: order.index(level) + 1]:
+        out.update(LEVEL_ATTRIBUTES[above])
+    return out

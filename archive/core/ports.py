@@ -108,6 +108,13 @@ class Catalog(Backend, Protocol):
 
     async def get_instance(self, sop_instance_uid: str) -> CatalogInstance | None: ...
 
+    async def locate(self, query: Query) -> list[CatalogInstance]:
+        """The stored instances under what ``query`` matches, at most ``query.limit``.
+
+        Matchers apply as at IMAGE level (a study-level retrieve names study UIDs);
+        ordered by study, series and instance number.
+        """
+
 
 @dataclass(frozen=True)
 class SearchHit:

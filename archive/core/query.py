@@ -56,7 +56,15 @@ class Range:
     high: str | None
 
 
-Matcher = SingleValue | UIDList | Universal | Wildcard | Range
+@dataclass(frozen=True)
+class SequenceMatch:
+    """PS3.4 C.2.2.2.6: some item of the sequence matches every matcher of the key's item."""
+
+    keyword: str
+    items: tuple["Matcher", ...]
+
+
+Matcher = SingleValue | UIDList | Universal | Wildcard | Range | SequenceMatch
 
 # Value representation of the attributes the query model knows how to match.
 VR_OF: dict[str, str] = {
@@ -108,6 +116,11 @@ def parse_value(keyword: str, raw: str, *, uid_separator: str = "\\") -> Matcher
     vr = VR_OF.get(keyword)
     if vr is None:
         raise InvalidQuery(f"{keyword} cannot be matched (not an attribute of the query model)")
+    return classify(keyword, vr, raw, uid_separator=uid_separator)
+
+
+def classify(keyword: str, vr: str, raw: str, *, uid_separator: str = "\\") -> Matcher:
+    """The matching type of ``raw`` for an attribute of value representation ``vr``."""
     if raw == "" or raw == "*" and vr != "UI":
         return Universal(keyword)
     if vr == "UI":

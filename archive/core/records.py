@@ -178,3 +178,5 @@ class CatalogInstance:
     object_key: str
     size: int
     sha256: str
+    sop_class_uid: str = ""
+    transfer_syntax_uid: str = ""

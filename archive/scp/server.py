@@ -1,4 +1,8 @@
-"""The C-STORE SCP: one pynetdicom AE, TCP_NODELAY, optional SO_REUSEPORT."""
+"""The DICOM listener: one pynetdicom AE, TCP_NODELAY, optional SO_REUSEPORT.
+
+Services (store, query/retrieve, commitment) bring their presentation contexts
+and event handlers; `serve` answers all of them on one port and AE title.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
@@ -49,25 +55,59 @@ class ArchiveAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-def storage_contexts() -> list[Any]:
-    """Every storage SOP class pynetdicom knows, in every transfer syntax pydicom knows."""
+def storage_contexts(*, retrieve_roles: bool = False) -> list[Any]:
+    """Every storage SOP class pynetdicom knows, in every transfer syntax pydicom knows.
+
+    With ``retrieve_roles`` the requestor may take the SCP role (SCP/SCU Role
+    Selection, PS3.7 D.3.3.4), as a C-GET requestor does to receive its instances.
+    """
     syntaxes = [str(ts) for ts in AllTransferSyntaxes]
-    contexts = [
-        build_context(str(cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts
-    ]
+    contexts = []
+    for cx in AllStoragePresentationContexts:
+        context = build_context(str(cx.abstract_syntax), syntaxes)
+        if retrieve_roles:
+            context.scu_role = True
+            context.scp_role = True
+        contexts.append(context)
     contexts.append(build_context(Verification, syntaxes))
     return contexts
 
 
-class StoreSCP:
-    """A running C-STORE SCP bound to settings and the ingest service."""
+@dataclass(frozen=True)
+class DimseService:
+    """What one service adds to the AE: presentation contexts and event handlers."""
 
-    def __init__(self, settings: Settings, ingest: IngestService, portal: Portal) -> None:
+    contexts: tuple[Any, ...]
+    handlers: tuple[tuple[Any, ...], ...]
+
+
+def merge_contexts(services: Sequence[DimseService]) -> list[Any]:
+    """One context per abstract syntax: the first service's, with every service's roles."""
+    merged: dict[str, Any] = {}
+    for service in services:
+        for context in service.contexts:
+            seen = merged.get(str(context.abstract_syntax))
+            if seen is None:
+                merged[str(context.abstract_syntax)] = context
+            elif context.scp_role or context.scu_role:
+                seen.scu_role = seen.scu_role or context.scu_role
+                seen.scp_role = seen.scp_role or context.scp_role
+    return list(merged.values())
+
+
+class DicomServer:
+    """One pynetdicom AE on one port answering the DIMSE services it is given."""
+
+    def __init__(self, settings: Settings, services: Sequence[DimseService], *, role: str = "scp") -> None:
         self.settings = settings
-        self.ingest = ingest
-        self.portal = portal
+        self.services = list(services)
+        self.role = role
         self.ae = AE(ae_title=settings.aet)
-        self.ae.supported_contexts = storage_contexts()
+        for context in merge_contexts(self.services):
+            # (the supported_contexts setter would drop the roles)
+            self.ae.add_supported_context(
+                context.abstract_syntax, context.transfer_syntax, context.scu_role, context.scp_role
+            )
         self.ae.maximum_associations = settings.max_associations
         self.ae.maximum_pdu_size = settings.max_pdu
         self.ae.network_timeout = settings.network_timeout
@@ -82,11 +122,12 @@ class StoreSCP:
         policy = AccessPolicy(self.settings.allowed_aets, self.settings.allowed_networks)
         server_class = type("Server", (ArchiveAssociationServer,), {"reuse_port": reuse_port})
         handlers_: list[Any] = [
-            (evt.EVT_C_STORE, handlers.handle_store, [self.ingest, self.portal, self.settings.store_timeout]),
             (evt.EVT_REQUESTED, handlers.handle_requested, [policy]),
             (evt.EVT_CONN_OPEN, handlers.handle_open),
             (evt.EVT_CONN_CLOSE, handlers.handle_close),
         ]
+        for service in self.services:
+            handlers_ += service.handlers
         # AE.start_server() takes no server_class (pynetdicom 3.0); do what its
         # non-blocking branch does with our class.
         server = self.ae.make_server(
@@ -98,7 +139,7 @@ class StoreSCP:
         self.ae._servers.append(server)  # so AE.shutdown() stops it too
         self.server = server
         bound = int(self.server.server_address[1])
-        log.info("DICOM SCP listening", extra={"aet": self.settings.aet, "port": bound})
+        log.info("DICOM listening", extra={"aet": self.settings.aet, "port": bound, "role": self.role})
         return bound
 
     def stop(self, drain_seconds: float = 30.0) -> None:
@@ -112,3 +153,19 @@ class StoreSCP:
         for assoc in self.ae.active_associations:
             assoc.abort()
         self.server = None
+
+
+def store_service(settings: Settings, ingest: IngestService, portal: Portal) -> DimseService:
+    """C-ECHO and C-STORE of every storage SOP class into the ingest service."""
+    return DimseService(
+        contexts=tuple(storage_contexts()),
+        handlers=((evt.EVT_C_STORE, handlers.handle_store, [ingest, portal, settings.store_timeout]),),
+    )
+
+
+class StoreSCP(DicomServer):
+    """The receiver: C-STORE into the archive, plus whatever other services are given."""
+
+    def __init__(self, settings: Settings, ingest: IngestService, portal: Portal,
+                 services: Sequence[DimseService] = ()) -> None:
+        super().__init__(settings, [store_service(settings, ingest, portal), *services])

@@ -1,0 +1,239 @@
+"""Query/Retrieve over DIMSE: C-FIND, C-MOVE and C-GET handlers (PS3.4 Annex C).
+
+Thin pynetdicom handlers: each parses the identifier into the query model,
+asks :class:`QueryRetrieve` (which runs on the backends' event loop through the
+portal) and yields responses. ``serve`` adds this service to the receiver's AE;
+the `query` role runs it on its own port.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from archive import metrics
+from archive.core.errors import BackendUnavailable
+from archive.core.levels import Level
+from archive.core.models import DicomJson
+from archive.core.ports import Catalog, ObjectStore
+from archive.core.query import InvalidQuery, Query, Universal
+from archive.core.records import CatalogInstance
+from archive.query import retrieve
+from archive.query.find import FindPlan, IdentifierError, plan_find, response
+from archive.scp.portal import Portal
+from archive.scp.server import DimseService, storage_contexts
+from archive.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PAGE = 500  # catalog rows fetched per round trip while answering a C-FIND
+MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2.1.2)
+UNIQUE_KEY = {
+    Level.PATIENT: "PatientID",
+    Level.STUDY: "StudyInstanceUID",
+    Level.SERIES: "SeriesInstanceUID",
+    Level.IMAGE: "SOPInstanceUID",
+}
+
+# PS3.4 C.4.1.1.4 / C.4.2.1.5 / C.4.3.1.4
+PENDING, PENDING_UNSUPPORTED_KEYS = 0xFF00, 0xFF01
+CANCELLED, SUCCESS = 0xFE00, 0x0000
+OUT_OF_RESOURCES, IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS = 0xA700, 0xA900, 0xC000
+
+
+class QueryRetrieve:
+    """The backend side of C-FIND/C-MOVE/C-GET; its coroutines run on the backends' loop."""
+
+    def __init__(self, catalog: Catalog, store: ObjectStore, spool_dir: Path) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.spool_dir = spool_dir
+
+    async def find_page(self, plan: FindPlan, offset: int) -> tuple[list[DicomJson], int | None]:
+        """Matches from ``offset`` on (at least one page's worth unless exhausted) and the next offset."""
+        accepted: list[DicomJson] = []
+        page = plan.query.limit
+        while True:
+            q = plan.query
+            rows = await self.catalog.find(
+                Query(q.level, q.matchers, q.return_keys, q.include_all, q.fuzzy, page, offset)
+            )
+            offset += len(rows)
+            accepted += [r for r in rows if plan.accepts(r)]
+            if len(rows) < page:
+                return accepted, None
+            if accepted:
+                return accepted, offset
+
+    async def locate(self, plan: FindPlan) -> list[CatalogInstance]:
+        level = plan.query.level
+        key = UNIQUE_KEY[level]
+        # PS3.4 C.4.2.2.1: a retrieve names the unique key(s) of its level
+        if not any(m.keyword == key and not isinstance(m, Universal) for m in plan.query.matchers):
+            raise IdentifierError(f"a {level.value} level retrieve needs {key}")
+        query = Query(level, plan.query.matchers, limit=MAX_SUBOPERATIONS + 1)
+        return await self.catalog.locate(query)
+
+    async def spool(self, instance: CatalogInstance) -> Path:
+        return await retrieve.spool(self.store, instance, self.spool_dir)
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+def _failure(exc: BaseException) -> Dataset:
+    if isinstance(exc, IdentifierError):
+        return _status(IDENTIFIER_MISMATCH, str(exc))
+    if isinstance(exc, InvalidQuery):
+        return _status(UNABLE_TO_PROCESS, str(exc))
+    if isinstance(exc, (BackendUnavailable, TimeoutError)):
+        return _status(OUT_OF_RESOURCES, "Archive backend unavailable; retry later")
+    return _status(UNABLE_TO_PROCESS, "Unexpected error while querying")
+
+
+def _log_failure(what: str, event: Event, exc: BaseException) -> None:
+    known = isinstance(exc, (InvalidQuery, BackendUnavailable, TimeoutError, retrieve.RetrieveError))
+    log.log(logging.WARNING if known else logging.ERROR, f"{what} failed", exc_info=not known,
+            extra={"calling_aet": event.assoc.requestor.ae_title, "reason": str(exc)[:200]})
+
+
+def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
+    """EVT_C_FIND (PS3.4 C.4.1.2): pending responses, then success, cancel or failure."""
+    started = time.perf_counter()
+    model = str(event.request.AffectedSOPClassUID)
+    level, sent, outcome = "?", 0, "success"
+    try:
+        plan = plan_find(event.identifier, model, page=PAGE)
+        level = plan.query.level.value
+        pending = PENDING_UNSUPPORTED_KEYS if plan.unsupported else PENDING
+        offset: int | None = 0
+        while offset is not None:
+            results, offset = portal.run(qr.find_page(plan, offset), timeout=settings.store_timeout)
+            for result in results:
+                if event.is_cancelled:  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
+                    outcome = "cancelled"
+                    yield CANCELLED, None
+                    return
+                if sent >= settings.find_max_matches:
+                    outcome = "capped"
+                    yield _status(OUT_OF_RESOURCES, f"More than {settings.find_max_matches} matches; narrow the query"), None
+                    return
+                yield pending, response(plan, result, settings.aet)
+                sent += 1
+        yield SUCCESS, None
+    except Exception as exc:
+        outcome = "failed"
+        _log_failure("C-FIND", event, exc)
+        yield _failure(exc), None
+    finally:
+        metrics.QUERIES.labels("cfind", level, outcome).inc()
+        metrics.QUERY_SECONDS.labels("cfind").observe(time.perf_counter() - started)
+        log.info("C-FIND", extra={"calling_aet": event.assoc.requestor.ae_title, "level": level,
+                                  "matches": sent, "outcome": outcome})
+
+
+def _suboperations(event: Event, instances: list[CatalogInstance], qr: QueryRetrieve, portal: Portal,
+                   timeout: float) -> Iterator[Any]:
+    """(status, dataset) per instance; each spooled file is removed once sent."""
+    previous: Path | None = None
+    try:
+        for instance in instances:
+            if previous is not None:
+                previous.unlink(missing_ok=True)
+                previous = None
+            if event.is_cancelled:  # C-CANCEL (PS3.4 C.4.2.2.3, C.4.3.2.3)
+                yield CANCELLED, None
+                return
+            try:
+                previous = portal.run(qr.spool(instance), timeout=timeout)
+                yield PENDING, retrieve.StoredInstance(previous, instance)
+            except Exception as exc:
+                _log_failure("retrieve sub-operation", event, exc)
+                yield PENDING, retrieve.Unreadable(instance, str(exc))
+    finally:
+        if previous is not None:
+            previous.unlink(missing_ok=True)
+
+
+def _locate(event: Event, qr: QueryRetrieve, portal: Portal, timeout: float) -> list[CatalogInstance]:
+    plan = plan_find(event.identifier, str(event.request.AffectedSOPClassUID))
+    instances = portal.run(qr.locate(plan), timeout=timeout)
+    if len(instances) > MAX_SUBOPERATIONS:
+        raise InvalidQuery(f"more than {MAX_SUBOPERATIONS} instances; retrieve a smaller set")
+    return instances
+
+
+def handle_move(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
+    """EVT_C_MOVE (PS3.4 C.4.2.2): to configured peers only; 0xA801 for any other destination."""
+    destination = (event.move_destination or "").strip()
+    peer = settings.peer(destination)
+    if peer is None:
+        log.warning("C-MOVE to an unknown destination refused",
+                    extra={"calling_aet": event.assoc.requestor.ae_title, "destination": destination[:16]})
+        metrics.QUERIES.labels("cmove", "?", "unknown_destination").inc()
+        yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
+        return
+    instances = _locate(event, qr, portal, settings.store_timeout)  # raising here: 0xC514
+    retrieve.ORIGINATOR.aet = event.assoc.requestor.ae_title
+    log.info("C-MOVE", extra={"calling_aet": event.assoc.requestor.ae_title, "destination": peer.aet,
+                              "instances": len(instances)})
+    metrics.QUERIES.labels("cmove", "-", "started").inc()
+    yield peer.host, peer.port, {"contexts": retrieve.store_contexts(instances)}
+    yield len(instances)
+    yield from _suboperations(event, instances, qr, portal, settings.store_timeout)
+
+
+def handle_get(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
+    """EVT_C_GET (PS3.4 C.4.3.2): C-STORE sub-operations on the requestor's own association."""
+    instances = _locate(event, qr, portal, settings.store_timeout)  # raising here: 0xC413
+    log.info("C-GET", extra={"calling_aet": event.assoc.requestor.ae_title, "instances": len(instances)})
+    metrics.QUERIES.labels("cget", "-", "started").inc()
+    yield len(instances)
+    yield from _suboperations(event, instances, qr, portal, settings.store_timeout)
+
+
+FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
+MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+GET_MODELS = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
+
+
+def query_retrieve_service(qr: QueryRetrieve, portal: Portal, settings: Settings) -> DimseService:
+    """C-ECHO, C-FIND, C-MOVE and C-GET for Patient Root and Study Root.
+
+    The storage contexts let a C-GET requestor take the SCP role for the
+    instances it retrieves (SCP/SCU Role Selection).
+    """
+    syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    models = [build_context(m, syntaxes) for m in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, Verification)]
+    args = [qr, portal, settings]
+    return DimseService(
+        contexts=(*models, *storage_contexts(retrieve_roles=True)),
+        handlers=(
+            (evt.EVT_C_FIND, handle_find, args),
+            (evt.EVT_C_MOVE, handle_move, args),
+            (evt.EVT_C_GET, handle_get, args),
+        ),
+    )
+
