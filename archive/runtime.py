@@ -160,7 +160,7 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             await backend.migrate()
         app = archive_web.base_app(used)
         if query:
-            add_routes(app, backends.catalog, settings.query_limit)
+            add_routes(app, backends.catalog, settings.query_limit, backends.search)
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())

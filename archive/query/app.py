@@ -10,9 +10,9 @@ from pydicom.datadict import tag_for_keyword
 from archive import metrics
 from archive.core.levels import Level
 from archive.core.models import DicomJson
-from archive.core.ports import Catalog
+from archive.core.ports import Catalog, SearchIndex
 from archive.core.query import Query
-from archive.query import qido
+from archive.query import openapi, qido, search_api
 
 CATALOG = web.AppKey("catalog", Catalog)
 MAX_LIMIT = web.AppKey("max_limit", int)
@@ -88,7 +88,10 @@ async def instances(request: web.Request) -> web.Response:
     return await _answer(request, Level.IMAGE, scope)
 
 
-def add_routes(app: web.Application, catalog: Catalog, max_limit: int) -> None:
+def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: SearchIndex | None = None) -> None:
+    if search is not None:  # the JSON search API under /api
+        search_api.add_routes(app, search)
+        openapi.add_routes(app)
     app[CATALOG] = catalog
     app[MAX_LIMIT] = max_limit
     r = app.router

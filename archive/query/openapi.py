@@ -1,0 +1,158 @@
+"""The OpenAPI 3 description of the query service (served at ``/api/openapi.json``).
+
+Built from the same constants the handlers use (levels, sorts, facets,
+limits), so the document cannot drift from the parser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from archive.core.search import FACETS, MAX_TEXT_CHARS, MAX_VALUE_CHARS, MAX_WINDOW
+from archive.query.search_api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
+
+OPENAPI_VERSION = "3.0.3"
+
+
+def _param(name: str, description: str, schema: dict[str, Any], where: str = "query") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "description": description, "schema": schema}
+
+
+def _search_parameters() -> list[dict[str, Any]]:
+    return [
+        _param("q", "Free text over every indexed attribute (private tags and report text included). "
+               "Whitespace-separated terms, all required; a trailing `*` makes a prefix. "
+               "Operators and quotes are plain text.", {"type": "string", "maxLength": MAX_TEXT_CHARS}),
+        _param("level", "Group results by study, series or instance.",
+               {"type": "string", "enum": list(LEVELS), "default": "study"}),
+        _param("limit", f"Results per page (at most {MAX_LIMIT}; larger values are lowered).",
+               {"type": "integer", "minimum": 1, "default": DEFAULT_LIMIT}),
+        _param("offset", f"Results to skip; offset + limit may not exceed {MAX_WINDOW}.",
+               {"type": "integer", "minimum": 0, "default": 0}),
+        _param("sort", "`relevance` (default with `q`), `StudyDate`/`PatientName` ascending, "
+               "`-StudyDate` (default without `q`)/`-PatientName` descending.",
+               {"type": "string", "enum": list(SORTS)}),
+        _param("facets", "Comma-separated facets to compute over the whole match (default all; empty: none). "
+               "StudyDate buckets by year, or by month when a closed StudyDate range spans less than 24 months.",
+               {"type": "string", "example": ",".join(FACETS)}),
+        {
+            "name": "filters", "in": "query", "style": "form", "explode": True,
+            "description": "Any DICOM attribute as `Keyword=value` (or 8-hex tag, or a dotted sequence path such as "
+            "`ContentSequence.TextValue`), matched as C-FIND matches (PS3.4 C.2.2.2): single value, `*`/`?` "
+            "wildcards, comma-separated UID lists, `\\`-separated value lists, date ranges "
+            "`YYYYMMDD-YYYYMMDD` with open ends. Person names match case- and accent-insensitively. "
+            "Every filter and every term must hold on one instance.",
+            "schema": {"type": "object", "additionalProperties": {"type": "string", "maxLength": MAX_VALUE_CHARS}},
+            "example": {"PatientName": "DOE*", "StudyDate": "20240101-", "Modality": "CT"},
+        },
+    ]
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "string"}, "parameter": {"type": "string", "nullable": True}},
+    },
+    "Highlight": {
+        "type": "object", "required": ["field", "fragments"],
+        "properties": {
+            "field": {"type": "string", "description": "Attribute keyword, sequence path or private tag"},
+            "fragments": {"type": "array", "items": {"type": "string"},
+                          "description": "HTML-escaped text, matched terms in <em>"},
+        },
+    },
+    "Hit": {
+        "type": "object", "required": ["StudyInstanceUID", "instances", "attributes", "highlights"],
+        "properties": {
+            "StudyInstanceUID": {"type": "string"},
+            "SeriesInstanceUID": {"type": "string", "description": "series and instance level"},
+            "SOPInstanceUID": {"type": "string", "description": "instance level"},
+            "score": {"type": "number", "nullable": True, "description": "relevance; null without q"},
+            "instances": {"type": "integer", "description": "matching instances in the group"},
+            "modalities": {"type": "array", "items": {"type": "string"}},
+            "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+            "highlights": {"type": "array", "items": {"$ref": "#/components/schemas/Highlight"}},
+        },
+    },
+    "Bucket": {
+        "type": "object", "required": ["value", "count"],
+        "properties": {"value": {"type": "string"}, "count": {"type": "integer", "description": "results at the level"}},
+    },
+    "SearchResult": {
+        "type": "object", "required": ["level", "total", "offset", "limit", "sort", "hits", "facets"],
+        "properties": {
+            "level": {"type": "string"},
+            "total": {"type": "integer", "description": "results (studies, series or instances) over the whole match"},
+            "offset": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "sort": {"type": "string"},
+            "date_interval": {"type": "string", "enum": ["year", "month"]},
+            "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+            "facets": {"type": "object", "additionalProperties": {
+                "type": "array", "items": {"$ref": "#/components/schemas/Bucket"}}},
+        },
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _qido(summary: str, path_params: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"get": {
+        "summary": summary,
+        "description": "QIDO-RS (PS3.18 10.6): attribute matching, includefield, fuzzymatching, limit, offset.",
+        "tags": ["DICOMweb"],
+        "parameters": [_param(p, f"{p} UID", {"type": "string"}, "path") for p in path_params],
+        "responses": {"200": {"description": "Matches in the DICOM JSON model",
+                              "content": {"application/dicom+json": {"schema": {"type": "array", "items": {
+                                  "type": "object"}}}}},
+                      "400": _error("A parameter cannot be understood")},
+    }}
+
+
+def spec(server_url: str = "/") -> dict[str, Any]:
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "dicom-archive query service", "version": "1",
+                 "description": "Free-text and faceted search over every attribute, and QIDO-RS."},
+        "servers": [{"url": server_url}],
+        "paths": {
+            "/api/search": {"get": {
+                "summary": "Free-text and faceted search",
+                "tags": ["Search"],
+                "parameters": _search_parameters(),
+                "responses": {
+                    "200": {"description": "One page of results, the total and the facets",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchResult"}}}},
+                    "400": _error("A parameter is malformed; `parameter` names it"),
+                    "503": _error("The search index is unavailable; retry later"),
+                },
+            }},
+            "/api/openapi.json": {"get": {
+                "summary": "This document", "tags": ["Search"],
+                "responses": {"200": {"description": "OpenAPI 3 document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
+            "/dicom-web/studies": _qido("Search for studies"),
+            "/dicom-web/series": _qido("Search for series"),
+            "/dicom-web/instances": _qido("Search for instances"),
+            "/dicom-web/studies/{study}/series": _qido("Series of a study", ("study",)),
+            "/dicom-web/studies/{study}/instances": _qido("Instances of a study", ("study",)),
+            "/dicom-web/studies/{study}/series/{series}/instances": _qido("Instances of a series",
+                                                                         ("study", "series")),
+        },
+        "components": {"schemas": _SCHEMAS},
+    }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(spec(f"{request.scheme}://{request.host}"))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/openapi.json", openapi_json)
