@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +146,11 @@ class CFind:
         self.assoc = ae.associate("127.0.0.1", port, ae_title=aet)
         if not self.assoc.is_established:
             raise RuntimeError(f"C-FIND association to 127.0.0.1:{port} ({aet}) was not accepted")
+        # pynetdicom writes the command and the identifier as two PDUs: with Nagle on, the
+        # second waits for the SCP's delayed ACK (~40 ms). DCMTK clients set TCP_NODELAY too.
+        sock = self.assoc.dul.socket.socket if self.assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def __call__(self, q: Question) -> int:
         from pydicom.dataset import Dataset
