@@ -18,7 +18,7 @@ from typing import Any
 from archive.core.levels import Level
 from archive.core.query import InvalidQuery, Matcher, Range, SingleValue, UIDList, Universal, Wildcard
 from archive.core.records import fold
-from archive.core.search import FACET_SIZE, SearchRequest, vr_of
+from archive.core.search import FACET_SIZE, SearchRequest, path_filters, vr_of
 
 GROUP = {Level.STUDY: "d.study_uid", Level.SERIES: "d.series_uid", Level.IMAGE: "d.sop_instance_uid"}
 # facet -> SQL over the matched rows (m)
@@ -105,7 +105,7 @@ def matched(request: SearchRequest, expression: str | None) -> Sql:
         source = "search_docs AS d"
     if request.sort.key == "PatientName":
         columns.append("archive_fold(json_extract(d.fields, '$.PatientName[0]')) AS pn")
-    for m in request.filters:
+    for m in path_filters(request.filters):
         condition = filter_condition(sql, m)
         if condition is not None:
             where.append(condition)

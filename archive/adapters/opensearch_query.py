@@ -19,7 +19,7 @@ from typing import Any
 from archive.core.levels import Level
 from archive.core.query import InvalidQuery, Matcher, Range, SingleValue, UIDList, Universal, Wildcard
 from archive.core.records import fold
-from archive.core.search import FACET_SIZE, SearchRequest, vr_of
+from archive.core.search import FACET_SIZE, SearchRequest, path_filters, vr_of
 
 GROUP_FIELD = {Level.STUDY: "study_uid", Level.SERIES: "series_uid", Level.IMAGE: "sop_instance_uid"}
 FACET_FIELDS = {"Modality": "modality", "InstitutionName": "institution", "BodyPartExamined": "body_part"}
@@ -67,9 +67,16 @@ def _one(field: str, m: SingleValue | Wildcard, normalise: bool, ci: bool) -> di
 def filter_clause(m: Matcher) -> dict[str, Any] | None:
     """One matcher as a filter clause (None: matches everything)."""
     if m.keyword == "PatientName":
-        field, normalise, ci = "patient_name", True, False
-    else:
-        field, normalise, ci = f"fields.{m.keyword}", False, vr_of(m.keyword) == "PN"
+        folded = _clause(m, "patient_name", True, False)
+        if folded is None:
+            return None
+        # documents older than schema 2 have no patient_name: case-insensitive on the original
+        original = _clause(m, "fields.PatientName", False, True)
+        return {"bool": {"should": [folded, original], "minimum_should_match": 1}}
+    return _clause(m, f"fields.{m.keyword}", False, vr_of(m.keyword) == "PN")
+
+
+def _clause(m: Matcher, field: str, normalise: bool, ci: bool) -> dict[str, Any] | None:
     if isinstance(m, Universal):  # PS3.4 C.2.2.2.3
         return None
     if isinstance(m, SingleValue):  # PS3.4 C.2.2.2.1
@@ -101,7 +108,7 @@ def text_clause(terms: Sequence[str]) -> dict[str, Any]:
 
 
 def bool_query(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any]:
-    filters = [c for c in (filter_clause(m) for m in request.filters) if c is not None]
+    filters = [c for c in (filter_clause(m) for m in path_filters(request.filters)) if c is not None]
     must = [text_clause(terms)] if terms else []
     return {"bool": {"must": must, "filter": filters}}
 

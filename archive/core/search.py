@@ -14,6 +14,7 @@ fragments (HTML-escaped, matches in ``<em>``).
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from archive.core.levels import Level
-from archive.core.query import VR_OF, Matcher, Range
+from archive.core.query import VR_OF, Matcher, Range, SequenceMatch
 from archive.core.records import fold
 
 MAX_TEXT_CHARS = 1024  # longest free-text query
@@ -237,3 +238,27 @@ def make_hit(
         attributes=display_attributes(fields, level),
         highlights=highlight(fields, request.text),
     )
+
+
+def path_filters(filters: Sequence[Matcher]) -> tuple[Matcher, ...]:
+    """Sequence matching (PS3.4 C.2.2.2.6) as matchers on dotted attribute paths.
+
+    The index keeps the values of sequence items per path, not per item, so each
+    matcher of an item must hold in some item, not necessarily the same one.
+    """
+    out: list[Matcher] = []
+    for m in filters:
+        if isinstance(m, SequenceMatch):
+            out += [dataclasses.replace(inner, keyword=f"{m.keyword}.{inner.keyword}")
+                    for inner in path_filters(m.items)]
+        else:
+            out.append(m)
+    return tuple(out)
+
+
+def nest(path: str, matcher: Matcher) -> Matcher:
+    """A matcher on a dotted path (``ContentSequence.TextValue``) as sequence matching."""
+    *sequences, _ = path.split(".")
+    for sequence in reversed(sequences):
+        matcher = SequenceMatch(sequence, (matcher,))
+    return matcher

@@ -8,6 +8,7 @@ JSON names it: ``{"error": "...", "parameter": "StudyDate"}``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from archive.core.search import (
     Sort,
     canonical_path,
     date_interval,
+    nest,
     vr_of,
 )
 
@@ -91,7 +93,7 @@ def parse_filter(name: str, raw: str) -> Matcher:
         raise BadParameter(name, str(exc)) from None
     if vr == "DA":
         _check_dates(name, matcher)
-    return matcher
+    return nest(keyword, dataclasses.replace(matcher, keyword=keyword.rsplit(".", 1)[-1]))
 
 
 def parse(params: Sequence[tuple[str, str]]) -> SearchRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,14 +12,16 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import BasicTextSRStorage
 
+from archive.adapters import fts5_search, opensearch_search
 from archive.adapters.fts5_search import Fts5Search
+from archive.adapters.opensearch_query import FACET_PROPERTIES
 from archive.adapters.opensearch_search import OpenSearchIndex, SearchWriteRejected
 from archive.core.errors import BackendUnavailable
 from archive.core.flatten import flatten
 from archive.core.models import SearchDocument
 from archive.core.levels import Level
 from archive.core.ports import SearchHit, SearchIndex
-from archive.core.query import Matcher, Range, SingleValue, UIDList, Universal, Wildcard
+from archive.core.query import Matcher, Range, SequenceMatch, SingleValue, UIDList, Universal, Wildcard
 from archive.core.search import MAX_VALUE_CHARS, SearchRequest, SearchResult, Sort, date_interval
 from tests.conftest import free_port, service_setting
 from tests.factories import make_ct, make_message, new_uid
@@ -380,6 +383,9 @@ async def test_query_filters_of_every_matching_type(index: SearchIndex, corpus: 
         ((UIDList("StudyInstanceUID", (b, c)),), {b, c}),
         ((Wildcard("ProtocolName", "BRAIN*"),), {b}),  # any tag keyword
         ((Wildcard("ContentSequence.TextValue", "*nodule*"),), {a}),  # inside a sequence
+        ((SequenceMatch("ContentSequence", (SingleValue("ValueType", "TEXT"),
+                                             Wildcard("TextValue", "small*"))),), {a}),  # PS3.4 C.2.2.2.6
+        ((SequenceMatch("ContentSequence", (Wildcard("TextValue", "large*"),)),), set()),
         ((Universal("Modality"),), {a, b, c}),
         ((Wildcard("InstitutionName", "Doe*"),), set()),  # one attribute, not any
         ((SingleValue("Modality", "CT"), Range("StudyDate", "20240101", None)), {c}),  # AND
@@ -427,3 +433,51 @@ async def test_query_hostile_input_is_plain_data(index: SearchIndex, corpus: Cor
     assert (await index.query(SearchRequest(filters=(Wildcard("PatientName", "[D]oe*"),)))).total == 0
     assert (await index.query(SearchRequest(text="doe OR smith"))).total == 0  # OR is a term
     assert await index.count() == 7  # nothing dropped or altered
+
+
+async def test_fts5_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A search.db written by schema 1 gains the facet columns; its rows need no rewrite."""
+    path = tmp_path / "search.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    for statement in fts5_search._SCHEMA:  # schema 1 is the base tables
+        con.execute(statement)
+    con.execute("INSERT INTO search_schema_version VALUES (1)")
+    con.close()
+    index = Fts5Search(path)
+    try:
+        old = make_doc(tmp_path, patient_name="Old^Row", study_date="20200202")
+        await index._writer.run(index._upsert, [old])  # written as schema 1 wrote it
+        await index.migrate()
+        await index.migrate()
+        result = await index.query(SearchRequest(text="old"))
+        assert studies(result) == [old.study_uid]
+        assert facet(result, "StudyDate") == [("2020", 1)] and facet(result, "Modality") == [("CT", 1)]
+    finally:
+        await index.close()
+
+
+async def test_opensearch_schema_1_index_is_upgraded_in_place(tmp_path: Path, unique: str) -> None:
+    """migrate() adds the facet fields to an index made by schema 1 (idempotent); old documents
+    stay searchable, new ones get facets."""
+    index = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+    v1 = {k: v for k, v in opensearch_search.MAPPINGS["properties"].items() if k not in FACET_PROPERTIES}
+    old = make_doc(tmp_path, patient_name="Old^Doc")
+    try:
+        await index._client.indices.create(index=unique, body={
+            "settings": {"analysis": opensearch_search._ANALYSIS},
+            "mappings": {"dynamic": "strict", "properties": v1},
+        })
+        source = {k: v for k, v in opensearch_search._source(old).items() if k in v1}
+        await index._client.index(index=unique, id=old.sop_instance_uid, body=source, refresh=True)
+        await index.migrate()
+        await index.migrate()
+        mapping = await index._client.indices.get_mapping(index=unique)
+        assert set(FACET_PROPERTIES) <= set(mapping[unique]["mappings"]["properties"])
+        new = make_doc(tmp_path, patient_name="New^Doc", modality="MR")
+        await index.upsert([new])
+        result = await index.query(SearchRequest(text="doc", filters=(Wildcard("PatientName", "*^doc"),)))
+        assert set(studies(result)) == {old.study_uid, new.study_uid}
+        assert facet(result, "Modality") == [("MR", 1)]  # the old document until it is indexed again
+    finally:
+        await index.drop()
+        await index.close()

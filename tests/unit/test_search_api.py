@@ -17,7 +17,7 @@ from archive.adapters.fts5_search import Fts5Search
 from archive.adapters.sqlite_catalog import SqliteCatalog
 from archive.core.flatten import flatten
 from archive.core.levels import Level
-from archive.core.query import Range, SingleValue, UIDList, Universal, Wildcard
+from archive.core.query import Range, SequenceMatch, SingleValue, UIDList, Universal, Wildcard
 from archive.core.search import Sort
 from archive.query.app import add_routes
 from archive.query.openapi import spec
@@ -72,7 +72,7 @@ def test_parse_into_the_query_model() -> None:
         Wildcard("PatientName", "doe*"), SingleValue("PatientID", "P-1"), Range("StudyDate", "20240101", None),
         UIDList("Modality", ("CT", "MR")), UIDList("StudyInstanceUID", ("1.2.3", "1.2.4")),
         Universal("BodyPartExamined"), Wildcard("ProtocolName", "LUNG*"),
-        Wildcard("ContentSequence.TextValue", "*nodule*"),
+        SequenceMatch("ContentSequence", (Wildcard("TextValue", "*nodule*"),)),
     )
     assert request.facets == ("Modality", "StudyDate")
     assert parse([]).sort == Sort("StudyDate", True)  # newest first without free text
