@@ -12,6 +12,7 @@ import fnmatch
 import logging
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import psycopg
@@ -460,3 +461,48 @@ async def test_values_json_and_postgresql_refuse_are_cleaned_on_receipt(catalog:
     [study] = await catalog.find(Query(Level.STUDY, (SingleValue("PatientID", "NULID"),)))
     assert study["00100020"]["Value"] == ["NULID"]
     assert "Value" not in study.get("00101030", {})  # PatientWeight kept without its NaN value
+
+
+@pytest.mark.parametrize(
+    "level, matchers, expected",
+    [
+        (Level.STUDY, lambda w: (SingleValue("StudyInstanceUID", w.uid["A"]),), lambda s: s.study_uid_label == "A"),
+        (Level.SERIES, lambda w: (UIDList("SeriesInstanceUID", (w.uid["A.MR"], w.uid["D.CT"])),),
+         lambda s: s.series_label in ("A.MR", "D.CT")),
+        (Level.IMAGE, lambda w: (SingleValue("SOPInstanceUID", w.uid["B.CT.1"]),), lambda s: s.series_label == "B.CT"),
+        (Level.PATIENT, lambda w: (SingleValue("PatientID", "PID-1"),), lambda s: s.patient_id == "PID-1"),
+    ],
+)
+async def test_locate_lists_the_instances_to_retrieve(
+    catalog: Catalog, world: World, level: Level, matchers: Callable[[World], tuple[Matcher, ...]],
+    expected: Callable[[Any], bool],
+) -> None:
+    found = await catalog.locate(Query(level, matchers(world), limit=1000))
+    labels = {uid: label for label, uid in world.uid.items()}
+    wanted = [s for s in world.specs if expected(_Labelled(s, labels))]
+    assert sorted(i.sop_instance_uid for i in found) == sorted(s.sop_uid for s in wanted)
+    for inst in found:
+        assert inst.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage, as generated
+        assert inst.transfer_syntax_uid and inst.object_key == object_key(inst.sop_instance_uid)
+    # ordered by study, then series number, then instance number
+    order = [(i.study_uid, i.series_uid) for i in found]
+    assert order == sorted(order, key=lambda p: (p[0], next(s.series_number for s in wanted if s.series_uid == p[1])))
+    assert len(await catalog.locate(Query(level, matchers(world), limit=1))) == min(1, len(wanted))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Labelled:
+    spec: Spec
+    labels: dict[str, str]
+
+    @property
+    def patient_id(self) -> str:
+        return self.spec.patient_id
+
+    @property
+    def study_uid_label(self) -> str:
+        return self.labels[self.spec.study_uid]
+
+    @property
+    def series_label(self) -> str:
+        return self.labels[self.spec.series_uid]

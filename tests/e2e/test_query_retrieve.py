@@ -1,0 +1,353 @@
+"""C-FIND, C-MOVE and C-GET against `dicom-archive serve` with real peers.
+
+DCMTK findscu/movescu/getscu and storescp, Orthanc querying and retrieving
+through its REST API. Every expectation is computed from the generated test
+data below (``STUDIES``), never read back from our catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+from tests.e2e.dimse_peers import OrthancPeer, StoreSCPPeer, findscu, getscu, movescu, rest
+from tests.e2e.harness import ArchiveProcess, http_json, serve, wait_until
+from tests.e2e.senders import storescu
+from tests.factories import make_ct, new_uid, write_part10
+
+pytestmark = pytest.mark.dcmtk
+
+
+@dataclass(frozen=True)
+class Study:
+    uid: str
+    patient_id: str
+    patient_name: str
+    charset: str
+    date: str
+    time: str
+    accession: str
+    series: tuple[tuple[str, str, int], ...]  # (series UID, modality, instances)
+    procedure: str = ""
+
+    @property
+    def modalities(self) -> set[str]:
+        return {m for _, m, _ in self.series}
+
+    @property
+    def instances(self) -> int:
+        return sum(n for _, _, n in self.series)
+
+
+def _study(pid: str, name: str, charset: str, date: str, time: str, acc: str,
+           series: list[tuple[str, int]], procedure: str = "") -> Study:
+    return Study(new_uid(), pid, name, charset, date, time, acc,
+                 tuple((new_uid(), m, n) for m, n in series), procedure)
+
+
+STUDIES = (
+    _study("QR-P1", "Müller^Jürgen", "ISO_IR 192", "20240110", "083000", "ACC-1", [("CT", 3), ("MR", 1)], "CTCHEST"),
+    _study("QR-P1", "Müller^Jürgen", "ISO_IR 192", "20230505", "141500", "ACC-2", [("MR", 2)]),
+    _study("QR-P2", "Smith^Anna", "", "20200101", "235959", "ACC-3", [("CT", 1)]),
+    _study("QR-P3", "Gómez^José", "ISO_IR 100", "20211111", "101500", "ACC-4", [("CT", 1)]),
+    # many small instances: something to cancel in the middle of
+    _study("QR-P4", "Many^Slices", "", "20190101", "120000", "ACC-5", [("CT", 300)]),
+)
+SOP_UIDS: dict[str, list[str]] = {}  # series UID -> SOP Instance UIDs, filled when the files are written
+
+
+def _files(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for study in STUDIES:
+        for number, (series_uid, modality, count) in enumerate(study.series, start=1):
+            for i in range(count):
+                ds = make_ct(study_uid=study.uid, series_uid=series_uid, instance_number=i + 1, seed=i, size=16,
+                             patient_id=study.patient_id, patient_name=study.patient_name, study_date=study.date,
+                             accession=study.accession, modality=modality, charset=study.charset or None)
+                ds.StudyTime = study.time
+                ds.SeriesNumber = number
+                if study.procedure:
+                    code = Dataset()
+                    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = study.procedure, "99LOCAL", "CT chest"
+                    ds.ProcedureCodeSequence = [code]
+                SOP_UIDS.setdefault(series_uid, []).append(str(ds.SOPInstanceUID))
+                files.append(write_part10(ds, directory / f"{ds.SOPInstanceUID}.dcm"))
+    return files
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("qr")
+
+
+@pytest.fixture(scope="module")
+def storescp_peer(workdir: Path) -> Iterator[StoreSCPPeer]:
+    peer = StoreSCPPeer(workdir / "storescp").start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="module")
+def archive(workdir: Path, storescp_peer: StoreSCPPeer) -> Iterator[tuple[ArchiveProcess, OrthancPeer]]:
+    proc = serve(workdir)
+    orthanc = OrthancPeer(workdir / "orthanc", archive_port=proc.dicom_port).start()
+    proc.env["ARCHIVE_PEERS"] = (f"{storescp_peer.aet}@127.0.0.1:{storescp_peer.port},"
+                                 f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+    proc.start()
+    try:
+        files = _files(workdir / "in")
+        sent = storescu(proc.dicom_port, files)
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/instances?limit=1000")[1] or []) == len(files))
+        yield proc, orthanc
+    finally:
+        proc.stop()
+        orthanc.stop()
+
+
+@pytest.fixture
+def port(archive: tuple[ArchiveProcess, OrthancPeer]) -> int:
+    return archive[0].dicom_port
+
+
+def _uids(responses: list[Dataset], keyword: str) -> set[str]:
+    return {str(getattr(r, keyword)) for r in responses}
+
+
+STUDY_CASES: dict[str, tuple[list[str], Callable[[Study], bool]]] = {
+    "single value": (["AccessionNumber=ACC-2"], lambda s: s.accession == "ACC-2"),
+    "wildcard person name": (["SpecificCharacterSet=ISO_IR 192", "PatientName=Mü*"],
+                             lambda s: s.patient_name.startswith("Mü")),
+    "person name, any case and accents": (["PatientName=*GOMEZ*"], lambda s: "Gómez" in s.patient_name),
+    "wildcard ?": (["AccessionNumber=ACC-?"], lambda s: True),
+    "wildcard suffix": (["PatientName=*Anna"], lambda s: s.patient_name.endswith("Anna")),
+    "uid list": ([f"StudyInstanceUID={STUDIES[0].uid}\\{STUDIES[2].uid}"], lambda s: s in (STUDIES[0], STUDIES[2])),
+    "date range": (["StudyDate=20200101-20211231"], lambda s: "20200101" <= s.date <= "20211231"),
+    "date from": (["StudyDate=20230101-"], lambda s: s.date >= "20230101"),
+    "date until": (["StudyDate=-20200101"], lambda s: s.date <= "20200101"),
+    "time range": (["StudyTime=080000-150000"], lambda s: "080000" <= s.time <= "150000"),
+    "modalities in study": (["ModalitiesInStudy=MR"], lambda s: "MR" in s.modalities),
+    "sequence": (["ProcedureCodeSequence[0].CodeValue=CTCHEST"], lambda s: s.procedure == "CTCHEST"),
+    "combined": (["PatientID=QR-P1", "StudyDate=20240101-"], lambda s: s.patient_id == "QR-P1" and s.date >= "20240101"),
+    "universal": (["PatientID=QR-P*"], lambda s: True),
+}
+
+
+@pytest.mark.parametrize("case", list(STUDY_CASES))
+def test_study_root_study_level_matching(port: int, workdir: Path, case: str) -> None:
+    keys, predicate = STUDY_CASES[case]
+    code, responses, log = findscu(port, "study", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "StudyDescription",
+                                                   *keys], workdir / "find")
+    assert code == 0, log
+    assert _uids(responses, "StudyInstanceUID") == {s.uid for s in STUDIES if predicate(s)}
+    for r in responses:
+        assert r.QueryRetrieveLevel == "STUDY"
+        assert "StudyDescription" in r  # universal matching: returned (PS3.4 C.2.2.2.3)
+        assert "PatientBirthDate" not in r  # not asked for, not returned
+
+
+def test_study_level_return_keys_and_computed_attributes(port: int, workdir: Path) -> None:
+    code, responses, log = findscu(port, "study", [
+        "QueryRetrieveLevel=STUDY", "PatientID=QR-P1", "StudyInstanceUID", "AccessionNumber", "StudyDate",
+        "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy",
+    ], workdir / "find")
+    assert code == 0, log
+    by_uid = {str(r.StudyInstanceUID): r for r in responses}
+    expected = [s for s in STUDIES if s.patient_id == "QR-P1"]
+    assert set(by_uid) == {s.uid for s in expected}
+    for s in expected:
+        r = by_uid[s.uid]
+        assert (r.AccessionNumber, r.StudyDate) == (s.accession, s.date)
+        assert int(r.NumberOfStudyRelatedSeries) == len(s.series)
+        assert int(r.NumberOfStudyRelatedInstances) == s.instances
+        modalities = r.ModalitiesInStudy
+        assert ({modalities} if isinstance(modalities, str) else set(modalities)) == s.modalities
+
+
+def test_patient_root_every_level(port: int, workdir: Path) -> None:
+    code, patients, log = findscu(port, "patient", [
+        "QueryRetrieveLevel=PATIENT", "PatientID=QR-P*", "PatientName", "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedInstances"], workdir / "find")
+    assert code == 0, log
+    by_id = {str(p.PatientID): p for p in patients}
+    assert set(by_id) == {s.patient_id for s in STUDIES}
+    for pid, p in by_id.items():
+        studies = [s for s in STUDIES if s.patient_id == pid]
+        assert int(p.NumberOfPatientRelatedStudies) == len(studies)
+        assert int(p.NumberOfPatientRelatedInstances) == sum(s.instances for s in studies)
+        assert str(p.PatientName) == studies[0].patient_name
+
+    code, studies, log = findscu(port, "patient", ["QueryRetrieveLevel=STUDY", "PatientID=QR-P1", "StudyInstanceUID"],
+                                 workdir / "find")
+    assert code == 0, log
+    assert _uids(studies, "StudyInstanceUID") == {s.uid for s in STUDIES if s.patient_id == "QR-P1"}
+
+    study = STUDIES[0]
+    code, series, log = findscu(port, "patient", [
+        "QueryRetrieveLevel=SERIES", "PatientID=QR-P1", f"StudyInstanceUID={study.uid}", "SeriesInstanceUID",
+        "Modality", "NumberOfSeriesRelatedInstances"], workdir / "find")
+    assert code == 0, log
+    assert {(str(r.SeriesInstanceUID), r.Modality, int(r.NumberOfSeriesRelatedInstances)) for r in series} == set(
+        study.series)
+
+    series_uid = study.series[0][0]
+    code, images, log = findscu(port, "patient", [
+        "QueryRetrieveLevel=IMAGE", "PatientID=QR-P1", f"StudyInstanceUID={study.uid}",
+        f"SeriesInstanceUID={series_uid}", "SOPInstanceUID", "InstanceNumber"], workdir / "find")
+    assert code == 0, log
+    assert _uids(images, "SOPInstanceUID") == set(SOP_UIDS[series_uid])
+
+
+def test_series_and_image_level_matching(port: int, workdir: Path) -> None:
+    code, series, log = findscu(port, "study", ["QueryRetrieveLevel=SERIES", "Modality=MR", "SeriesInstanceUID",
+                                                "StudyInstanceUID"], workdir / "find")
+    assert code == 0, log
+    assert _uids(series, "SeriesInstanceUID") == {u for s in STUDIES for u, m, _ in s.series if m == "MR"}
+
+    series_uid = STUDIES[0].series[0][0]
+    code, images, log = findscu(port, "study", [
+        "QueryRetrieveLevel=IMAGE", f"SeriesInstanceUID={series_uid}", "InstanceNumber=2", "SOPInstanceUID"],
+        workdir / "find")
+    assert code == 0, log
+    assert _uids(images, "SOPInstanceUID") == {SOP_UIDS[series_uid][1]}
+
+
+def test_character_sets(port: int, workdir: Path) -> None:
+    # A Latin-1 query for a name stored in Latin-1: answered in Latin-1
+    code, responses, log = findscu(port, "study", [
+        "QueryRetrieveLevel=STUDY", "SpecificCharacterSet=ISO_IR 100", "PatientName=G*", "StudyInstanceUID"],
+        workdir / "find")
+    assert code == 0, log
+    assert [str(r.PatientName) for r in responses] == ["Gómez^José"]
+    assert responses[0].SpecificCharacterSet == "ISO_IR 100"
+    # A name stored in UTF-8, asked for without a character set: answered in UTF-8
+    code, responses, log = findscu(port, "study", ["QueryRetrieveLevel=STUDY", "PatientID=QR-P1", "PatientName"],
+                                   workdir / "find")
+    assert code == 0, log
+    assert {str(r.PatientName) for r in responses} == {"Müller^Jürgen"}
+    assert all(r.SpecificCharacterSet == "ISO_IR 192" for r in responses)
+
+
+def test_cancel_stops_the_find(port: int, workdir: Path) -> None:
+    code, responses, log = findscu(port, "study", ["QueryRetrieveLevel=IMAGE", "SOPInstanceUID"], workdir / "find",
+                                   extra=["--cancel", "1", "-v"])
+    total = sum(s.instances for s in STUDIES)
+    assert 1 <= len(responses) < total, log
+    assert "Cancel" in log
+
+
+def _find_statuses(port: int, identifier: Dataset) -> list[tuple[int, str]]:
+    ae = AE(ae_title="PYFIND")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE")
+    assert assoc.is_established
+    try:
+        return [(int(status.Status), str(status.get("ErrorComment", "")))
+                for status, _ in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+
+
+def test_invalid_identifiers_get_failure_statuses(port: int) -> None:
+    bad_level = Dataset()
+    bad_level.QueryRetrieveLevel = "PATIENT"  # not a level of the Study Root model
+    assert _find_statuses(port, bad_level)[-1][0] == 0xA900
+    bad_date = Dataset()
+    bad_date.QueryRetrieveLevel = "STUDY"
+    bad_date.StudyDate = "yesterday"
+    status, comment = _find_statuses(port, bad_date)[-1]
+    assert status == 0xC000 and "StudyDate" in comment
+
+
+def test_match_cap_ends_with_out_of_resources(tmp_path: Path) -> None:
+    proc = serve(tmp_path, ARCHIVE_FIND_MAX_MATCHES="2").start()
+    try:
+        files = [write_part10(make_ct(patient_id="CAP"), tmp_path / f"{i}.dcm") for i in range(3)]
+        assert storescu(proc.dicom_port, files).returncode == 0
+        wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/studies?PatientID=CAP")[1] or []) == 3)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientID = "CAP"
+        statuses = _find_statuses(proc.dicom_port, query)
+        assert [s for s, _ in statuses] == [0xFF00, 0xFF00, 0xA700]
+        assert "2" in statuses[-1][1]
+    finally:
+        proc.stop()
+
+
+def test_move_to_storescp_sends_the_study_as_stored(port: int, workdir: Path, storescp_peer: StoreSCPPeer) -> None:
+    study = STUDIES[0]
+    result = movescu(port, storescp_peer.aet, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.uid}"])
+    assert result.returncode == 0, result.stderr
+    received = storescp_peer.received()
+    expected = {uid for series_uid, _, _ in study.series for uid in SOP_UIDS[series_uid]}
+    assert expected <= set(received)
+    originals = {p.stem: p for p in (workdir / "in").iterdir()}
+    from pydicom import dcmread
+
+    for uid in expected:
+        original = dcmread(originals[uid])
+        assert received[uid].PixelData == original.PixelData
+        assert str(received[uid].PatientName) == study.patient_name
+
+
+def test_move_to_unknown_destination_is_refused(port: int) -> None:
+    result = movescu(port, "NOBODY", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDIES[2].uid}"])
+    assert "MoveDestinationUnknown" in result.stderr or "A801" in result.stderr.upper(), result.stderr
+
+
+def test_get_series_and_instances(port: int, workdir: Path) -> None:
+    study = STUDIES[1]
+    series_uid = study.series[0][0]
+    out = workdir / "get-series"
+    result = getscu(port, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study.uid}",
+                           f"SeriesInstanceUID={series_uid}"], out)
+    assert result.returncode == 0, result.stderr
+    assert {p.name.split(".", 1)[1] for p in out.iterdir()} == set(SOP_UIDS[series_uid])
+
+    # IMAGE level with a UID list, and a requester that accepts implicit VR only (converted on the way)
+    wanted = SOP_UIDS[STUDIES[0].series[0][0]][:2]
+    out = workdir / "get-images"
+    result = getscu(port, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={STUDIES[0].uid}",
+                           f"SeriesInstanceUID={STUDIES[0].series[0][0]}", "SOPInstanceUID=" + "\\".join(wanted)],
+                    out, extra=["+xi"])
+    assert result.returncode == 0, result.stderr
+    assert {p.name.split(".", 1)[1] for p in out.iterdir()} == set(wanted)
+
+
+def test_orthanc_queries_and_retrieves_from_us(archive: tuple[ArchiveProcess, OrthancPeer], port: int) -> None:
+    _, orthanc = archive
+    study = STUDIES[2]
+    status, answer = rest(f"{orthanc.url}/modalities/archive/query",
+                          {"Level": "Study", "Query": {"PatientID": study.patient_id, "StudyInstanceUID": ""}})
+    assert status == 200, answer
+    query_id = answer["ID"]
+    status, content = rest(f"{orthanc.url}/queries/{query_id}/answers?expand")
+    assert status == 200, content
+    found = {a.get("0020,000d", {}).get("Value") for a in content}
+    assert found == {study.uid}, content
+    # C-MOVE from us to Orthanc, asked by Orthanc itself
+    status, job = rest(f"{orthanc.url}/queries/{query_id}/answers/0/retrieve", {"TargetAet": orthanc.aet,
+                                                                                  "Synchronous": True})
+    assert status == 200, job
+    status, found_instances = rest(f"{orthanc.url}/tools/find",
+                                   {"Level": "Instance", "Query": {"StudyInstanceUID": study.uid}})
+    assert status == 200 and len(found_instances) == study.instances
+
+
+def test_movescu_to_orthanc(archive: tuple[ArchiveProcess, OrthancPeer], port: int) -> None:
+    _, orthanc = archive
+    study = STUDIES[3]
+    result = movescu(port, orthanc.aet, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.uid}"])
+    assert result.returncode == 0, result.stderr
+    status, found = rest(f"{orthanc.url}/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study.uid},
+                                                        "Expand": True})
+    assert status == 200 and len(found) == study.instances
+    assert found[0]["MainDicomTags"]["SOPInstanceUID"] in SOP_UIDS[study.series[0][0]]
