@@ -172,8 +172,11 @@ class Distributed:
 
     def process(self, role: str, label: str | None = None) -> ArchiveProcess:
         label = label or role
-        dicom = free_port() if role == "scp" else 0
-        return ArchiveProcess(role, dict(self.env), self.tmp_path / f"{label}.log", dicom, free_port())
+        dicom = free_port() if role in ("scp", "query") else 0
+        env = dict(self.env)
+        if role == "query":  # its C-FIND/C-MOVE/C-GET port
+            env["ARCHIVE_QUERY_DICOM_PORT"] = str(dicom)
+        return ArchiveProcess(role, env, self.tmp_path / f"{label}.log", dicom, free_port())
 
     def start(self, timeout: float = 60.0) -> "Distributed":
         """Start the three roles at once (as pods would) and wait until all are ready."""

@@ -86,3 +86,39 @@ def test_two_stateless_scps_share_the_backends(dist: Distributed) -> None:
     code, report = verify(dist.env)
     assert code == 0 and report["consistent"], report
     assert report["objects"] == report["catalog_instances"] == report["search_documents"] == 21
+
+
+@pytest.mark.dcmtk
+def test_query_role_answers_find_move_and_get_from_postgresql_and_s3(tmp_path: Path, unique: str) -> None:
+    from tests.e2e.dimse_peers import StoreSCPPeer, findscu, getscu, movescu
+
+    peer = StoreSCPPeer(tmp_path / "peer").start()
+    try:
+        with distributed(tmp_path, unique, start=False) as dist:
+            dist.env["ARCHIVE_PEERS"] = f"{peer.aet}@127.0.0.1:{peer.port}"
+            dist.start()
+            study, series = new_uid(), new_uid()
+            datasets = [make_ct(study_uid=study, series_uid=series, instance_number=i, seed=i, patient_id="DQR-1")
+                        for i in range(1, 4)]
+            files = [write_part10(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(datasets)]
+            assert storescu(dist.scp.dicom_port, files).returncode == 0
+            wait_until(lambda: len(qido_instance_uids(dist.query.http, study)) == 3, timeout=30)
+            uids = {str(ds.SOPInstanceUID) for ds in datasets}
+
+            code, found, log = findscu(dist.query.dicom_port, "study", [
+                "QueryRetrieveLevel=STUDY", "PatientID=DQR-1", "StudyInstanceUID", "NumberOfStudyRelatedInstances"],
+                tmp_path / "find")
+            assert code == 0, log
+            assert [(str(r.StudyInstanceUID), int(r.NumberOfStudyRelatedInstances)) for r in found] == [(study, 3)]
+
+            moved = movescu(dist.query.dicom_port, peer.aet, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}",
+                                                              f"SeriesInstanceUID={series}"])
+            assert moved.returncode == 0, moved.stderr
+            assert uids <= set(peer.received())
+
+            got = getscu(dist.query.dicom_port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
+                         tmp_path / "got")
+            assert got.returncode == 0, got.stderr
+            assert {p.name.split(".", 1)[1] for p in (tmp_path / "got").iterdir()} == uids
+    finally:
+        peer.stop()
