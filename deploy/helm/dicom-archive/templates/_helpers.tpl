@@ -64,6 +64,10 @@ ARCHIVE_QUEUE_NAME: {{ $s.queueName | quote }}
 ARCHIVE_AET: {{ $s.aet | quote }}
 ARCHIVE_BIND: "0.0.0.0"
 ARCHIVE_DICOM_PORT: {{ .Values.ports.dicom | int64 | quote }}
+{{- /* query pods have their own address: same DICOM port as the receivers */}}
+ARCHIVE_QUERY_DICOM_PORT: {{ .Values.ports.dicom | int64 | quote }}
+ARCHIVE_PEERS: {{ join "," $s.peers | quote }}
+ARCHIVE_FIND_MAX_MATCHES: {{ $s.findMaxMatches | int64 | quote }}
 ARCHIVE_HTTP_PORT: {{ .Values.ports.http | int64 | quote }}
 ARCHIVE_ALLOWED_AETS: {{ join "," $s.allowedAets | quote }}
 ARCHIVE_ALLOWED_NETWORKS: {{ join "," $s.allowedNetworks | quote }}
@@ -159,7 +163,7 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     - name: http
       containerPort: {{ $ctx.Values.ports.http }}
       protocol: TCP
-    {{- if eq .role "scp" }}
+    {{- if or (eq .role "scp") (eq .role "query") }}
     - name: dicom
       containerPort: {{ $ctx.Values.ports.dicom }}
       protocol: TCP
