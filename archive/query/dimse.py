@@ -214,6 +214,28 @@ def handle_get(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settin
     yield from _suboperations(event, instances, qr, portal, settings.store_timeout)
 
 
+def handle_sop_extended(event: Event) -> dict[str, bytes]:
+    """SOP Class Extended Negotiation (PS3.4 C.5.1, PS3.7 D.3.3.5): what we support of what is asked.
+
+    C-FIND: relational queries (byte 1) and combined date-time range matching (byte 2) yes;
+    fuzzy semantic person-name matching (byte 3) and timezone adjustment (byte 4) no.
+    C-MOVE/C-GET: relational retrieval (byte 1) no; a retrieve names unique keys.
+    """
+    answers: dict[str, bytes] = {}
+    for uid, info in (event.app_info or {}).items():  # type: ignore[attr-defined]
+        uid = str(uid)
+        supported: tuple[int, ...]
+        if uid in FIND_MODELS:
+            supported = (1, 1, 0, 0)
+        elif uid in MOVE_MODELS or uid in GET_MODELS:
+            supported = (0,)
+        else:
+            continue
+        asked = bytes(info or b"")
+        answers[uid] = bytes(min(a, s) for a, s in zip(asked, supported)) or b"\x00"
+    return answers
+
+
 FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
 GET_MODELS = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
@@ -234,6 +256,7 @@ def query_retrieve_service(qr: QueryRetrieve, portal: Portal, settings: Settings
             (evt.EVT_C_FIND, handle_find, args),
             (evt.EVT_C_MOVE, handle_move, args),
             (evt.EVT_C_GET, handle_get, args),
+            (evt.EVT_SOP_EXTENDED, handle_sop_extended),
         ),
     )
 

@@ -351,3 +351,36 @@ def test_movescu_to_orthanc(archive: tuple[ArchiveProcess, OrthancPeer], port: i
                                                         "Expand": True})
     assert status == 200 and len(found) == study.instances
     assert found[0]["MainDicomTags"]["SOPInstanceUID"] in SOP_UIDS[study.series[0][0]]
+
+
+def test_relational_queries_are_negotiated(port: int) -> None:
+    from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+
+    items = []
+    for uid in (StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove):
+        item = SOPClassExtendedNegotiation()
+        item.sop_class_uid = uid
+        item.service_class_application_information = b"\x01\x01\x01\x01" if uid.endswith(".1") else b"\x01"
+        items.append(item)
+    ae = AE(ae_title="PYFIND")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE", ext_neg=items)
+    assert assoc.is_established
+    try:
+        answers = assoc.acceptor.sop_class_extended
+        # relational queries and combined date/time: yes; fuzzy names, timezone: no (PS3.4 C.5.1)
+        assert answers[StudyRootQueryRetrieveInformationModelFind] == b"\x01\x01\x00\x00"
+        assert answers[StudyRootQueryRetrieveInformationModelMove] == b"\x00"  # no relational retrieve
+        # a relational query: a SERIES level key without the study's unique key
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.PatientID = "QR-P2"
+        query.SeriesInstanceUID = ""
+        responses = [ds for status, ds in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+                     if status and status.Status in (0xFF00, 0xFF01)]
+        assert {str(ds.SeriesInstanceUID) for ds in responses} == {u for s in STUDIES if s.patient_id == "QR-P2"
+                                                                   for u, _, _ in s.series}
+    finally:
+        assoc.release()
