@@ -384,3 +384,24 @@ def test_relational_queries_are_negotiated(port: int) -> None:
                                                                    for u, _, _ in s.series}
     finally:
         assoc.release()
+
+
+@pytest.mark.parametrize("env", [{"ARCHIVE_WORKERS": "2"}, {"ARCHIVE_SCP_ENGINE": "asyncio"}],
+                         ids=["two receiver processes", "asyncio receiver"])
+def test_every_serve_layout_answers_c_find(tmp_path: Path, env: dict[str, str]) -> None:
+    from tests.conftest import free_port
+
+    query_port = free_port()
+    proc = serve(tmp_path, ARCHIVE_QUERY_DICOM_PORT=str(query_port), **env).start()
+    try:
+        files = [write_part10(make_ct(patient_id="LAYOUT", seed=i), tmp_path / f"{i}.dcm") for i in range(3)]
+        assert storescu(proc.dicom_port, files).returncode == 0
+        wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/studies?PatientID=LAYOUT")[1] or []) == 3)
+        # the asyncio receiver is store-only: query/retrieve is on ARCHIVE_QUERY_DICOM_PORT
+        port = query_port if env.get("ARCHIVE_SCP_ENGINE") == "asyncio" else proc.dicom_port
+        for _ in range(6):  # with SO_REUSEPORT, associations land on either receiver process
+            code, found, log = findscu(port, "study", ["QueryRetrieveLevel=STUDY", "PatientID=LAYOUT",
+                                                       "StudyInstanceUID"], tmp_path / "find")
+            assert code == 0 and len(found) == 3, log
+    finally:
+        proc.stop()
