@@ -5,8 +5,8 @@ FTS5 strings (:func:`archive.adapters.fts5_search.match_expression`).
 Attribute filters look inside the flattened ``fields`` JSON with
 ``json_each(fields, '$."Keyword"')``; person names compare folded (case- and
 accent-insensitive, by the ``archive_fold`` SQL function the adapter
-registers), as the catalog compares them. Facet and sort columns are virtual
-generated columns of ``search_docs`` (schema 2).
+registers), as the catalog compares them. Facet, sort and common filter columns are
+virtual generated columns of ``search_docs`` (schemas 2 and 3).
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from archive.core.records import fold
 from archive.core.search import FACET_SIZE, SearchRequest, path_filters, vr_of
 
 GROUP = {Level.STUDY: "d.study_uid", Level.SERIES: "d.series_uid", Level.IMAGE: "d.sop_instance_uid"}
-# facet -> SQL over the matched rows (m)
+# Single-valued attributes with a column of their own (indexed): filters use it, not the JSON.
+COLUMNS = {
+    "StudyInstanceUID": "d.study_uid", "SeriesInstanceUID": "d.series_uid", "SOPInstanceUID": "d.sop_instance_uid",
+    "PatientID": "d.patient_id", "StudyDate": "d.study_date", "Modality": "d.modality",
+    "InstitutionName": "d.institution", "BodyPartExamined": "d.body_part",
+}
+# facet -> column of the matched rows (m)
 FACET_COLUMNS = {"Modality": "modality", "InstitutionName": "institution", "BodyPartExamined": "body_part"}
 _DATE_BUCKET = {
     "year": "substr(study_date, 1, 4)",
@@ -47,8 +53,8 @@ class Sql:
         return "?"
 
 
-def _value_condition(sql: Sql, m: Matcher, pn: bool) -> str | None:
-    value = "archive_fold(j.value)" if pn else "j.value"
+def _value_condition(sql: Sql, m: Matcher, pn: bool, target: str = "j.value") -> str | None:
+    value = f"archive_fold({target})" if pn else target
 
     def norm(v: str) -> str:
         return (fold(v) or "") if pn else v
@@ -71,15 +77,17 @@ def _value_condition(sql: Sql, m: Matcher, pn: bool) -> str | None:
     if isinstance(m, Range):  # PS3.4 C.2.2.2.5: inclusive, either end open
         ends = []
         if m.low:
-            ends.append(f"j.value >= {sql.bind(m.low)}")
+            ends.append(f"{target} >= {sql.bind(m.low)}")
         if m.high:
-            ends.append(f"j.value <= {sql.bind(m.high)}")
+            ends.append(f"{target} <= {sql.bind(m.high)}")
         return " AND ".join(ends) or None
     raise InvalidQuery(f"{m.keyword}: unsupported matching {type(m).__name__}")
 
 
 def filter_condition(sql: Sql, m: Matcher) -> str | None:
     """Some value of the attribute (any item of a sequence path) satisfies ``m``."""
+    if m.keyword in COLUMNS:  # single-valued, with an index
+        return _value_condition(sql, m, False, COLUMNS[m.keyword])
     if not _PATH.fullmatch(m.keyword):
         raise InvalidQuery(f"{m.keyword!r} is not an attribute keyword or path")
     path = sql.bind(f'$."{m.keyword}"')
@@ -91,7 +99,11 @@ def filter_condition(sql: Sql, m: Matcher) -> str | None:
 
 
 def matched(request: SearchRequest, expression: str | None) -> Sql:
-    """``WITH m AS (...)``: one row per matching instance with its group key and score."""
+    """``CREATE TEMP TABLE m``: one row per matching instance with its group key and score.
+
+    Materialised once per request, so the match and the JSON of each row are read once
+    for the total, the page and every facet.
+    """
     sql = Sql()
     columns = [f"{GROUP[request.level]} AS g", "d.rowid AS rid", "d.study_date", "d.modality",
                "d.institution", "d.body_part"]
@@ -111,12 +123,12 @@ def matched(request: SearchRequest, expression: str | None) -> Sql:
             where.append(condition)
     # parameters were bound in text order: MATCH first, then the filters
     conditions = " WHERE " + " AND ".join(where) if where else ""
-    sql.text = f"WITH m AS MATERIALIZED (SELECT {', '.join(columns)} FROM {source}{conditions}) "
+    sql.text = f"CREATE TEMP TABLE m AS SELECT {', '.join(columns)} FROM {source}{conditions}"
     return sql
 
 
 def page_sql(request: SearchRequest, has_text: bool) -> str:
-    """Groups of one page: key, best score, matching instances, modalities (after the CTE)."""
+    """Groups of one page: key, best score, matching instances, modalities (over m)."""
     sort = request.sort
     direction = "DESC" if sort.descending else "ASC"
     if sort.key == "StudyDate":
@@ -136,7 +148,7 @@ def page_sql(request: SearchRequest, has_text: bool) -> str:
 
 
 def best_documents_sql(groups: int) -> str:
-    """The best-scoring document of each of ``groups`` groups (after the CTE)."""
+    """The best-scoring document of each of ``groups`` groups (over m)."""
     marks = ", ".join("?" * groups)
     return (
         "SELECT x.g, d.study_uid, d.series_uid, d.sop_instance_uid, d.fields FROM ("
@@ -146,7 +158,7 @@ def best_documents_sql(groups: int) -> str:
 
 
 def facet_sql(facet: str, interval: str) -> str:
-    """Buckets of one facet: value, groups (after the CTE)."""
+    """Buckets of one facet: value, groups (over m)."""
     if facet == "StudyDate":
         bucket = _DATE_BUCKET[interval]
         return (

@@ -13,7 +13,7 @@ quoted as an FTS5 string, and the terms are ANDed.
 
 Schema 2 adds virtual generated columns for facets and sorting (study_date,
 modality, institution, body_part: the first value of the attribute in
-``fields``), so existing rows need no rewrite; ``query()`` translates a
+``fields``), schema 3 an indexed patient_id, so existing rows need no rewrite; ``query()`` translates a
 SearchRequest with :mod:`archive.adapters.fts5_query`.
 """
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_TERMS = 32  # more terms than this in one query are ignored
 MAX_LIMIT = 10_000  # no unbounded result sets (same cap as OpenSearch's result window)
 # SQLite errors that say "not now" (busy, disk, permissions) rather than "wrong".
@@ -77,6 +77,13 @@ _SCHEMA_2 = tuple(
     "CREATE INDEX IF NOT EXISTS search_docs_study ON search_docs (study_uid)",
     "CREATE INDEX IF NOT EXISTS search_docs_series ON search_docs (series_uid)",
     "CREATE INDEX IF NOT EXISTS search_docs_date ON search_docs (study_date)",
+)
+
+# Schema 2 -> 3: an indexed PatientID column for exact patient filters.
+_SCHEMA_3 = (
+    "ALTER TABLE search_docs ADD COLUMN patient_id TEXT "
+    "GENERATED ALWAYS AS (json_extract(fields, '$.PatientID[0]')) VIRTUAL",
+    "CREATE INDEX IF NOT EXISTS search_docs_patient ON search_docs (patient_id)",
 )
 
 _UPSERT_DOC = """
@@ -175,9 +182,10 @@ class Fts5Search:
                     f"{self.path}: search schema version {current} is newer than this code's "
                     f"({SCHEMA_VERSION}); run a newer archive or point at another file"
                 )
-            if current < 2:
-                for statement in _SCHEMA_2:
-                    conn.execute(statement)
+            for version, statements in ((2, _SCHEMA_2), (3, _SCHEMA_3)):
+                if current < version:
+                    for statement in statements:
+                        conn.execute(statement)
             if current < SCHEMA_VERSION:
                 conn.execute("DELETE FROM search_schema_version")
                 conn.execute("INSERT INTO search_schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -260,22 +268,28 @@ class Fts5Search:
         conn = self._r()
         base = fts5_query.matched(request, expression)
         page_sql = fts5_query.page_sql(request, expression is not None)
-        conn.execute("BEGIN")  # one snapshot for total, page and facets
+        # The matches go to a TEMP table (the connection's own, never the file), read by the
+        # queries below in one snapshot and gone with the rollback.
+        conn.execute("PRAGMA query_only=OFF")
+        conn.execute("BEGIN")
         try:
-            total = int(conn.execute(base.text + "SELECT count(DISTINCT g) FROM m", base.params).fetchone()[0])
-            rows = conn.execute(base.text + page_sql, [*base.params, request.limit, request.offset]).fetchall()
+            conn.execute("DROP TABLE IF EXISTS temp.m")
+            conn.execute(base.text, base.params)
+            total = int(conn.execute("SELECT count(DISTINCT g) FROM m").fetchone()[0])
+            rows = conn.execute(page_sql, [request.limit, request.offset]).fetchall()
             best: dict[str, tuple[tuple[str, str, str], dict[str, list[str]]]] = {}
             if rows:
                 keys = [row[0] for row in rows]
-                best_sql = base.text + fts5_query.best_documents_sql(len(keys))
-                for g, study, series, sop, fields in conn.execute(best_sql, [*base.params, *keys]):
+                for g, study, series, sop, fields in conn.execute(fts5_query.best_documents_sql(len(keys)), keys):
                     best[g] = ((study, series, sop), json.loads(fields))
             facets = {}
             for facet in request.facets:
-                buckets = conn.execute(base.text + fts5_query.facet_sql(facet, request.date_interval), base.params)
+                buckets = conn.execute(fts5_query.facet_sql(facet, request.date_interval))
                 facets[facet] = tuple(FacetBucket(str(value), int(n)) for value, n in buckets)
         finally:
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("PRAGMA query_only=ON")
         hits: list[GroupHit] = []
         for g, score, n, modalities, _, _ in rows:
             uids, fields = best[g]
