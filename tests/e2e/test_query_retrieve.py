@@ -405,3 +405,55 @@ def test_every_serve_layout_answers_c_find(tmp_path: Path, env: dict[str, str]) 
             assert code == 0 and len(found) == 3, log
     finally:
         proc.stop()
+
+
+def test_get_reports_sub_operation_counts_and_damaged_objects(tmp_path: Path) -> None:
+    """A missing object and a corrupted one fail their sub-operations; the rest arrive (PS3.4 C.4.3.1.3)."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+    proc = serve(tmp_path).start()
+    try:
+        study = new_uid()
+        datasets = [make_ct(study_uid=study, patient_id="DAMAGED", instance_number=i, seed=i, size=16)
+                    for i in range(1, 5)]
+        files = [write_part10(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(datasets)]
+        assert storescu(proc.dicom_port, files).returncode == 0
+        wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/instances?PatientID=DAMAGED")[1] or []) == 4)
+        objects = {p.stem: p for p in (tmp_path / "data" / "objects").rglob("*.dcm")}
+        missing, corrupted = str(datasets[0].SOPInstanceUID), str(datasets[1].SOPInstanceUID)
+        objects[missing].unlink()
+        raw = bytearray(objects[corrupted].read_bytes())
+        raw[-10] ^= 0xFF  # one pixel byte: still parseable, no longer what was stored
+        objects[corrupted].write_bytes(bytes(raw))
+
+        received: list[str] = []
+
+        def on_store(event: evt.Event) -> int:
+            received.append(str(event.dataset.SOPInstanceUID))
+            return 0x0000
+
+        ae = AE(ae_title="PYGET")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", proc.dicom_port, ae_title="ARCHIVE",
+                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        try:
+            responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+        finally:
+            assoc.release()
+        final, identifier = responses[-1]
+        assert final.Status == 0xB000  # some sub-operations failed
+        assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 2)
+        failed = identifier.FailedSOPInstanceUIDList
+        assert set([failed] if isinstance(failed, str) else failed) == {missing, corrupted}
+        assert sorted(received) == sorted(str(ds.SOPInstanceUID) for ds in datasets[2:])
+        pending = [r for r, _ in responses[:-1] if r.Status == 0xFF00]
+        assert [r.NumberOfRemainingSuboperations for r in pending] == [3, 2, 1, 0]
+    finally:
+        proc.stop()
