@@ -10,12 +10,13 @@ from pydicom.datadict import tag_for_keyword
 from archive import metrics
 from archive.core.levels import Level
 from archive.core.models import DicomJson
-from archive.core.ports import Catalog, SearchIndex
+from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.core.query import Query
+from archive.ingest.service import IngestService
 from archive.query import openapi, qido, search_api
+from archive.query.context import CATALOG, INGEST, MAX_LIMIT, SEARCH, SETTINGS, STORE
+from archive.settings import Settings
 
-CATALOG = web.AppKey("catalog", Catalog)
-MAX_LIMIT = web.AppKey("max_limit", int)
 DICOM_JSON = "application/dicom+json"
 
 
@@ -88,12 +89,22 @@ async def instances(request: web.Request) -> web.Response:
     return await _answer(request, Level.IMAGE, scope)
 
 
-def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: SearchIndex | None = None) -> None:
+def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: SearchIndex | None = None, *,
+               store: ObjectStore | None = None, ingest: IngestService | None = None,
+               settings: Settings | None = None) -> None:
+    """Every route of the query service; the DICOMweb services that need a backend
+    (``store`` for WADO, ``ingest`` for STOW-RS) are served when it is given."""
     if search is not None:  # the JSON search API under /api
+        app[SEARCH] = search
         search_api.add_routes(app, search)
         openapi.add_routes(app)
     app[CATALOG] = catalog
     app[MAX_LIMIT] = max_limit
+    app[SETTINGS] = settings or Settings()
+    if store is not None:
+        app[STORE] = store
+    if ingest is not None:
+        app[INGEST] = ingest
     r = app.router
     r.add_get("/dicom-web/studies", studies)
     r.add_get("/dicom-web/series", series)

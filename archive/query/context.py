@@ -1,0 +1,20 @@
+"""What the query service's HTTP handlers reach through the aiohttp application.
+
+Typed application keys (house style: ``web.AppKey``); set once by
+:func:`archive.query.app.add_routes` from the composition root.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from archive.core.ports import Catalog, ObjectStore, SearchIndex
+from archive.ingest.service import IngestService
+from archive.settings import Settings
+
+CATALOG = web.AppKey("catalog", Catalog)
+SEARCH = web.AppKey("search", SearchIndex)
+STORE = web.AppKey("store", ObjectStore)  # WADO: objects are read from here
+INGEST = web.AppKey("ingest", IngestService)  # STOW-RS: the same ingest path as C-STORE
+SETTINGS = web.AppKey("settings", Settings)
+MAX_LIMIT = web.AppKey("max_limit", int)
