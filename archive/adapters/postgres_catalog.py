@@ -38,7 +38,9 @@ from archive.adapters.sql_catalog import (
     assemble,
     build_find,
     build_locate,
+    build_metadata,
     catalog_instance,
+    instance_metadata,
     instance_values,
     moved_series,
     on_conflict,
@@ -49,6 +51,7 @@ from archive.adapters.sql_catalog import (
 )
 from archive.core.errors import BackendUnavailable
 from archive.core.models import DicomJson
+from archive.core.ports import InstanceMetadata
 from archive.core.query import Query
 from archive.core.records import CatalogEntry, CatalogInstance
 
@@ -63,6 +66,7 @@ DIALECT = Dialect(
     like_escape="",  # backslash is PostgreSQL's default LIKE escape
     distinct_list="string_agg(DISTINCT {}, ',')",
     decode_json=lambda value: value or {},  # psycopg already loads jsonb
+    json_text="{}::text",  # jsonb as text: psycopg does not decode it
 )
 
 
@@ -270,3 +274,7 @@ class PostgresCatalog:
     async def locate(self, query: Query) -> list[CatalogInstance]:
         text, params = build_locate(query, DIALECT)
         return [catalog_instance(row) for row in await self._fetch(text, params)]
+
+    async def metadata(self, query: Query) -> list[InstanceMetadata]:
+        text, params = build_metadata(query, DIALECT)
+        return [instance_metadata(row) for row in await self._fetch(text, params)]

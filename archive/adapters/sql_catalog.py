@@ -16,6 +16,7 @@ from typing import Any
 
 from archive.core.levels import Level
 from archive.core.models import DicomJson
+from archive.core.ports import InstanceMetadata
 from archive.core.query import (
     InvalidQuery,
     Matcher,
@@ -184,6 +185,7 @@ class Dialect:
     like_escape: str  # SQLite needs an ESCAPE clause; PostgreSQL escapes with "\" already
     distinct_list: str  # aggregate of distinct values joined by ",", "{}" is the column
     decode_json: Callable[[Any], DicomJson]
+    json_text: str = "{}"  # a JSON column selected as text ("{}" is the column)
 
 
 LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
@@ -419,24 +421,43 @@ def assemble(query: Query, row: Sequence[Any], dialect: Dialect) -> DicomJson:
     return result
 
 
-def build_locate(query: Query, dialect: Dialect) -> tuple[str, list[Any]]:
+def build_locate(query: Query, dialect: Dialect, columns: str | None = None) -> tuple[str, list[Any]]:
     """The stored instances under everything ``query`` matches (C-MOVE, C-GET, commitment).
 
     The matchers apply as at IMAGE level, whatever level was asked: a study-level
     retrieve names StudyInstanceUIDs, which the joined studies table matches.
-    Rows are ``id, INSTANCE_LIST_COLUMNS``, ordered by study, series and instance,
-    at most ``query.limit`` of them.
+    Rows are ``id, INSTANCE_LIST_COLUMNS`` (or ``columns``), ordered by study,
+    series and instance, at most ``query.limit`` of them after ``query.offset``.
     """
     level = LEVELS.index(Level.IMAGE)
     builder = _Builder(dialect, query.fuzzy)
     tables = _joined_up(level)
     where = [c for m in query.matchers if (c := builder.condition(m, level)) is not None]
-    columns = ", ".join(f"i.{c.strip()}" for c in INSTANCE_LIST_COLUMNS.split(","))
+    if columns is None:
+        columns = ", ".join(f"i.{c.strip()}" for c in INSTANCE_LIST_COLUMNS.split(","))
     sql = (
         f"SELECT {columns} FROM {' '.join(tables)}"
         + (f" WHERE {' AND '.join(where)}" if where else "")
         + " ORDER BY st.study_uid, se.series_number NULLS LAST, se.series_uid,"
         + " i.instance_number NULLS LAST, i.sop_instance_uid"
         + f" LIMIT {builder.bind(max(query.limit, 0))}"
+        + (f" OFFSET {builder.bind(query.offset)}" if query.offset > 0 else "")
     )
     return sql, builder.params
+
+
+def build_metadata(query: Query, dialect: Dialect) -> tuple[str, list[Any]]:
+    """:func:`build_locate` for WADO-RS metadata: rows as :func:`instance_metadata` reads them.
+
+    The stored JSON comes back as text (``json_text``), so it is never decoded here.
+    """
+    columns = ("i.study_uid, i.series_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.indexed_at, "
+               + dialect.json_text.format("i.metadata"))
+    return build_locate(query, dialect, columns)
+
+
+def instance_metadata(row: Sequence[Any]) -> InstanceMetadata:
+    return InstanceMetadata(
+        study_uid=row[0], series_uid=row[1], sop_instance_uid=row[2], transfer_syntax_uid=row[3],
+        indexed_at=float(row[4]), json=row[5] or "{}",
+    )

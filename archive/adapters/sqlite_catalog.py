@@ -34,7 +34,9 @@ from archive.adapters.sql_catalog import (
     assemble,
     build_find,
     build_locate,
+    build_metadata,
     catalog_instance,
+    instance_metadata,
     instance_values,
     moved_series,
     on_conflict,
@@ -45,6 +47,7 @@ from archive.adapters.sql_catalog import (
 )
 from archive.core.errors import BackendUnavailable
 from archive.core.models import DicomJson
+from archive.core.ports import InstanceMetadata
 from archive.core.query import Query
 from archive.core.records import CatalogEntry, CatalogInstance
 
@@ -280,3 +283,8 @@ class SqliteCatalog:
         sql, params = build_locate(query, DIALECT)
         rows = await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
         return [catalog_instance(row) for row in rows]
+
+    async def metadata(self, query: Query) -> list[InstanceMetadata]:
+        sql, params = build_metadata(query, DIALECT)
+        rows = await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
+        return [instance_metadata(row) for row in rows]

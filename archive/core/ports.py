@@ -93,6 +93,18 @@ class MessageQueue(Backend, Protocol):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
 
 
+@dataclass(frozen=True)
+class InstanceMetadata:
+    """One instance's stored DICOM JSON as text, bulk values as ``"BulkDataURI": "bulk:<tag>"``."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    indexed_at: float
+    json: str
+
+
 class Catalog(Backend, Protocol):
     """The relational catalog of patients, studies, series and instances."""
 
@@ -114,6 +126,10 @@ class Catalog(Backend, Protocol):
         Matchers apply as at IMAGE level (a study-level retrieve names study UIDs);
         ordered by study, series and instance number.
         """
+
+    async def metadata(self, query: Query) -> list[InstanceMetadata]:
+        """The stored metadata of what :meth:`locate` lists, as JSON text (never decoded),
+        honouring ``query.limit`` and ``query.offset`` (WADO-RS metadata)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
+import json
 import logging
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -506,3 +507,40 @@ class _Labelled:
     @property
     def series_label(self) -> str:
         return self.labels[self.spec.series_uid]
+
+
+# -- WADO-RS metadata ------------------------------------------------------------------
+
+
+async def test_metadata_is_the_stored_json_as_text_in_locate_order(
+    catalog: Catalog, world: World, tmp_path: Path
+) -> None:
+    study = (SingleValue("StudyInstanceUID", world.uid["A"]),)
+    rows = await catalog.metadata(Query(Level.STUDY, study, limit=1000))
+    located = await catalog.locate(Query(Level.STUDY, study, limit=1000))
+    assert [r.sop_instance_uid for r in rows] == [i.sop_instance_uid for i in located]
+    specs = {s.sop_uid: s for s in world.specs}
+    for row in rows:
+        spec = specs[row.sop_instance_uid]
+        assert (row.study_uid, row.series_uid) == (spec.study_uid, spec.series_uid)
+        assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+        assert isinstance(row.json, str) and row.indexed_at > 0
+        assert json.loads(row.json) == entry(spec, tmp_path).instance.metadata  # as stored, nothing lost
+    # paging: limit and offset over the same order
+    pages = [await catalog.metadata(Query(Level.STUDY, study, limit=2, offset=n)) for n in (0, 2, 4)]
+    assert [r.sop_instance_uid for page in pages for r in page] == [r.sop_instance_uid for r in rows]
+    series = (SingleValue("SeriesInstanceUID", world.uid["A.MR"]),)
+    assert len(await catalog.metadata(Query(Level.SERIES, series, limit=1000))) == 2
+    assert await catalog.metadata(Query(Level.STUDY, (SingleValue("StudyInstanceUID", new_uid()),))) == []
+
+
+async def test_metadata_indexed_at_changes_when_an_instance_is_reindexed(
+    catalog: Catalog, world: World, tmp_path: Path
+) -> None:
+    """WADO-RS ETags are derived from it: a re-indexed instance must change it."""
+    image = (SingleValue("SOPInstanceUID", world.uid["B.CT.1"]),)
+    [before] = await catalog.metadata(Query(Level.IMAGE, image))
+    await asyncio.sleep(0.01)
+    await catalog.upsert([entry(next(s for s in world.specs if s.sop_uid == world.uid["B.CT.1"]), tmp_path)])
+    [after] = await catalog.metadata(Query(Level.IMAGE, image))
+    assert after.indexed_at > before.indexed_at and after.json == before.json
