@@ -31,9 +31,10 @@ from urllib.parse import urlencode
 from _querydata import DAYS, PROFILES, Samples, date_text
 
 PAGE = 100  # QIDO limit: what a viewer's study list asks for
-KINDS = ("patient_id", "study_uid", "patient_name", "study_date", "modality_date", "text_rare", "text_common")
+KINDS = ("echo", "patient_id", "study_uid", "patient_name", "study_date", "modality_date", "text_rare", "text_common")
 TEXT_KINDS = ("text_rare", "text_common")
 LABELS = {
+    "echo": "C-ECHO (DIMSE round trip, no query)",
     "patient_id": "PatientID exact",
     "study_uid": "StudyInstanceUID exact",
     "patient_name": "PatientName wildcard (SURNAME*)",
@@ -56,7 +57,9 @@ def questions(kind: str, samples: Samples, count: int, seed: int) -> list[Questi
     rng = random.Random(f"{kind}-{seed}")
     out = []
     for _ in range(count):
-        if kind == "patient_id":
+        if kind == "echo":
+            out.append(Question(kind, {}))
+        elif kind == "patient_id":
             out.append(Question(kind, {"PatientID": rng.choice(samples.patient_ids)}))
         elif kind == "study_uid":
             out.append(Question(kind, {"StudyInstanceUID": rng.choice(samples.study_uids)}))
@@ -116,11 +119,11 @@ def qido(client: Http) -> Callable[[Question], int]:
     return run
 
 
-def search_api(client: Http) -> Callable[[Question], int]:
+def search_api(client: Http, facets: bool = True) -> Callable[[Question], int]:
+    """Studies matching the text, 20 per page; with every facet (the default) or none."""
     def run(q: Question) -> int:
-        body = client.get("/api/search", {"q": q.text, "limit": 20})
-        hits = body.get("results", body.get("hits", [])) if isinstance(body, dict) else body
-        return len(hits)
+        params = {"q": q.text, "limit": 20, **({} if facets else {"facets": ""})}
+        return len(client.get("/api/search", params)["hits"])
 
     return run
 
@@ -142,6 +145,7 @@ class CFind:
         self.model = StudyRootQueryRetrieveInformationModelFind
         ae = AE(ae_title="BENCHFIND")
         ae.add_requested_context(self.model)
+        ae.add_requested_context("1.2.840.10008.1.1")  # Verification: C-ECHO times the DIMSE floor
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
         self.assoc = ae.associate("127.0.0.1", port, ae_title=aet)
         if not self.assoc.is_established:
@@ -173,6 +177,12 @@ class CFind:
             elif code != 0x0000:
                 raise RuntimeError(f"C-FIND failed with status 0x{code:04X}")
         return matches
+
+    def echo(self, q: Question) -> int:
+        status = self.assoc.send_c_echo()
+        if not status or int(status.Status) != 0:
+            raise RuntimeError(f"C-ECHO failed: {status}")
+        return 0
 
     def close(self) -> None:
         self.assoc.release()
