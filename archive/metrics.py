@@ -46,3 +46,4 @@ QUEUE_DEAD = Gauge(
 )
 QUERIES = Counter("archive_queries_total", "Queries answered", ["interface", "level", "status"])
 QUERY_SECONDS = Histogram("archive_query_seconds", "Query latency", ["interface"])
+STOW_INSTANCES = Counter("archive_stow_instances_total", "STOW-RS instances (or rejected requests) by result", ["result"])

@@ -64,6 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARCHIVE_INDEXER_PREFETCH", "400", "Unacknowledged messages an indexer holds (RabbitMQ prefetch)"),
     Setting("ARCHIVE_WORKERS", "1", "SCP processes sharing the DICOM port (SO_REUSEPORT) in `serve`/`scp`"),
     Setting("ARCHIVE_QUERY_LIMIT", "1000", "Most results one query returns"),
+    Setting("ARCHIVE_STOW_MAX_BYTES", "4294967296", "Largest STOW-RS request body (bytes; more is answered 413)"),
     Setting("ARCHIVE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR"),
     Setting("ARCHIVE_LOG_FORMAT", "json", "`json` or `text`"),
 )
@@ -122,6 +123,7 @@ class Settings:
     indexer_prefetch: int = 400
     workers: int = 1
     query_limit: int = 1000
+    stow_max_bytes: int = 4 * 1024**3
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -163,6 +165,7 @@ class Settings:
             ("ARCHIVE_INDEXER_PREFETCH", self.indexer_prefetch, 1),
             ("ARCHIVE_WORKERS", self.workers, 1),
             ("ARCHIVE_QUERY_LIMIT", self.query_limit, 1),
+            ("ARCHIVE_STOW_MAX_BYTES", self.stow_max_bytes, 1),
             ("ARCHIVE_FIND_MAX_MATCHES", self.find_max_matches, 1),
             ("ARCHIVE_MAX_PDU", self.max_pdu, 0),
         ):
@@ -215,6 +218,7 @@ class Settings:
             "ARCHIVE_INDEXER_PREFETCH": ("indexer_prefetch", int),
             "ARCHIVE_WORKERS": ("workers", int),
             "ARCHIVE_QUERY_LIMIT": ("query_limit", int),
+            "ARCHIVE_STOW_MAX_BYTES": ("stow_max_bytes", int),
             "ARCHIVE_QUERY_DICOM_PORT": ("query_dicom_port", int),
             "ARCHIVE_FIND_MAX_MATCHES": ("find_max_matches", int),
         }

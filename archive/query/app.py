@@ -13,7 +13,7 @@ from archive.core.models import DicomJson
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.core.query import Query
 from archive.ingest.service import IngestService
-from archive.query import openapi, qido, search_api
+from archive.query import openapi, qido, search_api, stow
 from archive.query.context import CATALOG, INGEST, MAX_LIMIT, SEARCH, SETTINGS, STORE
 from archive.settings import Settings
 
@@ -105,6 +105,7 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
         app[STORE] = store
     if ingest is not None:
         app[INGEST] = ingest
+        stow.add_routes(app)
     r = app.router
     r.add_get("/dicom-web/studies", studies)
     r.add_get("/dicom-web/series", series)
