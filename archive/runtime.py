@@ -24,6 +24,7 @@ from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.app import add_routes
+from archive.query.commitment import commitment_service
 from archive.query.dimse import QueryRetrieve, query_retrieve_service
 from archive.scp.fast import FastStoreSCP
 from archive.scp.portal import Portal
@@ -168,6 +169,7 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         if dimse_query:
             qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir))
             qr_services.append(query_retrieve_service(qr, portal, settings))
+            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings))
         store_scp: StoreSCP | None = None
         fast_scp: FastStoreSCP | None = None
         qr_server: DicomServer | None = None
