@@ -16,7 +16,7 @@ object is never held whole in memory.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
 from archive.core.errors import ArchiveError
+from archive.core.query import InvalidQuery
 
 JPEG = "image/jpeg"
 PNG = "image/png"
@@ -79,6 +80,7 @@ class RenderOptions:
     quality: int = DEFAULT_QUALITY
     window: Window | None = None
     viewport: Viewport | None = None
+    crop: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 as fractions (WADO-URI region)
 
 
 def number_of_frames(ds: Dataset) -> int:
@@ -239,7 +241,7 @@ def apply_viewport(image: Image.Image, viewport: Viewport | None) -> Image.Image
         top, bottom = sorted((sy, sy + sh))
         box = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
         if box[2] <= box[0] or box[3] <= box[1]:
-            raise RenderError("the viewport's source region lies outside the image")
+            raise InvalidQuery("viewport: the source region lies outside the image")
         image = image.crop(box)
         if sw < 0:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -267,7 +269,12 @@ def render_frame(path: Path, frame: int, options: RenderOptions) -> bytes:
     """Frame ``frame`` (1-based) of a Part 10 file, rendered and encoded."""
     arr, meta = read_frame(path, frame - 1)
     pixels = display(arr, meta, options.window, frame - 1)
-    image = apply_viewport(Image.fromarray(pixels), options.viewport)
+    image = Image.fromarray(pixels)
+    if options.crop is not None:
+        x1, y1, x2, y2 = options.crop
+        box = (int(x1 * image.width), int(y1 * image.height), int(x2 * image.width), int(y2 * image.height))
+        image = image.crop((box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)))
+    image = apply_viewport(image, options.viewport)
     return encode(image, options.media_type, options.quality)
 
 
@@ -275,5 +282,4 @@ def thumbnail_options(options: RenderOptions) -> RenderOptions:
     """A thumbnail is a rendering that fits THUMBNAIL_SIZE unless a viewport is given."""
     if options.viewport is not None:
         return options
-    size = Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
-    return RenderOptions(options.media_type, options.quality, options.window, size)
+    return replace(options, viewport=Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
