@@ -150,8 +150,8 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         needed += [backends.store, backends.queue]
     if indexer:
         needed += [backends.queue, backends.catalog, backends.search]
-    if query:
-        needed += [backends.catalog, backends.search]
+    if query:  # QIDO and search read catalog and index; WADO reads objects; STOW-RS ingests
+        needed += [backends.catalog, backends.search, backends.store, backends.queue]
     if dimse_query:
         needed += [backends.catalog, backends.store]
     used = list(dict.fromkeys(needed))
@@ -161,7 +161,9 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             await backend.migrate()
         app = archive_web.base_app(used)
         if query:
-            add_routes(app, backends.catalog, settings.query_limit, backends.search)
+            add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
+                       ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
+                       settings=settings)
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
