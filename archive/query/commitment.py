@@ -38,7 +38,7 @@ from archive.query.commitment_report import (
     ResponseSent,
     send_on_association,
 )
-from archive.query.dimse import _status  # Status + Error Comment dataset, shared with Q/R
+from archive.query.dimse import status_dataset
 from archive.scp.portal import Portal
 from archive.scp.server import DimseService
 from archive.settings import Settings
@@ -278,7 +278,7 @@ class CommitmentSCP:
             log.warning("storage commitment request refused", extra={
                 "calling_aet": calling_aet, "status": f"0x{exc.status:04X}", "reason": str(exc)})
             metrics.QUERIES.labels("commitment", "-", "invalid").inc()
-            return _status(exc.status, str(exc)), None
+            return status_dataset(exc.status, str(exc)), None
         log.info("storage commitment requested", extra={
             "calling_aet": calling_aet, "transaction_uid": request.transaction_uid,
             "instances": len(request.references)})

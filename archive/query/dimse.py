@@ -95,7 +95,7 @@ class QueryRetrieve:
         return await retrieve.spool(self.store, instance, self.spool_dir)
 
 
-def _status(code: int, comment: str = "") -> Dataset:
+def status_dataset(code: int, comment: str = "") -> Dataset:
     ds = Dataset()
     ds.Status = code
     if comment:
@@ -105,12 +105,12 @@ def _status(code: int, comment: str = "") -> Dataset:
 
 def _failure(exc: BaseException) -> Dataset:
     if isinstance(exc, IdentifierError):
-        return _status(IDENTIFIER_MISMATCH, str(exc))
+        return status_dataset(IDENTIFIER_MISMATCH, str(exc))
     if isinstance(exc, InvalidQuery):
-        return _status(UNABLE_TO_PROCESS, str(exc))
+        return status_dataset(UNABLE_TO_PROCESS, str(exc))
     if isinstance(exc, (BackendUnavailable, TimeoutError)):
-        return _status(OUT_OF_RESOURCES, "Archive backend unavailable; retry later")
-    return _status(UNABLE_TO_PROCESS, "Unexpected error while querying")
+        return status_dataset(OUT_OF_RESOURCES, "Archive backend unavailable; retry later")
+    return status_dataset(UNABLE_TO_PROCESS, "Unexpected error while querying")
 
 
 def _log_failure(what: str, event: Event, exc: BaseException) -> None:
@@ -138,7 +138,7 @@ def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
                     return
                 if sent >= settings.find_max_matches:
                     outcome = "capped"
-                    yield _status(OUT_OF_RESOURCES, f"More than {settings.find_max_matches} matches; narrow the query"), None
+                    yield status_dataset(OUT_OF_RESOURCES, f"More than {settings.find_max_matches} matches; narrow the query"), None
                     return
                 yield pending, response(plan, result, settings.aet)
                 sent += 1
