@@ -11,54 +11,14 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_encoder
-from pydicom.uid import (
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-    UID,
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, ExplicitVRLittleEndian, generate_uid
 
 from archive.core.query import InvalidQuery
 from archive.query import render
 from archive.query.frames import FrameReader, NotAcceptable, negotiate, parse_frame_numbers
 from archive.query.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
 from archive.query.wado_pixels import parse_quality, parse_viewport, parse_window, render_media_type
-
-
-def image_file(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", *, frames: int | None = None,
-               bits_stored: int | None = None, syntax: str = ExplicitVRLittleEndian, **attrs: object) -> Path:
-    """A Secondary Capture Part 10 file holding ``pixels`` (frames, rows, cols[, samples])."""
-    ds = Dataset()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = "OT"
-    shape = pixels.shape[1:] if frames else pixels.shape
-    ds.Rows, ds.Columns = shape[0], shape[1]
-    ds.SamplesPerPixel = 3 if len(shape) == 3 else 1
-    if ds.SamplesPerPixel == 3:
-        ds.PlanarConfiguration = 0
-    if frames:
-        ds.NumberOfFrames = frames
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    if syntax != ExplicitVRLittleEndian:
-        ds.compress(UID(syntax))
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from tests.images import image_file
 
 
 def decoded(body: bytes) -> np.ndarray:
