@@ -45,6 +45,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARCHIVE_BIND", "0.0.0.0", "Address the DICOM and HTTP listeners bind to"),
     Setting("ARCHIVE_DICOM_PORT", "11112", "DICOM (DIMSE) port"),
     Setting("ARCHIVE_HTTP_PORT", "8080", "HTTP port (DICOMweb, health, metrics)"),
+    Setting("ARCHIVE_CORS_ORIGINS", "*", "Browser origins allowed to call the HTTP API (CORS): `*` or `https://a.example,https://b.example`"),
     Setting("ARCHIVE_QUERY_DICOM_PORT", "11113", "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` answers every service on `ARCHIVE_DICOM_PORT`"),
     Setting("ARCHIVE_PEERS", "", "C-MOVE destinations and commitment peers: `AET@host:port,AET2@host:port`"),
     Setting("ARCHIVE_FIND_MAX_MATCHES", "10000", "Most matches one C-FIND returns; more end the response with 0xA700 and a comment"),
@@ -104,6 +105,7 @@ class Settings:
     bind: str = "0.0.0.0"
     dicom_port: int = 11112
     http_port: int = 8080
+    cors_origins: tuple[str, ...] = ("*",)
     query_dicom_port: int = 11113
     peers: tuple[Peer, ...] = ()
     find_max_matches: int = 10000
@@ -230,6 +232,8 @@ class Settings:
                     raise ConfigError(f"{var}: {value!r} is not a number") from None
         if (value := get("ARCHIVE_DATA_DIR")) is not None:
             values["data_dir"] = Path(value)
+        if (value := get("ARCHIVE_CORS_ORIGINS")) is not None:
+            values["cors_origins"] = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
         if (value := get("ARCHIVE_ALLOWED_AETS")) is not None:
             values["allowed_aets"] = tuple(a.strip() for a in value.split(",") if a.strip())
         if (value := get("ARCHIVE_ALLOWED_NETWORKS")) is not None:

@@ -14,6 +14,7 @@ from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.core.query import Query
 from archive.ingest.service import IngestService
 from archive.query import openapi, qido, search_api, stow
+from archive.query import wado
 from archive.query.context import CATALOG, INGEST, MAX_LIMIT, SEARCH, SETTINGS, STORE
 from archive.settings import Settings
 
@@ -101,6 +102,7 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
     app[CATALOG] = catalog
     app[MAX_LIMIT] = max_limit
     app[SETTINGS] = settings or Settings()
+    wado.add_routes(app)  # WADO-RS retrieve, metadata, bulkdata (the store below); CORS on every route
     if store is not None:
         app[STORE] = store
     if ingest is not None:
