@@ -1,0 +1,159 @@
+"""WADO-RS: retrieve studies, series and instances (PS3.18 10.4, 8.7).
+
+The response is ``multipart/related; type="application/dicom"``, written one
+instance at a time: an instance sent as stored streams from the object store
+straight into its part (checksum verified at its end), an instance converted
+to another transfer syntax is spooled to a local file, converted by pydicom in
+a worker thread, then streamed from that file. A study is never held in memory.
+
+Every status is decided before the first byte: 400 for a path UID that is not
+a UID, 404 when nothing is stored under the path, 406 when an instance cannot
+be produced in any transfer syntax the client accepts (see
+:mod:`archive.query.transcode`). A failure after the response has started
+(an object gone or corrupted mid-study) is logged and the connection is cut, so
+the client sees a truncated body rather than a complete-looking one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from archive import metrics
+from archive.core.ports import ObjectStore
+from archive.core.query import Query
+from archive.core.records import CatalogInstance
+from archive.query import bulkdata, cors, wado_metadata
+from archive.query.context import CATALOG, STORE
+from archive.query.multipart import MultipartStream
+from archive.query.retrieve import RetrieveError, spool
+from archive.query.transcode import TranscodeError, choose, transcode, wanted_syntaxes
+from archive.query.wado_request import describe_scope, http_error, scope, spool_dir
+
+log = logging.getLogger(__name__)
+
+DICOM = "application/dicom"
+MAX_INSTANCES = 1_000_000  # rows of (UIDs, key, checksum) a retrieve may list
+CHUNK = 1024 * 1024
+
+Source = AsyncIterator[bytes]
+
+
+async def _as_stored(store: ObjectStore, instance: CatalogInstance) -> Source:
+    digest = hashlib.sha256()
+    async for chunk in store.get(instance.object_key):
+        digest.update(chunk)
+        yield chunk
+    if instance.sha256 and digest.hexdigest() != instance.sha256:
+        raise RetrieveError(f"{instance.sop_instance_uid}: stored object does not match its checksum")
+
+
+async def _primed(source: Source) -> Source:
+    """Read the first chunk now, so that a missing object fails before its part starts."""
+    first = await anext(source, b"")
+
+    async def chained() -> Source:
+        yield first
+        async for chunk in source:
+            yield chunk
+
+    return chained()
+
+
+async def file_chunks(path: Path) -> Source:
+    """A local file's bytes in chunks (reads in a worker thread); the file is removed at the end."""
+    try:
+        with open(path, "rb") as fh:
+            while chunk := await asyncio.to_thread(fh.read, CHUNK):
+                yield chunk
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def open_instance(store: ObjectStore, instance: CatalogInstance, syntax: str, directory: Path) -> Source:
+    """The instance's Part 10 bytes in ``syntax``: as stored, or converted through a spool file."""
+    if syntax == instance.transfer_syntax_uid:
+        return await _primed(_as_stored(store, instance))
+    source = await spool(store, instance, directory)
+    target = source.with_suffix(".out.dcm")
+    try:
+        await asyncio.to_thread(transcode, source, target, syntax)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    finally:
+        source.unlink(missing_ok=True)
+    log.info("instance %s converted from %s to %s", instance.sop_instance_uid, instance.transfer_syntax_uid, syntax)
+    return file_chunks(target)
+
+
+def abort(request: web.Request, what: str, exc: BaseException) -> None:
+    """After the response started no status can be sent: cut the connection instead."""
+    log.error("WADO-RS response cut: %s: %s: %s", what, type(exc).__name__, exc)
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    level, matchers = scope(request)
+    wanted = wanted_syntaxes(request.headers.get("Accept"), DICOM)
+    if not wanted:  # PS3.18 8.7.3.5: only multipart/related application/dicom
+        raise http_error(web.HTTPNotAcceptable, f'only multipart/related; type="{DICOM}" is served here')
+    instances = await request.app[CATALOG].locate(Query(level, matchers, limit=MAX_INSTANCES))
+    if not instances:
+        raise http_error(web.HTTPNotFound, f"nothing stored under {describe_scope(matchers)}")
+    plan = [(inst, choose(inst.transfer_syntax_uid, wanted)) for inst in instances]
+    refused = sorted({inst.transfer_syntax_uid for inst, syntax in plan if syntax is None})
+    if refused:
+        raise http_error(web.HTTPNotAcceptable,
+                         f"stored in {', '.join(refused)}: none of the accepted transfer syntaxes can be produced")
+    store, directory = request.app[STORE], spool_dir(request)
+    first_inst, first_syntax = plan[0]
+    assert first_syntax is not None
+    try:
+        first = await open_instance(store, first_inst, first_syntax, directory)
+    except TranscodeError as exc:
+        raise http_error(web.HTTPNotAcceptable, str(exc)) from None
+    boundary = MultipartStream.new_boundary()
+    response = web.StreamResponse(headers={"Content-Type": MultipartStream.content_type(DICOM, boundary)})
+    await response.prepare(request)
+    body = MultipartStream(response, boundary)
+    current = first_inst.sop_instance_uid
+    try:
+        for n, (inst, syntax) in enumerate(plan):
+            current = inst.sop_instance_uid
+            assert syntax is not None
+            source = first if n == 0 else await open_instance(store, inst, syntax, directory)
+            await body.part(f"{DICOM}; transfer-syntax={syntax}")
+            async for chunk in source:
+                await body.write(chunk)
+        await body.close()
+    except (ConnectionError, asyncio.CancelledError):
+        raise  # the client went away
+    except Exception as exc:
+        abort(request, f"instance {current}", exc)
+        return response
+    metrics.QUERIES.labels("wado", level.value, "200").inc()
+    metrics.QUERY_SECONDS.labels("wado").observe(time.perf_counter() - started)
+    log.info("WADO-RS retrieve of %s: %d instances", describe_scope(matchers), len(plan))
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    """WADO-RS retrieve, metadata and bulkdata under /dicom-web, and CORS for every route."""
+    cors.install(app)
+    r = app.router
+    study = "/dicom-web/studies/{study}"
+    series = study + "/series/{series}"
+    instance = series + "/instances/{instance}"
+    for path in (study, series, instance):
+        r.add_get(path, retrieve)
+        r.add_get(path + "/metadata", wado_metadata.metadata)
+    r.add_get(instance + "/bulkdata/{path:" + bulkdata.PATH_PATTERN + "}", bulkdata.bulkdata)

@@ -1,0 +1,62 @@
+"""What every WADO-RS handler reads from a request: validated path UIDs, the base URL, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from archive.core.errors import InvalidUID
+from archive.core.levels import Level
+from archive.core.query import Matcher, SingleValue
+from archive.core.uids import validate_uid
+from archive.query.context import SETTINGS
+
+# path parameter -> (attribute, level of a resource that names it last)
+PATH_UIDS = (
+    ("study", "StudyInstanceUID", Level.STUDY),
+    ("series", "SeriesInstanceUID", Level.SERIES),
+    ("instance", "SOPInstanceUID", Level.IMAGE),
+)
+
+
+def http_error(kind: type[web.HTTPError], message: str) -> web.HTTPError:
+    """An aiohttp HTTP error with the JSON body the error middleware also answers with."""
+    return kind(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def scope(request: web.Request) -> tuple[Level, tuple[Matcher, ...]]:
+    """The resource's level and a UID matcher per path UID; 400 for a UID that is not one."""
+    level = Level.STUDY
+    matchers: list[Matcher] = []
+    for name, keyword, named_level in PATH_UIDS:
+        if name not in request.match_info:
+            continue
+        try:  # PS3.5 9.1: nothing else reaches the catalog
+            uid = validate_uid(request.match_info[name], keyword)
+        except InvalidUID as exc:
+            raise http_error(web.HTTPBadRequest, str(exc)) from None
+        matchers.append(SingleValue(keyword, uid))
+        level = named_level
+    return level, tuple(matchers)
+
+
+def describe_scope(matchers: tuple[Matcher, ...]) -> str:
+    return ", ".join(f"{m.keyword} {getattr(m, 'value', '')}" for m in matchers)
+
+
+def base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}/dicom-web"
+
+
+def instance_url(base: str, study: str, series: str, instance: str) -> str:
+    return f"{base}/studies/{study}/series/{series}/instances/{instance}"
+
+
+def spool_dir(request: web.Request) -> Path:
+    """This process's spool directory (the layout ``archive.scp.spool.process_spool`` cleans)."""
+    directory = request.app[SETTINGS].data_dir / "spool" / str(os.getpid())
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
