@@ -216,3 +216,19 @@ def test_request_parameters() -> None:
             bad()
     with pytest.raises(NotAcceptable):
         render_media_type("image/gif")
+
+
+def test_enhanced_multiframe_functional_groups(tmp_path: Path) -> None:
+    """Rescale and window per frame from the functional groups (PS3.3 C.7.6.16.2.9, C.7.6.16.2.10)."""
+    per_frame = []
+    for i in range(3):
+        rescale, voi, group = Dataset(), Dataset(), Dataset()
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 1, -1000 * i, "US"
+        voi.WindowCenter, voi.WindowWidth = 100 * (i + 1), 201
+        group.PixelValueTransformationSequence, group.FrameVOILUTSequence = [rescale], [voi]
+        per_frame.append(group)
+    pixels = RNG.integers(0, 4096, size=(3, 8, 8), dtype=np.uint16)
+    path = image_file(tmp_path / "enh.dcm", pixels, frames=3, bits_stored=12, PerFrameFunctionalGroupsSequence=per_frame)
+    for i in range(3):
+        expected = linear(pixels[i].astype(np.float64) - 1000 * i, 100 * (i + 1), 201)
+        assert np.array_equal(png(path, i + 1), expected)
