@@ -13,7 +13,7 @@ from archive.core.models import DicomJson
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.core.query import Query
 from archive.ingest.service import IngestService
-from archive.query import openapi, qido, search_api, stow
+from archive.query import openapi, qido, search_api, stow, wado_pixels, wado_uri
 from archive.query import wado
 from archive.query.context import CATALOG, INGEST, MAX_LIMIT, SEARCH, SETTINGS, STORE
 from archive.settings import Settings
@@ -105,6 +105,8 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
     wado.add_routes(app)  # WADO-RS retrieve, metadata, bulkdata (the store below); CORS on every route
     if store is not None:
         app[STORE] = store
+        wado_pixels.add_routes(app)  # frames, rendered, thumbnails
+        wado_uri.add_routes(app)  # /wado?requestType=WADO
     if ingest is not None:
         app[INGEST] = ingest
         stow.add_routes(app)
