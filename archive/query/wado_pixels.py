@@ -1,7 +1,8 @@
 """WADO-RS pixel routes: frames, rendered images and thumbnails (PS3.18 10.4).
 
 - ``.../instances/{i}/frames/{list}``: frame pixel data (PS3.18 10.4.1.1.5, 8.7.3.5)
-- ``.../instances/{i}/rendered``, ``.../frames/{n}/rendered`` (10.4.1.1.3, 8.3.5.1)
+- ``.../instances/{i}/rendered``, ``.../frames/{n}/rendered`` (10.4.1.1.3, 8.3.5.1); a study's
+  or series' ``rendered`` is multipart/related, one rendered instance (first frame) per part
 - ``.../studies/{s}/thumbnail``, ``.../series/{se}/thumbnail``, ``.../instances/{i}/thumbnail``
   and ``.../frames/{n}/thumbnail`` (10.4.1.1.4): a small rendering of a
   representative instance (the middle instance of the first series that renders).
@@ -16,7 +17,6 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -34,6 +34,7 @@ from archive.core.uids import validate_uid
 from archive.query import render
 from archive.query.context import CATALOG, SETTINGS, STORE
 from archive.query.frames import FrameReader, NotAcceptable, negotiate, parse_accept, parse_frame_numbers
+from archive.query.multipart import MultipartStream
 from archive.query.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
 from archive.query.retrieve import RetrieveError, spool
 from archive.scp.spool import process_spool
@@ -130,7 +131,10 @@ def parse_quality(text: str | None) -> int:
 def render_media_type(accept: str) -> str:
     """The rendered media type for an Accept value (JPEG unless PNG is preferred), or 406."""
     for entry in parse_accept(accept or "*/*"):
-        media = RENDER_ALIASES.get(entry.media_type, entry.media_type)
+        media = entry.media_type
+        if media == "multipart/related":  # study and series renderings: one image per part
+            media = entry.params.get("type", render.JPEG).lower()
+        media = RENDER_ALIASES.get(media, media)
         if media in render.MEDIA_TYPES:
             return media
     raise NotAcceptable(f"cannot render {accept!r}: we render {', '.join(render.MEDIA_TYPES)}")
@@ -207,16 +211,21 @@ def representatives(instances: list[CatalogInstance]) -> list[CatalogInstance]:
     return [members[len(members) // 2] for members in by_series.values()]
 
 
-async def group_thumbnail(request: web.Request) -> web.StreamResponse:
-    study = uid(request, "study", "StudyInstanceUID")
-    matchers = [SingleValue("StudyInstanceUID", study)]
+def _scope(request: web.Request) -> tuple[SingleValue, ...]:
+    """The study (and series) of the path as query matchers."""
+    matchers = [SingleValue("StudyInstanceUID", uid(request, "study", "StudyInstanceUID"))]
     if "series" in request.match_info:
         matchers.append(SingleValue("SeriesInstanceUID", uid(request, "series", "SeriesInstanceUID")))
+    return tuple(matchers)
+
+
+async def group_thumbnail(request: web.Request) -> web.StreamResponse:
+    matchers = _scope(request)
     try:
         options = render.thumbnail_options(render_options(request))
     except NotAcceptable as exc:
         raise web.HTTPNotAcceptable(text=str(exc)) from None
-    found = await request.app[CATALOG].locate(Query(Level.IMAGE, tuple(matchers), limit=MAX_SERIES_INSTANCES))
+    found = await request.app[CATALOG].locate(Query(Level.IMAGE, matchers, limit=MAX_SERIES_INSTANCES))
     if not found:
         raise web.HTTPNotFound(text="no such study or series")
     for candidate in representatives(found)[:MAX_THUMBNAIL_TRIES]:
@@ -225,6 +234,30 @@ async def group_thumbnail(request: web.Request) -> web.StreamResponse:
         except (NotAcceptable, web.HTTPNotFound):
             continue  # not an image (SR, PR, ...): try the next series
     raise web.HTTPNotAcceptable(text="no instance of this study or series can be rendered")
+
+
+async def group_rendered(request: web.Request) -> web.StreamResponse:
+    """Rendered study or series (PS3.18 10.4.1.1.3): every instance that renders, one part each."""
+    try:
+        options = render_options(request)
+    except NotAcceptable as exc:
+        raise web.HTTPNotAcceptable(text=str(exc)) from None
+    found = await request.app[CATALOG].locate(Query(Level.IMAGE, _scope(request), limit=MAX_SERIES_INSTANCES))
+    if not found:
+        raise web.HTTPNotFound(text="no such study or series")
+    boundary = MultipartStream.new_boundary()
+    response = web.StreamResponse(headers={"Content-Type": MultipartStream.content_type(options.media_type, boundary)})
+    await response.prepare(request)
+    stream = MultipartStream(response, boundary)
+    for instance in found:
+        try:
+            body = await render_instance(request, instance, 1, options)
+        except (NotAcceptable, web.HTTPException):
+            continue  # not an image, or gone since it was listed
+        await stream.part(options.media_type, {"Content-Length": str(len(body))})
+        await stream.write(body)
+    await stream.close()
+    return response
 
 
 # ---- frames (PS3.18 10.4.1.1.5, 8.7.3.5) ----
@@ -247,18 +280,16 @@ async def frames(request: web.Request) -> web.StreamResponse:
                 reader.check(numbers)
             except FrameNotFound as exc:
                 raise web.HTTPNotFound(text=str(exc)) from None
-            boundary = uuid.uuid4().hex
-            response = web.StreamResponse(headers={
-                "Content-Type": f'multipart/related; type="{fmt.media_type}"; '
-                                f"transfer-syntax={fmt.transfer_syntax}; boundary={boundary}",
-            })
+            boundary = MultipartStream.new_boundary()
+            content_type = MultipartStream.content_type(fmt.media_type, boundary)
+            response = web.StreamResponse(headers={"Content-Type": f"{content_type}; transfer-syntax={fmt.transfer_syntax}"})
             await response.prepare(request)
+            stream = MultipartStream(response, boundary)
             for number in numbers:
                 data = await run(request, reader.frame, number, fmt)
-                head = f"--{boundary}\r\nContent-Type: {fmt.content_type}\r\nContent-Length: {len(data)}\r\n\r\n"
-                await response.write(head.encode("ascii") + data + b"\r\n")
-            await response.write(f"--{boundary}--\r\n".encode("ascii"))
-    await response.write_eof()
+                await stream.part(fmt.content_type, {"Content-Length": str(len(data))})
+                await stream.write(data)
+            await stream.close()
     metrics.QUERY_SECONDS.labels("wado-frames").observe(time.perf_counter() - started)
     return response
 
@@ -283,3 +314,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get(instance + "/frames/{frames}/thumbnail", instance_thumbnail)
     r.add_get("/dicom-web/studies/{study}/series/{series}/thumbnail", group_thumbnail)
     r.add_get("/dicom-web/studies/{study}/thumbnail", group_thumbnail)
+    r.add_get("/dicom-web/studies/{study}/series/{series}/rendered", group_rendered)
+    r.add_get("/dicom-web/studies/{study}/rendered", group_rendered)

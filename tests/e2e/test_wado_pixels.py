@@ -220,6 +220,21 @@ def test_rendered_errors(archive: tuple[ArchiveProcess, Sent]) -> None:
     assert get(f"{proc.http}/dicom-web/studies/{new_uid()}/series/{series}/instances/{sent.uids['ct0'][1]}/rendered")[0] == 404
 
 
+def test_rendered_series_and_study(archive: tuple[ArchiveProcess, Sent]) -> None:
+    proc, sent = archive
+    status, headers, body = get(f"{proc.http}/dicom-web/studies/{STUDY}/series/{CT}/rendered?window=1000,4001",
+                                'multipart/related; type="image/png"')
+    assert status == 200 and headers["Content-Type"].startswith('multipart/related; type="image/png"')
+    got = parts(headers["Content-Type"], body)
+    expected = [np.rint(window(p.astype(np.float64) - 1024, 1000, 4001)).astype(np.uint8) for p in CT_PIXELS]
+    assert [ct for ct, _ in got] == ["image/png"] * 3
+    assert all(np.array_equal(np.asarray(image(p)), e) for (_, p), e in zip(got, expected, strict=True))
+    status, headers, body = get(f"{proc.http}/dicom-web/studies/{STUDY}/rendered")
+    renderable = len(sent.files) - 1  # all but the plan
+    assert status == 200 and len(parts(headers["Content-Type"], body)) == renderable
+    assert get(f"{proc.http}/dicom-web/studies/{new_uid()}/rendered")[0] == 404
+
+
 def test_thumbnails(archive: tuple[ArchiveProcess, Sent]) -> None:
     proc, sent = archive
     status, headers, body = get(f"{proc.http}/dicom-web/studies/{STUDY}/thumbnail")
