@@ -18,8 +18,10 @@ ETag: it would need every page before the first byte.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
+from functools import lru_cache
 
 from aiohttp import web
 from pydicom.uid import UID
@@ -29,7 +31,7 @@ from archive.core.ports import InstanceMetadata
 from archive.core.query import Query
 from archive.query.context import CATALOG
 from archive.query.frames import parse_accept
-from archive.query.wado_request import base_url, describe_scope, http_error, instance_url, scope
+from archive.query.wado_request import base_url, describe_scope, http_error, scope
 
 DICOM_JSON = "application/dicom+json"
 PAGE = 5000
@@ -38,14 +40,21 @@ _BULK = re.compile(r'"BulkDataURI": ?"bulk:')  # a raw quote never occurs inside
 _ROWS = '"00280010"'  # Rows: the instance has an Image Pixel module
 
 
+@lru_cache(maxsize=64)
+def _pixel_vr(transfer_syntax_uid: str) -> str:
+    # PS3.5 8.2: encapsulated pixel data is OB; native pixel data here is OW
+    return "OB" if UID(transfer_syntax_uid).is_compressed else "OW"
+
+
 def instance_json(row: InstanceMetadata, base: str) -> str:
     """The stored JSON of one instance with resolvable BulkDataURIs (text edits only)."""
-    url = instance_url(base, row.study_uid, row.series_uid, row.sop_instance_uid) + "/bulkdata/"
-    text = _BULK.sub(lambda _: f'"BulkDataURI":"{url}', row.json)
+    url = f"{base}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_instance_uid}/bulkdata/"
+    url = json.dumps(url)[1:-1]  # the Host header comes from the client: keep the JSON valid
+    text = row.json
+    if "bulk:" in text:
+        text = _BULK.sub(f'"BulkDataURI":"{url}'.replace("\\", "\\\\"), text)
     if _ROWS in text and '"7FE00010"' not in text and text.endswith("}"):
-        # PS3.5 8.2: encapsulated pixel data is OB; native pixel data here is OW
-        vr = "OB" if UID(row.transfer_syntax_uid).is_compressed else "OW"
-        text = text[:-1] + f',"7FE00010":{{"vr":"{vr}","BulkDataURI":"{url}7FE00010"}}}}'
+        text = f'{text[:-1]},"7FE00010":{{"vr":"{_pixel_vr(row.transfer_syntax_uid)}","BulkDataURI":"{url}7FE00010"}}}}'
     return text
 
 

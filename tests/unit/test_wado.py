@@ -345,3 +345,14 @@ def test_cors_origins_setting() -> None:
     env = {"ARCHIVE_CORS_ORIGINS": "https://a.example/, https://b.example"}
     assert Settings.from_env(env).cors_origins == ("https://a.example", "https://b.example")
     assert json.dumps(Settings.from_env({}).cors_origins) == '["*"]'
+
+
+async def test_metadata_stays_valid_json_whatever_the_host_header(world: World) -> None:
+    ds = make_ct(study_uid=STUDY, series_uid=OTHER_SERIES, size=8)
+    ds.add_new(0x00091002, "LO", "CREATOR")
+    ds.add_new(0x00091010, "OB", bytes(20000))
+    await world.add(ds)
+    response = await world.client.get(f"/dicom-web/studies/{STUDY}/series/{OTHER_SERIES}/metadata",
+                                      headers={"Host": 'evil"\\host'})
+    [meta] = json.loads(await response.read())
+    assert meta["00091010"]["BulkDataURI"].startswith('http://evil"\\host/dicom-web/studies/')
