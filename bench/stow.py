@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import statistics
 import sys
 import tempfile
 import threading
@@ -26,11 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _receivers import Serve  # noqa: E402
 from _report import machine  # noqa: E402
-from _util import Batch, SliceFactory, TreeSampler, install_signal_handlers, kill_all  # noqa: E402
+from _util import (Batch, SliceFactory, TreeSampler, install_signal_handlers, kill_all,  # noqa: E402
+                   write_large_instance)
 from ingest import DRAIN_TIMEOUT, log, storescu, wait_quiet, wait_stored  # noqa: E402
 
 from tests.stow_client import CONTENT_TYPE  # noqa: E402
@@ -122,6 +126,19 @@ def run(serve: Serve, batch: Batch, kind: str, per_request: int, clients: int) -
             "peak_rss_mb": usage["serve"]["peak_rss_mb"], "end_to_end_inst_s": count / (t_all - started)}
 
 
+def large_run(serve: Serve, workdir: Path, size_mb: int) -> dict[str, Any]:
+    """One instance of ``size_mb`` MB by STOW-RS: throughput and the receiver's peak RSS."""
+    path = workdir / "large.dcm"
+    sop = write_large_instance(path, size_mb << 20)
+    batch = Batch(workdir, files=[path], sop_uids=[sop],
+                  studies=[str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)])
+    try:
+        result = run(serve, batch, "stow", 1, 1)
+    finally:
+        path.unlink()
+    return {**result, "kind": "stow-large"}
+
+
 def scenarios(batches: list[int], clients: list[int]) -> list[tuple[str, int, int]]:
     out = [("storescu", 1, c) for c in clients]
     out += [("stow", b, c) for b in batches for c in clients]
@@ -129,6 +146,8 @@ def scenarios(batches: list[int], clients: list[int]) -> list[tuple[str, int, in
 
 
 def label(kind: str, per_request: int, clients: int) -> str:
+    if kind == "stow-large":
+        return "STOW-RS, one large instance"
     if kind == "storescu":
         return f"C-STORE, storescu, {clients} association{'s' if clients > 1 else ''}"
     return f"STOW-RS, {per_request}/request, {clients} client{'s' if clients > 1 else ''}"
@@ -137,12 +156,11 @@ def label(kind: str, per_request: int, clients: int) -> str:
 def report(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """Markdown: median inst/s and MB/s per scenario and the ratio to storescu with as many senders."""
     by: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r["kind"] == "stow-large"):
         by.setdefault((r["kind"], r["per_request"], r["clients"]), []).append(r)
 
     def median(rows: list[dict[str, Any]], key: str) -> float:
-        values = sorted(r[key] for r in rows)
-        return values[len(values) // 2]
+        return statistics.median(r[key] for r in rows)
 
     lines = [f"{info['date']}, {info['cpus']} CPUs ({info['cpu_model']}), load average at start "
              f"{info['loadavg_at_start'][0]:.1f}; {results[0]['count']} instances of "
@@ -152,8 +170,8 @@ def report(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     for (kind, per_request, clients), rows in by.items():
         base = by.get(("storescu", 1, clients))
-        ratio = median(rows, "inst_s") / median(base, "inst_s") if base else None
-        lines.append(f"| {label(kind, per_request, clients)} | {median(rows, 'inst_s'):.0f} | "
+        ratio = median(rows, "inst_s") / median(base, "inst_s") if base and kind != "stow-large" else None
+        lines.append(f"| {label(kind, per_request, clients)} | {median(rows, 'inst_s'):.{0 if kind != 'stow-large' else 2}f} | "
                      f"{median(rows, 'mb_s'):.0f} | {'' if ratio is None else f'{ratio:.2f}x'} | "
                      f"{median(rows, 'receiver_cpu_ms_per_instance'):.1f} | {median(rows, 'peak_rss_mb'):.0f} |")
     return "\n".join(lines)
@@ -166,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="10,50", help="instances per STOW-RS request")
     parser.add_argument("--clients", default="1,4", help="concurrent STOW-RS clients / storescu associations")
     parser.add_argument("--no-fsync", action="store_true", help="ARCHIVE_FSYNC=false (default: true, the product default)")
+    parser.add_argument("--large-mb", type=int, default=0, help="also STOW one instance of this many MB")
     parser.add_argument("--out", type=Path, help="write the raw results as JSON")
     args = parser.parse_args(argv)
     install_signal_handlers()
@@ -187,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  {result['inst_s']:.0f} inst/s, {result['mb_s']:.0f} MB/s")
                     results.append(result)
                     batch.remove()
+            if args.large_mb:
+                log(f"STOW-RS of one {args.large_mb} MB instance")
+                results.append(large_run(serve, workdir, args.large_mb))
         finally:
             serve.stop()
             kill_all()

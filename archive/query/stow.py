@@ -32,7 +32,8 @@ from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AllStoragePresentationContexts
 
 from archive import metrics
-from archive.core.errors import BackendUnavailable, InvalidInstance, MalformedDataset, UIDMismatch
+from archive.core.errors import InvalidInstance, InvalidUID, MalformedDataset, UIDMismatch
+from archive.core.uids import validate_uid
 from archive.ingest.service import IngestService, Outcome, Received
 from archive.query.context import INGEST, SETTINGS
 from archive.scp.spool import process_spool
@@ -313,6 +314,11 @@ SPOOL = web.AppKey("stow_spool", Spool)
 async def store_instances(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     study = request.match_info.get("study")
+    try:
+        if study is not None:
+            validate_uid(study, "StudyInstanceUID")
+    except InvalidUID as exc:
+        return web.json_response({"error": str(exc)}, status=400)
     directory = await request.app[SPOOL].request_directory()
     try:
         check_accept(request.headers.get("Accept", ""))

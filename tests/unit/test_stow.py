@@ -152,6 +152,7 @@ async def test_study_in_url_rejects_instances_of_other_studies(archive: Archive,
 
     status, body = await archive.post([part10(_ct(), tmp_path)], study=study)
     assert status == 409  # none stored: conflict
+    assert (await archive.post([part10(_ct(), tmp_path)], study="1.2.x"))[0] == 400  # not a UID
     assert REFERENCED not in body and len(sequence(body, FAILED)) == 1
 
 
