@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ class OrthancPeer:
     dicom_port: int = 0
     http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    extra_config: dict[str, Any] = field(default_factory=dict)  # merged into orthanc.json (plugins...)
 
     @property
     def url(self) -> str:
@@ -116,6 +117,7 @@ class OrthancPeer:
             "HttpPort": self.http_port, "DicomCheckCalledAet": False, "AuthenticationEnabled": False,
             "RemoteAccessAllowed": True, "SaveJobs": False, "Plugins": [],
             "DicomModalities": {"archive": ["ARCHIVE", "127.0.0.1", self.archive_port]},
+            **self.extra_config,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))
