@@ -69,10 +69,13 @@ class StoredInstance(Dataset):
             return self.spool_path  # pynetdicom refuses it: the sub-operation fails
         dataset = dcmread(self.spool_path)
         if UID(self.stored_syntax).is_compressed:
-            dataset.decompress()  # pydicom's pixel data plugins (PS3.5 8.2)
+            dataset.decompress(generate_instance_uid=False)  # the same instance, losslessly re-encoded (PS3.5 8.2)
         target = UID(targets[0])
         dataset.file_meta.TransferSyntaxUID = target
-        # re-encoded by pynetdicom in the accepted syntax
+        # pynetdicom re-encodes in the accepted syntax. Every element is decoded first (iterall
+        # parses sequences too), so no raw element keeps the stored encoding inside the new one.
+        for _ in dataset.iterall():
+            pass
         dataset.set_original_encoding(target.is_implicit_VR, target.is_little_endian, dataset.original_character_set)
         return dataset
 

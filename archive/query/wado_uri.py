@@ -92,7 +92,7 @@ def _render_options(query: Mapping[str, str], media: str) -> RenderOptions:
 def _decompressed(path: Path) -> bytes:
     """The object decompressed to Explicit VR Little Endian, transferSyntax's default (PS3.18 Chapter 9)."""
     ds = dcmread(path)
-    ds.decompress()  # pydicom's pixel data plugins; sets Explicit VR Little Endian
+    ds.decompress(generate_instance_uid=False)  # the same instance (PS3.5 8.2); Explicit VR Little Endian
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()

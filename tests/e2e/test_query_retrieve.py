@@ -317,9 +317,9 @@ def test_get_series_and_instances(port: int, workdir: Path) -> None:
     out = workdir / "get-images"
     result = getscu(port, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={STUDIES[0].uid}",
                            f"SeriesInstanceUID={STUDIES[0].series[0][0]}", "SOPInstanceUID=" + "\\".join(wanted)],
-                    out, extra=["+xi"])
+                    out, extra=["-xi", "-v"])
     assert result.returncode == 0, result.stderr
-    assert {p.name.split(".", 1)[1] for p in out.iterdir()} == set(wanted)
+    assert {p.name.split(".", 1)[1] for p in out.iterdir()} == set(wanted), result.stderr
 
 
 def test_orthanc_queries_and_retrieves_from_us(archive: tuple[ArchiveProcess, OrthancPeer], port: int) -> None:
@@ -455,5 +455,34 @@ def test_get_reports_sub_operation_counts_and_damaged_objects(tmp_path: Path) ->
         assert sorted(received) == sorted(str(ds.SOPInstanceUID) for ds in datasets[2:])
         pending = [r for r, _ in responses[:-1] if r.Status == 0xFF00]
         assert [r.NumberOfRemainingSuboperations for r in pending] == [3, 2, 1, 0]
+    finally:
+        proc.stop()
+
+
+def test_get_decompresses_for_a_requester_that_accepts_only_uncompressed(tmp_path: Path) -> None:
+    """Stored RLE, asked for by an implicit-VR-only requester: decoded, same instance (same UID, same pixels)."""
+    import numpy as np
+    from pydicom import dcmread
+    from pydicom.uid import RLELossless
+
+    from tests.images import image_file
+
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    source = image_file(tmp_path / "rle.dcm", pixels, syntax=RLELossless, PatientID="RLE-GET")
+    original = dcmread(source)
+    proc = serve(tmp_path).start()
+    try:
+        assert storescu(proc.dicom_port, [source], extra=["-xr"]).returncode == 0  # stored as RLE
+        wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/instances?PatientID=RLE-GET")[1] or []) == 1)
+        out = tmp_path / "got"
+        result = getscu(proc.dicom_port, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={original.StudyInstanceUID}",
+                                          f"SeriesInstanceUID={original.SeriesInstanceUID}",
+                                          f"SOPInstanceUID={original.SOPInstanceUID}"], out, extra=["-xi"])
+        assert result.returncode == 0, result.stderr
+        [received_path] = list(out.iterdir())
+        received = dcmread(received_path)
+        assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"  # implicit VR little endian
+        assert received.SOPInstanceUID == original.SOPInstanceUID
+        assert np.array_equal(received.pixel_array, pixels)
     finally:
         proc.stop()
