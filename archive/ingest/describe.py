@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import _read_file_meta_info, read_dataset
@@ -33,6 +34,9 @@ BULK_THRESHOLD = 16 * 1024  # values above this stay out of the metadata (PS3.18
 PIXEL_GROUP = 0x7FE0
 MAX_INFLATED = 256 * 1024 * 1024  # a Deflated Explicit VR dataset is inflated in memory up to this
 MAX_DEFLATED_INPUT = 64 * 1024 * 1024
+# A sequence is metadata (SR content, codes, references), never bulk: read even when long,
+# up to this size; its bulk values inside still become BulkDataURIs.
+MAX_SEQUENCE_BYTES = 64 * 1024 * 1024
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1437.1"  # dicom-archive
 IMPLEMENTATION_VERSION = "DICOMARCHIVE01"
 
@@ -76,8 +80,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _element_json(elem: DataElement) -> dict[str, Any]:
-    out = elem.to_json_dict(bulk_data_element_handler=_bulk_marker, bulk_data_threshold=BULK_THRESHOLD)
+def _element_json(elem: DataElement, prefix: str) -> dict[str, Any]:
+    out = elem.to_json_dict(bulk_data_element_handler=lambda e: f"bulk:{prefix}{e.tag:08X}",
+                            bulk_data_threshold=BULK_THRESHOLD)
     values = out.get("Value")
     if isinstance(values, list):
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
@@ -88,12 +93,13 @@ def _element_json(elem: DataElement) -> dict[str, Any]:
     return out
 
 
-def _bulk_marker(elem: DataElement) -> str:
-    return f"bulk:{elem.tag:08X}"
+def dataset_json(ds: Dataset, prefix: str = "") -> DicomJson:
+    """DICOM JSON (PS3.18 F.2) of ``ds`` without deferred or bulk values.
 
-
-def dataset_json(ds: Dataset) -> DicomJson:
-    """DICOM JSON (PS3.18 F.2) of ``ds`` without deferred or bulk values."""
+    A bulk value becomes the marker ``bulk:<path>``, its path in the instance:
+    ``<tag>`` at the top level, ``<sequence tag>/<item index>/<tag>`` inside items;
+    the query service turns markers into BulkDataURIs (PS3.18 F.2.6).
+    """
     out: DicomJson = {}
     for tag in sorted(ds.keys()):
         if tag.element == 0 or tag.group in (0x0002, 0xFFFE):
@@ -101,17 +107,17 @@ def dataset_json(ds: Dataset) -> DicomJson:
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
             vr = raw.VR or "UN"
-            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{tag:08X}"}
+            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{prefix}{tag:08X}"}
             continue
         try:
             elem = ds[tag]
             if elem.VR == "SQ":
-                items = [dataset_json(item) for item in elem.value]
+                items = [dataset_json(item, f"{prefix}{tag:08X}/{i}/") for i, item in enumerate(elem.value)]
                 out[f"{tag:08X}"] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             else:
-                out[f"{tag:08X}"] = _element_json(elem)
+                out[f"{tag:08X}"] = _element_json(elem, prefix)
         except Exception:  # an undecodable element: keep going, record it as bulk-like
-            out[f"{tag:08X}"] = {"vr": "UN", "BulkDataURI": f"bulk:{tag:08X}"}
+            out[f"{tag:08X}"] = {"vr": "UN", "BulkDataURI": f"bulk:{prefix}{tag:08X}"}
     return out
 
 
@@ -149,7 +155,32 @@ def read_header(fp: BinaryIO, transfer_syntax_uid: str) -> Dataset:
     except Exception as exc:
         raise MalformedDataset(f"unknown Specific Character Set: {exc}") from exc
     ds.set_original_encoding(implicit, little, encodings)
+    _read_long_sequences(fp, ds, implicit, little, encodings)
     return ds
+
+
+def _read_long_sequences(fp: BinaryIO, ds: Dataset, implicit: bool, little: bool, encodings: Any) -> None:
+    """Read the defined-length sequences ``defer_size`` left unread (PS3.5 7.5).
+
+    pydicom defers any value longer than ``defer_size``, sequences included; an
+    SR's Content Sequence easily is. Their bytes are read from the value's offset.
+    """
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
+            continue
+        vr = raw.VR or (dictionary_VR(tag) if tag in DicomDictionary else None)
+        if vr != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
+            continue
+        fp.seek(raw.value_tell)
+        value = fp.read(raw.length)
+        if len(value) != raw.length:
+            raise MalformedDataset(f"sequence {BaseTag(tag)} is longer than the dataset")
+        full = raw._replace(VR="SQ", value=value)
+        try:
+            ds[tag] = convert_raw_data_element(full, encoding=encodings, ds=ds)
+        except Exception as exc:
+            raise MalformedDataset(f"sequence {BaseTag(tag)} cannot be parsed: {exc}") from exc
 
 
 def dataset_offset(path: Path) -> int:

@@ -71,3 +71,39 @@ def test_catalog_entry_and_search_document(tmp_path: Path) -> None:
     assert "secretvalue" in doc.text
     assert doc.fields["PatientID"] == ["PAT-1"]
     assert any(v == ["secretvalue"] for k, v in doc.fields.items() if k.startswith("0009"))
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit VR", "implicit VR"])
+def test_long_defined_length_sequences_are_metadata_not_bulk(tmp_path: Path, implicit: bool) -> None:
+    """An SR Content Sequence longer than the bulk threshold, with defined lengths (PS3.5 7.5.1)."""
+    from pydicom.dataset import Dataset
+
+    report = "Impression: " + "no acute findings. " * 2000  # ~38 KB of report text
+    assert len(report) > BULK_THRESHOLD
+    ds = make_ct(size=4)
+    item = Dataset()
+    item.ValueType = "TEXT"
+    item.TextValue = report
+    icon = Dataset()
+    icon.add_new(0x7FE00010, "OB", bytes(BULK_THRESHOLD + 10))  # bulk inside the sequence stays bulk
+    item.IconImageSequence = [icon]
+    ds.ContentSequence = [item]
+    ds["ContentSequence"].is_undefined_length = False
+    ds.ContentSequence[0].is_undefined_length_sequence_item = False
+    path = tmp_path / "sr.bin"
+    path.write_bytes(dataset_bytes(ds, implicit=implicit))
+    description = describe(path, str(ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian))
+    [stored] = description.metadata["0040A730"]["Value"]
+    assert stored["0040A160"]["Value"] == [report.rstrip()]  # UT: trailing spaces are padding
+    icon_pixels = stored["00880200"]["Value"][0]["7FE00010"]
+    assert icon_pixels["BulkDataURI"] == "bulk:0040A730/0/00880200/0/7FE00010" and "Value" not in icon_pixels
+    # and the report text is searchable
+    document = flatten(make_message_from(description, tmp_path))
+    assert report[:40] in document.text
+
+
+def make_message_from(description: object, tmp_path: Path) -> object:
+    from archive.ingest.describe import Description
+
+    assert isinstance(description, Description)
+    return description.index_message("instances/x.dcm", 1, "0" * 64, "TEST")

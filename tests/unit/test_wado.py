@@ -293,7 +293,10 @@ async def test_bulk_data_uris_resolve_to_the_values(world: World) -> None:
     [(_, content)] = await _bulk(world, URL(meta["00091010"]["BulkDataURI"]).path)
     assert content == private
     instance = URL(meta["7FE00010"]["BulkDataURI"]).path.rsplit("/", 1)[0]
-    [(_, content)] = await _bulk(world, f"{instance}/00091020/0/00091011")  # inside a sequence item
+    # inside a sequence item: the metadata's own BulkDataURI names the item (PS3.18 F.2.6)
+    nested = meta["00091020"]["Value"][0]["00091011"]["BulkDataURI"]
+    assert URL(nested).path == f"{instance}/00091020/0/00091011"
+    [(_, content)] = await _bulk(world, URL(nested).path)
     assert content == private[::-1]
     assert (await world.client.get(f"{instance}/00091099")).status == 404
     assert (await world.client.get(f"{instance}/00091020/5/00091011")).status == 404
