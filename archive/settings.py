@@ -45,6 +45,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARCHIVE_BIND", "0.0.0.0", "Address the DICOM and HTTP listeners bind to"),
     Setting("ARCHIVE_DICOM_PORT", "11112", "DICOM (DIMSE) port"),
     Setting("ARCHIVE_HTTP_PORT", "8080", "HTTP port (DICOMweb, health, metrics)"),
+    Setting("ARCHIVE_PUBLIC_URL", "", "External URL of the query service (e.g. `https://archive.example.com`) for RetrieveURL and BulkDataURI; default: from each request's Host header"),
     Setting("ARCHIVE_CORS_ORIGINS", "*", "Browser origins allowed to call the HTTP API (CORS): `*` or `https://a.example,https://b.example`"),
     Setting("ARCHIVE_QUERY_DICOM_PORT", "11113", "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` answers every service on `ARCHIVE_DICOM_PORT`"),
     Setting("ARCHIVE_PEERS", "", "C-MOVE destinations and commitment peers: `AET@host:port,AET2@host:port`"),
@@ -107,6 +108,7 @@ class Settings:
     http_port: int = 8080
     cors_origins: tuple[str, ...] = ("*",)
     query_dicom_port: int = 11113
+    public_url: str = ""
     peers: tuple[Peer, ...] = ()
     find_max_matches: int = 10000
     allowed_aets: tuple[str, ...] = ()
@@ -175,6 +177,9 @@ class Settings:
                 raise ConfigError(f"{name}: must be at least {low}, got {value}")
         if self.scp_engine not in ("pynetdicom", "asyncio"):
             raise ConfigError(f"ARCHIVE_SCP_ENGINE: {self.scp_engine!r} is not `pynetdicom` or `asyncio`")
+        if self.public_url and (urlsplit(self.public_url).scheme not in ("http", "https")
+                                or not urlsplit(self.public_url).netloc):
+            raise ConfigError(f"ARCHIVE_PUBLIC_URL: {self.public_url!r} is not an http(s):// URL")
         if self.log_format not in ("json", "text"):
             raise ConfigError("ARCHIVE_LOG_FORMAT: `json` or `text`")
 
@@ -200,6 +205,7 @@ class Settings:
             "ARCHIVE_AET": "aet",
             "ARCHIVE_BIND": "bind",
             "ARCHIVE_SCP_ENGINE": "scp_engine",
+            "ARCHIVE_PUBLIC_URL": "public_url",
             "ARCHIVE_LOG_LEVEL": "log_level",
             "ARCHIVE_LOG_FORMAT": "log_format",
         }

@@ -15,7 +15,7 @@ from archive.core.query import Query
 from archive.ingest.service import IngestService
 from archive.query import openapi, qido, search_api, stow, wado_pixels, wado_uri
 from archive.query import wado
-from archive.query.context import CATALOG, INGEST, MAX_LIMIT, SEARCH, SETTINGS, STORE
+from archive.query.context import CATALOG, INGEST, MAX_LIMIT, SEARCH, SETTINGS, STORE, dicomweb_base
 from archive.settings import Settings
 
 DICOM_JSON = "application/dicom+json"
@@ -61,7 +61,7 @@ async def _answer(request: web.Request, level: Level, scope: dict[str, str]) -> 
     )
     truncated = len(results) > query.limit
     results = results[: query.limit]
-    base = f"{request.scheme}://{request.host}/dicom-web"
+    base = dicomweb_base(request)
     body = [_shape(r, query, base, scope) for r in results]
     headers = {}
     if truncated:

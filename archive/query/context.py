@@ -18,3 +18,10 @@ STORE = web.AppKey("store", ObjectStore)  # WADO: objects are read from here
 INGEST = web.AppKey("ingest", IngestService)  # STOW-RS: the same ingest path as C-STORE
 SETTINGS = web.AppKey("settings", Settings)
 MAX_LIMIT = web.AppKey("max_limit", int)
+
+
+def dicomweb_base(request: web.Request) -> str:
+    """The base of the URLs we hand out (RetrieveURL, BulkDataURI): ARCHIVE_PUBLIC_URL, else the request's."""
+    settings = request.app.get(SETTINGS)
+    root = settings.public_url.rstrip("/") if settings and settings.public_url else f"{request.scheme}://{request.host}"
+    return f"{root}/dicom-web"

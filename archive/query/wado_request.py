@@ -12,7 +12,7 @@ from archive.core.errors import InvalidUID
 from archive.core.levels import Level
 from archive.core.query import Matcher, SingleValue
 from archive.core.uids import validate_uid
-from archive.query.context import SETTINGS
+from archive.query.context import SETTINGS, dicomweb_base
 
 # path parameter -> (attribute, level of a resource that names it last)
 PATH_UIDS = (
@@ -48,7 +48,7 @@ def describe_scope(matchers: tuple[Matcher, ...]) -> str:
 
 
 def base_url(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}/dicom-web"
+    return dicomweb_base(request)
 
 
 def instance_url(base: str, study: str, series: str, instance: str) -> str:

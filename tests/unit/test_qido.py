@@ -132,3 +132,25 @@ async def test_unscoped_series_and_instances_carry_study_attributes(client: Test
 async def test_control_characters_are_400(client: TestClient) -> None:
     response = await client.get("/dicom-web/studies?PatientID=%00x")
     assert response.status == 400
+
+
+async def test_public_url_is_the_base_of_retrieve_urls(tmp_path: Path) -> None:
+    from archive.settings import Settings
+
+    catalog = SqliteCatalog(tmp_path / "catalog.db")
+    await catalog.migrate()
+    await catalog.upsert([CatalogEntry.from_message(make_message(make_ct(study_uid=STUDY_A), tmp_path))])
+    app = base_app([catalog])
+    add_routes(app, catalog, max_limit=10, settings=Settings(public_url="https://archive.example.com/"))
+    async with TestClient(TestServer(app)) as c:
+        [study] = await get(c, "/dicom-web/studies")
+    await catalog.close()
+    assert study["00081190"]["Value"] == [f"https://archive.example.com/dicom-web/studies/{STUDY_A}"]
+
+
+def test_public_url_must_be_http() -> None:
+    from archive.core.errors import ConfigError
+    from archive.settings import Settings
+
+    with pytest.raises(ConfigError, match="ARCHIVE_PUBLIC_URL"):
+        Settings.from_env({"ARCHIVE_PUBLIC_URL": "archive.example.com"})
