@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from archive.core.search import FACETS, MAX_TEXT_CHARS, MAX_VALUE_CHARS, MAX_WINDOW
+from archive.query.context import dicomweb_base
 from archive.query.search_api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
 
 OPENAPI_VERSION = "3.0.3"
@@ -115,11 +116,100 @@ def _qido(summary: str, path_params: tuple[str, ...] = ()) -> dict[str, Any]:
     }}
 
 
+_UIDS = {"study": "Study Instance UID", "series": "Series Instance UID", "instance": "SOP Instance UID",
+         "frames": "Frame numbers, comma-separated, from 1", "path": "Attribute path: tag, or tag/item/tag... inside"
+         " sequence items"}
+_MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+_MULTIPART_OCTETS = 'multipart/related; type="application/octet-stream"'
+_WINDOW = _param("window", "center,width[,function]: overrides the VOI (PS3.18 8.3.5.1.2)", {"type": "string"})
+_VIEWPORT = _param("viewport", "vw,vh[,sx,sy,sw,sh]: output size and source region (PS3.18 8.3.5.1.3)",
+                   {"type": "string"})
+_QUALITY = _param("quality", "JPEG quality 1-100", {"type": "integer", "minimum": 1, "maximum": 100})
+
+
+def _get(summary: str, description: str, media: tuple[str, ...], params: tuple[str, ...],
+         extra: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """A DICOMweb GET with path UIDs, its media types, and the errors every one of them has."""
+    return {
+        "summary": summary, "description": description, "tags": ["DICOMweb"],
+        "parameters": [_param(p, _UIDS[p], {"type": "string"}, "path") for p in params] + list(extra),
+        "responses": {
+            "200": {"description": "OK", "content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                                     for m in media}},
+            "304": {"description": "Not modified (If-None-Match matched the ETag)"},
+            "400": _error("A UID or parameter is malformed"),
+            "404": _error("No such study, series, instance, frame or attribute"),
+            "406": _error("None of the accepted media types or transfer syntaxes can be produced"),
+        },
+    }
+
+
+def _dicomweb_paths() -> dict[str, Any]:
+    """WADO-RS (PS3.18 10.4), STOW-RS (10.5) and WADO-URI (chapter 9)."""
+    levels = {"study": ("/dicom-web/studies/{study}", ("study",)),
+              "series": ("/dicom-web/studies/{study}/series/{series}", ("study", "series")),
+              "instance": ("/dicom-web/studies/{study}/series/{series}/instances/{instance}",
+                           ("study", "series", "instance"))}
+    paths: dict[str, Any] = {}
+    for level, (base, params) in levels.items():
+        paths[base] = {"get": _get(
+            f"Retrieve the {level}", "WADO-RS: the instances as stored, or in the transfer syntax the Accept "
+            "header's `transfer-syntax` asks for (default Explicit VR Little Endian, `*` as stored)",
+            (_MULTIPART_DICOM,), params)}
+        paths[f"{base}/metadata"] = {"get": _get(
+            f"Metadata of the {level}", "From the catalog, with BulkDataURIs; ETag and If-None-Match",
+            ("application/dicom+json",), params)}
+        paths[f"{base}/rendered"] = {"get": _get(
+            f"Rendered {level}", "Consumer-ready images (PS3.18 10.4.1.1.3)",
+            ("image/jpeg", "image/png") if level == "instance" else ('multipart/related; type="image/jpeg"',),
+            params, (_WINDOW, _VIEWPORT, _QUALITY))}
+        paths[f"{base}/thumbnail"] = {"get": _get(
+            f"Thumbnail of the {level}", "A small rendering of a representative image (PS3.18 10.4.1.1.4)",
+            ("image/jpeg", "image/png"), params, (_VIEWPORT, _QUALITY))}
+    instance, params = levels["instance"]
+    frames = (*params, "frames")
+    paths[f"{instance}/frames/{{frames}}"] = {"get": _get(
+        "Frames", "Uncompressed (default) or as stored (`transfer-syntax=*` or the stored syntax's media type)",
+        (_MULTIPART_OCTETS, 'multipart/related; type="image/jls"', 'multipart/related; type="image/jp2"'), frames)}
+    paths[f"{instance}/frames/{{frames}}/rendered"] = {"get": _get(
+        "Rendered frame", "One frame as an image", ("image/jpeg", "image/png"), frames, (_WINDOW, _VIEWPORT, _QUALITY))}
+    paths[f"{instance}/frames/{{frames}}/thumbnail"] = {"get": _get(
+        "Thumbnail of a frame", "A small rendering of one frame", ("image/jpeg", "image/png"), frames, (_VIEWPORT,))}
+    paths[f"{instance}/bulkdata/{{path}}"] = {"get": _get(
+        "Bulk data", "The value a BulkDataURI names", (_MULTIPART_OCTETS,), (*params, "path"))}
+    stow = {
+        "summary": "Store instances (STOW-RS)", "tags": ["DICOMweb"],
+        "description": "PS3.18 10.5: multipart/related application/dicom parts, through the same ingest path as "
+                       "C-STORE. 200 all stored, 202 some failed or warned, 409 none stored.",
+        "requestBody": {"required": True, "content": {_MULTIPART_DICOM: {"schema": {"type": "string",
+                                                                                       "format": "binary"}}}},
+        "responses": {s: {"description": d, "content": {"application/dicom+json": {"schema": {"type": "object"}}}}
+                      for s, d in (("200", "Stored"), ("202", "Some stored"), ("409", "None stored"))}
+        | {"400": _error("Malformed multipart body"), "413": _error("Larger than ARCHIVE_STOW_MAX_BYTES"),
+           "415": _error("Not multipart/related application/dicom")},
+    }
+    paths["/dicom-web/studies"] = {"post": stow}
+    paths[levels["study"][0]]["post"] = {**stow, "parameters": [_param("study", _UIDS["study"], {"type": "string"},
+                                                                       "path")]}
+    wado_uri = {"get": {
+        "summary": "WADO-URI", "tags": ["DICOMweb"],
+        "description": "Legacy single-instance retrieval: requestType=WADO&studyUID=&seriesUID=&objectUID=, "
+                       "contentType application/dicom, image/jpeg or image/png, with frameNumber, rows, columns, "
+                       "region, windowCenter, windowWidth, imageQuality, transferSyntax",
+        "parameters": [_param(n, n, {"type": "string"}) for n in ("requestType", "studyUID", "seriesUID",
+                                                                  "objectUID", "contentType")],
+        "responses": _get("", "", ("application/dicom", "image/jpeg", "image/png"), ())["responses"],
+    }}
+    paths["/wado"] = paths["/dicom-web/wado"] = wado_uri
+    return paths
+
+
 def spec(server_url: str = "/") -> dict[str, Any]:
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "dicom-archive query service", "version": "1",
-                 "description": "Free-text and faceted search over every attribute, and QIDO-RS."},
+                 "description": "Free-text and faceted search over every attribute, and DICOMweb: "
+                                "QIDO-RS, WADO-RS, STOW-RS and WADO-URI."},
         "servers": [{"url": server_url}],
         "paths": {
             "/api/search": {"get": {
@@ -138,7 +228,8 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                 "responses": {"200": {"description": "OpenAPI 3 document",
                                       "content": {"application/json": {"schema": {"type": "object"}}}}},
             }},
-            "/dicom-web/studies": _qido("Search for studies"),
+            **_dicomweb_paths(),
+            "/dicom-web/studies": _qido("Search for studies") | _dicomweb_paths()["/dicom-web/studies"],
             "/dicom-web/series": _qido("Search for series"),
             "/dicom-web/instances": _qido("Search for instances"),
             "/dicom-web/studies/{study}/series": _qido("Series of a study", ("study",)),
@@ -151,7 +242,7 @@ def spec(server_url: str = "/") -> dict[str, Any]:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(spec(f"{request.scheme}://{request.host}"))
+    return web.json_response(spec(dicomweb_base(request).removesuffix("/dicom-web")))
 
 
 def add_routes(app: web.Application) -> None:
