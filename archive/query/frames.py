@@ -125,7 +125,7 @@ def negotiate(accept: str, stored_syntax: str) -> FrameFormat:
         media = entry.media_type
         if media in ("multipart/related", "multipart/*"):
             media = entry.params.get("type", OCTET_STREAM).lower()
-        elif media == "*/*":
+        if media == "*/*":  # also type="*/*", dicomweb-client's default (PS3.18 8.7.3.5.2: our default)
             media = OCTET_STREAM
         syntax = entry.params.get("transfer-syntax", "")
         if syntax == "*":  # as stored, whatever it is

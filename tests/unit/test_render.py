@@ -147,6 +147,7 @@ def test_native_frames_by_offset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("accept", "stored", "expected"), [
     ("", ExplicitVRLittleEndian, ("application/octet-stream", ExplicitVRLittleEndian)),
     ("*/*", RLELossless, ("application/octet-stream", ExplicitVRLittleEndian)),
+    ('multipart/related; type="*/*"', ExplicitVRLittleEndian, ("application/octet-stream", ExplicitVRLittleEndian)),
     ('multipart/related; type="image/jls"', JPEGLSLossless, ("image/jls", JPEGLSLossless)),
     ('multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.81, '
      'multipart/related; type="application/octet-stream"; q=0.5', JPEGLSLossless,
