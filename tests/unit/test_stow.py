@@ -343,3 +343,26 @@ def test_http_status_semantics() -> None:
     assert stow.http_status([ok, bad]) == 202
     assert stow.http_status([bad, busy]) == 409
     assert stow.http_status([busy, busy]) == 503
+
+
+async def test_client_gone_mid_body_leaves_nothing(archive: Archive, tmp_path: Path) -> None:
+    import asyncio
+
+    body, content_type = multipart([part10(_ct(), tmp_path), part10(_ct(size=64), tmp_path)])
+    server = archive.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write((f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body[: len(body) - 3000])
+    await writer.drain()
+    for _ in range(100):  # the server is inside the second part, its first part spooled
+        await asyncio.sleep(0.02)
+        if archive.spool_files():
+            break
+    assert archive.spool_files()
+    writer.close()
+    for _ in range(100):  # the handler sees the connection lost and cleans up
+        await asyncio.sleep(0.02)
+        if not archive.spool_files():
+            break
+    assert archive.spool_files() == []
+    assert archive.queue.messages == []  # nothing stored from an incomplete request
