@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run install system-deps services services-stop test test-fast lint bench bench-query clean
+.PHONY: run install system-deps services services-stop test test-fast lint bench bench-query bench-dicomweb clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) system-deps services
 	$(BIN)/python bench/ingest.py
+
+bench-dicomweb: $(STAMP) system-deps
+	$(BIN)/python bench/dicomweb.py
 
 bench-query: $(STAMP) services
 	$(BIN)/python bench/query.py
