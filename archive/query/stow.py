@@ -35,7 +35,7 @@ from archive import metrics
 from archive.core.errors import InvalidInstance, InvalidUID, MalformedDataset, UIDMismatch
 from archive.core.uids import validate_uid
 from archive.ingest.service import IngestService, Outcome, Received
-from archive.query.context import INGEST, SETTINGS
+from archive.query.context import INGEST, SETTINGS, dicomweb_base
 from archive.scp.spool import process_spool
 from archive.scp.status import OUTCOME_STATUS, status_for_error
 
@@ -331,7 +331,7 @@ async def store_instances(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc)}, status=exc.status)
     finally:
         await asyncio.to_thread(shutil.rmtree, directory, True)
-    base = f"{request.scheme}://{request.host}/dicom-web"
+    base = dicomweb_base(request)
     status = http_status(results)
     log.info("STOW-RS request", extra={"status": status, "instances": len(results), "study_uid": study or ""})
     body = json.dumps(response_body(results, base, study)).encode()
