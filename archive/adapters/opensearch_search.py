@@ -178,10 +178,16 @@ class OpenSearchIndex:
             if "resource_already_exists_exception" not in str(exc.error):
                 raise
 
+    async def _wait_for_primaries(self) -> None:
+        """An index another process has just created answers 503 until its primary shard is up."""
+        await self._call("index health", self._client.cluster.health(
+            index=self.index, wait_for_status="yellow"))  # the server waits up to 30 s
+
     async def _upgrade(self) -> None:
         """Add the fields of this schema to an index made by an older one (idempotent)."""
         body = {"_meta": {"schema_version": SCHEMA_VERSION}, "properties": FACET_PROPERTIES}
         await self._call("put mapping", self._client.indices.put_mapping(index=self.index, body=body))
+        await self._wait_for_primaries()
         older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": SCHEMA_VERSION}}}}}}
         result = await self._call("count", self._client.count(index=self.index, body=older))
         if result["count"]:

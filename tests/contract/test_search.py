@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
@@ -481,3 +482,18 @@ async def test_opensearch_schema_1_index_is_upgraded_in_place(tmp_path: Path, un
     finally:
         await index.drop()
         await index.close()
+
+
+async def test_opensearch_roles_migrating_at_once(unique: str) -> None:
+    """Indexer and query processes start together: one creates the index while the other
+    finds it still allocating its primary shard (a 503 for searches) and must wait, not fail."""
+    first = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+    others = [OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique) for _ in range(3)]
+    try:
+        # one of them creates the index, the others find it while it is still being allocated
+        await asyncio.gather(first.migrate(), *(o.migrate() for o in others))
+        assert await first.count() == 0
+    finally:
+        await first.drop()
+        for index in (first, *others):
+            await index.close()

@@ -312,7 +312,7 @@ def test_get_series_and_instances(port: int, workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert {p.name.split(".", 1)[1] for p in out.iterdir()} == set(SOP_UIDS[series_uid])
 
-    # IMAGE level with a UID list, and a requester that accepts implicit VR only (converted on the way)
+    # IMAGE level with a UID list, the identifier in implicit VR (getscu -xi)
     wanted = SOP_UIDS[STUDIES[0].series[0][0]][:2]
     out = workdir / "get-images"
     result = getscu(port, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={STUDIES[0].uid}",
@@ -463,7 +463,12 @@ def test_get_decompresses_for_a_requester_that_accepts_only_uncompressed(tmp_pat
     """Stored RLE, asked for by an implicit-VR-only requester: decoded, same instance (same UID, same pixels)."""
     import numpy as np
     from pydicom import dcmread
-    from pydicom.uid import RLELossless
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        SecondaryCaptureImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
 
     from tests.images import image_file
 
@@ -474,15 +479,34 @@ def test_get_decompresses_for_a_requester_that_accepts_only_uncompressed(tmp_pat
     try:
         assert storescu(proc.dicom_port, [source], extra=["-xr"]).returncode == 0  # stored as RLE
         wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/instances?PatientID=RLE-GET")[1] or []) == 1)
-        out = tmp_path / "got"
-        result = getscu(proc.dicom_port, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={original.StudyInstanceUID}",
-                                          f"SeriesInstanceUID={original.SeriesInstanceUID}",
-                                          f"SOPInstanceUID={original.SOPInstanceUID}"], out, extra=["-xi"])
-        assert result.returncode == 0, result.stderr
-        [received_path] = list(out.iterdir())
-        received = dcmread(received_path)
-        assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"  # implicit VR little endian
-        assert received.SOPInstanceUID == original.SOPInstanceUID
-        assert np.array_equal(received.pixel_array, pixels)
+        received: list[tuple[str, Dataset]] = []
+
+        def on_store(event: evt.Event) -> int:
+            received.append((str(event.context.transfer_syntax), event.dataset))
+            return 0x0000
+
+        ae = AE(ae_title="PYGET")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(SecondaryCaptureImageStorage, [ImplicitVRLittleEndian])  # nothing else
+        assoc = ae.associate("127.0.0.1", proc.dicom_port, ae_title="ARCHIVE",
+                             ext_neg=[build_role(SecondaryCaptureImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = original.StudyInstanceUID
+        query.SeriesInstanceUID = original.SeriesInstanceUID
+        query.SOPInstanceUID = original.SOPInstanceUID
+        try:
+            final = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))[-1][0]
+        finally:
+            assoc.release()
+        assert final.Status == 0x0000
+        [(syntax, dataset)] = received
+        assert syntax == ImplicitVRLittleEndian
+        assert dataset.SOPInstanceUID == original.SOPInstanceUID
+        dataset.file_meta = original.file_meta
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        assert np.array_equal(dataset.pixel_array, pixels)
     finally:
         proc.stop()

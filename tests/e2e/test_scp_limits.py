@@ -90,4 +90,4 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
         assert proc.stop() == 0
     # more than one process served associations
     log = proc.log_tail(2000)
-    assert log.count("DICOM SCP listening") == 2
+    assert log.count("\"msg\": \"DICOM listening\", \"aet\": \"ARCHIVE\", \"port\": ") == 2  # two processes listened
