@@ -407,10 +407,36 @@ def test_every_serve_layout_answers_c_find(tmp_path: Path, env: dict[str, str]) 
         proc.stop()
 
 
+def _c_get(port: int, query: Dataset, storage: str, syntaxes: list[str] | None = None
+           ) -> tuple[list[tuple[Dataset, Dataset]], list[tuple[str, Dataset]]]:
+    """C-GET with pynetdicom, taking the SCP role for ``storage`` in ``syntaxes``.
+
+    The responses, and (transfer syntax, dataset) of every C-STORE sub-operation received.
+    """
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+    received: list[tuple[str, Dataset]] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append((str(event.context.transfer_syntax), event.dataset))
+        return 0x0000
+
+    ae = AE(ae_title="PYGET")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(storage, syntaxes)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE", ext_neg=[build_role(storage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)), received
+    finally:
+        assoc.release()
+
+
 def test_get_reports_sub_operation_counts_and_damaged_objects(tmp_path: Path) -> None:
     """A missing object and a corrupted one fail their sub-operations; the rest arrive (PS3.4 C.4.3.1.3)."""
-    from pynetdicom import build_role, evt
-    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
     proc = serve(tmp_path).start()
     try:
@@ -427,26 +453,11 @@ def test_get_reports_sub_operation_counts_and_damaged_objects(tmp_path: Path) ->
         raw[-10] ^= 0xFF  # one pixel byte: still parseable, no longer what was stored
         objects[corrupted].write_bytes(bytes(raw))
 
-        received: list[str] = []
-
-        def on_store(event: evt.Event) -> int:
-            received.append(str(event.dataset.SOPInstanceUID))
-            return 0x0000
-
-        ae = AE(ae_title="PYGET")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate("127.0.0.1", proc.dicom_port, ae_title="ARCHIVE",
-                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        assert assoc.is_established
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study
-        try:
-            responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
-        finally:
-            assoc.release()
+        responses, stored = _c_get(proc.dicom_port, query, CTImageStorage)
+        received = [str(ds.SOPInstanceUID) for _, ds in stored]
         final, identifier = responses[-1]
         assert final.Status == 0xB000  # some sub-operations failed
         assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 2)
@@ -464,11 +475,7 @@ def test_get_decompresses_for_a_requester_that_accepts_only_uncompressed(tmp_pat
     import numpy as np
     from pydicom import dcmread
     from pydicom.uid import ImplicitVRLittleEndian, RLELossless
-    from pynetdicom import build_role, evt
-    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        SecondaryCaptureImageStorage,
-        StudyRootQueryRetrieveInformationModelGet,
-    )
+    from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
     from tests.images import image_file
 
@@ -479,29 +486,14 @@ def test_get_decompresses_for_a_requester_that_accepts_only_uncompressed(tmp_pat
     try:
         assert storescu(proc.dicom_port, [source], extra=["-xr"]).returncode == 0  # stored as RLE
         wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/instances?PatientID=RLE-GET")[1] or []) == 1)
-        received: list[tuple[str, Dataset]] = []
-
-        def on_store(event: evt.Event) -> int:
-            received.append((str(event.context.transfer_syntax), event.dataset))
-            return 0x0000
-
-        ae = AE(ae_title="PYGET")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(SecondaryCaptureImageStorage, [ImplicitVRLittleEndian])  # nothing else
-        assoc = ae.associate("127.0.0.1", proc.dicom_port, ae_title="ARCHIVE",
-                             ext_neg=[build_role(SecondaryCaptureImageStorage, scp_role=True)],
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        assert assoc.is_established
         query = Dataset()
         query.QueryRetrieveLevel = "IMAGE"
         query.StudyInstanceUID = original.StudyInstanceUID
         query.SeriesInstanceUID = original.SeriesInstanceUID
         query.SOPInstanceUID = original.SOPInstanceUID
-        try:
-            final = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))[-1][0]
-        finally:
-            assoc.release()
-        assert final.Status == 0x0000
+        responses, received = _c_get(proc.dicom_port, query, SecondaryCaptureImageStorage,
+                                     [ImplicitVRLittleEndian])  # nothing else
+        assert responses[-1][0].Status == 0x0000
         [(syntax, dataset)] = received
         assert syntax == ImplicitVRLittleEndian
         assert dataset.SOPInstanceUID == original.SOPInstanceUID
