@@ -26,6 +26,7 @@ until they are indexed again. ``query()`` translates a SearchRequest with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
@@ -177,19 +178,23 @@ class OpenSearchIndex:
         except RequestError as exc:  # another replica created it in the meantime
             if "resource_already_exists_exception" not in str(exc.error):
                 raise
-
-    async def _wait_for_primaries(self) -> None:
-        """An index another process has just created answers 503 until its primary shard is up."""
-        await self._call("index health", self._client.cluster.health(
-            index=self.index, wait_for_status="yellow"))  # the server waits up to 30 s
-
     async def _upgrade(self) -> None:
         """Add the fields of this schema to an index made by an older one (idempotent)."""
         body = {"_meta": {"schema_version": SCHEMA_VERSION}, "properties": FACET_PROPERTIES}
         await self._call("put mapping", self._client.indices.put_mapping(index=self.index, body=body))
-        await self._wait_for_primaries()
         older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": SCHEMA_VERSION}}}}}}
-        result = await self._call("count", self._client.count(index=self.index, body=older))
+        # An index another process has just created answers searches with 503 for a moment
+        # (even once its health is yellow); the count only feeds a log line, so it may wait.
+        for attempt in range(20):
+            try:
+                result = await self._call("count", self._client.count(index=self.index, body=older))
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(0.1 * (attempt + 1))
+        else:
+            log.warning("search index %s: documents of older schemas not counted (index not searchable yet)",
+                        self.index)
+            return
         if result["count"]:
             log.warning(
                 "search index %s: %d documents predate schema %d; facets and sorting omit them "
