@@ -118,6 +118,7 @@ class Association:
             log.warning("association rejected", extra={"calling_aet": rq.calling_aet, "peer": self.address,
                                                        "reason": rejection.why})
             await self.send(pdu.associate_rj(rejection.result, rejection.source, rejection.reason))
+            await self._await_peer_close()
             return False
         results = []
         for cx in rq.contexts:
@@ -135,6 +136,16 @@ class Association:
         await self.send(pdu.associate_ac(rq, results, self.scp.settings.max_pdu))
         self.established = True
         return True
+
+    async def _await_peer_close(self) -> None:
+        """Sta13 after A-ASSOCIATE-RJ: the requestor closes the connection; ARTIM bounds the wait (PS3.8 9.2).
+
+        Closing first can reset the connection before the requestor has read the rejection.
+        """
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(min(self.scp.settings.acse_timeout or 5.0, 5.0)):
+                while await self.reader.read(4096):
+                    pass
 
     def _rejection(self, rq: pdu.AssociateRQ) -> Rejection | None:
         if not rq.protocol_version & 0x0001:  # PS3.8 9.3.4: protocol version not supported
