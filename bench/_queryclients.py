@@ -130,6 +130,36 @@ def search_api(client: Http, facets: bool = True) -> Callable[[Question], int]:
 
 # ---- C-FIND (PS3.4 C.4.1, Study Root, STUDY level) -----------------------------------------
 
+FINDSCU_REPEAT = 100
+
+
+def findscu_mean_ms(port: int, q: Question, aet: str = "ARCHIVE", timeout: float = 120.0) -> float | None:
+    """Mean ms of one C-FIND sent by DCMTK findscu, ``--repeat`` times on one association.
+
+    Runs once with 1 and once with 1 + FINDSCU_REPEAT repeats; the difference excludes
+    process start and association set-up. None when findscu is not installed.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    tool = shutil.which("findscu")
+    if tool is None:
+        return None
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "-k", "PatientID"]
+    keys += [a for k in STUDY_RETURN_KEYS if k not in q.keys for a in ("-k", k)]
+    keys += [a for k, v in q.keys.items() for a in ("-k", f"{k}={v}")]
+    elapsed = []
+    for repeat in (1, 1 + FINDSCU_REPEAT):
+        started = time.perf_counter()
+        done = subprocess.run([tool, "-S", "--repeat", str(repeat), "-aet", "BENCHFIND", "-aec", aet, *keys,
+                               "127.0.0.1", str(port)], env={**os.environ, "TCP_NODELAY": "1"},
+                              capture_output=True, timeout=timeout)
+        elapsed.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"findscu exit {done.returncode}: {done.stderr[-300:]!r}")
+    return (elapsed[1] - elapsed[0]) / FINDSCU_REPEAT * 1000
+
 STUDY_RETURN_KEYS = ("StudyDate", "StudyTime", "AccessionNumber", "PatientName", "PatientBirthDate",
                      "PatientSex", "StudyID", "StudyDescription", "ModalitiesInStudy",
                      "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
