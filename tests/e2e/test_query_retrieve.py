@@ -502,3 +502,20 @@ def test_get_decompresses_for_a_requester_that_accepts_only_uncompressed(tmp_pat
         assert np.array_equal(dataset.pixel_array, pixels)
     finally:
         proc.stop()
+
+
+def test_query_values_never_reach_the_logs(archive: tuple[ArchiveProcess, OrthancPeer], port: int) -> None:
+    """Patient names and birth dates in identifiers, valid or not, stay out of the logs."""
+    bad = Dataset()
+    bad.QueryRetrieveLevel = "STUDY"
+    bad.PatientBirthDate = "SECRETDOB7"  # invalid: the failure is logged, its value must not be
+    assert _find_statuses(port, bad)[-1][0] == 0xC000
+    good = Dataset()
+    good.QueryRetrieveLevel = "STUDY"
+    good.PatientName = "Secretname^Zed"
+    good.PatientID = "SECRETPID9"
+    assert _find_statuses(port, good)[-1][0] == 0x0000
+    log = archive[0].log_tail(5000)
+    assert "C-FIND failed" in log  # the failure was logged ...
+    for secret in ("SECRETDOB7", "Secretname", "SECRETPID9", "Müller", "QR-P1"):
+        assert secret not in log  # ... without the values
