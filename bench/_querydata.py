@@ -2,19 +2,19 @@
 
 Shape (a general hospital's PACS, studies spread over 10 years, 2015-2024):
 
-- patients with 1..8 studies (geometric, mean ~2.5), born 1930-2020; surnames from 60
-  common ones (~40 % of patients, SMITH ~1.7 %) plus a long synthetic tail, a few with
+- patients with 1..8 studies (mean ~2), born 1930-2020; surnames from 60
+  common ones (~40 % of patients, SMITH ~1.3 %) plus a long synthetic tail, a few with
   accents (MÜLLER, GARCÍA, LEFÈVRE) so folded matching is exercised;
 - a study's modality by a realistic mix (CR 30 %, US 15 %, CT 15 %, MR 10 %, DX 10 %,
   MG 8 %, XA 5 %, PT 4 %, NM 3 %), its series and instances per modality (CR: 1-3 series
-  of 1 image; CT: 2-5 series of 20-120 slices; MR: 4-8 series of 10-40; ...): about 50
-  instances and 3.5 series per study, so 1M instances are ~20k studies of ~8k patients;
+  of 1 image; CT: 2-5 series of 20-120 slices; MR: 4-8 series of 10-40; ...): about 65
+  instances and 2.3 series per study, so 1M instances are ~15.5k studies of ~7.6k patients;
 - 4 institutions, 40 referring physicians, body part, study and series descriptions
   that depend on the modality, one accession number per study.
 
 Every instance carries the attribute set of ``tests/factories.py::make_ct`` (the
 DICOM JSON its description produces), with those values varied. Messages are
-built from one template by replacing elements, about 20 µs each, never with pydicom.
+built from one template by replacing elements, about 15 µs each, never with pydicom.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ DAYS = (datetime.date(2024, 12, 31) - FIRST_DAY).days + 1
 
 
 def surname(rng: random.Random) -> str:
-    """40 % common surnames (Zipf-like, SMITH ~1.7 %), 60 % a tail of ~3,000 synthetic ones."""
+    """40 % common surnames (Zipf-like, SMITH ~1.3 %), 60 % a tail of ~3,000 synthetic ones."""
     if rng.random() < 0.40:
         return rng.choices(COMMON_SURNAMES, COMMON_WEIGHTS)[0]
     return "".join(rng.choice(_SYLLABLES) for _ in range(3))
