@@ -72,6 +72,7 @@ def _files(directory: Path) -> list[Path]:
                              patient_id=study.patient_id, patient_name=study.patient_name, study_date=study.date,
                              accession=study.accession, modality=modality, charset=study.charset or None)
                 ds.StudyTime = study.time
+                ds.AcquisitionDateTime = f"{study.date}{study.time}.{i:06d}"
                 ds.SeriesNumber = number
                 if study.procedure:
                     code = Dataset()
@@ -217,6 +218,27 @@ def test_series_and_image_level_matching(port: int, workdir: Path) -> None:
         workdir / "find")
     assert code == 0, log
     assert _uids(images, "SOPInstanceUID") == {SOP_UIDS[series_uid][1]}
+
+
+@pytest.mark.parametrize("value, low, high", [
+    ("20230505140000-20240110090000", "20230505140000", "20240110090000"),  # closed
+    ("20240101-", "20240101", None),  # open end, date precision
+    ("-2020", None, "2020"),  # open start, year precision: all of 2020 included
+])
+def test_datetime_range_at_image_level(port: int, workdir: Path, value: str, low: str | None,
+                                       high: str | None) -> None:
+    """PS3.4 C.2.2.2.5: DT ranges, ends at any precision (a kept attribute matched on the rows)."""
+    code, images, log = findscu(port, "study", ["QueryRetrieveLevel=IMAGE", "PatientID=QR-P*",
+                                                f"AcquisitionDateTime={value}", "SOPInstanceUID"], workdir / "find")
+    assert code == 0, log
+
+    def within(stamp: str) -> bool:
+        return (low is None or stamp >= low) and (high is None or stamp[: len(high)] <= high)
+
+    expected = {uid for s in STUDIES if within(f"{s.date}{s.time}") for series_uid, _, _ in s.series
+                for uid in SOP_UIDS[series_uid]}
+    assert expected, "the case must match something"
+    assert _uids(images, "SOPInstanceUID") == expected
 
 
 def test_character_sets(port: int, workdir: Path) -> None:
