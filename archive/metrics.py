@@ -46,4 +46,5 @@ QUEUE_DEAD = Gauge(
 )
 QUERIES = Counter("archive_queries_total", "Queries answered", ["interface", "level", "status"])
 QUERY_SECONDS = Histogram("archive_query_seconds", "Query latency", ["interface"])
+OBJECT_CACHE = Counter("archive_object_cache_total", "Objects the query service read from its local cache", ["result"])
 STOW_INSTANCES = Counter("archive_stow_instances_total", "STOW-RS instances (or rejected requests) by result", ["result"])

@@ -46,6 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARCHIVE_DICOM_PORT", "11112", "DICOM (DIMSE) port"),
     Setting("ARCHIVE_HTTP_PORT", "8080", "HTTP port (DICOMweb, health, metrics)"),
     Setting("ARCHIVE_PUBLIC_URL", "", "External URL of the query service (e.g. `https://archive.example.com`) for RetrieveURL and BulkDataURI; default: from each request's Host header"),
+    Setting("ARCHIVE_OBJECT_CACHE_BYTES", "536870912", "Disk the query service keeps recently read objects in (frames, rendering, bulk data), under `ARCHIVE_DATA_DIR`"),
     Setting("ARCHIVE_CORS_ORIGINS", "*", "Browser origins allowed to call the HTTP API (CORS): `*` or `https://a.example,https://b.example`"),
     Setting("ARCHIVE_QUERY_DICOM_PORT", "11113", "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` answers every service on `ARCHIVE_DICOM_PORT`"),
     Setting("ARCHIVE_PEERS", "", "C-MOVE destinations and commitment peers: `AET@host:port,AET2@host:port`"),
@@ -109,6 +110,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     query_dicom_port: int = 11113
     public_url: str = ""
+    object_cache_bytes: int = 512 * 1024**2
     peers: tuple[Peer, ...] = ()
     find_max_matches: int = 10000
     allowed_aets: tuple[str, ...] = ()
@@ -171,6 +173,7 @@ class Settings:
             ("ARCHIVE_QUERY_LIMIT", self.query_limit, 1),
             ("ARCHIVE_STOW_MAX_BYTES", self.stow_max_bytes, 1),
             ("ARCHIVE_FIND_MAX_MATCHES", self.find_max_matches, 1),
+            ("ARCHIVE_OBJECT_CACHE_BYTES", self.object_cache_bytes, 0),
             ("ARCHIVE_MAX_PDU", self.max_pdu, 0),
         ):
             if value < low:
@@ -229,6 +232,7 @@ class Settings:
             "ARCHIVE_STOW_MAX_BYTES": ("stow_max_bytes", int),
             "ARCHIVE_QUERY_DICOM_PORT": ("query_dicom_port", int),
             "ARCHIVE_FIND_MAX_MATCHES": ("find_max_matches", int),
+            "ARCHIVE_OBJECT_CACHE_BYTES": ("object_cache_bytes", int),
         }
         for var, (attr, kind) in numbers.items():
             if (value := get(var)) is not None:

@@ -15,7 +15,9 @@ from archive.core.query import Query
 from archive.ingest.service import IngestService
 from archive.query import openapi, qido, search_api, stow, wado_pixels, wado_uri
 from archive.query import wado
-from archive.query.context import CATALOG, INGEST, MAX_LIMIT, SEARCH, SETTINGS, STORE, dicomweb_base
+from archive.query.context import CATALOG, INGEST, MAX_LIMIT, OBJECTS, SEARCH, SETTINGS, STORE, dicomweb_base
+from archive.query.objects import ObjectCache
+from archive.scp.spool import process_spool
 from archive.settings import Settings
 
 DICOM_JSON = "application/dicom+json"
@@ -105,6 +107,13 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
     wado.add_routes(app)  # WADO-RS retrieve, metadata, bulkdata (the store below); CORS on every route
     if store is not None:
         app[STORE] = store
+        cache = ObjectCache(store, process_spool(app[SETTINGS].data_dir), app[SETTINGS].object_cache_bytes)
+        app[OBJECTS] = cache
+
+        async def _clear(_: web.Application) -> None:
+            cache.clear()
+
+        app.on_cleanup.append(_clear)
         wado_pixels.add_routes(app)  # frames, rendered, thumbnails
         wado_uri.add_routes(app)  # /wado?requestType=WADO
     if ingest is not None:

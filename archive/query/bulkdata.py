@@ -16,7 +16,6 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from aiohttp import web
@@ -26,11 +25,10 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
 from archive.core.query import Query
-from archive.query.context import CATALOG, STORE
+from archive.query.context import CATALOG, OBJECTS
 from archive.query.multipart import MultipartStream
-from archive.query.retrieve import spool
 from archive.query.transcode import wanted_syntaxes
-from archive.query.wado_request import describe_scope, http_error, scope, spool_dir
+from archive.query.wado_request import describe_scope, http_error, scope
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +132,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     found = await request.app[CATALOG].locate(Query(level, matchers, limit=1))
     if not found:
         raise http_error(web.HTTPNotFound, f"nothing stored under {describe_scope(matchers)}")
-    path: Path = await spool(request.app[STORE], found[0], spool_dir(request))
-    try:
+    async with request.app[OBJECTS].open(found[0]) as path:
         with open(path, "rb") as fh:
             try:
                 value = await asyncio.to_thread(find_value, fh, tags, items)
@@ -147,6 +144,4 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
             body = MultipartStream(response, boundary)
             await _send(body, fh, value)
             await body.close()
-    finally:
-        path.unlink(missing_ok=True)
     return response

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.ingest.service import IngestService
+from archive.query.objects import ObjectCache
 from archive.settings import Settings
 
 CATALOG = web.AppKey("catalog", Catalog)
@@ -18,6 +19,7 @@ STORE = web.AppKey("store", ObjectStore)  # WADO: objects are read from here
 INGEST = web.AppKey("ingest", IngestService)  # STOW-RS: the same ingest path as C-STORE
 SETTINGS = web.AppKey("settings", Settings)
 MAX_LIMIT = web.AppKey("max_limit", int)
+OBJECTS = web.AppKey("objects", ObjectCache)  # objects read by frames, rendering, bulk data
 
 
 def dicomweb_base(request: web.Request) -> str:

@@ -32,18 +32,16 @@ from archive.core.query import InvalidQuery, Query, SingleValue
 from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
 from archive.query import render
-from archive.query.context import CATALOG, SETTINGS, STORE
+from archive.query.context import CATALOG, OBJECTS
 from archive.query.frames import FrameReader, NotAcceptable, negotiate, parse_accept, parse_frame_numbers
 from archive.query.multipart import MultipartStream
 from archive.query.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
-from archive.query.retrieve import RetrieveError, spool
-from archive.scp.spool import process_spool
+from archive.query.retrieve import RetrieveError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POOL = web.AppKey("render_pool", ThreadPoolExecutor)
-SPOOL_DIR = web.AppKey("render_spool", Path)
 MAX_SERIES_INSTANCES = 100_000  # a thumbnail's series listing: rows are small
 MAX_THUMBNAIL_TRIES = 5  # series whose middle instance does not render are skipped
 RENDER_ALIASES = {"image/*": render.JPEG, "*/*": render.JPEG}
@@ -74,17 +72,14 @@ async def instance_of(request: web.Request) -> CatalogInstance:
 @asynccontextmanager
 async def spooled(request: web.Request, instance: CatalogInstance) -> AsyncIterator[Path]:
     """The instance's object in a local file for the duration of the block."""
-    if SPOOL_DIR not in request.app:
+    if OBJECTS not in request.app:
         raise web.HTTPNotFound(text="this service serves no objects")
     try:
-        path = await spool(request.app[STORE], instance, request.app[SPOOL_DIR])
+        async with request.app[OBJECTS].open(instance) as path:
+            yield path
     except RetrieveError as exc:
         log.error("stored object unusable", extra={"sop_instance_uid": instance.sop_instance_uid})
         raise web.HTTPInternalServerError(text=str(exc)) from None
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
 
 
 # ---- rendered (PS3.18 8.3.5.1) ----
@@ -299,11 +294,8 @@ async def _close_pool(app: web.Application) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    """Frames, rendered and thumbnail routes; objects come from the app's STORE."""
+    """Frames, rendered and thumbnail routes; objects come through the app's OBJECTS cache."""
     app[POOL] = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="render")
-    if STORE in app:
-        settings = app[SETTINGS]
-        app[SPOOL_DIR] = process_spool(settings.data_dir)
     app.on_cleanup.append(_close_pool)
     instance = "/dicom-web/studies/{study}/series/{series}/instances/{instance}"
     r = app.router

@@ -71,6 +71,7 @@ ARCHIVE_FIND_MAX_MATCHES: {{ $s.findMaxMatches | int64 | quote }}
 ARCHIVE_PUBLIC_URL: {{ $s.publicUrl | quote }}
 ARCHIVE_CORS_ORIGINS: {{ join "," $s.corsOrigins | quote }}
 ARCHIVE_STOW_MAX_BYTES: {{ $s.stowMaxBytes | int64 | quote }}
+ARCHIVE_OBJECT_CACHE_BYTES: {{ $s.objectCacheBytes | int64 | quote }}
 ARCHIVE_HTTP_PORT: {{ .Values.ports.http | int64 | quote }}
 ARCHIVE_ALLOWED_AETS: {{ join "," $s.allowedAets | quote }}
 ARCHIVE_ALLOWED_NETWORKS: {{ join "," $s.allowedNetworks | quote }}
