@@ -68,10 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--deep", action="store_true", help="re-hash every object instead of trusting recorded checksums")
     verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing")
-    dead = add("dead-letters", "list index messages in the dead-letter queue",
+    dead = add("dead-letters", "list or replay index messages in the dead-letter queue",
                "List the index messages that could not be indexed within the delivery limit "
-               "(UIDs and reasons only; no patient data). They stay in the dead-letter queue.")
-    dead.add_argument("--limit", type=int, default=100, help="most messages to list")
+               "(UIDs and reasons only; no patient data). They stay in the dead-letter queue "
+               "unless --replay moves them back to the queue (oldest first, delivery count from "
+               "zero), e.g. once the cause is fixed.")
+    dead.add_argument("--limit", type=int, default=100, help="most messages to list or replay")
+    dead.add_argument("--replay", action="store_true", help="move them back to the queue for indexing")
     dead.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -85,6 +88,14 @@ def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
         queue = message_queue(settings)
         try:
             await queue.migrate()
+            if args.replay:
+                moved = await queue.replay(args.limit)
+                depth = await queue.depth()
+                if args.json:
+                    print(json.dumps({"replayed": moved, "ready": depth.ready, "dead": depth.dead}))
+                else:
+                    print(f"replayed: {moved}  waiting: {depth.ready}  dead-lettered: {depth.dead}")
+                return 0
             depth = await queue.depth()
             letters = await queue.dead_letters(args.limit)
         finally:

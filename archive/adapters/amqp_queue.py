@@ -346,6 +346,22 @@ class AmqpQueue:
             # closing the channel requeues everything fetched
         return letters
 
+    async def replay(self, limit: int = 100) -> int:
+        """basic.get from the dead-letter queue, publish (confirmed) to the queue, then ack."""
+        moved = 0
+        async with self._channel(f"replaying dead letters of {self.queue!r}") as channel:
+            dead = await channel.declare_queue(self.dead_queue, passive=True)
+            while moved < limit:
+                message = await dead.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                await self.publish(message.body)  # confirmed before the dead letter goes
+                await message.ack()
+                moved += 1
+        if moved:
+            log.info("replayed %d dead-lettered messages to %s", moved, self.queue)
+        return moved
+
     def _dead_letter(self, message: AbstractIncomingMessage) -> DeadLetter:
         headers = message.headers or {}
         reason = str(headers.get("x-first-death-reason", "unknown"))

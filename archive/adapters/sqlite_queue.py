@@ -449,6 +449,24 @@ class SqliteQueue:
 
         return await self._read(count)
 
+    async def replay(self, limit: int = 100) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            rows = conn.execute("SELECT id, body FROM dead_letters ORDER BY dead_at, id LIMIT ?", (limit,)).fetchall()
+            for dead_id, body in rows:  # one transaction: queued and removed together
+                conn.execute(
+                    "INSERT INTO messages (body, enqueued_at, visible_at, delivery_count) VALUES (?, ?, ?, 0)",
+                    (body, now, now),
+                )
+                conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
+            return len(rows)
+
+        moved = await self._write(op)
+        if moved:
+            log.info("replayed %d dead-lettered queue messages", moved)
+            _wake(self._key)
+        return moved
+
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         def fetch(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(

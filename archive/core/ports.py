@@ -92,6 +92,11 @@ class MessageQueue(Backend, Protocol):
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
 
+    async def replay(self, limit: int = 100) -> int:
+        """Move up to ``limit`` dead letters, oldest first, back to the queue as new messages
+        (delivery count from zero); how many were moved. Each is queued before it leaves the
+        dead-letter queue, so a failure in between duplicates it, never loses it."""
+
 
 @dataclass(frozen=True)
 class InstanceMetadata:

@@ -187,6 +187,35 @@ async def test_delivery_limit_dead_letters(queue: MessageQueue) -> None:
     assert (await queue.depth()).dead == 1
 
 
+async def _dead_letter(queue: MessageQueue, body: bytes) -> None:
+    await queue.publish(body)
+    for _ in range(LIMIT):
+        [delivery] = await queue.receive(1, timeout=5)
+        assert delivery.body == body
+        await delivery.retry(0)
+    assert await queue.receive(1, timeout=0.3) == []  # the SQLite queue dead-letters on this claim
+    deadline = time.monotonic() + 5  # RabbitMQ dead-letters asynchronously
+    while (await queue.depth()).ready and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def test_replay_moves_dead_letters_back_as_new_messages(queue: MessageQueue) -> None:
+    await _dead_letter(queue, b"first")
+    await _dead_letter(queue, b"second")
+    assert await queue.depth() == QueueDepth(ready=0, dead=2)
+    assert await queue.replay(limit=1) == 1  # oldest first
+    assert await queue.depth() == QueueDepth(ready=1, dead=1)
+    replayed = await receive_one(queue, timeout=5)
+    assert (replayed.body, replayed.delivery_count) == (b"first", 1)  # a fresh delivery count
+    await replayed.ack()
+    assert await queue.replay() == 1
+    assert await queue.replay() == 0
+    again = await receive_one(queue, timeout=5)
+    assert again.body == b"second"
+    await again.ack()
+    assert await queue.depth() == QueueDepth(ready=0, dead=0)
+
+
 async def spawn(mode: str, spec: dict[str, Any], count: int) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.contract.queue_crash_helper", mode, json.dumps(spec), str(count),

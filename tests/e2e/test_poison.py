@@ -38,5 +38,13 @@ def test_poison_message_is_dead_lettered(tmp_path: Path) -> None:
 
         report = wait_until(lambda: (r := dead())["dead"] == 1 and r, timeout=30)
         assert report["messages"][0]["reason"]
+
+        # replay (as an operator would once the cause is fixed): back to the indexer, which
+        # still cannot index this one, so it is dead-lettered again after the delivery limit
+        out = subprocess.run([sys.executable, "-m", "archive.cli", "dead-letters", "--replay", "--json"],
+                             env={**os.environ, **proc.env}, capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["replayed"] == 1
+        wait_until(lambda: dead()["dead"] == 1, timeout=30)
     finally:
         assert proc.stop() == 0
