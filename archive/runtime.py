@@ -191,7 +191,7 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         if qr_services and (fast_scp is not None or not scp):
             # the asyncio receiver answers C-ECHO and C-STORE only
             qr_server = DicomServer(settings, qr_services, role="query")
-            qr_server.start(port=settings.query_dicom_port, reuse_port=True)
+            qr_server.start(port=settings.query_dicom_port)  # one process: a taken port is an error
 
         worker: Indexer | None = None
         worker_task: asyncio.Task[None] | None = None

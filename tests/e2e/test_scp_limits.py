@@ -54,7 +54,8 @@ def test_association_cap_rejects_with_local_limit(tmp_path: Path, engine: str) -
         second = AE(ae_title="SECOND")
         second.add_requested_context(Verification)
         other = second.associate("127.0.0.1", proc.dicom_port, ae_title="ARCHIVE")
-        assert not other.is_established and other.is_rejected
+        assert not other.is_established and other.is_rejected, (
+            f"aborted={other.is_aborted}\n{proc.log_tail(30)}")
         primitive = other.acceptor.primitive
         assert (primitive.result, primitive.result_source, primitive.diagnostic) == (0x02, 0x03, 0x02)
         first.release()
