@@ -184,7 +184,9 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             else:
                 store_scp = StoreSCP(settings, ingest, portal, qr_services)
                 store_scp.start(reuse_port=reuse_port or multi)
-            if qr_services and multi:
+            if qr_services and multi and fast_scp is None:
+                # pynetdicom workers share the port and answer every service; with the asyncio
+                # receiver, query/retrieve stays with this process on ARCHIVE_QUERY_DICOM_PORT
                 children.flags["scp"] = ("--with-query",)
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp", *children.flags.get("scp", ()))

@@ -408,8 +408,9 @@ def test_relational_queries_are_negotiated(port: int) -> None:
         assoc.release()
 
 
-@pytest.mark.parametrize("env", [{"ARCHIVE_WORKERS": "2"}, {"ARCHIVE_SCP_ENGINE": "asyncio"}],
-                         ids=["two receiver processes", "asyncio receiver"])
+@pytest.mark.parametrize("env", [{"ARCHIVE_WORKERS": "2"}, {"ARCHIVE_SCP_ENGINE": "asyncio"},
+                                 {"ARCHIVE_SCP_ENGINE": "asyncio", "ARCHIVE_WORKERS": "2"}],
+                         ids=["two receiver processes", "asyncio receiver", "two asyncio receivers"])
 def test_every_serve_layout_answers_c_find(tmp_path: Path, env: dict[str, str]) -> None:
     from tests.conftest import free_port
 
@@ -425,6 +426,7 @@ def test_every_serve_layout_answers_c_find(tmp_path: Path, env: dict[str, str]) 
             code, found, log = findscu(port, "study", ["QueryRetrieveLevel=STUDY", "PatientID=LAYOUT",
                                                        "StudyInstanceUID"], tmp_path / "find")
             assert code == 0 and len(found) == 3, log
+        assert "child exited" not in proc.log_tail(3000)  # every process of the layout stays up
     finally:
         proc.stop()
 
