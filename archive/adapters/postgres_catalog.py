@@ -18,7 +18,7 @@ import random
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -28,19 +28,11 @@ from psycopg_pool import AsyncConnectionPool
 from archive.adapters import migrations
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
-    INSTANCE_LIST_COLUMNS,
-    LIST_BATCH,
     PATIENT_COLUMNS,
     SERIES_COLUMNS,
     STUDY_COLUMNS,
     Dialect,
     UpsertPlan,
-    assemble,
-    build_find,
-    build_locate,
-    build_metadata,
-    catalog_instance,
-    instance_metadata,
     instance_values,
     moved_series,
     on_conflict,
@@ -49,11 +41,9 @@ from archive.adapters.sql_catalog import (
     series_values,
     study_values,
 )
+from archive.adapters.sql_reads import CatalogReads
 from archive.core.errors import BackendUnavailable
-from archive.core.models import DicomJson
-from archive.core.ports import InstanceMetadata
-from archive.core.query import Query
-from archive.core.records import CatalogEntry, CatalogInstance
+from archive.core.records import CatalogEntry
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +86,7 @@ async def _upsert_level(
     return out
 
 
-class PostgresCatalog:
+class PostgresCatalog(CatalogReads):
     """The :class:`~archive.core.ports.Catalog` port on PostgreSQL.
 
     ``schema`` puts every table in that schema (created by ``migrate``) instead
@@ -104,6 +94,7 @@ class PostgresCatalog:
     """
 
     name = "postgresql-catalog"
+    dialect = DIALECT
 
     def __init__(
         self,
@@ -237,44 +228,3 @@ class PostgresCatalog:
             )
         values = [instance_values(row, series_ids[se], st, se, now) for row, st, se in plan.instances]
         await _upsert_level(conn, _INSTANCES, values, returning=False)
-
-    async def find(self, query: Query) -> list[DicomJson]:
-        """Match ``query`` at its level (PS3.4 C.2.2.2, C.6) in one SELECT.
-
-        Every result holds all the attributes stored at the query level and the
-        levels above, plus the computed attributes of the level; ``return_keys``
-        and ``include_all`` are not applied here (the query service filters).
-        Person names match case- and accent-insensitively; ``fuzzy`` matches a
-        name when any of its components starts with the value.
-        """
-        text, params = build_find(query, DIALECT)
-        return [assemble(query, row, DIALECT) for row in await self._fetch(text, params)]
-
-    async def count_instances(self) -> int:
-        rows = await self._fetch("SELECT COUNT(*) FROM instances")
-        return int(rows[0][0])
-
-    async def instances(self) -> AsyncIterator[CatalogInstance]:
-        """Every instance, in keyset-paginated batches (never the whole table at once)."""
-        last = 0
-        text = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE id > %s ORDER BY id LIMIT %s"
-        while True:
-            rows = await self._fetch(text, (last, LIST_BATCH))
-            for row in rows:
-                yield catalog_instance(row)
-            if len(rows) < LIST_BATCH:
-                return
-            last = rows[-1][0]
-
-    async def get_instance(self, sop_instance_uid: str) -> CatalogInstance | None:
-        text = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE sop_instance_uid = %s"
-        rows = await self._fetch(text, (sop_instance_uid,))
-        return catalog_instance(rows[0]) if rows else None
-
-    async def locate(self, query: Query) -> list[CatalogInstance]:
-        text, params = build_locate(query, DIALECT)
-        return [catalog_instance(row) for row in await self._fetch(text, params)]
-
-    async def metadata(self, query: Query) -> list[InstanceMetadata]:
-        text, params = build_metadata(query, DIALECT)
-        return [instance_metadata(row) for row in await self._fetch(text, params)]

@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,19 +24,11 @@ from archive.adapters._executor import Blocking
 from archive.adapters._sqlite import connect as sqlite_connect
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
-    INSTANCE_LIST_COLUMNS,
-    LIST_BATCH,
     PATIENT_COLUMNS,
     SERIES_COLUMNS,
     STUDY_COLUMNS,
     Dialect,
     UpsertPlan,
-    assemble,
-    build_find,
-    build_locate,
-    build_metadata,
-    catalog_instance,
-    instance_metadata,
     instance_values,
     moved_series,
     on_conflict,
@@ -45,11 +37,9 @@ from archive.adapters.sql_catalog import (
     series_values,
     study_values,
 )
+from archive.adapters.sql_reads import CatalogReads
 from archive.core.errors import BackendUnavailable
-from archive.core.models import DicomJson
-from archive.core.ports import InstanceMetadata
-from archive.core.query import Query
-from archive.core.records import CatalogEntry, CatalogInstance
+from archive.core.records import CatalogEntry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,10 +79,11 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-class SqliteCatalog:
+class SqliteCatalog(CatalogReads):
     """The :class:`~archive.core.ports.Catalog` port on one SQLite file."""
 
     name = "sqlite-catalog"
+    dialect = DIALECT
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -239,52 +230,5 @@ class SqliteCatalog:
             [instance_values(row, series_ids[se], st, se, now) for row, st, se in plan.instances],
         )
 
-    async def find(self, query: Query) -> list[DicomJson]:
-        """Match ``query`` at its level (PS3.4 C.2.2.2, C.6) in one SELECT.
-
-        Every result holds all the attributes stored at the query level and the
-        levels above, plus the computed attributes of the level; ``return_keys``
-        and ``include_all`` are not applied here (the query service filters).
-        Person names match case- and accent-insensitively; ``fuzzy`` matches a
-        name when any of its components starts with the value.
-        """
-        sql, params = build_find(query, DIALECT)
-
-        def run() -> list[Any]:
-            return self._read_con().execute(sql, params).fetchall()
-
-        rows = await self._run(self._reader, run)
-        return [assemble(query, row, DIALECT) for row in rows]
-
-    async def count_instances(self) -> int:
-        count = "SELECT COUNT(*) FROM instances"
-        row = await self._run(self._reader, lambda: self._read_con().execute(count).fetchone())
-        return int(row[0])
-
-    async def instances(self) -> AsyncIterator[CatalogInstance]:
-        """Every instance, in keyset-paginated batches (never the whole table at once)."""
-        last = 0
-        sql = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE id > ? ORDER BY id LIMIT ?"
-        while True:
-            after = last
-            rows = await self._run(self._reader, lambda: self._read_con().execute(sql, (after, LIST_BATCH)).fetchall())
-            for row in rows:
-                yield catalog_instance(row)
-            if len(rows) < LIST_BATCH:
-                return
-            last = rows[-1][0]
-
-    async def get_instance(self, sop_instance_uid: str) -> CatalogInstance | None:
-        sql = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE sop_instance_uid = ?"
-        row = await self._run(self._reader, lambda: self._read_con().execute(sql, (sop_instance_uid,)).fetchone())
-        return catalog_instance(row) if row else None
-
-    async def locate(self, query: Query) -> list[CatalogInstance]:
-        sql, params = build_locate(query, DIALECT)
-        rows = await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
-        return [catalog_instance(row) for row in rows]
-
-    async def metadata(self, query: Query) -> list[InstanceMetadata]:
-        sql, params = build_metadata(query, DIALECT)
-        rows = await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
-        return [instance_metadata(row) for row in rows]
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
