@@ -37,8 +37,8 @@ def _strings(element: Any) -> list[str]:
 @lru_cache(maxsize=256)
 def _wildcard(pattern: str) -> re.Pattern[str]:
     # PS3.4 C.2.2.2.4: "*" any run of characters (also none), "?" exactly one
-    parts = ("." * (ch == "?") + ".*" * (ch == "*") if ch in "*?" else re.escape(ch) for ch in pattern)
-    return re.compile("".join(parts), re.DOTALL)
+    special = {"*": ".*", "?": "."}
+    return re.compile("".join(special.get(ch) or re.escape(ch) for ch in pattern), re.DOTALL)
 
 
 def _normalise(vr: str, value: str) -> str:

@@ -117,9 +117,8 @@ def _log_failure(what: str, event: Event, exc: BaseException) -> None:
     known = isinstance(exc, (InvalidQuery, BackendUnavailable, TimeoutError, retrieve.RetrieveError))
     # An invalid query's message quotes the value (a birth date, a name): log only what names
     # the key; the requester gets the whole message in its Error Comment.
-    reason = str(exc).split(":", 1)[0] + ": invalid value" if isinstance(exc, InvalidQuery) else str(exc)
-    if isinstance(exc, IdentifierError):
-        reason = str(exc)
+    quotes_value = isinstance(exc, InvalidQuery) and not isinstance(exc, IdentifierError)
+    reason = str(exc).split(":", 1)[0] + ": invalid value" if quotes_value else str(exc)
     log.log(logging.WARNING if known else logging.ERROR, f"{what} failed", exc_info=not known,
             extra={"calling_aet": event.assoc.requestor.ae_title, "reason": reason[:200],
                    "error": type(exc).__name__})

@@ -11,7 +11,7 @@ with the Pending status 0xFF01 that says so (C.4.1.1.4).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.charset import python_encoding
@@ -21,6 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from archive.core.levels import COMPUTED_ATTRIBUTES, Level, stored_at, tag_of
+from archive.core.matching import all_match
 from archive.core.models import DicomJson
 from archive.core.query import VR_OF, InvalidQuery, Matcher, Query, SequenceMatch, classify
 
@@ -62,11 +63,9 @@ class FindPlan:
     residual: tuple[Matcher, ...]  # matchers applied to the returned attributes
     keys: tuple[ResponseKey, ...]
     charsets: tuple[str, ...]  # the identifier's Specific Character Set
-    unsupported: tuple[str, ...] = field(default=())  # optional keys we neither match nor return
+    unsupported: tuple[str, ...] = ()  # optional keys we neither match nor return
 
     def accepts(self, result: DicomJson) -> bool:
-        from archive.core.matching import all_match
-
         return all_match(self.residual, result)
 
 
@@ -104,7 +103,7 @@ def _keyword(element: DataElement) -> str:
 
 def _is_empty(element: DataElement) -> bool:
     if element.VR == "SQ":
-        return not any(not _is_empty(sub) for item in element.value for sub in item)
+        return all(_is_empty(sub) for item in element.value for sub in item)
     return element.value is None or element.value == "" or element.value == [] or _text(element) == ""
 
 

@@ -30,11 +30,11 @@ from archive.core.ports import ObjectStore
 from archive.core.query import Query
 from archive.core.records import CatalogInstance
 from archive.query import bulkdata, cors, wado_metadata
-from archive.query.context import CATALOG, STORE
+from archive.query.context import CATALOG, OBJECTS, STORE
 from archive.query.multipart import MultipartStream
 from archive.query.retrieve import RetrieveError, spool
 from archive.query.transcode import TranscodeError, choose, transcode, wanted_syntaxes
-from archive.query.wado_request import describe_scope, http_error, scope, spool_dir
+from archive.query.wado_request import describe_scope, http_error, scope
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     if refused:
         raise http_error(web.HTTPNotAcceptable,
                          f"stored in {', '.join(refused)}: none of the accepted transfer syntaxes can be produced")
-    store, directory = request.app[STORE], spool_dir(request)
+    store, directory = request.app[STORE], request.app[OBJECTS].directory  # this process's spool
     first_inst, first_syntax = plan[0]
     assert first_syntax is not None
     try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 from aiohttp import web
 
@@ -12,7 +10,7 @@ from archive.core.errors import InvalidUID
 from archive.core.levels import Level
 from archive.core.query import Matcher, SingleValue
 from archive.core.uids import validate_uid
-from archive.query.context import SETTINGS, dicomweb_base
+from archive.query.context import dicomweb_base
 
 # path parameter -> (attribute, level of a resource that names it last)
 PATH_UIDS = (
@@ -53,10 +51,3 @@ def base_url(request: web.Request) -> str:
 
 def instance_url(base: str, study: str, series: str, instance: str) -> str:
     return f"{base}/studies/{study}/series/{series}/instances/{instance}"
-
-
-def spool_dir(request: web.Request) -> Path:
-    """This process's spool directory (the layout ``archive.scp.spool.process_spool`` cleans)."""
-    directory = request.app[SETTINGS].data_dir / "spool" / str(os.getpid())
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
