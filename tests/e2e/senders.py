@@ -9,6 +9,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.conftest import require_tool
@@ -45,6 +47,26 @@ def pynetdicom_store(
     return statuses
 
 
+def rejection_of(assoc: Association) -> A_ASSOCIATE | None:
+    """The A-ASSOCIATE-RJ primitive a refused association request received, or None.
+
+    pynetdicom's requestor checks that its socket is still connected before it reads the answer. An
+    acceptor that rejects fast has by then answered and the requestor's DUL has closed the socket
+    (PS3.8 AE-4), so pynetdicom reports a silent abort with the rejection left on the DUL's queue to
+    the user; read it from there.
+    """
+    if assoc.is_established:
+        return None
+    primitive = assoc.acceptor.primitive
+    if assoc.is_rejected and primitive is not None:
+        return primitive
+    while not assoc.dul.to_user_queue.empty():
+        pending = assoc.dul.to_user_queue.get_nowait()
+        if isinstance(pending, A_ASSOCIATE) and pending.result in (0x01, 0x02):
+            return pending
+    return None
+
+
 def associate_result(port: int, calling_aet: str) -> tuple[bool, int | None, int | None]:
     """Try to associate; return (established, reject result, reject reason)."""
     ae = AE(ae_title=calling_aet)
@@ -53,8 +75,8 @@ def associate_result(port: int, calling_aet: str) -> tuple[bool, int | None, int
     if assoc.is_established:
         assoc.release()
         return True, None, None
-    primitive = assoc.acceptor.primitive
-    if assoc.is_rejected and primitive is not None:
+    primitive = rejection_of(assoc)
+    if primitive is not None:
         return False, int(primitive.result), int(primitive.diagnostic)
     return False, None, None
 

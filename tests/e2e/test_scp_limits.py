@@ -19,7 +19,7 @@ from archive.scp.server import StoreSCP
 from archive.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.harness import serve, verify, wait_until, http_json
-from tests.e2e.senders import pynetdicom_store
+from tests.e2e.senders import pynetdicom_store, rejection_of
 from tests.factories import make_ct, new_uid
 
 
@@ -54,9 +54,8 @@ def test_association_cap_rejects_with_local_limit(tmp_path: Path, engine: str) -
         second = AE(ae_title="SECOND")
         second.add_requested_context(Verification)
         other = second.associate("127.0.0.1", proc.dicom_port, ae_title="ARCHIVE")
-        assert not other.is_established and other.is_rejected, (
-            f"aborted={other.is_aborted}\n{proc.log_tail(30)}")
-        primitive = other.acceptor.primitive
+        primitive = rejection_of(other)
+        assert primitive is not None, f"aborted={other.is_aborted}\n{proc.log_tail(30)}"
         assert (primitive.result, primitive.result_source, primitive.diagnostic) == (0x02, 0x03, 0x02)
         first.release()
     finally:
