@@ -178,20 +178,23 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         if scp:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
             multi = settings.workers > 1 and spawn_workers
+            store_scp = StoreSCP(settings, ingest, portal, qr_services)
             if settings.scp_engine == "asyncio":
-                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop())
+                # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
+                # handed to the pynetdicom server, which then listens on no port of its own
+                relay = None
+                if qr_services:
+                    store_scp.start(listen=False)
+                    relay = store_scp.take
+                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), relay=relay)
                 await fast_scp.start(reuse_port=reuse_port or multi)
             else:
-                store_scp = StoreSCP(settings, ingest, portal, qr_services)
                 store_scp.start(reuse_port=reuse_port or multi)
-            if qr_services and multi and fast_scp is None:
-                # pynetdicom workers share the port and answer every service; with the asyncio
-                # receiver, query/retrieve stays with this process on ARCHIVE_QUERY_DICOM_PORT
-                children.flags["scp"] = ("--with-query",)
+            if qr_services and multi:
+                children.flags["scp"] = ("--with-query",)  # workers share the port and every service
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp", *children.flags.get("scp", ()))
-        if qr_services and (fast_scp is not None or not scp):
-            # the asyncio receiver answers C-ECHO and C-STORE only
+        if qr_services and not scp:
             qr_server = DicomServer(settings, qr_services, role="query")
             qr_server.start(port=settings.query_dicom_port)  # one process: a taken port is an error
 
@@ -212,10 +215,10 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         children.stopping = True
         if supervisor is not None:
             supervisor.cancel()
-        if store_scp is not None:
-            await asyncio.to_thread(store_scp.stop, DRAIN_SECONDS)
         if fast_scp is not None:
             await fast_scp.stop(DRAIN_SECONDS)
+        if store_scp is not None:
+            await asyncio.to_thread(store_scp.stop, DRAIN_SECONDS)
         if qr_server is not None:
             await asyncio.to_thread(qr_server.stop, DRAIN_SECONDS)
         await asyncio.to_thread(children.stop)

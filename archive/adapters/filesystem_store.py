@@ -3,20 +3,24 @@
 Writes go to a temporary file in the target directory, are fsynced, and are
 published with ``os.link`` (atomic, fails if the key exists) so that a
 concurrent or crashed writer never leaves a half-written object under a key.
+An adoptable payload (a receiver's spool file that already is the whole object)
+is fsynced and linked in place, without a copy, when it is on the same filesystem.
 The SHA-256 is kept in an extended attribute when the filesystem supports it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from archive.adapters._executor import Blocking
 from archive.core.errors import BackendUnavailable, ObjectNotFound
-from archive.core.models import ObjectInfo, Payload, PutResult
+from archive.core.models import FilePart, ObjectInfo, Payload, PutResult
 
 _XATTR = "user.archive.sha256"
 _CHUNK = 1 << 20
@@ -50,8 +54,57 @@ class FilesystemStore:
     async def close(self) -> None:
         self._io.shutdown()
 
+    def _fsync_path(self, path: Path) -> None:
+        """fsync a file or a directory (a directory holds the names just linked in it)."""
+        if self.fsync:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _adopt(self, key: str, target: Path, payload: Payload, if_absent: bool) -> PutResult | None:
+        """Link an adoptable payload's file in place; None when it is on another filesystem."""
+        (part,) = payload.parts
+        source = part.path if isinstance(part, FilePart) else part
+        assert isinstance(source, Path) and (not isinstance(part, FilePart) or part.offset == 0)
+        self._fsync_path(source)
+        try:
+            os.setxattr(source, _XATTR, payload.sha256.encode("ascii"))
+        except OSError:
+            pass  # no xattr support: head() computes the checksum instead
+        try:
+            if if_absent:
+                os.link(source, target)
+            else:
+                staged = target.parent / f".tmp-{uuid.uuid4().hex}"
+                os.link(source, staged)
+                try:
+                    os.replace(staged, target)
+                except OSError:
+                    staged.unlink(missing_ok=True)
+                    raise
+        except FileExistsError:
+            existing = self._head(key)
+            assert existing is not None
+            return PutResult(created=False, info=existing)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return None  # another filesystem, or links not allowed: copy instead
+            raise
+        self._fsync_path(target.parent)
+        return PutResult(created=True, info=ObjectInfo(key, payload.size, payload.sha256))
+
     def _put(self, key: str, payload: Payload, if_absent: bool) -> PutResult:
         target = self._path(key)
+        if payload.adoptable:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                adopted = self._adopt(key, target, payload, if_absent)
+            except OSError as exc:
+                raise BackendUnavailable("object store", f"{exc.strerror or exc}") from exc
+            if adopted is not None:
+                return adopted
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -77,12 +130,7 @@ class FilesystemStore:
                     return PutResult(created=False, info=existing)
             else:
                 os.replace(tmp, target)
-            if self.fsync:
-                dir_fd = os.open(target.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+            self._fsync_path(target.parent)
             return PutResult(created=True, info=ObjectInfo(key, payload.size, payload.sha256))
         except OSError as exc:  # disk full, read-only, permissions, I/O: the store cannot take it now
             raise BackendUnavailable("object store", f"{exc.strerror or exc}") from exc

@@ -45,6 +45,9 @@ class Payload:
     parts: tuple[bytes | Path | FilePart, ...]
     size: int
     sha256: str
+    # parts is one whole local file that nothing writes to again: a store on the same
+    # filesystem may link it into place instead of copying it
+    adoptable: bool = False
 
     def chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         for part in self.parts:

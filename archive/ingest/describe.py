@@ -183,12 +183,13 @@ def _read_long_sequences(fp: BinaryIO, ds: Dataset, implicit: bool, little: bool
             raise MalformedDataset(f"sequence {BaseTag(tag)} cannot be parsed: {exc}") from exc
 
 
-def dataset_offset(path: Path) -> int:
-    """Where the dataset starts: after preamble and File Meta of a Part 10 file, else 0."""
+def dataset_offset(path: Path, start: int = 0) -> int:
+    """Where the dataset from ``start`` begins: after preamble and File Meta of a Part 10 file, else ``start``."""
     with open(path, "rb") as fh:
+        fh.seek(start)
         head = fh.read(132)
         if len(head) < 132 or head[128:132] != b"DICM":
-            return 0
+            return start
         try:
             _read_file_meta_info(fh)
         except Exception as exc:

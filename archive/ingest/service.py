@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Spooled:
+    """A spool file written as the object will be stored: ``header`` (preamble and File Meta
+    built with ``file_meta_bytes`` from the command's UIDs) ahead of the dataset. When the
+    dataset proves to be the instance the command named, the file is the object and an
+    object store may link it instead of copying it."""
+
+    header: bytes
+
+
+@dataclass(frozen=True)
 class Received:
     """One instance as a receiver got it: the dataset spooled to a local file."""
 
@@ -40,6 +50,7 @@ class Received:
     source_aet: str
     affected_sop_class_uid: str | None = None  # from the C-STORE command, if any
     affected_sop_instance_uid: str | None = None
+    spooled: Spooled | None = None  # the file starts with our own File Meta (see Spooled)
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,8 @@ class IngestService:
             validate_uid(received.affected_sop_instance_uid, "AffectedSOPInstanceUID")
         if received.affected_sop_class_uid is not None:
             validate_uid(received.affected_sop_class_uid, "AffectedSOPClassUID")
-        offset = dataset_offset(received.dataset_path)
+        spooled = received.spooled
+        offset = dataset_offset(received.dataset_path, len(spooled.header) if spooled else 0)
         description = describe(received.dataset_path, received.transfer_syntax_uid, offset)
         # PS3.4 B.2.3: the dataset must be the instance the command announced
         if (
@@ -106,10 +118,14 @@ class IngestService:
             description.transfer_syntax_uid,
         )
         parts: tuple[bytes | Path | FilePart, ...] = (header, FilePart(received.dataset_path, offset))
+        adoptable = spooled is not None and spooled.header == header and offset == len(header)
+        if adoptable:
+            parts = (FilePart(received.dataset_path),)  # the same bytes, as one file
         sha256, size = _sha256(parts)
+        payload = Payload(parts=parts, size=size, sha256=sha256, adoptable=adoptable)
         return Prepared(
             description=description,
-            payload=Payload(parts=parts, size=size, sha256=sha256),
+            payload=payload,
             key=object_key(description.sop_instance_uid),
             source_aet=received.source_aet,
         )

@@ -138,8 +138,14 @@ class DicomServer:
         self.ae.acse_timeout = settings.acse_timeout
         self.ae.dimse_timeout = settings.dimse_timeout
         self.server: ThreadedAssociationServer | None = None
+        self._listening = False
 
-    def start(self, port: int | None = None, reuse_port: bool = False) -> int:
+    def start(self, port: int | None = None, reuse_port: bool = False, *, listen: bool = True) -> int:
+        """Listen on ``port`` (default ARCHIVE_DICOM_PORT); return the bound port.
+
+        With ``listen=False`` nothing listens: connections come through :meth:`take`
+        (the asyncio receiver hands over the associations it does not serve).
+        """
         # pynetdicom spools each received dataset to a temporary file: keep the
         # spool beside the data, not on a small /tmp.
         tempfile.tempdir = str(process_spool(self.settings.data_dir))
@@ -154,23 +160,34 @@ class DicomServer:
             handlers_ += service.handlers
         # AE.start_server() takes no server_class (pynetdicom 3.0); do what its
         # non-blocking branch does with our class.
-        server = self.ae.make_server(
-            (self.settings.bind, self.settings.dicom_port if port is None else port),
-            evt_handlers=handlers_,
-            server_class=server_class,
-        )
+        address = (self.settings.bind, self.settings.dicom_port if port is None else port)
+        server = self.ae.make_server(address if listen else ("127.0.0.1", 0), evt_handlers=handlers_,
+                                     server_class=server_class)
+        self.server = server
+        self._listening = listen
+        if not listen:
+            server.server_close()  # connections arrive through take()
+            return 0
         threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
         self.ae._servers.append(server)  # so AE.shutdown() stops it too
-        self.server = server
         bound = int(self.server.server_address[1])
         log.info("DICOM listening", extra={"aet": self.settings.aet, "port": bound, "role": self.role})
         return bound
+
+    def take(self, connection: socket.socket, peer: Any) -> None:
+        """Serve a connection accepted elsewhere, whose first bytes are an A-ASSOCIATE-RQ.
+
+        ``peer`` is the requestor's address, for the access checks and the logs.
+        """
+        assert self.server is not None
+        self.server.process_request(connection, tuple(peer))  # a thread of its own (ThreadingMixIn)
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         """Stop accepting, let running associations finish (up to a deadline), close."""
         if self.server is None:
             return
-        self.server.shutdown()  # stops accepting and closes the listening socket
+        if self._listening:
+            self.server.shutdown()  # stops accepting and closes the listening socket
         deadline = time.monotonic() + drain_seconds
         while self.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)

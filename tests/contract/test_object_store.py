@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from minio import Minio
 
 from archive.adapters.filesystem_store import FilesystemStore
 from archive.adapters.s3_store import S3Store
@@ -44,6 +45,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> 
     async for info in backend.list():
         await backend.delete(info.key)
     await backend.close()
+    if request.param == "s3":  # a bucket left behind keeps SeaweedFS volumes until it runs out
+        Minio(url.netloc, service_setting("ARCHIVE_S3_ACCESS_KEY"), service_setting("ARCHIVE_S3_SECRET_KEY"),
+              secure=False).remove_bucket(f"test-{unique}")
 
 
 async def read_all(store: ObjectStore, key: str) -> bytes:
@@ -109,4 +113,55 @@ async def test_filesystem_refuses_unsafe_keys(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             await store.put(key, payload(b"x"))
     assert not (tmp_path / "escape").exists()
+    await store.close()
+
+
+async def test_adoptable_payload_is_stored_and_kept_first(store: ObjectStore, tmp_path: Path) -> None:
+    """A receiver's spool file that is the whole object: stored as is, first kept, replaceable."""
+    spool = tmp_path / "spool-1.dcm"
+    spool.write_bytes(os.urandom(50_000))
+    first = Payload((spool,), payload(spool).size, payload(spool).sha256, adoptable=True)
+    assert (await store.put("instances/ad/op/1.dcm", first)).created
+    body = spool.read_bytes()
+    spool.unlink()  # the receiver removes its spool name after the commit
+    assert await read_all(store, "instances/ad/op/1.dcm") == body
+    info = await store.head("instances/ad/op/1.dcm")
+    assert info is not None and info.sha256 == first.sha256 and info.size == len(body)
+
+    other = tmp_path / "spool-2.dcm"
+    other.write_bytes(b"different")
+    second = Payload((other,), len(b"different"), hashlib.sha256(b"different").hexdigest(), adoptable=True)
+    kept = await store.put("instances/ad/op/1.dcm", second)
+    assert not kept.created and kept.info.sha256 == first.sha256
+    assert await read_all(store, "instances/ad/op/1.dcm") == body
+    assert (await store.put("instances/ad/op/1.dcm", second, if_absent=False)).created
+    assert await read_all(store, "instances/ad/op/1.dcm") == b"different"
+    assert [i.key async for i in store.list("instances/ad/")] == ["instances/ad/op/1.dcm"]  # no staging left
+
+
+async def test_filesystem_links_an_adoptable_payload_and_copies_across_filesystems(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    await store.migrate()
+    spool = tmp_path / "spool.dcm"
+    spool.write_bytes(b"whole object")
+    p = Payload((spool,), 12, hashlib.sha256(b"whole object").hexdigest(), adoptable=True)
+    assert (await store.put("a/1.dcm", p)).created
+    assert (tmp_path / "objects" / "a" / "1.dcm").stat().st_ino == spool.stat().st_ino  # linked, not copied
+
+    # with links refused, the store copies (and still publishes atomically with its own link)
+    real_link = os.link
+    calls: list[str] = []
+
+    def link(src: object, dst: object) -> None:
+        calls.append(str(src))
+        if Path(str(src)) == spool:
+            raise OSError(18, "Invalid cross-device link")
+        real_link(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", link)
+    assert (await store.put("a/2.dcm", p)).created
+    copied = tmp_path / "objects" / "a" / "2.dcm"
+    assert copied.read_bytes() == b"whole object" and copied.stat().st_ino != spool.stat().st_ino
+    assert calls[0] == str(spool) and len(calls) == 2
     await store.close()

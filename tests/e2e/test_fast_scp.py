@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -131,20 +132,35 @@ def test_every_kind_and_compressed_syntaxes(fast: Running) -> None:
     assert fast.queued() == len(every_kind(study, "PAT-FAST"))
 
 
-def test_stored_bytes_equal_the_pynetdicom_receivers(tmp_path: Path) -> None:
+def test_stored_bytes_equal_the_pynetdicom_receivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The asyncio engine's spool file becomes the object (linked, hashed while received): same bytes."""
     datasets = [make_ct(size=128, seed=i) for i in range(3)]
     keep = tempfile.tempdir  # StoreSCP.start points tempfile at its spool
+    adopted: list[bool] = []
+    adopt = FilesystemStore._adopt
+
+    def spy(self: FilesystemStore, *args: object) -> object:
+        result = adopt(self, *args)  # type: ignore[arg-type]
+        adopted.append(result is not None)
+        return result
+
+    monkeypatch.setattr(FilesystemStore, "_adopt", spy)
     stored: dict[str, list[bytes]] = {}
     for engine in ("pynetdicom", "asyncio"):
         running, scp = _start(tmp_path / engine, engine)
         try:
             assert pynetdicom_store(running.port, [ds.copy() for ds in datasets]) == [0, 0, 0]
             stored[engine] = [running.object_bytes(ds.SOPInstanceUID) for ds in datasets]
+            for ds, body in zip(datasets, stored[engine]):
+                info = running.portal.run(running.store.head(object_key(ds.SOPInstanceUID)))
+                assert info is not None and info.sha256 == hashlib.sha256(body).hexdigest()
             assert running.queued() == 3
+            assert not list((tmp_path / engine / "spool").rglob("*.dcm"))  # spool names removed
         finally:
             _stop(running, scp)
             tempfile.tempdir = keep
     assert stored["asyncio"] == stored["pynetdicom"]
+    assert adopted == [True, True, True]  # the asyncio engine's three, linked; pynetdicom's copied
 
 
 def test_four_concurrent_associations(fast: Running) -> None:

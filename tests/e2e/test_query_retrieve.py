@@ -7,6 +7,7 @@ data below (``STUDIES``), never read back from our catalog.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,12 +421,18 @@ def test_every_serve_layout_answers_c_find(tmp_path: Path, env: dict[str, str]) 
         files = [write_part10(make_ct(patient_id="LAYOUT", seed=i), tmp_path / f"{i}.dcm") for i in range(3)]
         assert storescu(proc.dicom_port, files).returncode == 0
         wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/studies?PatientID=LAYOUT")[1] or []) == 3)
-        # the asyncio receiver is store-only: query/retrieve is on ARCHIVE_QUERY_DICOM_PORT
-        port = query_port if env.get("ARCHIVE_SCP_ENGINE") == "asyncio" else proc.dicom_port
+        # one AE, one port: the asyncio receiver hands query/retrieve associations to pynetdicom
         for _ in range(6):  # with SO_REUSEPORT, associations land on either receiver process
-            code, found, log = findscu(port, "study", ["QueryRetrieveLevel=STUDY", "PatientID=LAYOUT",
-                                                       "StudyInstanceUID"], tmp_path / "find")
+            code, found, log = findscu(proc.dicom_port, "study", ["QueryRetrieveLevel=STUDY", "PatientID=LAYOUT",
+                                                                  "StudyInstanceUID"], tmp_path / "find")
             assert code == 0 and len(found) == 3, log
+        received = tmp_path / "got"
+        received.mkdir()
+        studies = "\\".join(str(ds.StudyInstanceUID) for ds in found)
+        got = getscu(proc.dicom_port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={studies}"], received)
+        assert got.returncode == 0 and len(list(received.iterdir())) == 3, got.stderr
+        with socket.socket() as probe:  # serve opens no second DICOM port
+            assert probe.connect_ex(("127.0.0.1", query_port)) != 0
         assert "child exited" not in proc.log_tail(3000)  # every process of the layout stays up
     finally:
         proc.stop()

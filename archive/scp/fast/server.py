@@ -1,8 +1,11 @@
 """An asyncio C-ECHO / C-STORE acceptor: one task per association, no polling.
 
-Dataset fragments go straight from the socket into a spool file; the ingest
-service prepares it on a worker thread and commits it on the event loop; the
-response is a pre-encoded command set. PS3.8 for the Upper Layer, PS3.7 for DIMSE.
+Dataset fragments go straight from the socket into a spool file, after the File
+Meta the stored object will have (built from the command's UIDs), so the spool file
+can become the object without a copy; the ingest service prepares it (parse, check,
+hash) on a worker thread and commits it on the event loop; the response is a
+pre-encoded command set. Associations that ask for other services are handed to a
+pynetdicom server (``relay``). PS3.8 for the Upper Layer, PS3.7 for DIMSE.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from archive import metrics
-from archive.ingest.service import IngestService, Received
+from archive.core.uids import uid_problem
+from archive.ingest.describe import file_meta_bytes
+from archive.ingest.service import IngestService, Received, Spooled
 from archive.scp.spool import process_spool
 from archive.scp.access import AccessPolicy, Rejection
 from archive.scp.fast import pdu
@@ -41,6 +47,11 @@ CALLED_AE_UNKNOWN = Rejection(0x01, 0x01, 0x07, "called AE title not recognized"
 CHUNK = 1 << 20
 
 
+# Hands a connection whose A-ASSOCIATE-RQ this engine does not serve to a full DIMSE
+# server (see Association._relay): (our end of a socket pair, the peer's address).
+Relay = Callable[[socket.socket, Any], None]
+
+
 class _Closed(Exception):
     """The association is over (released, aborted or the peer went away)."""
 
@@ -52,8 +63,8 @@ class Association:
         self.scp = scp
         self.reader = reader
         self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.address = str(peer[0]) if peer else ""
+        self.peer = writer.get_extra_info("peername")
+        self.address = str(self.peer[0]) if self.peer else ""
         self.calling_aet = ""
         self.peer_max = 0
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer syntax)
@@ -110,7 +121,8 @@ class Association:
         if length > pdu.MAX_ASSOCIATE_RQ:
             raise pdu.ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
         async with asyncio.timeout(self.scp.settings.acse_timeout or None):
-            rq = pdu.parse_associate_rq(await self._read(length))
+            body = await self._read(length)
+        rq = pdu.parse_associate_rq(body)
         self.calling_aet = rq.calling_aet
         rejection = self._rejection(rq)
         if rejection is not None:
@@ -119,6 +131,9 @@ class Association:
                                                        "reason": rejection.why})
             await self.send(pdu.associate_rj(rejection.result, rejection.source, rejection.reason))
             await self._await_peer_close()
+            return False
+        if self.scp.relay is not None and any(cx.abstract_syntax not in SUPPORTED_ABSTRACT for cx in rq.contexts):
+            await self._relay(pdu.header(pdu.A_ASSOCIATE_RQ, length) + body)
             return False
         results = []
         for cx in rq.contexts:
@@ -136,6 +151,37 @@ class Association:
         await self.send(pdu.associate_ac(rq, results, self.scp.settings.max_pdu))
         self.established = True
         return True
+
+    async def _relay(self, request: bytes) -> None:
+        """Pass an association that asks for more than C-ECHO and C-STORE (query/retrieve,
+        commitment) to the full DIMSE server, byte for byte, over a socket pair.
+
+        The peer has passed this acceptor's checks (allow-lists, association cap); the
+        other server sees the peer's own address and applies its checks again. The
+        association's timeouts are the other server's, which ends its side when they expire.
+        """
+        ours, theirs = socket.socketpair()
+        try:
+            assert self.scp.relay is not None
+            self.scp.relay(theirs, self.peer)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=ours, limit=CHUNK)
+        # the other server counts the connection from now on (metrics.ACTIVE_ASSOCIATIONS)
+        metrics.ACTIVE_ASSOCIATIONS.dec()
+        writer.write(request)
+        pipes = {asyncio.create_task(_pipe(self.reader, writer)), asyncio.create_task(_pipe(reader, self.writer))}
+        try:
+            _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            if pending:  # one side closed: give the other a moment to finish what it is sending
+                await asyncio.wait(pending, timeout=5.0)
+        finally:
+            for task in pipes:
+                task.cancel()
+            metrics.ACTIVE_ASSOCIATIONS.inc()
+            writer.close()
 
     async def _await_peer_close(self) -> None:
         """Sta13 after A-ASSOCIATE-RJ: the requestor closes the connection; ARTIM bounds the wait (PS3.8 9.2).
@@ -213,7 +259,7 @@ class Association:
                     message.parsed = pdu.decode_command(bytes(message.command))
                     if message.parsed.has_dataset:
                         message.expect_dataset = True
-                        message.open(self.scp.spool)
+                        message.open(self.scp.spool, _stored_header(message.parsed, self.contexts[context_id][1]))
                     else:
                         await self._dispatch(message)
             else:
@@ -247,9 +293,10 @@ class Association:
         elif command.field == pdu.C_STORE_RQ:  # PS3.7 9.3.1
             if message.spool is None:
                 raise pdu.ProtocolError("C-STORE-RQ without a dataset", pdu.ABORT_UNEXPECTED_PARAMETER)
+            spooled = message.spooled()
             path = message.close()
             try:
-                status = await self.scp.store(path, syntax, self.calling_aet, command)
+                status = await self.scp.store(path, syntax, self.calling_aet, command, spooled)
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -262,6 +309,26 @@ class Association:
                                   command.sop_instance_uid, status.code, status.comment)
         await self.send(pdu.p_data(context_id, rsp, self.peer_max))
 
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until end of stream, then half-close the other side."""
+    try:
+        while chunk := await reader.read(CHUNK):
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.write_eof()
+
+
+def _stored_header(command: pdu.Command, syntax: str) -> bytes:
+    """The File Meta a C-STORE's object will start with, if the command's UIDs can make one."""
+    if command.field != pdu.C_STORE_RQ or uid_problem(command.sop_class_uid) or uid_problem(command.sop_instance_uid):
+        return b""  # prepare() refuses the instance or rebuilds the header from the dataset
+    return file_meta_bytes(command.sop_class_uid, command.sop_instance_uid, syntax)
 
 
 class _Message:
@@ -277,10 +344,17 @@ class _Message:
         self.expect_dataset = False
         self.spool: BinaryIO | None = None
         self.path: Path | None = None
+        self.header = b""
 
-    def open(self, directory: Path) -> None:
+    def open(self, directory: Path, header: bytes = b"") -> None:
         fd, name = tempfile.mkstemp(prefix="fast-", suffix=".dcm", dir=directory)
         self.spool, self.path = os.fdopen(fd, "wb"), Path(name)
+        self.header = header
+        if header:
+            self.spool.write(header)
+
+    def spooled(self) -> Spooled | None:
+        return Spooled(self.header) if self.header else None
 
     def close(self) -> Path:
         assert self.spool is not None and self.path is not None
@@ -300,11 +374,12 @@ class FastStoreSCP:
     """C-ECHO and C-STORE acceptor on asyncio streams."""
 
     def __init__(self, settings: Settings, ingest: IngestService, loop: asyncio.AbstractEventLoop | None = None,
-                 *, check_called_aet: bool = False) -> None:
+                 *, check_called_aet: bool = False, relay: Relay | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
         self.loop = loop
         self.check_called_aet = check_called_aet
+        self.relay = relay  # without it, an association with other services gets those contexts refused
         self.policy = AccessPolicy(settings.allowed_aets, settings.allowed_networks)
         self.spool = settings.data_dir / "spool"  # replaced by this process's own in start()
         self.active = 0
@@ -342,12 +417,13 @@ class FastStoreSCP:
             metrics.ACTIVE_ASSOCIATIONS.dec()
             self._tasks.discard(task)
 
-    async def store(self, path: Path, syntax: str, calling_aet: str, command: pdu.Command) -> Status:
+    async def store(self, path: Path, syntax: str, calling_aet: str, command: pdu.Command,
+                    spooled: Spooled | None = None) -> Status:
         """Spooled dataset -> object store + queue -> status (as handlers.handle_store)."""
         started = time.perf_counter()
         try:
             received = Received(path, syntax, calling_aet, command.sop_class_uid or None,
-                                command.sop_instance_uid or None)
+                                command.sop_instance_uid or None, spooled)
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(self._pool, self.ingest.prepare, received)
             async with asyncio.timeout(self.settings.store_timeout or None):
