@@ -78,13 +78,13 @@ class _OurReceiver(Receiver):
 
 
 class Serve(_OurReceiver):
-    def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "pynetdicom") -> None:
+    def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "asyncio") -> None:
         super().__init__(workdir)
         self.workers = workers
         self.fsync = fsync
         self.engine = engine
         self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
-            "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "pynetdicom" else f", {engine} engine")
+            "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "asyncio" else f", {engine} engine")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
         self.scp_metrics = self.indexer_metrics = f"{http}/metrics"

@@ -1,7 +1,7 @@
 """Ingest benchmark: C-STORE throughput, latency, time-to-searchable and memory.
 
     .venv/bin/python bench/ingest.py [--count 1000] [--repeat 3] [--quick] [--out results.json]
-                                     [--scenarios serve,serve-w2,serve-nofsync,serve-asyncio,serve-asyncio-w2,distributed,orthanc,storescp,pynetdicom,large]
+                                     [--scenarios serve,serve-w2,serve-nofsync,serve-pynetdicom,serve-pynetdicom-w2,distributed,orthanc,storescp,pynetdicom,large]
 
 Receivers (each fresh, on loopback, in a temp dir): ``dicom-archive serve`` (embedded,
 fsync on), the same with 2 SCP workers and with ARCHIVE_FSYNC=false, the distributed
@@ -36,7 +36,7 @@ from _util import (Batch, SliceFactory, TreeSampler, children_cpu, cpu_jiffies, 
                    histogram_delta, histogram_quantile, http_json, install_signal_handlers, kill_all, percentile, scrape,
                    write_large_instance)
 
-ALL = ("serve", "serve-w2", "serve-nofsync", "serve-asyncio", "serve-asyncio-w2", "distributed", "orthanc", "storescp", "pynetdicom", "large")
+ALL = ("serve", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "distributed", "orthanc", "storescp", "pynetdicom", "large")
 STUDIES = 4  # each batch: 4 studies; with 4 associations each association sends one study
 DRAIN_TIMEOUT = 600.0
 
@@ -52,10 +52,10 @@ def make_receiver(name: str, workdir: Path) -> Receiver:
         return Serve(workdir / name, workers=2)
     if name == "serve-nofsync":
         return Serve(workdir / name, fsync=False)
-    if name == "serve-asyncio":
-        return Serve(workdir / name, engine="asyncio")
-    if name == "serve-asyncio-w2":
-        return Serve(workdir / name, workers=2, engine="asyncio")
+    if name == "serve-pynetdicom":
+        return Serve(workdir / name, engine="pynetdicom")
+    if name == "serve-pynetdicom-w2":
+        return Serve(workdir / name, workers=2, engine="pynetdicom")
     if name == "distributed":
         return Distributed(workdir / name)
     if name == "orthanc":

@@ -103,8 +103,7 @@ class ArchiveProcess:
 
 def serve(tmp_path: Path, **env: str) -> ArchiveProcess:
     """An embedded ``serve`` on fresh ports and a fresh data dir."""
-    base = {"ARCHIVE_DATA_DIR": str(tmp_path / "data"), "ARCHIVE_FSYNC": "false",
-            "ARCHIVE_QUERY_DICOM_PORT": str(free_port())}  # used when the receiver is store-only
+    base = {"ARCHIVE_DATA_DIR": str(tmp_path / "data"), "ARCHIVE_FSYNC": "false"}
     base.update(env)
     return ArchiveProcess("serve", base, tmp_path / "serve.log", free_port(), free_port())
 

@@ -409,9 +409,10 @@ def test_relational_queries_are_negotiated(port: int) -> None:
         assoc.release()
 
 
-@pytest.mark.parametrize("env", [{"ARCHIVE_WORKERS": "2"}, {"ARCHIVE_SCP_ENGINE": "asyncio"},
+@pytest.mark.parametrize("env", [{"ARCHIVE_SCP_ENGINE": "pynetdicom"},
+                                 {"ARCHIVE_SCP_ENGINE": "pynetdicom", "ARCHIVE_WORKERS": "2"},
                                  {"ARCHIVE_SCP_ENGINE": "asyncio", "ARCHIVE_WORKERS": "2"}],
-                         ids=["two receiver processes", "asyncio receiver", "two asyncio receivers"])
+                         ids=["pynetdicom receiver", "two pynetdicom receivers", "two asyncio receivers"])
 def test_every_serve_layout_answers_c_find(tmp_path: Path, env: dict[str, str]) -> None:
     from tests.conftest import free_port
 

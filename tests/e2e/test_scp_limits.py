@@ -62,8 +62,9 @@ def test_association_cap_rejects_with_local_limit(tmp_path: Path, engine: str) -
         proc.stop()
 
 
-def test_workers_share_the_port(tmp_path: Path) -> None:
-    proc = serve(tmp_path, ARCHIVE_WORKERS="2").start()
+@pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
+def test_workers_share_the_port(tmp_path: Path, engine: str) -> None:
+    proc = serve(tmp_path, ARCHIVE_WORKERS="2", ARCHIVE_SCP_ENGINE=engine).start()
     try:
         study = new_uid()
         statuses: list[int] = []

@@ -395,7 +395,7 @@ class FastStoreSCP:
             self._accept, host or self.settings.bind, self.settings.dicom_port if port is None else port,
             reuse_port=reuse_port or None, limit=CHUNK, backlog=128)
         bound = int(self._server.sockets[0].getsockname()[1])
-        log.info("DICOM SCP listening", extra={"aet": self.settings.aet, "port": bound, "engine": "asyncio"})
+        log.info("DICOM listening", extra={"aet": self.settings.aet, "port": bound, "role": "scp", "engine": "asyncio"})
         return bound
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
