@@ -59,6 +59,7 @@ class Prepared:
     payload: Payload
     key: str
     source_aet: str
+    message: bytes  # the index message, encoded off the event loop
 
 
 class Outcome(str, Enum):
@@ -123,17 +124,14 @@ class IngestService:
             parts = (FilePart(received.dataset_path),)  # the same bytes, as one file
         sha256, size = _sha256(parts)
         payload = Payload(parts=parts, size=size, sha256=sha256, adoptable=adoptable)
+        key = object_key(description.sop_instance_uid)
         return Prepared(
             description=description,
             payload=payload,
-            key=object_key(description.sop_instance_uid),
+            key=key,
             source_aet=received.source_aet,
+            message=description.index_message(key, size, sha256, received.source_aet).to_bytes(),
         )
-
-    def _message(self, prepared: Prepared) -> bytes:
-        return prepared.description.index_message(
-            prepared.key, prepared.payload.size, prepared.payload.sha256, prepared.source_aet
-        ).to_bytes()
 
     async def _existing_sha256(self, key: str, recorded: str | None) -> str:
         if recorded:
@@ -177,7 +175,7 @@ class IngestService:
     async def _publish(self, prepared: Prepared) -> None:
         """Queue the index message; on failure the object stays (see the module docstring)."""
         try:
-            await self.queue.publish(self._message(prepared))
+            await self.queue.publish(prepared.message)
         except BackendUnavailable:
             log.warning("object stored but not queued; a re-send or `verify --repair` indexes it",
                         extra={"sop_instance_uid": prepared.description.sop_instance_uid})

@@ -1,12 +1,18 @@
+import io
+import random
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, AllTransferSyntaxes, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from archive.core.errors import InvalidUID, MalformedDataset
 from archive.core.flatten import flatten
 from archive.core.records import CatalogEntry
-from archive.ingest.describe import BULK_THRESHOLD, describe
+from archive.ingest.describe import (BULK_THRESHOLD, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, describe,
+                                     file_meta_bytes)
 from tests.factories import dataset_bytes, make_ct, make_message
 
 
@@ -107,3 +113,23 @@ def make_message_from(description: object, tmp_path: Path) -> object:
 
     assert isinstance(description, Description)
     return description.index_message("instances/x.dcm", 1, "0" * 64, "TEST")
+
+
+@pytest.mark.parametrize("syntax", sorted(str(ts) for ts in AllTransferSyntaxes))
+def test_file_meta_bytes_equal_pydicoms_writer(syntax: str) -> None:
+    """Hand-encoded File Meta: byte for byte what pydicom writes (stored objects must not change)."""
+    rng = random.Random(syntax)
+    for length in (3, 4, 63, 64):  # odd and even lengths: UI pads with NUL
+        instance = "1." + "".join(rng.choice("0123456789") for _ in range(length - 2))
+        instance = instance.replace(".0", ".1")  # no leading zero in a component
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(CTImageStorage)
+        meta.MediaStorageSOPInstanceUID = UID(instance)
+        meta.TransferSyntaxUID = UID(syntax)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        raw = io.BytesIO()
+        buffer = DicomFileLike(raw)
+        buffer.is_little_endian, buffer.is_implicit_VR = True, False
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        assert file_meta_bytes(CTImageStorage, instance, syntax) == b"\x00" * 128 + b"DICM" + raw.getvalue()
