@@ -39,6 +39,7 @@ class FilesystemStore:
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self.syncs_adoptable = fsync  # an adoptable payload's file is fsynced, then linked
         self._io = Blocking("fs-store", workers=8)
 
     def _path(self, key: str) -> Path:

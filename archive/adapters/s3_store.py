@@ -54,6 +54,7 @@ def _unavailable(exc: Exception) -> BackendUnavailable:
 
 class S3Store:
     name = "s3"
+    syncs_adoptable = False  # uploads: an adoptable payload is read like any other
 
     def __init__(
         self,

@@ -33,6 +33,9 @@ class Backend(Protocol):
 
 
 class ObjectStore(Backend, Protocol):
+    # put() fsyncs an adoptable payload's file and links it: a receiver may start the fsync early
+    syncs_adoptable: bool
+
     async def put(self, key: str, payload: Payload, *, if_absent: bool = True) -> PutResult:
         """Store durably. With ``if_absent`` an existing object is kept and reported."""
 

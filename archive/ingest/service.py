@@ -34,11 +34,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Spooled:
     """A spool file written as the object will be stored: ``header`` (preamble and File Meta
-    built with ``file_meta_bytes`` from the command's UIDs) ahead of the dataset. When the
-    dataset proves to be the instance the command named, the file is the object and an
-    object store may link it instead of copying it."""
+    built with ``file_meta_bytes`` from the command's UIDs) ahead of the dataset, ``size``
+    bytes in all with this SHA-256 (hashed as it arrived). When the dataset proves to be the
+    instance the command named, the file is the object and an object store may link it
+    instead of copying it."""
 
     header: bytes
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class IngestService:
         self.store = store
         self.queue = queue
         self.policy = policy
+        # the store fsyncs an adoptable spool file before linking it: a receiver may start that early
+        self.presync_spool = store.syncs_adoptable
 
     def prepare(self, received: Received) -> Prepared:
         """Parse and validate locally (blocking; call from a worker thread)."""
@@ -118,12 +123,13 @@ class IngestService:
             description.sop_instance_uid,
             description.transfer_syntax_uid,
         )
-        parts: tuple[bytes | Path | FilePart, ...] = (header, FilePart(received.dataset_path, offset))
-        adoptable = spooled is not None and spooled.header == header and offset == len(header)
-        if adoptable:
-            parts = (FilePart(received.dataset_path),)  # the same bytes, as one file
-        sha256, size = _sha256(parts)
-        payload = Payload(parts=parts, size=size, sha256=sha256, adoptable=adoptable)
+        if spooled is not None and spooled.header == header and offset == len(header):
+            parts: tuple[bytes | Path | FilePart, ...] = (FilePart(received.dataset_path),)
+            size, sha256 = spooled.size, spooled.sha256
+        else:
+            parts = (header, FilePart(received.dataset_path, offset))
+            sha256, size = _sha256(parts)
+        payload = Payload(parts=parts, size=size, sha256=sha256, adoptable=len(parts) == 1)
         key = object_key(description.sop_instance_uid)
         return Prepared(
             description=description,

@@ -2,10 +2,12 @@
 
 Dataset fragments go straight from the socket into a spool file, after the File
 Meta the stored object will have (built from the command's UIDs), so the spool file
-can become the object without a copy; the ingest service prepares it (parse, check,
-hash) on a worker thread and commits it on the event loop; the response is a
-pre-encoded command set. Associations that ask for other services are handed to a
-pynetdicom server (``relay``). PS3.8 for the Upper Layer, PS3.7 for DIMSE.
+can become the object without a copy. A hashing thread digests the fragments as they
+arrive; once the last one is in, the spool file is fsynced on one worker thread while
+the ingest service prepares it (parse, check) on another, and the commit runs on the
+event loop; the response is a pre-encoded command set. Associations that ask for
+other services are handed to a pynetdicom server (``relay``). PS3.8 for the Upper
+Layer, PS3.7 for DIMSE.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -259,7 +262,8 @@ class Association:
                     message.parsed = pdu.decode_command(bytes(message.command))
                     if message.parsed.has_dataset:
                         message.expect_dataset = True
-                        message.open(self.scp.spool, _stored_header(message.parsed, self.contexts[context_id][1]))
+                        message.open(self.scp.spool, _stored_header(message.parsed, self.contexts[context_id][1]),
+                                     self.scp.hasher)
                     else:
                         await self._dispatch(message)
             else:
@@ -276,7 +280,7 @@ class Association:
             if not chunk:
                 raise _Closed("peer closed the connection")
             if sink is not None:
-                sink.write(chunk)
+                message.write(chunk)
             size -= len(chunk)
             if self._idle is not None and self._idle.when() is not None:
                 # the timeout is for silence, not for the whole of a large PDU
@@ -293,7 +297,7 @@ class Association:
         elif command.field == pdu.C_STORE_RQ:  # PS3.7 9.3.1
             if message.spool is None:
                 raise pdu.ProtocolError("C-STORE-RQ without a dataset", pdu.ABORT_UNEXPECTED_PARAMETER)
-            spooled = message.spooled()
+            spooled = await message.spooled()
             path = message.close()
             try:
                 status = await self.scp.store(path, syntax, self.calling_aet, command, spooled)
@@ -324,6 +328,18 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
 
 
+def _fsync(path: Path) -> None:
+    """Flush a spool file ahead of the store's own fsync (which then finds little to do)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the store's fsync reports it
+
+
 def _stored_header(command: pdu.Command, syntax: str) -> bytes:
     """The File Meta a C-STORE's object will start with, if the command's UIDs can make one."""
     if command.field != pdu.C_STORE_RQ or uid_problem(command.sop_class_uid) or uid_problem(command.sop_instance_uid):
@@ -345,16 +361,37 @@ class _Message:
         self.spool: BinaryIO | None = None
         self.path: Path | None = None
         self.header = b""
+        self.digest: hashlib._Hash | None = None
+        self.size = 0
+        self._hasher: concurrent.futures.Executor | None = None
+        self._hashed: concurrent.futures.Future[None] | None = None
 
-    def open(self, directory: Path, header: bytes = b"") -> None:
+    def open(self, directory: Path, header: bytes = b"", hasher: concurrent.futures.Executor | None = None) -> None:
+        """Start the spool file; with a header, hash it all on ``hasher`` (one thread: in order)."""
         fd, name = tempfile.mkstemp(prefix="fast-", suffix=".dcm", dir=directory)
         self.spool, self.path = os.fdopen(fd, "wb"), Path(name)
         self.header = header
         if header:
             self.spool.write(header)
+            self.digest, self.size, self._hasher = hashlib.sha256(header), len(header), hasher
 
-    def spooled(self) -> Spooled | None:
-        return Spooled(self.header) if self.header else None
+    def write(self, chunk: bytes) -> None:
+        assert self.spool is not None
+        self.spool.write(chunk)
+        if self.digest is not None:
+            self.size += len(chunk)
+            if self._hasher is None:
+                self.digest.update(chunk)
+            else:
+                self._hashed = self._hasher.submit(self.digest.update, chunk)
+
+    async def spooled(self) -> Spooled | None:
+        """The spool file as the object it will become, once every fragment is hashed."""
+        if self.digest is None:
+            return None
+        if self._hashed is not None:
+            await asyncio.wrap_future(self._hashed)
+        return Spooled(self.header, self.size, self.digest.hexdigest())
 
     def close(self) -> Path:
         assert self.spool is not None and self.path is not None
@@ -385,6 +422,9 @@ class FastStoreSCP:
         self.active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        # one thread, so each message's fragments are digested in the order they came (and
+        # off the event loop: hashing 0.5 MB takes ~0.3 ms, while the next fragments arrive)
+        self.hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast-scp-hash")
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(2, min(16, settings.max_associations)), thread_name_prefix="fast-scp-prepare")
 
@@ -425,7 +465,13 @@ class FastStoreSCP:
             received = Received(path, syntax, calling_aet, command.sop_class_uid or None,
                                 command.sop_instance_uid or None, spooled)
             loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self._pool, self.ingest.prepare, received)
+            # the store will fsync the spool file it links: start that now, beside prepare
+            early = loop.run_in_executor(self._pool, _fsync, path) if spooled and self.ingest.presync_spool else None
+            try:
+                prepared = await loop.run_in_executor(self._pool, self.ingest.prepare, received)
+            finally:
+                if early is not None:
+                    await early
             async with asyncio.timeout(self.settings.store_timeout or None):
                 result = await self.ingest.commit(prepared)
             status = OUTCOME_STATUS[result.outcome]
@@ -451,3 +497,4 @@ class FastStoreSCP:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         self._pool.shutdown(wait=False)
+        self.hasher.shutdown(wait=False)
