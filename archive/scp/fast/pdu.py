@@ -88,11 +88,6 @@ def pdu_header(data: bytes) -> tuple[int, int]:
     return kind, length
 
 
-def header(kind: int, length: int) -> bytes:
-    """A 6-byte PDU header."""
-    return _HEADER.pack(kind, length)
-
-
 def pdv_header(data: bytes) -> tuple[int, int, int]:
     """(length incl. context id and control byte, context id, message control header)."""
     return _PDV.unpack(data)

@@ -5,9 +5,10 @@ Meta the stored object will have (built from the command's UIDs), so the spool f
 can become the object without a copy. A hashing thread digests the fragments as they
 arrive; once the last one is in, the spool file is fsynced on one worker thread while
 the ingest service prepares it (parse, check) on another, and the commit runs on the
-event loop; the response is a pre-encoded command set. Associations that ask for
-other services are handed to a pynetdicom server (``relay``). PS3.8 for the Upper
-Layer, PS3.7 for DIMSE.
+event loop; the response is a pre-encoded command set. The acceptor peeks at each
+A-ASSOCIATE-RQ (MSG_PEEK, nothing consumed): an association that asks for other
+services is handed, socket and all, to a pynetdicom server (``relay``). PS3.8 for
+the Upper Layer, PS3.7 for DIMSE.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ CALLED_AE_UNKNOWN = Rejection(0x01, 0x01, 0x07, "called AE title not recognized"
 CHUNK = 1 << 20
 
 
-# Hands a connection whose A-ASSOCIATE-RQ this engine does not serve to a full DIMSE
-# server (see Association._relay): (our end of a socket pair, the peer's address).
+# Takes over a connection whose A-ASSOCIATE-RQ (still unread in the socket) asks for
+# services this engine does not serve: (the connected socket, the peer's address).
 Relay = Callable[[socket.socket, Any], None]
 
 
@@ -135,9 +136,6 @@ class Association:
             await self.send(pdu.associate_rj(rejection.result, rejection.source, rejection.reason))
             await self._await_peer_close()
             return False
-        if self.scp.relay is not None and any(cx.abstract_syntax not in SUPPORTED_ABSTRACT for cx in rq.contexts):
-            await self._relay(pdu.header(pdu.A_ASSOCIATE_RQ, length) + body)
-            return False
         results = []
         for cx in rq.contexts:
             if cx.abstract_syntax not in SUPPORTED_ABSTRACT:
@@ -154,37 +152,6 @@ class Association:
         await self.send(pdu.associate_ac(rq, results, self.scp.settings.max_pdu))
         self.established = True
         return True
-
-    async def _relay(self, request: bytes) -> None:
-        """Pass an association that asks for more than C-ECHO and C-STORE (query/retrieve,
-        commitment) to the full DIMSE server, byte for byte, over a socket pair.
-
-        The peer has passed this acceptor's checks (allow-lists, association cap); the
-        other server sees the peer's own address and applies its checks again. The
-        association's timeouts are the other server's, which ends its side when they expire.
-        """
-        ours, theirs = socket.socketpair()
-        try:
-            assert self.scp.relay is not None
-            self.scp.relay(theirs, self.peer)
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
-        reader, writer = await asyncio.open_connection(sock=ours, limit=CHUNK)
-        # the other server counts the connection from now on (metrics.ACTIVE_ASSOCIATIONS)
-        metrics.ACTIVE_ASSOCIATIONS.dec()
-        writer.write(request)
-        pipes = {asyncio.create_task(_pipe(self.reader, writer)), asyncio.create_task(_pipe(reader, self.writer))}
-        try:
-            _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-            if pending:  # one side closed: give the other a moment to finish what it is sending
-                await asyncio.wait(pending, timeout=5.0)
-        finally:
-            for task in pipes:
-                task.cancel()
-            metrics.ACTIVE_ASSOCIATIONS.inc()
-            writer.close()
 
     async def _await_peer_close(self) -> None:
         """Sta13 after A-ASSOCIATE-RJ: the requestor closes the connection; ARTIM bounds the wait (PS3.8 9.2).
@@ -315,17 +282,50 @@ class Association:
 
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until end of stream, then half-close the other side."""
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, kind, proto)
     try:
-        while chunk := await reader.read(CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.write_eof()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(address)
+        listener.listen(128)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+async def _peek_associate_rq(conn: socket.socket, timeout: float) -> pdu.AssociateRQ | None:
+    """The A-ASSOCIATE-RQ waiting in ``conn``, read with MSG_PEEK so that it stays there for
+    whichever server takes the connection; None if the first PDU is something else."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout or None):
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(conn.fileno(), ready)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(conn.fileno())
+        while True:  # the request is almost always in the first segment; else look again shortly
+            data = conn.recv(pdu.MAX_ASSOCIATE_RQ + 6, socket.MSG_PEEK)
+            if not data:
+                return None  # closed
+            if len(data) >= 6:
+                kind, length = pdu.pdu_header(data[:6])
+                if kind != pdu.A_ASSOCIATE_RQ or length > pdu.MAX_ASSOCIATE_RQ:
+                    return None
+                if len(data) >= 6 + length:
+                    return pdu.parse_associate_rq(data[6:6 + length])
+            await asyncio.sleep(0.002)
 
 
 def _fsync(path: Path) -> None:
@@ -421,7 +421,8 @@ class FastStoreSCP:
         self.spool = settings.data_dir / "spool"  # replaced by this process's own in start()
         self.active = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         # one thread, so each message's fragments are digested in the order they came (and
         # off the event loop: hashing 0.5 MB takes ~0.3 ms, while the next fragments arrive)
         self.hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast-scp-hash")
@@ -431,21 +432,54 @@ class FastStoreSCP:
     async def start(self, host: str | None = None, port: int | None = None, *, reuse_port: bool = False) -> int:
         self.spool = process_spool(self.settings.data_dir)
         self.loop = self.loop or asyncio.get_running_loop()
-        self._server = await asyncio.start_server(
-            self._accept, host or self.settings.bind, self.settings.dicom_port if port is None else port,
-            reuse_port=reuse_port or None, limit=CHUNK, backlog=128)
-        bound = int(self._server.sockets[0].getsockname()[1])
+        self._listener = _listen(host or self.settings.bind, self.settings.dicom_port if port is None else port,
+                                 reuse_port)
+        self._acceptor = asyncio.create_task(self._accept_loop(self._listener), name="dicom-acceptor")
+        bound = int(self._listener.getsockname()[1])
         log.info("DICOM listening", extra={"aet": self.settings.aet, "port": bound, "role": "scp", "engine": "asyncio"})
         return bound
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors and the like: do not spin
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
             # Without it a DCMTK sender waits ~40 ms per instance (Nagle + delayed ACK).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(self._connection(conn, address))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connection(self, conn: socket.socket, address: Any) -> None:
+        if self.relay is not None:
+            try:
+                request = await _peek_associate_rq(conn, self.settings.acse_timeout)
+            except TimeoutError:  # ARTIM expired before a request came (PS3.8 9.1.5): close
+                log.info("association timed out", extra={"peer": str(address[0])})
+                conn.close()
+                return
+            except Exception:  # the association below reports what is wrong with it
+                request = None
+            if request is not None and any(cx.abstract_syntax not in SUPPORTED_ABSTRACT for cx in request.contexts):
+                conn.setblocking(True)
+                try:
+                    self.relay(conn, address)  # the other server reads the request itself
+                except Exception:
+                    log.exception("could not hand the association over")
+                    conn.close()
+                return
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
+        except OSError:
+            conn.close()
+            return
+        await self._accept(reader, writer)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
         metrics.ACTIVE_ASSOCIATIONS.inc()
         try:
@@ -455,7 +489,6 @@ class FastStoreSCP:
         finally:
             self.active -= 1
             metrics.ACTIVE_ASSOCIATIONS.dec()
-            self._tasks.discard(task)
 
     async def store(self, path: Path, syntax: str, calling_aet: str, command: pdu.Command,
                     spooled: Spooled | None = None) -> Status:
@@ -487,9 +520,12 @@ class FastStoreSCP:
 
     async def stop(self, drain_seconds: float = 30.0) -> None:
         """Stop accepting, let running associations finish (up to a deadline), abort the rest."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=drain_seconds)
             for task in pending:
