@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import collections
 import contextlib
 import hashlib
 import logging
@@ -49,6 +50,7 @@ UNRECOGNIZED_OPERATION = Status(0x0211, "unrecognized_operation", "Only C-ECHO a
 BUSY = Rejection(0x02, 0x03, 0x02, "too many associations")
 CALLED_AE_UNKNOWN = Rejection(0x01, 0x01, 0x07, "called AE title not recognized")
 CHUNK = 1 << 20
+HASH_BACKLOG = 16 << 20
 
 
 # Takes over a connection whose A-ASSOCIATE-RQ (still unread in the socket) asks for
@@ -247,7 +249,7 @@ class Association:
             if not chunk:
                 raise _Closed("peer closed the connection")
             if sink is not None:
-                message.write(chunk)
+                await message.write(chunk)
             size -= len(chunk)
             if self._idle is not None and self._idle.when() is not None:
                 # the timeout is for silence, not for the whole of a large PDU
@@ -364,7 +366,8 @@ class _Message:
         self.digest: hashlib._Hash | None = None
         self.size = 0
         self._hasher: concurrent.futures.Executor | None = None
-        self._hashed: concurrent.futures.Future[None] | None = None
+        self._hashing: collections.deque[tuple[concurrent.futures.Future[None], int]] = collections.deque()
+        self._backlog = 0  # bytes handed to the hasher and not digested yet
 
     def open(self, directory: Path, header: bytes = b"", hasher: concurrent.futures.Executor | None = None) -> None:
         """Start the spool file; with a header, hash it all on ``hasher`` (one thread: in order)."""
@@ -375,22 +378,29 @@ class _Message:
             self.spool.write(header)
             self.digest, self.size, self._hasher = hashlib.sha256(header), len(header), hasher
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
         assert self.spool is not None
         self.spool.write(chunk)
-        if self.digest is not None:
-            self.size += len(chunk)
-            if self._hasher is None:
-                self.digest.update(chunk)
-            else:
-                self._hashed = self._hasher.submit(self.digest.update, chunk)
+        if self.digest is None:
+            return
+        self.size += len(chunk)
+        if self._hasher is None:
+            self.digest.update(chunk)
+            return
+        self._hashing.append((self._hasher.submit(self.digest.update, chunk), len(chunk)))
+        self._backlog += len(chunk)
+        while self._backlog > HASH_BACKLOG:  # a large instance never waits in memory for the hasher
+            future, size = self._hashing.popleft()
+            self._backlog -= size
+            await asyncio.wrap_future(future)
 
     async def spooled(self) -> Spooled | None:
         """The spool file as the object it will become, once every fragment is hashed."""
         if self.digest is None:
             return None
-        if self._hashed is not None:
-            await asyncio.wrap_future(self._hashed)
+        while self._hashing:
+            await asyncio.wrap_future(self._hashing.popleft()[0])
+        self._backlog = 0
         return Spooled(self.header, self.size, self.digest.hexdigest())
 
     def close(self) -> Path:
