@@ -182,11 +182,11 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             if settings.scp_engine == "asyncio":
                 # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
                 # handed to the pynetdicom server, which then listens on no port of its own
-                relay = None
+                handover = None
                 if qr_services:
                     store_scp.start(listen=False)
-                    relay = store_scp.take
-                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), relay=relay)
+                    handover = store_scp
+                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), handover=handover)
                 await fast_scp.start(reuse_port=reuse_port or multi)
             else:
                 store_scp.start(reuse_port=reuse_port or multi)
@@ -215,10 +215,12 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         children.stopping = True
         if supervisor is not None:
             supervisor.cancel()
+        draining = []  # both engines drain at once (handed-over associations are store_scp's)
         if fast_scp is not None:
-            await fast_scp.stop(DRAIN_SECONDS)
+            draining.append(fast_scp.stop(DRAIN_SECONDS))
         if store_scp is not None:
-            await asyncio.to_thread(store_scp.stop, DRAIN_SECONDS)
+            draining.append(asyncio.to_thread(store_scp.stop, DRAIN_SECONDS))
+        await asyncio.gather(*draining)
         if qr_server is not None:
             await asyncio.to_thread(qr_server.stop, DRAIN_SECONDS)
         await asyncio.to_thread(children.stop)

@@ -174,6 +174,10 @@ class DicomServer:
         log.info("DICOM listening", extra={"aet": self.settings.aet, "port": bound, "role": self.role})
         return bound
 
+    def active(self) -> int:
+        """Associations being served now."""
+        return len(self.ae.active_associations)
+
     def take(self, connection: socket.socket, peer: Any) -> None:
         """Serve a connection accepted elsewhere, whose first bytes are an A-ASSOCIATE-RQ.
 

@@ -7,30 +7,31 @@ arrive; once the last one is in, the spool file is fsynced on one worker thread 
 the ingest service prepares it (parse, check) on another, and the commit runs on the
 event loop; the response is a pre-encoded command set. The acceptor peeks at each
 A-ASSOCIATE-RQ (MSG_PEEK, nothing consumed): an association that asks for other
-services is handed, socket and all, to a pynetdicom server (``relay``). PS3.8 for
+services is handed, socket and all, to a pynetdicom server (``handover``). PS3.8 for
 the Upper Layer, PS3.7 for DIMSE.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
 import os
+import select
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from archive import metrics
+from archive.core.errors import BackendUnavailable
 from archive.core.uids import uid_problem
 from archive.ingest.describe import file_meta_bytes
 from archive.ingest.service import IngestService, Received, Spooled
@@ -50,12 +51,19 @@ UNRECOGNIZED_OPERATION = Status(0x0211, "unrecognized_operation", "Only C-ECHO a
 BUSY = Rejection(0x02, 0x03, 0x02, "too many associations")
 CALLED_AE_UNKNOWN = Rejection(0x01, 0x01, 0x07, "called AE title not recognized")
 CHUNK = 1 << 20
-HASH_BACKLOG = 16 << 20
+HASH_BACKLOG = 4 << 20  # per association
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)  # Linux: the peer closed its writing side
+ARTIM_CAP = 30.0  # the peek's timeout when ARCHIVE_ACSE_TIMEOUT is 0 (no timeout elsewhere)
 
 
-# Takes over a connection whose A-ASSOCIATE-RQ (still unread in the socket) asks for
-# services this engine does not serve: (the connected socket, the peer's address).
-Relay = Callable[[socket.socket, Any], None]
+class Handover(Protocol):
+    """The server that takes associations asking for services this engine does not serve."""
+
+    def take(self, connection: socket.socket, peer: Any) -> None:
+        """Serve ``connection``, whose A-ASSOCIATE-RQ is still unread in the socket."""
+
+    def active(self) -> int:
+        """Associations it is serving now (they count against the same cap)."""
 
 
 class _Closed(Exception):
@@ -175,7 +183,7 @@ class Association:
         rejection = self.scp.policy.check(rq.calling_aet, self.address)
         if rejection is not None:
             return rejection
-        if self.scp.active > self.scp.settings.max_associations:
+        if self.scp.load() > self.scp.settings.max_associations:
             return BUSY
         return None
 
@@ -261,6 +269,7 @@ class Association:
         context_id = message.context_id
         abstract, syntax = self.contexts[context_id]
         if command.field == pdu.C_ECHO_RQ:  # PS3.7 9.3.5
+            message.discard()  # a dataset it should not have had
             status = SUCCESS
             response = pdu.C_ECHO_RSP
         elif command.field == pdu.C_STORE_RQ:  # PS3.7 9.3.1
@@ -289,6 +298,8 @@ def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
                                                          flags=socket.AI_PASSIVE)[0]
     listener = socket.socket(family, kind, proto)
     try:
+        if family == socket.AF_INET6:  # as asyncio does: IPv4 peers would show as ::ffff:a.b.c.d
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -317,6 +328,7 @@ async def _peek_associate_rq(conn: socket.socket, timeout: float) -> pdu.Associa
             await readable
         finally:
             loop.remove_reader(conn.fileno())
+        pause = 0.002
         while True:  # the request is almost always in the first segment; else look again shortly
             data = conn.recv(pdu.MAX_ASSOCIATE_RQ + 6, socket.MSG_PEEK)
             if not data:
@@ -327,19 +339,26 @@ async def _peek_associate_rq(conn: socket.socket, timeout: float) -> pdu.Associa
                     return None
                 if len(data) >= 6 + length:
                     return pdu.parse_associate_rq(data[6:6 + length])
-            await asyncio.sleep(0.002)
+            if _peer_closed(conn):
+                return None  # a request that will never be complete: the association reports it
+            await asyncio.sleep(pause)  # a slow or stalled requestor: look less and less often
+            pause = min(pause * 2, 0.1)
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    """Has the peer shut down its side? (MSG_PEEK keeps returning the buffered bytes after it.)"""
+    poller = select.poll()
+    poller.register(conn, _POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return any(events & (_POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 def _fsync(path: Path) -> None:
     """Flush a spool file ahead of the store's own fsync (which then finds little to do)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # the store's fsync reports it
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _stored_header(command: pdu.Command, syntax: str) -> bytes:
@@ -421,12 +440,12 @@ class FastStoreSCP:
     """C-ECHO and C-STORE acceptor on asyncio streams."""
 
     def __init__(self, settings: Settings, ingest: IngestService, loop: asyncio.AbstractEventLoop | None = None,
-                 *, check_called_aet: bool = False, relay: Relay | None = None) -> None:
+                 *, check_called_aet: bool = False, handover: Handover | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
         self.loop = loop
         self.check_called_aet = check_called_aet
-        self.relay = relay  # without it, an association with other services gets those contexts refused
+        self.handover = handover  # without it, an association with other services gets those contexts refused
         self.policy = AccessPolicy(settings.allowed_aets, settings.allowed_networks)
         self.spool = settings.data_dir / "spool"  # replaced by this process's own in start()
         self.active = 0
@@ -458,46 +477,64 @@ class FastStoreSCP:
                 log.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            # Without it a DCMTK sender waits ~40 ms per instance (Nagle + delayed ACK).
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                # Without it a DCMTK sender waits ~40 ms per instance (Nagle + delayed ACK).
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset before we got to it
+                conn.close()
+                continue
             task = asyncio.create_task(self._connection(conn, address))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def load(self) -> int:
+        """Connections counted against ARCHIVE_MAX_ASSOCIATIONS: ours (also those still being
+        looked at) and those handed over."""
+        return self.active + (self.handover.active() if self.handover is not None else 0)
+
     async def _connection(self, conn: socket.socket, address: Any) -> None:
-        if self.relay is not None:
-            try:
-                request = await _peek_associate_rq(conn, self.settings.acse_timeout)
-            except TimeoutError:  # ARTIM expired before a request came (PS3.8 9.1.5): close
-                log.info("association timed out", extra={"peer": str(address[0])})
-                conn.close()
-                return
-            except Exception:  # the association below reports what is wrong with it
-                request = None
-            if request is not None and any(cx.abstract_syntax not in SUPPORTED_ABSTRACT for cx in request.contexts):
-                conn.setblocking(True)
-                try:
-                    self.relay(conn, address)  # the other server reads the request itself
-                except Exception:
-                    log.exception("could not hand the association over")
-                    conn.close()
-                return
+        self.active += 1
+        owned = True  # until a server takes the socket
         try:
+            if self.handover is not None:
+                try:
+                    request = await _peek_associate_rq(conn, self.settings.acse_timeout or ARTIM_CAP)
+                except TimeoutError:  # ARTIM expired before a request came (PS3.8 9.1.5): close
+                    log.info("association timed out", extra={"peer": str(address[0])})
+                    with contextlib.suppress(OSError):
+                        conn.recv(pdu.MAX_ASSOCIATE_RQ + 6)  # read what came, so closing is not a reset
+                    return
+                except Exception:  # the association below reports what is wrong with it
+                    request = None
+                others = request is not None and any(cx.abstract_syntax not in SUPPORTED_ABSTRACT
+                                                     for cx in request.contexts)
+                # over the cap, the association below answers A-ASSOCIATE-RJ (BUSY)
+                if others and self.load() <= self.settings.max_associations:
+                    conn.setblocking(True)
+                    owned = False
+                    try:
+                        self.handover.take(conn, address)  # it reads the request itself
+                    except Exception:
+                        log.exception("could not hand the association over")
+                        conn.close()
+                    return
             reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
+            owned = False  # the stream closes it
+            await self._accept(reader, writer)
         except OSError:
-            conn.close()
-            return
-        await self._accept(reader, writer)
+            pass
+        finally:
+            self.active -= 1
+            if owned:
+                conn.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.active += 1
         metrics.ACTIVE_ASSOCIATIONS.inc()
         try:
             await Association(self, reader, writer).run()
         except Exception:  # never let one connection take the server down
             log.exception("association failed")
         finally:
-            self.active -= 1
             metrics.ACTIVE_ASSOCIATIONS.dec()
 
     async def store(self, path: Path, syntax: str, calling_aet: str, command: pdu.Command,
@@ -510,11 +547,15 @@ class FastStoreSCP:
             loop = asyncio.get_running_loop()
             # the store will fsync the spool file it links: start that now, beside prepare
             early = loop.run_in_executor(self._pool, _fsync, path) if spooled and self.ingest.presync_spool else None
+            failed: BaseException | None = None
             try:
                 prepared = await loop.run_in_executor(self._pool, self.ingest.prepare, received)
             finally:
                 if early is not None:
-                    await early
+                    await asyncio.wait([early])
+                    failed = early.exception()
+            if failed is not None:  # Linux reports a writeback error to one fsync only: this one
+                raise BackendUnavailable("object store", f"spool file not durable: {failed}") from failed
             async with asyncio.timeout(self.settings.store_timeout or None):
                 result = await self.ingest.commit(prepared)
             status = OUTCOME_STATUS[result.outcome]
@@ -532,6 +573,7 @@ class FastStoreSCP:
         """Stop accepting, let running associations finish (up to a deadline), abort the rest."""
         if self._acceptor is not None:
             self._acceptor.cancel()
+            await asyncio.wait([self._acceptor])
             self._acceptor = None
         if self._listener is not None:
             self._listener.close()
