@@ -53,7 +53,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARCHIVE_FIND_MAX_MATCHES", "10000", "Most matches one C-FIND returns; more end the response with 0xA700 and a comment"),
     Setting("ARCHIVE_ALLOWED_AETS", "", "Comma-separated calling AE titles allowed to associate (empty: any)"),
     Setting("ARCHIVE_ALLOWED_NETWORKS", "", "Comma-separated CIDRs allowed to associate (empty: any)"),
-    Setting("ARCHIVE_SCP_ENGINE", "asyncio", "DICOM receiver: `asyncio` (C-ECHO and C-STORE on asyncio streams, about 1.5x the throughput; associations for other services go to pynetdicom on the same port) or `pynetdicom` (every service in pynetdicom)"),
+    Setting("ARCHIVE_SCP_ENGINE", "asyncio", "DICOM receiver: `asyncio` (C-ECHO and C-STORE on asyncio streams, about twice the throughput; associations for other services go to pynetdicom on the same port) or `pynetdicom` (every service in pynetdicom)"),
     Setting("ARCHIVE_MAX_ASSOCIATIONS", "64", "Concurrent associations per SCP process"),
     Setting("ARCHIVE_MAX_PDU", "1048576", "Largest PDU we accept (bytes; 0 = unlimited)"),
     Setting("ARCHIVE_NETWORK_TIMEOUT", "60", "Seconds without network activity before an association is closed"),
