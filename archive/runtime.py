@@ -178,17 +178,16 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         if scp:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
             multi = settings.workers > 1 and spawn_workers
-            store_scp = StoreSCP(settings, ingest, portal, qr_services)
             if settings.scp_engine == "asyncio":
                 # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
                 # handed to the pynetdicom server, which then listens on no port of its own
-                handover = None
                 if qr_services:
+                    store_scp = StoreSCP(settings, ingest, portal, qr_services)
                     store_scp.start(listen=False)
-                    handover = store_scp
-                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), handover=handover)
+                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
                 await fast_scp.start(reuse_port=reuse_port or multi)
             else:
+                store_scp = StoreSCP(settings, ingest, portal, qr_services)
                 store_scp.start(reuse_port=reuse_port or multi)
             if qr_services and multi:
                 children.flags["scp"] = ("--with-query",)  # workers share the port and every service

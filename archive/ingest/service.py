@@ -93,8 +93,6 @@ class IngestService:
         self.store = store
         self.queue = queue
         self.policy = policy
-        # the store fsyncs an adoptable spool file before linking it: a receiver may start that early
-        self.presync_spool = store.syncs_adoptable
 
     def prepare(self, received: Received) -> Prepared:
         """Parse and validate locally (blocking; call from a worker thread)."""

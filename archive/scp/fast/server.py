@@ -77,8 +77,8 @@ class Association:
         self.scp = scp
         self.reader = reader
         self.writer = writer
-        self.peer = writer.get_extra_info("peername")
-        self.address = str(self.peer[0]) if self.peer else ""
+        peer = writer.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else ""
         self.calling_aet = ""
         self.peer_max = 0
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer syntax)
@@ -135,8 +135,7 @@ class Association:
         if length > pdu.MAX_ASSOCIATE_RQ:
             raise pdu.ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
         async with asyncio.timeout(self.scp.settings.acse_timeout or None):
-            body = await self._read(length)
-        rq = pdu.parse_associate_rq(body)
+            rq = pdu.parse_associate_rq(await self._read(length))
         self.calling_aet = rq.calling_aet
         rejection = self._rejection(rq)
         if rejection is not None:
@@ -384,11 +383,11 @@ class _Message:
         self.header = b""
         self.digest: hashlib._Hash | None = None
         self.size = 0
-        self._hasher: concurrent.futures.Executor | None = None
+        self._hasher: concurrent.futures.Executor | None = None  # set with a header
         self._hashing: collections.deque[tuple[concurrent.futures.Future[None], int]] = collections.deque()
         self._backlog = 0  # bytes handed to the hasher and not digested yet
 
-    def open(self, directory: Path, header: bytes = b"", hasher: concurrent.futures.Executor | None = None) -> None:
+    def open(self, directory: Path, header: bytes, hasher: concurrent.futures.Executor) -> None:
         """Start the spool file; with a header, hash it all on ``hasher`` (one thread: in order)."""
         fd, name = tempfile.mkstemp(prefix="fast-", suffix=".dcm", dir=directory)
         self.spool, self.path = os.fdopen(fd, "wb"), Path(name)
@@ -400,12 +399,9 @@ class _Message:
     async def write(self, chunk: bytes) -> None:
         assert self.spool is not None
         self.spool.write(chunk)
-        if self.digest is None:
+        if self.digest is None or self._hasher is None:
             return
         self.size += len(chunk)
-        if self._hasher is None:
-            self.digest.update(chunk)
-            return
         self._hashing.append((self._hasher.submit(self.digest.update, chunk), len(chunk)))
         self._backlog += len(chunk)
         while self._backlog > HASH_BACKLOG:  # a large instance never waits in memory for the hasher
@@ -546,7 +542,7 @@ class FastStoreSCP:
                                 command.sop_instance_uid or None, spooled)
             loop = asyncio.get_running_loop()
             # the store will fsync the spool file it links: start that now, beside prepare
-            early = loop.run_in_executor(self._pool, _fsync, path) if spooled and self.ingest.presync_spool else None
+            early = loop.run_in_executor(self._pool, _fsync, path) if spooled and self.ingest.store.syncs_adoptable else None
             failed: BaseException | None = None
             try:
                 prepared = await loop.run_in_executor(self._pool, self.ingest.prepare, received)
