@@ -1,8 +1,10 @@
-# dicom-archive: one image for every role; the Helm chart picks the role with the first argument
-# (`scp`, `indexer`, `query`, `migrate`). Without arguments it runs `serve` (all roles, embedded
-# backends under ARCHIVE_DATA_DIR).
+# dicom-archive: one image for every role; the role is the command, one of the entry scripts
+# of cmd/ (copied to /opt/dicom-archive/cmd: serve, scp, indexer, query, migrate), as the Helm
+# chart runs them. Without a command it runs `serve` (all roles, embedded backends under
+# ARCHIVE_DATA_DIR).
 #   docker build -t dicom-archive:0.1.0 .
 #   docker run -p 11112:11112 -p 8080:8080 dicom-archive:0.1.0
+#   docker run dicom-archive:0.1.0 /opt/dicom-archive/cmd/scp
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,6 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what the package needs (see .dockerignore); psycopg, pydicom etc. come as wheels.
 COPY pyproject.toml README.md /tmp/src/
 COPY archive /tmp/src/archive
+COPY cmd /opt/dicom-archive/cmd
 RUN pip install /tmp/src \
  && rm -rf /tmp/src \
  && groupadd --system --gid 10001 archive \
@@ -35,5 +38,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
 
 # SIGTERM (docker stop, Kubernetes) drains: allow 30 s + margin (`docker stop -t 45`).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["dicom-archive"]
-CMD ["serve"]
+CMD ["/opt/dicom-archive/cmd/serve"]

@@ -28,6 +28,7 @@ KUBE_VERSION = "1.30.0"  # a recent version kubernetes-validate ships schemas fo
 RELEASE = "rel"
 NAMESPACE = "imaging"
 ROLES = ("scp", "indexer", "query")
+IMAGE_CMD = "/opt/dicom-archive/cmd"  # where the Dockerfile copies cmd/
 SETTING_NAMES = {s.env for s in SETTINGS}
 SECRET_KEYS = {"ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_QUEUE", "ARCHIVE_CATALOG", "ARCHIVE_SEARCH"}
 DRAIN_SECONDS = 30  # archive.runtime.DRAIN_SECONDS
@@ -155,8 +156,8 @@ def test_each_role_is_a_deployment_running_its_subcommand(docs: list[Doc]) -> No
     for role in ROLES:
         deployment = deployments[_name(role)]
         container = _container(deployment)
-        assert container["args"] == [role]
-        assert "command" not in container  # the image's ENTRYPOINT is `dicom-archive`
+        assert container["command"] == [f"{IMAGE_CMD}/{role}"]  # cmd/<role>, copied there by the Dockerfile
+        assert "args" not in container
         assert container["image"].endswith(":0.1.0")
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -276,7 +277,7 @@ def test_migrate_job_is_a_pre_install_hook(docs: list[Doc]) -> None:
     annotations = job["metadata"]["annotations"]
     assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["migrate"]
+    assert container["command"] == [f"{IMAGE_CMD}/migrate"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     # Pre-install hooks run before the release's own ConfigMap/Secret exist: whatever the Job
     # reads must be a hook created earlier (lower weight) or the user's existing Secret.
@@ -429,7 +430,8 @@ def test_chart_refuses_configurations_that_cannot_work(helm: str, args: list[str
 
 def test_image_and_chart_agree(default_docs: list[Doc]) -> None:
     dockerfile = DOCKERFILE.read_text()
-    assert 'ENTRYPOINT ["dicom-archive"]' in dockerfile
+    assert f"COPY cmd {IMAGE_CMD}" in dockerfile  # the containers' commands are there
+    assert "ENTRYPOINT" not in dockerfile  # the chart's command is the whole command line
     user = re.search(r"^USER\s+(\d+)", dockerfile, re.M)
     assert user, "the image runs as a numeric non-root user"
     spec = _one(default_docs, "Deployment", _name("scp"))["spec"]["template"]["spec"]

@@ -155,7 +155,8 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
 - name: {{ .role }}
   image: {{ include "dicom-archive.image" $ctx | quote }}
   imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
-  args: [{{ .role | quote }}]
+  # the role's entry script (cmd/ in the repository, copied there by the Dockerfile)
+  command: [{{ printf "/opt/dicom-archive/cmd/%s" .role | quote }}]
   envFrom:
     - configMapRef:
         name: {{ .configMap }}
