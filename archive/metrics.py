@@ -6,7 +6,12 @@ When one command runs several processes (`serve`, `scp --workers N`), they share
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from archive.core.ports import MessageQueue
 
 ASSOCIATIONS = Counter(
     "archive_dicom_associations_total", "Association requests by outcome", ["outcome"]
@@ -39,12 +44,31 @@ TIME_TO_SEARCHABLE = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 QUEUE_READY = Gauge(
-    "archive_queue_ready_messages", "Index messages waiting or in flight", multiprocess_mode="mostrecent"
+    "archive_queue_ready_messages",
+    "Index messages waiting (RabbitMQ: ready, plus those this process holds; SQLite: waiting or in flight), "
+    "read from the queue when /metrics is scraped; NaN while the queue does not answer",
+    multiprocess_mode="mostrecent",
 )
 QUEUE_DEAD = Gauge(
-    "archive_queue_dead_messages", "Index messages in the dead-letter queue", multiprocess_mode="mostrecent"
+    "archive_queue_dead_messages",
+    "Index messages in the dead-letter queue, read from the queue when /metrics is scraped; NaN while it does not answer",
+    multiprocess_mode="mostrecent",
 )
 QUERIES = Counter("archive_queries_total", "Queries answered", ["interface", "level", "status"])
 QUERY_SECONDS = Histogram("archive_query_seconds", "Query latency", ["interface"])
 OBJECT_CACHE = Counter("archive_object_cache_total", "Objects the query service read from its local cache", ["result"])
 STOW_INSTANCES = Counter("archive_stow_instances_total", "STOW-RS instances (or rejected requests) by result", ["result"])
+
+QUEUE_DEPTH_TIMEOUT = 2.0  # a scrape must not hang on a queue that does not answer
+
+
+async def record_queue_depth(queue: MessageQueue) -> None:
+    """Set the queue gauges from the queue itself; NaN (a gap, not a stale value) when it fails."""
+    try:
+        depth = await asyncio.wait_for(queue.depth(), QUEUE_DEPTH_TIMEOUT)
+    except Exception:
+        QUEUE_READY.set(math.nan)
+        QUEUE_DEAD.set(math.nan)
+        raise
+    QUEUE_READY.set(depth.ready)
+    QUEUE_DEAD.set(depth.dead)

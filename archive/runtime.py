@@ -159,7 +159,7 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         stack.push_async_callback(backends.close)
         for backend in used:
             await backend.migrate()
-        app = archive_web.base_app(used)
+        app = archive_web.base_app(used, backends.queue if backends.queue in used else None)
         if query:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),

@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from archive import metrics
 from archive.core.errors import BackendUnavailable, ObjectNotFound
-from archive.core.ports import Backend
+from archive.core.ports import Backend, MessageQueue
 from archive.core.query import InvalidQuery
 
 log = logging.getLogger(__name__)
 BACKENDS = web.AppKey("backends", list[Backend])
+QUEUE = web.AppKey("queue", MessageQueue)  # its depth goes into the metrics at each scrape
 READY_TIMEOUT = 3.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,7 +64,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, "backends": results}, status=200 if ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    if QUEUE in request.app:
+        try:
+            await metrics.record_queue_depth(request.app[QUEUE])
+        except Exception as exc:  # the gauges say NaN; /readyz says why
+            log.warning("queue depth unavailable for /metrics", extra={"error": type(exc).__name__})
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # every process of this command
@@ -72,10 +79,13 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def base_app(backends: Sequence[Backend]) -> web.Application:
+def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None) -> web.Application:
+    """Health, readiness and metrics; ``queue`` (the role's index queue) is counted into the metrics."""
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[BACKENDS] = list(backends)
+    if queue is not None:
+        app[QUEUE] = queue
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_endpoint)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -17,10 +18,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
+from prometheus_client import REGISTRY
 
+from archive import metrics
 from archive.adapters.amqp_queue import AmqpQueue
 from archive.adapters.sqlite_queue import SqliteQueue
 from archive.core.errors import BackendUnavailable, ConfigError
@@ -483,3 +487,36 @@ async def test_amqp_survives_a_broker_outage(amqp_url: str, unique: str) -> None
         await queue.close()
         await proxy.cut()
         await delete_amqp_queues(amqp_url, unique, unique + ".dead")
+
+
+def _gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+async def test_queue_gauges_follow_the_queue(queue: MessageQueue) -> None:
+    """archive_queue_ready_messages / archive_queue_dead_messages come from the queue at each scrape."""
+    await queue.publish(b"one")
+    await queue.publish(b"two")
+    await metrics.record_queue_depth(queue)
+    assert (_gauge("archive_queue_ready_messages"), _gauge("archive_queue_dead_messages")) == (2, 0)
+    [first, second] = await queue.receive(2, timeout=5)
+    await first.ack()
+    await second.ack()
+    await _dead_letter(queue, b"poison")
+    await metrics.record_queue_depth(queue)
+    assert (_gauge("archive_queue_ready_messages"), _gauge("archive_queue_dead_messages")) == (0, 1)
+
+
+async def test_queue_gauges_are_nan_when_the_queue_does_not_answer(amqp_url: str, unique: str) -> None:
+    """A gap in the graph, not the last value seen, while the broker is unreachable."""
+    metrics.QUEUE_READY.set(7)  # what an earlier scrape saw
+    parts = urlsplit(amqp_url)
+    unreachable = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{free_port()}").geturl()
+    queue = AmqpQueue(unreachable, f"test.{unique}", delivery_limit=LIMIT)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await metrics.record_queue_depth(queue)
+    finally:
+        await queue.close()
+    assert math.isnan(_gauge("archive_queue_ready_messages") or 0.0)
+    assert math.isnan(_gauge("archive_queue_dead_messages") or 0.0)

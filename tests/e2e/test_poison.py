@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from archive.adapters.sqlite_queue import SqliteQueue
@@ -38,6 +40,11 @@ def test_poison_message_is_dead_lettered(tmp_path: Path) -> None:
 
         report = wait_until(lambda: (r := dead())["dead"] == 1 and r, timeout=30)
         assert report["messages"][0]["reason"]
+        # what a dashboard or an alert on dead letters sees (read from the queue at the scrape)
+        with urllib.request.urlopen(f"{proc.http}/metrics") as response:
+            text = response.read().decode()
+        assert re.search(r"^archive_queue_dead_messages 1\.0$", text, re.M), text
+        assert re.search(r"^archive_queue_ready_messages 0\.0$", text, re.M), text
 
         # replay (as an operator would once the cause is fixed): back to the indexer, which
         # still cannot index this one, so it is dead-lettered again after the delivery limit
