@@ -118,7 +118,6 @@ ALL_KEYWORDS: dict[str, str] = {
     **INSTANCE_ATTRIBUTES,
     **COMPUTED_ATTRIBUTES,
 }
-TAG_TO_KEYWORD: dict[str, str] = {tag: kw for kw, tag in ALL_KEYWORDS.items()}
 
 
 def tag_of(keyword: str) -> str:

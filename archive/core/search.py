@@ -35,7 +35,6 @@ FACET_SIZE = 20  # buckets per terms facet
 # Facets: name -> what it counts. StudyDate is a histogram (year or month buckets).
 FACETS: tuple[str, ...] = ("Modality", "StudyDate", "InstitutionName", "BodyPartExamined")
 SORT_KEYS: tuple[str, ...] = ("relevance", "StudyDate", "PatientName")
-DATE_INTERVALS: tuple[str, ...] = ("year", "month")
 MONTHLY_SPAN_MONTHS = 24  # a closed StudyDate range this narrow gets a monthly histogram
 
 # A few attributes to show per hit, by level (first value of each).
@@ -126,13 +125,6 @@ def date_interval(filters: Sequence[Matcher]) -> str:
                 if 0 <= months < MONTHLY_SPAN_MONTHS:
                     return "month"
     return "year"
-
-
-def date_bucket(study_date: str, interval: str) -> str | None:
-    """``20240115`` -> ``2024`` (year) or ``2024-01`` (month); None if not a date."""
-    if len(study_date) < 8 or not study_date[:8].isdigit():
-        return None
-    return study_date[:4] if interval == "year" else f"{study_date[:4]}-{study_date[4:6]}"
 
 
 def display_attributes(fields: Mapping[str, Sequence[str]], level: Level) -> dict[str, str]:

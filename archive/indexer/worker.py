@@ -53,7 +53,6 @@ class Indexer:
         self.batch_size = batch_size
         self.receive_timeout = receive_timeout
         self._stopping = asyncio.Event()
-        self.batches = 0
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and return."""
@@ -137,7 +136,6 @@ class Indexer:
         metrics.INDEXED.inc(len(messages))
         for m in messages:
             metrics.TIME_TO_SEARCHABLE.observe(max(0.0, done - m.received_at))
-        self.batches += 1
 
     async def _ack(self, delivery: Delivery) -> None:
         try:

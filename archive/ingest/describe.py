@@ -7,7 +7,6 @@ never read. The result carries the validated UIDs and the DICOM JSON metadata.
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 import struct
@@ -245,7 +244,3 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
         _meta_element(0x0013, b"SH", version + b" " if len(version) % 2 else version),
     ))
     return b"\x00" * 128 + b"DICM" + _META_ELEMENT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(body)) + body
-
-
-def inline_binary(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
