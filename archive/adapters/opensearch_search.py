@@ -26,7 +26,6 @@ until they are indexed again. ``query()`` translates a SearchRequest with
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
@@ -48,6 +47,7 @@ from archive.core.levels import Level
 from archive.core.models import SearchDocument
 from archive.core.ports import SearchHit
 from archive.core.query import InvalidQuery
+from archive.core.retry import Backoff, retrying
 from archive.core.search import FacetBucket, SearchRequest, SearchResult, make_hit, query_terms
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 2
+# An index another process has just created answers 503 for a moment, even at yellow health
+NOT_SEARCHABLE_YET = Backoff(first=0.1, cap=2.0, attempts=15)
 MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window default
 # flat_object indexes "path=value" as one Lucene term (at most 32,766 bytes);
 # exact filters on longer values are not useful, full text keeps them whole.
@@ -185,13 +187,13 @@ class OpenSearchIndex:
         older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": SCHEMA_VERSION}}}}}}
         # An index another process has just created answers searches with 503 for a moment
         # (even once its health is yellow); the count only feeds a log line, so it may wait.
-        for attempt in range(20):
-            try:
-                result = await self._call("count", self._client.count(index=self.index, body=older))
-                break
-            except BackendUnavailable:
-                await asyncio.sleep(0.1 * (attempt + 1))
-        else:
+
+        async def count() -> Any:
+            return await self._call("count", self._client.count(index=self.index, body=older))
+
+        try:
+            result: dict[str, Any] = await retrying(NOT_SEARCHABLE_YET, BackendUnavailable)(count)
+        except BackendUnavailable:
             log.warning("search index %s: documents of older schemas not counted (index not searchable yet)",
                         self.index)
             return

@@ -5,8 +5,8 @@ transaction: per level one ``INSERT ... ON CONFLICT DO UPDATE`` statement run
 over every row with ``executemany`` (pipelined: one round trip per level, about
 10x faster than binding ``unnest`` arrays of JSON). Rows are sorted by key so
 that concurrent indexers lock them in the same order; deadlocks and
-serialization failures that still happen are retried with jittered backoff
-(``100 * attempt`` ms + jitter, as Orthanc does). Connection failures raise
+serialization failures that still happen are retried with the archive's jittered
+backoff (:mod:`archive.core.retry`, as Orthanc spreads its retries). Connection failures raise
 ``BackendUnavailable("catalog", ...)``.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 import zlib
@@ -44,11 +43,16 @@ from archive.adapters.sql_catalog import (
 from archive.adapters.sql_reads import CatalogReads
 from archive.core.errors import BackendUnavailable
 from archive.core.records import CatalogEntry
+from archive.core.retry import Backoff, retrying
 
 log = logging.getLogger(__name__)
 
-RETRIES = 5
+CONFLICTS = Backoff(first=0.1, cap=1.0, attempts=5)  # transactions that lost a race, tried again
 _RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock detected
+
+
+class _Conflict(Exception):
+    """A transaction that lost a race with another indexer's (its SQLSTATE): worth another try."""
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 DIALECT = Dialect(
@@ -196,17 +200,23 @@ class PostgresCatalog(CatalogReads):
             return
         plan = plan_upsert(entries)
         pool = await self._get_pool()
-        for attempt in range(1, RETRIES + 1):
+
+        async def attempt() -> None:
             try:
                 async with pool.connection() as conn, conn.transaction():
                     await self._upsert(conn, plan)
-                return
             except psycopg.OperationalError as exc:
-                if exc.sqlstate not in _RETRYABLE or attempt == RETRIES:
-                    raise BackendUnavailable("catalog", str(exc)) from exc
-                delay = (100 * attempt + random.uniform(0, 100)) / 1000
-                log.warning("catalog upsert retry %d in %.0f ms (SQLSTATE %s)", attempt, delay * 1000, exc.sqlstate)
-                await asyncio.sleep(delay)
+                if exc.sqlstate in _RETRYABLE:
+                    raise _Conflict(exc.sqlstate) from exc
+                raise BackendUnavailable("catalog", str(exc)) from exc
+
+        def again(attempt: int, delay: float, exc: BaseException | None) -> None:
+            log.warning("catalog upsert retry %d in %.0f ms (SQLSTATE %s)", attempt, delay * 1000, exc)
+
+        try:
+            await retrying(CONFLICTS, _Conflict, on_retry=again)(attempt)
+        except _Conflict as exc:
+            raise BackendUnavailable("catalog", f"{exc.__cause__}") from exc.__cause__
 
     @staticmethod
     async def _upsert(conn: AsyncConnection[Any], plan: UpsertPlan) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,13 +21,14 @@ from archive import metrics
 from archive.core.errors import BackendUnavailable, PoisonMessage
 from archive.core.flatten import flatten
 from archive.core.models import IndexMessage
+from archive.core.retry import Backoff, retrying
 from archive.core.ports import Catalog, Delivery, MessageQueue, SearchIndex
 from archive.core.records import CatalogEntry
 
 log = logging.getLogger(__name__)
 
 POISON_RETRY_DELAY = 1.0
-MAX_BACKOFF = 30.0
+BACKEND_DOWN = Backoff(first=0.2, cap=30.0)  # a batch waits, unacknowledged, until the backends answer
 
 
 @dataclass
@@ -93,30 +93,25 @@ class Indexer:
             await self._write_with_retry(items)
 
     async def _write_with_retry(self, items: list[_Item]) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._write(items)
-            except BackendUnavailable as exc:
-                attempt += 1
-                metrics.INDEX_FAILURES.labels("transient").inc()
-                delay = min(MAX_BACKOFF, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random())
-                log.warning("backend unavailable, batch kept for retry",
-                            extra={"reason": str(exc), "attempt": attempt, "retry_in": round(delay, 2),
-                                   "batch": len(items)})
-                if self._stopping.is_set():
-                    return  # unacked: the queue redelivers them to the next indexer
-                await self._sleep(delay)
-                continue
-            except Exception as exc:
-                if len(items) > 1:
-                    # Isolate the bad message(s): write one by one.
-                    for item in items:
-                        await self._write_with_retry([item])
-                    return
-                await self._poison(items[0].delivery, items[0].message, exc)
+        def kept(attempt: int, delay: float, exc: BaseException | None) -> None:
+            metrics.INDEX_FAILURES.labels("transient").inc()
+            log.warning("backend unavailable, batch kept for retry",
+                        extra={"reason": str(exc), "attempt": attempt, "retry_in": round(delay, 2),
+                               "batch": len(items)})
+
+        try:
+            await retrying(BACKEND_DOWN, BackendUnavailable, give_up=self._stopping.is_set, sleep=self._sleep,
+                           on_retry=kept)(self._write, items)
+        except BackendUnavailable:
+            return  # stopping: unacked, the queue redelivers them to the next indexer
+        except Exception as exc:
+            if len(items) > 1:
+                # Isolate the bad message(s): write one by one.
+                for item in items:
+                    await self._write_with_retry([item])
                 return
-            break
+            await self._poison(items[0].delivery, items[0].message, exc)
+            return
         for item in items:
             await self._ack(item.delivery)
 

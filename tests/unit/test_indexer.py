@@ -1,0 +1,74 @@
+"""The indexer keeps a batch unacknowledged while a backend is down, and acks after both writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from archive.adapters.fts5_search import Fts5Search
+from archive.adapters.sqlite_catalog import SqliteCatalog
+from archive.adapters.sqlite_queue import SqliteQueue
+from archive.core.errors import BackendUnavailable
+from archive.core.records import CatalogEntry
+from archive.indexer import worker
+from archive.indexer.worker import Indexer
+from tests.factories import make_ct, make_message
+
+
+class Outage(SqliteCatalog):
+    """The real SQLite catalog, down (BackendUnavailable) for its first ``failures`` upserts."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.attempts = 0
+
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise BackendUnavailable("catalog", "connection refused")
+        await super().upsert(entries)
+
+
+async def _setup(tmp_path: Path, failures: int) -> tuple[SqliteQueue, Outage, Fts5Search, list[str]]:
+    queue, catalog, search = SqliteQueue(tmp_path / "q.db"), Outage(tmp_path / "c.db", failures), Fts5Search(tmp_path / "s.db")
+    for backend in (queue, catalog, search):
+        await backend.migrate()
+    uids = []
+    for n in range(3):
+        message = make_message(make_ct(patient_id=f"P{n}"), tmp_path)
+        uids.append(message.sop_instance_uid)
+        await queue.publish(message.to_bytes())
+    return queue, catalog, search, uids
+
+
+async def test_a_batch_waits_out_an_outage_then_is_indexed_and_acked(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(worker, "BACKEND_DOWN", worker.Backoff(first=0.01, cap=0.02))
+    queue, catalog, search, uids = await _setup(tmp_path, failures=4)
+    indexer = Indexer(queue, catalog, search, batch_size=10)
+    [deliveries] = [await queue.receive(10, timeout=5)]
+    await indexer.handle(deliveries)
+    assert catalog.attempts == 5  # four failures waited out, no delivery burnt
+    assert [await catalog.get_instance(u) is not None for u in uids] == [True] * 3
+    assert await search.count() == 3
+    assert (await queue.depth()).ready == 0  # acked after both writes
+    for backend in (queue, catalog, search):
+        await backend.close()
+
+
+async def test_stopping_during_an_outage_leaves_the_batch_unacked(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(worker, "BACKEND_DOWN", worker.Backoff(first=30.0, cap=30.0))  # only stop() ends the wait
+    queue, catalog, search, _ = await _setup(tmp_path, failures=1_000)
+    indexer = Indexer(queue, catalog, search, batch_size=10)
+    deliveries = await queue.receive(10, timeout=5)
+    handling = asyncio.create_task(indexer.handle(deliveries))
+    while catalog.attempts < 1:
+        await asyncio.sleep(0.01)
+    indexer.stop()
+    await asyncio.wait_for(handling, 5)  # the 30 s backoff is cut short
+    assert catalog.attempts == 2  # one last try as the wait is cut short, then it gives up
+    assert (await queue.depth()).ready == 3  # not acked, not dead-lettered: redelivered later
+    assert all(d.delivery_count == 1 for d in deliveries)
+    for backend in (queue, catalog, search):
+        await backend.close()
