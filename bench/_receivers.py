@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,25 @@ from tests.conftest import _services_env
 
 # DCMTK reads TCP_NODELAY from the environment; the product doc's Orthanc numbers use it.
 DCMTK_ENV = {"TCP_NODELAY": "1"}
+
+
+@dataclass(frozen=True)
+class Build:
+    """Which archive code runs: a checkout and the interpreter that has it installed (editable)."""
+
+    python: str
+    root: Path  # the processes start here, so `-m archive.cli` imports this checkout's package
+    tag: str = ""  # shown after the receiver's label and key, e.g. "baseline"
+
+    @classmethod
+    def checkout(cls, root: Path, tag: str) -> "Build":
+        python = root / ".venv" / "bin" / "python"
+        if not python.exists():
+            raise SystemExit(f"{root}: no .venv/bin/python (make install there first)")
+        return cls(str(python), root.resolve(), tag)
+
+
+THIS_BUILD = Build(sys.executable, ROOT)
 
 
 class Receiver:
@@ -78,13 +98,16 @@ class _OurReceiver(Receiver):
 
 
 class Serve(_OurReceiver):
-    def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "asyncio") -> None:
+    def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "asyncio",
+                 build: Build = THIS_BUILD) -> None:
         super().__init__(workdir)
         self.workers = workers
         self.fsync = fsync
         self.engine = engine
+        self.build = build
         self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
-            "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "asyncio" else f", {engine} engine")
+            "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "asyncio" else f", {engine} engine") + (
+            f" [{build.tag}]" if build.tag else "")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
         self.scp_metrics = self.indexer_metrics = f"{http}/metrics"
@@ -101,7 +124,8 @@ class Serve(_OurReceiver):
             "ARCHIVE_SCP_ENGINE": self.engine,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
-        proc = Proc("serve", [sys.executable, "-m", "archive.cli", "serve"], self.workdir / "serve.log", env)
+        proc = Proc("serve", [self.build.python, "-m", "archive.cli", "serve"], self.workdir / "serve.log", env,
+                    cwd=self.build.root)
         self.procs["serve"] = proc
         proc.wait_http(f"http://127.0.0.1:{self.http_port}/readyz")
         if self.workers > 1:  # the extra SCP processes start after the parent is ready
@@ -125,10 +149,10 @@ def distributed_missing() -> list[str]:
 class Distributed(_OurReceiver):
     """The three roles as separate processes, with isolated backends (tests/e2e/distributed.py)."""
 
-    label = "distributed (scp+indexer+query)"
-
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, build: Build = THIS_BUILD) -> None:
         super().__init__(workdir)
+        self.build = build
+        self.label = "distributed (scp+indexer+query)" + (f" [{build.tag}]" if build.tag else "")
         self.name = "bench" + uuid.uuid4().hex[:10]
         self.ports = {"scp": free_port(), "indexer": free_port(), "query": free_port()}
         self.scp_metrics = f"http://127.0.0.1:{self.ports['scp']}/metrics"
@@ -154,8 +178,8 @@ class Distributed(_OurReceiver):
         for role in ("scp", "indexer", "query"):
             role_env = {**env, "ARCHIVE_HTTP_PORT": str(self.ports[role]),
                         "ARCHIVE_DICOM_PORT": str(self.dicom_port if role == "scp" else 0)}
-            self.procs[role] = Proc(role, [sys.executable, "-m", "archive.cli", role],
-                                    self.workdir / f"{role}.log", role_env)
+            self.procs[role] = Proc(role, [self.build.python, "-m", "archive.cli", role],
+                                    self.workdir / f"{role}.log", role_env, cwd=self.build.root)
         for role, proc in self.procs.items():
             proc.wait_http(f"http://127.0.0.1:{self.ports[role]}/readyz", timeout=120)
 

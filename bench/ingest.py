@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _receivers import (DCMTK_ENV, Distributed, Orthanc, PynetdicomSCP, Receiver, Serve,  # noqa: E402
+from _receivers import (DCMTK_ENV, THIS_BUILD, Build, Distributed, Orthanc, PynetdicomSCP, Receiver, Serve,  # noqa: E402
                         StoreSCP, distributed_missing)
 from _report import machine, markdown, summarise, targets  # noqa: E402
 from _util import (Batch, SliceFactory, TreeSampler, children_cpu, cpu_jiffies,  # noqa: E402
@@ -37,6 +37,9 @@ from _util import (Batch, SliceFactory, TreeSampler, children_cpu, cpu_jiffies, 
                    write_large_instance)
 
 ALL = ("serve", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "distributed", "orthanc", "storescp", "pynetdicom", "large")
+OURS = ("serve", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "distributed")
+BASELINE = "@baseline"  # a scenario of ours run by the --baseline checkout
+BUILDS: dict[str, Build] = {"": THIS_BUILD}
 STUDIES = 4  # each batch: 4 studies; with 4 associations each association sends one study
 DRAIN_TIMEOUT = 600.0
 
@@ -45,25 +48,28 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def make_receiver(name: str, workdir: Path) -> Receiver:
+def make_receiver(key: str, workdir: Path) -> Receiver:
+    name, _, tag = key.partition("@")
+    build = BUILDS[tag]
+    workdir = workdir / key.replace("@", "-")
     if name == "serve":
-        return Serve(workdir / name)
+        return Serve(workdir, build=build)
     if name == "serve-w2":
-        return Serve(workdir / name, workers=2)
+        return Serve(workdir, workers=2, build=build)
     if name == "serve-nofsync":
-        return Serve(workdir / name, fsync=False)
+        return Serve(workdir, fsync=False, build=build)
     if name == "serve-pynetdicom":
-        return Serve(workdir / name, engine="pynetdicom")
+        return Serve(workdir, engine="pynetdicom", build=build)
     if name == "serve-pynetdicom-w2":
-        return Serve(workdir / name, workers=2, engine="pynetdicom")
+        return Serve(workdir, workers=2, engine="pynetdicom", build=build)
     if name == "distributed":
-        return Distributed(workdir / name)
+        return Distributed(workdir, build=build)
     if name == "orthanc":
-        return Orthanc(workdir / name)
+        return Orthanc(workdir)
     if name == "storescp":
-        return StoreSCP(workdir / name)
+        return StoreSCP(workdir)
     if name == "pynetdicom":
-        return PynetdicomSCP(workdir / name)
+        return PynetdicomSCP(workdir)
     raise ValueError(name)
 
 
@@ -396,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
     parser.add_argument("--workdir", type=Path, help="where to put data (default: a new temp dir)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="another checkout (with its .venv) to compare with: each of our scenarios also runs "
+                             f"from it, right after ours, as <scenario>{BASELINE} (e.g. a `git worktree` of main)")
     args = parser.parse_args(argv)
     defaults = {"count": (1000, 60), "repeat": (3, 1), "probe": (200, 20), "large_size": (1.0, 1 / 16),
                 "quiet_wait": (180.0, 0.0)}
@@ -407,11 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(scenarios) - set(ALL)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.baseline:
+        BUILDS[BASELINE[1:]] = Build.checkout(args.baseline, BASELINE[1:])
+        scenarios = [s for name in scenarios for s in ((name, name + BASELINE) if name in OURS else (name,))]
     if "distributed" in scenarios or "distributed" in args.large_receivers:
         missing = distributed_missing()
         if missing:
             log(f"distributed skipped: {', '.join(missing)} not set (run `make services`)")
-            scenarios = [s for s in scenarios if s != "distributed"]
+            scenarios = [s for s in scenarios if s.partition("@")[0] != "distributed"]
             args.large_receivers = ",".join(r for r in args.large_receivers.split(",") if r != "distributed")
 
     install_signal_handlers()
