@@ -32,7 +32,7 @@ from archive.core.records import CatalogInstance
 from archive.query import bulkdata, cors, wado_metadata
 from archive.query.context import CATALOG, OBJECTS, STORE
 from archive.query.multipart import MultipartStream
-from archive.query.retrieve import RetrieveError, spool
+from archive.query.objects import RetrieveError, spool
 from archive.query.transcode import TranscodeError, choose, transcode, wanted_syntaxes
 from archive.query.wado_request import describe_scope, http_error, scope
 

@@ -36,7 +36,7 @@ from archive.query.context import CATALOG, OBJECTS
 from archive.query.frames import FrameReader, NotAcceptable, negotiate, parse_accept, parse_frame_numbers
 from archive.query.multipart import MultipartStream
 from archive.query.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
-from archive.query.retrieve import RetrieveError
+from archive.query.objects import RetrieveError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
