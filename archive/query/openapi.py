@@ -12,7 +12,7 @@ from aiohttp import web
 
 from archive.core.search import FACETS, MAX_TEXT_CHARS, MAX_VALUE_CHARS, MAX_WINDOW
 from archive.query.context import dicomweb_base
-from archive.query.search_api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
+from archive.query.search.api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
 
 OPENAPI_VERSION = "3.0.3"
 

@@ -23,7 +23,7 @@ from archive.core.models import IndexMessage
 from archive.core.uids import object_key
 from archive.ingest.describe import dataset_offset
 from archive.ingest.service import IngestService
-from archive.query import stow
+from archive.query.dicomweb import stow
 from archive.query.context import INGEST, SETTINGS
 from archive.settings import DuplicatePolicy, Settings
 from archive.web import error_middleware

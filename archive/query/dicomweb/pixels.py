@@ -31,11 +31,11 @@ from archive.core.levels import Level
 from archive.core.query import InvalidQuery, Query, SingleValue
 from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
-from archive.query import render
+from archive.query.dicomweb.media import render
 from archive.query.context import CATALOG, OBJECTS
-from archive.query.frames import FrameReader, NotAcceptable, negotiate, parse_accept, parse_frame_numbers
-from archive.query.multipart import MultipartStream
-from archive.query.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
+from archive.query.dicomweb.media.frames import FrameReader, NotAcceptable, negotiate, parse_accept, parse_frame_numbers
+from archive.query.dicomweb.multipart import MultipartStream
+from archive.query.dicomweb.media.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
 from archive.query.objects import RetrieveError
 
 log = logging.getLogger(__name__)

@@ -29,12 +29,13 @@ from archive import metrics
 from archive.core.ports import ObjectStore
 from archive.core.query import Query
 from archive.core.records import CatalogInstance
-from archive.query import bulkdata, cors, wado_metadata
+from archive.query.dicomweb import bulkdata, cors
+from archive.query.dicomweb import metadata as wado_metadata
 from archive.query.context import CATALOG, OBJECTS, STORE
-from archive.query.multipart import MultipartStream
+from archive.query.dicomweb.multipart import MultipartStream
 from archive.query.objects import RetrieveError, spool
-from archive.query.transcode import TranscodeError, choose, transcode, wanted_syntaxes
-from archive.query.wado_request import describe_scope, http_error, scope
+from archive.query.dicomweb.media.transcode import TranscodeError, choose, transcode, wanted_syntaxes
+from archive.query.dicomweb.request import describe_scope, http_error, scope
 
 log = logging.getLogger(__name__)
 

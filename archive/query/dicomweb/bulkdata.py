@@ -26,9 +26,9 @@ from pydicom.encaps import generate_frames
 
 from archive.core.query import Query
 from archive.query.context import CATALOG, OBJECTS
-from archive.query.multipart import MultipartStream
-from archive.query.transcode import wanted_syntaxes
-from archive.query.wado_request import describe_scope, http_error, scope
+from archive.query.dicomweb.multipart import MultipartStream
+from archive.query.dicomweb.media.transcode import wanted_syntaxes
+from archive.query.dicomweb.request import describe_scope, http_error, scope
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,10 @@ from archive.core.models import DicomJson
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.core.query import Query
 from archive.ingest.service import IngestService
-from archive.query import openapi, qido, search_api, stow, wado_pixels, wado_uri
-from archive.query import wado
+from archive.query import openapi
+from archive.query.dicomweb import pixels as wado_pixels
+from archive.query.dicomweb import qido, stow, wado, wado_uri
+from archive.query.search import api as search_api
 from archive.query.context import CATALOG, INGEST, MAX_LIMIT, OBJECTS, SEARCH, SETTINGS, STORE, dicomweb_base
 from archive.query.objects import ObjectCache
 from archive.scp.spool import process_spool

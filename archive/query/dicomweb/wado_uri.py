@@ -22,11 +22,11 @@ from archive.core.errors import InvalidUID
 from archive.core.query import InvalidQuery
 from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
-from archive.query import render
+from archive.query.dicomweb.media import render
 from archive.query.context import CATALOG, STORE
-from archive.query.frames import NotAcceptable
-from archive.query.render import RenderOptions, Viewport
-from archive.query.wado_pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
+from archive.query.dicomweb.media.frames import NotAcceptable
+from archive.query.dicomweb.media.render import RenderOptions, Viewport
+from archive.query.dicomweb.pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"

@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 from archive.core.errors import ArchiveError
 from archive.core.query import InvalidQuery
-from archive.query.render import FrameNotFound, RenderError, number_of_frames
+from archive.query.dicomweb.media.render import FrameNotFound, RenderError, number_of_frames
 
 OCTET_STREAM = "application/octet-stream"
 

@@ -42,7 +42,7 @@ from pydicom.uid import (
 )
 
 from archive.core.errors import ArchiveError
-from archive.query.frames import parse_accept  # one Accept parser for WADO-RS (RFC 9110 12.5.1)
+from archive.query.dicomweb.media.frames import parse_accept  # one Accept parser for WADO-RS (RFC 9110 12.5.1)
 
 DEFAULT = "default"  # the media range had no transfer-syntax parameter
 ANY = "*"
