@@ -15,8 +15,9 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, ExplicitV
 
 from archive.core.query import InvalidQuery
 from archive.query.dicomweb.media import render
-from archive.query.dicomweb.media.frames import FrameReader, NotAcceptable, negotiate, parse_frame_numbers
+from archive.query.dicomweb.media.frames import FrameReader, negotiate, parse_frame_numbers
 from archive.query.dicomweb.media.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
+from archive.query.dicomweb.negotiation import NotAcceptable
 from archive.query.dicomweb.pixels import parse_quality, parse_viewport, parse_window, render_media_type
 from tests.images import image_file
 

@@ -90,4 +90,3 @@ def query_retrieve_service(qr: QueryRetrieve, portal: Portal, settings: Settings
             (evt.EVT_SOP_EXTENDED, handle_sop_extended),
         ),
     )
-
