@@ -23,9 +23,9 @@ from archive.compose import Backends
 from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
-from archive.query.app import add_routes
-from archive.query.commitment import commitment_service
-from archive.query.dimse import QueryRetrieve, query_retrieve_service
+from archive.query.dimse.commitment import commitment_service
+from archive.query.dimse.service import QueryRetrieve, query_retrieve_service
+from archive.query.routes import add_routes
 from archive.scp.fast import FastStoreSCP
 from archive.scp.portal import Portal
 from archive.scp.server import DicomServer, DimseService, StoreSCP

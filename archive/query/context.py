@@ -1,7 +1,8 @@
 """What the query service's HTTP handlers reach through the aiohttp application.
 
-Typed application keys (house style: ``web.AppKey``); set once by
-:func:`archive.query.app.add_routes` from the composition root.
+Typed application keys (house style: ``web.AppKey``), shared by DICOMweb, the search
+API and the OpenAPI document; set once by :func:`archive.query.routes.add_routes`
+from the composition root.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ MAX_LIMIT = web.AppKey("max_limit", int)
 OBJECTS = web.AppKey("objects", ObjectCache)  # objects read by frames, rendering, bulk data
 
 
-def dicomweb_base(request: web.Request) -> str:
-    """The base of the URLs we hand out (RetrieveURL, BulkDataURI): ARCHIVE_PUBLIC_URL, else the request's."""
+def public_root(request: web.Request) -> str:
+    """The root of the URLs we hand out: ARCHIVE_PUBLIC_URL, else the request's scheme and host."""
     settings = request.app.get(SETTINGS)
-    root = settings.public_url.rstrip("/") if settings and settings.public_url else f"{request.scheme}://{request.host}"
-    return f"{root}/dicom-web"
+    return settings.public_url.rstrip("/") if settings and settings.public_url else f"{request.scheme}://{request.host}"

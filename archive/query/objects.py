@@ -1,18 +1,27 @@
-"""Recently read objects as local files, shared by frames, rendering and bulk data.
+"""Stored objects read back to local files: :func:`spool`, and the :class:`ObjectCache` over it.
 
-A viewer asks for the frames of a multi-frame instance one request at a time;
-without a cache each request would copy the whole object out of the object store
-again. Files stay while the total is under ``capacity`` bytes; the least recently
-used file goes first, never while a request is reading it. One download per object
-at a time: concurrent requests for it wait for the same file. Files are keyed by
-object key and SHA-256, so a replaced object (duplicate policy ``replace``) is
-never served from an older copy.
+:func:`spool` streams an instance's object from the object store into a file and
+verifies its SHA-256 against the catalog's; DIMSE retrieve
+(:mod:`archive.query.dimse.retrieve`) sends such files, WADO-RS converts them.
+
+:class:`ObjectCache` keeps recently read objects as local files for frames,
+rendering and bulk data (:mod:`archive.query.dicomweb`). A viewer asks for the
+frames of a multi-frame instance one request at a time; without a cache each
+request would copy the whole object out of the object store again. Files stay
+while the total is under ``capacity`` bytes; the least recently used file goes
+first, never while a request is reading it. One download per object at a time:
+concurrent requests for it wait for the same file. Files are keyed by object key
+and SHA-256, so a replaced object (duplicate policy ``replace``) is never served
+from an older copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,11 +29,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archive import metrics
+from archive.core.errors import ArchiveError
 from archive.core.ports import ObjectStore
 from archive.core.records import CatalogInstance
-from archive.query.retrieve import spool
 
 log = logging.getLogger(__name__)
+
+
+class RetrieveError(ArchiveError):
+    """An instance could not be read back (missing object, checksum mismatch)."""
+
+
+async def spool(store: ObjectStore, instance: CatalogInstance, directory: Path) -> Path:
+    """Stream the instance's object into a file under ``directory``; verify its checksum."""
+    fd, name = tempfile.mkstemp(prefix="retrieve-", suffix=".dcm", dir=directory)
+    path = Path(name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in store.get(instance.object_key):
+                digest.update(chunk)
+                out.write(chunk)
+        if instance.sha256 and digest.hexdigest() != instance.sha256:
+            raise RetrieveError(f"{instance.sop_instance_uid}: stored object does not match its checksum")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 @dataclass

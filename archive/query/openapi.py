@@ -1,7 +1,9 @@
-"""The OpenAPI 3 description of the query service (served at ``/api/openapi.json``).
+"""The OpenAPI 3 description of every HTTP route of the query service (``/api/openapi.json``).
 
-Built from the same constants the handlers use (levels, sorts, facets,
-limits), so the document cannot drift from the parser.
+DICOMweb (QIDO-RS, WADO-RS, STOW-RS, :mod:`archive.query.dicomweb`), WADO-URI and the
+search API (:mod:`archive.query.search.api`). The search part is built from the same
+constants its parser uses (levels, sorts, facets, limits), so the document cannot
+drift from it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from archive.core.search import FACETS, MAX_TEXT_CHARS, MAX_VALUE_CHARS, MAX_WINDOW
-from archive.query.context import dicomweb_base
-from archive.query.search_api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
+from archive.query.context import public_root
+from archive.query.search.api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -242,8 +244,4 @@ def spec(server_url: str = "/") -> dict[str, Any]:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(spec(dicomweb_base(request).removesuffix("/dicom-web")))
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/openapi.json", openapi_json)
+    return web.json_response(spec(public_root(request)))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pydicom.datadict import tag_for_keyword
 
 from archive.core.levels import Level
-from archive.query.qido import REQUIRED
+from archive.query.dicomweb.qido import REQUIRED
 
 OCTETS_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'

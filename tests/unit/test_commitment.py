@@ -18,8 +18,8 @@ from archive.adapters.filesystem_store import FilesystemStore
 from archive.adapters.sqlite_catalog import SqliteCatalog
 from archive.core.models import Payload
 from archive.core.records import CatalogEntry
-from archive.query import commitment as sc
-from archive.query.commitment_report import ReportSender
+from archive.query.dimse import commitment as sc
+from archive.query.dimse.commitment_report import ReportSender
 from archive.scp.portal import Portal
 from archive.settings import Peer, Settings
 from tests.conftest import free_port

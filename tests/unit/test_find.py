@@ -8,7 +8,7 @@ from pydicom.dataset import Dataset
 from archive.core.levels import Level
 from archive.core.matching import matches
 from archive.core.query import InvalidQuery, Range, SequenceMatch, SingleValue, UIDList, Universal, Wildcard
-from archive.query.find import (
+from archive.query.dimse.identifier import (
     PATIENT_ROOT_FIND,
     STUDY_ROOT_FIND,
     IdentifierError,

@@ -12,8 +12,7 @@ import pytest
 from archive.adapters.filesystem_store import FilesystemStore
 from archive.core.models import Payload
 from archive.core.records import CatalogInstance
-from archive.query.objects import ObjectCache
-from archive.query.retrieve import RetrieveError
+from archive.query.objects import ObjectCache, RetrieveError
 
 
 class CountingStore(FilesystemStore):

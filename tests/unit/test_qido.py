@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from archive.adapters.sqlite_catalog import SqliteCatalog
 from archive.core.records import CatalogEntry
-from archive.query.app import add_routes
+from archive.query.routes import add_routes
 from archive.web import base_app
 from tests.factories import make_ct, make_message, new_uid
 

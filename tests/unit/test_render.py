@@ -14,10 +14,11 @@ from pydicom.pixels import get_encoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, ExplicitVRLittleEndian, generate_uid
 
 from archive.core.query import InvalidQuery
-from archive.query import render
-from archive.query.frames import FrameReader, NotAcceptable, negotiate, parse_frame_numbers
-from archive.query.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
-from archive.query.wado_pixels import parse_quality, parse_viewport, parse_window, render_media_type
+from archive.query.dicomweb.media import render
+from archive.query.dicomweb.media.frames import FrameReader, negotiate, parse_frame_numbers
+from archive.query.dicomweb.media.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
+from archive.query.dicomweb.negotiation import NotAcceptable
+from archive.query.dicomweb.pixels import parse_quality, parse_viewport, parse_window, render_media_type
 from tests.images import image_file
 
 

@@ -19,9 +19,9 @@ from archive.core.flatten import flatten
 from archive.core.levels import Level
 from archive.core.query import Range, SequenceMatch, SingleValue, UIDList, Universal, Wildcard
 from archive.core.search import Sort
-from archive.query.app import add_routes
 from archive.query.openapi import spec
-from archive.query.search_api import BadParameter, parse
+from archive.query.routes import add_routes
+from archive.query.search.api import BadParameter, parse
 from archive.web import base_app
 from tests.factories import make_ct, make_message, new_uid
 

@@ -1,4 +1,4 @@
-"""STOW-RS (archive/query/stow.py) on the embedded object store with an in-memory queue.
+"""STOW-RS (archive/query/dicomweb/stow.py) on the embedded object store with an in-memory queue.
 
 Request-level faults (multipart framing, media types, size cap) and per-instance
 failures (Table I.2-2 reasons), the response body shape (PS3.18 Annex I) and the
@@ -23,8 +23,8 @@ from archive.core.models import IndexMessage
 from archive.core.uids import object_key
 from archive.ingest.describe import dataset_offset
 from archive.ingest.service import IngestService
-from archive.query import stow
 from archive.query.context import INGEST, SETTINGS
+from archive.query.dicomweb import routes, stow
 from archive.settings import DuplicatePolicy, Settings
 from archive.web import error_middleware
 from tests.factories import make_ct, new_uid, write_part10
@@ -80,7 +80,7 @@ async def _archive(tmp_path: Path, policy: DuplicatePolicy = DuplicatePolicy.KEE
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = Settings(data_dir=tmp_path / "data", stow_max_bytes=max_bytes)
     app[INGEST] = IngestService(store, queue, policy)  # type: ignore[arg-type]
-    stow.add_routes(app)
+    routes.add_routes(app)  # the DICOMweb routes this app can serve: STOW-RS (no STORE, so no WADO pixels)
     client = TestClient(TestServer(app))
     await client.start_server()
     return client, Archive(client, store, queue, tmp_path / "data")

@@ -25,8 +25,9 @@ from archive.core.models import Payload
 from archive.core.records import CatalogEntry
 from archive.core.uids import object_key
 from archive.ingest.describe import dataset_offset, describe
-from archive.query.app import add_routes
-from archive.query.transcode import ANY, DEFAULT, choose, wanted_syntaxes
+from archive.query.dicomweb.media.transcode import choose
+from archive.query.dicomweb.negotiation import ANY, DEFAULT, wanted_syntaxes
+from archive.query.routes import add_routes
 from archive.settings import Settings
 from archive.web import base_app
 from tests.factories import make_ct, new_uid, write_part10

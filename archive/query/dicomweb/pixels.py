@@ -1,4 +1,4 @@
-"""WADO-RS pixel routes: frames, rendered images and thumbnails (PS3.18 10.4).
+"""WADO-RS pixel handlers: frames, rendered images and thumbnails (PS3.18 10.4).
 
 - ``.../instances/{i}/frames/{list}``: frame pixel data (PS3.18 10.4.1.1.5, 8.7.3.5)
 - ``.../instances/{i}/rendered``, ``.../frames/{n}/rendered`` (10.4.1.1.3, 8.3.5.1); a study's
@@ -7,15 +7,16 @@
   and ``.../frames/{n}/thumbnail`` (10.4.1.1.4): a small rendering of a
   representative instance (the middle instance of the first series that renders).
 
-Objects are spooled from the object store to a local file (checksum verified)
-and decoded one frame at a time on a thread pool, never on the event loop.
+Objects are spooled from the object store to a local file (checksum verified,
+through the application's :class:`~archive.query.objects.ObjectCache`) and decoded
+one frame at a time on the rendering pool (:data:`POOL`), never on the event loop.
+WADO-URI (:mod:`archive.query.dicomweb.wado_uri`) renders through the same functions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,17 +32,18 @@ from archive.core.levels import Level
 from archive.core.query import InvalidQuery, Query, SingleValue
 from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
-from archive.query import render
 from archive.query.context import CATALOG, OBJECTS
-from archive.query.frames import FrameReader, NotAcceptable, negotiate, parse_accept, parse_frame_numbers
-from archive.query.multipart import MultipartStream
-from archive.query.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
-from archive.query.retrieve import RetrieveError
+from archive.query.dicomweb.media import render
+from archive.query.dicomweb.media.frames import FrameReader, negotiate, parse_frame_numbers
+from archive.query.dicomweb.media.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
+from archive.query.dicomweb.multipart import MultipartStream
+from archive.query.dicomweb.negotiation import NotAcceptable, parse_accept
+from archive.query.objects import RetrieveError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-POOL = web.AppKey("render_pool", ThreadPoolExecutor)
+POOL = web.AppKey("render_pool", ThreadPoolExecutor)  # set by archive.query.dicomweb.routes
 MAX_SERIES_INSTANCES = 100_000  # a thumbnail's series listing: rows are small
 MAX_THUMBNAIL_TRIES = 5  # series whose middle instance does not render are skipped
 RENDER_ALIASES = {"image/*": render.JPEG, "*/*": render.JPEG}
@@ -287,24 +289,3 @@ async def frames(request: web.Request) -> web.StreamResponse:
             await stream.close()
     metrics.QUERY_SECONDS.labels("wado-frames").observe(time.perf_counter() - started)
     return response
-
-
-async def _close_pool(app: web.Application) -> None:
-    app[POOL].shutdown(wait=False, cancel_futures=True)
-
-
-def add_routes(app: web.Application) -> None:
-    """Frames, rendered and thumbnail routes; objects come through the app's OBJECTS cache."""
-    app[POOL] = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="render")
-    app.on_cleanup.append(_close_pool)
-    instance = "/dicom-web/studies/{study}/series/{series}/instances/{instance}"
-    r = app.router
-    r.add_get(instance + "/frames/{frames}", frames)
-    r.add_get(instance + "/rendered", rendered)
-    r.add_get(instance + "/frames/{frames}/rendered", rendered)
-    r.add_get(instance + "/thumbnail", instance_thumbnail)
-    r.add_get(instance + "/frames/{frames}/thumbnail", instance_thumbnail)
-    r.add_get("/dicom-web/studies/{study}/series/{series}/thumbnail", group_thumbnail)
-    r.add_get("/dicom-web/studies/{study}/thumbnail", group_thumbnail)
-    r.add_get("/dicom-web/studies/{study}/series/{series}/rendered", group_rendered)
-    r.add_get("/dicom-web/studies/{study}/rendered", group_rendered)

@@ -3,7 +3,8 @@
 A frame goes out either as stored (the compressed bitstream of a frame of an
 encapsulated transfer syntax, PS3.5 A.4) or uncompressed (``application/octet-stream``,
 the frame's bytes as Explicit VR Little Endian would hold them). Which one is
-negotiated from the Accept header (PS3.18 8.7.3.5.2, Table 8.7.3-5). Reading is
+negotiated from the Accept header (PS3.18 8.7.3.5.2, Table 8.7.3-5; parsed by
+:func:`archive.query.dicomweb.negotiation.parse_accept`). Reading is
 synchronous file work on a spooled copy: callers run it in an executor. Only the
 frames asked for are read: native frames by offset, compressed ones through the
 Basic/Extended Offset Table (``pydicom.encaps.get_frame``).
@@ -31,9 +32,9 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from archive.core.errors import ArchiveError
 from archive.core.query import InvalidQuery
-from archive.query.render import FrameNotFound, RenderError, number_of_frames
+from archive.query.dicomweb.media.render import FrameNotFound, RenderError, number_of_frames
+from archive.query.dicomweb.negotiation import NotAcceptable, parse_accept
 
 OCTET_STREAM = "application/octet-stream"
 
@@ -49,10 +50,6 @@ FRAME_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "image/dicom-rle": ("1.2.840.10008.1.2.5",),
 }
 _MEDIA_OF_SYNTAX = {ts: media for media, syntaxes in FRAME_MEDIA_TYPES.items() for ts in syntaxes}
-
-
-class NotAcceptable(ArchiveError):
-    """None of the accepted media types can be produced for this instance (HTTP 406)."""
 
 
 @dataclass(frozen=True)
@@ -80,36 +77,6 @@ def parse_frame_numbers(text: str) -> list[int]:
             raise InvalidQuery(f"frame list {text!r}: {part!r} is not a frame number (1, 2, ...)")
         numbers.append(int(part))
     return numbers
-
-
-@dataclass(frozen=True)
-class MediaRange:
-    """One entry of an Accept header, with its parameters and quality."""
-
-    media_type: str
-    params: dict[str, str]
-    quality: float
-
-
-def parse_accept(header: str) -> list[MediaRange]:
-    """Entries of an Accept header, best quality first (RFC 9110 12.5.1)."""
-    ranges = []
-    for entry in header.split(","):
-        fields = [f.strip() for f in entry.split(";")]
-        if not fields[0]:
-            continue
-        params = {}
-        for field in fields[1:]:
-            key, _, value = field.partition("=")
-            params[key.strip().lower()] = value.strip().strip('"')
-        try:
-            quality = float(params.pop("q", "1"))
-        except ValueError:
-            quality = 0.0
-        if quality > 0:
-            ranges.append(MediaRange(fields[0].lower(), params, quality))
-    ranges.sort(key=lambda r: -r.quality)  # stable: header order among equals
-    return ranges
 
 
 def negotiate(accept: str, stored_syntax: str) -> FrameFormat:

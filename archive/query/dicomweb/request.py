@@ -1,4 +1,4 @@
-"""What every WADO-RS handler reads from a request: validated path UIDs, the base URL, errors."""
+"""What every DICOMweb handler reads from a request: validated path UIDs, the base URL, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from archive.core.errors import InvalidUID
 from archive.core.levels import Level
 from archive.core.query import Matcher, SingleValue
 from archive.core.uids import validate_uid
-from archive.query.context import dicomweb_base
+from archive.query.context import public_root
 
 # path parameter -> (attribute, level of a resource that names it last)
 PATH_UIDS = (
@@ -46,8 +46,5 @@ def describe_scope(matchers: tuple[Matcher, ...]) -> str:
 
 
 def base_url(request: web.Request) -> str:
-    return dicomweb_base(request)
-
-
-def instance_url(base: str, study: str, series: str, instance: str) -> str:
-    return f"{base}/studies/{study}/series/{series}/instances/{instance}"
+    """The base of the DICOMweb URLs we hand out (RetrieveURL, BulkDataURI, STOW-RS's answer)."""
+    return f"{public_root(request)}/dicom-web"

@@ -29,13 +29,14 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AllStoragePresentationContexts
 
 from archive import metrics
 from archive.core.errors import InvalidInstance, InvalidUID, MalformedDataset, UIDMismatch
+from archive.core.storage_classes import STORAGE_SOP_CLASSES
 from archive.core.uids import validate_uid
 from archive.ingest.service import IngestService, Outcome, Received
-from archive.query.context import INGEST, SETTINGS, dicomweb_base
+from archive.query.context import INGEST, SETTINGS
+from archive.query.dicomweb.request import base_url
 from archive.scp.spool import process_spool
 from archive.scp.status import OUTCOME_STATUS, status_for_error
 
@@ -45,7 +46,6 @@ DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 CHUNK = 1 << 20  # spool writes of up to 1 MiB, each on a worker thread
 SOURCE_AET = "STOW-RS"  # recorded in the index message as the sender (there is no AE title)
-STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 TRANSFER_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)
 ACCEPTABLE = ("application/dicom+json", "application/json", "application/*", "*/*")
 
@@ -229,7 +229,7 @@ class Stower:
             received, known = await asyncio.to_thread(_received, path)
             if not received.transfer_syntax_uid or received.transfer_syntax_uid not in TRANSFER_SYNTAXES:
                 raise UnsupportedTransferSyntax(f"transfer syntax {received.transfer_syntax_uid[:64]!r}")
-            if received.affected_sop_class_uid not in STORAGE_CLASSES:
+            if received.affected_sop_class_uid not in STORAGE_SOP_CLASSES:
                 raise UnsupportedSOPClass(f"SOP Class {known.sop_class_uid!r} is not a storage SOP class")
             if self.unavailable is not None:
                 raise self.unavailable
@@ -308,7 +308,7 @@ class Spool:
         return Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="stow-", dir=self._path))
 
 
-SPOOL = web.AppKey("stow_spool", Spool)
+SPOOL = web.AppKey("stow_spool", Spool)  # set by archive.query.dicomweb.routes
 
 
 async def store_instances(request: web.Request) -> web.Response:
@@ -331,16 +331,8 @@ async def store_instances(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc)}, status=exc.status)
     finally:
         await asyncio.to_thread(shutil.rmtree, directory, True)
-    base = dicomweb_base(request)
+    base = base_url(request)
     status = http_status(results)
     log.info("STOW-RS request", extra={"status": status, "instances": len(results), "study_uid": study or ""})
     body = json.dumps(response_body(results, base, study)).encode()
     return web.Response(body=body, status=status, headers={"Content-Type": DICOM_JSON})
-
-
-def add_routes(app: web.Application) -> None:
-    """POST /dicom-web/studies and /dicom-web/studies/{study} (PS3.18 10.5.1)."""
-    app[SPOOL] = Spool(app[SETTINGS].data_dir)
-    app.router.add_post("/dicom-web/studies", store_instances)
-    app.router.add_post("/dicom-web/studies/{study}", store_instances)
-

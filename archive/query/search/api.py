@@ -3,7 +3,9 @@
 Parameters parse into the one query model (:mod:`archive.core.query`
 matchers inside a :class:`archive.core.search.SearchRequest`); the search
 index port answers. Every parameter that cannot be understood is a 400 whose
-JSON names it: ``{"error": "...", "parameter": "StudyDate"}``.
+JSON names it: ``{"error": "...", "parameter": "StudyDate"}``. The route is
+mounted by :func:`archive.query.routes.add_routes`; :mod:`archive.query.openapi`
+documents it from the constants here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from aiohttp import web
 
 from archive import metrics
 from archive.core.levels import Level
-from archive.core.ports import SearchIndex
 from archive.core.query import InvalidQuery, Matcher, Range, SingleValue, classify
 from archive.core.search import (
     FACETS,
@@ -34,8 +35,8 @@ from archive.core.search import (
     nest,
     vr_of,
 )
+from archive.query.context import SEARCH
 
-SEARCH_INDEX = web.AppKey("search_index", SearchIndex)
 LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.IMAGE}
 LEVEL_NAMES = {level: name for name, level in LEVELS.items()}
 DEFAULT_LIMIT = 20
@@ -169,15 +170,10 @@ async def search(request: web.Request) -> web.Response:
     started = time.perf_counter()
     try:
         query = parse(list(request.query.items()))
-        result = await request.app[SEARCH_INDEX].query(query)
+        result = await request.app[SEARCH].query(query)
     except InvalidQuery as exc:
         metrics.QUERIES.labels("search", "-", "400").inc()
         return web.json_response({"error": str(exc), "parameter": getattr(exc, "parameter", None)}, status=400)
     metrics.QUERIES.labels("search", LEVEL_NAMES[query.level], "200").inc()
     metrics.QUERY_SECONDS.labels("search").observe(time.perf_counter() - started)
     return web.json_response(to_json(query, result))
-
-
-def add_routes(app: web.Application, search_index: SearchIndex) -> None:
-    app[SEARCH_INDEX] = search_index
-    app.router.add_get("/api/search", search)

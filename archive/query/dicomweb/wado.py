@@ -9,7 +9,7 @@ a worker thread, then streamed from that file. A study is never held in memory.
 Every status is decided before the first byte: 400 for a path UID that is not
 a UID, 404 when nothing is stored under the path, 406 when an instance cannot
 be produced in any transfer syntax the client accepts (see
-:mod:`archive.query.transcode`). A failure after the response has started
+:mod:`archive.query.dicomweb.media.transcode`). A failure after the response has started
 (an object gone or corrupted mid-study) is logged and the connection is cut, so
 the client sees a truncated body rather than a complete-looking one.
 """
@@ -29,12 +29,12 @@ from archive import metrics
 from archive.core.ports import ObjectStore
 from archive.core.query import Query
 from archive.core.records import CatalogInstance
-from archive.query import bulkdata, cors, wado_metadata
 from archive.query.context import CATALOG, OBJECTS, STORE
-from archive.query.multipart import MultipartStream
-from archive.query.retrieve import RetrieveError, spool
-from archive.query.transcode import TranscodeError, choose, transcode, wanted_syntaxes
-from archive.query.wado_request import describe_scope, http_error, scope
+from archive.query.dicomweb.media.transcode import TranscodeError, choose, transcode
+from archive.query.dicomweb.multipart import MultipartStream
+from archive.query.dicomweb.negotiation import wanted_syntaxes
+from archive.query.dicomweb.request import describe_scope, http_error, scope
+from archive.query.objects import RetrieveError, spool
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +144,3 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     metrics.QUERY_SECONDS.labels("wado").observe(time.perf_counter() - started)
     log.info("WADO-RS retrieve of %s: %d instances", describe_scope(matchers), len(plan))
     return response
-
-
-def add_routes(app: web.Application) -> None:
-    """WADO-RS retrieve, metadata and bulkdata under /dicom-web, and CORS for every route."""
-    cors.install(app)
-    r = app.router
-    study = "/dicom-web/studies/{study}"
-    series = study + "/series/{series}"
-    instance = series + "/instances/{instance}"
-    for path in (study, series, instance):
-        r.add_get(path, retrieve)
-        r.add_get(path + "/metadata", wado_metadata.metadata)
-    r.add_get(instance + "/bulkdata/{path:" + bulkdata.PATH_PATTERN + "}", bulkdata.bulkdata)

@@ -30,8 +30,8 @@ from archive import metrics
 from archive.core.ports import InstanceMetadata
 from archive.core.query import Query
 from archive.query.context import CATALOG
-from archive.query.frames import parse_accept
-from archive.query.wado_request import base_url, describe_scope, http_error, scope
+from archive.query.dicomweb.negotiation import parse_accept
+from archive.query.dicomweb.request import base_url, describe_scope, http_error, scope
 
 DICOM_JSON = "application/dicom+json"
 PAGE = 5000

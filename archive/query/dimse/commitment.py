@@ -4,7 +4,7 @@ The requestor names instances (N-ACTION, Action Type ID 1); we answer at once
 and then check each one: it is in the catalog with the named SOP Class, its
 object is in the object store, and the object's bytes hash to the catalog's
 SHA-256 (streamed, never held whole in memory). The result goes back in an
-N-EVENT-REPORT (:mod:`archive.query.commitment_report` delivers it), on the
+N-EVENT-REPORT (:mod:`archive.query.dimse.commitment_report` delivers it), on the
 same association if it is still open, else on a new one to the requestor's
 address in ARCHIVE_PEERS.
 """
@@ -31,14 +31,14 @@ from archive import metrics
 from archive.core.errors import ArchiveError, ObjectNotFound
 from archive.core.ports import Catalog, ObjectStore
 from archive.core.uids import object_key, uid_problem
-from archive.query.commitment_report import (
+from archive.query.dimse.commitment_report import (
     PUSH_MODEL,
     PUSH_MODEL_INSTANCE,
     ReportSender,
     ResponseSent,
     send_on_association,
 )
-from archive.query.dimse import status_dataset
+from archive.query.dimse.find import status_dataset
 from archive.scp.portal import Portal
 from archive.scp.server import DimseService
 from archive.settings import Settings

@@ -1,6 +1,6 @@
 """WADO-RS bulk data: the value of one element of an instance (PS3.18 10.4.1.1.5, 8.7.3.3).
 
-The URI is the one :mod:`archive.query.wado_metadata` writes into BulkDataURI:
+The URI is the one :mod:`archive.query.dicomweb.metadata` writes into BulkDataURI:
 ``.../instances/{uid}/bulkdata/{tag}``, or ``{tag}/{item}/{tag}...`` for an
 element inside a sequence item. The object is spooled to a local file
 (checksum verified) and parsed with deferred reading, so a large value is
@@ -26,9 +26,9 @@ from pydicom.encaps import generate_frames
 
 from archive.core.query import Query
 from archive.query.context import CATALOG, OBJECTS
-from archive.query.multipart import MultipartStream
-from archive.query.transcode import wanted_syntaxes
-from archive.query.wado_request import describe_scope, http_error, scope
+from archive.query.dicomweb.multipart import MultipartStream
+from archive.query.dicomweb.negotiation import wanted_syntaxes
+from archive.query.dicomweb.request import describe_scope, http_error, scope
 
 log = logging.getLogger(__name__)
 

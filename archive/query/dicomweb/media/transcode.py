@@ -1,9 +1,10 @@
-"""WADO-RS content negotiation and transcoding (PS3.18 8.7.3, 8.7.3.5).
+"""WADO-RS transcoding: the transfer syntax an instance is sent in, and the conversion (PS3.18 8.7.3.5).
 
 A client names what it accepts in the ``Accept`` header: media ranges such as
 ``multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1``,
-with q-values. For each stored instance :func:`choose` picks the first
-acceptable transfer syntax we can produce:
+with q-values, read by :func:`archive.query.dicomweb.negotiation.wanted_syntaxes`.
+For each stored instance :func:`choose` picks the first acceptable transfer syntax
+we can produce:
 
 * ``transfer-syntax=*`` or the stored syntax: the object as it was stored
   (bytes straight from the object store, no decoding).
@@ -42,10 +43,8 @@ from pydicom.uid import (
 )
 
 from archive.core.errors import ArchiveError
-from archive.query.frames import parse_accept  # one Accept parser for WADO-RS (RFC 9110 12.5.1)
+from archive.query.dicomweb.negotiation import ANY, DEFAULT
 
-DEFAULT = "default"  # the media range had no transfer-syntax parameter
-ANY = "*"
 UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 # lossy (or possibly lossy) pixel data: PS3.18 8.7.3.5.2 lets it leave as stored by default
 LOSSY = frozenset(map(str, (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K)))
@@ -54,26 +53,6 @@ ENCODABLE = (str(RLELossless), str(JPEGLSLossless), str(JPEG2000Lossless))
 
 class TranscodeError(ArchiveError):
     """The instance cannot be converted to the transfer syntax asked for."""
-
-
-def wanted_syntaxes(header: str | None, part_type: str) -> list[str]:
-    """Acceptable transfer syntaxes for ``part_type`` parts of a multipart/related response.
-
-    Best first; ``DEFAULT`` where a range names none, ``ANY`` for ``*``; empty
-    when nothing in the header accepts multipart/related ``part_type``.
-    """
-    if header is None or not header.strip():
-        return [DEFAULT]
-    wanted: list[str] = []
-    family = part_type.split("/")[0] + "/*"
-    for r in parse_accept(header):  # best first, q=0 left out
-        if r.media_type in ("*/*", "multipart/*"):
-            wanted.append(DEFAULT)
-        elif r.media_type == "multipart/related" and r.params.get("type", part_type).lower() in (
-            part_type, family, "*/*"
-        ):
-            wanted.append(r.params.get("transfer-syntax", DEFAULT) or DEFAULT)
-    return wanted
 
 
 @lru_cache(maxsize=128)

@@ -4,7 +4,8 @@
 ``/dicom-web/wado``). ``contentType=application/dicom`` streams the stored object
 (transfer syntax as stored, or decompressed to Explicit VR Little Endian);
 ``image/jpeg`` (the default) and ``image/png`` render one frame with rows,
-columns, region, windowCenter/windowWidth, frameNumber and imageQuality.
+columns, region, windowCenter/windowWidth, frameNumber and imageQuality, through the
+rendering of :mod:`archive.query.dicomweb.pixels`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from archive.core.errors import InvalidUID
 from archive.core.query import InvalidQuery
 from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
-from archive.query import render
 from archive.query.context import CATALOG, STORE
-from archive.query.frames import NotAcceptable
-from archive.query.render import RenderOptions, Viewport
-from archive.query.wado_pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
+from archive.query.dicomweb.media import render
+from archive.query.dicomweb.media.render import RenderOptions, Viewport
+from archive.query.dicomweb.negotiation import NotAcceptable
+from archive.query.dicomweb.pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
@@ -136,8 +137,3 @@ async def wado(request: web.Request) -> web.StreamResponse:
     except NotAcceptable as exc:
         raise web.HTTPNotAcceptable(text=str(exc)) from None
     return image_response(body, media)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/wado", wado)
-    app.router.add_get("/dicom-web/wado", wado)

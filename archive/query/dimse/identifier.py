@@ -1,6 +1,7 @@
-"""C-FIND identifiers -> the query model, and catalog results -> C-FIND responses.
+"""Query/Retrieve identifiers -> the query model, and catalog results -> C-FIND responses.
 
-PS3.4 C.4.1 (Query/Retrieve Find). The identifier's keys become matchers of
+PS3.4 C.4.1 (Query/Retrieve Find); C-MOVE and C-GET identifiers are read the same way
+(:mod:`archive.query.dimse.retrieve`). The identifier's keys become matchers of
 the one query model (C.2.2.2). Keys the catalog indexes are matched in SQL;
 every other attribute the catalog keeps for the level, and sequence matching
 (C.2.2.2.6), is matched on the returned attributes (:mod:`archive.core.matching`).

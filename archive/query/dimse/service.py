@@ -1,0 +1,92 @@
+"""The Query/Retrieve service (PS3.4 Annex C): what the pynetdicom server adds for it.
+
+C-ECHO, C-FIND, C-MOVE and C-GET for Patient Root and Study Root: the presentation
+contexts, the handlers (:mod:`archive.query.dimse.find`, :mod:`archive.query.dimse.retrieve`)
+bound to the backends they read (:class:`QueryRetrieve`, reached from the handlers'
+threads through the portal), and SOP Class Extended Negotiation. ``serve`` adds this
+service to the receiver's AE; the ``query`` role runs it on its own port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from archive.core.ports import Catalog, ObjectStore
+from archive.query.dimse.find import handle_find
+from archive.query.dimse.retrieve import handle_get, handle_move
+from archive.scp.portal import Portal
+from archive.scp.server import DimseService, storage_contexts
+from archive.settings import Settings
+
+
+@dataclass(frozen=True)
+class QueryRetrieve:
+    """The backends C-FIND, C-MOVE and C-GET read; their coroutines run on the backends' loop.
+
+    ``spool_dir`` takes the instances a retrieve sends, one file per sub-operation.
+    """
+
+    catalog: Catalog
+    store: ObjectStore
+    spool_dir: Path
+
+
+def handle_sop_extended(event: Event) -> dict[str, bytes]:
+    """SOP Class Extended Negotiation (PS3.4 C.5.1, PS3.7 D.3.3.5): what we support of what is asked.
+
+    C-FIND: relational queries (byte 1) and combined date-time range matching (byte 2) yes;
+    fuzzy semantic person-name matching (byte 3) and timezone adjustment (byte 4) no.
+    C-MOVE/C-GET: relational retrieval (byte 1) no; a retrieve names unique keys.
+    """
+    answers: dict[str, bytes] = {}
+    for uid, info in (event.app_info or {}).items():  # type: ignore[attr-defined]
+        uid = str(uid)
+        supported: tuple[int, ...]
+        if uid in FIND_MODELS:
+            supported = (1, 1, 0, 0)
+        elif uid in MOVE_MODELS or uid in GET_MODELS:
+            supported = (0,)
+        else:
+            continue
+        asked = bytes(info or b"")
+        answers[uid] = bytes(min(a, s) for a, s in zip(asked, supported)) or b"\x00"
+    return answers
+
+
+FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
+MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+GET_MODELS = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
+
+
+def query_retrieve_service(qr: QueryRetrieve, portal: Portal, settings: Settings) -> DimseService:
+    """C-ECHO, C-FIND, C-MOVE and C-GET for Patient Root and Study Root.
+
+    The storage contexts let a C-GET requestor take the SCP role for the
+    instances it retrieves (SCP/SCU Role Selection).
+    """
+    syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    models = [build_context(m, syntaxes) for m in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, Verification)]
+    args = [qr, portal, settings]
+    return DimseService(
+        contexts=(*models, *storage_contexts(retrieve_roles=True)),
+        handlers=(
+            (evt.EVT_C_FIND, handle_find, args),
+            (evt.EVT_C_MOVE, handle_move, args),
+            (evt.EVT_C_GET, handle_get, args),
+            (evt.EVT_SOP_EXTENDED, handle_sop_extended),
+        ),
+    )

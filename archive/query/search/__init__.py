@@ -1,0 +1,1 @@
+"""The JSON search API (``/api/search``): :mod:`archive.query.search.api`."""
