@@ -57,21 +57,8 @@ async def _start_http(app: web.Application, settings: Settings, stack: AsyncExit
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
-    """Children see exactly the parent's settings (CLI flags included)."""
-    env = os.environ.copy()
-    env.update({
-        "ARCHIVE_DATA_DIR": str(settings.data_dir),
-        "ARCHIVE_OBJECT_STORE": settings.object_store,
-        "ARCHIVE_QUEUE": settings.queue,
-        "ARCHIVE_CATALOG": settings.catalog,
-        "ARCHIVE_SEARCH": settings.search,
-        "ARCHIVE_AET": settings.aet,
-        "ARCHIVE_BIND": settings.bind,
-        "ARCHIVE_DICOM_PORT": str(settings.dicom_port),
-        "ARCHIVE_WORKERS": "1",
-        "ARCHIVE_SCP_ENGINE": settings.scp_engine,
-    })
-    return env
+    """Children see exactly the parent's settings (CLI flags and secrets included)."""
+    return os.environ | settings.to_env()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
