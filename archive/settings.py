@@ -339,6 +339,10 @@ class Settings:
     store_timeout: float = setting(
         "ARCHIVE_STORE_TIMEOUT", 120.0,
         "Seconds a C-STORE may spend storing and queueing before failing with 0xA700", Seconds())
+    query_timeout: float = setting(
+        "ARCHIVE_QUERY_TIMEOUT", 120.0,
+        "Seconds a C-FIND page, a C-MOVE/C-GET lookup or a Storage Commitment check may wait on the "
+        "backends before failing (C-FIND: 0xA700)", Seconds())
     duplicate_policy: DuplicatePolicy = setting(
         "ARCHIVE_DUPLICATE_POLICY", DuplicatePolicy.KEEP_FIRST,
         "Same SOP Instance UID, different content: `keep-first`, `replace` or `reject`", Choice(DuplicatePolicy))

@@ -89,6 +89,7 @@ NON_DEFAULT = {
     "ARCHIVE_ACSE_TIMEOUT": "2.5",
     "ARCHIVE_DIMSE_TIMEOUT": "1e-3",
     "ARCHIVE_STORE_TIMEOUT": "90.5",
+    "ARCHIVE_QUERY_TIMEOUT": "7",
     "ARCHIVE_DUPLICATE_POLICY": "reject",
     "ARCHIVE_FSYNC": "No",
     "ARCHIVE_DELIVERY_LIMIT": "8",
@@ -171,6 +172,7 @@ INVALID = {
     "ARCHIVE_ACSE_TIMEOUT": "30s",
     "ARCHIVE_DIMSE_TIMEOUT": "sixty",
     "ARCHIVE_STORE_TIMEOUT": "2m",
+    "ARCHIVE_QUERY_TIMEOUT": "none",
     "ARCHIVE_DUPLICATE_POLICY": "overwrite",
     "ARCHIVE_FSYNC": "on",
     "ARCHIVE_DELIVERY_LIMIT": "0",
@@ -214,6 +216,12 @@ def test_python_values_are_checked_by_the_same_declaration(changes: dict[str, ob
 def test_blank_means_default_and_text_is_trimmed() -> None:
     s = Settings.from_env({"ARCHIVE_DICOM_PORT": "  ", "ARCHIVE_AET": " MINE ", "ARCHIVE_PEERS": " , "})
     assert (s.dicom_port, s.aet, s.peers) == (11112, "MINE", ())
+
+
+def test_query_timeout_is_its_own_setting() -> None:
+    s = Settings.from_env({"ARCHIVE_STORE_TIMEOUT": "30"})
+    assert (s.store_timeout, s.query_timeout) == (30.0, 120.0)
+    assert Settings.from_env({"ARCHIVE_QUERY_TIMEOUT": "5"}).query_timeout == 5.0
 
 
 def test_help_lists_every_setting_with_its_default() -> None:
