@@ -196,16 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            asyncio.run(runtime.run(settings, scp=True, indexer=True, query=True, indexer_child=True))
+            asyncio.run(runtime.run(settings, runtime.Roles.serve()))
         elif args.command == "scp":
-            child = bool(args.worker_child)
-            asyncio.run(runtime.run(settings, scp=True, indexer=False, query=False, http=not child,
-                                    reuse_port=child, spawn_workers=not child, dimse_query=args.with_query))
+            roles = runtime.Roles.scp(worker_child=args.worker_child, with_query=args.with_query)
+            asyncio.run(runtime.run(settings, roles))
         elif args.command == "indexer":
-            asyncio.run(runtime.run(settings, scp=False, indexer=True, query=False,
-                                    http=not args.worker_child))
+            asyncio.run(runtime.run(settings, runtime.Roles.indexer(child=args.worker_child)))
         elif args.command == "query":
-            asyncio.run(runtime.run(settings, scp=False, indexer=False, query=True))
+            asyncio.run(runtime.run(settings, runtime.Roles.query()))
         elif args.command == "migrate":
             asyncio.run(runtime.migrate(settings))
             print("migrated")
