@@ -8,29 +8,43 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 from archive import logs
 from archive.core.errors import ArchiveError, ConfigError
 from archive.settings import SETTINGS, Settings
 
-EPILOG = "Settings come from ARCHIVE_* environment variables:\n" + "\n".join(
-    f"  {s.env:<26} {s.help} (default: {s.default or 'unset'})" for s in SETTINGS
-)
+
+def _width() -> int:
+    """Columns for help text: the terminal's, within 60..100."""
+    return max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
+
+
+def _epilog(width: int) -> str:
+    """Every setting as VARIABLE=default, then what it means."""
+    lines = ["Settings come from ARCHIVE_* environment variables (command-line flags win):"]
+    for s in SETTINGS:
+        lines.append(f"  {s.env}={s.default_text}" if s.default_text else f"  {s.env} (unset)")
+        lines += textwrap.wrap(s.help.replace("`", ""), width=width, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
+    width = _width()
+    epilog = _epilog(width - 2)
     parser = argparse.ArgumentParser(
         prog="dicom-archive",
         description="A DICOM archive: receive, store, index, search.",
-        epilog=EPILOG,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=description, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=help_, description=textwrap.fill(description, width - 2),
+                           epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
         return p
 
     serve = add("serve", "run every role in one command (embedded defaults)",
@@ -182,16 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            asyncio.run(runtime.run(settings, scp=True, indexer=True, query=True, indexer_child=True))
+            asyncio.run(runtime.run(settings, runtime.Roles.serve()))
         elif args.command == "scp":
-            child = bool(args.worker_child)
-            asyncio.run(runtime.run(settings, scp=True, indexer=False, query=False, http=not child,
-                                    reuse_port=child, spawn_workers=not child, dimse_query=args.with_query))
+            roles = runtime.Roles.scp(worker_child=args.worker_child, with_query=args.with_query)
+            asyncio.run(runtime.run(settings, roles))
         elif args.command == "indexer":
-            asyncio.run(runtime.run(settings, scp=False, indexer=True, query=False,
-                                    http=not args.worker_child))
+            asyncio.run(runtime.run(settings, runtime.Roles.indexer(child=args.worker_child)))
         elif args.command == "query":
-            asyncio.run(runtime.run(settings, scp=False, indexer=False, query=True))
+            asyncio.run(runtime.run(settings, runtime.Roles.query()))
         elif args.command == "migrate":
             asyncio.run(runtime.migrate(settings))
             print("migrated")

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -57,21 +58,8 @@ async def _start_http(app: web.Application, settings: Settings, stack: AsyncExit
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
-    """Children see exactly the parent's settings (CLI flags included)."""
-    env = os.environ.copy()
-    env.update({
-        "ARCHIVE_DATA_DIR": str(settings.data_dir),
-        "ARCHIVE_OBJECT_STORE": settings.object_store,
-        "ARCHIVE_QUEUE": settings.queue,
-        "ARCHIVE_CATALOG": settings.catalog,
-        "ARCHIVE_SEARCH": settings.search,
-        "ARCHIVE_AET": settings.aet,
-        "ARCHIVE_BIND": settings.bind,
-        "ARCHIVE_DICOM_PORT": str(settings.dicom_port),
-        "ARCHIVE_WORKERS": "1",
-        "ARCHIVE_SCP_ENGINE": settings.scp_engine,
-    })
-    return env
+    """Children see exactly the parent's settings (CLI flags and secrets included)."""
+    return os.environ | settings.to_env()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -131,28 +119,63 @@ class Children:
                 proc.kill()
 
 
-async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http: bool = True,
-              reuse_port: bool = False, spawn_workers: bool = True, indexer_child: bool = False,
-              dimse_query: bool | None = None) -> None:
-    """Run the chosen roles until SIGTERM/SIGINT.
+@dataclass(frozen=True)
+class Roles:
+    """What one process runs; each command has its named constructor."""
 
-    ``indexer_child`` runs the indexer in a child process (as `serve` does) so that the
-    receiver and the indexer do not share one interpreter lock. ``dimse_query`` (default:
-    with ``query``) answers C-FIND/C-MOVE/C-GET: on the receiver's port when ``scp`` runs
-    too (one AE for every service, as in `serve`), else on ARCHIVE_QUERY_DICOM_PORT.
-    """
-    dimse_query = query if dimse_query is None else dimse_query
+    receive: bool = False
+    """The DICOM receiver (C-ECHO, C-STORE) on ARCHIVE_DICOM_PORT, with ARCHIVE_WORKERS - 1 more
+    receiver processes sharing the port."""
+    query_dimse: bool = False
+    """C-FIND, C-MOVE, C-GET and Storage Commitment: on the receiver's port and AE when
+    ``receive`` (one AE for every service), else on ARCHIVE_QUERY_DICOM_PORT."""
+    query_http: bool = False
+    """The query service's HTTP routes: DICOMweb (QIDO-RS, WADO-RS, STOW-RS), WADO-URI, search."""
+    index: bool = False
+    """The indexer: queue -> catalog and search index."""
+    index_in_child: bool = False
+    """Run the indexer in a supervised child process, so that it does not share the receiver's
+    interpreter lock."""
+    http: bool = True
+    """The HTTP listener (/healthz, /readyz, /metrics, and the query routes if any)."""
+    worker_child: bool = False
+    """A receiver started by another one: joins its DICOM port (SO_REUSEPORT), starts no workers."""
+
+    @classmethod
+    def serve(cls) -> "Roles":
+        """`serve`: every role, the indexer in a child process."""
+        return cls(receive=True, query_dimse=True, query_http=True, index=True, index_in_child=True)
+
+    @classmethod
+    def scp(cls, *, worker_child: bool = False, with_query: bool = False) -> "Roles":
+        """`scp`; ``worker_child``: one of serve's or scp's extra receivers (no HTTP listener),
+        ``with_query``: also the query/retrieve services, as serve's receivers have."""
+        return cls(receive=True, query_dimse=with_query, http=not worker_child, worker_child=worker_child)
+
+    @classmethod
+    def indexer(cls, *, child: bool = False) -> "Roles":
+        """`indexer`; ``child``: serve's indexer process (no HTTP listener)."""
+        return cls(index=True, http=not child)
+
+    @classmethod
+    def query(cls) -> "Roles":
+        """`query`: the HTTP query service and the DIMSE query/retrieve services."""
+        return cls(query_http=True, query_dimse=True)
+
+
+async def run(settings: Settings, roles: Roles) -> None:
+    """Run ``roles`` until SIGTERM/SIGINT."""
     backends = Backends.from_settings(settings)
     # Each role migrates and watches only the backends it uses: a receiver stays ready
     # while the catalog is down, because its Success needs only object store and queue.
     needed: list[Backend] = []
-    if scp:
+    if roles.receive:
         needed += [backends.store, backends.queue]
-    if indexer:
+    if roles.index:
         needed += [backends.queue, backends.catalog, backends.search]
-    if query:  # QIDO and search read catalog and index; WADO reads objects; STOW-RS ingests
+    if roles.query_http:  # QIDO and search read catalog and index; WADO reads objects; STOW-RS ingests
         needed += [backends.catalog, backends.search, backends.store, backends.queue]
-    if dimse_query:
+    if roles.query_dimse:
         needed += [backends.catalog, backends.store]
     used = list(dict.fromkeys(needed))
     async with AsyncExitStack() as stack:
@@ -160,7 +183,7 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         for backend in used:
             await backend.migrate()
         app = archive_web.base_app(used, backends.queue if backends.queue in used else None)
-        if query:
+        if roles.query_http:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
                        settings=settings)
@@ -168,16 +191,16 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
         qr_services: list[DimseService] = []
-        if dimse_query:
+        if roles.query_dimse:
             qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir))
             qr_services.append(query_retrieve_service(qr, portal, settings))
             qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings))
         store_scp: StoreSCP | None = None
         fast_scp: FastStoreSCP | None = None
         qr_server: DicomServer | None = None
-        if scp:
+        if roles.receive:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
-            multi = settings.workers > 1 and spawn_workers
+            multi = settings.workers > 1 and not roles.worker_child
             if settings.scp_engine == "asyncio":
                 # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
                 # handed to the pynetdicom server, which then listens on no port of its own
@@ -185,28 +208,28 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
                     store_scp = StoreSCP(settings, ingest, portal, qr_services)
                     store_scp.start(listen=False)
                 fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
-                await fast_scp.start(reuse_port=reuse_port or multi)
+                await fast_scp.start(reuse_port=roles.worker_child or multi)
             else:
                 store_scp = StoreSCP(settings, ingest, portal, qr_services)
-                store_scp.start(reuse_port=reuse_port or multi)
+                store_scp.start(reuse_port=roles.worker_child or multi)
             if qr_services and multi:
                 children.flags["scp"] = ("--with-query",)  # workers share the port and every service
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp", *children.flags.get("scp", ()))
-        if qr_services and not scp:
+        if qr_services and not roles.receive:
             qr_server = DicomServer(settings, qr_services, role="query")
             qr_server.start(port=settings.query_dicom_port)  # one process: a taken port is an error
 
         worker: Indexer | None = None
         worker_task: asyncio.Task[None] | None = None
-        if indexer and indexer_child:
+        if roles.index and roles.index_in_child:
             children.spawn("indexer")
-        elif indexer:
+        elif roles.index:
             worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch)
             worker_task = asyncio.create_task(worker.run(), name="indexer")
         supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 
-        if http:
+        if roles.http:
             await _start_http(app, settings, stack)
         await _wait_for_signal()
 

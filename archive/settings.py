@@ -2,19 +2,32 @@
 
 Every variable is ``ARCHIVE_*``; backends are chosen by URL. Missing backend
 URLs default to the embedded backends under ``ARCHIVE_DATA_DIR``.
+
+Each setting is declared once, as a field of `Settings`: its variable, default, help text
+and kind (how its text parses, how a value prints back, what a valid value is). The rest
+follows from that declaration: `Settings.from_env`, the checks every `Settings` passes
+(`ConfigError` naming the variable), `Settings.to_env` (the environment that gives a child
+process the same settings), and `SETTINGS` (the ``--help`` epilog, the README's table).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from archive.core.errors import ConfigError
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+E = TypeVar("E", bound=Enum)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class DuplicatePolicy(str, Enum):
@@ -23,54 +36,207 @@ class DuplicatePolicy(str, Enum):
     REJECT = "reject"  # answer a failure
 
 
+# --- kinds: how a setting's text parses, prints and is checked --------------------------------
+# parse() and check() raise ValueError with what is wrong; Setting prefixes the variable.
+
+class Kind(Generic[T]):
+    """The type of a setting: its text -> a value of ``T`` -> the same text."""
+
+    def parse(self, text: str) -> T:
+        raise NotImplementedError
+
+    def format(self, value: T) -> str:
+        """The text that parses back to ``value``."""
+        return str(value)
+
+    def check(self, value: T) -> None:
+        """Raise ValueError if ``value`` is not valid (values may come from Python, not text)."""
+
+
+@dataclass(frozen=True)
+class Text(Kind[str]):
+    choices: tuple[str, ...] = ()
+
+    def parse(self, text: str) -> str:
+        return text
+
+    def check(self, value: str) -> None:
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(f'`{c}`' for c in self.choices)}")
+
+
+class LogLevel(Text):
+    def check(self, value: str) -> None:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"{value!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+
+
+def _ae_title_problem(aet: str) -> str | None:
+    if not 1 <= len(aet) <= 16 or not aet.isascii() or "\\" in aet:
+        return f"{aet!r} is not a valid AE title (1-16 ASCII characters, no backslash)"
+    return None
+
+
+class AETitle(Text):
+    def check(self, value: str) -> None:
+        if problem := _ae_title_problem(value):
+            raise ValueError(problem)
+
+
+@dataclass(frozen=True)
+class Url(Text):
+    """A URL with one of ``schemes``; ``optional``: may be empty; ``needs_host``: has a host part."""
+
+    schemes: tuple[str, ...] = ()
+    optional: bool = False
+    needs_host: bool = False
+
+    def check(self, value: str) -> None:
+        if self.optional and not value:
+            return
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in self.schemes:
+            raise ValueError(f"{value!r} must start with one of {', '.join(s + '://' for s in self.schemes)}")
+        if scheme == "s3" and not urlsplit(value).path.strip("/"):
+            raise ValueError("an S3 URL needs a bucket: s3://host:port/bucket")
+        if self.needs_host and not urlsplit(value).netloc:
+            raise ValueError(f"{value!r} has no host")
+
+
+class Directory(Kind[Path]):
+    def parse(self, text: str) -> Path:
+        return Path(text)
+
+    def format(self, value: Path) -> str:
+        return str(value) if value.is_absolute() else f"./{value}"
+
+
+def _number(convert: Callable[[str], T], text: str, what: str) -> T:
+    try:
+        return convert(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not {what}") from None
+
+
+@dataclass(frozen=True)
+class Int(Kind[int]):
+    low: int | None = None
+    high: int | None = None
+
+    def parse(self, text: str) -> int:
+        return _number(int, text, "a whole number")
+
+    def check(self, value: int) -> None:
+        if self.low is not None and value < self.low:
+            raise ValueError(f"must be at least {self.low}, got {value}")
+        if self.high is not None and value > self.high:
+            raise ValueError(f"must be at most {self.high}, got {value}")
+
+
+class Port(Int):
+    def check(self, value: int) -> None:
+        if not 0 <= value <= 65535:
+            raise ValueError(f"{value} is not a TCP port")
+
+
+class Seconds(Kind[float]):
+    def parse(self, text: str) -> float:
+        return _number(float, text, "a number")
+
+    def format(self, value: float) -> str:
+        text = repr(float(value))  # repr: the shortest text that reads back exactly
+        return text.removesuffix(".0")
+
+
+class Flag(Kind[bool]):
+    TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+    def parse(self, text: str) -> bool:
+        if text.lower() not in self.TRUE + self.FALSE:
+            raise ValueError(f"{text!r} is not true or false")
+        return text.lower() in self.TRUE
+
+    def format(self, value: bool) -> str:
+        return "true" if value else "false"
+
+
+@dataclass(frozen=True)
+class Choice(Kind[E]):
+    enum: type[E]
+
+    def parse(self, text: str) -> E:
+        try:
+            return self.enum(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not one of {', '.join(str(m.value) for m in self.enum)}") from None
+
+    def format(self, value: E) -> str:
+        return str(value.value)
+
+
+@dataclass(frozen=True)
+class Items(Kind[tuple[Item, ...]]):
+    """A comma-separated list (not JSON: ``a,b,c``); blank items are skipped."""
+
+    item: Callable[[str], Item]
+    show: Callable[[Item], str] = str
+
+    def parse(self, text: str) -> tuple[Item, ...]:
+        return tuple(self.item(part.strip()) for part in text.split(",") if part.strip())
+
+    def format(self, value: tuple[Item, ...]) -> str:
+        # "," is the empty list: "" would read back as the default, which may not be empty
+        return ",".join(self.show(v) for v in value) or ","
+
+
+def _origin(text: str) -> str:
+    return text.rstrip("/")
+
+
+def _network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a CIDR network") from None
+
+
+# --- the declaration ------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Setting:
+    """One setting as declared: its variable, help text, kind, and the `Settings` field it fills."""
+
     env: str
-    default: str
     help: str
+    kind: Kind[Any]
+    derive: Callable[[Path], str] | None = None  # a default computed from the data directory
+    name: str = ""  # the field; filled in for SETTINGS
+    default: Any = None
+
+    @property
+    def default_text(self) -> str:
+        """The default as documented ("" when unset)."""
+        if self.derive is not None:
+            return self.derive(Path("<data dir>"))
+        return "" if self.default in ("", ()) else self.kind.format(self.default)
+
+    def parse(self, text: str) -> Any:
+        try:
+            return self.kind.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{self.env}: {exc}") from None
+
+    def check(self, value: Any) -> None:
+        try:
+            self.kind.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{self.env}: {exc}") from None
 
 
-# The configuration table (the README's table is generated from this list).
-SETTINGS: tuple[Setting, ...] = (
-    Setting("ARCHIVE_DATA_DIR", "./archive-data", "Where the embedded backends keep their files"),
-    Setting("ARCHIVE_OBJECT_STORE", "file://<data dir>/objects", "`file:///path` or `s3://host:port/bucket[?secure=true&region=r]`"),
-    Setting("ARCHIVE_S3_ACCESS_KEY", "", "S3 access key"),
-    Setting("ARCHIVE_S3_SECRET_KEY", "", "S3 secret key"),
-    Setting("ARCHIVE_QUEUE", "sqlite://<data dir>/queue.db", "`sqlite:///path` or `amqp://user:pass@host:port/vhost`"),
-    Setting("ARCHIVE_CATALOG", "sqlite://<data dir>/catalog.db", "`sqlite:///path` or `postgresql://user:pass@host:port/db`"),
-    Setting("ARCHIVE_SEARCH", "sqlite://<data dir>/search.db", "`sqlite:///path` (FTS5) or `http(s)://host:port` (OpenSearch)"),
-    Setting("ARCHIVE_SEARCH_INDEX", "archive-instances", "OpenSearch index name"),
-    Setting("ARCHIVE_QUEUE_NAME", "archive.index", "RabbitMQ queue name (its dead-letter queue is `<name>.dead`)"),
-    Setting("ARCHIVE_AET", "ARCHIVE", "Our AE title"),
-    Setting("ARCHIVE_BIND", "0.0.0.0", "Address the DICOM and HTTP listeners bind to"),
-    Setting("ARCHIVE_DICOM_PORT", "11112", "DICOM (DIMSE) port"),
-    Setting("ARCHIVE_HTTP_PORT", "8080", "HTTP port (DICOMweb, health, metrics)"),
-    Setting("ARCHIVE_PUBLIC_URL", "", "External URL of the query service (e.g. `https://archive.example.com`) for RetrieveURL and BulkDataURI; default: from each request's Host header"),
-    Setting("ARCHIVE_OBJECT_CACHE_BYTES", "536870912", "Disk the query service keeps recently read objects in (frames, rendering, bulk data), under `ARCHIVE_DATA_DIR`"),
-    Setting("ARCHIVE_CORS_ORIGINS", "*", "Browser origins allowed to call the HTTP API (CORS): `*` or `https://a.example,https://b.example`"),
-    Setting("ARCHIVE_QUERY_DICOM_PORT", "11113", "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` answers every service on `ARCHIVE_DICOM_PORT`"),
-    Setting("ARCHIVE_PEERS", "", "C-MOVE destinations and commitment peers: `AET@host:port,AET2@host:port`"),
-    Setting("ARCHIVE_FIND_MAX_MATCHES", "10000", "Most matches one C-FIND returns; more end the response with 0xA700 and a comment"),
-    Setting("ARCHIVE_ALLOWED_AETS", "", "Comma-separated calling AE titles allowed to associate (empty: any)"),
-    Setting("ARCHIVE_ALLOWED_NETWORKS", "", "Comma-separated CIDRs allowed to associate (empty: any)"),
-    Setting("ARCHIVE_SCP_ENGINE", "asyncio", "DICOM receiver: `asyncio` (C-ECHO and C-STORE on asyncio streams, about twice the throughput; associations for other services go to pynetdicom on the same port) or `pynetdicom` (every service in pynetdicom)"),
-    Setting("ARCHIVE_MAX_ASSOCIATIONS", "64", "Concurrent associations per SCP process"),
-    Setting("ARCHIVE_MAX_PDU", "1048576", "Largest PDU we accept (bytes; 0 = unlimited)"),
-    Setting("ARCHIVE_NETWORK_TIMEOUT", "60", "Seconds without network activity before an association is closed"),
-    Setting("ARCHIVE_ACSE_TIMEOUT", "30", "Seconds to wait for association messages"),
-    Setting("ARCHIVE_DIMSE_TIMEOUT", "60", "Seconds to wait for DIMSE messages"),
-    Setting("ARCHIVE_STORE_TIMEOUT", "120", "Seconds a C-STORE may spend storing and queueing before failing with 0xA700"),
-    Setting("ARCHIVE_DUPLICATE_POLICY", "keep-first", "Same SOP Instance UID, different content: `keep-first`, `replace` or `reject`"),
-    Setting("ARCHIVE_FSYNC", "true", "fsync filesystem objects before answering Success"),
-    Setting("ARCHIVE_DELIVERY_LIMIT", "5", "Deliveries of an index message before it is dead-lettered"),
-    Setting("ARCHIVE_INDEXER_BATCH", "200", "Most index messages written in one catalog transaction"),
-    Setting("ARCHIVE_INDEXER_PREFETCH", "400", "Unacknowledged messages an indexer holds (RabbitMQ prefetch)"),
-    Setting("ARCHIVE_WORKERS", "1", "SCP processes sharing the DICOM port (SO_REUSEPORT) in `serve`/`scp`"),
-    Setting("ARCHIVE_QUERY_LIMIT", "1000", "Most results one query returns"),
-    Setting("ARCHIVE_STOW_MAX_BYTES", "4294967296", "Largest STOW-RS request body (bytes; more is answered 413)"),
-    Setting("ARCHIVE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR"),
-    Setting("ARCHIVE_LOG_FORMAT", "json", "`json` or `text`"),
-)
+def setting(env: str, default: T, help: str, kind: Kind[T], *, derive: Callable[[Path], str] | None = None,
+            secret: bool = False) -> T:
+    """Declare a field of `Settings`. A ``secret`` is handed to children but left out of ``repr``."""
+    return field(default=default, repr=not secret, metadata={"setting": Setting(env, help, kind, derive)})
 
 
 @dataclass(frozen=True)
@@ -83,194 +249,145 @@ class Peer:
 
     @classmethod
     def parse(cls, text: str) -> "Peer":
+        """``AET@host:port`` (an IPv6 host in brackets); ValueError when it is not."""
         aet, sep, address = text.strip().partition("@")
         host, _, port = address.rpartition(":")
         if not sep or not aet or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"ARCHIVE_PEERS: {text.strip()!r} is not AET@host:port")
-        if len(aet) > 16 or not aet.isascii() or "\\" in aet:
-            raise ConfigError(f"ARCHIVE_PEERS: {aet!r} is not a valid AE title (1-16 ASCII characters)")
+            raise ValueError(f"{text.strip()!r} is not AET@host:port")
+        if problem := _ae_title_problem(aet):
+            raise ValueError(problem)
         return cls(aet, host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.aet}@{host}:{self.port}"
+
+
+def _url_under(scheme: str, name: str) -> Callable[[Path], str]:
+    return lambda data: f"{scheme}://{data / name}"
 
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = Path("./archive-data")
-    object_store: str = ""
-    s3_access_key: str = ""
-    s3_secret_key: str = field(default="", repr=False)
-    queue: str = ""
-    catalog: str = ""
-    search: str = ""
-    search_index: str = "archive-instances"
-    queue_name: str = "archive.index"
-    aet: str = "ARCHIVE"
-    bind: str = "0.0.0.0"
-    dicom_port: int = 11112
-    http_port: int = 8080
-    cors_origins: tuple[str, ...] = ("*",)
-    query_dicom_port: int = 11113
-    public_url: str = ""
-    object_cache_bytes: int = 512 * 1024**2
-    peers: tuple[Peer, ...] = ()
-    find_max_matches: int = 10000
-    allowed_aets: tuple[str, ...] = ()
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    scp_engine: str = "asyncio"
-    max_associations: int = 64
-    max_pdu: int = 1048576
-    network_timeout: float = 60.0
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 60.0
-    store_timeout: float = 120.0
-    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
-    fsync: bool = True
-    delivery_limit: int = 5
-    indexer_batch: int = 200
-    indexer_prefetch: int = 400
-    workers: int = 1
-    query_limit: int = 1000
-    stow_max_bytes: int = 4 * 1024**3
-    log_level: str = "INFO"
-    log_format: str = "json"
+    """Every setting of the archive; the table in README.md lists them in this order."""
+
+    data_dir: Path = setting(
+        "ARCHIVE_DATA_DIR", Path("./archive-data"), "Where the embedded backends keep their files", Directory())
+    object_store: str = setting(
+        "ARCHIVE_OBJECT_STORE", "", "`file:///path` or `s3://host:port/bucket[?secure=true&region=r]`",
+        Url(schemes=("file", "s3")), derive=_url_under("file", "objects"))
+    s3_access_key: str = setting("ARCHIVE_S3_ACCESS_KEY", "", "S3 access key", Text())
+    s3_secret_key: str = setting("ARCHIVE_S3_SECRET_KEY", "", "S3 secret key", Text(), secret=True)
+    queue: str = setting(
+        "ARCHIVE_QUEUE", "", "`sqlite:///path` or `amqp://user:pass@host:port/vhost`",
+        Url(schemes=("sqlite", "amqp", "amqps")), derive=_url_under("sqlite", "queue.db"))
+    catalog: str = setting(
+        "ARCHIVE_CATALOG", "", "`sqlite:///path` or `postgresql://user:pass@host:port/db`",
+        Url(schemes=("sqlite", "postgresql", "postgres")), derive=_url_under("sqlite", "catalog.db"))
+    search: str = setting(
+        "ARCHIVE_SEARCH", "", "`sqlite:///path` (FTS5) or `http(s)://host:port` (OpenSearch)",
+        Url(schemes=("sqlite", "http", "https")), derive=_url_under("sqlite", "search.db"))
+    search_index: str = setting("ARCHIVE_SEARCH_INDEX", "archive-instances", "OpenSearch index name", Text())
+    queue_name: str = setting(
+        "ARCHIVE_QUEUE_NAME", "archive.index", "RabbitMQ queue name (its dead-letter queue is `<name>.dead`)", Text())
+    aet: str = setting("ARCHIVE_AET", "ARCHIVE", "Our AE title", AETitle())
+    bind: str = setting("ARCHIVE_BIND", "0.0.0.0", "Address the DICOM and HTTP listeners bind to", Text())
+    dicom_port: int = setting("ARCHIVE_DICOM_PORT", 11112, "DICOM (DIMSE) port", Port())
+    http_port: int = setting("ARCHIVE_HTTP_PORT", 8080, "HTTP port (DICOMweb, health, metrics)", Port())
+    public_url: str = setting(
+        "ARCHIVE_PUBLIC_URL", "",
+        "External URL of the query service (e.g. `https://archive.example.com`) for RetrieveURL and "
+        "BulkDataURI; default: from each request's Host header",
+        Url(schemes=("http", "https"), optional=True, needs_host=True))
+    object_cache_bytes: int = setting(
+        "ARCHIVE_OBJECT_CACHE_BYTES", 512 * 1024**2,
+        "Disk the query service keeps recently read objects in (frames, rendering, bulk data), under "
+        "`ARCHIVE_DATA_DIR`", Int(low=0))
+    cors_origins: tuple[str, ...] = setting(
+        "ARCHIVE_CORS_ORIGINS", ("*",),
+        "Browser origins allowed to call the HTTP API (CORS): `*` or `https://a.example,https://b.example`",
+        Items(_origin))
+    query_dicom_port: int = setting(
+        "ARCHIVE_QUERY_DICOM_PORT", 11113,
+        "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` "
+        "answers every service on `ARCHIVE_DICOM_PORT`", Port())
+    peers: tuple[Peer, ...] = setting(
+        "ARCHIVE_PEERS", (), "C-MOVE destinations and commitment peers: `AET@host:port,AET2@host:port`",
+        Items(Peer.parse))
+    find_max_matches: int = setting(
+        "ARCHIVE_FIND_MAX_MATCHES", 10000,
+        "Most matches one C-FIND returns; more end the response with 0xA700 and a comment", Int(low=1))
+    allowed_aets: tuple[str, ...] = setting(
+        "ARCHIVE_ALLOWED_AETS", (), "Comma-separated calling AE titles allowed to associate (empty: any)",
+        Items(str))
+    allowed_networks: tuple[Network, ...] = setting(
+        "ARCHIVE_ALLOWED_NETWORKS", (), "Comma-separated CIDRs allowed to associate (empty: any)",
+        Items(_network))
+    scp_engine: str = setting(
+        "ARCHIVE_SCP_ENGINE", "asyncio",
+        "DICOM receiver: `asyncio` (C-ECHO and C-STORE on asyncio streams, about twice the throughput; "
+        "associations for other services go to pynetdicom on the same port) or `pynetdicom` (every "
+        "service in pynetdicom)", Text(choices=("asyncio", "pynetdicom")))
+    max_associations: int = setting(
+        "ARCHIVE_MAX_ASSOCIATIONS", 64, "Concurrent associations per SCP process", Int(low=1))
+    max_pdu: int = setting("ARCHIVE_MAX_PDU", 1048576, "Largest PDU we accept (bytes; 0 = unlimited)", Int(low=0))
+    network_timeout: float = setting(
+        "ARCHIVE_NETWORK_TIMEOUT", 60.0, "Seconds without network activity before an association is closed",
+        Seconds())
+    acse_timeout: float = setting("ARCHIVE_ACSE_TIMEOUT", 30.0, "Seconds to wait for association messages", Seconds())
+    dimse_timeout: float = setting("ARCHIVE_DIMSE_TIMEOUT", 60.0, "Seconds to wait for DIMSE messages", Seconds())
+    store_timeout: float = setting(
+        "ARCHIVE_STORE_TIMEOUT", 120.0,
+        "Seconds a C-STORE may spend storing and queueing before failing with 0xA700", Seconds())
+    query_timeout: float = setting(
+        "ARCHIVE_QUERY_TIMEOUT", 120.0,
+        "Seconds a C-FIND page, a C-MOVE/C-GET lookup or a Storage Commitment check may wait on the "
+        "backends before failing (C-FIND: 0xA700)", Seconds())
+    duplicate_policy: DuplicatePolicy = setting(
+        "ARCHIVE_DUPLICATE_POLICY", DuplicatePolicy.KEEP_FIRST,
+        "Same SOP Instance UID, different content: `keep-first`, `replace` or `reject`", Choice(DuplicatePolicy))
+    fsync: bool = setting("ARCHIVE_FSYNC", True, "fsync filesystem objects before answering Success", Flag())
+    delivery_limit: int = setting(
+        "ARCHIVE_DELIVERY_LIMIT", 5, "Deliveries of an index message before it is dead-lettered", Int(low=1))
+    indexer_batch: int = setting(
+        "ARCHIVE_INDEXER_BATCH", 200, "Most index messages written in one catalog transaction", Int(low=1))
+    indexer_prefetch: int = setting(
+        "ARCHIVE_INDEXER_PREFETCH", 400, "Unacknowledged messages an indexer holds (RabbitMQ prefetch)", Int(low=1))
+    workers: int = setting(
+        "ARCHIVE_WORKERS", 1, "SCP processes sharing the DICOM port (SO_REUSEPORT) in `serve`/`scp`", Int(low=1))
+    query_limit: int = setting("ARCHIVE_QUERY_LIMIT", 1000, "Most results one query returns", Int(low=1))
+    stow_max_bytes: int = setting(
+        "ARCHIVE_STOW_MAX_BYTES", 4 * 1024**3, "Largest STOW-RS request body (bytes; more is answered 413)",
+        Int(low=1))
+    log_level: str = setting("ARCHIVE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR", LogLevel())
+    log_format: str = setting("ARCHIVE_LOG_FORMAT", "json", "`json` or `text`", Text(choices=("json", "text")))
 
     def __post_init__(self) -> None:
-        data = self.data_dir.resolve()
+        data = Path(self.data_dir).resolve()
         object.__setattr__(self, "data_dir", data)
-        defaults = {
-            "object_store": f"file://{data / 'objects'}",
-            "queue": f"sqlite://{data / 'queue.db'}",
-            "catalog": f"sqlite://{data / 'catalog.db'}",
-            "search": f"sqlite://{data / 'search.db'}",
-        }
-        for name, default in defaults.items():
-            if not getattr(self, name):
-                object.__setattr__(self, name, default)
-        self._validate()
-
-    def _validate(self) -> None:
-        _check_url("ARCHIVE_OBJECT_STORE", self.object_store, ("file", "s3"))
-        _check_url("ARCHIVE_QUEUE", self.queue, ("sqlite", "amqp", "amqps"))
-        _check_url("ARCHIVE_CATALOG", self.catalog, ("sqlite", "postgresql", "postgres"))
-        _check_url("ARCHIVE_SEARCH", self.search, ("sqlite", "http", "https"))
-        if self.object_store.startswith("s3://"):
-            parts = urlsplit(self.object_store)
-            if not parts.path.strip("/"):
-                raise ConfigError("ARCHIVE_OBJECT_STORE: an S3 URL needs a bucket: s3://host:port/bucket")
-            if not self.s3_access_key or not self.s3_secret_key:
-                raise ConfigError("ARCHIVE_S3_ACCESS_KEY and ARCHIVE_S3_SECRET_KEY are required with an s3:// object store")
-        if not 1 <= len(self.aet) <= 16 or not self.aet.isascii() or "\\" in self.aet:
-            raise ConfigError(f"ARCHIVE_AET: {self.aet!r} is not a valid AE title (1-16 ASCII characters, no backslash)")
-        for name, port in (("ARCHIVE_DICOM_PORT", self.dicom_port), ("ARCHIVE_HTTP_PORT", self.http_port),
-                           ("ARCHIVE_QUERY_DICOM_PORT", self.query_dicom_port)):
-            if not 0 <= port <= 65535:
-                raise ConfigError(f"{name}: {port} is not a TCP port")
-        for name, value, low in (
-            ("ARCHIVE_MAX_ASSOCIATIONS", self.max_associations, 1),
-            ("ARCHIVE_DELIVERY_LIMIT", self.delivery_limit, 1),
-            ("ARCHIVE_INDEXER_BATCH", self.indexer_batch, 1),
-            ("ARCHIVE_INDEXER_PREFETCH", self.indexer_prefetch, 1),
-            ("ARCHIVE_WORKERS", self.workers, 1),
-            ("ARCHIVE_QUERY_LIMIT", self.query_limit, 1),
-            ("ARCHIVE_STOW_MAX_BYTES", self.stow_max_bytes, 1),
-            ("ARCHIVE_FIND_MAX_MATCHES", self.find_max_matches, 1),
-            ("ARCHIVE_OBJECT_CACHE_BYTES", self.object_cache_bytes, 0),
-            ("ARCHIVE_MAX_PDU", self.max_pdu, 0),
-        ):
-            if value < low:
-                raise ConfigError(f"{name}: must be at least {low}, got {value}")
-        if self.scp_engine not in ("pynetdicom", "asyncio"):
-            raise ConfigError(f"ARCHIVE_SCP_ENGINE: {self.scp_engine!r} is not `pynetdicom` or `asyncio`")
-        if self.public_url and (urlsplit(self.public_url).scheme not in ("http", "https")
-                                or not urlsplit(self.public_url).netloc):
-            raise ConfigError(f"ARCHIVE_PUBLIC_URL: {self.public_url!r} is not an http(s):// URL")
-        if self.log_format not in ("json", "text"):
-            raise ConfigError("ARCHIVE_LOG_FORMAT: `json` or `text`")
+        for s in SETTINGS:
+            if s.derive is not None and not getattr(self, s.name):
+                object.__setattr__(self, s.name, s.derive(data))
+            s.check(getattr(self, s.name))
+        # The one rule over two settings
+        if self.object_store.startswith("s3://") and not (self.s3_access_key and self.s3_secret_key):
+            raise ConfigError("ARCHIVE_S3_ACCESS_KEY and ARCHIVE_S3_SECRET_KEY are required with an s3:// object store")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
-        """Read ``ARCHIVE_*`` variables; ``overrides`` (from CLI flags) win."""
+        """Read ``ARCHIVE_*`` variables (unset or blank: the default); ``overrides`` (CLI flags) win."""
         env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value is not None and value.strip() != "" else None
-
         values: dict[str, object] = {}
-        text = {
-            "ARCHIVE_OBJECT_STORE": "object_store",
-            "ARCHIVE_S3_ACCESS_KEY": "s3_access_key",
-            "ARCHIVE_S3_SECRET_KEY": "s3_secret_key",
-            "ARCHIVE_QUEUE": "queue",
-            "ARCHIVE_CATALOG": "catalog",
-            "ARCHIVE_SEARCH": "search",
-            "ARCHIVE_SEARCH_INDEX": "search_index",
-            "ARCHIVE_QUEUE_NAME": "queue_name",
-            "ARCHIVE_AET": "aet",
-            "ARCHIVE_BIND": "bind",
-            "ARCHIVE_SCP_ENGINE": "scp_engine",
-            "ARCHIVE_PUBLIC_URL": "public_url",
-            "ARCHIVE_LOG_LEVEL": "log_level",
-            "ARCHIVE_LOG_FORMAT": "log_format",
-        }
-        for var, attr in text.items():
-            if (value := get(var)) is not None:
-                values[attr] = value
-        numbers: dict[str, tuple[str, type]] = {
-            "ARCHIVE_DICOM_PORT": ("dicom_port", int),
-            "ARCHIVE_HTTP_PORT": ("http_port", int),
-            "ARCHIVE_MAX_ASSOCIATIONS": ("max_associations", int),
-            "ARCHIVE_MAX_PDU": ("max_pdu", int),
-            "ARCHIVE_NETWORK_TIMEOUT": ("network_timeout", float),
-            "ARCHIVE_ACSE_TIMEOUT": ("acse_timeout", float),
-            "ARCHIVE_DIMSE_TIMEOUT": ("dimse_timeout", float),
-            "ARCHIVE_STORE_TIMEOUT": ("store_timeout", float),
-            "ARCHIVE_DELIVERY_LIMIT": ("delivery_limit", int),
-            "ARCHIVE_INDEXER_BATCH": ("indexer_batch", int),
-            "ARCHIVE_INDEXER_PREFETCH": ("indexer_prefetch", int),
-            "ARCHIVE_WORKERS": ("workers", int),
-            "ARCHIVE_QUERY_LIMIT": ("query_limit", int),
-            "ARCHIVE_STOW_MAX_BYTES": ("stow_max_bytes", int),
-            "ARCHIVE_QUERY_DICOM_PORT": ("query_dicom_port", int),
-            "ARCHIVE_FIND_MAX_MATCHES": ("find_max_matches", int),
-            "ARCHIVE_OBJECT_CACHE_BYTES": ("object_cache_bytes", int),
-        }
-        for var, (attr, kind) in numbers.items():
-            if (value := get(var)) is not None:
-                try:
-                    values[attr] = kind(value)
-                except ValueError:
-                    raise ConfigError(f"{var}: {value!r} is not a number") from None
-        if (value := get("ARCHIVE_DATA_DIR")) is not None:
-            values["data_dir"] = Path(value)
-        if (value := get("ARCHIVE_CORS_ORIGINS")) is not None:
-            values["cors_origins"] = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
-        if (value := get("ARCHIVE_ALLOWED_AETS")) is not None:
-            values["allowed_aets"] = tuple(a.strip() for a in value.split(",") if a.strip())
-        if (value := get("ARCHIVE_ALLOWED_NETWORKS")) is not None:
-            nets = []
-            for cidr in (c.strip() for c in value.split(",") if c.strip()):
-                try:
-                    nets.append(ipaddress.ip_network(cidr, strict=False))
-                except ValueError:
-                    raise ConfigError(f"ARCHIVE_ALLOWED_NETWORKS: {cidr!r} is not a CIDR network") from None
-            values["allowed_networks"] = tuple(nets)
-        if (value := get("ARCHIVE_PEERS")) is not None:
-            values["peers"] = tuple(Peer.parse(p) for p in value.split(",") if p.strip())
-        if (value := get("ARCHIVE_DUPLICATE_POLICY")) is not None:
-            try:
-                values["duplicate_policy"] = DuplicatePolicy(value)
-            except ValueError:
-                raise ConfigError(
-                    f"ARCHIVE_DUPLICATE_POLICY: {value!r} is not one of keep-first, replace, reject"
-                ) from None
-        if (value := get("ARCHIVE_FSYNC")) is not None:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError(f"ARCHIVE_FSYNC: {value!r} is not true or false")
-            values["fsync"] = value.lower() in ("true", "1", "yes")
+        for s in SETTINGS:
+            text = env.get(s.env, "").strip()
+            if text:
+                values[s.name] = s.parse(text)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("data_dir"), str):
-            values["data_dir"] = Path(str(values["data_dir"]))
         return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """Every ``ARCHIVE_*`` variable, secrets included: ``from_env`` of it gives these settings."""
+        return {s.env: s.kind.format(getattr(self, s.name)) for s in SETTINGS}
 
     def peer(self, aet: str) -> Peer | None:
         return next((p for p in self.peers if p.aet == aet.strip()), None)
@@ -279,7 +396,7 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in schemes:
-        raise ConfigError(f"{name}: {url!r} must start with one of {', '.join(s + '://' for s in schemes)}")
+# The declared settings, in declaration order: the --help epilog and the README table follow it.
+SETTINGS: tuple[Setting, ...] = tuple(
+    replace(f.metadata["setting"], name=f.name, default=f.default) for f in fields(Settings)
+)

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from archive.core.errors import ConfigError
-from archive.settings import DuplicatePolicy, Settings
+from archive.runtime import _child_env
+from archive.settings import SETTINGS, DuplicatePolicy, Peer, Settings
 
 
 def test_defaults_are_embedded(tmp_path: Path) -> None:
@@ -54,3 +55,178 @@ def test_invalid_settings_name_the_variable(env: dict[str, str], fragment: str) 
 def test_cli_overrides_win(tmp_path: Path) -> None:
     s = Settings.from_env({"ARCHIVE_DICOM_PORT": "104"}, dicom_port=4242, data_dir=tmp_path)
     assert s.dicom_port == 4242 and s.data_dir == tmp_path
+
+
+# --- each setting declared once: every use follows from the declaration ----------------------
+
+# A value other than the default for every setting, as its variable's text.
+NON_DEFAULT = {
+    "ARCHIVE_DATA_DIR": "/srv/archive",
+    "ARCHIVE_OBJECT_STORE": "s3://127.0.0.1:8333/bucket?secure=true",
+    "ARCHIVE_S3_ACCESS_KEY": "access",
+    "ARCHIVE_S3_SECRET_KEY": "s3cr3t-value",
+    "ARCHIVE_QUEUE": "amqp://u:p@127.0.0.1:5672/v",
+    "ARCHIVE_CATALOG": "postgresql://u:p@127.0.0.1:5432/db",
+    "ARCHIVE_SEARCH": "https://127.0.0.1:9200",
+    "ARCHIVE_SEARCH_INDEX": "other-index",
+    "ARCHIVE_QUEUE_NAME": "other.queue",
+    "ARCHIVE_AET": "HOSPITAL_VNA",
+    "ARCHIVE_BIND": "127.0.0.1",
+    "ARCHIVE_DICOM_PORT": "104",
+    "ARCHIVE_HTTP_PORT": "0",
+    "ARCHIVE_PUBLIC_URL": "https://archive.example.com/base",
+    "ARCHIVE_OBJECT_CACHE_BYTES": "0",
+    "ARCHIVE_CORS_ORIGINS": "https://a.example/,https://b.example",
+    "ARCHIVE_QUERY_DICOM_PORT": "4243",
+    "ARCHIVE_PEERS": "STORESCU@127.0.0.1:4242, V6@[::1]:104",
+    "ARCHIVE_FIND_MAX_MATCHES": "7",
+    "ARCHIVE_ALLOWED_AETS": "CT1, MR2",
+    "ARCHIVE_ALLOWED_NETWORKS": "10.1.2.3/8,::1/128",
+    "ARCHIVE_SCP_ENGINE": "pynetdicom",
+    "ARCHIVE_MAX_ASSOCIATIONS": "3",
+    "ARCHIVE_MAX_PDU": "0",
+    "ARCHIVE_NETWORK_TIMEOUT": "0.1",
+    "ARCHIVE_ACSE_TIMEOUT": "2.5",
+    "ARCHIVE_DIMSE_TIMEOUT": "1e-3",
+    "ARCHIVE_STORE_TIMEOUT": "90.5",
+    "ARCHIVE_QUERY_TIMEOUT": "7",
+    "ARCHIVE_DUPLICATE_POLICY": "reject",
+    "ARCHIVE_FSYNC": "No",
+    "ARCHIVE_DELIVERY_LIMIT": "8",
+    "ARCHIVE_INDEXER_BATCH": "500",
+    "ARCHIVE_INDEXER_PREFETCH": "1000",
+    "ARCHIVE_WORKERS": "4",
+    "ARCHIVE_QUERY_LIMIT": "10",
+    "ARCHIVE_STOW_MAX_BYTES": "1",
+    "ARCHIVE_LOG_LEVEL": "debug",
+    "ARCHIVE_LOG_FORMAT": "text",
+}
+
+
+def test_every_setting_has_a_non_default_example() -> None:
+    assert list(NON_DEFAULT) == [s.env for s in SETTINGS]
+    settings = Settings.from_env(NON_DEFAULT)
+    defaults = Settings()
+    same = [s.env for s in SETTINGS if getattr(settings, s.name) == getattr(defaults, s.name)]
+    assert not same, f"these examples are the default: {same}"
+
+
+def test_every_setting_round_trips_through_the_child_environment() -> None:
+    settings = Settings.from_env(NON_DEFAULT)
+    child = Settings.from_env(_child_env(settings))
+    assert child == settings
+    for s in SETTINGS:
+        assert getattr(child, s.name) == getattr(settings, s.name), s.env
+    # Parsed values, not text: the lists and the enum kept their types
+    assert settings.peers == (Peer("STORESCU", "127.0.0.1", 4242), Peer("V6", "::1", 104))
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.duplicate_policy is DuplicatePolicy.REJECT and settings.fsync is False
+
+
+@pytest.mark.parametrize("settings", [
+    Settings(),
+    Settings(cors_origins=()),  # an empty list that is not the default
+    Settings(allowed_aets=("CT1",), acse_timeout=2, store_timeout=float("inf")),
+], ids=["defaults", "no-origins", "python-values"])
+def test_settings_from_python_round_trip_too(settings: Settings) -> None:
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_children_get_the_parents_settings_not_its_environment(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("ARCHIVE_DICOM_PORT", "104")  # a CLI flag (below) overrode it in the parent
+    monkeypatch.setenv("ARCHIVE_WORKERS", "3")
+    monkeypatch.setenv("UNRELATED", "kept")
+    settings = Settings.from_env(dicom_port=4242, data_dir=tmp_path, aet="FLAGGED")
+    env = _child_env(settings)
+    assert env["UNRELATED"] == "kept"
+    assert Settings.from_env(env) == settings
+    assert (env["ARCHIVE_DICOM_PORT"], env["ARCHIVE_AET"], env["ARCHIVE_WORKERS"]) == ("4242", "FLAGGED", "3")
+
+
+def test_secrets_go_to_children_but_not_into_repr() -> None:
+    settings = Settings.from_env(NON_DEFAULT)
+    assert settings.to_env()["ARCHIVE_S3_SECRET_KEY"] == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(settings) and "s3_secret_key" not in repr(settings)
+
+
+# One invalid text per setting that has invalid texts; the others take any text.
+INVALID = {
+    "ARCHIVE_OBJECT_STORE": "ftp://host/objects",
+    "ARCHIVE_QUEUE": "redis://x",
+    "ARCHIVE_CATALOG": "mysql://x",
+    "ARCHIVE_SEARCH": "solr://x",
+    "ARCHIVE_AET": "BACK\\SLASH",
+    "ARCHIVE_DICOM_PORT": "eleven",
+    "ARCHIVE_HTTP_PORT": "65536",
+    "ARCHIVE_PUBLIC_URL": "https://",
+    "ARCHIVE_OBJECT_CACHE_BYTES": "-1",
+    "ARCHIVE_QUERY_DICOM_PORT": "-1",
+    "ARCHIVE_PEERS": "STORESCU@127.0.0.1",
+    "ARCHIVE_FIND_MAX_MATCHES": "0",
+    "ARCHIVE_ALLOWED_NETWORKS": "10.0.0.0/8,not-a-network",
+    "ARCHIVE_SCP_ENGINE": "fast",
+    "ARCHIVE_MAX_ASSOCIATIONS": "1.5",
+    "ARCHIVE_MAX_PDU": "-1",
+    "ARCHIVE_NETWORK_TIMEOUT": "a minute",
+    "ARCHIVE_ACSE_TIMEOUT": "30s",
+    "ARCHIVE_DIMSE_TIMEOUT": "sixty",
+    "ARCHIVE_STORE_TIMEOUT": "2m",
+    "ARCHIVE_QUERY_TIMEOUT": "none",
+    "ARCHIVE_DUPLICATE_POLICY": "overwrite",
+    "ARCHIVE_FSYNC": "on",
+    "ARCHIVE_DELIVERY_LIMIT": "0",
+    "ARCHIVE_INDEXER_BATCH": "0",
+    "ARCHIVE_INDEXER_PREFETCH": "-5",
+    "ARCHIVE_WORKERS": "0",
+    "ARCHIVE_QUERY_LIMIT": "0",
+    "ARCHIVE_STOW_MAX_BYTES": "4G",
+    "ARCHIVE_LOG_LEVEL": "LOUD",
+    "ARCHIVE_LOG_FORMAT": "xml",
+}
+ANY_TEXT = {"ARCHIVE_DATA_DIR", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_SEARCH_INDEX",
+            "ARCHIVE_QUEUE_NAME", "ARCHIVE_BIND", "ARCHIVE_CORS_ORIGINS", "ARCHIVE_ALLOWED_AETS"}
+
+
+def test_every_setting_is_either_checked_or_free_text() -> None:
+    assert set(INVALID) | ANY_TEXT == {s.env for s in SETTINGS} and not set(INVALID) & ANY_TEXT
+
+
+@pytest.mark.parametrize("variable", INVALID)
+def test_an_invalid_value_names_its_variable(variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}: ") as caught:
+        Settings.from_env({variable: INVALID[variable]})
+    assert "Traceback" not in str(caught.value) and len(str(caught.value)) > len(variable) + 10
+
+
+@pytest.mark.parametrize("changes, variable", [
+    ({"dicom_port": 70000}, "ARCHIVE_DICOM_PORT"),
+    ({"workers": 0}, "ARCHIVE_WORKERS"),
+    ({"scp_engine": "fast"}, "ARCHIVE_SCP_ENGINE"),
+    ({"queue": "redis://x"}, "ARCHIVE_QUEUE"),
+    ({"aet": ""}, "ARCHIVE_AET"),
+])
+def test_python_values_are_checked_by_the_same_declaration(changes: dict[str, object], variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}: "):
+        Settings(**changes)
+    with pytest.raises(ConfigError, match=f"^{variable}: "):
+        Settings().with_(**changes)
+
+
+def test_blank_means_default_and_text_is_trimmed() -> None:
+    s = Settings.from_env({"ARCHIVE_DICOM_PORT": "  ", "ARCHIVE_AET": " MINE ", "ARCHIVE_PEERS": " , "})
+    assert (s.dicom_port, s.aet, s.peers) == (11112, "MINE", ())
+
+
+def test_query_timeout_is_its_own_setting() -> None:
+    s = Settings.from_env({"ARCHIVE_STORE_TIMEOUT": "30"})
+    assert (s.store_timeout, s.query_timeout) == (30.0, 120.0)
+    assert Settings.from_env({"ARCHIVE_QUERY_TIMEOUT": "5"}).query_timeout == 5.0
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    from archive.cli import _epilog
+
+    epilog = _epilog(80)
+    for s in SETTINGS:
+        assert (f"  {s.env}={s.default_text}\n" if s.default_text else f"  {s.env} (unset)\n") in epilog
