@@ -341,8 +341,8 @@ class Settings:
         "Seconds a C-STORE may spend storing and queueing before failing with 0xA700", Seconds())
     query_timeout: float = setting(
         "ARCHIVE_QUERY_TIMEOUT", 120.0,
-        "Seconds a C-FIND page, a C-MOVE/C-GET lookup or a Storage Commitment check may wait on the "
-        "backends before failing (C-FIND: 0xA700)", Seconds())
+        "Seconds a C-FIND page, a C-MOVE/C-GET lookup or object read, or a Storage Commitment check may "
+        "wait on the backends before failing (C-FIND: 0xA700)", Seconds())
     duplicate_policy: DuplicatePolicy = setting(
         "ARCHIVE_DUPLICATE_POLICY", DuplicatePolicy.KEEP_FIRST,
         "Same SOP Instance UID, different content: `keep-first`, `replace` or `reject`", Choice(DuplicatePolicy))
@@ -391,9 +391,6 @@ class Settings:
 
     def peer(self, aet: str) -> Peer | None:
         return next((p for p in self.peers if p.aet == aet.strip()), None)
-
-    def with_(self, **changes: object) -> "Settings":
-        return replace(self, **changes)  # type: ignore[arg-type]
 
 
 # The declared settings, in declaration order: the --help epilog and the README table follow it.

@@ -172,7 +172,7 @@ class Distributed(_OurReceiver):
         except BaseException as exc:  # pytest's Skipped when a service is missing
             raise RuntimeError(f"distributed backends: {exc}") from None
         env = dict(self._backends.env)
-        for test_only in ("ARCHIVE_STORE_TIMEOUT", "ARCHIVE_INDEXER_BATCH"):  # product defaults
+        for test_only in ("ARCHIVE_STORE_TIMEOUT", "ARCHIVE_QUERY_TIMEOUT", "ARCHIVE_INDEXER_BATCH"):  # product defaults
             env.pop(test_only, None)
         env["ARCHIVE_BIND"] = "127.0.0.1"
         for role in ("scp", "indexer", "query"):

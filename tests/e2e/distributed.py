@@ -167,6 +167,7 @@ class Distributed:
             "ARCHIVE_SEARCH": search,
             "ARCHIVE_SEARCH_INDEX": self.name,
             "ARCHIVE_STORE_TIMEOUT": "20",
+            "ARCHIVE_QUERY_TIMEOUT": "20",
             "ARCHIVE_INDEXER_BATCH": "50",
         }
 

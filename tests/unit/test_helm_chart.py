@@ -336,7 +336,7 @@ def test_rendered_environment_is_accepted_by_the_settings(default_docs: list[Doc
     assert [str(n) for n in settings.allowed_networks] == ["10.20.0.0/16", "192.168.7.0/24"]
     assert settings.duplicate_policy.value == "reject"
     assert (settings.delivery_limit, settings.indexer_batch, settings.indexer_prefetch) == (8, 500, 1000)
-    assert settings.max_pdu == 16777216 and settings.store_timeout == 90.5
+    assert settings.max_pdu == 16777216 and settings.store_timeout == 90.5 and settings.query_timeout == 45
     assert settings.fsync is False
 
 

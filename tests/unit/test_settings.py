@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,7 @@ def test_python_values_are_checked_by_the_same_declaration(changes: dict[str, ob
     with pytest.raises(ConfigError, match=f"^{variable}: "):
         Settings(**changes)
     with pytest.raises(ConfigError, match=f"^{variable}: "):
-        Settings().with_(**changes)
+        dataclasses.replace(Settings(), **changes)  # type: ignore[arg-type]
 
 
 def test_blank_means_default_and_text_is_trimmed() -> None:

@@ -257,7 +257,7 @@ class CommitmentSCP:
         """Record the reference's outcome; True when it is to be asked about again."""
         try:
             reasons[ref] = self.portal.run(check_reference(self.catalog, self.store, ref),
-                                           timeout=self.settings.store_timeout)
+                                           timeout=self.settings.query_timeout)
         except NotYetIndexed:
             return True
         except Exception as exc:  # backend down or too slow: not committed now

@@ -94,7 +94,7 @@ def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
         pending = PENDING_UNSUPPORTED_KEYS if plan.unsupported else PENDING
         offset: int | None = 0
         while offset is not None:
-            results, offset = portal.run(find_page(qr.catalog, plan, offset), timeout=settings.store_timeout)
+            results, offset = portal.run(find_page(qr.catalog, plan, offset), timeout=settings.query_timeout)
             for result in results:
                 if event.is_cancelled:  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
                     outcome = "cancelled"

@@ -195,20 +195,20 @@ def handle_move(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
         metrics.QUERIES.labels("cmove", "?", "unknown_destination").inc()
         yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
         return
-    instances = _locate(event, qr, portal, settings.store_timeout)  # raising here: 0xC514
+    instances = _locate(event, qr, portal, settings.query_timeout)  # raising here: 0xC514
     ORIGINATOR.aet = event.assoc.requestor.ae_title
     log.info("C-MOVE", extra={"calling_aet": event.assoc.requestor.ae_title, "destination": peer.aet,
                               "instances": len(instances)})
     metrics.QUERIES.labels("cmove", "-", "started").inc()
     yield peer.host, peer.port, {"contexts": store_contexts(instances)}
     yield len(instances)
-    yield from _suboperations(event, instances, qr, portal, settings.store_timeout)
+    yield from _suboperations(event, instances, qr, portal, settings.query_timeout)
 
 
 def handle_get(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
     """EVT_C_GET (PS3.4 C.4.3.2): C-STORE sub-operations on the requestor's own association."""
-    instances = _locate(event, qr, portal, settings.store_timeout)  # raising here: 0xC413
+    instances = _locate(event, qr, portal, settings.query_timeout)  # raising here: 0xC413
     log.info("C-GET", extra={"calling_aet": event.assoc.requestor.ae_title, "instances": len(instances)})
     metrics.QUERIES.labels("cget", "-", "started").inc()
     yield len(instances)
-    yield from _suboperations(event, instances, qr, portal, settings.store_timeout)
+    yield from _suboperations(event, instances, qr, portal, settings.query_timeout)

@@ -81,6 +81,7 @@ ARCHIVE_NETWORK_TIMEOUT: {{ $s.networkTimeout | toString | quote }}
 ARCHIVE_ACSE_TIMEOUT: {{ $s.acseTimeout | toString | quote }}
 ARCHIVE_DIMSE_TIMEOUT: {{ $s.dimseTimeout | toString | quote }}
 ARCHIVE_STORE_TIMEOUT: {{ $s.storeTimeout | toString | quote }}
+ARCHIVE_QUERY_TIMEOUT: {{ $s.queryTimeout | toString | quote }}
 ARCHIVE_DUPLICATE_POLICY: {{ $s.duplicatePolicy | quote }}
 ARCHIVE_DELIVERY_LIMIT: {{ $s.deliveryLimit | int64 | quote }}
 ARCHIVE_INDEXER_BATCH: {{ $s.indexerBatch | int64 | quote }}
