@@ -7,24 +7,34 @@ WAL (readers never block the writer), a busy timeout, and errors that mean
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 from archive.core.errors import BackendUnavailable
+from archive.core.retry import Backoff, retrying_sync
+
+
+class _Locked(Exception):
+    """Another connection holds the file while we switch it to WAL."""
 
 
 def enable_wal(con: sqlite3.Connection, busy_timeout: float) -> None:
-    """Switch the file to WAL once; the switch can fail "locked" without waiting."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
+    """Switch the file to WAL once; the switch fails "locked" at once (the busy timeout does not
+    apply to it), so it is tried again for up to ``busy_timeout`` seconds."""
+
+    def switch() -> None:
         try:
             if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 con.execute("PRAGMA journal_mode=WAL")
-            return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            if "locked" in str(exc):
+                raise _Locked(str(exc)) from exc
+            raise
+
+    try:
+        retrying_sync(Backoff(first=0.02, cap=0.2, within=busy_timeout), _Locked)(switch)
+    except _Locked as exc:
+        assert isinstance(exc.__cause__, sqlite3.OperationalError)
+        raise exc.__cause__ from None
 
 
 def connect(

@@ -26,6 +26,7 @@ from tenacity import (
     retry_if_result,
     stop_after_attempt,
     stop_any,
+    stop_before_delay,
     stop_never,
 )
 from tenacity.retry import retry_base
@@ -41,6 +42,7 @@ class Backoff:
     first: float  # seconds before the first retry (before jitter)
     cap: float  # longest wait between two attempts (before jitter)
     attempts: int | None = None  # attempts in all, the first included; None: until told to stop
+    within: float | None = None  # no attempt starts later than this many seconds after the first
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -51,6 +53,8 @@ class Backoff:
 
     def _stop(self, give_up: Callable[[], bool] | None) -> stop_base:
         stops: list[stop_base] = [stop_after_attempt(self.attempts) if self.attempts else stop_never]
+        if self.within is not None:
+            stops.append(stop_before_delay(self.within))
         if give_up is not None:
             stops.append(_StopWhen(give_up))
         return stop_any(*stops)

@@ -18,6 +18,7 @@ from archive.adapters.filesystem_store import FilesystemStore
 from archive.adapters.sqlite_catalog import SqliteCatalog
 from archive.core.models import Payload
 from archive.core.records import CatalogEntry
+from archive.core.retry import Backoff
 from archive.query.dimse import commitment as sc
 from archive.query.dimse.commitment_report import ReportSender
 from archive.scp.portal import Portal
@@ -163,7 +164,7 @@ async def test_stored_instances_are_awaited_until_indexed(backends: tuple[Sqlite
         await sc.check_reference(catalog, store, late.ref)
     portal = Portal().start()
     try:
-        scp = sc.CommitmentSCP(catalog, store, portal, Settings(), index_wait=1.5)
+        scp = sc.CommitmentSCP(catalog, store, portal, Settings(), index_wait=Backoff(0.05, 0.2, within=3.0))
         checking = asyncio.create_task(asyncio.to_thread(scp.check, sc.CommitmentRequest("1.2.3", (late.ref, never.ref))))
         await asyncio.sleep(0.3)  # the indexer catches up with one of them
         await catalog.upsert([PENDING[late.ref.sop_instance_uid]])
@@ -197,6 +198,6 @@ def test_sender_gives_up_on_unknown_and_unreachable_peers() -> None:
     info = sc.event_information(sc.Outcome("1.2.3", (sc.Reference(str(CTImageStorage), "1.2.4"),), ()), "ARCHIVE")
     port = free_port()  # nothing listens there
     settings = Settings(peers=(Peer("MODALITY", "127.0.0.1", port),), acse_timeout=2)
-    sender = ReportSender(settings, retry_delays=(0.01, 0.01))
+    sender = ReportSender(settings, retry=Backoff(0.01, 0.01, attempts=3))
     assert sender.send("STRANGER", info, 1) is False
     assert sender.send("MODALITY", info, 1) is False

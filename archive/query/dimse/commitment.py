@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from archive import metrics
 from archive.core.errors import ArchiveError, ObjectNotFound
 from archive.core.ports import Catalog, ObjectStore
+from archive.core.retry import Backoff, retrying_sync
 from archive.core.uids import object_key, uid_problem
 from archive.query.dimse.commitment_report import (
     PUSH_MODEL,
@@ -63,7 +63,8 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 CLASS_NOT_SUPPORTED = 0x0122
 
 FAILURES_LOGGED = 10  # failed UIDs named in one log line
-INDEX_WAIT = 30.0  # seconds a stored instance may take to reach the catalog
+# Stored (C-STORE answered) but not in the catalog yet: asked about again for up to 30 s
+INDEX_WAIT = Backoff(first=0.1, cap=2.0, within=30.0)
 
 
 class InvalidRequest(ArchiveError):
@@ -224,7 +225,7 @@ class CommitmentSCP:
 
     def __init__(self, catalog: Catalog, store: ObjectStore, portal: Portal, settings: Settings,
                  sender: ReportSender | None = None, response_wait: float = 30.0,
-                 index_wait: float = INDEX_WAIT) -> None:
+                 index_wait: Backoff = INDEX_WAIT) -> None:
         self.catalog = catalog
         self.store = store
         self.portal = portal
@@ -237,18 +238,17 @@ class CommitmentSCP:
         """Check every reference (from a worker thread; the backends run on the portal's loop).
 
         Instances stored but not yet indexed are asked about again, with backoff,
-        for up to ``index_wait`` seconds before they count as missing.
+        for as long as ``index_wait`` allows, before they count as missing.
         """
         reasons: dict[Reference, int | None] = {}
         waiting = list(dict.fromkeys(request.references))
-        deadline, delay = time.monotonic() + self.index_wait, 0.1
-        while True:
-            later = [ref for ref in waiting if self._check_one(ref, reasons)]
-            if not later or time.monotonic() + delay > deadline:
-                reasons.update((ref, NO_SUCH_OBJECT_INSTANCE) for ref in later)
-                break
-            time.sleep(delay)
-            waiting, delay = later, min(delay * 2, 2.0)
+
+        def all_decided() -> bool:
+            waiting[:] = [ref for ref in waiting if self._check_one(ref, reasons)]
+            return not waiting
+
+        retrying_sync(self.index_wait, NotYetIndexed, until_true=True)(all_decided)
+        reasons.update((ref, NO_SUCH_OBJECT_INSTANCE) for ref in waiting)
         committed = tuple(ref for ref in request.references if reasons[ref] is None)
         failed = tuple(Failure(ref, reason) for ref in request.references if (reason := reasons[ref]) is not None)
         return Outcome(request.transaction_uid, committed, failed)

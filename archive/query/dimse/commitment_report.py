@@ -17,9 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-import time
 import weakref
-from collections.abc import Sequence
 from io import BytesIO
 
 from pydicom.dataset import Dataset
@@ -34,6 +32,7 @@ from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 from pynetdicom.sop_class import StorageCommitmentPushModelInstance
 
+from archive.core.retry import Backoff, retrying_sync
 from archive.settings import Peer, Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ log = logging.getLogger(__name__)
 PUSH_MODEL, PUSH_MODEL_INSTANCE = str(StorageCommitmentPushModel), str(StorageCommitmentPushModelInstance)
 N_ACTION_RSP = 0x8130  # Command Field (PS3.7 E.1)
 COMMAND_LAST_FRAGMENT = 0x03  # message control header: command, last fragment (PS3.8 E.2)
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # seconds before each further attempt on a new association
+REPORT_RETRY = Backoff(first=1.0, cap=8.0, attempts=5)  # new associations to an unreachable requestor
 
 _message_ids = itertools.count(1)
 _same_association_locks: "weakref.WeakKeyDictionary[Association, threading.Lock]" = weakref.WeakKeyDictionary()
@@ -120,9 +119,9 @@ def send_on_association(assoc: Association, information: Dataset, event_type: in
 class ReportSender:
     """Opens associations to commitment peers and sends reports (with retries)."""
 
-    def __init__(self, settings: Settings, retry_delays: Sequence[float] = RETRY_DELAYS) -> None:
+    def __init__(self, settings: Settings, retry: Backoff = REPORT_RETRY) -> None:
         self.settings = settings
-        self.retry_delays = tuple(retry_delays)
+        self.retry = retry
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.settings.aet)
@@ -153,15 +152,18 @@ class ReportSender:
             log.warning("commitment report undeliverable: requestor not in ARCHIVE_PEERS",
                         extra={"calling_aet": calling_aet, "transaction_uid": transaction})
             return False
-        for attempt, delay in enumerate((0.0, *self.retry_delays), start=1):
-            time.sleep(delay)
-            try:
-                if self._attempt(peer, information, event_type):
-                    return True
-            except Exception as exc:
-                log.warning("commitment report attempt failed", extra={"reason": str(exc)[:200]})
+
+        def again(attempt: int, delay: float, exc: BaseException | None) -> None:
             log.info("commitment report: peer not reached", extra={
-                "peer_aet": peer.aet, "transaction_uid": transaction, "attempt": attempt})
+                "peer_aet": peer.aet, "transaction_uid": transaction, "attempt": attempt, "retry_in": round(delay, 1),
+                "reason": str(exc)[:200] if exc else "association refused or report not answered"})
+
+        try:
+            if retrying_sync(self.retry, Exception, until_true=True, on_retry=again)(
+                    self._attempt, peer, information, event_type):
+                return True
+        except Exception as exc:
+            log.warning("commitment report attempt failed", extra={"reason": str(exc)[:200]})
         log.error("commitment report undeliverable: peer unreachable",
                   extra={"peer_aet": peer.aet, "transaction_uid": transaction})
         return False
