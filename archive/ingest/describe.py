@@ -20,7 +20,7 @@ from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_dataset
+from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
@@ -38,6 +38,8 @@ MAX_SEQUENCE_BYTES = 64 * 1024 * 1024
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1437.1"  # dicom-archive
 IMPLEMENTATION_VERSION = "DICOMARCHIVE01"
 _META_ELEMENT = struct.Struct("<HH2sH")
+_META_ELEMENT_HEAD = struct.Struct("<HH2s")
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 # (0002,0001) File Meta Information Version: OB, 2 reserved bytes, 4-byte length, 00 01
 _META_VERSION = struct.pack("<HH2s2xI", 0x0002, 0x0001, b"OB", 2) + b"\x00\x01"
 
@@ -185,17 +187,38 @@ def _read_long_sequences(fp: BinaryIO, ds: Dataset, implicit: bool, little: bool
 
 
 def dataset_offset(path: Path, start: int = 0) -> int:
-    """Where the dataset from ``start`` begins: after preamble and File Meta of a Part 10 file, else ``start``."""
+    """Where the dataset from ``start`` begins: after preamble and File Meta of a Part 10 file, else ``start``.
+
+    The File Meta Information is group 0002 in Explicit VR Little Endian (PS3.10 7.1); its
+    elements are stepped over by their lengths, without decoding them. Files that wrote it
+    in Implicit VR (seen in the wild; pydicom reads those too) are stepped over the same way.
+    """
     with open(path, "rb") as fh:
         fh.seek(start)
         head = fh.read(132)
         if len(head) < 132 or head[128:132] != b"DICM":
             return start
-        try:
-            _read_file_meta_info(fh)
-        except Exception as exc:
-            raise MalformedDataset(f"File Meta Information cannot be parsed: {exc}") from exc
-        return fh.tell()
+        position = start + 132
+        while len(header := fh.read(8)) == 8:
+            group, _, vr = _META_ELEMENT_HEAD.unpack_from(header)
+            if group != 0x0002:
+                break
+            if not vr.isalpha() or not vr.isupper():  # Implicit VR: a 4-byte length follows the tag
+                size, length = 8, struct.unpack_from("<I", header, 4)[0]
+            elif vr in _LONG_LENGTH_VRS:  # PS3.5 7.1.2: 2 reserved bytes, then a 4-byte length
+                extra = fh.read(4)
+                if len(extra) < 4:
+                    break
+                size, length = 12, struct.unpack("<I", extra)[0]
+            else:
+                size, length = 8, struct.unpack_from("<H", header, 6)[0]
+            if length == 0xFFFFFFFF:
+                raise MalformedDataset("File Meta Information with an undefined length")
+            position += size + length
+            fh.seek(position)
+        if position == start + 132:
+            raise MalformedDataset("File Meta Information missing after the DICM prefix")
+        return position
 
 
 def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Description:

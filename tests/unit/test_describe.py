@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_file_meta_info
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID, AllTransferSyntaxes, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from archive.core.errors import InvalidUID, MalformedDataset
 from archive.core.flatten import flatten
 from archive.core.records import CatalogEntry
-from archive.ingest.describe import (BULK_THRESHOLD, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, describe,
-                                     file_meta_bytes)
+from archive.ingest.describe import (BULK_THRESHOLD, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, dataset_offset,
+                                     describe, file_meta_bytes)
 from tests.factories import dataset_bytes, make_ct, make_message
 
 
@@ -133,3 +133,51 @@ def test_file_meta_bytes_equal_pydicoms_writer(syntax: str) -> None:
         buffer.is_little_endian, buffer.is_implicit_VR = True, False
         write_file_meta_info(buffer, meta, enforce_standard=True)
         assert file_meta_bytes(CTImageStorage, instance, syntax) == b"\x00" * 128 + b"DICM" + raw.getvalue()
+
+
+def _meta(syntax: str, **extra: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(CTImageStorage)
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
+    meta.TransferSyntaxUID = UID(syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    for keyword, value in extra.items():
+        setattr(meta, keyword, value)
+    return meta
+
+
+def _encoded(meta: FileMetaDataset, implicit: bool = False) -> bytes:
+    raw = io.BytesIO()
+    buffer = DicomFileLike(raw)
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+    if implicit:  # as some writers do, against PS3.10 7.1
+        write_dataset(buffer, meta)
+    else:
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+    return raw.getvalue()
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit VR (PS3.10)", "implicit VR (seen in the wild)"])
+@pytest.mark.parametrize("extra", [{}, {"SourceApplicationEntityTitle": "MODALITY", "PrivateInformationCreatorUID": "1.2.3"}])
+def test_dataset_offset_steps_over_the_file_meta(tmp_path: Path, implicit: bool, extra: dict[str, str]) -> None:
+    ds = make_ct()
+    prefix = b"\x00" * 128 + b"DICM" + _encoded(_meta(ExplicitVRLittleEndian, **extra), implicit)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(b"junk" + prefix + dataset_bytes(ds))
+    assert dataset_offset(path, start=4) == 4 + len(prefix)
+    assert describe(path, ExplicitVRLittleEndian, offset=dataset_offset(path, start=4)).sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_dataset_offset_of_a_bare_dataset_is_where_it_starts(tmp_path: Path) -> None:
+    path = tmp_path / "bare.dcm"
+    path.write_bytes(dataset_bytes(make_ct()))
+    assert dataset_offset(path) == 0
+
+
+@pytest.mark.parametrize("meta", [b"", b"\x08\x00\x16\x00UI\x00\x00", b"\x02\x00\x01\x00OB\x00\x00\xff\xff\xff\xff"],
+                         ids=["nothing after DICM", "a dataset where the File Meta should be", "undefined length"])
+def test_dataset_offset_refuses_a_broken_file_meta(tmp_path: Path, meta: bytes) -> None:
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(b"\x00" * 128 + b"DICM" + meta)
+    with pytest.raises(MalformedDataset):
+        dataset_offset(path)
