@@ -48,9 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     serve = add("serve", "run every role in one command (embedded defaults)",
-                "Run the DICOM receiver, the indexer and the query service in one process, "
-                "on the embedded backends unless ARCHIVE_* URLs point elsewhere. Creates what "
-                "the backends need on start.")
+                "Run the DICOM receiver and the query service in this process and the indexer in a "
+                "supervised child process, on the embedded backends unless ARCHIVE_* URLs point "
+                "elsewhere: every DIMSE service (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Storage "
+                "Commitment) on ARCHIVE_DICOM_PORT, and DICOMweb (QIDO-RS, WADO-RS, WADO-URI, "
+                "STOW-RS), the search API and /healthz, /readyz, /metrics on ARCHIVE_HTTP_PORT. "
+                "Creates what the backends need on start.")
     serve.add_argument("--data-dir", type=Path, help="where embedded backends keep files (ARCHIVE_DATA_DIR)")
     serve.add_argument("--dicom-port", type=int, help="DICOM port (ARCHIVE_DICOM_PORT)")
     serve.add_argument("--http-port", type=int, help="HTTP port (ARCHIVE_HTTP_PORT)")
@@ -58,9 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="SCP processes sharing the DICOM port (ARCHIVE_WORKERS)")
 
     scp = add("scp", "run the stateless C-STORE receiver",
-              "Receive C-ECHO and C-STORE; store each instance durably in the object store and "
-              "queue it for indexing before answering Success. Serves /healthz, /readyz, /metrics "
-              "on the HTTP port.")
+              "Receive C-ECHO and C-STORE on ARCHIVE_DICOM_PORT; store each instance durably in "
+              "the object store and queue it for indexing before answering Success. Serves "
+              "/healthz, /readyz, /metrics on the HTTP port.")
     scp.add_argument("--workers", type=int, help="processes sharing the DICOM port via SO_REUSEPORT")
     scp.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     scp.add_argument("--with-query", action="store_true", help=argparse.SUPPRESS)  # serve's SCP workers
@@ -70,8 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                   "both. Serves /healthz, /readyz, /metrics on the HTTP port.")
     indexer.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     add("query", "run the query service",
-        "Serve QIDO-RS under /dicom-web plus /healthz, /readyz, /metrics on the HTTP port, and "
-        "C-ECHO, C-FIND, C-MOVE and C-GET (Patient Root and Study Root) on ARCHIVE_QUERY_DICOM_PORT.")
+        "Serve DICOMweb under /dicom-web (QIDO-RS, WADO-RS, STOW-RS) and WADO-URI at /wado, the "
+        "search API under /api, and /healthz, /readyz, /metrics on the HTTP port; and C-ECHO, "
+        "C-FIND, C-MOVE, C-GET (Patient Root and Study Root) and Storage Commitment on "
+        "ARCHIVE_QUERY_DICOM_PORT.")
     add("migrate", "create or upgrade schema, index template, bucket and queues",
         "Create or upgrade everything the configured backends need: catalog schema, search "
         "index template, bucket, queues and dead-letter queue. Idempotent.")
