@@ -26,9 +26,9 @@ from archive.ingest.service import IngestService
 from archive.query.app import add_routes
 from archive.query.commitment import commitment_service
 from archive.query.dimse import QueryRetrieve, query_retrieve_service
-from archive.scp.fast import FastStoreSCP
+from archive.scp.asyncio_engine import AsyncioReceiver
 from archive.scp.portal import Portal
-from archive.scp.server import DicomServer, DimseService, StoreSCP
+from archive.scp.pynetdicom_engine import DicomServer, DimseService, StoreSCP
 from archive.scp.spool import process_spool
 from archive.settings import Settings
 
@@ -173,7 +173,7 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
             qr_services.append(query_retrieve_service(qr, portal, settings))
             qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings))
         store_scp: StoreSCP | None = None
-        fast_scp: FastStoreSCP | None = None
+        asyncio_scp: AsyncioReceiver | None = None
         qr_server: DicomServer | None = None
         if scp:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
@@ -184,8 +184,8 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
                 if qr_services:
                     store_scp = StoreSCP(settings, ingest, portal, qr_services)
                     store_scp.start(listen=False)
-                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
-                await fast_scp.start(reuse_port=reuse_port or multi)
+                asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
+                await asyncio_scp.start(reuse_port=reuse_port or multi)
             else:
                 store_scp = StoreSCP(settings, ingest, portal, qr_services)
                 store_scp.start(reuse_port=reuse_port or multi)
@@ -215,8 +215,8 @@ async def run(settings: Settings, *, scp: bool, indexer: bool, query: bool, http
         if supervisor is not None:
             supervisor.cancel()
         draining = []  # both engines drain at once (handed-over associations are store_scp's)
-        if fast_scp is not None:
-            draining.append(fast_scp.stop(DRAIN_SECONDS))
+        if asyncio_scp is not None:
+            draining.append(asyncio_scp.stop(DRAIN_SECONDS))
         if store_scp is not None:
             draining.append(asyncio.to_thread(store_scp.stop, DRAIN_SECONDS))
         await asyncio.gather(*draining)

@@ -38,7 +38,9 @@ from archive.core.records import CatalogInstance
 from archive.query import retrieve
 from archive.query.find import FindPlan, IdentifierError, plan_find, response
 from archive.scp.portal import Portal
-from archive.scp.server import DimseService, storage_contexts
+from archive.scp.pynetdicom_engine import DimseService
+from archive.scp.pynetdicom_engine.contexts import storage_contexts
+from archive.scp.status import status_dataset
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,14 +95,6 @@ class QueryRetrieve:
 
     async def spool(self, instance: CatalogInstance) -> Path:
         return await retrieve.spool(self.store, instance, self.spool_dir)
-
-
-def status_dataset(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
 
 
 def _failure(exc: BaseException) -> Dataset:
