@@ -47,6 +47,13 @@ ERROR_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
 # understand", which senders take as permanent.
 UNEXPECTED = Status(0x0110, "internal_error", "Unexpected error while archiving")
 
+# A C-STORE whose Affected SOP Class UID is not the abstract syntax of the presentation context
+# it came on: that SOP Class was not negotiated for the message, so it is refused unstored with
+# 0x0122 Refused: SOP Class not supported, a C-STORE status of PS3.7 9.1.1.1.9 (general meaning
+# in PS3.7 C.5). Each context carries one abstract syntax (PS3.8 7.1.1.13).
+SOP_CLASS_NOT_NEGOTIATED = Status(0x0122, "sop_class_not_negotiated",
+                                  "SOP Class not negotiated on this presentation context")
+
 # The asyncio engine serves C-ECHO and C-STORE only (PS3.7 C.5: 0x0211 Unrecognized operation).
 UNRECOGNIZED_OPERATION = Status(0x0211, "unrecognized_operation", "Only C-ECHO and C-STORE are served here")
 

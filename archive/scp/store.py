@@ -1,8 +1,9 @@
 """ONE C-STORE path for both receiver engines: the received dataset -> ingest -> Status.
 
 Each engine receives the dataset into a spool file its own way, then calls :func:`store`:
-the ingest service prepares (parse, check, on a worker thread) and commits (object store,
-then queue; within ARCHIVE_STORE_TIMEOUT), and the outcome or error becomes a Status through
+the command's SOP Class must be the abstract syntax of its presentation context, the ingest
+service prepares (parse, check, on a worker thread) and commits (object store, then queue;
+within ARCHIVE_STORE_TIMEOUT), and the outcome or error becomes a Status through
 :mod:`archive.scp.status` (PS3.4 B.2.3). Failures are logged (UIDs and AE titles, never
 patient data); every C-STORE is counted and timed. ``prepare`` is how the engine runs
 IngestService.prepare off the event loop: the asyncio engine fsyncs the spool file beside it.
@@ -19,7 +20,7 @@ from typing import Any
 
 from archive import metrics
 from archive.ingest.service import IngestService, Prepared, Received
-from archive.scp.status import OUTCOME_STATUS, Status, status_for_error
+from archive.scp.status import OUTCOME_STATUS, SOP_CLASS_NOT_NEGOTIATED, Status, status_for_error
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,17 @@ async def store(received: Received, abstract_syntax: str, *, ingest: IngestServi
     """Archive one C-STORE's dataset; ``abstract_syntax`` is that of the context it came on."""
     started = time.perf_counter()
     try:
-        prepared = await prepare(received)
-        async with asyncio.timeout(timeout or None):
-            result = await ingest.commit(prepared)
-        status = OUTCOME_STATUS[result.outcome]
+        if received.affected_sop_class_uid != abstract_syntax:
+            status = SOP_CLASS_NOT_NEGOTIATED  # not stored, not even parsed
+            log.warning("C-STORE refused", extra={
+                "calling_aet": received.source_aet, "sop_instance_uid": (received.affected_sop_instance_uid or "")[:64],
+                "sop_class_uid": (received.affected_sop_class_uid or "")[:64], "abstract_syntax": abstract_syntax,
+                "status": f"0x{status.code:04X}"})
+        else:
+            prepared = await prepare(received)
+            async with asyncio.timeout(timeout or None):
+                result = await ingest.commit(prepared)
+            status = OUTCOME_STATUS[result.outcome]
     except Exception as exc:
         status = status_for_error(exc)
         level = logging.ERROR if status.label == "internal_error" else logging.WARNING

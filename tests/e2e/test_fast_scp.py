@@ -215,6 +215,44 @@ def test_uid_mismatch_answers_a900(receiver: Running, tmp_path: Path, monkeypatc
     assert receiver.queued() == 0
 
 
+@pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
+def test_c_store_of_another_sop_class_than_its_context_is_refused(
+        tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MR instance sent on the CT Image Storage context: refused with 0x0122, nothing stored,
+    and the association goes on (each context is negotiated for one SOP Class, PS3.8 7.1.1.13)."""
+    from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
+
+    keep = tempfile.tempdir  # StoreSCP.start points tempfile at its spool
+    running, engines = _start(tmp_path, engine)
+    try:
+        mr, ct = make_ct(seed=1), make_ct(seed=2)
+        mr.SOPClassUID = MRImageStorage
+        for ds in (mr, ct):
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVE")
+        assert assoc.is_established
+        try:
+            [ct_context] = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == CTImageStorage]
+            with monkeypatch.context() as patch:  # pynetdicom picks the context by the SOP Class
+                patch.setattr(assoc, "_get_valid_context", lambda *args, **kwargs: ct_context)
+                refused = assoc.send_c_store(mr)
+            assert refused.Status == 0x0122
+            assert "not negotiated" in str(refused.ErrorComment)
+            assert assoc.send_c_store(ct).Status == 0x0000
+        finally:
+            assoc.release()
+        assert running.portal.run(running.store.head(object_key(mr.SOPInstanceUID))) is None
+        assert running.portal.run(running.store.head(object_key(ct.SOPInstanceUID))) is not None
+        assert running.queued() == 1
+    finally:
+        _stop(running, engines)
+        tempfile.tempdir = keep
+
+
 @pytest.mark.parametrize("receiver", [{"ARCHIVE_ALLOWED_AETS": "GOODSCU"}], indirect=True)
 def test_calling_ae_outside_the_allow_list_is_rejected(receiver: Running) -> None:
     assert associate_result(receiver.port, "EVILSCU") == (False, 0x01, 0x03)
