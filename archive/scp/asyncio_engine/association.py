@@ -122,11 +122,8 @@ class Association:
 
     async def _associate(self) -> bool:
         """A-ASSOCIATE-RQ -> AC or RJ, within the ARTIM timeout (PS3.8 9.1.5)."""
-        kind, length = await self._pdu_header(self.context.acse_timeout)
-        if kind != pdu.A_ASSOCIATE_RQ:
-            raise pdu.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU 0x{kind:02X}", pdu.ABORT_UNEXPECTED_PDU)
-        if length > pdu.MAX_ASSOCIATE_RQ:
-            raise pdu.ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
+        async with asyncio.timeout(self.context.acse_timeout or None):
+            length = pdu.associate_rq_length(await self._read(6))
         async with asyncio.timeout(self.context.acse_timeout or None):
             rq = pdu.parse_associate_rq(await self._read(length))
         self.calling_aet = rq.calling_aet

@@ -86,9 +86,10 @@ async def peek_associate_rq(conn: socket.socket, timeout: float) -> pdu.Associat
             if not data:
                 return None  # closed
             if len(data) >= 6:
-                kind, length = pdu.pdu_header(data[:6])
-                if kind != pdu.A_ASSOCIATE_RQ or length > pdu.MAX_ASSOCIATE_RQ:
-                    return None
+                try:
+                    length = pdu.associate_rq_length(data[:6])
+                except pdu.ProtocolError:
+                    return None  # the association reports it
                 if len(data) >= 6 + length:
                     return pdu.parse_associate_rq(data[6:6 + length])
             if _peer_closed(conn):
