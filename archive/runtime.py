@@ -27,9 +27,9 @@ from archive.ingest.service import IngestService
 from archive.query.dimse.commitment import commitment_service
 from archive.query.dimse.service import QueryRetrieve, query_retrieve_service
 from archive.query.routes import add_routes
-from archive.scp.fast import FastStoreSCP
+from archive.scp.asyncio_engine import AsyncioReceiver
 from archive.scp.portal import Portal
-from archive.scp.server import DicomServer, DimseService, StoreSCP
+from archive.scp.pynetdicom_engine import DicomServer, DimseService, StoreSCP
 from archive.scp.spool import process_spool
 from archive.settings import Settings
 
@@ -196,7 +196,7 @@ async def run(settings: Settings, roles: Roles) -> None:
             qr_services.append(query_retrieve_service(qr, portal, settings))
             qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings))
         store_scp: StoreSCP | None = None
-        fast_scp: FastStoreSCP | None = None
+        asyncio_scp: AsyncioReceiver | None = None
         qr_server: DicomServer | None = None
         if roles.receive:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
@@ -207,8 +207,8 @@ async def run(settings: Settings, roles: Roles) -> None:
                 if qr_services:
                     store_scp = StoreSCP(settings, ingest, portal, qr_services)
                     store_scp.start(listen=False)
-                fast_scp = FastStoreSCP(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
-                await fast_scp.start(reuse_port=roles.worker_child or multi)
+                asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
+                await asyncio_scp.start(reuse_port=roles.worker_child or multi)
             else:
                 store_scp = StoreSCP(settings, ingest, portal, qr_services)
                 store_scp.start(reuse_port=roles.worker_child or multi)
@@ -238,8 +238,8 @@ async def run(settings: Settings, roles: Roles) -> None:
         if supervisor is not None:
             supervisor.cancel()
         draining = []  # both engines drain at once (handed-over associations are store_scp's)
-        if fast_scp is not None:
-            draining.append(fast_scp.stop(DRAIN_SECONDS))
+        if asyncio_scp is not None:
+            draining.append(asyncio_scp.stop(DRAIN_SECONDS))
         if store_scp is not None:
             draining.append(asyncio.to_thread(store_scp.stop, DRAIN_SECONDS))
         await asyncio.gather(*draining)

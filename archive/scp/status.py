@@ -1,8 +1,11 @@
-"""The one table from ingest outcomes and errors to C-STORE statuses (PS3.4 B.2.3)."""
+"""The one table from ingest outcomes and errors to C-STORE statuses (PS3.4 B.2.3, PS3.7 C),
+and the one builder of the status dataset a pynetdicom handler returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
 
 from archive.core.errors import (
     BackendUnavailable,
@@ -44,6 +47,16 @@ ERROR_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
 # understand", which senders take as permanent.
 UNEXPECTED = Status(0x0110, "internal_error", "Unexpected error while archiving")
 
+# A C-STORE whose Affected SOP Class UID is not the abstract syntax of the presentation context
+# it came on: that SOP Class was not negotiated for the message, so it is refused unstored with
+# 0x0122 Refused: SOP Class not supported, a C-STORE status of PS3.7 9.1.1.1.9 (general meaning
+# in PS3.7 C.5). Each context carries one abstract syntax (PS3.8 7.1.1.13).
+SOP_CLASS_NOT_NEGOTIATED = Status(0x0122, "sop_class_not_negotiated",
+                                  "SOP Class not negotiated on this presentation context")
+
+# The asyncio engine serves C-ECHO and C-STORE only (PS3.7 C.5: 0x0211 Unrecognized operation).
+UNRECOGNIZED_OPERATION = Status(0x0211, "unrecognized_operation", "Only C-ECHO and C-STORE are served here")
+
 
 def status_for_error(exc: BaseException) -> Status:
     for kind, status in ERROR_STATUS:
@@ -52,3 +65,17 @@ def status_for_error(exc: BaseException) -> Status:
                 return Status(status.code, status.label, str(exc)[:64])
             return status
     return UNEXPECTED
+
+
+def status_dataset(status: Status | int, comment: str = "") -> Dataset:
+    """The Status (0000,0900) and Error Comment (0000,0902) a pynetdicom handler returns
+    (PS3.7 C). ``comment`` overrides the Status's own; none is sent with Success."""
+    if isinstance(status, Status):
+        code, comment = status.code, comment or status.comment
+    else:
+        code = status
+    ds = Dataset()
+    ds.Status = code
+    if comment and code != 0x0000:
+        ds.ErrorComment = comment[:64]  # LO
+    return ds

@@ -1,4 +1,4 @@
-"""The asyncio receiver (archive.scp.fast) against real senders on embedded backends."""
+"""The asyncio receiver (archive.scp.asyncio_engine) against real senders on embedded backends."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from archive.adapters.filesystem_store import FilesystemStore
 from archive.adapters.sqlite_queue import SqliteQueue
 from archive.core.uids import object_key
 from archive.ingest.service import IngestService
-from archive.scp.fast import FastStoreSCP
-from archive.scp.fast import pdu
+from archive.scp.asyncio_engine import AsyncioReceiver
+from archive.scp.asyncio_engine import pdu
 from archive.scp.portal import Portal
-from archive.scp.server import StoreSCP
+from archive.scp.pynetdicom_engine import StoreSCP
 from archive.settings import Settings
 from tests.e2e.senders import associate_result, echoscu, pynetdicom_store, storescu
 from tests.factories import make_ct, new_uid, write_part10
@@ -68,20 +68,20 @@ def _start(tmp: Path, engine: str, *, fsync: bool = False, handover: bool = Fals
         if handover:
             other = StoreSCP(settings, ingest, portal)
             other.start(listen=False)
-        fast = FastStoreSCP(settings, ingest, portal.loop, handover=other)
-        port = portal.run(fast.start("127.0.0.1", 0))
-        scp = (fast, other)
+        receiver = AsyncioReceiver(settings, ingest, portal.loop, handover=other)
+        port = portal.run(receiver.start("127.0.0.1", 0))
+        scp = (receiver, other)
     else:
-        slow = StoreSCP(settings, ingest, portal)
-        port = slow.start(port=0)
-        scp = slow
+        threaded = StoreSCP(settings, ingest, portal)
+        port = threaded.start(port=0)
+        scp = threaded
     return Running(port, portal, store, queue), scp
 
 
 def _stop(running: Running, scp: object) -> None:
     if isinstance(scp, tuple):
-        fast, other = scp
-        running.portal.run(fast.stop(drain_seconds=1))
+        receiver, other = scp
+        running.portal.run(receiver.stop(drain_seconds=1))
         if other is not None:
             other.stop(drain_seconds=1)
     elif isinstance(scp, StoreSCP):
@@ -92,7 +92,7 @@ def _stop(running: Running, scp: object) -> None:
 
 
 @pytest.fixture
-def fast(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+def receiver(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
     env = dict(getattr(request, "param", {}))
     running, scp = _start(tmp_path, "asyncio", fsync=bool(env.pop("fsync", False)),
                           handover=bool(env.pop("handover", False)), **env)
@@ -102,44 +102,44 @@ def fast(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
         _stop(running, scp)
 
 
-def test_echo_from_dcmtk_and_pynetdicom(fast: Running) -> None:
-    result = echoscu(fast.port)
+def test_echo_from_dcmtk_and_pynetdicom(receiver: Running) -> None:
+    result = echoscu(receiver.port)
     assert result.returncode == 0, result.stderr
     ae = AE(ae_title="ECHO")
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", fast.port, ae_title="ARCHIVE")
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="ARCHIVE")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     assoc.release()
 
 
-@pytest.mark.parametrize("fast", [{"ARCHIVE_MAX_PDU": "16384"}], indirect=True)
-def test_storescu_instances_are_stored_and_queued(fast: Running, tmp_path: Path) -> None:
+@pytest.mark.parametrize("receiver", [{"ARCHIVE_MAX_PDU": "16384"}], indirect=True)
+def test_storescu_instances_are_stored_and_queued(receiver: Running, tmp_path: Path) -> None:
     """Many PDUs per dataset (16 KB maximum): every instance stored once, queued once."""
     datasets = [make_ct(size=256, seed=i) for i in range(5)]
     files = [write_part10(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(datasets)]
-    result = storescu(fast.port, files)
+    result = storescu(receiver.port, files)
     assert result.returncode == 0, result.stderr
     for ds in datasets:
-        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(fast.object_bytes(ds.SOPInstanceUID)))
+        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(receiver.object_bytes(ds.SOPInstanceUID)))
         assert stored.SOPInstanceUID == ds.SOPInstanceUID
         assert stored.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert "SourceApplicationEntityTitle" not in stored.file_meta  # stored bytes do not depend on the sender
         assert stored.PixelData == ds.PixelData
-    assert fast.queued() == 5
+    assert receiver.queued() == 5
     assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]  # spool files removed
 
 
-def test_every_kind_and_compressed_syntaxes(fast: Running) -> None:
+def test_every_kind_and_compressed_syntaxes(receiver: Running) -> None:
     study = new_uid()
-    for ds, syntax in every_kind(study, "PAT-FAST"):
-        assert pynetdicom_store(fast.port, [ds], transfer_syntax=syntax) == [0]
-        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(fast.object_bytes(ds.SOPInstanceUID)))
+    for ds, syntax in every_kind(study, "PAT-ASYNCIO"):
+        assert pynetdicom_store(receiver.port, [ds], transfer_syntax=syntax) == [0]
+        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(receiver.object_bytes(ds.SOPInstanceUID)))
         assert stored.file_meta.TransferSyntaxUID == syntax
         assert stored.SOPClassUID == ds.SOPClassUID
         if "PixelData" in ds:
             assert stored.PixelData == ds.PixelData
-    assert fast.queued() == len(every_kind(study, "PAT-FAST"))
+    assert receiver.queued() == len(every_kind(study, "PAT-ASYNCIO"))
 
 
 def test_stored_bytes_equal_the_pynetdicom_receivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,12 +173,12 @@ def test_stored_bytes_equal_the_pynetdicom_receivers(tmp_path: Path, monkeypatch
     assert adopted == [True, True, True]  # the asyncio engine's three, linked; pynetdicom's copied
 
 
-def test_four_concurrent_associations(fast: Running) -> None:
+def test_four_concurrent_associations(receiver: Running) -> None:
     statuses: list[int] = []
     lock = threading.Lock()
 
     def send(n: int) -> None:
-        result = pynetdicom_store(fast.port, [make_ct(seed=n * 10 + i) for i in range(8)])
+        result = pynetdicom_store(receiver.port, [make_ct(seed=n * 10 + i) for i in range(8)])
         with lock:
             statuses.extend(result)
 
@@ -188,10 +188,10 @@ def test_four_concurrent_associations(fast: Running) -> None:
     for t in threads:
         t.join()
     assert statuses == [0] * 32
-    assert fast.queued() == 32
+    assert receiver.queued() == 32
 
 
-def test_uid_mismatch_answers_a900(fast: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uid_mismatch_answers_a900(receiver: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # send the file as it is: the command's UIDs then come from its File Meta
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     ds = make_ct()
@@ -205,20 +205,58 @@ def test_uid_mismatch_answers_a900(fast: Running, tmp_path: Path, monkeypatch: p
     assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", fast.port, ae_title="ARCHIVE")
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="ARCHIVE")
     try:
         status = assoc.send_c_store(path)
         assert status.Status == 0xA900
         assert "differs" in str(status.ErrorComment)
     finally:
         assoc.release()
-    assert fast.queued() == 0
+    assert receiver.queued() == 0
 
 
-@pytest.mark.parametrize("fast", [{"ARCHIVE_ALLOWED_AETS": "GOODSCU"}], indirect=True)
-def test_calling_ae_outside_the_allow_list_is_rejected(fast: Running) -> None:
-    assert associate_result(fast.port, "EVILSCU") == (False, 0x01, 0x03)
-    assert associate_result(fast.port, "GOODSCU") == (True, None, None)
+@pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
+def test_c_store_of_another_sop_class_than_its_context_is_refused(
+        tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MR instance sent on the CT Image Storage context: refused with 0x0122, nothing stored,
+    and the association goes on (each context is negotiated for one SOP Class, PS3.8 7.1.1.13)."""
+    from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
+
+    keep = tempfile.tempdir  # StoreSCP.start points tempfile at its spool
+    running, engines = _start(tmp_path, engine)
+    try:
+        mr, ct = make_ct(seed=1), make_ct(seed=2)
+        mr.SOPClassUID = MRImageStorage
+        for ds in (mr, ct):
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVE")
+        assert assoc.is_established
+        try:
+            [ct_context] = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == CTImageStorage]
+            with monkeypatch.context() as patch:  # pynetdicom picks the context by the SOP Class
+                patch.setattr(assoc, "_get_valid_context", lambda *args, **kwargs: ct_context)
+                refused = assoc.send_c_store(mr)
+            assert refused.Status == 0x0122
+            assert "not negotiated" in str(refused.ErrorComment)
+            assert assoc.send_c_store(ct).Status == 0x0000
+        finally:
+            assoc.release()
+        assert running.portal.run(running.store.head(object_key(mr.SOPInstanceUID))) is None
+        assert running.portal.run(running.store.head(object_key(ct.SOPInstanceUID))) is not None
+        assert running.queued() == 1
+    finally:
+        _stop(running, engines)
+        tempfile.tempdir = keep
+
+
+@pytest.mark.parametrize("receiver", [{"ARCHIVE_ALLOWED_AETS": "GOODSCU"}], indirect=True)
+def test_calling_ae_outside_the_allow_list_is_rejected(receiver: Running) -> None:
+    assert associate_result(receiver.port, "EVILSCU") == (False, 0x01, 0x03)
+    assert associate_result(receiver.port, "GOODSCU") == (True, None, None)
 
 
 # The association cap is tested for both engines in test_scp_limits.py.
@@ -261,10 +299,10 @@ def _closed_after(port: int, payload: bytes, *, half_close: bool = True) -> list
             kinds.append(kind)
 
 
-@pytest.mark.parametrize("fast", [{}, {"handover": True}], ids=["alone", "with handover"], indirect=True)
+@pytest.mark.parametrize("receiver", [{}, {"handover": True}], ids=["alone", "with handover"], indirect=True)
 def test_garbage_closes_the_connection_and_the_server_keeps_serving(
-        fast: Running, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="archive.scp.fast")
+        receiver: Running, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="archive.scp.asyncio_engine")
     rng = random.Random(7)
     cases = [
         os.urandom(1),
@@ -280,30 +318,30 @@ def test_garbage_closes_the_connection_and_the_server_keeps_serving(
             raw[rng.randrange(6, len(raw))] = rng.randrange(256)
         cases.append(bytes(raw))
     for payload in cases:
-        kinds = _closed_after(fast.port, payload)
+        kinds = _closed_after(receiver.port, payload)
         assert set(kinds) <= {pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ, pdu.A_ABORT}
     # no EOF from the peer: these are aborted at once, not after a timeout
-    assert _closed_after(fast.port, cases[2], half_close=False) == [pdu.A_ABORT]
-    assert _closed_after(fast.port, cases[3], half_close=False) == [pdu.A_ABORT]
-    assert echoscu(fast.port).returncode == 0
+    assert _closed_after(receiver.port, cases[2], half_close=False) == [pdu.A_ABORT]
+    assert _closed_after(receiver.port, cases[3], half_close=False) == [pdu.A_ABORT]
+    assert echoscu(receiver.port).returncode == 0
     # handled, not crashed (pynetdicom logs what it cannot decode of a handed-over request at ERROR)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("archive")]
     assert any("aborted" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("fast", [{"ARCHIVE_ACSE_TIMEOUT": "0.5"}, {"ARCHIVE_ACSE_TIMEOUT": "0.5", "handover": True}],
+@pytest.mark.parametrize("receiver", [{"ARCHIVE_ACSE_TIMEOUT": "0.5"}, {"ARCHIVE_ACSE_TIMEOUT": "0.5", "handover": True}],
                          ids=["alone", "with handover"], indirect=True)
-def test_silent_peer_is_dropped_after_the_artim_timeout(fast: Running) -> None:
-    with socket.create_connection(("127.0.0.1", fast.port), timeout=5) as sock:
+def test_silent_peer_is_dropped_after_the_artim_timeout(receiver: Running) -> None:
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:
         assert sock.recv(10) == b""  # closed by the server, not by our 5 s timeout
-    with socket.create_connection(("127.0.0.1", fast.port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:
         sock.sendall(_associate_rq()[:40])  # part of a request, then nothing
         assert sock.recv(10) == b""
-    assert echoscu(fast.port).returncode == 0
+    assert echoscu(receiver.port).returncode == 0
 
 
-@pytest.mark.parametrize("fast", [{"handover": True, "ARCHIVE_MAX_ASSOCIATIONS": "1"}], indirect=True)
-def test_associations_for_other_services_are_handed_over_and_share_the_cap(fast: Running) -> None:
+@pytest.mark.parametrize("receiver", [{"handover": True, "ARCHIVE_MAX_ASSOCIATIONS": "1"}], indirect=True)
+def test_associations_for_other_services_are_handed_over_and_share_the_cap(receiver: Running) -> None:
     """A request proposing a service the engine does not serve goes, unread, to pynetdicom; both
     engines' associations count against one ARCHIVE_MAX_ASSOCIATIONS."""
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
@@ -311,18 +349,18 @@ def test_associations_for_other_services_are_handed_over_and_share_the_cap(fast:
     ae = AE(ae_title="MIXED")
     ae.add_requested_context(Verification)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)  # not in this server
-    held = ae.associate("127.0.0.1", fast.port, ae_title="ARCHIVE")
+    held = ae.associate("127.0.0.1", receiver.port, ae_title="ARCHIVE")
     assert held.is_established
     try:
         # pynetdicom negotiated it (the asyncio engine accepts every context it knows)
         assert [str(cx.abstract_syntax) for cx in held.rejected_contexts] == [StudyRootQueryRetrieveInformationModelFind]
         assert held.send_c_echo().Status == 0
-        assert associate_result(fast.port, "SECOND") == (False, 0x02, 0x02)  # busy: the cap counts it
+        assert associate_result(receiver.port, "SECOND") == (False, 0x02, 0x02)  # busy: the cap counts it
     finally:
         held.release()
     wait = threading.Event()
     for _ in range(50):  # the handed-over association ends in its own thread
-        if associate_result(fast.port, "THIRD")[0]:
+        if associate_result(receiver.port, "THIRD")[0]:
             break
         wait.wait(0.05)
     else:
@@ -333,7 +371,7 @@ def test_a_spool_file_that_cannot_be_made_durable_fails_the_store(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With fsync on, the spool file is fsynced beside prepare and linked in place; an fsync
     error (reported once by Linux) fails the C-STORE instead of being lost."""
-    from archive.scp.fast import server as fast_server
+    from archive.scp.asyncio_engine import receiver as asyncio_receiver
 
     running, engines = _start(tmp_path, "asyncio", fsync=True)
     try:
@@ -345,7 +383,7 @@ def test_a_spool_file_that_cannot_be_made_durable_fails_the_store(
         def failing_fsync(path: Path) -> None:
             raise OSError(5, "Input/output error")
 
-        monkeypatch.setattr(fast_server, "_fsync", failing_fsync)
+        monkeypatch.setattr(asyncio_receiver, "_fsync", failing_fsync)
         assert pynetdicom_store(running.port, [bad]) == [0xA700]
         assert running.portal.run(running.store.head(object_key(bad.SOPInstanceUID))) is None
         assert running.queued() == 1
@@ -354,8 +392,8 @@ def test_a_spool_file_that_cannot_be_made_durable_fails_the_store(
         _stop(running, engines)
 
 
-def test_c_echo_with_a_dataset_leaves_no_spool_file(fast: Running, tmp_path: Path) -> None:
-    with socket.create_connection(("127.0.0.1", fast.port), timeout=10) as sock:
+def test_c_echo_with_a_dataset_leaves_no_spool_file(receiver: Running, tmp_path: Path) -> None:
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
         sock.sendall(_associate_rq())
         assert _recv_pdu(sock)[0] == pdu.A_ASSOCIATE_AC
         command = _command(0x0030, 3, has_dataset=True)  # C-ECHO-RQ announcing a dataset
@@ -366,9 +404,9 @@ def test_c_echo_with_a_dataset_leaves_no_spool_file(fast: Running, tmp_path: Pat
     assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]
 
 
-@pytest.mark.parametrize("fast", [{"ARCHIVE_NETWORK_TIMEOUT": "0.5"}], indirect=True)
-def test_stalled_pdu_is_aborted_after_the_network_timeout(fast: Running) -> None:
-    with socket.create_connection(("127.0.0.1", fast.port), timeout=5) as sock:
+@pytest.mark.parametrize("receiver", [{"ARCHIVE_NETWORK_TIMEOUT": "0.5"}], indirect=True)
+def test_stalled_pdu_is_aborted_after_the_network_timeout(receiver: Running) -> None:
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:
         sock.sendall(_associate_rq())
         assert _recv_pdu(sock)[0] == pdu.A_ASSOCIATE_AC
         sock.sendall(struct.pack(">BxI", 4, 100) + struct.pack(">IBB", 96, 1, 0) + bytes(10))  # then silence
@@ -376,8 +414,8 @@ def test_stalled_pdu_is_aborted_after_the_network_timeout(fast: Running) -> None
         assert _recv_pdu(sock)[0] == -1
 
 
-def test_malformed_pdv_aborts_and_unknown_command_answers_0211(fast: Running) -> None:
-    with socket.create_connection(("127.0.0.1", fast.port), timeout=10) as sock:
+def test_malformed_pdv_aborts_and_unknown_command_answers_0211(receiver: Running) -> None:
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
         sock.sendall(_associate_rq())
         assert _recv_pdu(sock)[0] == pdu.A_ASSOCIATE_AC
         # C-FIND-RQ (0x0020) without a dataset on the Verification context
@@ -391,7 +429,7 @@ def test_malformed_pdv_aborts_and_unknown_command_answers_0211(fast: Running) ->
         sock.sendall(struct.pack(">BxI", 4, 10) + struct.pack(">IBB", 5000, 1, 3) + bytes(4))
         assert _recv_pdu(sock)[0] == pdu.A_ABORT
         assert _recv_pdu(sock)[0] == -1
-    assert echoscu(fast.port).returncode == 0
+    assert echoscu(receiver.port).returncode == 0
 
 
 def _command(field: int, message_id: int, *, has_dataset: bool = False) -> bytes:

@@ -15,7 +15,7 @@ from archive.adapters.filesystem_store import FilesystemStore
 from archive.adapters.sqlite_queue import SqliteQueue
 from archive.ingest.service import IngestService
 from archive.scp.portal import Portal
-from archive.scp.server import StoreSCP
+from archive.scp.pynetdicom_engine import StoreSCP
 from archive.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.harness import serve, verify, wait_until, http_json

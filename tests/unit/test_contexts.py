@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pynetdicom.presentation import build_context, negotiate_as_acceptor
 
-from archive.scp.server import storage_contexts
+from archive.scp.pynetdicom_engine.contexts import storage_contexts
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT, IMPLICIT, BIG = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"

@@ -38,9 +38,9 @@ from archive.query.dimse.commitment_report import (
     ResponseSent,
     send_on_association,
 )
-from archive.query.dimse.find import status_dataset
 from archive.scp.portal import Portal
-from archive.scp.server import DimseService
+from archive.scp.pynetdicom_engine import DimseService
+from archive.scp.status import status_dataset
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)

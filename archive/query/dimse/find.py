@@ -24,6 +24,7 @@ from archive.core.query import InvalidQuery, Query
 from archive.query.dimse.identifier import FindPlan, IdentifierError, plan_find, response
 from archive.query.objects import RetrieveError
 from archive.scp.portal import Portal
+from archive.scp.status import status_dataset
 from archive.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,14 +53,6 @@ async def find_page(catalog: Catalog, plan: FindPlan, offset: int) -> tuple[list
             return accepted, None
         if accepted:
             return accepted, offset
-
-
-def status_dataset(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
 
 
 def _failure(exc: BaseException) -> Dataset:

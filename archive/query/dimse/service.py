@@ -29,7 +29,8 @@ from archive.core.ports import Catalog, ObjectStore
 from archive.query.dimse.find import handle_find
 from archive.query.dimse.retrieve import handle_get, handle_move
 from archive.scp.portal import Portal
-from archive.scp.server import DimseService, storage_contexts
+from archive.scp.pynetdicom_engine import DimseService
+from archive.scp.pynetdicom_engine.contexts import storage_contexts
 from archive.settings import Settings
 
 

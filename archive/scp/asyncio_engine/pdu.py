@@ -88,6 +88,16 @@ def pdu_header(data: bytes) -> tuple[int, int]:
     return kind, length
 
 
+def associate_rq_length(header: bytes) -> int:
+    """The length of the A-ASSOCIATE-RQ this 6-byte PDU header announces (PS3.8 9.3.2)."""
+    kind, length = pdu_header(header)
+    if kind != A_ASSOCIATE_RQ:
+        raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU 0x{kind:02X}", ABORT_UNEXPECTED_PDU)
+    if length > MAX_ASSOCIATE_RQ:
+        raise ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes, more than {MAX_ASSOCIATE_RQ}")
+    return length
+
+
 def pdv_header(data: bytes) -> tuple[int, int, int]:
     """(length incl. context id and control byte, context id, message control header)."""
     return _PDV.unpack(data)
@@ -103,11 +113,12 @@ def _items(body: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
     pos = start
     while pos < end:
         if pos + 4 > end:
-            raise ProtocolError("truncated item header")
+            raise ProtocolError(f"truncated item header at byte {pos}: {end - pos} of its 4 bytes")
         kind, length = _ITEM.unpack_from(body, pos)
         pos += 4
         if pos + length > end:
-            raise ProtocolError(f"item 0x{kind:02X} runs past its parent")
+            raise ProtocolError(f"item 0x{kind:02X} of {length} bytes at byte {pos - 4} runs past its parent "
+                                f"({end - pos} bytes left)")
         out.append((kind, body[pos:pos + length]))
         pos += length
     return out
@@ -116,7 +127,7 @@ def _items(body: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
 def parse_associate_rq(body: bytes) -> AssociateRQ:
     """The variable part of an A-ASSOCIATE-RQ (PS3.8 9.3.2), after the 6-byte header."""
     if len(body) < 68:
-        raise ProtocolError("A-ASSOCIATE-RQ shorter than its fixed fields")
+        raise ProtocolError(f"A-ASSOCIATE-RQ of {len(body)} bytes, shorter than its 68 bytes of fixed fields")
     version = struct.unpack_from(">H", body, 0)[0]
     rq = AssociateRQ(
         protocol_version=version,
@@ -130,7 +141,7 @@ def parse_associate_rq(body: bytes) -> AssociateRQ:
             rq.application_context = _uid(value)
         elif kind == 0x20:  # 9.3.2.2 Presentation Context
             if len(value) < 4:
-                raise ProtocolError("presentation context item too short")
+                raise ProtocolError(f"presentation context item of {len(value)} bytes, shorter than its 4 fixed bytes")
             abstract = ""
             syntaxes: list[str] = []
             for sub, sub_value in _items(value, 4, len(value)):
@@ -224,11 +235,13 @@ def decode_command(raw: bytes) -> Command:
     pos, end = 0, len(raw)
     while pos < end:
         if pos + 8 > end:
-            raise ProtocolError("truncated command element")
+            raise ProtocolError(f"truncated command element header at byte {pos}")
         group, element, length = _ELEMENT.unpack_from(raw, pos)
         pos += 8
-        if group != 0x0000 or pos + length > end:
-            raise ProtocolError("command set is not a well-formed group 0000")
+        if group != 0x0000:
+            raise ProtocolError(f"command set element ({group:04X},{element:04X}) is not in group 0000")
+        if pos + length > end:
+            raise ProtocolError(f"command element (0000,{element:04X}) of {length} bytes runs past the command set")
         values[element] = raw[pos:pos + length]
         pos += length
 

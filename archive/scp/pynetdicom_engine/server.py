@@ -1,11 +1,15 @@
-"""The DICOM listener: one pynetdicom AE, TCP_NODELAY, optional SO_REUSEPORT.
+"""The pynetdicom engine: one AE on one port, TCP_NODELAY, optional SO_REUSEPORT.
 
 Services (store, query/retrieve, commitment) bring their presentation contexts
-and event handlers; `serve` answers all of them on one port and AE title.
+and event handlers; `serve` answers all of them on one port and AE title. With
+ARCHIVE_SCP_ENGINE=asyncio the same server listens on no port and takes the
+associations the asyncio receiver hands over (:meth:`DicomServer.take`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
 import socket
 import tempfile
@@ -15,17 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
-from pynetdicom.presentation import AllStoragePresentationContexts, build_context
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive.ingest.service import IngestService
-from archive.scp import handlers
 from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
+from archive.scp.pynetdicom_engine import handlers
+from archive.scp.pynetdicom_engine.contexts import merge_contexts, storage_contexts
 from archive.scp.spool import process_spool
+from archive.scp.store import prepare_in, prepare_pool, store
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,68 +58,12 @@ class ArchiveAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-# Lossless compressed transfer syntaxes (PS3.5 A.4, A.6, A.8): what was sent, kept bit for bit.
-LOSSLESS_COMPRESSED = frozenset({
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.5",
-})
-_UNCOMPRESSED_RANK = {"1.2.840.10008.1.2.1": 1, "1.2.840.10008.1.2.1.99": 2, "1.2.840.10008.1.2.2": 3,
-                      "1.2.840.10008.1.2": 4}
-
-
-def preferred_transfer_syntaxes() -> list[str]:
-    """Every transfer syntax pydicom knows, in the order we accept them.
-
-    pynetdicom accepts the first of *our* list that a proposed context offers
-    (PS3.8 9.3.3.2 leaves the choice to the acceptor). Lossless compressed first (the
-    sender offers them because its data is so), then Explicit VR (private tags keep
-    their VR), Implicit VR, and lossy syntaxes last: a sender offering both never
-    has to compress lossily for us.
-    """
-    def rank(uid: str) -> int:
-        return 0 if uid in LOSSLESS_COMPRESSED else _UNCOMPRESSED_RANK.get(uid, 5)
-
-    return sorted((str(ts) for ts in AllTransferSyntaxes), key=rank)
-
-
-def storage_contexts(*, retrieve_roles: bool = False) -> list[Any]:
-    """Every storage SOP class pynetdicom knows, in every transfer syntax pydicom knows.
-
-    With ``retrieve_roles`` the requestor may take the SCP role (SCP/SCU Role
-    Selection, PS3.7 D.3.3.4), as a C-GET requestor does to receive its instances.
-    """
-    syntaxes = preferred_transfer_syntaxes()
-    contexts = []
-    for cx in AllStoragePresentationContexts:
-        context = build_context(str(cx.abstract_syntax), syntaxes)
-        if retrieve_roles:
-            context.scu_role = True
-            context.scp_role = True
-        contexts.append(context)
-    contexts.append(build_context(Verification, syntaxes))
-    return contexts
-
-
 @dataclass(frozen=True)
 class DimseService:
     """What one service adds to the AE: presentation contexts and event handlers."""
 
     contexts: tuple[Any, ...]
     handlers: tuple[tuple[Any, ...], ...]
-
-
-def merge_contexts(services: Sequence[DimseService]) -> list[Any]:
-    """One context per abstract syntax: the first service's, with every service's roles."""
-    merged: dict[str, Any] = {}
-    for service in services:
-        for context in service.contexts:
-            seen = merged.get(str(context.abstract_syntax))
-            if seen is None:
-                merged[str(context.abstract_syntax)] = context
-            elif context.scp_role or context.scu_role:
-                seen.scu_role = seen.scu_role or context.scu_role
-                seen.scp_role = seen.scp_role or context.scp_role
-    return list(merged.values())
 
 
 class DicomServer:
@@ -127,7 +74,7 @@ class DicomServer:
         self.services = list(services)
         self.role = role
         self.ae = AE(ae_title=settings.aet)
-        for context in merge_contexts(self.services):
+        for context in merge_contexts(cx for service in self.services for cx in service.contexts):
             # (the supported_contexts setter would drop the roles)
             self.ae.add_supported_context(
                 context.abstract_syntax, context.transfer_syntax, context.scu_role, context.scp_role
@@ -200,11 +147,14 @@ class DicomServer:
         self.server = None
 
 
-def store_service(settings: Settings, ingest: IngestService, portal: Portal) -> DimseService:
-    """C-ECHO and C-STORE of every storage SOP class into the ingest service."""
+def store_service(settings: Settings, ingest: IngestService, portal: Portal,
+                  pool: concurrent.futures.Executor) -> DimseService:
+    """C-ECHO and C-STORE of every storage SOP class into the ingest service; IngestService.prepare
+    runs on ``pool``, the commit on the portal's loop (archive.scp.store)."""
+    stored = functools.partial(store, ingest=ingest, prepare=prepare_in(pool, ingest), timeout=settings.store_timeout)
     return DimseService(
         contexts=tuple(storage_contexts()),
-        handlers=((evt.EVT_C_STORE, handlers.handle_store, [ingest, portal, settings.store_timeout]),),
+        handlers=((evt.EVT_C_STORE, handlers.handle_store, [stored, portal]),),
     )
 
 
@@ -213,4 +163,9 @@ class StoreSCP(DicomServer):
 
     def __init__(self, settings: Settings, ingest: IngestService, portal: Portal,
                  services: Sequence[DimseService] = ()) -> None:
-        super().__init__(settings, [store_service(settings, ingest, portal), *services])
+        self._pool = prepare_pool(settings.max_associations, "pynetdicom")
+        super().__init__(settings, [store_service(settings, ingest, portal, self._pool), *services])
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        super().stop(drain_seconds)
+        self._pool.shutdown(wait=False)

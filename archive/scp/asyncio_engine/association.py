@@ -1,0 +1,283 @@
+"""One association's state machine on asyncio streams (PS3.8 9.2, from Sta2 on).
+
+A-ASSOCIATE-RQ -> AC or RJ, then P-DATA-TF until A-RELEASE-RQ or A-ABORT. C-ECHO is
+answered at once; a C-STORE's dataset goes straight from the socket into a spool file
+(:mod:`message`) and, once complete, to the one store path of both engines
+(:mod:`archive.scp.store`); the response is a pre-encoded command set. The association sees
+the receiver only through an :class:`AssociationContext`. PS3.8 for the Upper Layer, PS3.7
+for DIMSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom.presentation import AllStoragePresentationContexts
+
+from archive import metrics
+from archive.ingest.service import Received
+from archive.scp.access import AccessPolicy, Rejection
+from archive.scp.asyncio_engine import pdu
+from archive.scp.asyncio_engine.message import Message, stored_header
+from archive.scp.status import SUCCESS, UNRECOGNIZED_OPERATION
+from archive.scp.store import Store
+
+log = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+SUPPORTED_ABSTRACT = frozenset({str(cx.abstract_syntax) for cx in AllStoragePresentationContexts} | {VERIFICATION})
+SUPPORTED_TRANSFER = frozenset(str(ts) for ts in AllTransferSyntaxes)
+# PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
+BUSY = Rejection(0x02, 0x03, 0x02, "too many associations")
+CALLED_AE_UNKNOWN = Rejection(0x01, 0x01, 0x07, "called AE title not recognized")
+CHUNK = 1 << 20  # the most read from the socket at once
+
+
+@dataclass(frozen=True)
+class AssociationContext:
+    """What an association needs from the receiver that accepted it."""
+
+    aet: str  # ours
+    check_called_aet: bool  # reject a request whose Called AE Title is not ``aet``
+    policy: AccessPolicy
+    load: Callable[[], int]  # associations counted against the cap, this one included
+    max_associations: int
+    max_pdu: int  # our Maximum Length (PS3.8 D.1); 0 = unlimited
+    acse_timeout: float  # ARTIM (PS3.8 9.1.5); 0 = none
+    network_timeout: float  # silence allowed while a PDU is expected; 0 = none
+    spool: Path  # where datasets are received
+    hasher: concurrent.futures.Executor  # one thread: digests each message's fragments in order
+    store: Store  # the C-STORE path (archive.scp.store)
+
+
+class _Closed(Exception):
+    """The association is over (released, aborted or the peer went away)."""
+
+
+class Association:
+    """One association's state machine (PS3.8 9.2, Sta6 onwards)."""
+
+    def __init__(self, context: AssociationContext, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.context = context
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else ""
+        self.calling_aet = ""
+        self.peer_max = 0
+        self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer syntax)
+        self.message = Message()
+        self.established = False
+        self._idle: asyncio.Timeout | None = None  # the network timeout of the PDU being read
+
+    async def _read(self, n: int) -> bytes:
+        try:
+            return await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError:
+            raise _Closed("peer closed the connection") from None
+
+    async def _pdu_header(self, timeout: float) -> tuple[int, int]:
+        async with asyncio.timeout(timeout or None):
+            return pdu.pdu_header(await self._read(6))
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def run(self) -> None:
+        try:
+            if await self._associate():
+                await self._serve()
+        except pdu.ProtocolError as exc:
+            log.warning("association aborted: %s", exc, extra={"calling_aet": self.calling_aet, "peer": self.address})
+            with contextlib.suppress(Exception):
+                await self.send(pdu.abort(2, exc.reason))
+        except TimeoutError:
+            log.info("association timed out", extra={"calling_aet": self.calling_aet, "peer": self.address})
+            if self.established:  # Sta6: A-ABORT; ARTIM in Sta2 just closes (PS3.8 9.2, AA-2)
+                with contextlib.suppress(Exception):
+                    self.writer.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
+        except (_Closed, ConnectionError, OSError) as exc:
+            log.info("association ended: %s", type(exc).__name__, extra={"calling_aet": self.calling_aet})
+        except asyncio.CancelledError:  # stop() after the drain deadline
+            with contextlib.suppress(Exception):
+                self.writer.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
+            raise
+        finally:
+            self.message.discard()
+            self.writer.close()
+            try:
+                await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+            except Exception:  # a peer that never reads does not keep the task alive
+                self.writer.transport.abort()
+
+    async def _associate(self) -> bool:
+        """A-ASSOCIATE-RQ -> AC or RJ, within the ARTIM timeout (PS3.8 9.1.5)."""
+        async with asyncio.timeout(self.context.acse_timeout or None):
+            length = pdu.associate_rq_length(await self._read(6))
+        async with asyncio.timeout(self.context.acse_timeout or None):
+            rq = pdu.parse_associate_rq(await self._read(length))
+        self.calling_aet = rq.calling_aet
+        rejection = self._rejection(rq)
+        if rejection is not None:
+            metrics.ASSOCIATIONS.labels("rejected").inc()
+            log.warning("association rejected", extra={"calling_aet": rq.calling_aet, "peer": self.address,
+                                                       "reason": rejection.why})
+            await self.send(pdu.associate_rj(rejection.result, rejection.source, rejection.reason))
+            await self._await_peer_close()
+            return False
+        results = []
+        for cx in rq.contexts:
+            if cx.abstract_syntax not in SUPPORTED_ABSTRACT:
+                results.append((cx.context_id, pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
+                continue
+            syntax = next((ts for ts in cx.transfer_syntaxes if ts in SUPPORTED_TRANSFER), None)
+            if syntax is None:
+                results.append((cx.context_id, pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
+                continue
+            results.append((cx.context_id, pdu.CONTEXT_ACCEPTED, syntax))
+            self.contexts[cx.context_id] = (cx.abstract_syntax, syntax)
+        self.peer_max = rq.max_length
+        metrics.ASSOCIATIONS.labels("accepted").inc()
+        await self.send(pdu.associate_ac(rq, results, self.context.max_pdu))
+        self.established = True
+        return True
+
+    async def _await_peer_close(self) -> None:
+        """Sta13 after A-ASSOCIATE-RJ: the requestor closes the connection; ARTIM bounds the wait (PS3.8 9.2).
+
+        Closing first can reset the connection before the requestor has read the rejection.
+        """
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(min(self.context.acse_timeout or 5.0, 5.0)):
+                while await self.reader.read(4096):
+                    pass
+
+    def _rejection(self, rq: pdu.AssociateRQ) -> Rejection | None:
+        if not rq.protocol_version & 0x0001:  # PS3.8 9.3.4: protocol version not supported
+            return Rejection(0x01, 0x02, 0x02, "protocol version not supported")
+        if rq.application_context != pdu.APPLICATION_CONTEXT:
+            return Rejection(0x01, 0x01, 0x02, "application context name not supported")
+        if self.context.check_called_aet and rq.called_aet != self.context.aet:
+            return CALLED_AE_UNKNOWN
+        rejection = self.context.policy.check(rq.calling_aet, self.address)
+        if rejection is not None:
+            return rejection
+        if self.context.load() > self.context.max_associations:
+            return BUSY
+        return None
+
+    async def _serve(self) -> None:
+        """P-DATA-TF, A-RELEASE-RQ and A-ABORT until the association ends."""
+        max_pdu = self.context.max_pdu
+        cap = max_pdu + 6 if max_pdu else 0  # peers must respect our Maximum Length (PS3.8 D.1)
+        message = self.message
+        while True:
+            kind, length = await self._pdu_header(self.context.network_timeout)
+            if kind == pdu.P_DATA_TF:
+                if cap and length > cap:
+                    raise pdu.ProtocolError(f"P-DATA-TF of {length} bytes exceeds our maximum {max_pdu}")
+                async with asyncio.timeout(self.context.network_timeout or None) as self._idle:
+                    await self._p_data(length, message)
+            elif kind == pdu.A_RELEASE_RQ:
+                message.discard()
+                await self._read(min(length, 4))
+                await self.send(pdu.release_rp())
+                return
+            elif kind == pdu.A_ABORT:
+                message.discard()
+                raise _Closed("peer aborted")
+            else:
+                message.discard()
+                reason = pdu.ABORT_UNEXPECTED_PDU if kind <= pdu.A_ABORT else pdu.ABORT_UNRECOGNIZED_PDU
+                raise pdu.ProtocolError(f"unexpected PDU 0x{kind:02X}", reason)
+
+    async def _p_data(self, length: int, message: Message) -> None:
+        """Walk the PDVs of one P-DATA-TF without holding more than a chunk (PS3.8 9.3.5)."""
+        remaining = length
+        while remaining:
+            if remaining < 6:
+                raise pdu.ProtocolError("P-DATA-TF with a truncated PDV")
+            item_length, context_id, control = pdu.pdv_header(await self._read(6))
+            if item_length < 2 or item_length + 4 > remaining:
+                raise pdu.ProtocolError("PDV length inconsistent with its PDU")
+            remaining -= item_length + 4
+            size = item_length - 2
+            if context_id not in self.contexts:
+                raise pdu.ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+            is_command, last = bool(control & 0x01), bool(control & 0x02)
+            if is_command:
+                if message.spool is not None or message.expect_dataset:
+                    raise pdu.ProtocolError("command fragment while a dataset was expected")
+                if message.command and context_id != message.context_id:
+                    raise pdu.ProtocolError("command fragments on different presentation contexts")
+                if len(message.command) + size > pdu.MAX_COMMAND:
+                    raise pdu.ProtocolError("command set too large")
+                message.context_id = context_id
+                message.command += await self._read(size)
+                if last:
+                    message.parsed = pdu.decode_command(bytes(message.command))
+                    if message.parsed.has_dataset:
+                        message.expect_dataset = True
+                        message.open(self.context.spool, stored_header(message.parsed, self.contexts[context_id][1]),
+                                     self.context.hasher)
+                    else:
+                        await self._dispatch(message)
+            else:
+                if not message.expect_dataset or context_id != message.context_id:
+                    raise pdu.ProtocolError("dataset fragment without its command")
+                await self._copy(size, message)
+                if last:
+                    await self._dispatch(message)
+
+    async def _copy(self, size: int, message: Message) -> None:
+        sink = message.spool
+        while size:
+            chunk = await self.reader.read(min(size, CHUNK))
+            if not chunk:
+                raise _Closed("peer closed the connection")
+            if sink is not None:
+                await message.write(chunk)
+            size -= len(chunk)
+            if self._idle is not None and self._idle.when() is not None:
+                # the timeout is for silence, not for the whole of a large PDU
+                self._idle.reschedule(asyncio.get_running_loop().time() + self.context.network_timeout)
+
+    async def _dispatch(self, message: Message) -> None:
+        command = message.parsed
+        assert command is not None
+        context_id = message.context_id
+        abstract, syntax = self.contexts[context_id]
+        if command.field == pdu.C_ECHO_RQ:  # PS3.7 9.3.5
+            message.discard()  # a dataset it should not have had
+            status = SUCCESS
+            response = pdu.C_ECHO_RSP
+        elif command.field == pdu.C_STORE_RQ:  # PS3.7 9.3.1
+            if message.spool is None:
+                raise pdu.ProtocolError("C-STORE-RQ without a dataset", pdu.ABORT_UNEXPECTED_PARAMETER)
+            spooled = await message.spooled()
+            path = message.close()
+            try:
+                received = Received(path, syntax, self.calling_aet, command.sop_class_uid or None,
+                                    command.sop_instance_uid or None, spooled)
+                status = await self.context.store(received, abstract)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            response = pdu.C_STORE_RSP
+        else:  # PS3.7 C: 0x0211 unrecognized operation
+            message.discard()
+            status, response = UNRECOGNIZED_OPERATION, command.field | 0x8000
+        message.reset()
+        rsp = pdu.encode_response(response, command.message_id, command.sop_class_uid or abstract,
+                                  command.sop_instance_uid, status.code, status.comment)
+        await self.send(pdu.p_data(context_id, rsp, self.peer_max))

@@ -1,0 +1,59 @@
+"""Thin pynetdicom event handlers: each calls one service and maps the result."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from archive import metrics
+from archive.ingest.service import Received
+from archive.scp.access import AccessPolicy
+from archive.scp.portal import Portal
+from archive.scp.status import status_dataset
+from archive.scp.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def handle_store(event: Event, store: Store, portal: Portal) -> Dataset:
+    """EVT_C_STORE: the spooled dataset -> the one C-STORE path (archive.scp.store) -> status."""
+    request: Any = event.request
+    received = Received(
+        dataset_path=event.dataset_path,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        source_aet=event.assoc.requestor.ae_title,
+        affected_sop_class_uid=str(request.AffectedSOPClassUID) if request.AffectedSOPClassUID else None,
+        affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
+    )
+    return status_dataset(portal.run(store(received, str(event.context.abstract_syntax))))
+
+
+def handle_requested(event: Event, policy: AccessPolicy) -> None:
+    """EVT_REQUESTED: reject peers outside the allow-lists with A-ASSOCIATE-RJ."""
+    assoc = event.assoc
+    primitive: Any = assoc.requestor.primitive
+    calling = str(primitive.calling_ae_title).strip()
+    address = str(assoc.requestor.address)
+    rejection = policy.check(calling, address)
+    if rejection is None:
+        metrics.ASSOCIATIONS.labels("accepted").inc()
+        return
+    metrics.ASSOCIATIONS.labels("rejected").inc()
+    log.warning("association rejected", extra={"calling_aet": calling, "peer": address, "reason": rejection.why})
+    assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+    assoc.is_rejected = True
+    assoc.is_established = False
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+def handle_open(event: Event) -> None:
+    metrics.ACTIVE_ASSOCIATIONS.inc()
+
+
+def handle_close(event: Event) -> None:
+    metrics.ACTIVE_ASSOCIATIONS.dec()
