@@ -37,7 +37,6 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # pydicom's warnings quote element values (a malformed Patient Name, say): they would
     # put patient data into the logs. Our own handlers log what failed, with UIDs only.
     import pydicom.config  # noqa: F401  (it sets its logger's level when first imported)

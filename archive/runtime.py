@@ -52,7 +52,7 @@ async def _start_http(app: web.Application, settings: Settings, stack: AsyncExit
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, settings.bind, settings.http_port, reuse_port=True)
     await site.start()
-    port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    port = int(runner.addresses[0][1])  # the bound port (ARCHIVE_HTTP_PORT=0: one the kernel chose)
     log.info("HTTP listening", extra={"port": port})
     return port
 

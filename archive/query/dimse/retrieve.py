@@ -9,14 +9,14 @@ ever held in memory. Only when the peer accepted none of the stored transfer
 syntax's contexts is the instance decoded and sent in an uncompressed syntax the
 peer did accept (PS3.4 C.4.2.3.1, C.4.3.3.1).
 
-Importing this module replaces pynetdicom's ``Association.send_c_store`` for the
-whole process (see :func:`_send_c_store`) and sets ``STORE_SEND_CHUNKED_DATASET``.
+The instances are yielded as :class:`StoredInstance` datasets that name their file, and
+C-MOVE sub-operations carry the requestor as Move Originator: both through the
+pynetdicom workaround in :mod:`archive.compat.pynetdicom`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
 from archive import metrics
+from archive.compat.pynetdicom import move_originator
 from archive.core.levels import Level
 from archive.core.ports import Catalog
 from archive.core.query import InvalidQuery, Query, Universal
@@ -55,14 +55,12 @@ UNIQUE_KEY = {
     Level.IMAGE: "SOPInstanceUID",
 }
 
-_config.STORE_SEND_CHUNKED_DATASET = True  # send a file in chunks, never whole in memory
-
 
 class StoredInstance(Dataset):
     """A catalog instance spooled to a local Part 10 file, ready to be sent.
 
     pynetdicom's retrieve loop wants a Dataset; this one carries only the UIDs
-    it looks at, and :func:`_send_c_store` sends the file behind it.
+    it looks at, and the file behind it is sent (:mod:`archive.compat.pynetdicom`).
     """
 
     def __init__(self, path: Path, instance: CatalogInstance) -> None:
@@ -72,7 +70,7 @@ class StoredInstance(Dataset):
         self.spool_path = path
         self.stored_syntax = instance.transfer_syntax_uid
 
-    def sendable(self, assoc: Association) -> "Path | Dataset":
+    def to_send(self, assoc: Association) -> "Path | Dataset":
         """The file when the peer accepted its transfer syntax; else a converted dataset."""
         accepted = [
             cx for cx in assoc.accepted_contexts
@@ -105,27 +103,8 @@ class Unreadable(Dataset):
         self.SOPInstanceUID = instance.sop_instance_uid
         self.reason = reason
 
-
-# The C-MOVE requestor, per association thread: pynetdicom would name our own AE
-# as Move Originator (PS3.7 9.1.1.1 wants the requestor's).
-ORIGINATOR = threading.local()
-
-_send_c_store_original = Association.send_c_store
-
-
-def _send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
-    if isinstance(dataset, Unreadable):
-        raise RetrieveError(dataset.reason)
-    if isinstance(dataset, StoredInstance):
-        dataset = dataset.sendable(self)
-    if kwargs.get("originator_aet") and getattr(ORIGINATOR, "aet", None):
-        kwargs["originator_aet"] = ORIGINATOR.aet
-    return _send_c_store_original(self, dataset, *args, **kwargs)
-
-
-# pynetdicom's C-MOVE/C-GET service classes send what the handler yields through
-# Association.send_c_store; this lets a yielded StoredInstance go out from its file.
-Association.send_c_store = _send_c_store  # type: ignore[method-assign]
+    def to_send(self, assoc: Association) -> Dataset:
+        raise RetrieveError(self.reason)  # counted as a failed sub-operation
 
 
 def store_contexts(instances: Iterable[CatalogInstance]) -> list[PresentationContext]:
@@ -196,13 +175,13 @@ def handle_move(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
         yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
         return
     instances = _locate(event, qr, portal, settings.query_timeout)  # raising here: 0xC514
-    ORIGINATOR.aet = event.assoc.requestor.ae_title
     log.info("C-MOVE", extra={"calling_aet": event.assoc.requestor.ae_title, "destination": peer.aet,
                               "instances": len(instances)})
     metrics.QUERIES.labels("cmove", "-", "started").inc()
-    yield peer.host, peer.port, {"contexts": store_contexts(instances)}
-    yield len(instances)
-    yield from _suboperations(event, instances, qr, portal, settings.query_timeout)
+    with move_originator(event.assoc.requestor.ae_title):  # PS3.7 9.1.1.1
+        yield peer.host, peer.port, {"contexts": store_contexts(instances)}
+        yield len(instances)
+        yield from _suboperations(event, instances, qr, portal, settings.query_timeout)
 
 
 def handle_get(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:

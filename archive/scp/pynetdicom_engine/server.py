@@ -12,16 +12,16 @@ import concurrent.futures
 import functools
 import logging
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from archive.compat import pynetdicom as pynetdicom_compat
 from archive.ingest.service import IngestService
 from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
@@ -32,11 +32,6 @@ from archive.scp.store import prepare_in, prepare_pool, store
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Receive datasets into a spool file instead of memory (multi-GB instances).
-_config.STORE_RECV_CHUNKED_DATASET = True
-# Our handlers log; pynetdicom's own INFO logs are not needed (and never PHI).
-logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 class ArchiveAssociationServer(ThreadedAssociationServer):
@@ -93,9 +88,8 @@ class DicomServer:
         With ``listen=False`` nothing listens: connections come through :meth:`take`
         (the asyncio receiver hands over the associations it does not serve).
         """
-        # pynetdicom spools each received dataset to a temporary file: keep the
-        # spool beside the data, not on a small /tmp.
-        tempfile.tempdir = str(process_spool(self.settings.data_dir))
+        # its options, its spool directory (beside the data) and the retrieve patch
+        pynetdicom_compat.install(process_spool(self.settings.data_dir))
         policy = AccessPolicy(self.settings.allowed_aets, self.settings.allowed_networks)
         server_class = type("Server", (ArchiveAssociationServer,), {"reuse_port": reuse_port})
         handlers_: list[Any] = [
@@ -116,7 +110,6 @@ class DicomServer:
             server.server_close()  # connections arrive through take()
             return 0
         threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
-        self.ae._servers.append(server)  # so AE.shutdown() stops it too
         bound = int(self.server.server_address[1])
         log.info("DICOM listening", extra={"aet": self.settings.aet, "port": bound, "role": self.role})
         return bound

@@ -1,0 +1,96 @@
+"""pynetdicom (3.0): its process-wide options and the one patch we need, set by :func:`install`.
+
+The pynetdicom server (:mod:`archive.scp.pynetdicom_engine`) calls :func:`install` when it
+starts, before any association (idempotent). What it does, and why:
+
+- Documented options (``pynetdicom._config``): received C-STORE datasets are written to a
+  file in chunks (``STORE_RECV_CHUNKED_DATASET``) and sub-operations send a file in chunks
+  (``STORE_SEND_CHUNKED_DATASET``), so a multi-GB instance never sits in memory; request and
+  response identifiers are never logged (``LOG_REQUEST_IDENTIFIERS``,
+  ``LOG_RESPONSE_IDENTIFIERS``: they hold patient names and IDs), and pynetdicom's own
+  logger only passes warnings (our handlers log what matters, with UIDs).
+- The spool directory: pynetdicom writes each received dataset with
+  ``tempfile.NamedTemporaryFile()`` in the default temporary directory
+  (``dimse_messages.py``) and has no option to name another (pydicom/pynetdicom#526
+  discussed one; it was not merged). ``tempfile.tempdir`` is the only lever: it points at
+  this process's spool directory on the data volume, not at a small ``/tmp``.
+- One patch of ``Association.send_c_store``, through which pynetdicom's C-MOVE and C-GET
+  service classes send every sub-operation (``service_class.py``, ``_move_scp`` and
+  ``_get_scp``). It works around two limits, both still in pynetdicom 3.0.4 and its main
+  branch (no upstream issue yet):
+
+  1. A C-MOVE/C-GET handler must yield a ``Dataset`` for each sub-operation (a file path is
+     refused as "invalid dataset"), so an instance would have to be read whole into
+     memory. We yield a :class:`SendsItself` dataset that names its file;
+     ``send_c_store`` is given what its :meth:`~SendsItself.to_send` returns for the
+     association (the file, or a converted dataset when the peer took none of the stored
+     syntax), or the sub-operation fails with its error.
+  2. The C-STORE sub-operations of a C-MOVE carry our own AE title as Move Originator
+     Application Entity Title (``originator_aet=self.ae.ae_title``); PS3.7 9.1.1.1 wants
+     the C-MOVE requestor's, which a destination uses to tell whose retrieve it is
+     receiving. The handler names the requestor with :func:`move_originator`.
+
+  ``tests/unit/test_compat.py`` runs plain pynetdicom (without :func:`install`, in a child
+  process) and fails once either limit is gone upstream: then delete that half of the patch.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pydicom.dataset import Dataset
+from pynetdicom import _config
+from pynetdicom.association import Association
+
+_ORIGINATOR = threading.local()  # per association thread: the C-MOVE requestor's AE title
+_lock = threading.Lock()
+_original_send_c_store = Association.send_c_store
+
+
+@runtime_checkable
+class SendsItself(Protocol):
+    """A dataset yielded by a C-MOVE/C-GET handler that knows what to send for it."""
+
+    def to_send(self, assoc: Association) -> Path | Dataset:
+        """The file or dataset ``send_c_store`` sends on ``assoc``; raise to fail the sub-operation."""
+
+
+def _send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+    if isinstance(dataset, SendsItself):
+        dataset = dataset.to_send(self)
+    if kwargs.get("originator_aet") and getattr(_ORIGINATOR, "aet", None):
+        kwargs["originator_aet"] = _ORIGINATOR.aet
+    return _original_send_c_store(self, dataset, *args, **kwargs)
+
+
+@contextmanager
+def move_originator(aet: str) -> Iterator[None]:
+    """The Move Originator of the C-STORE sub-operations sent from this thread in the block."""
+    _ORIGINATOR.aet = aet
+    try:
+        yield
+    finally:
+        _ORIGINATOR.aet = None
+
+
+def install(spool_dir: Path) -> None:
+    """Set pynetdicom's options and install the patch (idempotent; the spool directory may change)."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    tempfile.tempdir = str(spool_dir)
+    with _lock:
+        if Association.send_c_store is not _send_c_store:
+            Association.send_c_store = _send_c_store  # type: ignore[method-assign]
+
+
+def installed() -> bool:
+    return Association.send_c_store is _send_c_store
