@@ -9,6 +9,8 @@ the `query` role runs it on its own port.
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,7 @@ from archive.settings import Settings
 log = logging.getLogger(__name__)
 
 PAGE = 500  # catalog rows fetched per round trip while answering a C-FIND
+BACKLOG = 64  # C-FIND responses (two P-DATA primitives each) queued to pynetdicom's reactor at most
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2.1.2)
 UNIQUE_KEY = {
     Level.PATIENT: "PatientID",
@@ -124,6 +127,34 @@ def _log_failure(what: str, event: Event, exc: BaseException) -> None:
                    "error": type(exc).__name__})
 
 
+def _cancelled(event: Event, wait: float) -> bool:
+    """Whether the requestor sent C-CANCEL-FIND-RQ; the SCP then stops at once (PS3.4 C.4.1.2.3).
+
+    pynetdicom's reactor thread reads the socket only when it has no response left to send, and
+    yielded responses queue up for it without limit: a handler faster than the reactor left a
+    C-CANCEL unread until every match was queued (all 308 of a query came back). So once the
+    requestor has sent something, queue nothing more until the reactor has read it; and keep at
+    most BACKLOG responses queued, or the reactor, starved of the GIL, sends none of them.
+    """
+    dul = event.assoc.dul
+    sock = dul.socket.socket if dul.socket is not None else None
+    deadline = time.monotonic() + wait
+    while event.assoc.is_established and time.monotonic() < deadline:
+        if event.is_cancelled:
+            return True
+        if dul.to_provider_queue.qsize() < 2 * BACKLOG and not (sock is not None and _readable(sock)):
+            return False
+        time.sleep(0.001)  # the reactor sends what is queued, then reads what came
+    return event.is_cancelled
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed under us: the reactor ends the association
+        return False
+
+
 def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
     """EVT_C_FIND (PS3.4 C.4.1.2): pending responses, then success, cancel or failure."""
     started = time.perf_counter()
@@ -137,7 +168,7 @@ def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
         while offset is not None:
             results, offset = portal.run(qr.find_page(plan, offset), timeout=settings.store_timeout)
             for result in results:
-                if event.is_cancelled:  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
+                if _cancelled(event, settings.store_timeout):  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
                     outcome = "cancelled"
                     yield CANCELLED, None
                     return
