@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from archive.core.models import IndexMessage
+from archive.core.records import CatalogEntry
 from archive.core.uids import object_key
 from archive.ingest.describe import describe
 
@@ -102,3 +104,16 @@ def make_message(ds: Dataset, tmp_path: Path, *, sha256: str = "0" * 64, size: i
     spool.write_bytes(dataset_bytes(ds))
     d = describe(spool, ExplicitVRLittleEndian)
     return d.index_message(object_key(d.sop_instance_uid), size, sha256, source_aet="TESTSCU")
+
+
+def clones(tmp_path: Path, count: int, **kw: str) -> list[CatalogEntry]:
+    """``count`` instances of one series, cheaply (one dataset, new SOP UIDs)."""
+    message = make_message(make_ct(size=4, **kw), tmp_path)
+    out = []
+    for n in range(count):
+        uid = new_uid()
+        metadata = {**message.metadata, "00080018": {"vr": "UI", "Value": [uid]}}
+        metadata["00200013"] = {"vr": "IS", "Value": [n]}
+        copy = dataclasses.replace(message, sop_instance_uid=uid, key=object_key(uid), metadata=metadata)
+        out.append(CatalogEntry.from_message(copy))
+    return out

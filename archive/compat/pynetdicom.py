@@ -32,13 +32,24 @@ starts, before any association (idempotent). What it does, and why:
 
   ``tests/unit/test_compat.py`` runs plain pynetdicom (without :func:`install`, in a child
   process) and fails once either limit is gone upstream: then delete that half of the patch.
+- :func:`stop_listening`: our server is made with ``AE.make_server`` (``AE.start_server`` takes
+  no server class), so it is not in the AE's private ``_servers`` list, and pynetdicom's own
+  ``ThreadedAssociationServer.shutdown`` fails removing it from there; it is stopped as the
+  ``socketserver`` it is.
+- :func:`find_cancelled`, which a C-FIND handler asks before each response: pynetdicom reads a
+  C-CANCEL late (see there). It reads two private attributes of the association's DUL
+  (``socket``, ``to_provider_queue``); the same test file fails if they go away.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import socket
+import socketserver
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +58,10 @@ from typing import Any, Protocol, runtime_checkable
 from pydicom.dataset import Dataset
 from pynetdicom import _config
 from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
 
+FIND_BACKLOG = 64  # C-FIND responses (two P-DATA primitives each) queued to pynetdicom's reactor at most
 _ORIGINATOR = threading.local()  # per association thread: the C-MOVE requestor's AE title
 _lock = threading.Lock()
 _original_send_c_store = Association.send_c_store
@@ -92,5 +106,41 @@ def install(spool_dir: Path) -> None:
             Association.send_c_store = _send_c_store  # type: ignore[method-assign]
 
 
+def stop_listening(server: ThreadedAssociationServer) -> None:
+    """Stop accepting and close the listening socket (associations in progress go on)."""
+    socketserver.TCPServer.shutdown(server)
+    server.server_close()
+
+
 def installed() -> bool:
     return Association.send_c_store is _send_c_store
+
+
+def find_cancelled(event: Event, wait: float) -> bool:
+    """Whether the requestor sent C-CANCEL-FIND-RQ: asked before each C-FIND response, which the
+    SCP then stops sending (PS3.4 C.4.1.2.3).
+
+    pynetdicom's reactor thread reads the socket only when it has no response left to send,
+    and the responses a handler yields queue up for it without limit: a handler faster than
+    the reactor left a C-CANCEL unread until every match was queued (all 308 of a query came
+    back, 1 run in 3). So once the requestor has sent something, nothing more is queued until
+    the reactor has read it (waiting at most ``wait`` seconds); and at most FIND_BACKLOG
+    responses are queued, or the reactor, starved of the GIL by the handler, sends none.
+    """
+    dul = event.assoc.dul
+    sock = dul.socket.socket if dul.socket is not None else None
+    deadline = time.monotonic() + wait
+    while event.assoc.is_established and time.monotonic() < deadline:
+        if event.is_cancelled:
+            return True
+        if dul.to_provider_queue.qsize() < 2 * FIND_BACKLOG and not (sock is not None and _readable(sock)):
+            return False
+        time.sleep(0.001)  # the reactor sends what is queued, then reads what came
+    return event.is_cancelled
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed under us: the reactor ends the association
+        return False

@@ -31,7 +31,7 @@ from archive.core.query import InvalidQuery, Matcher, Query, Range, SingleValue,
 from archive.core.records import CatalogEntry
 from archive.core.uids import object_key
 from tests.conftest import free_port, service_setting
-from tests.factories import make_ct, make_message, new_uid
+from tests.factories import clones, make_ct, make_message, new_uid
 
 CatalogFactory = Callable[[], Catalog]
 
@@ -95,19 +95,6 @@ def entry(spec: Spec, tmp_path: Path) -> CatalogEntry:
     ds.ReferringPhysicianName = spec.referring
     ds.SeriesNumber = spec.series_number
     return CatalogEntry.from_message(make_message(ds, tmp_path))
-
-
-def clones(tmp_path: Path, count: int, **kw: str) -> list[CatalogEntry]:
-    """``count`` instances of one series, cheaply (one dataset, new SOP UIDs)."""
-    message = make_message(make_ct(size=4, **kw), tmp_path)
-    out = []
-    for n in range(count):
-        uid = new_uid()
-        metadata = {**message.metadata, "00080018": {"vr": "UI", "Value": [uid]}}
-        metadata["00200013"] = {"vr": "IS", "Value": [n]}
-        copy = dataclasses.replace(message, sop_instance_uid=uid, key=object_key(uid), metadata=metadata)
-        out.append(CatalogEntry.from_message(copy))
-    return out
 
 
 class World:

@@ -123,17 +123,12 @@ async def test_round_trip(queue: MessageQueue) -> None:
 
 
 async def test_receive_waits_for_a_publish(queue: MessageQueue) -> None:
-    async def later() -> None:
-        await asyncio.sleep(0.2)
-        await queue.publish(b"late")
-
-    task = asyncio.create_task(later())
-    start = time.monotonic()
-    deliveries = await queue.receive(5, timeout=5)
-    elapsed = time.monotonic() - start
-    await task
+    receiving = asyncio.create_task(queue.receive(5, timeout=60))
+    done, _ = await asyncio.wait({receiving}, timeout=0.2)
+    assert not done, "receive returned with nothing published"  # it waits ...
+    await queue.publish(b"late")
+    deliveries = await asyncio.wait_for(receiving, 30)  # ... and wakes for the publish, not at its timeout
     assert [d.body for d in deliveries] == [b"late"]
-    assert 0.15 < elapsed < 1.5
     await deliveries[0].ack()
 
 
@@ -159,9 +154,10 @@ async def test_retry_redelivers_with_count_incremented(queue: MessageQueue) -> N
     await first.retry(0)
     second = await receive_one(queue)
     assert (second.body, second.delivery_count) == (b"again", 2)
-    await second.retry(0.5)  # not before the delay
-    assert await queue.receive(1, timeout=0.2) == []
-    third = await receive_one(queue, timeout=3)
+    retried = time.monotonic()
+    await second.retry(0.5)
+    third = await receive_one(queue, timeout=5)
+    assert time.monotonic() - retried >= 0.5  # not before the delay (a slow machine only makes it later)
     assert (third.body, third.delivery_count) == (b"again", 3)
     await third.ack()
     assert (await queue.depth()).ready == 0
@@ -468,7 +464,8 @@ async def test_amqp_survives_a_broker_outage(amqp_url: str, unique: str) -> None
         start = time.monotonic()
         with pytest.raises(BackendUnavailable):
             await queue.publish(b"during")
-        assert time.monotonic() - start < 3, "publish during an outage must fail fast"
+        # within its 2 s confirm timeout (with room for a loaded machine); waiting for the broker would hang here
+        assert time.monotonic() - start < 6, "publish during an outage must fail fast"
 
         await proxy.start()
         deadline = time.monotonic() + 15

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from tests.conftest import free_port, require_tool
+from tests.e2e.harness import listening, wait_until
 
 MODEL_FLAG = {"patient": "-P", "study": "-S"}
 
@@ -69,7 +70,10 @@ class StoreSCPPeer:
             [require_tool("storescp"), "-aet", self.aet, "-od", str(self.directory), str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        time.sleep(0.3)
+        proc = self.proc
+        wait_until(lambda: listening(self.port) or proc.poll() is not None, timeout=10)
+        if proc.poll() is not None:
+            raise RuntimeError(f"storescp exited with {proc.returncode}")
         return self
 
     def received(self) -> dict[str, Dataset]:

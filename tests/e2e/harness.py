@@ -129,3 +129,49 @@ def verify(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     except ValueError:
         raise AssertionError(f"verify printed no JSON: {result.stdout}\n{result.stderr}") from None
     return result.returncode, report
+
+
+
+def listening(port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` (any address), read from /proc: no connection made."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()  # sl local_address rem_address st ...; st 0A = LISTEN
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process below it (a serve's workers and indexer)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+    tree = {root}
+    while below := {pid for pid, parent in parents.items() if parent in tree} - tree:
+        tree |= below
+    return tree
+
+
+def connection_owner(server_port: int, client_port: int, pids: set[int]) -> int | None:
+    """Which of ``pids`` holds the server end of the loopback TCP connection from ``client_port``."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local_address rem_address st ... uid timeout inode
+        if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)) == (server_port, client_port):
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
+import signal
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from archive.adapters.filesystem_store import FilesystemStore
-from archive.adapters.sqlite_queue import SqliteQueue
-from archive.ingest.service import IngestService
-from archive.scp.portal import Portal
-from archive.scp.pynetdicom_engine import StoreSCP
-from archive.settings import Settings
-from tests.conftest import free_port
-from tests.e2e.harness import serve, verify, wait_until, http_json
-from tests.e2e.senders import pynetdicom_store, rejection_of
+from archive.runtime import DRAIN_SECONDS
+from tests.e2e.harness import connection_owner, http_json, listening, process_tree, serve, verify, wait_until
+from tests.e2e.raw_dimse import A_ASSOCIATE_AC, A_RELEASE_RP, RawAssociation
+from tests.e2e.senders import rejection_of
 from tests.factories import make_ct, new_uid
 
 
-def test_accepted_sockets_have_tcp_nodelay(tmp_path: Path) -> None:
-    settings = Settings.from_env({"ARCHIVE_DATA_DIR": str(tmp_path), "ARCHIVE_BIND": "127.0.0.1"})
-    portal = Portal().start()
-    store, queue = FilesystemStore(tmp_path / "objects"), SqliteQueue(tmp_path / "queue.db")
-    portal.run(store.migrate())
-    portal.run(queue.migrate())
-    scp = StoreSCP(settings, IngestService(store, queue, settings.duplicate_policy), portal)
-    port = scp.start(port=free_port())
-    try:
-        with socket.create_connection(("127.0.0.1", port)):
-            assoc = wait_until(lambda: scp.ae.active_associations, timeout=5)[0]
-            sock = assoc.dul.socket.socket
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        scp.stop(drain_seconds=1)
-        portal.run(queue.close())
-        portal.run(store.close())
-        portal.stop()
+# TCP_NODELAY on accepted sockets is tested for both engines in test_fast_scp.py.
 
 
 @pytest.mark.parametrize("engine", ["pynetdicom", "asyncio"])
@@ -62,33 +39,63 @@ def test_association_cap_rejects_with_local_limit(tmp_path: Path, engine: str) -
         proc.stop()
 
 
+# Associations held at once: all of them land in the same one of two processes 1 time in 2^(HELD - 1).
+HELD = 24
+
+
 @pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
 def test_workers_share_the_port(tmp_path: Path, engine: str) -> None:
+    """Two processes serve one port: associations held open at once, each with a C-STORE
+    half-sent, land in both (the kernel spreads connections over SO_REUSEPORT listeners)."""
     proc = serve(tmp_path, ARCHIVE_WORKERS="2", ARCHIVE_SCP_ENGINE=engine).start()
     try:
+        # readiness covers the parent only: wait for the worker's listener too
+        wait_until(lambda: proc.log_tail(2000).count('"msg": "DICOM listening"') == 2)
+        serving = process_tree(proc.proc.pid)
         study = new_uid()
-        statuses: list[int] = []
-        lock = threading.Lock()
-
-        def send(batch: int) -> None:
-            result = pynetdicom_store(proc.dicom_port, [make_ct(study_uid=study, seed=batch * 10 + i)
-                                                        for i in range(10)])
-            with lock:
-                statuses.extend(result)
-
-        # Each worker process must be up before the load; readiness covers the parent only.
-        time.sleep(2)
-        threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert statuses == [0] * 60
-        wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/studies/{study}/instances")[1] or []) == 60)
+        datasets = [make_ct(study_uid=study, seed=n, size=16) for n in range(HELD)]
+        peers = [RawAssociation(proc.dicom_port, [(str(ds.SOPClassUID), ExplicitVRLittleEndian)]) for ds in datasets]
+        try:
+            for peer, ds in zip(peers, datasets):
+                assert peer.associate() == A_ASSOCIATE_AC
+                peer.begin_store(ds)
+            owners = [connection_owner(proc.dicom_port, peer.local_port, serving) for peer in peers]
+            assert None not in owners and len(set(owners)) == 2, owners
+            assert [peer.finish_store() for peer in peers] == [0] * HELD
+            assert [peer.release() for peer in peers] == [A_RELEASE_RP] * HELD
+        finally:
+            for peer in peers:
+                peer.close()
+        wait_until(lambda: len(http_json(f"{proc.http}/dicom-web/studies/{study}/instances")[1] or []) == HELD)
         code, report = verify(proc.env)
         assert code == 0, report
     finally:
         assert proc.stop() == 0
-    # more than one process served associations
-    log = proc.log_tail(2000)
-    assert log.count("\"msg\": \"DICOM listening\", \"aet\": \"ARCHIVE\", \"port\": ") == 2  # two processes listened
+
+
+
+@pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
+def test_sigterm_lets_a_store_in_progress_finish(tmp_path: Path, engine: str) -> None:
+    """Graceful shutdown: at SIGTERM the port closes, but a C-STORE under way is answered Success
+    and its association released; the process then exits at once, not at the drain deadline."""
+    proc = serve(tmp_path, ARCHIVE_SCP_ENGINE=engine).start()
+    ds = make_ct(size=16)
+    peer = RawAssociation(proc.dicom_port, [(str(ds.SOPClassUID), ExplicitVRLittleEndian)])
+    try:
+        assert peer.associate() == A_ASSOCIATE_AC
+        peer.begin_store(ds)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not listening(proc.dicom_port))
+        assert proc.proc.poll() is None  # draining
+        assert peer.finish_store() == 0
+        assert peer.release() == A_RELEASE_RP
+        assert proc.proc.wait(timeout=DRAIN_SECONDS - 10) == 0
+    finally:
+        peer.close()
+        proc.kill9()  # when something above failed
+    proc.start()  # what was answered Success is in the archive
+    try:
+        wait_until(lambda: http_json(f"{proc.http}/dicom-web/instances?SOPInstanceUID={ds.SOPInstanceUID}")[1])
+    finally:
+        assert proc.stop() == 0

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -16,7 +18,7 @@ from pydicom.uid import CTImageStorage, MRImageStorage
 
 from archive.adapters.filesystem_store import FilesystemStore
 from archive.adapters.sqlite_catalog import SqliteCatalog
-from archive.core.models import Payload
+from archive.core.models import ObjectInfo, Payload
 from archive.core.records import CatalogEntry
 from archive.core.retry import Backoff
 from archive.query.dimse import commitment as sc
@@ -155,6 +157,22 @@ async def test_check_collects_committed_and_failed(backends: tuple[SqliteCatalog
     assert outcome.event_type == sc.FAILURES_EXIST == 2
 
 
+class _Watched:
+    """The object store, noting when ``key`` is looked up (an instance found not yet cataloged)."""
+
+    def __init__(self, store: FilesystemStore, key: str) -> None:
+        self.store, self.key = store, key
+        self.looked_up = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        if key == self.key:
+            self.looked_up.set()
+        return await self.store.head(key)
+
+
 async def test_stored_instances_are_awaited_until_indexed(backends: tuple[SqliteCatalog, FilesystemStore],
                                                         tmp_path: Path) -> None:
     catalog, store = backends
@@ -162,11 +180,13 @@ async def test_stored_instances_are_awaited_until_indexed(backends: tuple[Sqlite
     never = await _archive(catalog, store, tmp_path, seed=6, index=False)
     with pytest.raises(sc.NotYetIndexed):
         await sc.check_reference(catalog, store, late.ref)
+    watched = _Watched(store, late.key)
     portal = Portal().start()
     try:
-        scp = sc.CommitmentSCP(catalog, store, portal, Settings(), index_wait=Backoff(0.05, 0.2, within=3.0))
+        scp = sc.CommitmentSCP(catalog, watched, portal, Settings(), index_wait=Backoff(0.05, 0.2, within=3.0))  # type: ignore[arg-type]
         checking = asyncio.create_task(asyncio.to_thread(scp.check, sc.CommitmentRequest("1.2.3", (late.ref, never.ref))))
-        await asyncio.sleep(0.3)  # the indexer catches up with one of them
+        # once the check has found it stored and not yet indexed, the indexer catches up with it
+        assert await asyncio.to_thread(watched.looked_up.wait, 10)
         await catalog.upsert([PENDING[late.ref.sop_instance_uid]])
         outcome = await checking
     finally:

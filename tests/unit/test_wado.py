@@ -250,6 +250,17 @@ async def test_metadata_is_the_stored_json_with_bulk_data_uris(world: World) -> 
     assert [m["00080018"]["Value"][0] for m in await response.json()] == [_uids(world)[0]]
 
 
+async def test_metadata_never_reads_objects(world: World) -> None:
+    """Answered from the catalog's stored JSON: the same with every object gone from the store."""
+    path = f"/dicom-web/studies/{STUDY}/metadata"
+    before = await (await world.client.get(path)).json()
+    for uid in world.stored:
+        await world.store.delete(object_key(uid))
+    response = await world.client.get(path)
+    assert response.status == 200
+    assert await response.json() == before
+
+
 async def test_metadata_etag_and_if_none_match(world: World) -> None:
     path = f"/dicom-web/studies/{STUDY}/metadata"
     first = await world.client.get(path)

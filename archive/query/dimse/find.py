@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from archive import metrics
+from archive.compat.pynetdicom import find_cancelled
 from archive.core.errors import BackendUnavailable
 from archive.core.models import DicomJson
 from archive.core.ports import Catalog
@@ -89,7 +90,7 @@ def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
         while offset is not None:
             results, offset = portal.run(find_page(qr.catalog, plan, offset), timeout=settings.query_timeout)
             for result in results:
-                if event.is_cancelled:  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
+                if find_cancelled(event, settings.query_timeout):  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
                     outcome = "cancelled"
                     yield CANCELLED, None
                     return

@@ -131,7 +131,7 @@ class DicomServer:
         if self.server is None:
             return
         if self._listening:
-            self.server.shutdown()  # stops accepting and closes the listening socket
+            pynetdicom_compat.stop_listening(self.server)
         deadline = time.monotonic() + drain_seconds
         while self.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
