@@ -36,6 +36,12 @@ starts, before any association (idempotent). What it does, and why:
   no server class), so it is not in the AE's private ``_servers`` list, and pynetdicom's own
   ``ThreadedAssociationServer.shutdown`` fails removing it from there; it is stopped as the
   ``socketserver`` it is.
+- :func:`reject`: pynetdicom checks calling AE titles itself (``require_calling_aet``) but has no
+  public way for an ``EVT_REQUESTED`` handler to refuse an association for another reason (our
+  network allow-list); it sends the A-ASSOCIATE-RJ through the association's ACSE and ends the
+  association as pynetdicom's own rejection does (``association.py``, ``_run_as_acceptor``).
+- :func:`release_requested`: whether the requestor has asked to release (an A-RELEASE-RQ waiting
+  in the DUL), before a Storage Commitment report is sent on its association.
 - :func:`find_cancelled`, which a C-FIND handler asks before each response: pynetdicom reads a
   C-CANCEL late (see there). It reads two private attributes of the association's DUL
   (``socket``, ``to_provider_queue``); the same test file fails if they go away.
@@ -56,9 +62,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pydicom.dataset import Dataset
-from pynetdicom import _config
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.transport import ThreadedAssociationServer
 
 FIND_BACKLOG = 64  # C-FIND responses (two P-DATA primitives each) queued to pynetdicom's reactor at most
@@ -104,6 +111,21 @@ def install(spool_dir: Path) -> None:
     with _lock:
         if Association.send_c_store is not _send_c_store:
             Association.send_c_store = _send_c_store  # type: ignore[method-assign]
+
+
+def reject(assoc: Association, result: int, source: int, reason: int) -> None:
+    """From an EVT_REQUESTED handler: answer A-ASSOCIATE-RJ (PS3.8 9.3.4) and end the association."""
+    assoc.acse.send_reject(result, source, reason)
+    assoc.is_rejected = True
+    assoc.is_established = False
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+def release_requested(assoc: Association) -> bool:
+    """Whether an A-RELEASE-RQ from the requestor waits to be read (PS3.8 7.2)."""
+    primitive = assoc.dul.peek_next_pdu()
+    return isinstance(primitive, A_RELEASE) and primitive.result is None
 
 
 def stop_listening(server: ThreadedAssociationServer) -> None:

@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.filereader import read_file_meta_info
+
 from archive.core.models import ObjectInfo
 from archive.core.ports import Catalog, MessageQueue, ObjectStore, SearchIndex
 from archive.core.records import CatalogInstance
 from archive.core.uids import uid_from_key
-from pydicom.filereader import _read_file_meta_info
-
 from archive.ingest.describe import dataset_offset, describe
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,7 @@ async def _requeue(store: ObjectStore, queue: MessageQueue, key: str) -> int:
             offset = dataset_offset(path)
             if offset == 0:
                 raise ValueError("not a DICOM Part 10 file")
-            with open(path, "rb") as fh:
-                fh.seek(128 + 4)
-                ts = str(_read_file_meta_info(fh).get("TransferSyntaxUID", ""))
+            ts = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
             d = describe(path, ts, offset)
         except Exception as exc:
             log.warning("orphaned object cannot be described", extra={"key": key[:200], "error": type(exc).__name__})

@@ -28,10 +28,10 @@ from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import build_role
-from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 from pynetdicom.sop_class import StorageCommitmentPushModelInstance
 
+from archive.compat.pynetdicom import release_requested
 from archive.core.retry import Backoff, retrying_sync
 from archive.settings import Peer, Settings
 
@@ -90,11 +90,6 @@ def _lock(assoc: Association) -> threading.Lock:
         return _same_association_locks.setdefault(assoc, threading.Lock())
 
 
-def _release_requested(assoc: Association) -> bool:
-    primitive = assoc.dul.peek_next_pdu()
-    return isinstance(primitive, A_RELEASE) and primitive.result is None
-
-
 def _answered(status: Dataset) -> bool:
     """The peer answered the report (any status; an empty one means no answer)."""
     return "Status" in status
@@ -103,7 +98,7 @@ def _answered(status: Dataset) -> bool:
 def send_on_association(assoc: Association, information: Dataset, event_type: int) -> bool:
     """Send on the requestor's association; False when it is gone or did not answer."""
     with _lock(assoc):
-        if not assoc.is_established or _release_requested(assoc):
+        if not assoc.is_established or release_requested(assoc):
             return False
         try:
             status, _ = assoc.send_n_event_report(information, event_type, PUSH_MODEL, PUSH_MODEL_INSTANCE,

@@ -6,10 +6,10 @@ import logging
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
 from pynetdicom.events import Event
 
 from archive import metrics
+from archive.compat import pynetdicom as pynetdicom_compat
 from archive.ingest.service import Received
 from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
@@ -44,11 +44,7 @@ def handle_requested(event: Event, policy: AccessPolicy) -> None:
         return
     metrics.ASSOCIATIONS.labels("rejected").inc()
     log.warning("association rejected", extra={"calling_aet": calling, "peer": address, "reason": rejection.why})
-    assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
-    assoc.is_rejected = True
-    assoc.is_established = False
-    evt.trigger(assoc, evt.EVT_REJECTED, {})
-    assoc.kill()
+    pynetdicom_compat.reject(assoc, rejection.result, rejection.source, rejection.reason)
 
 
 def handle_open(event: Event) -> None:

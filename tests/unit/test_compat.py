@@ -1,0 +1,97 @@
+"""archive.compat: dependency workarounds stay in one place, and their tests say when to drop them."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+from tests.conftest import ROOT
+
+ARCHIVE = ROOT / "archive"
+PROBE = Path(__file__).with_name("compat_probe.py")
+# what only archive/compat may touch: pynetdicom's private DUL and ACSE parts, its options
+# module, the AE's server list, and the interpreter-wide temporary directory
+PRIVATE_ATTRIBUTES = {"dul", "acse", "_servers", "to_provider_queue", "peek_next_pdu", "is_rejected", "tempdir"}
+
+
+def _probe(tmp_path: Path, *flags: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, str(PROBE), *flags, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_upstream_pynetdicom_still_needs_the_retrieve_patch(tmp_path: Path) -> None:
+    """Plain pynetdicom, no patch: when this fails, upstream changed; drop that half of the patch."""
+    plain = _probe(tmp_path)
+    assert plain["move_originator"] == "QRSCP", (
+        "pynetdicom now names the C-MOVE requestor as Move Originator (PS3.7 9.1.1.1): remove "
+        "move_originator() and the originator_aet rewrite from archive/compat/pynetdicom.py")
+    assert plain["get_received"] == 0, (
+        "pynetdicom now sends a file path yielded by a C-GET/C-MOVE handler: yield paths from "
+        "archive.query.dimse.retrieve and remove SendsItself from archive/compat/pynetdicom.py")
+
+
+def test_the_patch_sends_files_with_the_requestor_as_move_originator(tmp_path: Path) -> None:
+    patched = _probe(tmp_path, "--install")
+    assert patched["move_originator"] == "REQUESTOR"
+    assert patched["get_received"] == 1 and patched["get_statuses"][-1] == 0x0000
+    assert patched["move_statuses"][-1] == 0x0000
+
+
+def test_the_private_parts_compat_reads_are_still_there() -> None:
+    """An upgrade that renames them fails here, not in production."""
+    dul = DULServiceProvider.__init__.__code__.co_names
+    assert {"socket", "to_provider_queue"} <= set(dul) | set(vars(DULServiceProvider))
+    assert callable(DULServiceProvider.peek_next_pdu)
+    assert {"acse", "kill", "is_rejected", "send_c_store"} <= set(dir(Association)) | set(
+        Association.__init__.__code__.co_names)
+
+
+def _offences(path: Path, name: str) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        where = f"{name}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("pynetdicom", "pydicom"):
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            if private or any(part.startswith("_") for part in (node.module or "").split(".")):
+                found.append(f"{where}: imports {node.module} {private}")
+        elif isinstance(node, ast.Import):
+            found += [f"{where}: imports {a.name}" for a in node.names
+                      if a.name.split(".")[0] in ("pynetdicom", "pydicom") and "._" in a.name]
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+            found.append(f"{where}: .{node.attr}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:  # Association.send_c_store = ..., SomeClass.attr = ...
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id[:1].isupper():
+                    found.append(f"{where}: assigns {target.value.id}.{target.attr}")
+    return found
+
+
+def test_only_archive_compat_touches_dependency_internals() -> None:
+    offences = [o for path in sorted(ARCHIVE.rglob("*.py")) if "compat" not in path.relative_to(ARCHIVE).parts
+                for o in _offences(path, str(path.relative_to(ROOT)))]
+    assert offences == [], "move these into archive/compat (with why and a test):\n" + "\n".join(offences)
+
+
+@pytest.mark.parametrize("snippet", [
+    "from pynetdicom import _config\n_config.STORE_SEND_CHUNKED_DATASET = True\n",
+    "import tempfile\ntempfile.tempdir = '/x'\n",
+    "from pynetdicom.association import Association\nAssociation.send_c_store = None\n",
+    "def f(assoc):\n    return assoc.dul.socket\n",
+    "from pydicom.filereader import _read_file_meta_info\n",
+])
+def test_the_guard_sees_each_kind_of_offence(tmp_path: Path, snippet: str) -> None:
+    module = tmp_path / "probe.py"
+    module.write_text(snippet)
+    assert _offences(module, "probe.py")
