@@ -22,7 +22,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                # an extra never replaces the record's own fields (a "level" extra would hide the log level)
+                entry[f"extra_{key}" if key in entry else key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -38,6 +38,12 @@ def validate_uid(value: object, attribute: str) -> str:
     return value
 
 
+def encode_uid(uid: str) -> bytes:
+    """A UI value as it goes on the wire or into a file: ASCII, padded to even length with NUL (PS3.5 6.2, 9.1)."""
+    raw = uid.encode("ascii", "replace")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
 def object_key(sop_instance_uid: str) -> str:
     """The object-store key of an instance, from its (validated) SOP Instance UID.
 

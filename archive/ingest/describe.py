@@ -26,7 +26,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from archive.core.errors import MalformedDataset
 from archive.core.models import DicomJson, IndexMessage
-from archive.core.uids import validate_uid
+from archive.core.uids import encode_uid, validate_uid
 
 BULK_THRESHOLD = 16 * 1024  # values above this stay out of the metadata (PS3.18 BulkDataURI)
 PIXEL_GROUP = 0x7FE0
@@ -253,17 +253,13 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
     objects (and the checksums identical re-sends are compared by) do not change. The UIDs
     are validated ones (ASCII digits and dots).
     """
-    def ui(uid: str) -> bytes:
-        raw = uid.encode("ascii")
-        return raw + b"\x00" if len(raw) % 2 else raw  # UI pads with NUL (PS3.5 9.1)
-
     version = IMPLEMENTATION_VERSION.encode("ascii")
     body = b"".join((
         _META_VERSION,
-        _meta_element(0x0002, b"UI", ui(sop_class_uid)),
-        _meta_element(0x0003, b"UI", ui(sop_instance_uid)),
-        _meta_element(0x0010, b"UI", ui(transfer_syntax_uid)),
-        _meta_element(0x0012, b"UI", ui(IMPLEMENTATION_CLASS_UID)),
+        _meta_element(0x0002, b"UI", encode_uid(sop_class_uid)),
+        _meta_element(0x0003, b"UI", encode_uid(sop_instance_uid)),
+        _meta_element(0x0010, b"UI", encode_uid(transfer_syntax_uid)),
+        _meta_element(0x0012, b"UI", encode_uid(IMPLEMENTATION_CLASS_UID)),
         _meta_element(0x0013, b"SH", version + b" " if len(version) % 2 else version),
     ))
     return b"\x00" * 128 + b"DICM" + _META_ELEMENT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(body)) + body

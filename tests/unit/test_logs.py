@@ -20,3 +20,15 @@ def test_json_logs_carry_extra_fields_and_no_pydicom_values(capsys: pytest.Captu
     assert "SECRET" not in err
     line = json.loads(err.strip().splitlines()[-1])
     assert line["msg"] == "stored" and line["sop_instance_uid"] == "1.2.3" and line["level"] == "WARNING"
+
+
+def test_an_extra_never_replaces_the_records_own_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup("INFO", "json")
+    try:
+        logging.getLogger("archive.test").info("C-FIND", extra={"level": "IMAGE", "logger": "x"})
+        err = capsys.readouterr().err
+    finally:
+        logging.getLogger().handlers.clear()
+    line = json.loads(err.strip().splitlines()[-1])
+    assert (line["level"], line["logger"]) == ("INFO", "archive.test")
+    assert (line["extra_level"], line["extra_logger"]) == ("IMAGE", "x")

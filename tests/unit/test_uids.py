@@ -46,3 +46,10 @@ def test_object_key_fans_out_and_round_trips() -> None:
 def test_object_key_refuses_invalid_uid() -> None:
     with pytest.raises(InvalidUID):
         object_key("../1.2")
+
+
+def test_encode_uid_pads_odd_lengths_with_nul() -> None:
+    from archive.core.uids import encode_uid
+
+    assert encode_uid("1.2.3") == b"1.2.3\x00"  # PS3.5 9.1: UI padded with NUL to even length
+    assert encode_uid("1.2.34") == b"1.2.34"

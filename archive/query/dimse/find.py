@@ -108,5 +108,5 @@ def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
     finally:
         metrics.QUERIES.labels("cfind", level, outcome).inc()
         metrics.QUERY_SECONDS.labels("cfind").observe(time.perf_counter() - started)
-        log.info("C-FIND", extra={"calling_aet": event.assoc.requestor.ae_title, "level": level,
+        log.info("C-FIND", extra={"calling_aet": event.assoc.requestor.ae_title, "qr_level": level,
                                   "matches": sent, "outcome": outcome})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from archive.core.uids import encode_uid
 from archive.ingest.describe import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 # PS3.8 9.3.1: PDU types
@@ -264,15 +265,10 @@ def _element(element: int, value: bytes) -> bytes:
     return _ELEMENT.pack(0, element, len(value)) + value
 
 
-def _ui(value: str) -> bytes:
-    raw = value.encode("ascii", "replace")
-    return raw + b"\x00" if len(raw) % 2 else raw  # PS3.5 6.2: UI padded with NUL
-
-
 def encode_response(field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str,
                     status: int, comment: str = "") -> bytes:
     """A response command set (PS3.7 9.3.1.2, 9.3.5.2), elements in tag order."""
-    body = [_element(0x0002, _ui(sop_class_uid)),
+    body = [_element(0x0002, encode_uid(sop_class_uid)),
             _element(0x0100, struct.pack("<H", field)),
             _element(0x0120, struct.pack("<H", message_id)),
             _element(0x0800, struct.pack("<H", NO_DATASET)),
@@ -281,6 +277,6 @@ def encode_response(field: int, message_id: int, sop_class_uid: str, sop_instanc
         text = comment[:64].encode("ascii", "replace")
         body.append(_element(0x0902, text + b" " if len(text) % 2 else text))  # LO, space padded
     if sop_instance_uid:
-        body.append(_element(0x1000, _ui(sop_instance_uid)))
+        body.append(_element(0x1000, encode_uid(sop_instance_uid)))
     group = b"".join(body)
     return _element(0x0000, struct.pack("<I", len(group))) + group
