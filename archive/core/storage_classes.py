@@ -1,8 +1,8 @@
 """The storage SOP classes the archive accepts (PS3.4 Annex B, PS3.6 Table A-1).
 
-One declaration, without pynetdicom, so that a part that must not load pynetdicom
-(STOW-RS, :mod:`archive.query.dicomweb.stow`) can check a SOP class against the same
-list the DIMSE receiver negotiates. Written once from pynetdicom's
+One declaration, without pynetdicom: both receiver engines negotiate these SOP classes
+(:mod:`archive.scp.asyncio_engine`, :mod:`archive.scp.pynetdicom_engine.contexts`) and
+STOW-RS accepts the same ones (:mod:`archive.query.dicomweb.stow`). Written once from pynetdicom's
 ``AllStoragePresentationContexts`` (170 SOP classes in pynetdicom 3.0); the names come
 from pydicom's UID dictionary, or from PS3.6 where pydicom does not name the UID yet.
 ``tests/unit/test_storage_classes.py`` fails when pynetdicom's list differs, so that an

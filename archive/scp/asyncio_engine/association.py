@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 from archive import metrics
+from archive.core.storage_classes import STORAGE_SOP_CLASSES
 from archive.ingest.service import Received
 from archive.scp.access import AccessPolicy, Rejection
 from archive.scp.asyncio_engine import pdu
@@ -33,7 +33,7 @@ from archive.scp.store import Store
 log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
-SUPPORTED_ABSTRACT = frozenset({str(cx.abstract_syntax) for cx in AllStoragePresentationContexts} | {VERIFICATION})
+SUPPORTED_ABSTRACT = STORAGE_SOP_CLASSES | {VERIFICATION}
 SUPPORTED_TRANSFER = frozenset(str(ts) for ts in AllTransferSyntaxes)
 # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
 BUSY = Rejection(0x02, 0x03, 0x02, "too many associations")

@@ -6,8 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom.presentation import AllStoragePresentationContexts, build_context
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from archive.core.storage_classes import STORAGE_SOP_CLASSES
 
 # Lossless compressed transfer syntaxes (PS3.5 A.4, A.6, A.8): what was sent, kept bit for bit.
 LOSSLESS_COMPRESSED = frozenset({
@@ -34,15 +36,16 @@ def preferred_transfer_syntaxes() -> list[str]:
 
 
 def storage_contexts(*, retrieve_roles: bool = False) -> list[Any]:
-    """Every storage SOP class pynetdicom knows, in every transfer syntax pydicom knows.
+    """Every storage SOP class we accept (:mod:`archive.core.storage_classes`), in every transfer
+    syntax pydicom knows.
 
     With ``retrieve_roles`` the requestor may take the SCP role (SCP/SCU Role
     Selection, PS3.7 D.3.3.4), as a C-GET requestor does to receive its instances.
     """
     syntaxes = preferred_transfer_syntaxes()
     contexts = []
-    for cx in AllStoragePresentationContexts:
-        context = build_context(str(cx.abstract_syntax), syntaxes)
+    for sop_class in sorted(STORAGE_SOP_CLASSES):
+        context = build_context(sop_class, syntaxes)
         if retrieve_roles:
             context.scu_role = True
             context.scp_role = True
