@@ -14,14 +14,13 @@ import asyncio
 import os
 import shutil
 import sqlite3
-import sys
 import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from _util import ROOT, Proc, free_port
+from _util import THIS_BUILD, Build, Proc, free_port
 
 from archive.adapters.opensearch_search import _source as opensearch_source  # the adapter's document body
 from archive.core.flatten import flatten
@@ -211,8 +210,9 @@ FAMILIES: dict[str, type[Family]] = {"postgres": PostgresFamily, "sqlite": Sqlit
 class QueryService:
     """``dicom-archive query`` on the loaded backends, HTTP and DICOM on free loopback ports."""
 
-    def __init__(self, family: Family) -> None:
+    def __init__(self, family: Family, build: Build = THIS_BUILD) -> None:
         self.family = family
+        self.build = build
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.proc: Proc | None = None
@@ -222,7 +222,7 @@ class QueryService:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 120.0) -> None:
-        data = self.family.workdir / "query-data"
+        data = self.family.workdir / ("query-data" + (f"-{self.build.tag}" if self.build.tag else ""))
         data.mkdir(parents=True, exist_ok=True)
         env = {
             **self.family.env, "ARCHIVE_DATA_DIR": str(data), "ARCHIVE_BIND": "127.0.0.1",
@@ -231,8 +231,9 @@ class QueryService:
         }  # fmt: skip
         for inherited in [k for k in os.environ if k.startswith("ARCHIVE_") and k not in env]:
             env[inherited] = ""  # nothing from the caller's shell leaks into the role
-        self.proc = Proc(f"query-{self.family.key}", [sys.executable, "-m", "archive.cli", "query"],
-                         self.family.workdir / "query.log", env, cwd=ROOT)
+        name = f"query-{self.family.key}" + (f"-{self.build.tag}" if self.build.tag else "")
+        self.proc = Proc(name, [self.build.python, "-m", "archive.cli", "query"],
+                         self.family.workdir / f"{name}.log", env, cwd=self.build.root)
         self.proc.wait_http(f"{self.base}/readyz", timeout=timeout)
 
     def dicom_listening(self, timeout: float = 5.0) -> bool:

@@ -16,34 +16,15 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _util import ROOT, Batch, Proc, free_port, http_json
+from _util import ROOT, THIS_BUILD, Batch, Build, Proc, free_port, http_json
 from tests.conftest import _services_env
 
 # DCMTK reads TCP_NODELAY from the environment; the product doc's Orthanc numbers use it.
 DCMTK_ENV = {"TCP_NODELAY": "1"}
 
-
-@dataclass(frozen=True)
-class Build:
-    """Which archive code runs: a checkout and the interpreter that has it installed (editable)."""
-
-    python: str
-    root: Path  # the processes start here, so `-m archive.cli` imports this checkout's package
-    tag: str = ""  # shown after the receiver's label and key, e.g. "baseline"
-
-    @classmethod
-    def checkout(cls, root: Path, tag: str) -> "Build":
-        python = root / ".venv" / "bin" / "python"
-        if not python.exists():
-            raise SystemExit(f"{root}: no .venv/bin/python (make install there first)")
-        return cls(str(python), root.resolve(), tag)
-
-
-THIS_BUILD = Build(sys.executable, ROOT)
 
 
 class Receiver:

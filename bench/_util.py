@@ -28,6 +28,25 @@ if str(ROOT) not in sys.path:
 from tests.conftest import free_port  # noqa: E402  (re-exported for the bench modules)
 from tests.e2e.harness import http_json  # noqa: E402
 
+@dataclass(frozen=True)
+class Build:
+    """Which archive code runs: a checkout and the interpreter that has it installed (editable)."""
+
+    python: str
+    root: Path  # the processes start here, so `-m archive.cli` imports this checkout's package
+    tag: str = ""  # shown after the receiver's label and key, e.g. "baseline"
+
+    @classmethod
+    def checkout(cls, root: Path, tag: str) -> "Build":
+        python = root / ".venv" / "bin" / "python"
+        if not python.exists():
+            raise SystemExit(f"{root}: no .venv/bin/python (make install there first)")
+        return cls(str(python), root.resolve(), tag)
+
+
+THIS_BUILD = Build(sys.executable, ROOT)
+
+
 UID_ROOT = "1.2.826.0.1.3680043.10.1437.9."  # same root as tests/factories.py
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -32,7 +32,7 @@ from _queryclients import (EXACT, FINDSCU_REPEAT, KINDS, LABELS, TEXT_KINDS, CFi
 from _querydata import Hospital, Samples  # noqa: E402
 from _queryload import FAMILIES, Family, QueryService  # noqa: E402
 from _report import machine  # noqa: E402
-from _util import install_signal_handlers, kill_all, percentile  # noqa: E402
+from _util import Build, install_signal_handlers, kill_all, percentile  # noqa: E402
 
 WARMUP = 20
 
@@ -122,6 +122,8 @@ async def bench_family(key: str, sizes: list[int], args: argparse.Namespace, wor
     hospital = Hospital(seed=args.seed)
     result: dict[str, Any] = {"family": key, "label": family.label, "stages": [], "rows": []}
     service: QueryService | None = None
+    baseline: QueryService | None = None  # --baseline: the other checkout's query role on the same data
+    result["baseline_rows"] = []
     try:
         await family.setup()
         loaded = 0
@@ -148,14 +150,22 @@ async def bench_family(key: str, sizes: list[int], args: argparse.Namespace, wor
             if not cfind:
                 log(f"{key}: the query role does not listen on its DICOM port: no C-FIND measured")
             result["rows"] += await measure(family, service, hospital.samples, size, args.queries + WARMUP, cfind)
+            if args.baseline:
+                if baseline is None:
+                    baseline = QueryService(family, Build.checkout(args.baseline, "baseline"))
+                    baseline.start()
+                rows = await measure(family, baseline, hospital.samples, size, args.queries + WARMUP,
+                                     baseline.dicom_listening(timeout=2))
+                result["baseline_rows"] += [{**r, "family": f"{key}@baseline"} for r in rows]
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         log(f"{key}: FAILED {result['error']}\n{traceback.format_exc()}")
         if service is not None and service.proc is not None:
             log(service.proc.log_tail())
     finally:
-        if service is not None:
-            service.stop()
+        for running in (service, baseline):
+            if running is not None:
+                running.stop()
         await family.close()
         if args.keep:
             log(f"{key}: --keep: left in place for inspection (remove by hand): {family.env}")
@@ -236,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="leave the loaded schema, index and files in place (to EXPLAIN queries; remove by hand)")
     parser.add_argument("--workdir", type=Path, help="where to put the SQLite files and logs (default: a temp dir)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="another checkout (with its .venv): its query role answers the same queries on the same "
+                             "data at each size, right after ours (e.g. a `git worktree` of main)")
     args = parser.parse_args(argv)
     args.sizes = args.sizes or ("10000" if args.quick else "10000,100000,1000000")
     args.queries = args.queries or (50 if args.quick else 200)
@@ -251,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         for key in keys:
-            results.append(asyncio.run(bench_family(key, sizes, args, workdir)))
+            result = asyncio.run(bench_family(key, sizes, args, workdir))
+            baseline_rows = result.pop("baseline_rows")
+            results.append(result)
+            if baseline_rows:
+                results.append({"family": f"{key}@baseline", "label": f"{result['label']} [baseline]",
+                                "stages": [], "rows": baseline_rows})
     finally:
         kill_all()
         if args.workdir is None and not args.keep:

@@ -134,9 +134,6 @@ def stop_listening(server: ThreadedAssociationServer) -> None:
     server.server_close()
 
 
-def installed() -> bool:
-    return Association.send_c_store is _send_c_store
-
 
 def find_cancelled(event: Event, wait: float) -> bool:
     """Whether the requestor sent C-CANCEL-FIND-RQ: asked before each C-FIND response, which the

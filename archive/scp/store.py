@@ -1,4 +1,4 @@
-"""ONE C-STORE path for both receiver engines: the received dataset -> ingest -> Status.
+"""The one C-STORE path of both receiver engines: the received dataset -> ingest -> Status.
 
 Each engine receives the dataset into a spool file its own way, then calls :func:`store`:
 the command's SOP Class must be the abstract syntax of its presentation context, the ingest
