@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="another checkout (with its .venv) to compare with: each of our scenarios also runs "
                              f"from it, right after ours, as <scenario>{BASELINE} (e.g. a `git worktree` of main)")
+    parser.add_argument("--baseline-first", action="store_true",
+                        help="run each baseline scenario before ours (alternate runs to see order effects)")
     args = parser.parse_args(argv)
     defaults = {"count": (1000, 60), "repeat": (3, 1), "probe": (200, 20), "large_size": (1.0, 1 / 16),
                 "quiet_wait": (180.0, 0.0)}
@@ -418,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if args.baseline:
         BUILDS[BASELINE[1:]] = Build.checkout(args.baseline, BASELINE[1:])
-        scenarios = [s for name in scenarios for s in ((name, name + BASELINE) if name in OURS else (name,))]
+        pair = (lambda name: (name + BASELINE, name)) if args.baseline_first else (lambda name: (name, name + BASELINE))
+        scenarios = [s for name in scenarios for s in (pair(name) if name in OURS else (name,))]
     if "distributed" in scenarios or "distributed" in args.large_receivers:
         missing = distributed_missing()
         if missing:

@@ -17,7 +17,7 @@ from tests.e2e.senders import rejection_of
 from tests.factories import make_ct, new_uid
 
 
-# TCP_NODELAY on accepted sockets is tested for both engines in test_fast_scp.py.
+# TCP_NODELAY on accepted sockets is tested for both engines in test_asyncio_engine.py.
 
 
 @pytest.mark.parametrize("engine", ["pynetdicom", "asyncio"])
