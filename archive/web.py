@@ -12,12 +12,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from archive import metrics
 from archive.core.errors import BackendUnavailable, ObjectNotFound
+from archive.core.identity import Principal
 from archive.core.ports import Backend, MessageQueue
 from archive.core.query import InvalidQuery
 
 log = logging.getLogger(__name__)
 BACKENDS = web.AppKey("backends", list[Backend])
 QUEUE = web.AppKey("queue", MessageQueue)  # its depth goes into the metrics at each scrape
+PRINCIPAL = "archive.principal"  # request key: who made the request (set by the authentication middleware)
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    """The caller the authentication middleware identified (None before it ran, or without it)."""
+    found = request.get(PRINCIPAL)
+    return found if isinstance(found, Principal) else None
 READY_TIMEOUT = 3.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
