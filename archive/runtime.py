@@ -210,6 +210,7 @@ async def run(settings: Settings, roles: Roles) -> None:
         for backend in used:
             await backend.migrate()
         app = archive_web.base_app(used, backends.queue if backends.queue in used else None)
+        app[archive_web.AUDIT] = trail
         if roles.query_http:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),

@@ -19,12 +19,10 @@ from typing import Protocol
 from aiohttp import web
 
 from archive.core.audit import (
-    Action, AuditEvent, AuditTrail, EventKind, Outcome, QueryText, StudyTally, record_all,
+    Action, AuditEvent, EventKind, Outcome, QueryText, StudyTally, record_all,
 )
 from archive.core.identity import Principal, PrincipalKind
-from archive.web import principal_of
-
-AUDIT = web.AppKey("audit", AuditTrail)  # set by archive.query.routes.add_routes
+from archive.web import AUDIT, principal_of
 TALLY = "archive.audit.tally"  # request key: what this request served, per study
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

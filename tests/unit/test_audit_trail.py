@@ -15,7 +15,7 @@ from archive.audit import syslog
 from archive.audit.logfile import AuditFile
 from archive.audit.messages import Source
 from archive.audit.trail import Trail
-from archive.core.audit import Action, AuditEvent, EventKind, Outcome, StudyAccess
+from archive.core.audit import Action, AuditEvent, EventKind, Outcome, StudyAccess, Subtype
 from archive.core.identity import Principal, PrincipalKind
 from tests.conftest import free_port
 
@@ -167,3 +167,29 @@ def test_record_never_raises_when_the_file_cannot_be_written(tmp_path: Path) -> 
     trail = Trail(SOURCE, AuditFile(blocker / "audit.log", 1 << 20, 3))
     trail.record(_event())  # logs and counts, does not raise
     assert (REGISTRY.get_sample_value("archive_audit_file_failures_total") or 0) >= 1
+
+
+async def test_refused_http_requests_are_audited(tmp_path: Path) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from archive.web import AUDIT, audit_denied
+
+    class Kept:
+        def __init__(self) -> None:
+            self.events: list[AuditEvent] = []
+
+        def record(self, event: AuditEvent) -> None:
+            self.events.append(event)
+
+    kept = Kept()
+    app = web.Application()
+    app[AUDIT] = kept
+    request = make_mocked_request("GET", "/dicom-web/studies", app=app)
+    audit_denied(request, 401, "missing bearer token")
+    audit_denied(request, 403, "reader role required", who=Principal(PrincipalKind.USER, "bob", "10.0.0.9"))
+    first, second = kept.events
+    assert (first.kind, first.subtype, first.who.name, first.outcome) == (
+        EventKind.USER_AUTHENTICATION, Subtype.LOGIN, "anonymous", Outcome.MINOR_FAILURE)
+    assert (second.kind, second.subtype, second.who.name, second.service) == (
+        EventKind.SECURITY_ALERT, Subtype.USE_OF_RESTRICTED_FUNCTION, "bob", "/dicom-web/studies")
