@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from archive import web as archive_web
-from archive.compose import Backends
+from archive.compose import Backends, audit_trail
+from archive.core.audit import AuditEvent, AuditTrail, EventKind, Subtype
+from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
@@ -35,6 +37,29 @@ from archive.settings import Settings
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 30.0
+
+
+def security_configuration(settings: Settings) -> str:
+    """What guards the archive, for the start-up audit record (no secrets, no patient data)."""
+    aets = ",".join(settings.allowed_aets) or "any"
+    networks = ",".join(str(n) for n in settings.allowed_networks) or "any"
+    collector = settings.audit_syslog.split("://", 1)[0] if settings.audit_syslog else "none"
+    return (f"DICOM: calling AE titles {aets}; networks {networks}; TLS off. "
+            f"HTTP: authentication none. Audit: file {settings.audit_file}; syslog {collector}")
+
+
+def _activity(trail: AuditTrail, settings: Settings, subtype: Subtype, detail: str = "") -> None:
+    """Application Activity (PS3.15 A.5.3.1): the archive started or stopped, by this OS user."""
+    import getpass
+    import socket
+
+    try:
+        launcher = getpass.getuser()
+    except Exception:  # no user name for this uid (a container)
+        launcher = str(os.getuid())
+    trail.record(AuditEvent(EventKind.APPLICATION_ACTIVITY, Principal(PrincipalKind.LOCAL, launcher,
+                                                                      socket.gethostname()),
+                            subtype=subtype, service=settings.aet, detail=detail))
 
 
 async def _wait_for_signal() -> None:
@@ -179,22 +204,25 @@ async def run(settings: Settings, roles: Roles) -> None:
         needed += [backends.catalog, backends.store]
     used = list(dict.fromkeys(needed))
     async with AsyncExitStack() as stack:
+        trail = audit_trail(settings)  # closed last: the stop record goes out after everything else
+        stack.callback(trail.close)
         stack.push_async_callback(backends.close)
         for backend in used:
             await backend.migrate()
         app = archive_web.base_app(used, backends.queue if backends.queue in used else None)
+        app[archive_web.AUDIT] = trail
         if roles.query_http:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
-                       settings=settings)
+                       settings=settings, audit=trail)
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
         qr_services: list[DimseService] = []
         if roles.query_dimse:
-            qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir))
+            qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir), trail)
             qr_services.append(query_retrieve_service(qr, portal, settings))
-            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings))
+            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings, trail))
         store_scp: StoreSCP | None = None
         asyncio_scp: AsyncioReceiver | None = None
         qr_server: DicomServer | None = None
@@ -205,19 +233,20 @@ async def run(settings: Settings, roles: Roles) -> None:
                 # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
                 # handed to the pynetdicom server, which then listens on no port of its own
                 if qr_services:
-                    store_scp = StoreSCP(settings, ingest, portal, qr_services)
+                    store_scp = StoreSCP(settings, ingest, portal, qr_services, audit=trail)
                     store_scp.start(listen=False)
-                asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
+                asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(), handover=store_scp,
+                                              audit=trail)
                 await asyncio_scp.start(reuse_port=roles.worker_child or multi)
             else:
-                store_scp = StoreSCP(settings, ingest, portal, qr_services)
+                store_scp = StoreSCP(settings, ingest, portal, qr_services, audit=trail)
                 store_scp.start(reuse_port=roles.worker_child or multi)
             if qr_services and multi:
                 children.flags["scp"] = ("--with-query",)  # workers share the port and every service
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp", *children.flags.get("scp", ()))
         if qr_services and not roles.receive:
-            qr_server = DicomServer(settings, qr_services, role="query")
+            qr_server = DicomServer(settings, qr_services, role="query", audit=trail)
             qr_server.start(port=settings.query_dicom_port)  # one process: a taken port is an error
 
         worker: Indexer | None = None
@@ -231,7 +260,12 @@ async def run(settings: Settings, roles: Roles) -> None:
 
         if roles.http:
             await _start_http(app, settings, stack)
+        announce = not roles.worker_child and roles.http  # one Application Activity per command, not per child
+        if announce:
+            _activity(trail, settings, Subtype.APPLICATION_START, security_configuration(settings))
         await _wait_for_signal()
+        if announce:
+            _activity(trail, settings, Subtype.APPLICATION_STOP)
 
         # Ordered shutdown: stop accepting and drain, then the indexers, then HTTP and backends.
         children.stopping = True

@@ -16,22 +16,35 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from archive import metrics
+from archive.core.audit import StudyTally
+from archive.core.records import text_value
 from archive.ingest.service import IngestService, Prepared, Received
 from archive.scp.status import OUTCOME_STATUS, SOP_CLASS_NOT_NEGOTIATED, Status, status_for_error
 
 log = logging.getLogger(__name__)
 
 Prepare = Callable[[Received], Awaitable[Prepared]]
-Store = Callable[[Received, str], Coroutine[Any, Any, Status]]  # (received, abstract syntax of its context) -> Status
 
 
-async def store(received: Received, abstract_syntax: str, *, ingest: IngestService, prepare: Prepare,
-                timeout: float) -> Status:
-    """Archive one C-STORE's dataset; ``abstract_syntax`` is that of the context it came on."""
+class Store(Protocol):
+    """(received, abstract syntax of its context, the association's audit tally) -> Status"""
+
+    def __call__(self, received: Received, abstract_syntax: str,
+                 tally: StudyTally | None = None) -> Coroutine[Any, Any, Status]: ...
+
+
+async def store(received: Received, abstract_syntax: str, tally: StudyTally | None = None, *,
+                ingest: IngestService, prepare: Prepare, timeout: float) -> Status:
+    """Archive one C-STORE's dataset; ``abstract_syntax`` is that of the context it came on.
+
+    ``tally`` counts the instance under its study and patient (from the index message's
+    metadata) for the association's audit record (PS3.15 A.5.3.7), emitted when it ends.
+    """
     started = time.perf_counter()
+    prepared: Prepared | None = None
     try:
         if received.affected_sop_class_uid != abstract_syntax:
             status = SOP_CLASS_NOT_NEGOTIATED  # not stored, not even parsed
@@ -52,6 +65,10 @@ async def store(received: Received, abstract_syntax: str, *, ingest: IngestServi
             "status": f"0x{status.code:04X}", "reason": str(exc)[:200]})
     metrics.STORES.labels(status.label).inc()
     metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+    if tally is not None and prepared is not None:  # (unparsed data names no study)
+        described = prepared.description
+        tally.add(described.study_uid, text_value(described.metadata, "00100020") or "", described.sop_class_uid,
+                  ok=status.code == 0 or status.code >> 12 == 0xB)
     return status
 
 

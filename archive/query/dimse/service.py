@@ -9,7 +9,7 @@ service to the receiver's AE; the ``query`` role runs it on its own port.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pynetdicom import evt
@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from archive.core.audit import AuditTrail, NoAudit
 from archive.core.ports import Catalog, ObjectStore
 from archive.query.dimse.find import handle_find
 from archive.query.dimse.retrieve import handle_get, handle_move
@@ -44,6 +45,7 @@ class QueryRetrieve:
     catalog: Catalog
     store: ObjectStore
     spool_dir: Path
+    audit: AuditTrail = field(default_factory=NoAudit)  # Query, Begin Transferring, Instances Transferred
 
 
 def handle_sop_extended(event: Event) -> dict[str, bytes]:

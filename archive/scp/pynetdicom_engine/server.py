@@ -22,6 +22,7 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive.compat import pynetdicom as pynetdicom_compat
+from archive.core.audit import AuditTrail, NoAudit
 from archive.ingest.service import IngestService
 from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
@@ -64,8 +65,11 @@ class DimseService:
 class DicomServer:
     """One pynetdicom AE on one port answering the DIMSE services it is given."""
 
-    def __init__(self, settings: Settings, services: Sequence[DimseService], *, role: str = "scp") -> None:
+    def __init__(self, settings: Settings, services: Sequence[DimseService], *, role: str = "scp",
+                 audit: AuditTrail | None = None, tallies: handlers.Tallies | None = None) -> None:
         self.settings = settings
+        self.audit = audit or NoAudit()
+        self.tallies = tallies or handlers.Tallies()  # per association: what it stored, for the audit trail
         self.services = list(services)
         self.role = role
         self.ae = AE(ae_title=settings.aet)
@@ -93,9 +97,9 @@ class DicomServer:
         policy = AccessPolicy(self.settings.allowed_aets, self.settings.allowed_networks)
         server_class = type("Server", (ArchiveAssociationServer,), {"reuse_port": reuse_port})
         handlers_: list[Any] = [
-            (evt.EVT_REQUESTED, handlers.handle_requested, [policy]),
+            (evt.EVT_REQUESTED, handlers.handle_requested, [policy, self.audit, self.settings.aet]),
             (evt.EVT_CONN_OPEN, handlers.handle_open),
-            (evt.EVT_CONN_CLOSE, handlers.handle_close),
+            (evt.EVT_CONN_CLOSE, handlers.handle_close, [self.tallies, self.audit, self.settings.aet]),
         ]
         for service in self.services:
             handlers_ += service.handlers
@@ -141,13 +145,13 @@ class DicomServer:
 
 
 def store_service(settings: Settings, ingest: IngestService, portal: Portal,
-                  pool: concurrent.futures.Executor) -> DimseService:
+                  pool: concurrent.futures.Executor, tallies: handlers.Tallies) -> DimseService:
     """C-ECHO and C-STORE of every storage SOP class into the ingest service; IngestService.prepare
     runs on ``pool``, the commit on the portal's loop (archive.scp.store)."""
     stored = functools.partial(store, ingest=ingest, prepare=prepare_in(pool, ingest), timeout=settings.store_timeout)
     return DimseService(
         contexts=tuple(storage_contexts()),
-        handlers=((evt.EVT_C_STORE, handlers.handle_store, [stored, portal]),),
+        handlers=((evt.EVT_C_STORE, handlers.handle_store, [stored, portal, tallies]),),
     )
 
 
@@ -155,9 +159,11 @@ class StoreSCP(DicomServer):
     """The receiver: C-STORE into the archive, plus whatever other services are given."""
 
     def __init__(self, settings: Settings, ingest: IngestService, portal: Portal,
-                 services: Sequence[DimseService] = ()) -> None:
+                 services: Sequence[DimseService] = (), *, audit: AuditTrail | None = None) -> None:
         self._pool = prepare_pool(settings.max_associations, "pynetdicom")
-        super().__init__(settings, [store_service(settings, ingest, portal, self._pool), *services])
+        tallies = handlers.Tallies()
+        super().__init__(settings, [store_service(settings, ingest, portal, self._pool, tallies), *services],
+                         audit=audit, tallies=tallies)
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         super().stop(drain_seconds)

@@ -90,6 +90,20 @@ ARCHIVE_QUERY_LIMIT: {{ $s.queryLimit | int64 | quote }}
 ARCHIVE_WORKERS: "1"
 ARCHIVE_LOG_LEVEL: {{ $s.logLevel | quote }}
 ARCHIVE_LOG_FORMAT: {{ $s.logFormat | quote }}
+{{- with .Values.audit }}
+ARCHIVE_AUDIT_SYSLOG: {{ .syslog | quote }}
+ARCHIVE_AUDIT_FILE: {{ printf "%s/audit/audit.log" $.Values.dataDir | quote }}
+ARCHIVE_AUDIT_FILE_MAX_BYTES: {{ .fileMaxBytes | int64 | quote }}
+ARCHIVE_AUDIT_FILE_KEEP: {{ .fileKeep | int64 | quote }}
+ARCHIVE_AUDIT_SOURCE_ID: {{ .sourceId | quote }}
+{{- if .tlsSecret }}
+ARCHIVE_AUDIT_TLS_CA: "/etc/dicom-archive/audit-tls/ca.crt"
+{{- if .clientCertificate }}
+ARCHIVE_AUDIT_TLS_CERT: "/etc/dicom-archive/audit-tls/tls.crt"
+ARCHIVE_AUDIT_TLS_KEY: "/etc/dicom-archive/audit-tls/tls.key"
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := .Values.extraConfig }}
 {{- if not (hasPrefix "ARCHIVE_" $name) }}
 {{- fail (printf "extraConfig: %q is not an ARCHIVE_* setting" $name) }}
@@ -197,6 +211,11 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
       mountPath: {{ $ctx.Values.dataDir }}
     - name: tmp
       mountPath: /tmp
+    {{- if $ctx.Values.audit.tlsSecret }}
+    - name: audit-tls
+      mountPath: /etc/dicom-archive/audit-tls
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{- define "dicom-archive.volumes" -}}
@@ -206,6 +225,12 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- with .audit }}{{- if .tlsSecret }}
+- name: audit-tls
+  secret:
+    secretName: {{ .tlsSecret }}
+    defaultMode: 0440
+{{- end }}{{- end }}
 {{- end }}
 
 {{/* Pod-level fields shared by every pod of the chart. */}}
