@@ -275,8 +275,11 @@ async def frames(request: web.Request) -> web.StreamResponse:
         with reader:
             try:
                 reader.check(numbers)
+                reader.check_decodable(fmt)  # before the response starts: a bomb is a 406, not a cut
             except FrameNotFound as exc:
                 raise web.HTTPNotFound(text=str(exc)) from None
+            except RenderError as exc:
+                raise web.HTTPNotAcceptable(text=f"{instance.sop_instance_uid}: {exc}") from None
             boundary = MultipartStream.new_boundary()
             content_type = MultipartStream.content_type(fmt.media_type, boundary)
             response = web.StreamResponse(headers={"Content-Type": f"{content_type}; transfer-syntax={fmt.transfer_syntax}"})

@@ -25,6 +25,7 @@ from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
 from archive.query.context import CATALOG, STORE
 from archive.query.dicomweb.media import render
+from archive.query.dicomweb.media.limits import TooLargeToDecode, check_object
 from archive.query.dicomweb.media.render import RenderOptions, Viewport
 from archive.query.dicomweb.negotiation import NotAcceptable
 from archive.query.dicomweb.pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
@@ -93,6 +94,10 @@ def _render_options(query: Mapping[str, str], media: str) -> RenderOptions:
 def _decompressed(path: Path) -> bytes:
     """The object decompressed to Explicit VR Little Endian, transferSyntax's default (PS3.18 Chapter 9)."""
     ds = dcmread(path)
+    try:
+        check_object(ds)  # decoded in memory: bounded before any decoder allocates
+    except TooLargeToDecode as exc:
+        raise NotAcceptable(str(exc)) from None
     ds.decompress(generate_instance_uid=False)  # the same instance (PS3.5 8.2); Explicit VR Little Endian
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
