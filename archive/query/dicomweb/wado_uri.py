@@ -25,7 +25,7 @@ from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
 from archive.query.context import CATALOG, STORE
 from archive.query.dicomweb.media import render
-from archive.query.dicomweb.media.limits import TooLargeToDecode, check_object
+from archive.core.decode_limits import TooLargeToDecode, check_object
 from archive.query.dicomweb.media.render import RenderOptions, Viewport
 from archive.query.dicomweb.negotiation import NotAcceptable
 from archive.query.dicomweb.pixels import image_response, parse_quality, parse_window, render_instance, run, spooled

@@ -33,7 +33,7 @@ from pydicom.uid import (
 )
 
 from archive.core.query import InvalidQuery
-from archive.query.dicomweb.media.limits import TooLargeToDecode, check_frame
+from archive.core.decode_limits import TooLargeToDecode, check_frame
 from archive.query.dicomweb.media.render import FrameNotFound, RenderError, number_of_frames
 from archive.query.dicomweb.negotiation import NotAcceptable, parse_accept
 

@@ -28,7 +28,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
 from archive.core.errors import ArchiveError
 from archive.core.query import InvalidQuery
-from archive.query.dicomweb.media.limits import MAX_OUTPUT_SIDE, TAGS, TooLargeToDecode, check_frame
+from archive.core.decode_limits import MAX_OUTPUT_SIDE, TAGS, TooLargeToDecode, check_frame
 
 JPEG = "image/jpeg"
 PNG = "image/png"

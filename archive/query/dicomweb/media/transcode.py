@@ -43,7 +43,7 @@ from pydicom.uid import (
 )
 
 from archive.core.errors import ArchiveError
-from archive.query.dicomweb.media.limits import check_object
+from archive.core.decode_limits import check_object
 from archive.query.dicomweb.negotiation import ANY, DEFAULT
 
 UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))

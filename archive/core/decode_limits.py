@@ -1,9 +1,10 @@
-"""How much decoding one request may cost: the guard against decompression bombs.
+"""How much decoding one request may cost: the guard against decompression bombs (WADO-RS, WADO-URI, C-GET/C-MOVE).
 
 A few hundred bytes of RLE or JPEG can declare a 40000 x 40000 image (PS3.5 G: an RLE
 segment's replicate runs; ITU T.81 B.2.2: the SOF frame size); decoders allocate what the
 header declares before they find the data short. Every decode (rendering, uncompressed
-frames, transcoding, WADO-URI decompression) first checks the size the attributes declare
+frames, transcoding, WADO-URI decompression, a C-GET/C-MOVE sub-operation to a peer that
+accepted no stored syntax) first checks the size the attributes declare
 (PS3.3 C.7.6.3: Rows x Columns x Samples per Pixel x Bits Allocated, times Number of
 Frames for a whole object) against these limits; a larger instance is refused (406, as any
 instance we cannot render or convert), its stored bytes still retrievable as stored.
