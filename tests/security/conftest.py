@@ -141,11 +141,18 @@ def no_marker_anywhere(sandbox: Sandbox) -> None:
         assert not found, f"a traversal wrote {found}"
 
 
+@dataclass
+class Expect:
+    stored: int = 0  # new objects the case may leave (set it inside the block when the answer says so)
+
+
 @contextlib.contextmanager
-def guarded(archive: Archive, *, stored: int = 0) -> Iterator[None]:
+def guarded(archive: Archive, *, stored: int = 0) -> Iterator[Expect]:
     """Run a hostile case; then: nothing outside the data dir, nothing lost, ``stored`` new objects."""
     before = snapshot(archive)
-    yield
+    expect = Expect(stored)
+    yield expect
+    stored = expect.stored
     after_objects = archive.objects()
     assert before.objects <= after_objects, f"stored objects lost: {before.objects - after_objects}"
     new = after_objects - before.objects
