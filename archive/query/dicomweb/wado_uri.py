@@ -28,6 +28,7 @@ from archive.query.dicomweb.media import render
 from archive.core.decode_limits import TooLargeToDecode, check_object
 from archive.query.dicomweb.media.render import RenderOptions, Viewport
 from archive.query.dicomweb.negotiation import NotAcceptable
+from archive.query.dicomweb.request import http_error
 from archive.query.dicomweb.pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,10 @@ async def wado(request: web.Request) -> web.StreamResponse:
     study, series = _required_uid(query, "studyUID"), _required_uid(query, "seriesUID")
     sop = _required_uid(query, "objectUID")
     if query.get("anonymize") == "yes":
-        raise web.HTTPNotAcceptable(text="anonymize=yes is not supported")
+        raise http_error(web.HTTPNotAcceptable, "anonymize=yes is not supported")
     instance = await request.app[CATALOG].get_instance(sop)
     if instance is None or instance.study_uid != study or instance.series_uid != series:
-        raise web.HTTPNotFound(text=f"no instance {sop} in series {series} of study {study}")
+        raise http_error(web.HTTPNotFound, f"no instance {sop} in series {series} of study {study}")
     try:
         media = _content_type(query)
         if media == DICOM:
@@ -140,5 +141,5 @@ async def wado(request: web.Request) -> web.StreamResponse:
         options = _render_options(query, media)
         body = await render_instance(request, instance, _positive(query, "frameNumber") or 1, options)
     except NotAcceptable as exc:
-        raise web.HTTPNotAcceptable(text=str(exc)) from None
+        raise http_error(web.HTTPNotAcceptable, str(exc)) from None
     return image_response(body, media)
