@@ -93,7 +93,8 @@ class DicomServer:
         (the asyncio receiver hands over the associations it does not serve).
         """
         # its options, its spool directory (beside the data) and the retrieve patch
-        pynetdicom_compat.install(process_spool(self.settings.data_dir))
+        pynetdicom_compat.install(process_spool(self.settings.data_dir), self.settings.max_pdu,
+                                  self.settings.network_timeout)
         policy = AccessPolicy(self.settings.allowed_aets, self.settings.allowed_networks)
         server_class = type("Server", (ArchiveAssociationServer,), {"reuse_port": reuse_port})
         handlers_: list[Any] = [
