@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from archive.core.ports import Backend, Catalog, MessageQueue, ObjectStore, SearchIndex
+from archive.core.ports import ApiKeys, Backend, Catalog, MessageQueue, ObjectStore, SearchIndex
 from archive.settings import Settings
 
 
@@ -84,6 +84,12 @@ class Backends:
             if url.startswith("sqlite://"):
                 _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
         return cls(object_store(settings), message_queue(settings), catalog(settings), search_index(settings))
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        """The API keys live in the catalog's database (its ``api_keys`` table)."""
+        assert isinstance(self.catalog, ApiKeys)
+        return self.catalog
 
     def all(self) -> list[Backend]:
         return [self.store, self.queue, self.catalog, self.search]

@@ -58,6 +58,10 @@ QUERIES = Counter("archive_queries_total", "Queries answered", ["interface", "le
 QUERY_SECONDS = Histogram("archive_query_seconds", "Query latency", ["interface"])
 OBJECT_CACHE = Counter("archive_object_cache_total", "Objects the query service read from its local cache", ["result"])
 STOW_INSTANCES = Counter("archive_stow_instances_total", "STOW-RS instances (or rejected requests) by result", ["result"])
+HTTP_AUTH = Counter(
+    "archive_http_auth_total", "HTTP requests that needed a role, by outcome",
+    ["outcome"],  # user | api-key | local | open (let in); unauthenticated | invalid_token | forbidden (401, 403)
+)
 
 QUEUE_DEPTH_TIMEOUT = 2.0  # a scrape must not hang on a queue that does not answer
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from archive import web as archive_web
+from archive.auth import access as http_access
+from archive.auth.https import server_context
 from archive.compose import Backends
 from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
@@ -46,15 +48,20 @@ async def _wait_for_signal() -> None:
     log.info("shutting down")
 
 
-async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack) -> int:
+async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack, *,
+                      port: int | None = None, what: str = "HTTP", tls: bool = True) -> int:
+    """Serve ``app`` on ``port`` (default ARCHIVE_HTTP_PORT); HTTPS when ``tls`` and a certificate is set."""
+    context = (server_context(settings.http_tls_cert, settings.http_tls_key)
+               if tls and settings.http_tls_cert else None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, settings.bind, settings.http_port, reuse_port=True)
+    site = web.TCPSite(runner, settings.bind, settings.http_port if port is None else port, reuse_port=True,
+                       ssl_context=context)
     await site.start()
-    port = int(runner.addresses[0][1])  # the bound port (ARCHIVE_HTTP_PORT=0: one the kernel chose)
-    log.info("HTTP listening", extra={"port": port})
-    return port
+    bound = int(runner.addresses[0][1])  # the bound port (ARCHIVE_HTTP_PORT=0: one the kernel chose)
+    log.info(f"{what} listening", extra={"port": bound, "tls": context is not None})
+    return bound
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
@@ -182,7 +189,11 @@ async def run(settings: Settings, roles: Roles) -> None:
         stack.push_async_callback(backends.close)
         for backend in used:
             await backend.migrate()
-        app = archive_web.base_app(used, backends.queue if backends.queue in used else None)
+        queue = backends.queue if backends.queue in used else None
+        access = http_access.Access.from_settings(settings, backends.api_keys)
+        stack.push_async_callback(access.close)
+        app = archive_web.base_app(used, queue, auth=http_access.middleware(access),
+                                   with_metrics=settings.metrics_port is None)
         if roles.query_http:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
@@ -230,7 +241,14 @@ async def run(settings: Settings, roles: Roles) -> None:
         supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 
         if roles.http:
+            level, text = access.describe()
+            log.log(level, text)
+            prefetch = asyncio.create_task(access.prefetch(), name="oidc-keys")  # noqa: RUF006 - awaited below
             await _start_http(app, settings, stack)
+            if settings.metrics_port is not None:
+                await _start_http(archive_web.metrics_app(queue), settings, stack, port=settings.metrics_port,
+                                  what="metrics", tls=False)
+            await prefetch
         await _wait_for_signal()
 
         # Ordered shutdown: stop accepting and drain, then the indexers, then HTTP and backends.
