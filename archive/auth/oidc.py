@@ -253,7 +253,8 @@ class OidcVerifier:
         except jwt.InvalidSignatureError:
             raise InvalidToken("bad signature") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise InvalidToken(f"no {exc.claim} claim") from None
+            raise InvalidToken(("not for this audience (no aud claim)" if exc.claim == "aud"
+                                else f"no {exc.claim} claim")) from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid ({type(exc).__name__})") from None
         return TokenHolder(user_name(claims), roles_from(claims, self.roles_claim))
