@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from contextlib import AsyncExitStack
@@ -49,10 +50,8 @@ async def _wait_for_signal() -> None:
 
 
 async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack, *,
-                      port: int | None = None, what: str = "HTTP", tls: bool = True) -> int:
-    """Serve ``app`` on ``port`` (default ARCHIVE_HTTP_PORT); HTTPS when ``tls`` and a certificate is set."""
-    context = (server_context(settings.http_tls_cert, settings.http_tls_key)
-               if tls and settings.http_tls_cert else None)
+                      port: int | None = None, what: str = "HTTP", context: ssl.SSLContext | None = None) -> int:
+    """Serve ``app`` on ``port`` (default ARCHIVE_HTTP_PORT); HTTPS with ``context``."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
@@ -185,6 +184,10 @@ async def run(settings: Settings, roles: Roles) -> None:
     if roles.query_dimse:
         needed += [backends.catalog, backends.store]
     used = list(dict.fromkeys(needed))
+    # A certificate that cannot be loaded stops the process before anything listens
+    https = None
+    if roles.http and settings.http_tls_cert:
+        https = server_context(settings.http_tls_cert, settings.http_tls_key)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(backends.close)
         for backend in used:
@@ -244,10 +247,10 @@ async def run(settings: Settings, roles: Roles) -> None:
             level, text = access.describe()
             log.log(level, text)
             prefetch = asyncio.create_task(access.prefetch(), name="oidc-keys")  # noqa: RUF006 - awaited below
-            await _start_http(app, settings, stack)
-            if settings.metrics_port is not None:
+            await _start_http(app, settings, stack, context=https)
+            if settings.metrics_port is not None:  # plain HTTP: for Prometheus on the cluster network
                 await _start_http(archive_web.metrics_app(queue), settings, stack, port=settings.metrics_port,
-                                  what="metrics", tls=False)
+                                  what="metrics")
             await prefetch
         await _wait_for_signal()
 
