@@ -18,9 +18,13 @@ maintained for a decade, typed, and its API makes the allowed algorithms an expl
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +46,10 @@ MIN_REFRESH = 5.0  # at most one JWKS fetch per this many seconds
 MAX_AGE = 600.0  # refetch a JWKS older than this (a key the issuer withdrew stops working)
 FETCH_TIMEOUT = 5.0
 MAX_DOCUMENT = 1024**2  # bytes of a discovery document or a JWK Set
+MAX_TOKEN = 8192  # characters (aiohttp's header limit is about the same)
+CACHE_SECONDS = 60.0  # a token verified once is taken as verified for this long (its exp still checked)
+CACHE_ENTRIES = 4096
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
@@ -208,11 +216,25 @@ class TokenHolder:
     roles: frozenset[Role]
 
 
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header (RFC 7515 4), read to find the key; nothing in it is trusted yet."""
+    head, dot, _ = token.partition(".")
+    if not dot or not _SEGMENT.fullmatch(head):
+        raise InvalidToken("not a JWT")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error):
+        raise InvalidToken("not a JWT") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("not a JWT")
+    return header
+
+
 class OidcVerifier:
     """Checks access tokens of one issuer for one audience; roles from ``roles_claim``."""
 
     def __init__(self, issuer: str, audience: str, roles_claim: str, *, fetch_json: FetchJson | None = None,
-                 leeway: float = LEEWAY, min_refresh: float = MIN_REFRESH,
+                 leeway: float = LEEWAY, min_refresh: float = MIN_REFRESH, cache_seconds: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -222,13 +244,32 @@ class OidcVerifier:
         fetch = fetch_json if fetch_json is not None else self._http
         assert fetch is not None
         self.keys = JwksCache(issuer, fetch, min_refresh=min_refresh, clock=clock)
+        # Tokens verified lately: a client sends the same token with every request of a session.
+        # Keyed by the whole token, so only the very same bytes hit; exp is checked again on each hit.
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._verified: OrderedDict[str, tuple[TokenHolder, float, float]] = OrderedDict()
 
     async def verify(self, token: str) -> TokenHolder:
         """The holder of a valid token; InvalidToken with the reason otherwise."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise InvalidToken("not a JWT") from None
+        if len(token) > MAX_TOKEN:
+            raise InvalidToken("too long")
+        cached = self._verified.get(token)
+        if cached is not None:
+            holder, expires, until = cached
+            if time.time() <= expires + self.leeway and self._clock() < until:
+                self._verified.move_to_end(token)
+                return holder
+            del self._verified[token]
+        holder, expires = await self._verify(token)
+        if self.cache_seconds > 0:
+            self._verified[token] = (holder, expires, self._clock() + self.cache_seconds)
+            if len(self._verified) > CACHE_ENTRIES:
+                self._verified.popitem(last=False)
+        return holder
+
+    async def _verify(self, token: str) -> tuple[TokenHolder, float]:
+        header = _unverified_header(token)
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALGORITHMS:  # "none", HS256 and anything we do not know
             raise InvalidToken(f"algorithm {str(alg)[:20]!r} is not accepted")
@@ -257,7 +298,7 @@ class OidcVerifier:
                                 else f"no {exc.claim} claim")) from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid ({type(exc).__name__})") from None
-        return TokenHolder(user_name(claims), roles_from(claims, self.roles_claim))
+        return TokenHolder(user_name(claims), roles_from(claims, self.roles_claim)), float(claims["exp"])
 
     async def prefetch(self) -> None:
         """Load the keys now (at start-up), so that the first request does not wait; failures are logged."""

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from archive.auth.errors import InvalidToken
-from archive.auth.oidc import MIN_REFRESH, OidcVerifier, algorithms_for
+from archive.auth.oidc import MAX_AGE, MIN_REFRESH, OidcVerifier, algorithms_for
 from archive.core.errors import BackendUnavailable
 from archive.core.identity import Role
 
@@ -228,3 +228,40 @@ def test_only_signing_keys_of_known_types_are_used() -> None:
     assert algorithms_for({"kty": "oct", "k": "c2VjcmV0"}) == set()
     assert algorithms_for(public_jwk(EC_KEY, "e", alg=None)) == {"ES256"}
     assert algorithms_for({"kty": "OKP", "crv": "Ed25519", "x": "AA"}) == {"EdDSA"}
+
+
+async def test_a_verified_token_is_cached_briefly_and_its_expiry_still_applies(
+        issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from archive.auth import oidc
+
+    verifier = issuer.verifier()
+    token = mint(claims(exp=int(time.time()) + 120))
+    await verifier.verify(token)
+    issuer.keys = [public_jwk(OTHER_KEY, "k2")]  # the issuer withdraws k1
+    assert (await verifier.verify(token)).name == "rita"  # the same token: from the cache
+    issuer.now += MAX_AGE + 1  # past the cache time and the key set's age: fetched again, k1 is gone
+    with pytest.raises(InvalidToken, match="key the issuer does not publish"):
+        await verifier.verify(token)
+
+    issuer.keys = [public_jwk(KEY, "k1")]
+    issuer.now += MIN_REFRESH + 1
+    await verifier.verify(token)
+    checked = []
+    full_check = verifier._verify
+
+    async def spy(t: str) -> Any:
+        checked.append(t)
+        return await full_check(t)
+
+    monkeypatch.setattr(verifier, "_verify", spy)
+    await verifier.verify(token)
+    assert checked == []  # from the cache
+    real_time = time.time
+    monkeypatch.setattr(oidc.time, "time", lambda: real_time() + 120 + verifier.leeway + 1)
+    await verifier.verify(token)  # (PyJWT reads the real clock: the token is still valid for it)
+    assert checked == [token]  # past its exp the cache does not answer for it
+
+
+async def test_an_oversized_token_is_refused_before_any_parsing(issuer: FakeIssuer) -> None:
+    with pytest.raises(InvalidToken, match="too long"):
+        await issuer.verifier().verify("e" * 9000)
