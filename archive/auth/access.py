@@ -65,7 +65,8 @@ def _unauthorized(reason: str | None) -> Refused:
         body = "authentication required: send Authorization: Bearer <access token or API key>"
         outcome = "unauthenticated"
     else:
-        challenge += f', error="invalid_token", error_description="{reason}"'
+        description = "".join(c if c.isprintable() and c not in '"\\' else "'" for c in reason)  # RFC 6750 3
+        challenge += f', error="invalid_token", error_description="{description}"'
         body, outcome = f"invalid token: {reason}", "invalid_token"
     return Refused(web.json_response({"error": body}, status=401, headers={"WWW-Authenticate": challenge}), outcome)
 

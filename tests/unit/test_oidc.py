@@ -125,7 +125,7 @@ async def test_clock_skew_within_the_leeway_is_accepted(issuer: FakeIssuer) -> N
 
 async def test_alg_none_is_refused(issuer: FakeIssuer) -> None:
     token = jwt.encode(claims(), None, algorithm="none", headers={"kid": "k1"})
-    with pytest.raises(InvalidToken, match="algorithm 'none' is not accepted"):
+    with pytest.raises(InvalidToken, match="signature algorithm not accepted"):
         await issuer.verifier().verify(token)
     unsigned = mint(claims()).rsplit(".", 1)[0] + "."  # a real header and payload, the signature cut off
     with pytest.raises(InvalidToken):
@@ -146,7 +146,7 @@ async def test_hs256_keyed_with_the_public_key_is_refused(issuer: FakeIssuer) ->
     signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()) + "." + b64(
         json.dumps(claims()).encode())
     forged = signing_input + "." + b64(hmac.new(pem, signing_input.encode(), hashlib.sha256).digest())
-    with pytest.raises(InvalidToken, match="algorithm 'HS256' is not accepted"):
+    with pytest.raises(InvalidToken, match="signature algorithm not accepted"):
         await issuer.verifier().verify(forged)
 
 
