@@ -9,10 +9,12 @@ import os
 import shutil
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from archive import logs
 from archive.core.errors import ArchiveError, ConfigError
+from archive.core.identity import Role
 from archive.settings import SETTINGS, Settings
 
 
@@ -95,7 +97,67 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=100, help="most messages to list or replay")
     dead.add_argument("--replay", action="store_true", help="move them back to the queue for indexing")
     dead.add_argument("--json", action="store_true", help="print JSON")
+    keys = add("api-key", "create, list or revoke API keys of the HTTP API",
+               "API keys let scripts and integrations that cannot sign in with OpenID Connect call the "
+               "HTTP API (Authorization: Bearer <key>), from any address, with one role (reader, writer "
+               "or admin). They are stored in the catalog's database as SHA-256 digests: the key is "
+               "printed once, by create, and cannot be shown again.")
+    key_sub = keys.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    create = key_sub.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("name", help="a name for the key (who or what uses it)")
+    create.add_argument("--role", required=True, choices=[r.value for r in Role], help="what the key may do")
+    listing = key_sub.add_parser("list", help="names, roles, created, last used (never the keys)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    revoke = key_sub.add_parser("revoke", help="delete a key: it stops working at once")
+    revoke.add_argument("name")
     return parser
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _api_key(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.auth import api_keys
+    from archive.compose import catalog
+    from archive.core.errors import ApiKeyExists
+    from archive.core.ports import ApiKeys
+
+    async def go() -> int:
+        store = catalog(settings)
+        assert isinstance(store, ApiKeys)
+        try:
+            await store.migrate()
+            if args.key_command == "create":
+                try:
+                    key, stored = await api_keys.create(store, args.name, Role(args.role))
+                except (ApiKeyExists, ValueError) as exc:
+                    print(f"dicom-archive: {exc}", file=sys.stderr)
+                    return 1
+                print(key)
+                print(f"API key {stored.name!r} ({stored.role.value}) created; it is shown only now: "
+                      "send it as Authorization: Bearer <key>", file=sys.stderr)
+                return 0
+            if args.key_command == "revoke":
+                if not await store.revoke_key(args.name):
+                    print(f"dicom-archive: no API key named {args.name!r}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.name}")
+                return 0
+            found = await store.list_keys()
+        finally:
+            await store.close()
+        if args.json:
+            print(json.dumps([{"name": k.name, "role": k.role.value, "created_at": k.created_at,
+                               "last_used_at": k.last_used_at} for k in found], indent=2))
+        else:
+            for k in found:
+                print(f"{k.name}\t{k.role.value}\tcreated {_when(k.created_at)}\tlast used {_when(k.last_used_at)}")
+        return 0
+
+    return asyncio.run(go())
 
 
 def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
@@ -216,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(settings, args)
         elif args.command == "dead-letters":
             return _dead_letters(settings, args)
+        elif args.command == "api-key":
+            return _api_key(settings, args)
     except ConfigError as exc:
         print(f"dicom-archive: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from archive.audit import syslog
 from archive.audit.logfile import AuditFile
 from archive.audit.messages import Source
 from archive.audit.trail import Trail
-from archive.core.ports import Backend, Catalog, MessageQueue, ObjectStore, SearchIndex
+from archive.core.ports import ApiKeys, Backend, Catalog, MessageQueue, ObjectStore, SearchIndex
 from archive.settings import Settings
 
 
@@ -89,6 +89,12 @@ class Backends:
             if url.startswith("sqlite://"):
                 _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
         return cls(object_store(settings), message_queue(settings), catalog(settings), search_index(settings))
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        """The API keys live in the catalog's database (its ``api_keys`` table)."""
+        assert isinstance(self.catalog, ApiKeys)
+        return self.catalog
 
     def all(self) -> list[Backend]:
         return [self.store, self.queue, self.catalog, self.search]

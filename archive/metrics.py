@@ -70,6 +70,10 @@ AUDIT_QUEUED = Gauge(
 AUDIT_FILE_FAILURES = Counter(
     "archive_audit_file_failures_total", "Audit records that could not be written to the local audit file"
 )
+HTTP_AUTH = Counter(
+    "archive_http_auth_total", "HTTP requests that needed a role, by outcome",
+    ["outcome"],  # user | api-key | local | open (let in); unauthenticated | invalid_token | forbidden (401, 403)
+)
 
 QUEUE_DEPTH_TIMEOUT = 2.0  # a scrape must not hang on a queue that does not answer
 

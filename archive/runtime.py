@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from contextlib import AsyncExitStack
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from archive import web as archive_web
+from archive.auth import access as http_access
+from archive.auth.https import server_context
 from archive.compose import Backends, audit_trail
 from archive.core.audit import AuditEvent, AuditTrail, EventKind, Subtype
 from archive.core.identity import Principal, PrincipalKind
@@ -44,8 +47,15 @@ def security_configuration(settings: Settings) -> str:
     aets = ",".join(settings.allowed_aets) or "any"
     networks = ",".join(str(n) for n in settings.allowed_networks) or "any"
     collector = settings.audit_syslog.split("://", 1)[0] if settings.audit_syslog else "none"
+    if settings.oidc_issuer:
+        http = f"OpenID Connect access tokens from {settings.oidc_issuer} and API keys"
+    elif settings.http_insecure_open:
+        http = "open to the network without authentication (ARCHIVE_HTTP_INSECURE_OPEN)"
+    else:
+        http = "loopback clients, or an API key"
+    http += "; HTTPS" if settings.http_tls_cert else "; plain HTTP"
     return (f"DICOM: calling AE titles {aets}; networks {networks}; TLS off. "
-            f"HTTP: authentication none. Audit: file {settings.audit_file}; syslog {collector}")
+            f"HTTP: {http}. Audit: file {settings.audit_file}; syslog {collector}")
 
 
 def _activity(trail: AuditTrail, settings: Settings, subtype: Subtype, detail: str = "") -> None:
@@ -71,15 +81,18 @@ async def _wait_for_signal() -> None:
     log.info("shutting down")
 
 
-async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack) -> int:
+async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack, *,
+                      port: int | None = None, what: str = "HTTP", context: ssl.SSLContext | None = None) -> int:
+    """Serve ``app`` on ``port`` (default ARCHIVE_HTTP_PORT); HTTPS with ``context``."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, settings.bind, settings.http_port, reuse_port=True)
+    site = web.TCPSite(runner, settings.bind, settings.http_port if port is None else port, reuse_port=True,
+                       ssl_context=context)
     await site.start()
-    port = int(runner.addresses[0][1])  # the bound port (ARCHIVE_HTTP_PORT=0: one the kernel chose)
-    log.info("HTTP listening", extra={"port": port})
-    return port
+    bound = int(runner.addresses[0][1])  # the bound port (ARCHIVE_HTTP_PORT=0: one the kernel chose)
+    log.info(f"{what} listening", extra={"port": bound, "tls": context is not None})
+    return bound
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
@@ -203,13 +216,21 @@ async def run(settings: Settings, roles: Roles) -> None:
     if roles.query_dimse:
         needed += [backends.catalog, backends.store]
     used = list(dict.fromkeys(needed))
+    # A certificate that cannot be loaded stops the process before anything listens
+    https = None
+    if roles.http and settings.http_tls_cert:
+        https = server_context(settings.http_tls_cert, settings.http_tls_key)
     async with AsyncExitStack() as stack:
         trail = audit_trail(settings)  # closed last: the stop record goes out after everything else
         stack.callback(trail.close)
         stack.push_async_callback(backends.close)
         for backend in used:
             await backend.migrate()
-        app = archive_web.base_app(used, backends.queue if backends.queue in used else None)
+        queue = backends.queue if backends.queue in used else None
+        access = http_access.Access.from_settings(settings, backends.api_keys)
+        stack.push_async_callback(access.close)
+        app = archive_web.base_app(used, queue, auth=http_access.middleware(access),
+                                   with_metrics=settings.metrics_port is None)
         app[archive_web.AUDIT] = trail
         if roles.query_http:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
@@ -259,7 +280,14 @@ async def run(settings: Settings, roles: Roles) -> None:
         supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 
         if roles.http:
-            await _start_http(app, settings, stack)
+            level, text = access.describe()
+            log.log(level, text)
+            prefetch = asyncio.create_task(access.prefetch(), name="oidc-keys")  # noqa: RUF006 - awaited below
+            await _start_http(app, settings, stack, context=https)
+            if settings.metrics_port is not None:  # plain HTTP: for Prometheus on the cluster network
+                await _start_http(archive_web.metrics_app(queue), settings, stack, port=settings.metrics_port,
+                                  what="metrics")
+            await prefetch
         announce = not roles.worker_child and roles.http  # one Application Activity per command, not per child
         if announce:
             _activity(trail, settings, Subtype.APPLICATION_START, security_configuration(settings))

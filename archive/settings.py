@@ -189,6 +189,53 @@ class Items(Kind[tuple[Item, ...]]):
         return ",".join(self.show(v) for v in value) or ","
 
 
+class IssuerUrl(Url):
+    """An OpenID Connect issuer: ``https://``, or ``http://`` on a loopback host only (tests)."""
+
+    def check(self, value: str) -> None:
+        super().check(value)
+        if value.startswith("http://") and not loopback_host(urlsplit(value).hostname or ""):
+            raise ValueError(f"{value!r}: an http:// issuer is accepted only on a loopback address "
+                             "(127.0.0.1, ::1, localhost); use https://")
+
+
+def loopback_host(host: str | None) -> bool:
+    """``localhost`` or a loopback address (an IPv4-mapped IPv6 one too, with or without a zone)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+class OptionalPort(Kind[int | None]):
+    """A TCP port (1-65535), or unset."""
+
+    def parse(self, text: str) -> int | None:
+        return _number(int, text, "a TCP port")
+
+    def format(self, value: int | None) -> str:
+        return "" if value is None else str(value)
+
+    def check(self, value: int | None) -> None:
+        if value is not None and not 0 < value <= 65535:
+            raise ValueError(f"{value} is not a TCP port (1-65535)")
+
+
+class ClaimPath(Text):
+    """A dotted path into a JSON object (``realm_access.roles``)."""
+
+    def check(self, value: str) -> None:
+        if not value or any(not part for part in value.split(".")):
+            raise ValueError(f"{value!r} is not a dotted claim path such as realm_access.roles")
+
+
 def _origin(text: str) -> str:
     return text.rstrip("/")
 
@@ -218,7 +265,7 @@ class Setting:
         """The default as documented ("" when unset)."""
         if self.derive is not None:
             return self.derive(Path("<data dir>"))
-        return "" if self.default in ("", ()) else self.kind.format(self.default)
+        return "" if self.default in ("", (), None) else self.kind.format(self.default)
 
     def parse(self, text: str) -> Any:
         try:
@@ -307,6 +354,34 @@ class Settings:
         "ARCHIVE_CORS_ORIGINS", ("*",),
         "Browser origins allowed to call the HTTP API (CORS): `*` or `https://a.example,https://b.example`",
         Items(_origin))
+    oidc_issuer: str = setting(
+        "ARCHIVE_OIDC_ISSUER", "",
+        "OpenID Connect issuer whose access tokens (JWT) the HTTP API accepts, e.g. "
+        "`https://sso.example.com/realms/archive` (keys from `<issuer>/.well-known/openid-configuration`); "
+        "`http://` only on a loopback address. Unset: no sign-in (see `ARCHIVE_HTTP_INSECURE_OPEN`)",
+        IssuerUrl(schemes=("http", "https"), optional=True, needs_host=True))
+    oidc_audience: str = setting(
+        "ARCHIVE_OIDC_AUDIENCE", "",
+        "The audience (`aud`) an access token must name to be accepted, e.g. `dicom-archive`; required with "
+        "`ARCHIVE_OIDC_ISSUER`", Text())
+    oidc_roles_claim: str = setting(
+        "ARCHIVE_OIDC_ROLES_CLAIM", "realm_access.roles",
+        "Dotted path of the access token's claim that lists the roles `reader`, `writer`, `admin` "
+        "(Keycloak: `realm_access.roles`; Azure AD: `roles`)", ClaimPath())
+    http_insecure_open: bool = setting(
+        "ARCHIVE_HTTP_INSECURE_OPEN", False,
+        "Without an issuer: `true` gives every HTTP client every role, from any address (a trial, a container "
+        "on a private host). Default: only loopback clients, the others get 403", Flag())
+    metrics_port: int | None = setting(
+        "ARCHIVE_METRICS_PORT", None,
+        "Serve `/metrics` on this port without a token (for Prometheus), and not on the HTTP port; unset: "
+        "`/metrics` on the HTTP port, for the admin role", OptionalPort())
+    http_tls_cert: str = setting(
+        "ARCHIVE_HTTP_TLS_CERT", "",
+        "PEM certificate (chain) of the HTTP port: with `ARCHIVE_HTTP_TLS_KEY` the port speaks HTTPS only "
+        "(TLS 1.2 or newer)", Text())
+    http_tls_key: str = setting(
+        "ARCHIVE_HTTP_TLS_KEY", "", "PEM private key of `ARCHIVE_HTTP_TLS_CERT`", Text())
     query_dicom_port: int = setting(
         "ARCHIVE_QUERY_DICOM_PORT", 11113,
         "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` "
@@ -396,11 +471,20 @@ class Settings:
             if s.derive is not None and not getattr(self, s.name):
                 object.__setattr__(self, s.name, s.derive(data))
             s.check(getattr(self, s.name))
-        # The one rule over two settings
+        # Rules over two settings
         if self.object_store.startswith("s3://") and not (self.s3_access_key and self.s3_secret_key):
             raise ConfigError("ARCHIVE_S3_ACCESS_KEY and ARCHIVE_S3_SECRET_KEY are required with an s3:// object store")
         if bool(self.audit_tls_cert) != bool(self.audit_tls_key):
             raise ConfigError("ARCHIVE_AUDIT_TLS_CERT and ARCHIVE_AUDIT_TLS_KEY go together")
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ConfigError("ARCHIVE_OIDC_AUDIENCE: required with ARCHIVE_OIDC_ISSUER (the audience the "
+                              "archive's access tokens name, e.g. dicom-archive)")
+        if bool(self.http_tls_cert) != bool(self.http_tls_key):
+            given, other = (("ARCHIVE_HTTP_TLS_CERT", "ARCHIVE_HTTP_TLS_KEY") if self.http_tls_cert
+                            else ("ARCHIVE_HTTP_TLS_KEY", "ARCHIVE_HTTP_TLS_CERT"))
+            raise ConfigError(f"{given}: needs {other} too (HTTPS needs the certificate and its key)")
+        if self.metrics_port is not None and self.metrics_port == self.http_port:
+            raise ConfigError("ARCHIVE_METRICS_PORT: must differ from ARCHIVE_HTTP_PORT")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

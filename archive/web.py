@@ -1,4 +1,9 @@
-"""HTTP pieces every role serves: /healthz, /readyz, /metrics, and error mapping."""
+"""HTTP pieces every role serves: /healthz, /readyz, /metrics, and error mapping.
+
+The authentication middleware (:mod:`archive.auth.access`) is handed in by the composition
+root and runs inside the error mapping, before any handler; ``/metrics`` is on the HTTP port
+(admin role) unless ARCHIVE_METRICS_PORT gives it a port of its own (:func:`metrics_app`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from archive import metrics
@@ -113,14 +119,27 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None) -> web.Application:
-    """Health, readiness and metrics; ``queue`` (the role's index queue) is counted into the metrics."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None, *,
+             auth: Middleware | None = None, with_metrics: bool = True) -> web.Application:
+    """Health, readiness and (``with_metrics``) metrics; ``queue`` (the role's index queue) is
+    counted into the metrics; ``auth``: the authentication middleware."""
+    app = web.Application(middlewares=[error_middleware, *([auth] if auth is not None else [])],
+                          client_max_size=1024**2)
     app.on_response_prepare.append(nosniff)
     app[BACKENDS] = list(backends)
     if queue is not None:
         app[QUEUE] = queue
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if with_metrics:
+        app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+def metrics_app(queue: MessageQueue | None = None) -> web.Application:
+    """``/metrics`` alone, without a token: the ARCHIVE_METRICS_PORT listener (for Prometheus)."""
+    app = web.Application(middlewares=[error_middleware])
+    if queue is not None:
+        app[QUEUE] = queue
     app.router.add_get("/metrics", metrics_endpoint)
     return app

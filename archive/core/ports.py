@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from archive.core.identity import Role
 from archive.core.models import DicomJson, ObjectInfo, Payload, PutResult, SearchDocument
 from archive.core.query import Query
 from archive.core.records import CatalogEntry, CatalogInstance
@@ -165,3 +166,37 @@ class SearchIndex(Backend, Protocol):
     async def count(self) -> int: ...
 
     def ids(self) -> AsyncIterator[str]: ...
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A long-lived API key as stored: never the key itself, only its SHA-256 digest."""
+
+    name: str
+    role: Role
+    created_at: float  # seconds since the epoch
+    last_used_at: float | None = None
+
+
+@runtime_checkable
+class ApiKeys(Backend, Protocol):
+    """API keys of scripts and integrations, in the catalog's database (table ``api_keys``).
+
+    ``digest`` is the SHA-256 of the key (hex): the keys are 256-bit random, so a fast hash
+    is enough (nothing to brute-force), and the table never holds a usable key.
+    """
+
+    async def create_key(self, name: str, role: Role, digest: str) -> ApiKey:
+        """Store a new key; ApiKeyExists when ``name`` is taken."""
+
+    async def key_by_digest(self, digest: str) -> ApiKey | None:
+        """The key whose digest this is (None: unknown or revoked)."""
+
+    async def list_keys(self) -> list[ApiKey]:
+        """Every key, by name."""
+
+    async def revoke_key(self, name: str) -> bool:
+        """Delete the key; False when there is none of that name."""
+
+    async def touch_key(self, name: str, when: float) -> None:
+        """Record that the key was used at ``when``."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from archive.auth.policy import required_role
 from archive.core.search import FACETS, MAX_TEXT_CHARS, MAX_VALUE_CHARS, MAX_WINDOW
 from archive.query.context import public_root
 from archive.query.search.api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
@@ -206,6 +207,39 @@ def _dicomweb_paths() -> dict[str, Any]:
     return paths
 
 
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key",
+        "description": "`Authorization: Bearer <token>` (RFC 6750): an OpenID Connect access token of "
+                       "ARCHIVE_OIDC_ISSUER naming ARCHIVE_OIDC_AUDIENCE, its roles in ARCHIVE_OIDC_ROLES_CLAIM, or an "
+                       "API key (`dka_...`, `dicom-archive api-key create`). Roles are cumulative: admin > writer > "
+                       "reader. Without ARCHIVE_OIDC_ISSUER, clients on the server's own machine need no token.",
+    },
+}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation's security from the route table (archive.auth.policy), so they cannot differ."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if "security" in operation:  # one operation under two paths (WADO-URI)
+                continue
+            role = required_role(method.upper(), path)
+            if role is None:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearer": []}]
+            operation["x-required-role"] = role.value
+            operation["description"] = (operation.get("description", "") + f" Needs the `{role.value}` role.").strip()
+            operation["responses"] = {
+                **operation["responses"],
+                "401": _error("No token, or a token that is not valid (WWW-Authenticate: Bearer)"),
+                "403": _error(f"The token's holder lacks the {role.value} role (or, without sign-in configured, "
+                              "the client is not on this machine)"),
+            }
+    return paths
+
+
 def spec(server_url: str = "/") -> dict[str, Any]:
     return {
         "openapi": OPENAPI_VERSION,
@@ -213,7 +247,8 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                  "description": "Free-text and faceted search over every attribute, and DICOMweb: "
                                 "QIDO-RS, WADO-RS, STOW-RS and WADO-URI."},
         "servers": [{"url": server_url}],
-        "paths": {
+        "security": [{"bearer": []}],
+        "paths": _secured({
             "/api/search": {"get": {
                 "summary": "Free-text and faceted search",
                 "tags": ["Search"],
@@ -238,8 +273,8 @@ def spec(server_url: str = "/") -> dict[str, Any]:
             "/dicom-web/studies/{study}/instances": _qido("Instances of a study", ("study",)),
             "/dicom-web/studies/{study}/series/{series}/instances": _qido("Instances of a series",
                                                                          ("study", "series")),
-        },
-        "components": {"schemas": _SCHEMAS},
+        }),
+        "components": {"schemas": _SCHEMAS, "securitySchemes": _SECURITY_SCHEMES},
     }
 
 

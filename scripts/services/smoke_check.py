@@ -4,8 +4,9 @@ Usage: .venv/bin/python scripts/services/smoke_check.py [path/to/.services.env]
 
 Reads the ARCHIVE_* settings and, with the project's own client libraries, checks:
 PostgreSQL login and a query, a RabbitMQ quorum queue with x-delivery-limit, S3 bucket
-put/get and a 12 MiB multipart upload, and OpenSearch info() plus an index whose keyword
-normalizer uses the lowercase and asciifolding filters. Exits non-zero on any failure.
+put/get and a 12 MiB multipart upload, OpenSearch info() plus an index whose keyword
+normalizer uses the lowercase and asciifolding filters, and (KEYCLOAK_ISSUER) a Keycloak token
+for the archive's audience that the archive's own verifier accepts. Exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -130,11 +131,36 @@ def check_search(env: dict[str, str]) -> str:
     return f"opensearch {info['version']['number']} (normalizer ok)"
 
 
+def check_keycloak(env: dict[str, str]) -> str:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from archive.auth.oidc import OidcVerifier
+
+    issuer = env["KEYCLOAK_ISSUER"]
+    form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": "archive-scripts",
+                                   "client_secret": "archive-scripts-secret"}).encode()
+    with urllib.request.urlopen(f"{issuer}/protocol/openid-connect/token", data=form, timeout=30) as response:
+        token = json.loads(response.read())["access_token"]
+
+    async def verify() -> str:
+        verifier = OidcVerifier(issuer, "dicom-archive", "realm_access.roles")
+        try:
+            holder = await verifier.verify(token)
+        finally:
+            await verifier.close()
+        return f"keycloak ok ({holder.name}: {', '.join(sorted(r.value for r in holder.roles))})"
+
+    return asyncio.run(verify())
+
+
 CHECKS = {
     "ARCHIVE_CATALOG": check_pg,
     "ARCHIVE_QUEUE": check_rabbit,
     "ARCHIVE_OBJECT_STORE": check_s3,
     "ARCHIVE_SEARCH": check_search,
+    "KEYCLOAK_ISSUER": check_keycloak,
 }
 
 

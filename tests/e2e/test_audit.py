@@ -124,11 +124,11 @@ def test_records_arrive_parse_and_name_who_what_and_outcome(transport: str, tmp_
         assert study_object.get("ParticipantObjectID") == study
         assert [c.get("NumberOfInstances") for c in study_object.findall("ParticipantObjectDescription/SOPClass")] == ["3"]
         assert patient_object.get("ParticipantObjectID") == patient_id
-        # C-FIND and QIDO-RS: Query records naming the AE, or anonymous at the loopback address
+        # C-FIND and QIDO-RS: Query records naming the AE, or the loopback caller
         queries = kinds["110112"]
         requestors = {(m.find("ActiveParticipant").get("UserID"),  # type: ignore[union-attr]
                        m.find("ActiveParticipant").get("NetworkAccessPointID")) for m in queries}  # type: ignore[union-attr]
-        assert {(aet, "127.0.0.1"), ("anonymous", "127.0.0.1")} <= requestors
+        assert {(aet, "127.0.0.1"), ("local", "127.0.0.1")} <= requestors  # the loopback caller (no sign-in set up)
         # WADO-RS metadata: DICOM Instances Accessed for the study and its patient
         accessed = kinds["110103"][0]
         assert [o.get("ParticipantObjectID") for o in accessed.findall("ParticipantObjectIdentification")] == \

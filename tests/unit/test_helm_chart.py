@@ -164,14 +164,16 @@ def test_each_role_is_a_deployment_running_its_subcommand(docs: list[Doc]) -> No
 
 
 def test_probes_use_healthz_and_readyz_on_the_http_port(docs: list[Doc]) -> None:
-    http_port = int(_config(docs)["ARCHIVE_HTTP_PORT"])
+    config = _config(docs)
+    http_port, https = int(config["ARCHIVE_HTTP_PORT"]), "ARCHIVE_HTTP_TLS_CERT" in config
     for deployment in _kinds(docs, "Deployment"):
         container = _container(deployment)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports["http"] == http_port == 8080
+        assert ports["http"] == http_port == (8443 if https else 8080)
+        scheme = {"scheme": "HTTPS"} if https else {}  # the probes' routes are open, but HTTPS is not optional
         for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
                             ("readinessProbe", "/readyz")):
-            assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+            assert container[probe]["httpGet"] == {"path": path, "port": "http", **scheme}, probe
         # The start-up probe covers `migrate` on start; liveness only takes over afterwards.
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
@@ -208,11 +210,12 @@ def test_pods_are_locked_down_and_write_only_to_emptydirs(docs: list[Doc]) -> No
         if doc["kind"] == "Pod":
             continue  # the helm test pod writes nothing
         volumes = {v["name"]: v for v in spec["volumes"]}
-        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
-        # besides the emptyDirs, only the audit collector's CA and client certificate, read-only
-        secrets = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"] if m.get("readOnly")
-                   and "secret" in volumes[m["name"]]}
-        assert set(mounts) - secrets == {data_dir, "/tmp"} and secrets <= {"/etc/dicom-archive/audit-tls"}, where
+        mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+        writable = {path for path, m in mounts.items() if not m.get("readOnly")}
+        assert writable == {data_dir, "/tmp"}, where
+        for path, mount in mounts.items():  # the rest: read-only Secrets (the HTTPS key)
+            assert path in writable or "secret" in volumes[mount["name"]], where
+        mounts = {path: m["name"] for path, m in mounts.items()}
         for path in (data_dir, "/tmp"):
             assert volumes[mounts[path]]["emptyDir"]["sizeLimit"], where
     # The scp spools received datasets under ARCHIVE_DATA_DIR/spool: room for large instances.
@@ -370,7 +373,10 @@ def test_optional_features_are_off_by_default(default_docs: list[Doc]) -> None:
     assert not kinds & {"Ingress", "ServiceMonitor", "NetworkPolicy"}
     assert {d["metadata"]["name"] for d in _kinds(default_docs, "Service")} == {_name("scp"), _name("query")}
     annotations = _one(default_docs, "Deployment", _name("indexer"))["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9102"
+    config = _config(default_docs)
+    assert config["ARCHIVE_OIDC_ISSUER"] == "" and config["ARCHIVE_HTTP_INSECURE_OPEN"] == "false"
+    assert "ARCHIVE_HTTP_TLS_CERT" not in config
 
 
 def test_ingress_routes_to_the_query_service(full_docs: list[Doc]) -> None:
@@ -387,7 +393,7 @@ def test_service_monitor_scrapes_every_role(full_docs: list[Doc]) -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     endpoint = monitor["spec"]["endpoints"][0]
-    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     services = [s for s in _kinds(full_docs, "Service")
                 if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
     assert [s["metadata"]["name"] for s in services] == [_name("metrics")]
@@ -424,7 +430,12 @@ def test_network_policies_admit_only_the_configured_peers(full_docs: list[Doc]) 
     (["--set", "settings.duplicatePolicy=overwrite"], "/settings/duplicatePolicy"),
     (["--set", "settings.aetitle=X"], "aetitle"),
     (["--set", "extraConfig.ARCHIVE_CATALOG=postgresql://u:p@db/a"], "holds credentials"),
-], ids=["sqlite-catalog", "sqlite-queue", "file-store", "snat-allow-list", "bad-policy", "typo", "secret-in-config"])
+    (["--set", "auth.oidc.issuer=http://sso.example.com/realms/a"], "/auth/oidc/issuer"),
+    (["--set", "auth.oidc.issuer=https://sso.example.com/realms/a", "--set", "auth.oidc.audience="],
+     "auth.oidc.audience is required"),
+    (["--set", "auth.oidc.rolesClaim=realm_access..roles"], "/auth/oidc/rolesClaim"),
+], ids=["sqlite-catalog", "sqlite-queue", "file-store", "snat-allow-list", "bad-policy", "typo", "secret-in-config",
+        "plain-http-issuer", "issuer-without-audience", "bad-claim-path"])
 def test_chart_refuses_configurations_that_cannot_work(helm: str, args: list[str], message: str) -> None:
     result = _template(helm, *args)
     assert result.returncode != 0
@@ -458,3 +469,40 @@ def test_audit_trail_goes_to_the_data_volume_and_the_collector_with_its_ca(defau
         mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "audit-tls")
         assert mount["readOnly"] and full["ARCHIVE_AUDIT_TLS_CA"] == f"{mount['mountPath']}/ca.crt"
         assert full["ARCHIVE_AUDIT_TLS_KEY"].startswith(mount["mountPath"])
+
+
+# --- HTTP sign-in, HTTPS, the metrics port ------------------------------------------------------
+
+def test_sign_in_https_and_the_metrics_port_reach_the_settings(full_docs: list[Doc]) -> None:
+    config = _config(full_docs)
+    env = config | {"ARCHIVE_S3_ACCESS_KEY": "a", "ARCHIVE_S3_SECRET_KEY": "s", "ARCHIVE_QUEUE": "amqp://u:p@mq/",
+                    "ARCHIVE_CATALOG": "postgresql://u:p@db/archive", "ARCHIVE_SEARCH": "https://search:9200"}
+    settings = Settings.from_env(env)
+    assert settings.oidc_issuer == "https://sso.example.com/realms/archive"
+    assert (settings.oidc_audience, settings.oidc_roles_claim) == ("dicom-archive", "roles")
+    assert settings.metrics_port == 9464 and settings.http_port == 8443
+    tls_dir = str(Path(settings.http_tls_cert).parent)
+    assert settings.http_tls_key == tls_dir + "/tls.key"
+    for role in ROLES:
+        deployment = _one(full_docs, "Deployment", _name(role))
+        spec = deployment["spec"]["template"]["spec"]
+        container = _container(deployment)
+        assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == tls_dir)
+        assert mount["readOnly"] is True
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "archive-http-tls"  # the key comes from a Secret
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == "9464"
+    job = _one(full_docs, "Job", _name("migrate"))  # migrate serves no HTTP: no HTTPS key in it
+    assert all(v.get("secret", {}).get("secretName") != "archive-http-tls" for v in job["spec"]["template"]["spec"]["volumes"])
+    metrics_service = _one(full_docs, "Service", _name("metrics"))
+    assert metrics_service["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics",
+                                                 "protocol": "TCP"}]
+    query_service = _one(full_docs, "Service", _name("query"))
+    assert "metrics" not in {p.get("targetPort") for p in query_service["spec"]["ports"]}  # not via the Ingress
+    for policy in _kinds(full_docs, "NetworkPolicy"):
+        if policy["metadata"]["name"] != _name("migrate"):
+            rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "metrics")
+            assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "monitoring"}}}]

@@ -78,6 +78,13 @@ NON_DEFAULT = {
     "ARCHIVE_PUBLIC_URL": "https://archive.example.com/base",
     "ARCHIVE_OBJECT_CACHE_BYTES": "0",
     "ARCHIVE_CORS_ORIGINS": "https://a.example/,https://b.example",
+    "ARCHIVE_OIDC_ISSUER": "https://sso.example.com/realms/archive",
+    "ARCHIVE_OIDC_AUDIENCE": "dicom-archive",
+    "ARCHIVE_OIDC_ROLES_CLAIM": "roles",
+    "ARCHIVE_HTTP_INSECURE_OPEN": "true",
+    "ARCHIVE_METRICS_PORT": "9102",
+    "ARCHIVE_HTTP_TLS_CERT": "/etc/archive/tls.crt",
+    "ARCHIVE_HTTP_TLS_KEY": "/etc/archive/tls.key",
     "ARCHIVE_QUERY_DICOM_PORT": "4243",
     "ARCHIVE_PEERS": "STORESCU@127.0.0.1:4242, V6@[::1]:104",
     "ARCHIVE_FIND_MAX_MATCHES": "7",
@@ -171,6 +178,12 @@ INVALID = {
     "ARCHIVE_HTTP_PORT": "65536",
     "ARCHIVE_PUBLIC_URL": "https://",
     "ARCHIVE_OBJECT_CACHE_BYTES": "-1",
+    "ARCHIVE_OIDC_ISSUER": "http://sso.example.com/realms/archive",  # http:// off loopback
+    "ARCHIVE_OIDC_ROLES_CLAIM": "realm_access..roles",
+    "ARCHIVE_HTTP_INSECURE_OPEN": "maybe",
+    "ARCHIVE_METRICS_PORT": "0",
+    "ARCHIVE_HTTP_TLS_CERT": "/etc/archive/tls.crt",  # without its key
+    "ARCHIVE_HTTP_TLS_KEY": "/etc/archive/tls.key",  # without its certificate
     "ARCHIVE_QUERY_DICOM_PORT": "-1",
     "ARCHIVE_PEERS": "STORESCU@127.0.0.1",
     "ARCHIVE_FIND_MAX_MATCHES": "0",
@@ -201,7 +214,8 @@ INVALID = {
 ANY_TEXT = {"ARCHIVE_DATA_DIR", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_SEARCH_INDEX",
             "ARCHIVE_QUEUE_NAME", "ARCHIVE_BIND", "ARCHIVE_CORS_ORIGINS", "ARCHIVE_ALLOWED_AETS",
             "ARCHIVE_AUDIT_FILE", "ARCHIVE_AUDIT_TLS_CA", "ARCHIVE_AUDIT_TLS_CERT", "ARCHIVE_AUDIT_TLS_KEY",
-            "ARCHIVE_AUDIT_SOURCE_ID"}
+            "ARCHIVE_AUDIT_SOURCE_ID",
+            "ARCHIVE_OIDC_AUDIENCE"}
 
 
 def test_every_setting_is_either_checked_or_free_text() -> None:
@@ -251,3 +265,18 @@ def test_help_lists_every_setting_with_its_default() -> None:
 def test_an_audit_client_certificate_needs_its_key() -> None:
     with pytest.raises(ConfigError, match="ARCHIVE_AUDIT_TLS_CERT and ARCHIVE_AUDIT_TLS_KEY"):
         Settings.from_env({"ARCHIVE_AUDIT_TLS_CERT": "/etc/cert.pem"})
+
+
+@pytest.mark.parametrize("issuer", ["http://127.0.0.1:8180/realms/archive", "http://localhost:8180/r",
+                                    "http://[::1]:8180/r", "https://login.microsoftonline.com/t/v2.0"])
+def test_an_issuer_is_https_or_on_loopback(issuer: str) -> None:
+    s = Settings.from_env({"ARCHIVE_OIDC_ISSUER": issuer, "ARCHIVE_OIDC_AUDIENCE": "dicom-archive"})
+    assert s.oidc_issuer == issuer
+
+
+def test_an_issuer_needs_an_audience_and_the_metrics_port_its_own_port() -> None:
+    with pytest.raises(ConfigError, match="^ARCHIVE_OIDC_AUDIENCE: required with ARCHIVE_OIDC_ISSUER"):
+        Settings.from_env({"ARCHIVE_OIDC_ISSUER": "https://sso.example.com/realms/archive"})
+    with pytest.raises(ConfigError, match="^ARCHIVE_METRICS_PORT: "):
+        Settings.from_env({"ARCHIVE_METRICS_PORT": "8080"})
+    assert Settings().metrics_port is None and Settings.from_env({"ARCHIVE_METRICS_PORT": "9102"}).metrics_port == 9102

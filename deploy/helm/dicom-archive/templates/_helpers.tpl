@@ -43,6 +43,11 @@ app.kubernetes.io/part-of: dicom-archive
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* Where the HTTPS certificate and key (auth.tlsSecret) are mounted. */}}
+{{- define "dicom-archive.tlsDir" -}}
+/etc/dicom-archive/http-tls
+{{- end }}
+
 {{- define "dicom-archive.secretName" -}}
 {{- default (printf "%s-credentials" (include "dicom-archive.fullname" .)) .Values.existingSecret }}
 {{- end }}
@@ -73,6 +78,24 @@ ARCHIVE_CORS_ORIGINS: {{ join "," $s.corsOrigins | quote }}
 ARCHIVE_STOW_MAX_BYTES: {{ $s.stowMaxBytes | int64 | quote }}
 ARCHIVE_OBJECT_CACHE_BYTES: {{ $s.objectCacheBytes | int64 | quote }}
 ARCHIVE_HTTP_PORT: {{ .Values.ports.http | int64 | quote }}
+ARCHIVE_METRICS_PORT: {{ .Values.ports.metrics | int64 | quote }}
+{{- $oidc := .Values.auth.oidc }}
+{{- if $oidc.issuer }}
+{{- if not (hasPrefix "https://" $oidc.issuer) }}
+{{- fail (printf "auth.oidc.issuer must be an https:// URL, got %q" $oidc.issuer) }}
+{{- end }}
+{{- if not $oidc.audience }}
+{{- fail "auth.oidc.audience is required with auth.oidc.issuer (the audience the archive's access tokens name)" }}
+{{- end }}
+{{- end }}
+ARCHIVE_OIDC_ISSUER: {{ $oidc.issuer | quote }}
+ARCHIVE_OIDC_AUDIENCE: {{ $oidc.audience | quote }}
+ARCHIVE_OIDC_ROLES_CLAIM: {{ $oidc.rolesClaim | quote }}
+ARCHIVE_HTTP_INSECURE_OPEN: {{ .Values.auth.insecureOpen | toString | quote }}
+{{- if .Values.auth.tlsSecret }}
+ARCHIVE_HTTP_TLS_CERT: {{ printf "%s/tls.crt" (include "dicom-archive.tlsDir" .) | quote }}
+ARCHIVE_HTTP_TLS_KEY: {{ printf "%s/tls.key" (include "dicom-archive.tlsDir" .) | quote }}
+{{- end }}
 ARCHIVE_ALLOWED_AETS: {{ join "," $s.allowedAets | quote }}
 ARCHIVE_ALLOWED_NETWORKS: {{ join "," $s.allowedNetworks | quote }}
 ARCHIVE_MAX_ASSOCIATIONS: {{ $s.maxAssociations | int64 | quote }}
@@ -149,7 +172,7 @@ checksum/secret: {{ include "dicom-archive.secretData" $ctx | sha256sum }}
 {{- end }}
 {{- if and .metrics $ctx.Values.metrics.podAnnotations }}
 prometheus.io/scrape: "true"
-prometheus.io/port: {{ $ctx.Values.ports.http | int64 | quote }}
+prometheus.io/port: {{ $ctx.Values.ports.metrics | int64 | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- with $ctx.Values.podAnnotations }}
@@ -183,6 +206,9 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     - name: http
       containerPort: {{ $ctx.Values.ports.http }}
       protocol: TCP
+    - name: metrics
+      containerPort: {{ $ctx.Values.ports.metrics }}
+      protocol: TCP
     {{- if or (eq .role "scp") (eq .role "query") }}
     - name: dicom
       containerPort: {{ $ctx.Values.ports.dicom }}
@@ -193,13 +219,13 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
       exec:
         command: ["sleep", {{ $ctx.Values.preStopSleepSeconds | int64 | quote }}]
   startupProbe:
-    httpGet: {path: /healthz, port: http}
+    httpGet: {path: /healthz, port: http{{ if $ctx.Values.auth.tlsSecret }}, scheme: HTTPS{{ end }}}
     {{- toYaml $ctx.Values.probes.startup | nindent 4 }}
   livenessProbe:
-    httpGet: {path: /healthz, port: http}
+    httpGet: {path: /healthz, port: http{{ if $ctx.Values.auth.tlsSecret }}, scheme: HTTPS{{ end }}}
     {{- toYaml $ctx.Values.probes.liveness | nindent 4 }}
   readinessProbe:
-    httpGet: {path: /readyz, port: http}
+    httpGet: {path: /readyz, port: http{{ if $ctx.Values.auth.tlsSecret }}, scheme: HTTPS{{ end }}}
     {{- toYaml $ctx.Values.probes.readiness | nindent 4 }}
   {{- end }}
   resources:
@@ -216,8 +242,14 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
       mountPath: /etc/dicom-archive/audit-tls
       readOnly: true
     {{- end }}
+    {{- if and .serving $ctx.Values.auth.tlsSecret }}
+    - name: http-tls
+      mountPath: {{ include "dicom-archive.tlsDir" $ctx }}
+      readOnly: true
+    {{- end }}
 {{- end }}
 
+{{/* Call with (dict "sizeLimit" SIZE "audit" AUDITVALUES "tlsSecret" NAME); tlsSecret "": no HTTPS volume. */}}
 {{- define "dicom-archive.volumes" -}}
 - name: data
   emptyDir:
@@ -231,6 +263,12 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     secretName: {{ .tlsSecret }}
     defaultMode: 0440
 {{- end }}{{- end }}
+{{- with .tlsSecret }}
+- name: http-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 
 {{/* Pod-level fields shared by every pod of the chart. */}}

@@ -1,0 +1,86 @@
+"""The ApiKeys port, run against the SQLite and the PostgreSQL catalog (the table comes with migrate)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from archive.adapters.postgres_catalog import PostgresCatalog
+from archive.adapters.sqlite_catalog import SqliteCatalog
+from archive.core.errors import ApiKeyExists
+from archive.core.identity import Role
+from archive.core.ports import ApiKey, ApiKeys
+from tests.conftest import service_setting
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def keys(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[ApiKeys]:
+    dsn = service_setting("ARCHIVE_CATALOG") if request.param == "postgresql" else ""
+    store: SqliteCatalog | PostgresCatalog = (
+        PostgresCatalog(dsn, schema=unique) if dsn else SqliteCatalog(tmp_path / "catalog.db"))
+    await store.migrate()
+    yield store
+    await store.close()
+    if dsn:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {unique} CASCADE")
+
+
+async def test_create_find_list_revoke(keys: ApiKeys) -> None:
+    created = await keys.create_key("ci-upload", Role.WRITER, digest("k1"))
+    await keys.create_key("backup", Role.READER, digest("k2"))
+    assert created.name == "ci-upload" and created.role is Role.WRITER and created.last_used_at is None
+    found = await keys.key_by_digest(digest("k1"))
+    assert found == ApiKey("ci-upload", Role.WRITER, created.created_at)
+    assert await keys.key_by_digest(digest("unknown")) is None
+    assert [(k.name, k.role) for k in await keys.list_keys()] == [("backup", Role.READER), ("ci-upload", Role.WRITER)]
+
+    assert await keys.revoke_key("ci-upload") is True
+    assert await keys.key_by_digest(digest("k1")) is None
+    assert await keys.revoke_key("ci-upload") is False
+    assert [k.name for k in await keys.list_keys()] == ["backup"]
+
+
+async def test_names_are_unique_and_a_clash_changes_nothing(keys: ApiKeys) -> None:
+    await keys.create_key("ci", Role.READER, digest("first"))
+    with pytest.raises(ApiKeyExists, match="ci"):
+        await keys.create_key("ci", Role.ADMIN, digest("second"))
+    assert await keys.key_by_digest(digest("second")) is None
+    assert (await keys.key_by_digest(digest("first"))) is not None
+    assert [(k.name, k.role) for k in await keys.list_keys()] == [("ci", Role.READER)]
+
+
+async def test_last_used_is_recorded(keys: ApiKeys) -> None:
+    await keys.create_key("script", Role.ADMIN, digest("k"))
+    await keys.touch_key("script", 1_700_000_000.5)
+    assert (await keys.key_by_digest(digest("k"))) == ApiKey(
+        "script", Role.ADMIN, (await keys.list_keys())[0].created_at, 1_700_000_000.5)
+    await keys.touch_key("nobody", 1.0)  # an unknown (revoked) key: nothing happens
+
+
+async def test_concurrent_creations_of_one_name_store_one(keys: ApiKeys) -> None:
+    results = await asyncio.gather(*(keys.create_key("race", Role.READER, digest(f"k{i}")) for i in range(6)),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, ApiKey) for r in results) == 1
+    assert all(isinstance(r, (ApiKey, ApiKeyExists)) for r in results)
+    assert len(await keys.list_keys()) == 1
+
+
+async def test_the_table_holds_digests_only(tmp_path: Path) -> None:
+    store = SqliteCatalog(tmp_path / "catalog.db")
+    await store.migrate()
+    await store.create_key("k", Role.READER, digest("dka_secret"))
+    await store.close()
+    with sqlite3.connect(tmp_path / "catalog.db") as con:
+        rows = con.execute("SELECT * FROM api_keys").fetchall()
+    assert rows and all("dka_secret" not in str(value) for value in rows[0])
