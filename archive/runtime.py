@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from contextlib import AsyncExitStack
@@ -27,10 +28,12 @@ from archive.ingest.service import IngestService
 from archive.query.dimse.commitment import commitment_service
 from archive.query.dimse.service import QueryRetrieve, query_retrieve_service
 from archive.query.routes import add_routes
+from archive.scp.access import AccessPolicy
 from archive.scp.asyncio_engine import AsyncioReceiver
 from archive.scp.portal import Portal
 from archive.scp.pynetdicom_engine import DicomServer, DimseService, StoreSCP
 from archive.scp.spool import process_spool
+from archive.scp.tls import server_context, tls_args
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -190,35 +193,48 @@ async def run(settings: Settings, roles: Roles) -> None:
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
+        dicom = roles.receive or roles.query_dimse
+        access = AccessPolicy.from_settings(settings) if dicom else None  # a wrong ARCHIVE_AE_CONFIG stops here
+        tls = dicom_tls_context(settings, access) if dicom and access is not None else None
         qr_services: list[DimseService] = []
         if roles.query_dimse:
             qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir))
-            qr_services.append(query_retrieve_service(qr, portal, settings))
-            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings))
+            qr_services.append(query_retrieve_service(qr, portal, settings, access))
+            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings, access))
         store_scp: StoreSCP | None = None
         asyncio_scp: AsyncioReceiver | None = None
         qr_server: DicomServer | None = None
         if roles.receive:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
             multi = settings.workers > 1 and not roles.worker_child
+            reuse_port = roles.worker_child or multi
             if settings.scp_engine == "asyncio":
                 # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
-                # handed to the pynetdicom server, which then listens on no port of its own
-                if qr_services:
-                    store_scp = StoreSCP(settings, ingest, portal, qr_services)
+                # handed to the pynetdicom server, which then listens on no plain port of its own.
+                # The TLS port is pynetdicom's (docs/security.md: why the asyncio engine does not
+                # terminate TLS).
+                if qr_services or tls is not None:
+                    store_scp = StoreSCP(settings, ingest, portal, qr_services, access=access)
                     store_scp.start(listen=False)
-                asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(), handover=store_scp)
-                await asyncio_scp.start(reuse_port=roles.worker_child or multi)
+                if settings.dicom_plain:
+                    asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(),
+                                                  handover=store_scp if qr_services else None, access=access)
+                    await asyncio_scp.start(reuse_port=reuse_port)
             else:
-                store_scp = StoreSCP(settings, ingest, portal, qr_services)
-                store_scp.start(reuse_port=roles.worker_child or multi)
+                store_scp = StoreSCP(settings, ingest, portal, qr_services, access=access)
+                store_scp.start(reuse_port=reuse_port, listen=settings.dicom_plain)
+            if tls is not None and store_scp is not None:
+                store_scp.start_tls(settings.dicom_tls_port, tls, reuse_port=reuse_port)
             if qr_services and multi:
                 children.flags["scp"] = ("--with-query",)  # workers share the port and every service
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp", *children.flags.get("scp", ()))
         if qr_services and not roles.receive:
-            qr_server = DicomServer(settings, qr_services, role="query")
-            qr_server.start(port=settings.query_dicom_port)  # one process: a taken port is an error
+            qr_server = DicomServer(settings, qr_services, role="query", access=access)
+            # one process: a taken port is an error
+            qr_server.start(port=settings.query_dicom_port, listen=settings.dicom_plain)
+            if tls is not None:
+                qr_server.start_tls(settings.query_dicom_tls_port, tls)
 
         worker: Indexer | None = None
         worker_task: asyncio.Task[None] | None = None
@@ -253,6 +269,20 @@ async def run(settings: Settings, roles: Roles) -> None:
             except asyncio.TimeoutError:
                 worker_task.cancel()
     log.info("stopped")
+
+
+def dicom_tls_context(settings: Settings, access: AccessPolicy) -> ssl.SSLContext | None:
+    """The DICOM TLS port's context (None: no TLS port), after checking that every peer we reach
+    over TLS has a context that loads: a wrong file stops the process at start, not a C-MOVE."""
+    for entry in access.config.entries.values():
+        if entry.tls is not None:
+            tls_args(entry, settings)
+    config = access.config
+    log.info("DICOM access", extra={
+        "tls": settings.dicom_tls, "plain_port": settings.dicom_plain,
+        "mutual_tls": bool(settings.tls_client_ca), "ae_config": config.source or "none",
+        "ae_titles": len(config.entries), "unknown_callers": "rejected" if config.restricted else "accepted"})
+    return server_context(settings) if settings.dicom_tls else None
 
 
 async def migrate(settings: Settings) -> None:

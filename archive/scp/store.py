@@ -19,21 +19,30 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from archive import metrics
+from archive.ae_config import Permission
 from archive.ingest.service import IngestService, Prepared, Received
-from archive.scp.status import OUTCOME_STATUS, SOP_CLASS_NOT_NEGOTIATED, Status, status_for_error
+from archive.scp.access import AccessPolicy
+from archive.scp.status import NOT_AUTHORIZED, OUTCOME_STATUS, SOP_CLASS_NOT_NEGOTIATED, Status, status_for_error
 
 log = logging.getLogger(__name__)
 
 Prepare = Callable[[Received], Awaitable[Prepared]]
-Store = Callable[[Received, str], Coroutine[Any, Any, Status]]  # (received, abstract syntax of its context) -> Status
+# (received, abstract syntax of its context, the requestor's address) -> Status
+Store = Callable[[Received, str, str], Coroutine[Any, Any, Status]]
 
 
-async def store(received: Received, abstract_syntax: str, *, ingest: IngestService, prepare: Prepare,
-                timeout: float) -> Status:
-    """Archive one C-STORE's dataset; ``abstract_syntax`` is that of the context it came on."""
+async def store(received: Received, abstract_syntax: str, address: str = "", *, ingest: IngestService,
+                prepare: Prepare, timeout: float, access: AccessPolicy | None = None) -> Status:
+    """Archive one C-STORE's dataset; ``abstract_syntax`` is that of the context it came on.
+
+    A calling AE without the store permission (``access``, ARCHIVE_AE_CONFIG) is refused unstored
+    with 0x0124 Refused: Not Authorized (PS3.7 Annex C), whichever engine received it.
+    """
     started = time.perf_counter()
     try:
-        if received.affected_sop_class_uid != abstract_syntax:
+        if access is not None and not access.authorize(received.source_aet, address, Permission.STORE):
+            status = NOT_AUTHORIZED
+        elif received.affected_sop_class_uid != abstract_syntax:
             status = SOP_CLASS_NOT_NEGOTIATED  # not stored, not even parsed
             log.warning("C-STORE refused", extra={
                 "calling_aet": received.source_aet, "sop_instance_uid": (received.affected_sop_instance_uid or "")[:64],

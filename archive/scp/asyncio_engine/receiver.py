@@ -34,13 +34,14 @@ class AsyncioReceiver:
     """C-ECHO and C-STORE acceptor on asyncio streams (ARCHIVE_SCP_ENGINE=asyncio)."""
 
     def __init__(self, settings: Settings, ingest: IngestService, loop: asyncio.AbstractEventLoop | None = None,
-                 *, check_called_aet: bool = False, handover: Handover | None = None) -> None:
+                 *, check_called_aet: bool = False, handover: Handover | None = None,
+                 access: AccessPolicy | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
         self.loop = loop
         self.check_called_aet = check_called_aet
         self.handover = handover  # without it, an association with other services gets those contexts refused
-        self.policy = AccessPolicy(settings.allowed_aets, settings.allowed_networks)
+        self.policy = access if access is not None else AccessPolicy.from_settings(settings)
         self.active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
@@ -58,7 +59,8 @@ class AsyncioReceiver:
             max_associations=settings.max_associations, max_pdu=settings.max_pdu,
             acse_timeout=settings.acse_timeout, network_timeout=settings.network_timeout,
             spool=process_spool(settings.data_dir), hasher=self.hasher,
-            store=functools.partial(store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout),
+            store=functools.partial(store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout,
+                                    access=self.policy),
         )
         self._listener = _listen(host or settings.bind, settings.dicom_port if port is None else port, reuse_port)
         self._acceptor = asyncio.create_task(self._accept_loop(self._listener), name="dicom-acceptor")
