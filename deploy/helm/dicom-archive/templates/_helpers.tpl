@@ -88,6 +88,23 @@ ARCHIVE_INDEXER_BATCH: {{ $s.indexerBatch | int64 | quote }}
 ARCHIVE_INDEXER_PREFETCH: {{ $s.indexerPrefetch | int64 | quote }}
 ARCHIVE_QUERY_LIMIT: {{ $s.queryLimit | int64 | quote }}
 ARCHIVE_WORKERS: "1"
+{{- $tls := .Values.dicomTls }}
+{{- if $tls.enabled }}
+{{- $_ := required "dicomTls.secretName is required: a kubernetes.io/tls Secret with tls.crt, tls.key (and ca.crt for mutual TLS)" $tls.secretName }}
+ARCHIVE_DICOM_TLS_PORT: {{ $tls.port | int64 | quote }}
+ARCHIVE_QUERY_DICOM_TLS_PORT: {{ $tls.port | int64 | quote }}
+ARCHIVE_TLS_CERT: {{ printf "%s/tls.crt" (include "dicom-archive.tlsDir" .) | quote }}
+ARCHIVE_TLS_KEY: {{ printf "%s/tls.key" (include "dicom-archive.tlsDir" .) | quote }}
+{{- if $tls.mutual }}
+ARCHIVE_TLS_CLIENT_CA: {{ printf "%s/ca.crt" (include "dicom-archive.tlsDir" .) | quote }}
+{{- end }}
+{{- else if not $tls.plainPort }}
+{{- fail "dicomTls.plainPort=false needs dicomTls.enabled: the archive would have no DICOM port" }}
+{{- end }}
+ARCHIVE_DICOM_PLAIN: {{ $tls.plainPort | toString | quote }}
+{{- if .Values.aeConfig }}
+ARCHIVE_AE_CONFIG: {{ include "dicom-archive.aeConfigFile" . | quote }}
+{{- end }}
 ARCHIVE_LOG_LEVEL: {{ $s.logLevel | quote }}
 ARCHIVE_LOG_FORMAT: {{ $s.logFormat | quote }}
 {{- range $name, $value := .Values.extraConfig }}
@@ -99,6 +116,15 @@ ARCHIVE_LOG_FORMAT: {{ $s.logFormat | quote }}
 {{- end }}
 {{ $name }}: {{ $value | toString | quote }}
 {{- end }}
+{{- end }}
+
+{{/* Where the DICOM TLS Secret and the AE configuration are mounted (scp and query pods). */}}
+{{- define "dicom-archive.tlsDir" -}}/etc/dicom-archive/tls{{- end }}
+{{- define "dicom-archive.aeConfigFile" -}}/etc/dicom-archive/ae/aes.yaml{{- end }}
+
+{{/* Whether a role answers DICOM (mounts the TLS Secret and the AE configuration). */}}
+{{- define "dicom-archive.dicomRole" -}}
+{{- if or (eq . "scp") (eq . "query") }}true{{ end }}
 {{- end }}
 
 {{/* Credentials (Secret data, base64). Only rendered when existingSecret is empty. */}}
@@ -138,6 +164,9 @@ prometheus.io/scrape: "true"
 prometheus.io/port: {{ $ctx.Values.ports.http | int64 | quote }}
 prometheus.io/path: /metrics
 {{- end }}
+{{- with $ctx.Values.aeConfig }}
+checksum/ae-config: {{ toYaml . | sha256sum }}
+{{- end }}
 {{- with $ctx.Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
@@ -169,10 +198,17 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     - name: http
       containerPort: {{ $ctx.Values.ports.http }}
       protocol: TCP
-    {{- if or (eq .role "scp") (eq .role "query") }}
+    {{- if include "dicom-archive.dicomRole" .role }}
+    {{- if $ctx.Values.dicomTls.plainPort }}
     - name: dicom
       containerPort: {{ $ctx.Values.ports.dicom }}
       protocol: TCP
+    {{- end }}
+    {{- if $ctx.Values.dicomTls.enabled }}
+    - name: dicom-tls
+      containerPort: {{ $ctx.Values.dicomTls.port }}
+      protocol: TCP
+    {{- end }}
     {{- end }}
   lifecycle:
     preStop:
@@ -197,8 +233,21 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
       mountPath: {{ $ctx.Values.dataDir }}
     - name: tmp
       mountPath: /tmp
+    {{- if include "dicom-archive.dicomRole" .role }}
+    {{- if $ctx.Values.dicomTls.enabled }}
+    - name: dicom-tls
+      mountPath: {{ include "dicom-archive.tlsDir" $ctx }}
+      readOnly: true
+    {{- end }}
+    {{- if $ctx.Values.aeConfig }}
+    - name: ae-config
+      mountPath: {{ include "dicom-archive.aeConfigFile" $ctx | dir }}
+      readOnly: true
+    {{- end }}
+    {{- end }}
 {{- end }}
 
+{{/* Call with (dict "sizeLimit" SIZE "ctx" $ "role" ROLE); ctx and role only for the DICOM roles' mounts. */}}
 {{- define "dicom-archive.volumes" -}}
 - name: data
   emptyDir:
@@ -206,6 +255,19 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- if and .ctx (include "dicom-archive.dicomRole" (default "" .role)) }}
+{{- if .ctx.Values.dicomTls.enabled }}
+- name: dicom-tls
+  secret:
+    secretName: {{ .ctx.Values.dicomTls.secretName }}
+    defaultMode: 0440
+{{- end }}
+{{- if .ctx.Values.aeConfig }}
+- name: ae-config
+  configMap:
+    name: {{ include "dicom-archive.fullname" .ctx }}-ae-config
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level fields shared by every pod of the chart. */}}
