@@ -311,3 +311,31 @@ def test_pynetdicom_engine_with_the_plain_port_off(pki: PKI, tmp_path: Path) -> 
         wait_until(lambda: indexed(proc, ds.StudyInstanceUID), timeout=30)
     finally:
         proc.stop()
+
+
+def test_the_query_role_answers_on_its_own_tls_port(pki: PKI, tmp_path: Path) -> None:
+    """`query` (embedded backends suffice): ARCHIVE_QUERY_DICOM_TLS_PORT, mutual TLS, plain port off."""
+    tls, plain = free_port(), free_port()
+    config = tmp_path / "aes.yaml"
+    config.write_text("aes:\n  WORKSTATION: {permissions: [query]}\n")
+    proc = ArchiveProcess("query", {
+        "ARCHIVE_DATA_DIR": str(tmp_path / "data"), "ARCHIVE_TLS_CERT": str(pki.archive.cert),
+        "ARCHIVE_TLS_KEY": str(pki.archive.key), "ARCHIVE_TLS_CLIENT_CA": str(pki.ca.pem),
+        "ARCHIVE_QUERY_DICOM_TLS_PORT": str(tls), "ARCHIVE_QUERY_DICOM_PORT": str(plain),
+        "ARCHIVE_DICOM_PLAIN": "false", "ARCHIVE_AE_CONFIG": str(config)}, tmp_path / "query.log",
+        http_port=free_port()).start()
+    try:
+        assert listening(tls) and not listening(plain)
+        assoc = associate(tls, "WORKSTATION", [StudyRootQueryRetrieveInformationModelFind],
+                          tls=client_context(pki, pki.workstation))
+        assert assoc.is_established
+        try:
+            statuses = [int(s.Status) for s, _ in assoc.send_c_find(
+                find_identifier(new_uid()), StudyRootQueryRetrieveInformationModelFind)]
+        finally:
+            assoc.release()
+        assert statuses == [0x0000]  # no match, answered
+        impostor = associate(tls, "MODALITY", [Verification], tls=client_context(pki, pki.workstation))
+        assert not impostor.is_established
+    finally:
+        proc.stop()
