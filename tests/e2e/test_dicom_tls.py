@@ -229,6 +229,27 @@ def test_a_silent_client_does_not_hold_up_the_tls_port(archive: ArchiveProcess, 
     assert ok.returncode == 0, ok.stderr
 
 
+def test_connections_stuck_in_their_handshake_are_capped(pki: PKI, tmp_path: Path) -> None:
+    """At most ARCHIVE_MAX_ASSOCIATIONS connections wait in their handshake (a thread each); more are
+    closed at once, and the port serves again when they are gone."""
+    port = free_port()
+    proc = serve(tmp_path, ARCHIVE_MAX_ASSOCIATIONS="2", ARCHIVE_TLS_CERT=str(pki.archive.cert),
+                 ARCHIVE_TLS_KEY=str(pki.archive.key), ARCHIVE_DICOM_TLS_PORT=str(port)).start()
+    echo = [require_tool("echoscu"), *tls_flags(None, pki.ca), "-aet", "ANY", "-aec", "ARCHIVE", "127.0.0.1", str(port)]
+    try:
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            refused = subprocess.run(echo, capture_output=True, text=True, timeout=30)
+            assert refused.returncode != 0
+            assert "too many handshakes in progress" in proc.log_tail(50)
+        finally:
+            for sock in silent:
+                sock.close()
+        wait_until(lambda: subprocess.run(echo, capture_output=True, timeout=30).returncode == 0, timeout=20)
+    finally:
+        proc.stop()
+
+
 def test_the_certificate_binds_the_calling_ae_title(archive: ArchiveProcess, pki: PKI) -> None:
     as_itself = associate(tls_port(archive), "MODALITY", [Verification], tls=client_context(pki, pki.modality))
     assert as_itself.is_established

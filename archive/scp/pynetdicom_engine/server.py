@@ -47,7 +47,10 @@ class ArchiveAssociationServer(ThreadedAssociationServer):
     reuse_port = False
     daemon_threads = True
     handshake_timeout = 30.0
+    max_handshakes = 64  # connections in their TLS handshake at once; more are closed at once
     policy: AccessPolicy | None = None  # told of failed handshakes
+    _handshaking = 0
+    _handshake_lock = threading.Lock()
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -61,6 +64,14 @@ class ArchiveAssociationServer(ThreadedAssociationServer):
         # Without it a DCMTK sender waits ~40 ms per instance (Nagle + delayed ACK).
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context is not None:
+            with self._handshake_lock:
+                busy = self._handshaking >= self.max_handshakes
+                if not busy:
+                    self._handshaking += 1
+            if busy:  # a flood of connections that never finish their handshake: one thread each, capped
+                client.close()
+                self._handshake_failed(address, "TLS: too many handshakes in progress")
+                raise OSError("too many TLS handshakes in progress")  # socketserver skips the request
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
@@ -77,13 +88,18 @@ class ArchiveAssociationServer(ThreadedAssociationServer):
             conn.settimeout(None)
             return True
         except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, a reset
-            peer = str(address[0]) if isinstance(address, tuple) else str(address)
-            reason = _handshake_failure(exc)
-            metrics.ASSOCIATIONS.labels("rejected").inc()
-            log.warning("TLS handshake failed", extra={"peer": peer, "reason": reason})
-            if self.policy is not None:
-                self.policy.report(Refusal("tls", "", peer, reason))
+            self._handshake_failed(address, _handshake_failure(exc))
             return False
+        finally:
+            with self._handshake_lock:
+                self._handshaking -= 1
+
+    def _handshake_failed(self, address: Any, reason: str) -> None:
+        peer = str(address[0]) if isinstance(address, tuple) else str(address)
+        metrics.ASSOCIATIONS.labels("rejected").inc()
+        log.warning("TLS handshake failed", extra={"peer": peer, "reason": reason})
+        if self.policy is not None:
+            self.policy.report(Refusal("tls", "", peer, reason))
 
 
 def _handshake_failure(exc: BaseException) -> str:
@@ -145,7 +161,8 @@ class DicomServer:
         # AE.start_server() takes no server_class (pynetdicom 3.0); do what its
         # non-blocking branch does with our class.
         server_class = type("Server", (ArchiveAssociationServer,), {
-            "reuse_port": reuse_port, "handshake_timeout": self.settings.acse_timeout, "policy": self.access})
+            "reuse_port": reuse_port, "handshake_timeout": self.settings.acse_timeout, "policy": self.access,
+            "max_handshakes": self.settings.max_associations, "_handshake_lock": threading.Lock()})
         return self.ae.make_server(address, evt_handlers=self._handlers(), server_class=server_class,
                                    ssl_context=ssl_context)
 
