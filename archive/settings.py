@@ -418,9 +418,6 @@ class Settings:
         """Every ``ARCHIVE_*`` variable, secrets included: ``from_env`` of it gives these settings."""
         return {s.env: s.kind.format(getattr(self, s.name)) for s in SETTINGS}
 
-    def peer(self, aet: str) -> Peer | None:
-        return next((p for p in self.peers if p.aet == aet.strip()), None)
-
     @property
     def dicom_tls(self) -> bool:
         """Whether the DICOM TLS port is on (certificate and key set)."""
