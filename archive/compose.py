@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from archive.audit import syslog
+from archive.audit.logfile import AuditFile
+from archive.audit.messages import Source
+from archive.audit.trail import Trail
 from archive.core.ports import Backend, Catalog, MessageQueue, ObjectStore, SearchIndex
 from archive.settings import Settings
 
@@ -94,3 +99,18 @@ class Backends:
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.all()), return_exceptions=True)
+
+
+def audit_trail(settings: Settings) -> Trail:
+    """The audit trail: the local file always, the syslog collector when ARCHIVE_AUDIT_SYSLOG is set."""
+    host = socket.gethostname()
+    source = Source(settings.audit_source_id or f"{settings.aet}@{host}", settings.aet, host)
+    file = AuditFile(Path(settings.audit_file), settings.audit_file_max_bytes, settings.audit_file_keep)
+    collector = None
+    if settings.audit_syslog:
+        def pem(value: str) -> Path | None:
+            return Path(value) if value else None
+
+        tls = syslog.TlsFiles(pem(settings.audit_tls_ca), pem(settings.audit_tls_cert), pem(settings.audit_tls_key))
+        collector = syslog.collector(settings.audit_syslog, tls)
+    return Trail(source, file, collector, buffer=settings.audit_buffer).start()

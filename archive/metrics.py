@@ -58,6 +58,18 @@ QUERIES = Counter("archive_queries_total", "Queries answered", ["interface", "le
 QUERY_SECONDS = Histogram("archive_query_seconds", "Query latency", ["interface"])
 OBJECT_CACHE = Counter("archive_object_cache_total", "Objects the query service read from its local cache", ["result"])
 STOW_INSTANCES = Counter("archive_stow_instances_total", "STOW-RS instances (or rejected requests) by result", ["result"])
+AUDIT_RECORDS = Counter("archive_audit_records_total", "Audit records written to the local audit file", ["event"])
+AUDIT_DROPPED = Counter(
+    "archive_audit_records_dropped_total",
+    "Audit records the syslog collector did not get (each is in the local audit file)",
+    ["reason"],  # buffer_full | collector_down | too_large | shutdown
+)
+AUDIT_QUEUED = Gauge(
+    "archive_audit_records_queued", "Audit records buffered for the syslog collector", multiprocess_mode="livesum"
+)
+AUDIT_FILE_FAILURES = Counter(
+    "archive_audit_file_failures_total", "Audit records that could not be written to the local audit file"
+)
 
 QUEUE_DEPTH_TIMEOUT = 2.0  # a scrape must not hang on a queue that does not answer
 

@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from archive import web as archive_web
-from archive.compose import Backends
+from archive.compose import Backends, audit_trail
+from archive.core.audit import AuditEvent, AuditTrail, EventKind, Outcome, Subtype
+from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.dimse.commitment import commitment_service
 from archive.query.dimse.service import QueryRetrieve, query_retrieve_service
 from archive.query.routes import add_routes
-from archive.scp.access import AccessPolicy
+from archive.scp.access import AccessPolicy, OnRefusal, Refusal
 from archive.scp.asyncio_engine import AsyncioReceiver
 from archive.scp.portal import Portal
 from archive.scp.pynetdicom_engine import DicomServer, DimseService, StoreSCP
@@ -38,6 +40,49 @@ from archive.settings import Settings
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 30.0
+
+
+def security_configuration(settings: Settings) -> str:
+    """What guards the archive, for the start-up audit record (no secrets, no patient data)."""
+    aets = ",".join(settings.allowed_aets) or "any"
+    networks = ",".join(str(n) for n in settings.allowed_networks) or "any"
+    collector = settings.audit_syslog.split("://", 1)[0] if settings.audit_syslog else "none"
+    tls = (f"TLS port {settings.dicom_tls_port}{' (mutual)' if settings.tls_client_ca else ''}"
+           if settings.dicom_tls else "TLS off")
+    plain = "plain port on" if settings.dicom_plain else "plain port off"
+    return (f"DICOM: calling AE titles {aets}; networks {networks}; AE config {settings.ae_config or 'none'}; "
+            f"{tls}; {plain}. HTTP: authentication none. Audit: file {settings.audit_file}; syslog {collector}")
+
+
+def audit_refusals(trail: AuditTrail, our_aet: str) -> OnRefusal:
+    """The access policy's refusals as Security Alerts (PS3.15 A.5.3.11): an operation refused for
+    want of permission (Use of Restricted Function) and a failed TLS handshake (Node
+    Authentication). A rejected association is recorded by the engine that rejected it
+    (archive.scp.audit.rejected), so not here."""
+    def record(refusal: Refusal) -> None:
+        if refusal.what == "association":
+            return
+        subtype = Subtype.NODE_AUTHENTICATION if refusal.what == "tls" else Subtype.USE_OF_RESTRICTED_FUNCTION
+        status = f" (0x{refusal.status:04X})" if refusal.status is not None else ""
+        trail.record(AuditEvent(EventKind.SECURITY_ALERT, Principal(PrincipalKind.AE, refusal.calling_aet,
+                                                                    refusal.address),
+                                Outcome.MINOR_FAILURE, subtype=subtype, service=our_aet,
+                                detail=f"{refusal.what} refused: {refusal.reason}{status}"))
+    return record
+
+
+def _activity(trail: AuditTrail, settings: Settings, subtype: Subtype, detail: str = "") -> None:
+    """Application Activity (PS3.15 A.5.3.1): the archive started or stopped, by this OS user."""
+    import getpass
+    import socket
+
+    try:
+        launcher = getpass.getuser()
+    except Exception:  # no user name for this uid (a container)
+        launcher = str(os.getuid())
+    trail.record(AuditEvent(EventKind.APPLICATION_ACTIVITY, Principal(PrincipalKind.LOCAL, launcher,
+                                                                      socket.gethostname()),
+                            subtype=subtype, service=settings.aet, detail=detail))
 
 
 async def _wait_for_signal() -> None:
@@ -182,25 +227,29 @@ async def run(settings: Settings, roles: Roles) -> None:
         needed += [backends.catalog, backends.store]
     used = list(dict.fromkeys(needed))
     async with AsyncExitStack() as stack:
+        trail = audit_trail(settings)  # closed last: the stop record goes out after everything else
+        stack.callback(trail.close)
         stack.push_async_callback(backends.close)
         for backend in used:
             await backend.migrate()
         app = archive_web.base_app(used, backends.queue if backends.queue in used else None)
+        app[archive_web.AUDIT] = trail
         if roles.query_http:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
-                       settings=settings)
+                       settings=settings, audit=trail)
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
         dicom = roles.receive or roles.query_dimse
-        access = AccessPolicy.from_settings(settings) if dicom else None  # a wrong ARCHIVE_AE_CONFIG stops here
+        # a wrong ARCHIVE_AE_CONFIG stops here; refused operations and failed handshakes are audited
+        access = AccessPolicy.from_settings(settings, audit_refusals(trail, settings.aet)) if dicom else None
         tls = dicom_tls_context(settings, access) if dicom and access is not None else None
         qr_services: list[DimseService] = []
         if roles.query_dimse:
-            qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir))
+            qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir), trail)
             qr_services.append(query_retrieve_service(qr, portal, settings, access))
-            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings, access))
+            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings, trail, access))
         store_scp: StoreSCP | None = None
         asyncio_scp: AsyncioReceiver | None = None
         qr_server: DicomServer | None = None
@@ -214,14 +263,15 @@ async def run(settings: Settings, roles: Roles) -> None:
                 # The TLS port is pynetdicom's (docs/security.md: why the asyncio engine does not
                 # terminate TLS).
                 if qr_services or tls is not None:
-                    store_scp = StoreSCP(settings, ingest, portal, qr_services, access=access)
+                    store_scp = StoreSCP(settings, ingest, portal, qr_services, access=access, audit=trail)
                     store_scp.start(listen=False)
                 if settings.dicom_plain:
                     asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(),
-                                                  handover=store_scp if qr_services else None, access=access)
+                                                  handover=store_scp if qr_services else None, access=access,
+                                                  audit=trail)
                     await asyncio_scp.start(reuse_port=reuse_port)
             else:
-                store_scp = StoreSCP(settings, ingest, portal, qr_services, access=access)
+                store_scp = StoreSCP(settings, ingest, portal, qr_services, access=access, audit=trail)
                 store_scp.start(reuse_port=reuse_port, listen=settings.dicom_plain)
             if tls is not None and store_scp is not None:
                 store_scp.start_tls(settings.dicom_tls_port, tls, reuse_port=reuse_port)
@@ -230,7 +280,7 @@ async def run(settings: Settings, roles: Roles) -> None:
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp", *children.flags.get("scp", ()))
         if qr_services and not roles.receive:
-            qr_server = DicomServer(settings, qr_services, role="query", access=access)
+            qr_server = DicomServer(settings, qr_services, role="query", access=access, audit=trail)
             # one process: a taken port is an error
             qr_server.start(port=settings.query_dicom_port, listen=settings.dicom_plain)
             if tls is not None:
@@ -247,7 +297,12 @@ async def run(settings: Settings, roles: Roles) -> None:
 
         if roles.http:
             await _start_http(app, settings, stack)
+        announce = not roles.worker_child and roles.http  # one Application Activity per command, not per child
+        if announce:
+            _activity(trail, settings, Subtype.APPLICATION_START, security_configuration(settings))
         await _wait_for_signal()
+        if announce:
+            _activity(trail, settings, Subtype.APPLICATION_STOP)
 
         # Ordered shutdown: stop accepting and drain, then the indexers, then HTTP and backends.
         children.stopping = True

@@ -384,6 +384,33 @@ class Settings:
         Int(low=1))
     log_level: str = setting("ARCHIVE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR", LogLevel())
     log_format: str = setting("ARCHIVE_LOG_FORMAT", "json", "`json` or `text`", Text(choices=("json", "text")))
+    # --- audit trail (PS3.15 A.5 messages; archive.audit) ---
+    audit_syslog: str = setting(
+        "ARCHIVE_AUDIT_SYSLOG", "",
+        "Syslog collector (ATNA audit repository) for audit records: `udp://host:port` (RFC 5426), "
+        "`tcp://host:port` (RFC 6587, octet counting) or `tls://host:port` (RFC 5425); unset: local file only",
+        Url(schemes=("udp", "tcp", "tls"), optional=True, needs_host=True))
+    audit_file: str = setting(
+        "ARCHIVE_AUDIT_FILE", "", "Local append-only audit file (every record, one XML message per line)", Text(),
+        derive=lambda data: str(data / "audit" / "audit.log"))
+    audit_file_max_bytes: int = setting(
+        "ARCHIVE_AUDIT_FILE_MAX_BYTES", 100 * 1024**2,
+        "Size at which the audit file is rotated (`audit.log` -> `audit.log.1` ...)", Int(low=4096))
+    audit_file_keep: int = setting(
+        "ARCHIVE_AUDIT_FILE_KEEP", 10, "Rotated audit files kept besides the current one", Int(low=1))
+    audit_tls_ca: str = setting(
+        "ARCHIVE_AUDIT_TLS_CA", "",
+        "PEM CA certificates that sign a `tls://` collector's certificate (unset: the system's)", Text())
+    audit_tls_cert: str = setting(
+        "ARCHIVE_AUDIT_TLS_CERT", "", "PEM client certificate for a `tls://` collector that requires one", Text())
+    audit_tls_key: str = setting(
+        "ARCHIVE_AUDIT_TLS_KEY", "", "PEM private key of `ARCHIVE_AUDIT_TLS_CERT`", Text(), secret=True)
+    audit_source_id: str = setting(
+        "ARCHIVE_AUDIT_SOURCE_ID", "",
+        "AuditSourceID of the records (which archive reported them); default `<ARCHIVE_AET>@<host name>`", Text())
+    audit_buffer: int = setting(
+        "ARCHIVE_AUDIT_BUFFER", 10000,
+        "Audit records buffered for the collector; when full, records go to the local file only", Int(low=1))
 
     def __post_init__(self) -> None:
         data = Path(self.data_dir).resolve()
@@ -401,6 +428,8 @@ class Settings:
             raise ConfigError("ARCHIVE_TLS_CLIENT_CA needs the DICOM TLS port: set ARCHIVE_TLS_CERT and ARCHIVE_TLS_KEY")
         if not self.dicom_plain and not self.tls_cert:
             raise ConfigError("ARCHIVE_DICOM_PLAIN=false leaves no DICOM port: set ARCHIVE_TLS_CERT and ARCHIVE_TLS_KEY")
+        if bool(self.audit_tls_cert) != bool(self.audit_tls_key):
+            raise ConfigError("ARCHIVE_AUDIT_TLS_CERT and ARCHIVE_AUDIT_TLS_KEY go together")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

@@ -11,8 +11,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from archive import metrics
+from archive.core.audit import AuditEvent, AuditTrail, EventKind, Outcome, Subtype
 from archive.core.errors import BackendUnavailable, ObjectNotFound
-from archive.core.identity import Principal
+from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Backend, MessageQueue
 from archive.core.query import InvalidQuery
 
@@ -26,6 +27,26 @@ def principal_of(request: web.Request) -> Principal | None:
     """The caller the authentication middleware identified (None before it ran, or without it)."""
     found = request.get(PRINCIPAL)
     return found if isinstance(found, Principal) else None
+AUDIT = web.AppKey("audit", AuditTrail)  # the process's audit trail (set by the composition root)
+
+
+def audit_denied(request: web.Request, status: int, detail: str, who: Principal | None = None) -> None:
+    """The audit record of a refused HTTP request (PS3.15 A.5.3): a 401 is a failed User
+    Authentication (login), a 403 a Security Alert (use of a restricted function). ``who``: the
+    caller if known (a valid token without the role), else anonymous at the client's address."""
+    trail = request.app.get(AUDIT)
+    if trail is None:
+        return
+    caller = who or principal_of(request) or Principal(PrincipalKind.OPEN, "anonymous", request.remote or "")
+    if status == 401:
+        event = AuditEvent(EventKind.USER_AUTHENTICATION, caller, Outcome.MINOR_FAILURE, subtype=Subtype.LOGIN,
+                           service=request.path, detail=detail)
+    else:
+        event = AuditEvent(EventKind.SECURITY_ALERT, caller, Outcome.MINOR_FAILURE,
+                           subtype=Subtype.USE_OF_RESTRICTED_FUNCTION, service=request.path, detail=detail)
+    trail.record(event)
+
+
 READY_TIMEOUT = 3.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

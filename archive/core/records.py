@@ -180,3 +180,4 @@ class CatalogInstance:
     sha256: str
     sop_class_uid: str = ""
     transfer_syntax_uid: str = ""
+    patient_id: str = ""  # when located (locate, get_instance): for the audit trail, never for logs

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from archive.core.audit import AuditTrail, NoAudit
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.ingest.service import IngestService
 from archive.query import openapi
+from archive.query import audit as http_audit
 from archive.query.context import CATALOG, INGEST, MAX_LIMIT, OBJECTS, SEARCH, SETTINGS, STORE
 from archive.query.dicomweb import routes as dicomweb
 from archive.query.objects import ObjectCache
@@ -23,7 +25,7 @@ from archive.settings import Settings
 
 def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: SearchIndex | None = None, *,
                store: ObjectStore | None = None, ingest: IngestService | None = None,
-               settings: Settings | None = None) -> None:
+               settings: Settings | None = None, audit: AuditTrail | None = None) -> None:
     """Every route of the query service; the services that need a backend are served when it is
     given: the search API with ``search``, WADO frames, rendering and WADO-URI with ``store``,
     STOW-RS with ``ingest``."""
@@ -31,6 +33,8 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
     app[SETTINGS] = settings
     app[CATALOG] = catalog
     app[MAX_LIMIT] = max_limit  # QIDO-RS page size
+    app[http_audit.AUDIT] = audit or NoAudit()
+    app.middlewares.append(http_audit.middleware)
     if store is not None:
         app[STORE] = store
         app[OBJECTS] = _object_cache(app, store, settings)

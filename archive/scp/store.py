@@ -16,10 +16,12 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from archive import metrics
 from archive.ae_config import Permission
+from archive.core.audit import StudyTally
+from archive.core.records import text_value
 from archive.ingest.service import IngestService, Prepared, Received
 from archive.scp.access import AccessPolicy
 from archive.scp.status import NOT_AUTHORIZED, OUTCOME_STATUS, SOP_CLASS_NOT_NEGOTIATED, Status, status_for_error
@@ -27,18 +29,27 @@ from archive.scp.status import NOT_AUTHORIZED, OUTCOME_STATUS, SOP_CLASS_NOT_NEG
 log = logging.getLogger(__name__)
 
 Prepare = Callable[[Received], Awaitable[Prepared]]
-# (received, abstract syntax of its context, the requestor's address) -> Status
-Store = Callable[[Received, str, str], Coroutine[Any, Any, Status]]
 
 
-async def store(received: Received, abstract_syntax: str, address: str = "", *, ingest: IngestService,
-                prepare: Prepare, timeout: float, access: AccessPolicy | None = None) -> Status:
+class Store(Protocol):
+    """(received, abstract syntax of its context, the association's audit tally, the requestor's
+    address) -> Status"""
+
+    def __call__(self, received: Received, abstract_syntax: str, tally: StudyTally | None = None,
+                 address: str = "") -> Coroutine[Any, Any, Status]: ...
+
+
+async def store(received: Received, abstract_syntax: str, tally: StudyTally | None = None, address: str = "", *,
+                ingest: IngestService, prepare: Prepare, timeout: float, access: AccessPolicy | None = None) -> Status:
     """Archive one C-STORE's dataset; ``abstract_syntax`` is that of the context it came on.
 
     A calling AE without the store permission (``access``, ARCHIVE_AE_CONFIG) is refused unstored
     with 0x0124 Refused: Not Authorized (PS3.7 Annex C), whichever engine received it.
+    ``tally`` counts the instance under its study and patient (from the index message's
+    metadata) for the association's audit record (PS3.15 A.5.3.7), emitted when it ends.
     """
     started = time.perf_counter()
+    prepared: Prepared | None = None
     try:
         if access is not None and not access.authorize(received.source_aet, address, Permission.STORE):
             status = NOT_AUTHORIZED
@@ -61,6 +72,10 @@ async def store(received: Received, abstract_syntax: str, address: str = "", *, 
             "status": f"0x{status.code:04X}", "reason": str(exc)[:200]})
     metrics.STORES.labels(status.label).inc()
     metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+    if tally is not None and prepared is not None:  # (unparsed data names no study)
+        described = prepared.description
+        tally.add(described.study_uid, text_value(described.metadata, "00100020") or "", described.sop_class_uid,
+                  ok=status.code == 0 or status.code >> 12 == 0xB)
     return status
 
 

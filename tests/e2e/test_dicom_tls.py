@@ -202,6 +202,7 @@ def test_a_certificate_not_signed_by_the_ca_an_expired_one_or_none_fails_the_han
     assert sent.returncode != 0, sent.stderr
     wait_until(lambda: "TLS handshake failed" in archive.log_tail(200), timeout=10)
     assert not indexed(archive, ds.StudyInstanceUID)
+    wait_until(lambda: "tls refused: TLS: " in audit_log(archive), timeout=10)  # a Security Alert
 
 
 def test_plain_tcp_to_the_tls_port_and_tls_to_the_plain_port_fail(archive: ArchiveProcess, pki: PKI) -> None:
@@ -313,6 +314,16 @@ def test_a_modality_may_not_query_retrieve_or_request_commitment(archive: Archiv
     assert find == [NOT_AUTHORIZED] and move == [NOT_AUTHORIZED] and get == [NOT_AUTHORIZED]
     assert int(status.Status) == NOT_AUTHORIZED
     assert len(dest.received()) == before  # no destination contacted
+    # each refusal is a Security Alert (Use of Restricted Function) in the audit trail's local file
+    wait_until(lambda: all(f"{what} refused: no {what} permission (0x0124)" in audit_log(archive)
+                           for what in ("query", "retrieve", "commit")), timeout=10)
+    assert "110132" in audit_log(archive) and "MODALITY" in audit_log(archive)
+
+
+def audit_log(archive: ArchiveProcess) -> str:
+    """The records of the archive's local audit file (the default, under its data directory)."""
+    path = Path(archive.env["ARCHIVE_DATA_DIR"]) / "audit" / "audit.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 # --- the pynetdicom engine, TLS only ------------------------------------------------------------

@@ -210,8 +210,11 @@ def test_pods_are_locked_down_and_write_only_to_emptydirs(docs: list[Doc]) -> No
             continue  # the helm test pod writes nothing
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        # besides the emptyDirs, read-only: the DICOM TLS Secret, the AE configuration, the audit
+        # collector's CA and client certificate
         read_only = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"] if m.get("readOnly")}
-        assert set(mounts) - read_only == {data_dir, "/tmp"}, where  # the TLS Secret and AE config: read-only
+        assert set(mounts) - read_only == {data_dir, "/tmp"}, where
+        assert read_only <= {"/etc/dicom-archive/audit-tls", "/etc/dicom-archive/tls", "/etc/dicom-archive/ae"}, where
         for path in (data_dir, "/tmp"):
             assert volumes[mounts[path]]["emptyDir"]["sizeLimit"], where
     # The scp spools received datasets under ARCHIVE_DATA_DIR/spool: room for large instances.
@@ -487,3 +490,20 @@ def test_image_and_chart_agree(default_docs: list[Doc]) -> None:
     assert int(user.group(1)) == spec["securityContext"]["runAsUser"] != 0
     data_dir = re.search(r"ARCHIVE_DATA_DIR=(\S+)", dockerfile)
     assert data_dir and data_dir.group(1) == _config(default_docs)["ARCHIVE_DATA_DIR"]
+
+
+def test_audit_trail_goes_to_the_data_volume_and_the_collector_with_its_ca(default_docs: list[Doc],
+                                                                          full_docs: list[Doc]) -> None:
+    config = next(d for d in default_docs if d["kind"] == "ConfigMap")["data"]
+    assert config["ARCHIVE_AUDIT_FILE"] == f"{config['ARCHIVE_DATA_DIR']}/audit/audit.log"
+    assert config["ARCHIVE_AUDIT_SYSLOG"] == "" and "ARCHIVE_AUDIT_TLS_CA" not in config
+    full = next(d for d in full_docs if d["kind"] == "ConfigMap")["data"]
+    assert full["ARCHIVE_AUDIT_SYSLOG"] == "tls://atna.security.svc:6514"
+    assert full["ARCHIVE_AUDIT_SOURCE_ID"] == "VNA-1"
+    for deployment in (d for d in full_docs if d["kind"] in ("Deployment", "Job")):
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["audit-tls"]["secret"]["secretName"] == "archive-audit-tls"
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "audit-tls")
+        assert mount["readOnly"] and full["ARCHIVE_AUDIT_TLS_CA"] == f"{mount['mountPath']}/ca.crt"
+        assert full["ARCHIVE_AUDIT_TLS_KEY"].startswith(mount["mountPath"])

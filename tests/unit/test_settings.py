@@ -108,6 +108,15 @@ NON_DEFAULT = {
     "ARCHIVE_STOW_MAX_BYTES": "1",
     "ARCHIVE_LOG_LEVEL": "debug",
     "ARCHIVE_LOG_FORMAT": "text",
+    "ARCHIVE_AUDIT_SYSLOG": "tls://audit.example:6514",
+    "ARCHIVE_AUDIT_FILE": "/var/log/archive/audit.log",
+    "ARCHIVE_AUDIT_FILE_MAX_BYTES": "1048576",
+    "ARCHIVE_AUDIT_FILE_KEEP": "3",
+    "ARCHIVE_AUDIT_TLS_CA": "/etc/archive/audit-ca.pem",
+    "ARCHIVE_AUDIT_TLS_CERT": "/etc/archive/audit-client.pem",
+    "ARCHIVE_AUDIT_TLS_KEY": "/etc/archive/audit-client.key",
+    "ARCHIVE_AUDIT_SOURCE_ID": "VNA-1",
+    "ARCHIVE_AUDIT_BUFFER": "100",
 }
 
 
@@ -194,10 +203,16 @@ INVALID = {
     "ARCHIVE_STOW_MAX_BYTES": "4G",
     "ARCHIVE_LOG_LEVEL": "LOUD",
     "ARCHIVE_LOG_FORMAT": "xml",
+    "ARCHIVE_AUDIT_SYSLOG": "syslog://host:514",
+    "ARCHIVE_AUDIT_FILE_MAX_BYTES": "10",
+    "ARCHIVE_AUDIT_FILE_KEEP": "0",
+    "ARCHIVE_AUDIT_BUFFER": "0",
 }
 ANY_TEXT = {"ARCHIVE_DATA_DIR", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_SEARCH_INDEX",
             "ARCHIVE_QUEUE_NAME", "ARCHIVE_BIND", "ARCHIVE_CORS_ORIGINS", "ARCHIVE_ALLOWED_AETS",
-            "ARCHIVE_TLS_CERT", "ARCHIVE_TLS_KEY", "ARCHIVE_TLS_CLIENT_CA", "ARCHIVE_AE_CONFIG"}
+            "ARCHIVE_TLS_CERT", "ARCHIVE_TLS_KEY", "ARCHIVE_TLS_CLIENT_CA", "ARCHIVE_AE_CONFIG",
+            "ARCHIVE_AUDIT_FILE", "ARCHIVE_AUDIT_TLS_CA", "ARCHIVE_AUDIT_TLS_CERT", "ARCHIVE_AUDIT_TLS_KEY",
+            "ARCHIVE_AUDIT_SOURCE_ID"}
 
 
 @pytest.mark.parametrize("env, fragment", [
@@ -255,3 +270,8 @@ def test_help_lists_every_setting_with_its_default() -> None:
     epilog = _epilog(80)
     for s in SETTINGS:
         assert (f"  {s.env}={s.default_text}\n" if s.default_text else f"  {s.env} (unset)\n") in epilog
+
+
+def test_an_audit_client_certificate_needs_its_key() -> None:
+    with pytest.raises(ConfigError, match="ARCHIVE_AUDIT_TLS_CERT and ARCHIVE_AUDIT_TLS_KEY"):
+        Settings.from_env({"ARCHIVE_AUDIT_TLS_CERT": "/etc/cert.pem"})

@@ -29,6 +29,7 @@ from archive.query.context import CATALOG, OBJECTS
 from archive.query.dicomweb.multipart import MultipartStream
 from archive.query.dicomweb.negotiation import wanted_syntaxes
 from archive.query.dicomweb.request import describe_scope, http_error, scope
+from archive.query import audit
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     found = await request.app[CATALOG].locate(Query(level, matchers, limit=1))
     if not found:
         raise http_error(web.HTTPNotFound, f"nothing stored under {describe_scope(matchers)}")
+    audit.note(request, found)
     async with request.app[OBJECTS].open(found[0]) as path:
         with open(path, "rb") as fh:
             try:

@@ -32,6 +32,7 @@ from archive.core.query import Query
 from archive.query.context import CATALOG
 from archive.query.dicomweb.negotiation import parse_accept
 from archive.query.dicomweb.request import base_url, describe_scope, http_error, scope
+from archive.query import audit
 
 DICOM_JSON = "application/dicom+json"
 PAGE = 5000
@@ -94,11 +95,13 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     if len(rows) < PAGE:
         headers["ETag"] = tag = etag(base, rows)
         if not_modified(request.headers.get("If-None-Match"), tag):
+            audit.note(request, rows)
             return web.Response(status=304, headers={"ETag": tag})
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     pending, size, offset, count = ["["], 1, 0, 0
     while rows:
+        audit.note(request, rows)
         for row in rows:
             text = ("," if count else "") + instance_json(row, base)
             pending.append(text)

@@ -39,6 +39,7 @@ from archive.query.dicomweb.media.render import FrameNotFound, RenderError, Rend
 from archive.query.dicomweb.multipart import MultipartStream
 from archive.query.dicomweb.negotiation import NotAcceptable, parse_accept
 from archive.query.objects import RetrieveError
+from archive.query import audit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +69,7 @@ async def instance_of(request: web.Request) -> CatalogInstance:
     found = await request.app[CATALOG].get_instance(sop)
     if found is None or found.study_uid != study or found.series_uid != series:
         raise web.HTTPNotFound(text=f"no instance {sop} in series {series} of study {study}")
+    audit.note(request, [found])
     return found
 
 
@@ -227,7 +229,9 @@ async def group_thumbnail(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such study or series")
     for candidate in representatives(found)[:MAX_THUMBNAIL_TRIES]:
         try:
-            return image_response(await render_instance(request, candidate, 1, options), options.media_type)
+            body = await render_instance(request, candidate, 1, options)
+            audit.note(request, [candidate])
+            return image_response(body, options.media_type)
         except (NotAcceptable, web.HTTPNotFound):
             continue  # not an image (SR, PR, ...): try the next series
     raise web.HTTPNotAcceptable(text="no instance of this study or series can be rendered")
@@ -253,6 +257,7 @@ async def group_rendered(request: web.Request) -> web.StreamResponse:
             continue  # not an image, or gone since it was listed
         await stream.part(options.media_type, {"Content-Length": str(len(body))})
         await stream.write(body)
+        audit.note(request, [instance])
     await stream.close()
     return response
 

@@ -31,14 +31,17 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import AllTransferSyntaxes
 
 from archive import metrics
+from archive.core.audit import StudyTally
 from archive.core.errors import InvalidInstance, InvalidUID, MalformedDataset, UIDMismatch
+from archive.core.records import text_value
 from archive.core.storage_classes import STORAGE_SOP_CLASSES
 from archive.core.uids import validate_uid
-from archive.ingest.service import IngestService, Outcome, Received
+from archive.ingest.service import IngestService, Outcome, Prepared, Received
 from archive.query.context import INGEST, SETTINGS
 from archive.query.dicomweb.request import base_url
 from archive.scp.spool import process_spool
 from archive.scp.status import OUTCOME_STATUS, status_for_error
+from archive.query import audit
 
 log = logging.getLogger(__name__)
 
@@ -217,14 +220,17 @@ def _received(path: Path) -> tuple[Received, PartResult]:
 class Stower:
     """Stores the spooled parts of one request, one after the other, as C-STORE does."""
 
-    def __init__(self, ingest: IngestService, study: str | None, timeout: float) -> None:
+    def __init__(self, ingest: IngestService, study: str | None, timeout: float,
+                 tally: StudyTally | None = None) -> None:
         self.ingest = ingest
+        self.tally = tally  # the request's audit tally: stored (or failed) instances per study
         self.study = study
         self.timeout = timeout
         self.unavailable: BaseException | None = None  # once a backend failed, the rest fail alike
 
     async def store(self, path: Path) -> PartResult:
         known = PartResult()
+        prepared: Prepared | None = None
         try:
             received, known = await asyncio.to_thread(_received, path)
             if not received.transfer_syntax_uid or received.transfer_syntax_uid not in TRANSFER_SYNTAXES:
@@ -247,12 +253,20 @@ class Stower:
                 "sop_instance_uid": known.sop_instance_uid, "failure_reason": f"0x{code:04X}",
                 "reason": str(exc)[:200]})
             metrics.STOW_INSTANCES.labels(f"0x{code:04X}").inc()
+            self._tally(prepared, ok=False)
             return PartResult(known.sop_class_uid, known.sop_instance_uid, failure=code)
         status = OUTCOME_STATUS[result.outcome]
         metrics.STOW_INSTANCES.labels(status.label).inc()
+        self._tally(prepared, ok=True)
         warning = status.code if result.outcome is Outcome.KEPT_FIRST else None
         return PartResult(known.sop_class_uid, known.sop_instance_uid, known.study_uid, known.series_uid,
                           warning=warning)
+
+
+    def _tally(self, prepared: Prepared | None, ok: bool) -> None:
+        if self.tally is not None and prepared is not None:  # unparsed parts name no study
+            d = prepared.description
+            self.tally.add(d.study_uid, text_value(d.metadata, "00100020") or "", d.sop_class_uid, ok)
 
 
 def _item(tag_values: dict[str, tuple[str, Any]]) -> dict[str, Any]:
@@ -323,7 +337,7 @@ async def store_instances(request: web.Request) -> web.Response:
     try:
         check_accept(request.headers.get("Accept", ""))
         paths = await spool_parts(request, directory, settings.stow_max_bytes)
-        stower = Stower(request.app[INGEST], study, settings.store_timeout)
+        stower = Stower(request.app[INGEST], study, settings.store_timeout, audit.tally_of(request))
         results = [await stower.store(path) for path in paths]
     except RequestRejected as exc:
         log.warning("STOW-RS request rejected", extra={"status": exc.status, "reason": str(exc)})

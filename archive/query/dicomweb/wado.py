@@ -35,6 +35,7 @@ from archive.query.dicomweb.multipart import MultipartStream
 from archive.query.dicomweb.negotiation import wanted_syntaxes
 from archive.query.dicomweb.request import describe_scope, http_error, scope
 from archive.query.objects import RetrieveError, spool
+from archive.query import audit
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     if refused:
         raise http_error(web.HTTPNotAcceptable,
                          f"stored in {', '.join(refused)}: none of the accepted transfer syntaxes can be produced")
+    audit.note(request, instances)
     store, directory = request.app[STORE], request.app[OBJECTS].directory  # this process's spool
     first_inst, first_syntax = plan[0]
     assert first_syntax is not None

@@ -28,6 +28,7 @@ from archive.query.dicomweb.media import render
 from archive.query.dicomweb.media.render import RenderOptions, Viewport
 from archive.query.dicomweb.negotiation import NotAcceptable
 from archive.query.dicomweb.pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
+from archive.query import audit
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
@@ -128,6 +129,7 @@ async def wado(request: web.Request) -> web.StreamResponse:
     instance = await request.app[CATALOG].get_instance(sop)
     if instance is None or instance.study_uid != study or instance.series_uid != series:
         raise web.HTTPNotFound(text=f"no instance {sop} in series {series} of study {study}")
+    audit.note(request, [instance])
     try:
         media = _content_type(query)
         if media == DICOM:

@@ -28,10 +28,15 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from archive import metrics
 from archive.ae_config import Permission
+from archive.core.audit import AuditTrail, NoAudit
 from archive.core.errors import ArchiveError, ObjectNotFound
+from archive.core.levels import Level
+from archive.core.query import Query, UIDList
 from archive.core.ports import Catalog, ObjectStore
 from archive.core.retry import Backoff, retrying_sync
+from archive.core.identity import Principal
 from archive.core.uids import object_key, uid_problem
+from archive.query.dimse import audit
 from archive.query.dimse.commitment_report import (
     PUSH_MODEL,
     PUSH_MODEL_INSTANCE,
@@ -227,7 +232,9 @@ class CommitmentSCP:
 
     def __init__(self, catalog: Catalog, store: ObjectStore, portal: Portal, settings: Settings,
                  sender: ReportSender | None = None, response_wait: float = 30.0,
-                 index_wait: Backoff = INDEX_WAIT, access: AccessPolicy | None = None) -> None:
+                 index_wait: Backoff = INDEX_WAIT, trail: AuditTrail | None = None,
+                 access: AccessPolicy | None = None) -> None:
+        self.audit = trail or NoAudit()
         self.catalog = catalog
         self.store = store
         self.portal = portal
@@ -289,16 +296,19 @@ class CommitmentSCP:
             "calling_aet": calling_aet, "transaction_uid": request.transaction_uid,
             "instances": len(request.references)})
         sent = ResponseSent(event.assoc, event.context.context_id, req.MessageID)
-        threading.Thread(target=self.complete, args=(event.assoc, calling_aet, request, sent),
+        who = audit.requestor(event)
+        threading.Thread(target=self.complete, args=(event.assoc, calling_aet, request, sent, who),
                          name="commitment", daemon=True).start()
         return SUCCESS, None
 
     def complete(self, assoc: Association, calling_aet: str, request: CommitmentRequest,
-                 sent: ResponseSent) -> bool:
+                 sent: ResponseSent, who: Principal | None = None) -> bool:
         """Check, then deliver the report; True when the requestor acknowledged it."""
         try:
             outcome = self.check(request)
             log_outcome(outcome, calling_aet)
+            if who is not None:
+                self._audit(who, outcome)
             information = event_information(outcome, self.settings.aet)
             delivered = sent.wait(self.response_wait) and send_on_association(
                 assoc, information, outcome.event_type)
@@ -311,10 +321,25 @@ class CommitmentSCP:
         metrics.QUERIES.labels("commitment", "-", status).inc()
         return delivered
 
+    def _audit(self, who: Principal, outcome: Outcome) -> None:
+        """The audit records of a commitment: the cataloged instances it names, per study (their
+        patient IDs from the catalog); instances the catalog does not know name no study."""
+        failed = {f.reference.sop_instance_uid for f in outcome.failed}
+        uids = [ref.sop_instance_uid for ref in outcome.committed] + sorted(failed)
+        try:
+            found = self.portal.run(self.catalog.locate(Query(Level.IMAGE, (UIDList("SOPInstanceUID", tuple(uids)),),
+                                                              limit=len(uids))),
+                                    timeout=self.settings.query_timeout) if uids else []
+        except Exception as exc:  # the report matters more than its audit record
+            log.warning("commitment: audit record without its studies", extra={"error": type(exc).__name__})
+            found = []
+        audit.committed(self.audit, who, [(inst, inst.sop_instance_uid not in failed) for inst in found],
+                        self.settings.aet)
+
 
 def commitment_service(catalog: Catalog, store: ObjectStore, portal: Portal, settings: Settings,
-                       access: AccessPolicy | None = None) -> DimseService:
+                       trail: AuditTrail | None = None, access: AccessPolicy | None = None) -> DimseService:
     """Storage Commitment Push Model SCP: the presentation context and the N-ACTION handler."""
-    scp = CommitmentSCP(catalog, store, portal, settings, access=access)
+    scp = CommitmentSCP(catalog, store, portal, settings, trail=trail, access=access)
     context = build_context(PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return DimseService(contexts=(context,), handlers=((evt.EVT_N_ACTION, scp.handle_action),))

@@ -22,6 +22,7 @@ from archive.core.errors import BackendUnavailable
 from archive.core.models import DicomJson
 from archive.core.ports import Catalog
 from archive.core.query import InvalidQuery, Query
+from archive.query.dimse import audit
 from archive.query.dimse.identifier import FindPlan, IdentifierError, plan_find, response
 from archive.query.objects import RetrieveError
 from archive.scp.portal import Portal
@@ -110,3 +111,4 @@ def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
         metrics.QUERY_SECONDS.labels("cfind").observe(time.perf_counter() - started)
         log.info("C-FIND", extra={"calling_aet": event.assoc.requestor.ae_title, "qr_level": level,
                                   "matches": sent, "outcome": outcome})
+        audit.queried(qr.audit, event, settings.aet, failed=outcome == "failed")

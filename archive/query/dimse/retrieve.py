@@ -30,10 +30,12 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from archive import metrics
 from archive.compat.pynetdicom import move_originator
+from archive.core.audit import StudyTally
 from archive.core.levels import Level
 from archive.core.ports import Catalog
 from archive.core.query import InvalidQuery, Query, Universal
 from archive.core.records import CatalogInstance
+from archive.query.dimse import audit
 from archive.query.dimse.find import CANCELLED, PENDING, log_failure
 from archive.query.dimse.identifier import FindPlan, IdentifierError, plan_find
 from archive.query.objects import RetrieveError, spool
@@ -136,8 +138,9 @@ async def locate(catalog: Catalog, plan: FindPlan) -> list[CatalogInstance]:
 
 
 def _suboperations(event: Event, instances: list[CatalogInstance], qr: QueryRetrieve, portal: Portal,
-                   timeout: float) -> Iterator[Any]:
-    """(status, dataset) per instance; each spooled file is removed once sent."""
+                   timeout: float, sent: StudyTally) -> Iterator[Any]:
+    """(status, dataset) per instance; each spooled file is removed once sent. ``sent`` tallies
+    the sub-operations that ran (resumed after the yield), per study, for the audit trail."""
     previous: Path | None = None
     try:
         for instance in instances:
@@ -149,10 +152,13 @@ def _suboperations(event: Event, instances: list[CatalogInstance], qr: QueryRetr
                 return
             try:
                 previous = portal.run(spool(qr.store, instance, qr.spool_dir), timeout=timeout)
-                yield PENDING, StoredInstance(previous, instance)
             except Exception as exc:
                 log_failure("retrieve sub-operation", event, exc)
                 yield PENDING, Unreadable(instance, str(exc))
+                sent.add(instance.study_uid, instance.patient_id, instance.sop_class_uid, ok=False)
+                continue
+            yield PENDING, StoredInstance(previous, instance)
+            sent.add(instance.study_uid, instance.patient_id, instance.sop_class_uid)
     finally:
         if previous is not None:
             previous.unlink(missing_ok=True)
@@ -182,10 +188,16 @@ def handle_move(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
     log.info("C-MOVE", extra={"calling_aet": event.assoc.requestor.ae_title, "destination": peer.aet,
                               "instances": len(instances)})
     metrics.QUERIES.labels("cmove", "-", "started").inc()
-    with move_originator(event.assoc.requestor.ae_title):  # PS3.7 9.1.1.1
-        yield peer.host, peer.port, {"contexts": store_contexts(instances), "tls_args": tls_args(peer, settings)}
-        yield len(instances)
-        yield from _suboperations(event, instances, qr, portal, settings.query_timeout)
+    to = audit.destination(peer.aet, peer.host)
+    audit.retrieve_started(qr.audit, event, instances, settings.aet, to)
+    sent = StudyTally()
+    try:
+        with move_originator(event.assoc.requestor.ae_title):  # PS3.7 9.1.1.1
+            yield peer.host, peer.port, {"contexts": store_contexts(instances), "tls_args": tls_args(peer, settings)}
+            yield len(instances)
+            yield from _suboperations(event, instances, qr, portal, settings.query_timeout, sent)
+    finally:
+        audit.retrieve_ended(qr.audit, event, sent, settings.aet, to)
 
 
 def handle_get(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
@@ -193,5 +205,10 @@ def handle_get(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settin
     instances = _locate(event, qr, portal, settings.query_timeout)  # raising here: 0xC413
     log.info("C-GET", extra={"calling_aet": event.assoc.requestor.ae_title, "instances": len(instances)})
     metrics.QUERIES.labels("cget", "-", "started").inc()
-    yield len(instances)
-    yield from _suboperations(event, instances, qr, portal, settings.query_timeout)
+    audit.retrieve_started(qr.audit, event, instances, settings.aet)
+    sent = StudyTally()
+    try:
+        yield len(instances)
+        yield from _suboperations(event, instances, qr, portal, settings.query_timeout, sent)
+    finally:
+        audit.retrieve_ended(qr.audit, event, sent, settings.aet)

@@ -9,7 +9,7 @@ service to the receiver's AE; the ``query`` role runs it on its own port.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from archive import metrics
 from archive.ae_config import Permission
 from archive.compat.pynetdicom import RequestGuard
+from archive.core.audit import AuditTrail, NoAudit
 from archive.core.ports import Catalog, ObjectStore
 from archive.query.dimse.find import handle_find
 from archive.query.dimse.retrieve import handle_get, handle_move
@@ -50,6 +51,7 @@ class QueryRetrieve:
     catalog: Catalog
     store: ObjectStore
     spool_dir: Path
+    audit: AuditTrail = field(default_factory=NoAudit)  # Query, Begin Transferring, Instances Transferred
 
 
 def handle_sop_extended(event: Event) -> dict[str, bytes]:

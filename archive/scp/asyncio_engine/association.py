@@ -22,11 +22,13 @@ from pathlib import Path
 from pydicom.uid import AllTransferSyntaxes
 
 from archive import metrics
+from archive.core.audit import AuditTrail, StudyTally
 from archive.core.storage_classes import STORAGE_SOP_CLASSES
 from archive.ingest.service import Received
 from archive.scp.access import AccessPolicy, Rejection
 from archive.scp.asyncio_engine import pdu
 from archive.scp.asyncio_engine.message import Message, stored_header
+from archive.scp import audit
 from archive.scp.status import SUCCESS, UNRECOGNIZED_OPERATION
 from archive.scp.store import Store
 
@@ -56,6 +58,7 @@ class AssociationContext:
     spool: Path  # where datasets are received
     hasher: concurrent.futures.Executor  # one thread: digests each message's fragments in order
     store: Store  # the C-STORE path (archive.scp.store)
+    audit: AuditTrail  # one record per study at the association's end; refused associations
 
 
 class _Closed(Exception):
@@ -76,6 +79,7 @@ class Association:
         self.peer_max = 0
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer syntax)
         self.message = Message()
+        self.tally = StudyTally()  # what was stored, per study, for the audit trail
         self.established = False
         self._idle: asyncio.Timeout | None = None  # the network timeout of the PDU being read
 
@@ -114,6 +118,7 @@ class Association:
             raise
         finally:
             self.message.discard()
+            audit.association_ended(self.context.audit, self.tally, self.calling_aet, self.address, self.context.aet)
             self.writer.close()
             try:
                 await asyncio.wait_for(self.writer.wait_closed(), 5.0)
@@ -132,6 +137,8 @@ class Association:
             metrics.ASSOCIATIONS.labels("rejected").inc()
             log.warning("association rejected", extra={"calling_aet": rq.calling_aet, "peer": self.address,
                                                        "reason": rejection.why})
+            audit.rejected(self.context.audit, rejection.why, rejection.result == 0x02, rq.calling_aet, self.address,
+                           self.context.aet)
             await self.send(pdu.associate_rj(rejection.result, rejection.source, rejection.reason))
             await self._await_peer_close()
             return False
@@ -269,7 +276,7 @@ class Association:
             try:
                 received = Received(path, syntax, self.calling_aet, command.sop_class_uid or None,
                                     command.sop_instance_uid or None, spooled)
-                status = await self.context.store(received, abstract, self.address)
+                status = await self.context.store(received, abstract, self.tally, self.address)
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from archive import metrics
+from archive.core.audit import AuditTrail, NoAudit
 from archive.core.errors import BackendUnavailable
 from archive.ingest.service import IngestService, Prepared, Received
 from archive.scp.access import AccessPolicy
@@ -35,8 +36,9 @@ class AsyncioReceiver:
 
     def __init__(self, settings: Settings, ingest: IngestService, loop: asyncio.AbstractEventLoop | None = None,
                  *, check_called_aet: bool = False, handover: Handover | None = None,
-                 access: AccessPolicy | None = None) -> None:
+                 access: AccessPolicy | None = None, audit: AuditTrail | None = None) -> None:
         self.settings = settings
+        self.audit = audit or NoAudit()
         self.ingest = ingest
         self.loop = loop
         self.check_called_aet = check_called_aet
@@ -61,6 +63,7 @@ class AsyncioReceiver:
             spool=process_spool(settings.data_dir), hasher=self.hasher,
             store=functools.partial(store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout,
                                     access=self.policy),
+            audit=self.audit,
         )
         self._listener = _listen(host or settings.bind, settings.dicom_port if port is None else port, reuse_port)
         self._acceptor = asyncio.create_task(self._accept_loop(self._listener), name="dicom-acceptor")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -10,7 +12,9 @@ from pynetdicom.events import Event
 
 from archive import metrics
 from archive.compat import pynetdicom as pynetdicom_compat
+from archive.core.audit import AuditTrail, StudyTally
 from archive.ingest.service import Received
+from archive.scp import audit
 from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
 from archive.scp.status import status_dataset
@@ -20,7 +24,23 @@ from archive.scp.store import Store
 log = logging.getLogger(__name__)
 
 
-def handle_store(event: Event, store: Store, portal: Portal) -> Dataset:
+class Tallies:
+    """The audit tally of each association being served (each on its own thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tallies: weakref.WeakKeyDictionary[Any, StudyTally] = weakref.WeakKeyDictionary()
+
+    def of(self, assoc: Any) -> StudyTally:
+        with self._lock:
+            return self._tallies.setdefault(assoc, StudyTally())
+
+    def pop(self, assoc: Any) -> StudyTally | None:
+        with self._lock:
+            return self._tallies.pop(assoc, None)
+
+
+def handle_store(event: Event, store: Store, portal: Portal, tallies: Tallies) -> Dataset:
     """EVT_C_STORE: the spooled dataset -> the one C-STORE path (archive.scp.store) -> status."""
     request: Any = event.request
     received = Received(
@@ -30,11 +50,11 @@ def handle_store(event: Event, store: Store, portal: Portal) -> Dataset:
         affected_sop_class_uid=str(request.AffectedSOPClassUID) if request.AffectedSOPClassUID else None,
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
     )
-    return status_dataset(portal.run(store(received, str(event.context.abstract_syntax),
+    return status_dataset(portal.run(store(received, str(event.context.abstract_syntax), tallies.of(event.assoc),
                                            str(event.assoc.requestor.address))))
 
 
-def handle_requested(event: Event, policy: AccessPolicy) -> None:
+def handle_requested(event: Event, policy: AccessPolicy, trail: AuditTrail, aet: str) -> None:
     """EVT_REQUESTED: reject, with A-ASSOCIATE-RJ, peers the access policy does not admit (AE
     title, network, and over TLS the client certificate's subject)."""
     assoc = event.assoc
@@ -47,6 +67,7 @@ def handle_requested(event: Event, policy: AccessPolicy) -> None:
         return
     metrics.ASSOCIATIONS.labels("rejected").inc()
     log.warning("association rejected", extra={"calling_aet": calling, "peer": address, "reason": rejection.why})
+    audit.rejected(trail, rejection.why, rejection.result == 0x02, calling, address, aet)
     pynetdicom_compat.reject(assoc, rejection.result, rejection.source, rejection.reason)
 
 
@@ -54,5 +75,10 @@ def handle_open(event: Event) -> None:
     metrics.ACTIVE_ASSOCIATIONS.inc()
 
 
-def handle_close(event: Event) -> None:
+def handle_close(event: Event, tallies: Tallies, trail: AuditTrail, aet: str) -> None:
+    """EVT_CONN_CLOSE (released or aborted): the audit records of what the association stored."""
     metrics.ACTIVE_ASSOCIATIONS.dec()
+    tally = tallies.pop(event.assoc)
+    if tally:
+        requestor = event.assoc.requestor
+        audit.association_ended(trail, tally, str(requestor.ae_title), str(requestor.address), aet)

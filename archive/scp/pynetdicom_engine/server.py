@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from archive import metrics
 from archive.compat import pynetdicom as pynetdicom_compat
+from archive.core.audit import AuditTrail, NoAudit
 from archive.ingest.service import IngestService
 from archive.scp.access import AccessPolicy, Refusal
 from archive.scp.portal import Portal
@@ -126,8 +127,11 @@ class DicomServer:
     """One pynetdicom AE on one port answering the DIMSE services it is given."""
 
     def __init__(self, settings: Settings, services: Sequence[DimseService], *, role: str = "scp",
-                 access: AccessPolicy | None = None) -> None:
+                 access: AccessPolicy | None = None, audit: AuditTrail | None = None,
+                 tallies: handlers.Tallies | None = None) -> None:
         self.settings = settings
+        self.audit = audit or NoAudit()
+        self.tallies = tallies or handlers.Tallies()  # per association: what it stored, for the audit trail
         self.services = list(services)
         self.role = role
         self.access = access if access is not None else AccessPolicy.from_settings(settings)
@@ -148,9 +152,9 @@ class DicomServer:
 
     def _handlers(self) -> list[Any]:
         handlers_: list[Any] = [
-            (evt.EVT_REQUESTED, handlers.handle_requested, [self.access]),
+            (evt.EVT_REQUESTED, handlers.handle_requested, [self.access, self.audit, self.settings.aet]),
             (evt.EVT_CONN_OPEN, handlers.handle_open),
-            (evt.EVT_CONN_CLOSE, handlers.handle_close),
+            (evt.EVT_CONN_CLOSE, handlers.handle_close, [self.tallies, self.audit, self.settings.aet]),
         ]
         for service in self.services:
             handlers_ += service.handlers
@@ -235,14 +239,15 @@ def _first_refusal(guards: Sequence[pynetdicom_compat.RequestGuard]) -> pynetdic
 
 
 def store_service(settings: Settings, ingest: IngestService, portal: Portal,
-                  pool: concurrent.futures.Executor, access: AccessPolicy) -> DimseService:
+                  pool: concurrent.futures.Executor, access: AccessPolicy,
+                  tallies: handlers.Tallies) -> DimseService:
     """C-ECHO and C-STORE of every storage SOP class into the ingest service; IngestService.prepare
     runs on ``pool``, the commit on the portal's loop (archive.scp.store)."""
     stored = functools.partial(store, ingest=ingest, prepare=prepare_in(pool, ingest), timeout=settings.store_timeout,
                                access=access)
     return DimseService(
         contexts=tuple(storage_contexts()),
-        handlers=((evt.EVT_C_STORE, handlers.handle_store, [stored, portal]),),
+        handlers=((evt.EVT_C_STORE, handlers.handle_store, [stored, portal, tallies]),),
     )
 
 
@@ -250,11 +255,13 @@ class StoreSCP(DicomServer):
     """The receiver: C-STORE into the archive, plus whatever other services are given."""
 
     def __init__(self, settings: Settings, ingest: IngestService, portal: Portal,
-                 services: Sequence[DimseService] = (), *, access: AccessPolicy | None = None) -> None:
+                 services: Sequence[DimseService] = (), *, access: AccessPolicy | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self._pool = prepare_pool(settings.max_associations, "pynetdicom")
         access = access if access is not None else AccessPolicy.from_settings(settings)
-        super().__init__(settings, [store_service(settings, ingest, portal, self._pool, access), *services],
-                         access=access)
+        tallies = handlers.Tallies()
+        super().__init__(settings, [store_service(settings, ingest, portal, self._pool, access, tallies), *services],
+                         access=access, audit=audit, tallies=tallies)
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         super().stop(drain_seconds)

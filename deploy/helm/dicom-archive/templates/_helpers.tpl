@@ -107,6 +107,20 @@ ARCHIVE_AE_CONFIG: {{ include "dicom-archive.aeConfigFile" . | quote }}
 {{- end }}
 ARCHIVE_LOG_LEVEL: {{ $s.logLevel | quote }}
 ARCHIVE_LOG_FORMAT: {{ $s.logFormat | quote }}
+{{- with .Values.audit }}
+ARCHIVE_AUDIT_SYSLOG: {{ .syslog | quote }}
+ARCHIVE_AUDIT_FILE: {{ printf "%s/audit/audit.log" $.Values.dataDir | quote }}
+ARCHIVE_AUDIT_FILE_MAX_BYTES: {{ .fileMaxBytes | int64 | quote }}
+ARCHIVE_AUDIT_FILE_KEEP: {{ .fileKeep | int64 | quote }}
+ARCHIVE_AUDIT_SOURCE_ID: {{ .sourceId | quote }}
+{{- if .tlsSecret }}
+ARCHIVE_AUDIT_TLS_CA: "/etc/dicom-archive/audit-tls/ca.crt"
+{{- if .clientCertificate }}
+ARCHIVE_AUDIT_TLS_CERT: "/etc/dicom-archive/audit-tls/tls.crt"
+ARCHIVE_AUDIT_TLS_KEY: "/etc/dicom-archive/audit-tls/tls.key"
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := .Values.extraConfig }}
 {{- if not (hasPrefix "ARCHIVE_" $name) }}
 {{- fail (printf "extraConfig: %q is not an ARCHIVE_* setting" $name) }}
@@ -233,6 +247,11 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
       mountPath: {{ $ctx.Values.dataDir }}
     - name: tmp
       mountPath: /tmp
+    {{- if $ctx.Values.audit.tlsSecret }}
+    - name: audit-tls
+      mountPath: /etc/dicom-archive/audit-tls
+      readOnly: true
+    {{- end }}
     {{- if include "dicom-archive.dicomRole" .role }}
     {{- if $ctx.Values.dicomTls.enabled }}
     - name: dicom-tls
@@ -247,7 +266,7 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     {{- end }}
 {{- end }}
 
-{{/* Call with (dict "sizeLimit" SIZE "ctx" $ "role" ROLE); ctx and role only for the DICOM roles' mounts. */}}
+{{/* Call with (dict "sizeLimit" SIZE "audit" .Values.audit "ctx" $ "role" ROLE); ctx and role only for the DICOM roles' mounts. */}}
 {{- define "dicom-archive.volumes" -}}
 - name: data
   emptyDir:
@@ -255,6 +274,12 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- with .audit }}{{- if .tlsSecret }}
+- name: audit-tls
+  secret:
+    secretName: {{ .tlsSecret }}
+    defaultMode: 0440
+{{- end }}{{- end }}
 {{- if and .ctx (include "dicom-archive.dicomRole" (default "" .role)) }}
 {{- if .ctx.Values.dicomTls.enabled }}
 - name: dicom-tls
