@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run install system-deps services services-stop test test-fast lint bench bench-query bench-dicomweb clean
+FUZZ_SECONDS ?= 180
+FUZZ_TARGETS ?= pdu describe stow qido search
+
+.PHONY: fuzz run install system-deps services services-stop test test-fast lint bench bench-query bench-dicomweb clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +49,15 @@ bench-dicomweb: $(STAMP) system-deps
 
 bench-query: $(STAMP) services
 	$(BIN)/python bench/query.py
+
+# Fuzzing (docs/security.md): each target FUZZ_SECONDS under atheris, niced and memory-bounded;
+# crashing inputs land in fuzz/crashes/<target>/. Then schemathesis explores /api/openapi.json.
+fuzz: $(STAMP)
+	$(BIN)/pip install -q 'atheris>=2.3' 'schemathesis>=4.0'
+	for target in $(FUZZ_TARGETS); do \
+	  nice -n 19 $(BIN)/python -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || exit 1; \
+	done
+	FUZZ_EXPLORE=1 nice -n 19 $(BIN)/pytest -q -p no:cacheprovider tests/security/test_openapi_schemathesis.py
 
 clean:
 	rm -rf archive-data .pytest_cache

@@ -74,6 +74,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response({"error": "internal error"}, status=500)
 
 
+async def nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    """Browsers take every response for what its Content-Type says (JSON stays JSON, never HTML)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -111,6 +116,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None) -> web.Application:
     """Health, readiness and metrics; ``queue`` (the role's index queue) is counted into the metrics."""
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app.on_response_prepare.append(nosniff)
     app[BACKENDS] = list(backends)
     if queue is not None:
         app[QUEUE] = queue

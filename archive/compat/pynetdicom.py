@@ -42,6 +42,17 @@ starts, before any association (idempotent). What it does, and why:
   association as pynetdicom's own rejection does (``association.py``, ``_run_as_acceptor``).
 - :func:`release_requested`: whether the requestor has asked to release (an A-RELEASE-RQ waiting
   in the DUL), before a Storage Commitment report is sent on its association.
+- A patch of ``AssociationSocket.recv``, through which the DUL reads every PDU
+  (``dul.py``, ``_read_pdu_data``: the 6-byte header, then ``recv(pdu_length)``). pynetdicom
+  reads whatever length the header announces into memory, on a socket without a timeout, and
+  checks neither its own Maximum Length nor ARTIM while it reads: a PDU length of 0xFFFFFFFF
+  held the association's thread and slot for ever, and a peer sending that much grew the
+  process by up to 4 GiB (found by the attack suite, ``tests/security/test_dimse.py``; still
+  so in 3.0.4). The patch refuses a PDU longer than our Maximum Length (ARCHIVE_MAX_PDU, 64 KiB
+  at least, for association requests) before reading it, and bounds each read by
+  ARCHIVE_NETWORK_TIMEOUT; either raises ``OSError``, which the DUL treats as a closed
+  connection (PS3.8 Evt17). ``tests/unit/test_compat.py`` fails once plain pynetdicom refuses
+  such a length itself.
 - :func:`find_cancelled`, which a C-FIND handler asks before each response: pynetdicom reads a
   C-CANCEL late (see there). It reads two private attributes of the association's DUL
   (``socket``, ``to_provider_queue``); the same test file fails if they go away.
@@ -78,12 +89,15 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.service_class import QueryRetrieveServiceClass
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 FIND_BACKLOG = 64  # C-FIND responses (two P-DATA primitives each) queued to pynetdicom's reactor at most
 _ORIGINATOR = threading.local()  # per association thread: the C-MOVE requestor's AE title
 _lock = threading.Lock()
 _original_send_c_store = Association.send_c_store
+_original_recv = AssociationSocket.recv
+MIN_PDU_LIMIT = 1 << 16  # an A-ASSOCIATE-RQ/AC with every context (the asyncio engine's cap too)
+_recv_limits: dict[str, float] = {"max_bytes": 0, "timeout": 0}
 _original_qr_scp = QueryRetrieveServiceClass.SCP
 # (association, C-FIND/C-MOVE/C-GET request primitive) -> None to serve it, or (status, comment) to refuse
 RequestGuard = Callable[[Association, Any], "tuple[int, str] | None"]
@@ -116,17 +130,35 @@ def move_originator(aet: str) -> Iterator[None]:
         _ORIGINATOR.aet = None
 
 
-def install(spool_dir: Path) -> None:
-    """Set pynetdicom's options and install the patch (idempotent; the spool directory may change)."""
+def _bounded_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv`` that refuses an over-long PDU and never blocks for ever."""
+    limit = _recv_limits["max_bytes"]
+    if limit and nr_bytes > limit:
+        raise OSError(f"PDU of {nr_bytes} bytes exceeds our Maximum Length ({int(limit)} bytes)")
+    sock = self.socket
+    if sock is not None and _recv_limits["timeout"] and sock.gettimeout() is None:
+        sock.settimeout(_recv_limits["timeout"])  # silence while a PDU is read (PS3.8 9.1.5)
+    return _original_recv(self, nr_bytes)
+
+
+def install(spool_dir: Path, max_pdu: int = 0, network_timeout: float = 0) -> None:
+    """Set pynetdicom's options and install the patches (idempotent; the spool directory may change).
+
+    ``max_pdu`` (0: unlimited) and ``network_timeout`` (0: none) bound every PDU read.
+    """
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     tempfile.tempdir = str(spool_dir)
+    _recv_limits["max_bytes"] = max(max_pdu + 6, MIN_PDU_LIMIT) if max_pdu else 0
+    _recv_limits["timeout"] = network_timeout
     with _lock:
         if Association.send_c_store is not _send_c_store:
             Association.send_c_store = _send_c_store  # type: ignore[method-assign]
+        if AssociationSocket.recv is not _bounded_recv:
+            AssociationSocket.recv = _bounded_recv  # type: ignore[method-assign]
 
 
 def reject(assoc: Association, result: int, source: int, reason: int) -> None:

@@ -131,7 +131,10 @@ def read_header(fp: BinaryIO, transfer_syntax_uid: str) -> Dataset:
         # Deflated datasets are small in practice; inflate to memory.
         # Inflate with a cap: a few KB of deflate must not become gigabytes in memory.
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        data = inflater.decompress(fp.read(MAX_DEFLATED_INPUT + 1), MAX_INFLATED)
+        try:
+            data = inflater.decompress(fp.read(MAX_DEFLATED_INPUT + 1), MAX_INFLATED)
+        except zlib.error as exc:  # corrupt deflate stream: the sender's data, not our fault (0xC000)
+            raise MalformedDataset(f"deflated dataset cannot be inflated: {exc}") from None
         if inflater.unconsumed_tail or len(data) >= MAX_INFLATED:
             raise MalformedDataset(f"deflated dataset inflates beyond {MAX_INFLATED >> 20} MiB")
         fp = io.BytesIO(data)

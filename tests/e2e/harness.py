@@ -43,6 +43,7 @@ class ArchiveProcess:
     http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    cwd: Path = ROOT  # the attack suite runs it in a sandbox, to see any file written beside it
 
     @property
     def http(self) -> str:
@@ -57,7 +58,7 @@ class ArchiveProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "archive.cli", self.command, *self.extra_args],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
         )
         log.close()
         if wait_ready:

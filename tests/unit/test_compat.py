@@ -101,3 +101,44 @@ def test_the_guard_sees_each_kind_of_offence(tmp_path: Path, snippet: str) -> No
     module = tmp_path / "probe.py"
     module.write_text(snippet)
     assert _offences(module, "probe.py")
+
+
+def test_upstream_pynetdicom_still_reads_any_pdu_length() -> None:
+    """Plain ``AssociationSocket.recv`` reads whatever length a PDU header announces, without a
+    bound or a timeout; when it refuses 4 GiB itself, drop _bounded_recv from archive/compat."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    from archive.compat import pynetdicom as compat
+
+    ours, peer = socket.socketpair()
+    try:
+        peer.sendall(b"\x00" * 10)
+        threading.Timer(0.3, peer.close).start()
+        data = compat._original_recv(SimpleNamespace(socket=ours), 0xFFFFFFFF)  # type: ignore[arg-type]
+        assert len(data) == 10, "plain pynetdicom now bounds PDU reads: remove _bounded_recv"
+    finally:
+        ours.close()
+
+
+def test_the_recv_patch_refuses_long_pdus_and_bounds_silence() -> None:
+    import socket
+    from types import SimpleNamespace
+
+    from archive.compat import pynetdicom as compat
+
+    saved = dict(compat._recv_limits)
+    compat._recv_limits.update(max_bytes=compat.MIN_PDU_LIMIT, timeout=0.2)
+    ours, peer = socket.socketpair()
+    try:
+        fake = SimpleNamespace(socket=ours)
+        with pytest.raises(OSError, match="exceeds our Maximum Length"):
+            compat._bounded_recv(fake, 0xFFFFFFFF)  # type: ignore[arg-type]
+        peer.sendall(b"\x01")
+        with pytest.raises(TimeoutError):  # one byte of six, then silence
+            compat._bounded_recv(fake, 6)  # type: ignore[arg-type]
+    finally:
+        compat._recv_limits.update(saved)
+        ours.close()
+        peer.close()

@@ -36,6 +36,7 @@ from archive.query.context import CATALOG, OBJECTS
 from archive.query.dicomweb.media import render
 from archive.query.dicomweb.media.frames import FrameReader, negotiate, parse_frame_numbers
 from archive.query.dicomweb.media.render import FrameNotFound, RenderError, RenderOptions, Viewport, Window
+from archive.query.dicomweb.request import http_error
 from archive.query.dicomweb.multipart import MultipartStream
 from archive.query.dicomweb.negotiation import NotAcceptable, parse_accept
 from archive.query.objects import RetrieveError
@@ -68,7 +69,7 @@ async def instance_of(request: web.Request) -> CatalogInstance:
     sop = uid(request, "instance", "SOPInstanceUID")
     found = await request.app[CATALOG].get_instance(sop)
     if found is None or found.study_uid != study or found.series_uid != series:
-        raise web.HTTPNotFound(text=f"no instance {sop} in series {series} of study {study}")
+        raise http_error(web.HTTPNotFound, f"no instance {sop} in series {series} of study {study}")
     audit.note(request, [found])
     return found
 
@@ -77,13 +78,13 @@ async def instance_of(request: web.Request) -> CatalogInstance:
 async def spooled(request: web.Request, instance: CatalogInstance) -> AsyncIterator[Path]:
     """The instance's object in a local file for the duration of the block."""
     if OBJECTS not in request.app:
-        raise web.HTTPNotFound(text="this service serves no objects")
+        raise http_error(web.HTTPNotFound, "this service serves no objects")
     try:
         async with request.app[OBJECTS].open(instance) as path:
             yield path
     except RetrieveError as exc:
         log.error("stored object unusable", extra={"sop_instance_uid": instance.sop_instance_uid})
-        raise web.HTTPInternalServerError(text=str(exc)) from None
+        raise http_error(web.HTTPInternalServerError, str(exc)) from None
 
 
 # ---- rendered (PS3.18 8.3.5.1) ----
@@ -168,7 +169,7 @@ async def render_instance(request: web.Request, instance: CatalogInstance, frame
         try:
             return await run(request, render.render_frame, path, frame, options)
         except FrameNotFound as exc:
-            raise web.HTTPNotFound(text=str(exc)) from None
+            raise http_error(web.HTTPNotFound, str(exc)) from None
         except RenderError as exc:
             raise NotAcceptable(f"{instance.sop_instance_uid}: {exc}") from None
 
@@ -186,7 +187,7 @@ async def _answer_rendered(request: web.Request, thumbnail: bool) -> web.StreamR
         instance = await instance_of(request)
         body = await render_instance(request, instance, _single_frame(request), options)
     except NotAcceptable as exc:
-        raise web.HTTPNotAcceptable(text=str(exc)) from None
+        raise http_error(web.HTTPNotAcceptable, str(exc)) from None
     interface = "wado-thumbnail" if thumbnail else "wado-rendered"
     metrics.QUERY_SECONDS.labels(interface).observe(time.perf_counter() - started)
     return image_response(body, options.media_type)
@@ -223,10 +224,10 @@ async def group_thumbnail(request: web.Request) -> web.StreamResponse:
     try:
         options = render.thumbnail_options(render_options(request))
     except NotAcceptable as exc:
-        raise web.HTTPNotAcceptable(text=str(exc)) from None
+        raise http_error(web.HTTPNotAcceptable, str(exc)) from None
     found = await request.app[CATALOG].locate(Query(Level.IMAGE, matchers, limit=MAX_SERIES_INSTANCES))
     if not found:
-        raise web.HTTPNotFound(text="no such study or series")
+        raise http_error(web.HTTPNotFound, "no such study or series")
     for candidate in representatives(found)[:MAX_THUMBNAIL_TRIES]:
         try:
             body = await render_instance(request, candidate, 1, options)
@@ -234,7 +235,7 @@ async def group_thumbnail(request: web.Request) -> web.StreamResponse:
             return image_response(body, options.media_type)
         except (NotAcceptable, web.HTTPNotFound):
             continue  # not an image (SR, PR, ...): try the next series
-    raise web.HTTPNotAcceptable(text="no instance of this study or series can be rendered")
+    raise http_error(web.HTTPNotAcceptable, "no instance of this study or series can be rendered")
 
 
 async def group_rendered(request: web.Request) -> web.StreamResponse:
@@ -242,10 +243,10 @@ async def group_rendered(request: web.Request) -> web.StreamResponse:
     try:
         options = render_options(request)
     except NotAcceptable as exc:
-        raise web.HTTPNotAcceptable(text=str(exc)) from None
+        raise http_error(web.HTTPNotAcceptable, str(exc)) from None
     found = await request.app[CATALOG].locate(Query(Level.IMAGE, _scope(request), limit=MAX_SERIES_INSTANCES))
     if not found:
-        raise web.HTTPNotFound(text="no such study or series")
+        raise http_error(web.HTTPNotFound, "no such study or series")
     boundary = MultipartStream.new_boundary()
     response = web.StreamResponse(headers={"Content-Type": MultipartStream.content_type(options.media_type, boundary)})
     await response.prepare(request)
@@ -271,17 +272,20 @@ async def frames(request: web.Request) -> web.StreamResponse:
     try:
         fmt = negotiate(request.headers.get("Accept", ""), instance.transfer_syntax_uid)
     except NotAcceptable as exc:
-        raise web.HTTPNotAcceptable(text=str(exc)) from None
+        raise http_error(web.HTTPNotAcceptable, str(exc)) from None
     async with spooled(request, instance) as path:
         try:
             reader = await run(request, FrameReader, path)
         except RenderError as exc:
-            raise web.HTTPNotFound(text=f"{instance.sop_instance_uid}: {exc}") from None
+            raise http_error(web.HTTPNotFound, f"{instance.sop_instance_uid}: {exc}") from None
         with reader:
             try:
                 reader.check(numbers)
+                reader.check_decodable(fmt)  # before the response starts: a bomb is a 406, not a cut
             except FrameNotFound as exc:
-                raise web.HTTPNotFound(text=str(exc)) from None
+                raise http_error(web.HTTPNotFound, str(exc)) from None
+            except RenderError as exc:
+                raise http_error(web.HTTPNotAcceptable, f"{instance.sop_instance_uid}: {exc}") from None
             boundary = MultipartStream.new_boundary()
             content_type = MultipartStream.content_type(fmt.media_type, boundary)
             response = web.StreamResponse(headers={"Content-Type": f"{content_type}; transfer-syntax={fmt.transfer_syntax}"})

@@ -16,9 +16,11 @@ from aiohttp import web
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from archive import metrics
+from archive.core.errors import InvalidUID
 from archive.core.levels import Level
 from archive.core.models import DicomJson
 from archive.core.query import InvalidQuery, Matcher, Query, SingleValue, parse_value
+from archive.core.uids import validate_uid
 from archive.query.context import CATALOG, MAX_LIMIT
 from archive.query.dicomweb.request import base_url
 
@@ -169,15 +171,21 @@ async def studies(request: web.Request) -> web.Response:
     return await _answer(request, Level.STUDY, {})
 
 
+def _scope(request: web.Request) -> dict[str, str]:
+    """The UIDs of the path; a malformed one is a 400 (PS3.5 9.1: nothing else reaches the catalog)."""
+    scope = {}
+    for name, keyword in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")):
+        if name in request.match_info:
+            try:
+                scope[keyword] = validate_uid(request.match_info[name], keyword)
+            except InvalidUID as exc:
+                raise InvalidQuery(str(exc)) from None
+    return scope
+
+
 async def series(request: web.Request) -> web.Response:
-    scope = {"StudyInstanceUID": request.match_info["study"]} if "study" in request.match_info else {}
-    return await _answer(request, Level.SERIES, scope)
+    return await _answer(request, Level.SERIES, _scope(request))
 
 
 async def instances(request: web.Request) -> web.Response:
-    scope = {}
-    if "study" in request.match_info:
-        scope["StudyInstanceUID"] = request.match_info["study"]
-    if "series" in request.match_info:
-        scope["SeriesInstanceUID"] = request.match_info["series"]
-    return await _answer(request, Level.IMAGE, scope)
+    return await _answer(request, Level.IMAGE, _scope(request))

@@ -25,8 +25,10 @@ from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
 from archive.query.context import CATALOG, STORE
 from archive.query.dicomweb.media import render
+from archive.core.decode_limits import TooLargeToDecode, check_object
 from archive.query.dicomweb.media.render import RenderOptions, Viewport
 from archive.query.dicomweb.negotiation import NotAcceptable
+from archive.query.dicomweb.request import http_error
 from archive.query.dicomweb.pixels import image_response, parse_quality, parse_window, render_instance, run, spooled
 from archive.query import audit
 
@@ -94,6 +96,10 @@ def _render_options(query: Mapping[str, str], media: str) -> RenderOptions:
 def _decompressed(path: Path) -> bytes:
     """The object decompressed to Explicit VR Little Endian, transferSyntax's default (PS3.18 Chapter 9)."""
     ds = dcmread(path)
+    try:
+        check_object(ds)  # decoded in memory: bounded before any decoder allocates
+    except TooLargeToDecode as exc:
+        raise NotAcceptable(str(exc)) from None
     ds.decompress(generate_instance_uid=False)  # the same instance (PS3.5 8.2); Explicit VR Little Endian
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
@@ -125,10 +131,10 @@ async def wado(request: web.Request) -> web.StreamResponse:
     study, series = _required_uid(query, "studyUID"), _required_uid(query, "seriesUID")
     sop = _required_uid(query, "objectUID")
     if query.get("anonymize") == "yes":
-        raise web.HTTPNotAcceptable(text="anonymize=yes is not supported")
+        raise http_error(web.HTTPNotAcceptable, "anonymize=yes is not supported")
     instance = await request.app[CATALOG].get_instance(sop)
     if instance is None or instance.study_uid != study or instance.series_uid != series:
-        raise web.HTTPNotFound(text=f"no instance {sop} in series {series} of study {study}")
+        raise http_error(web.HTTPNotFound, f"no instance {sop} in series {series} of study {study}")
     audit.note(request, [instance])
     try:
         media = _content_type(query)
@@ -137,5 +143,5 @@ async def wado(request: web.Request) -> web.StreamResponse:
         options = _render_options(query, media)
         body = await render_instance(request, instance, _positive(query, "frameNumber") or 1, options)
     except NotAcceptable as exc:
-        raise web.HTTPNotAcceptable(text=str(exc)) from None
+        raise http_error(web.HTTPNotAcceptable, str(exc)) from None
     return image_response(body, media)

@@ -31,6 +31,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from archive import metrics
 from archive.compat.pynetdicom import move_originator
 from archive.core.audit import StudyTally
+from archive.core.decode_limits import TooLargeToDecode, check_object
 from archive.core.levels import Level
 from archive.core.ports import Catalog
 from archive.core.query import InvalidQuery, Query, Universal
@@ -86,6 +87,10 @@ class StoredInstance(Dataset):
         if not targets:
             return self.spool_path  # pynetdicom refuses it: the sub-operation fails
         dataset = dcmread(self.spool_path)
+        try:
+            check_object(dataset)  # decoded in memory: a decompression bomb fails this sub-operation
+        except TooLargeToDecode as exc:
+            raise RetrieveError(str(exc)) from None
         if UID(self.stored_syntax).is_compressed:
             dataset.decompress(generate_instance_uid=False)  # the same instance, losslessly re-encoded (PS3.5 8.2)
         target = UID(targets[0])

@@ -177,7 +177,8 @@ class DicomServer:
         (the asyncio receiver hands over the associations it does not serve).
         """
         # its options, its spool directory (beside the data) and the retrieve patch
-        pynetdicom_compat.install(process_spool(self.settings.data_dir))
+        pynetdicom_compat.install(process_spool(self.settings.data_dir), self.settings.max_pdu,
+                                  self.settings.network_timeout)
         guards = [service.guard for service in self.services if service.guard is not None]
         if guards:
             pynetdicom_compat.guard_requests(self.ae, _first_refusal(guards))

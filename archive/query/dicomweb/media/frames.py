@@ -33,6 +33,7 @@ from pydicom.uid import (
 )
 
 from archive.core.query import InvalidQuery
+from archive.core.decode_limits import TooLargeToDecode, check_frame
 from archive.query.dicomweb.media.render import FrameNotFound, RenderError, number_of_frames
 from archive.query.dicomweb.negotiation import NotAcceptable, parse_accept
 
@@ -138,6 +139,14 @@ class FrameReader:
             if n > self.frames:
                 raise FrameNotFound(n, self.frames)
 
+    def check_decodable(self, fmt: FrameFormat) -> None:
+        """RenderError when frames would be decoded and one declares more than we decode per request."""
+        if not fmt.as_stored and (self.syntax.is_compressed or self.syntax == DeflatedExplicitVRLittleEndian):
+            try:
+                check_frame(self.ds)
+            except TooLargeToDecode as exc:
+                raise RenderError(str(exc)) from None
+
     def frame(self, number: int, fmt: FrameFormat) -> bytes:
         """Frame ``number`` (1-based) in the negotiated format."""
         self.check([number])
@@ -167,6 +176,10 @@ class FrameReader:
                 raise RenderError("the pixel data is shorter than its attributes say")
             return data
         # compressed, big endian, deflated or 1-bit: decode this frame alone
+        try:
+            check_frame(self.ds)  # before a decoder allocates what the header declares
+        except TooLargeToDecode as exc:
+            raise RenderError(str(exc)) from None
         deflated = self.syntax == DeflatedExplicitVRLittleEndian
         arr = pixel_array(dcmread(self.path) if deflated else self.path, index=index)
         if bits == 1:

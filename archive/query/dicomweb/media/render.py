@@ -28,6 +28,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
 from archive.core.errors import ArchiveError
 from archive.core.query import InvalidQuery
+from archive.core.decode_limits import MAX_OUTPUT_SIDE, TAGS, TooLargeToDecode, check_frame
 
 JPEG = "image/jpeg"
 PNG = "image/png"
@@ -96,10 +97,14 @@ def read_frame(path: Path, index: int) -> tuple[np.ndarray, Dataset]:
     Colour frames come back as RGB (pydicom converts YBR_FULL, YBR_FULL_422,
     YBR_RCT and YBR_ICT). Raises :class:`FrameNotFound` or :class:`RenderError`.
     """
-    header = dcmread(path, stop_before_pixels=True, specific_tags=[0x00280008])
+    header = dcmread(path, stop_before_pixels=True, specific_tags=TAGS)
     frames = number_of_frames(header)
     if index >= frames:
         raise FrameNotFound(index + 1, frames)
+    try:
+        check_frame(header)  # before a decoder allocates what the header declares
+    except TooLargeToDecode as exc:
+        raise RenderError(str(exc)) from None
     meta = Dataset()
     try:
         arr = pixel_array(path, index=index, ds_out=meta, specific_tags=_FUNCTIONAL_GROUPS)
@@ -247,7 +252,8 @@ def apply_viewport(image: Image.Image, viewport: Viewport | None) -> Image.Image
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if sh < 0:
             image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    scale = min(viewport.width / image.width, viewport.height / image.height)
+    scale = min(viewport.width / image.width, viewport.height / image.height,
+                MAX_OUTPUT_SIDE / image.width, MAX_OUTPUT_SIDE / image.height)  # a huge ask is fitted
     size = (max(round(image.width * scale), 1), max(round(image.height * scale), 1))
     if size == image.size:
         return image

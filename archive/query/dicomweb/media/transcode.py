@@ -43,6 +43,7 @@ from pydicom.uid import (
 )
 
 from archive.core.errors import ArchiveError
+from archive.core.decode_limits import check_object
 from archive.query.dicomweb.negotiation import ANY, DEFAULT
 
 UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
@@ -98,6 +99,7 @@ def transcode(source: Path, target: Path, syntax: str) -> None:
     wanted = UID(syntax)
     try:
         ds = dcmread(source)
+        check_object(ds)  # decoded in memory: bounded before any decoder allocates
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress(generate_instance_uid=False)  # PS3.5 8.2; now Explicit VR Little Endian
         if wanted.is_compressed:

@@ -1,0 +1,61 @@
+"""Target ``describe``: a received Part 10 object -> header parse -> index message, and back.
+
+The input is a file as STOW-RS spools it (or a dataset as a C-STORE spools it, without
+File Meta). It goes the way :meth:`archive.ingest.service.IngestService.prepare` takes it:
+:func:`~archive.ingest.describe.dataset_offset` steps over the File Meta, the transfer
+syntax comes from it (pydicom's ``read_file_meta_info``, as STOW-RS reads it; Implicit VR
+Little Endian, as a C-STORE context may say, when there is none),
+:func:`~archive.ingest.describe.describe` parses the header and builds the DICOM JSON, and
+:meth:`Description.index_message` the message the indexer receives.
+
+Invariants: the message encodes (no NaN), parses back equal through
+:meth:`IndexMessage.from_bytes` (what the indexer does), and carries no NUL character
+(PostgreSQL text and jsonb refuse it: the message would be poison).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ImplicitVRLittleEndian
+
+from archive.core.errors import InvalidInstance
+from archive.core.models import IndexMessage
+from archive.core.uids import object_key
+from archive.ingest.describe import dataset_offset, describe
+
+# MalformedDataset (unparseable) and InvalidUID (a UID that is not one) are InvalidInstance.
+EXPECTED: tuple[type[BaseException], ...] = (InvalidInstance,)
+_PATH: list[Path] = []
+
+
+def _file() -> Path:
+    if not _PATH:
+        fd, name = tempfile.mkstemp(prefix="fuzz-describe-", suffix=".dcm")
+        os.close(fd)
+        _PATH.append(Path(name))
+    return _PATH[0]
+
+
+def transfer_syntax(path: Path) -> str:
+    """The File Meta's Transfer Syntax UID, as STOW-RS reads it; the C-STORE default without one."""
+    try:
+        syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", "") or "")
+    except Exception:  # no File Meta: a C-STORE dataset on an Implicit VR context
+        return str(ImplicitVRLittleEndian)
+    return syntax or str(ImplicitVRLittleEndian)
+
+
+def fuzz_one(data: bytes) -> None:
+    path = _file()
+    path.write_bytes(data)
+    offset = dataset_offset(path)
+    assert 0 <= offset, offset
+    description = describe(path, transfer_syntax(path), offset)
+    message = description.index_message(object_key(description.sop_instance_uid), len(data), "0" * 64, "FUZZ")
+    body = message.to_bytes()
+    assert b"\\u0000" not in body, "a NUL character would reach the catalog"
+    assert IndexMessage.from_bytes(body) == message
