@@ -22,9 +22,9 @@ from aiohttp import web
 
 from archive import web as archive_web
 from archive.auth import access as http_access
-from archive.auth.https import server_context
+from archive.auth.https import server_context as https_context
 from archive.compose import Backends, audit_trail
-from archive.core.audit import AuditEvent, AuditTrail, EventKind, Subtype
+from archive.core.audit import AuditEvent, AuditTrail, EventKind, Outcome, Subtype
 from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Backend
 from archive.indexer.worker import Indexer
@@ -32,10 +32,12 @@ from archive.ingest.service import IngestService
 from archive.query.dimse.commitment import commitment_service
 from archive.query.dimse.service import QueryRetrieve, query_retrieve_service
 from archive.query.routes import add_routes
+from archive.scp.access import AccessPolicy, OnRefusal, Refusal
 from archive.scp.asyncio_engine import AsyncioReceiver
 from archive.scp.portal import Portal
 from archive.scp.pynetdicom_engine import DicomServer, DimseService, StoreSCP
 from archive.scp.spool import process_spool
+from archive.scp.tls import server_context as dicom_server_context, tls_args
 from archive.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,28 @@ def security_configuration(settings: Settings) -> str:
     else:
         http = "loopback clients, or an API key"
     http += "; HTTPS" if settings.http_tls_cert else "; plain HTTP"
-    return (f"DICOM: calling AE titles {aets}; networks {networks}; TLS off. "
-            f"HTTP: {http}. Audit: file {settings.audit_file}; syslog {collector}")
+    tls = (f"TLS port {settings.dicom_tls_port}{' (mutual)' if settings.tls_client_ca else ''}"
+           if settings.dicom_tls else "TLS off")
+    plain = "plain port on" if settings.dicom_plain else "plain port off"
+    return (f"DICOM: calling AE titles {aets}; networks {networks}; AE config {settings.ae_config or 'none'}; "
+            f"{tls}; {plain}. HTTP: {http}. Audit: file {settings.audit_file}; syslog {collector}")
+
+
+def audit_refusals(trail: AuditTrail, our_aet: str) -> OnRefusal:
+    """The access policy's refusals as Security Alerts (PS3.15 A.5.3.11): an operation refused for
+    want of permission (Use of Restricted Function) and a failed TLS handshake (Node
+    Authentication). A rejected association is recorded by the engine that rejected it
+    (archive.scp.audit.rejected), so not here."""
+    def record(refusal: Refusal) -> None:
+        if refusal.what == "association":
+            return
+        subtype = Subtype.NODE_AUTHENTICATION if refusal.what == "tls" else Subtype.USE_OF_RESTRICTED_FUNCTION
+        status = f" (0x{refusal.status:04X})" if refusal.status is not None else ""
+        trail.record(AuditEvent(EventKind.SECURITY_ALERT, Principal(PrincipalKind.AE, refusal.calling_aet,
+                                                                    refusal.address),
+                                Outcome.MINOR_FAILURE, subtype=subtype, service=our_aet,
+                                detail=f"{refusal.what} refused: {refusal.reason}{status}"))
+    return record
 
 
 def _activity(trail: AuditTrail, settings: Settings, subtype: Subtype, detail: str = "") -> None:
@@ -219,7 +241,7 @@ async def run(settings: Settings, roles: Roles) -> None:
     # A certificate that cannot be loaded stops the process before anything listens
     https = None
     if roles.http and settings.http_tls_cert:
-        https = server_context(settings.http_tls_cert, settings.http_tls_key)
+        https = https_context(settings.http_tls_cert, settings.http_tls_key)
     async with AsyncExitStack() as stack:
         trail = audit_trail(settings)  # closed last: the stop record goes out after everything else
         stack.callback(trail.close)
@@ -239,36 +261,50 @@ async def run(settings: Settings, roles: Roles) -> None:
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
+        dicom = roles.receive or roles.query_dimse
+        # a wrong ARCHIVE_AE_CONFIG stops here; refused operations and failed handshakes are audited
+        dicom_access = AccessPolicy.from_settings(settings, audit_refusals(trail, settings.aet)) if dicom else None
+        tls = dicom_tls_context(settings, dicom_access) if dicom and dicom_access is not None else None
         qr_services: list[DimseService] = []
         if roles.query_dimse:
             qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir), trail)
-            qr_services.append(query_retrieve_service(qr, portal, settings))
-            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings, trail))
+            qr_services.append(query_retrieve_service(qr, portal, settings, dicom_access))
+            qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings, trail, dicom_access))
         store_scp: StoreSCP | None = None
         asyncio_scp: AsyncioReceiver | None = None
         qr_server: DicomServer | None = None
         if roles.receive:
             ingest = IngestService(backends.store, backends.queue, settings.duplicate_policy)
             multi = settings.workers > 1 and not roles.worker_child
+            reuse_port = roles.worker_child or multi
             if settings.scp_engine == "asyncio":
                 # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
-                # handed to the pynetdicom server, which then listens on no port of its own
-                if qr_services:
-                    store_scp = StoreSCP(settings, ingest, portal, qr_services, audit=trail)
+                # handed to the pynetdicom server, which then listens on no plain port of its own.
+                # The TLS port is pynetdicom's (docs/security.md: why the asyncio engine does not
+                # terminate TLS).
+                if qr_services or tls is not None:
+                    store_scp = StoreSCP(settings, ingest, portal, qr_services, access=dicom_access, audit=trail)
                     store_scp.start(listen=False)
-                asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(), handover=store_scp,
-                                              audit=trail)
-                await asyncio_scp.start(reuse_port=roles.worker_child or multi)
+                if settings.dicom_plain:
+                    asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(),
+                                                  handover=store_scp if qr_services else None, access=dicom_access,
+                                                  audit=trail)
+                    await asyncio_scp.start(reuse_port=reuse_port)
             else:
-                store_scp = StoreSCP(settings, ingest, portal, qr_services, audit=trail)
-                store_scp.start(reuse_port=roles.worker_child or multi)
+                store_scp = StoreSCP(settings, ingest, portal, qr_services, access=dicom_access, audit=trail)
+                store_scp.start(reuse_port=reuse_port, listen=settings.dicom_plain)
+            if tls is not None and store_scp is not None:
+                store_scp.start_tls(settings.dicom_tls_port, tls, reuse_port=reuse_port)
             if qr_services and multi:
                 children.flags["scp"] = ("--with-query",)  # workers share the port and every service
             for _ in range(settings.workers - 1 if multi else 0):
                 children.spawn("scp", *children.flags.get("scp", ()))
         if qr_services and not roles.receive:
-            qr_server = DicomServer(settings, qr_services, role="query", audit=trail)
-            qr_server.start(port=settings.query_dicom_port)  # one process: a taken port is an error
+            qr_server = DicomServer(settings, qr_services, role="query", access=dicom_access, audit=trail)
+            # one process: a taken port is an error
+            qr_server.start(port=settings.query_dicom_port, listen=settings.dicom_plain)
+            if tls is not None:
+                qr_server.start_tls(settings.query_dicom_tls_port, tls)
 
         worker: Indexer | None = None
         worker_task: asyncio.Task[None] | None = None
@@ -315,6 +351,20 @@ async def run(settings: Settings, roles: Roles) -> None:
             except asyncio.TimeoutError:
                 worker_task.cancel()
     log.info("stopped")
+
+
+def dicom_tls_context(settings: Settings, access: AccessPolicy) -> ssl.SSLContext | None:
+    """The DICOM TLS port's context (None: no TLS port), after checking that every peer we reach
+    over TLS has a context that loads: a wrong file stops the process at start, not a C-MOVE."""
+    for entry in access.config.entries.values():
+        if entry.tls is not None:
+            tls_args(entry, settings)
+    config = access.config
+    log.info("DICOM access", extra={
+        "tls": settings.dicom_tls, "plain_port": settings.dicom_plain,
+        "mutual_tls": bool(settings.tls_client_ca), "ae_config": config.source or "none",
+        "ae_titles": len(config.entries), "unknown_callers": "rejected" if config.restricted else "accepted"})
+    return dicom_server_context(settings) if settings.dicom_tls else None
 
 
 async def migrate(settings: Settings) -> None:

@@ -398,6 +398,29 @@ class Settings:
     allowed_networks: tuple[Network, ...] = setting(
         "ARCHIVE_ALLOWED_NETWORKS", (), "Comma-separated CIDRs allowed to associate (empty: any)",
         Items(_network))
+    dicom_tls_port: int = setting(
+        "ARCHIVE_DICOM_TLS_PORT", 2762,
+        "DICOM over TLS port (PS3.15 Annex B), on when `ARCHIVE_TLS_CERT` and `ARCHIVE_TLS_KEY` are set; "
+        "every service of the plain port", Port())
+    query_dicom_tls_port: int = setting(
+        "ARCHIVE_QUERY_DICOM_TLS_PORT", 2763,
+        "DICOM over TLS port of the `query` role (as `ARCHIVE_QUERY_DICOM_PORT` is for plain DICOM)", Port())
+    dicom_plain: bool = setting(
+        "ARCHIVE_DICOM_PLAIN", True,
+        "`false`: no plain DICOM port (`ARCHIVE_DICOM_PORT`, `ARCHIVE_QUERY_DICOM_PORT`), TLS only", Flag())
+    tls_cert: str = setting(
+        "ARCHIVE_TLS_CERT", "", "Our certificate (PEM, chain after it) for the DICOM TLS port and as the client "
+        "certificate we present to TLS peers", Text())
+    tls_key: str = setting("ARCHIVE_TLS_KEY", "", "The private key of `ARCHIVE_TLS_CERT` (PEM, unencrypted)", Text())
+    tls_client_ca: str = setting(
+        "ARCHIVE_TLS_CLIENT_CA", "",
+        "CA certificates (PEM); when set, a client certificate signed by one of them is required (mutual TLS) and "
+        "its subject must map to the calling AE title; also the CAs TLS peers' certificates are checked against",
+        Text())
+    ae_config: str = setting(
+        "ARCHIVE_AE_CONFIG", "",
+        "Per-AE configuration (YAML): address, TLS, networks, certificate subject and permissions (store, query, "
+        "retrieve, commit) of each AE title; see docs/security.md", Text())
     scp_engine: str = setting(
         "ARCHIVE_SCP_ENGINE", "asyncio",
         "DICOM receiver: `asyncio` (C-ECHO and C-STORE on asyncio streams, about twice the throughput; "
@@ -474,6 +497,12 @@ class Settings:
         # Rules over two settings
         if self.object_store.startswith("s3://") and not (self.s3_access_key and self.s3_secret_key):
             raise ConfigError("ARCHIVE_S3_ACCESS_KEY and ARCHIVE_S3_SECRET_KEY are required with an s3:// object store")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("ARCHIVE_TLS_CERT and ARCHIVE_TLS_KEY go together: set both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("ARCHIVE_TLS_CLIENT_CA needs the DICOM TLS port: set ARCHIVE_TLS_CERT and ARCHIVE_TLS_KEY")
+        if not self.dicom_plain and not self.tls_cert:
+            raise ConfigError("ARCHIVE_DICOM_PLAIN=false leaves no DICOM port: set ARCHIVE_TLS_CERT and ARCHIVE_TLS_KEY")
         if bool(self.audit_tls_cert) != bool(self.audit_tls_key):
             raise ConfigError("ARCHIVE_AUDIT_TLS_CERT and ARCHIVE_AUDIT_TLS_KEY go together")
         if self.oidc_issuer and not self.oidc_audience:
@@ -502,8 +531,10 @@ class Settings:
         """Every ``ARCHIVE_*`` variable, secrets included: ``from_env`` of it gives these settings."""
         return {s.env: s.kind.format(getattr(self, s.name)) for s in SETTINGS}
 
-    def peer(self, aet: str) -> Peer | None:
-        return next((p for p in self.peers if p.aet == aet.strip()), None)
+    @property
+    def dicom_tls(self) -> bool:
+        """Whether the DICOM TLS port is on (certificate and key set)."""
+        return bool(self.tls_cert and self.tls_key)
 
 
 # The declared settings, in declaration order: the --help epilog and the README table follow it.

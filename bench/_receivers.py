@@ -31,6 +31,8 @@ class Receiver:
     label = ""
     aet = "ARCHIVE"
     ours = False  # our archive: has /metrics and QIDO
+    sender_flags: tuple[str, ...] = ()  # storescu options to reach it (TLS)
+    tls_args: Any = None  # pynetdicom's, for the probe
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -80,19 +82,49 @@ class _OurReceiver(Receiver):
 
 class Serve(_OurReceiver):
     def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "asyncio",
-                 build: Build = THIS_BUILD) -> None:
+                 build: Build = THIS_BUILD, tls: bool = False) -> None:
         super().__init__(workdir)
         self.workers = workers
         self.fsync = fsync
         self.engine = engine
         self.build = build
+        self.tls = tls  # send to the DICOM TLS port, mutual TLS (a client certificate per sender)
         self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
             "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "asyncio" else f", {engine} engine") + (
-            f" [{build.tag}]" if build.tag else "")
+            ", TLS port (mutual TLS)" if tls else "") + (f" [{build.tag}]" if build.tag else "")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
         self.scp_metrics = self.indexer_metrics = f"{http}/metrics"
         self.qido = f"{http}/dicom-web"
+        self.tls_env: dict[str, str] = {}
+        if tls:
+            self._pki()
+
+    def _pki(self) -> None:
+        """A CA, the archive's certificate and one client certificate for every sender (AE titles
+        BENCH0..3 and BENCHPROBE: each certificate's CN is the calling AE title it binds)."""
+        import ssl
+
+        from tests.e2e.pki import CA
+
+        ca = CA(self.workdir / "pki")
+        server = ca.issue("archive", hosts=("127.0.0.1",))
+        self.tls_env = {"ARCHIVE_TLS_CERT": str(server.cert), "ARCHIVE_TLS_KEY": str(server.key),
+                        "ARCHIVE_TLS_CLIENT_CA": str(ca.pem), "ARCHIVE_DICOM_TLS_PORT": str(self.dicom_port),
+                        "ARCHIVE_DICOM_PORT": str(free_port())}
+        self.sender_flags = ("+cf", str(ca.pem))  # the CA storescu checks our certificate against
+        self.client_certs = {f"BENCH{i}": ca.issue(f"BENCH{i}") for i in range(4)}
+        probe = ca.issue("BENCHPROBE")
+        context = ssl.create_default_context(cafile=str(ca.pem))
+        context.load_cert_chain(str(probe.cert), str(probe.key))
+        self.tls_args = (context, "127.0.0.1")
+
+    def flags_for(self, aet: str) -> tuple[str, ...]:
+        """storescu's TLS options for the sender calling as ``aet`` (its own certificate)."""
+        if not self.tls:
+            return ()
+        identity = self.client_certs[aet]
+        return ("+tls", str(identity.key), str(identity.cert), *self.sender_flags)
 
     def start(self) -> None:
         env = {
@@ -103,6 +135,7 @@ class Serve(_OurReceiver):
             "ARCHIVE_WORKERS": str(self.workers),
             "ARCHIVE_FSYNC": "true" if self.fsync else "false",
             "ARCHIVE_SCP_ENGINE": self.engine,
+            **self.tls_env,  # the TLS port is dicom_port, the plain one elsewhere
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         proc = Proc("serve", [self.build.python, "-m", "archive.cli", "serve"], self.workdir / "serve.log", env,

@@ -1,10 +1,12 @@
 """Ingest benchmark: C-STORE throughput, latency, time-to-searchable and memory.
 
     .venv/bin/python bench/ingest.py [--count 1000] [--repeat 3] [--quick] [--out results.json]
-                                     [--scenarios serve,serve-w2,serve-nofsync,serve-pynetdicom,serve-pynetdicom-w2,distributed,orthanc,storescp,pynetdicom,large]
+                                     [--scenarios serve,serve-w2,serve-nofsync,serve-pynetdicom,serve-pynetdicom-w2,serve-tls,serve-tls-w2,
+                                                 distributed,orthanc,storescp,pynetdicom,large]
 
 Receivers (each fresh, on loopback, in a temp dir): ``dicom-archive serve`` (embedded,
-fsync on), the same with 2 SCP workers and with ARCHIVE_FSYNC=false, the distributed
+fsync on), the same with 2 SCP workers, with ARCHIVE_FSYNC=false, and on the DICOM TLS port
+(mutual TLS, storescu +tls; serve-tls, serve-tls-w2), the distributed
 roles on the services of ``scripts/services.sh``, Orthanc (SQLite), DCMTK storescp
 (files only), pynetdicom's storescp app (files only). The sender is
 DCMTK storescu with 1 association, or 4 storescu processes in parallel. See
@@ -36,8 +38,10 @@ from _util import (Batch, SliceFactory, TreeSampler, children_cpu, cpu_jiffies, 
                    histogram_delta, histogram_quantile, http_json, install_signal_handlers, kill_all, percentile, scrape,
                    write_large_instance)
 
-ALL = ("serve", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "distributed", "orthanc", "storescp", "pynetdicom", "large")
-OURS = ("serve", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "distributed")
+ALL = ("serve", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "serve-tls", "serve-tls-w2",
+       "distributed", "orthanc", "storescp", "pynetdicom", "large")
+OURS = ("serve", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "serve-tls", "serve-tls-w2",
+        "distributed")
 BASELINE = "@baseline"  # a scenario of ours run by the --baseline checkout
 BUILDS: dict[str, Build] = {"": THIS_BUILD}
 STUDIES = 4  # each batch: 4 studies; with 4 associations each association sends one study
@@ -62,6 +66,10 @@ def make_receiver(key: str, workdir: Path) -> Receiver:
         return Serve(workdir, engine="pynetdicom", build=build)
     if name == "serve-pynetdicom-w2":
         return Serve(workdir, workers=2, engine="pynetdicom", build=build)
+    if name == "serve-tls":
+        return Serve(workdir, tls=True, build=build)
+    if name == "serve-tls-w2":
+        return Serve(workdir, workers=2, tls=True, build=build)
     if name == "distributed":
         return Distributed(workdir, build=build)
     if name == "orthanc":
@@ -84,8 +92,8 @@ def storescu(receiver: Receiver, files: list[Path], assocs: int, timeout: float)
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     env = {**os.environ, **DCMTK_ENV}
     started = time.perf_counter()
-    procs = [subprocess.Popen([tool, "-aet", f"BENCH{i}", "-aec", receiver.aet, "127.0.0.1",
-                               str(receiver.dicom_port), *map(str, chunk)],
+    procs = [subprocess.Popen([tool, *_tls_flags(receiver, f"BENCH{i}"), "-aet", f"BENCH{i}", "-aec", receiver.aet,
+                               "127.0.0.1", str(receiver.dicom_port), *map(str, chunk)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
              for i, chunk in enumerate(chunks)]
     problems = []
@@ -104,6 +112,12 @@ def storescu(receiver: Receiver, files: list[Path], assocs: int, timeout: float)
     if problems:
         raise RuntimeError("; ".join(problems))
     return elapsed
+
+
+def _tls_flags(receiver: Receiver, aet: str) -> tuple[str, ...]:
+    """storescu's TLS options for a sender calling as ``aet`` (none for a plain port)."""
+    flags_for = getattr(receiver, "flags_for", None)
+    return tuple(flags_for(aet)) if flags_for is not None else ()
 
 
 def wait_stored(receiver: Receiver, batch: Batch, timeout: float) -> float:
@@ -254,7 +268,7 @@ def probe(receiver: Receiver, batch: Batch, rate: float, visible_timeout: float 
         poller.start()
     rtts: list[float] = []
     failures = 0
-    assoc = ae.associate("127.0.0.1", receiver.dicom_port, ae_title=receiver.aet)
+    assoc = ae.associate("127.0.0.1", receiver.dicom_port, ae_title=receiver.aet, tls_args=receiver.tls_args)
     if not assoc.is_established:
         raise RuntimeError(f"{receiver.label}: probe association not established")
     try:

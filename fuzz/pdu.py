@@ -56,7 +56,8 @@ class _Writer:
         return None
 
 
-async def _store(received: Received, abstract_syntax: str, tally: StudyTally | None = None) -> Status:
+async def _store(received: Received, abstract_syntax: str, tally: StudyTally | None = None,
+                 address: str = "") -> Status:
     return SUCCESS
 
 

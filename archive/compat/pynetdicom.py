@@ -56,6 +56,14 @@ starts, before any association (idempotent). What it does, and why:
 - :func:`find_cancelled`, which a C-FIND handler asks before each response: pynetdicom reads a
   C-CANCEL late (see there). It reads two private attributes of the association's DUL
   (``socket``, ``to_provider_queue``); the same test file fails if they go away.
+- :func:`peer_certificate`: the verified client certificate of an association that came over
+  TLS. pynetdicom keeps the socket in its DUL (``dul.socket.socket``) and has no accessor for it.
+- :func:`guard_requests`: a check run before pynetdicom's Query/Retrieve service class serves a
+  C-FIND, C-MOVE or C-GET, which may answer it at once with a failure status (0x0124 Refused: Not
+  Authorized, PS3.7 Annex C). A handler cannot: pynetdicom wants a C-MOVE handler's first yield to
+  be the destination, and opens an association to it before any status (``_move_scp``), and a
+  C-GET handler's first the number of sub-operations. It wraps the public
+  ``QueryRetrieveServiceClass.SCP`` (no upstream issue: handlers have no refusal path there).
 """
 
 from __future__ import annotations
@@ -64,19 +72,23 @@ import logging
 import select
 import socket
 import socketserver
+import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pydicom.dataset import Dataset
 from pynetdicom import _config, evt
+from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_RELEASE
+from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 FIND_BACKLOG = 64  # C-FIND responses (two P-DATA primitives each) queued to pynetdicom's reactor at most
@@ -86,6 +98,10 @@ _original_send_c_store = Association.send_c_store
 _original_recv = AssociationSocket.recv
 MIN_PDU_LIMIT = 1 << 16  # an A-ASSOCIATE-RQ/AC with every context (the asyncio engine's cap too)
 _recv_limits: dict[str, float] = {"max_bytes": 0, "timeout": 0}
+_original_qr_scp = QueryRetrieveServiceClass.SCP
+# (association, C-FIND/C-MOVE/C-GET request primitive) -> None to serve it, or (status, comment) to refuse
+RequestGuard = Callable[[Association, Any], "tuple[int, str] | None"]
+_GUARDS: "weakref.WeakKeyDictionary[ApplicationEntity, RequestGuard]" = weakref.WeakKeyDictionary()
 
 
 @runtime_checkable
@@ -195,3 +211,38 @@ def _readable(sock: socket.socket) -> bool:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):  # closed under us: the reactor ends the association
         return False
+
+
+def peer_certificate(assoc: Association) -> dict[str, Any] | None:
+    """The verified certificate the requestor presented over TLS (``getpeercert()``), else None."""
+    transport = assoc.dul.socket
+    sock = getattr(transport, "socket", None) if transport is not None else None
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        return sock.getpeercert() or None
+    except (ValueError, OSError):  # closed meanwhile
+        return None
+
+
+def _qr_scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
+    guard = _GUARDS.get(self.ae)
+    refusal = guard(self.assoc, req) if guard is not None else None
+    if refusal is None:
+        return _original_qr_scp(self, req, context)
+    status, comment = refusal
+    rsp = type(req)()  # C_FIND, C_GET or C_MOVE: the response primitive is the same class
+    rsp.MessageIDBeingRespondedTo = req.MessageID
+    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+    rsp.Status = status
+    rsp.ErrorComment = comment[:64]  # LO
+    self.dimse.send_msg(rsp, context.context_id)
+    return None
+
+
+def guard_requests(ae: ApplicationEntity, guard: RequestGuard) -> None:
+    """Run ``guard`` before ``ae`` serves each C-FIND, C-MOVE or C-GET (see the module)."""
+    with _lock:
+        _GUARDS[ae] = guard
+        if QueryRetrieveServiceClass.SCP is not _qr_scp:
+            QueryRetrieveServiceClass.SCP = _qr_scp  # type: ignore[method-assign]

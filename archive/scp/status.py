@@ -54,6 +54,10 @@ UNEXPECTED = Status(0x0110, "internal_error", "Unexpected error while archiving"
 SOP_CLASS_NOT_NEGOTIATED = Status(0x0122, "sop_class_not_negotiated",
                                   "SOP Class not negotiated on this presentation context")
 
+# A calling AE whose ARCHIVE_AE_CONFIG entry lacks the permission: 0x0124 Refused: Not Authorized,
+# a general status of PS3.7 Annex C that any DIMSE service may answer.
+NOT_AUTHORIZED = Status(0x0124, "not_authorized", "Calling AE title not authorized for this operation")
+
 # The asyncio engine serves C-ECHO and C-STORE only (PS3.7 C.5: 0x0211 Unrecognized operation).
 UNRECOGNIZED_OPERATION = Status(0x0211, "unrecognized_operation", "Only C-ECHO and C-STORE are served here")
 

@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from archive import metrics
+from archive.ae_config import Permission
 from archive.core.audit import StudyTally
 from archive.core.records import text_value
 from archive.ingest.service import IngestService, Prepared, Received
-from archive.scp.status import OUTCOME_STATUS, SOP_CLASS_NOT_NEGOTIATED, Status, status_for_error
+from archive.scp.access import AccessPolicy
+from archive.scp.status import NOT_AUTHORIZED, OUTCOME_STATUS, SOP_CLASS_NOT_NEGOTIATED, Status, status_for_error
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +32,28 @@ Prepare = Callable[[Received], Awaitable[Prepared]]
 
 
 class Store(Protocol):
-    """(received, abstract syntax of its context, the association's audit tally) -> Status"""
+    """(received, abstract syntax of its context, the association's audit tally, the requestor's
+    address) -> Status"""
 
-    def __call__(self, received: Received, abstract_syntax: str,
-                 tally: StudyTally | None = None) -> Coroutine[Any, Any, Status]: ...
+    def __call__(self, received: Received, abstract_syntax: str, tally: StudyTally | None = None,
+                 address: str = "") -> Coroutine[Any, Any, Status]: ...
 
 
-async def store(received: Received, abstract_syntax: str, tally: StudyTally | None = None, *,
-                ingest: IngestService, prepare: Prepare, timeout: float) -> Status:
+async def store(received: Received, abstract_syntax: str, tally: StudyTally | None = None, address: str = "", *,
+                ingest: IngestService, prepare: Prepare, timeout: float, access: AccessPolicy | None = None) -> Status:
     """Archive one C-STORE's dataset; ``abstract_syntax`` is that of the context it came on.
 
+    A calling AE without the store permission (``access``, ARCHIVE_AE_CONFIG) is refused unstored
+    with 0x0124 Refused: Not Authorized (PS3.7 Annex C), whichever engine received it.
     ``tally`` counts the instance under its study and patient (from the index message's
     metadata) for the association's audit record (PS3.15 A.5.3.7), emitted when it ends.
     """
     started = time.perf_counter()
     prepared: Prepared | None = None
     try:
-        if received.affected_sop_class_uid != abstract_syntax:
+        if access is not None and not access.authorize(received.source_aet, address, Permission.STORE):
+            status = NOT_AUTHORIZED
+        elif received.affected_sop_class_uid != abstract_syntax:
             status = SOP_CLASS_NOT_NEGOTIATED  # not stored, not even parsed
             log.warning("C-STORE refused", extra={
                 "calling_aet": received.source_aet, "sop_instance_uid": (received.affected_sop_instance_uid or "")[:64],

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.transport import AssociationSocket
 
 from tests.conftest import ROOT
 
@@ -54,6 +56,10 @@ def test_the_private_parts_compat_reads_are_still_there() -> None:
     assert callable(DULServiceProvider.peek_next_pdu)
     assert {"acse", "kill", "is_rejected", "send_c_store"} <= set(dir(Association)) | set(
         Association.__init__.__code__.co_names)
+    # guard_requests wraps the Query/Retrieve service class's SCP and answers on its DIMSE provider
+    assert {"SCP", "ae", "assoc", "dimse"} <= set(dir(QueryRetrieveServiceClass)) | set(
+        QueryRetrieveServiceClass.__init__.__code__.co_names)
+    assert "socket" in AssociationSocket.__init__.__code__.co_names  # peer_certificate: dul.socket.socket
 
 
 def _offences(path: Path, name: str) -> list[str]:

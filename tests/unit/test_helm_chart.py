@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from archive import ae_config
 from archive.settings import SETTINGS, Settings
 from tests.conftest import ROOT, missing
 
@@ -213,8 +214,10 @@ def test_pods_are_locked_down_and_write_only_to_emptydirs(docs: list[Doc]) -> No
         mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
         writable = {path for path, m in mounts.items() if not m.get("readOnly")}
         assert writable == {data_dir, "/tmp"}, where
-        for path, mount in mounts.items():  # the rest: read-only Secrets (the HTTPS key)
-            assert path in writable or "secret" in volumes[mount["name"]], where
+        # the rest, read-only: the HTTPS key, the DICOM TLS Secret, the AE configuration, the audit
+        # collector's CA and client certificate
+        assert set(mounts) - writable <= {"/etc/dicom-archive/http-tls", "/etc/dicom-archive/tls",
+                                          "/etc/dicom-archive/ae", "/etc/dicom-archive/audit-tls"}, where
         mounts = {path: m["name"] for path, m in mounts.items()}
         for path in (data_dir, "/tmp"):
             assert volumes[mounts[path]]["emptyDir"]["sizeLimit"], where
@@ -229,16 +232,58 @@ def test_pods_are_locked_down_and_write_only_to_emptydirs(docs: list[Doc]) -> No
 def test_scp_service_exposes_the_dicom_port(default_docs: list[Doc], full_docs: list[Doc]) -> None:
     for docs in (default_docs, full_docs):
         service = _one(docs, "Service", _name("scp"))
-        assert service["spec"]["ports"] == [
-            {"name": "dicom", "port": 11112, "targetPort": "dicom", "protocol": "TCP",
-             **({"nodePort": 31112} if docs is full_docs else {})}]
+        # the full values turn the plain port off and serve DICOM over TLS only
+        assert service["spec"]["ports"] == ([
+            {"name": "dicom", "port": 11112, "targetPort": "dicom", "protocol": "TCP"}] if docs is default_docs else [
+            {"name": "dicom-tls", "port": 2762, "targetPort": "dicom-tls", "protocol": "TCP", "nodePort": 32762}])
         assert service["spec"]["sessionAffinity"] == "None"
         # The modality's address must reach the pod for ARCHIVE_ALLOWED_NETWORKS.
         assert service["spec"]["externalTrafficPolicy"] == "Local"
         assert service["spec"]["selector"].items() <= _pod_labels(docs, "scp").items()
         container = _container(_one(docs, "Deployment", _name("scp")))
-        assert {"name": "dicom", "containerPort": 11112, "protocol": "TCP"} in container["ports"]
+        port = {"name": "dicom", "containerPort": 11112, "protocol": "TCP"}
+        assert (port in container["ports"]) is (docs is default_docs)
         assert _config(docs)["ARCHIVE_DICOM_PORT"] == "11112"
+
+
+def _mounts(docs: list[Doc], role: str) -> tuple[dict[str, Doc], dict[str, Doc]]:
+    """(volume mounts, volumes) of a role's pod, by name."""
+    deployment = _one(docs, "Deployment", _name(role))
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    return {m["name"]: m for m in _container(deployment)["volumeMounts"]}, volumes
+
+
+def test_dicom_tls_port_certificate_from_a_secret_and_ae_config_from_a_configmap(
+        default_docs: list[Doc], full_docs: list[Doc]) -> None:
+    config = _config(full_docs)
+    assert (config["ARCHIVE_DICOM_TLS_PORT"], config["ARCHIVE_QUERY_DICOM_TLS_PORT"]) == ("2762", "2762")
+    assert config["ARCHIVE_DICOM_PLAIN"] == "false"
+    for role in ("scp", "query"):
+        mounts, volumes = _mounts(full_docs, role)
+        assert volumes["dicom-tls"]["secret"]["secretName"] == "archive-dicom-tls"
+        tls_dir = mounts["dicom-tls"]["mountPath"]
+        assert mounts["dicom-tls"]["readOnly"] is True
+        assert (config["ARCHIVE_TLS_CERT"], config["ARCHIVE_TLS_KEY"], config["ARCHIVE_TLS_CLIENT_CA"]) == (
+            f"{tls_dir}/tls.crt", f"{tls_dir}/tls.key", f"{tls_dir}/ca.crt")  # a kubernetes.io/tls Secret's keys
+        assert volumes["ae-config"]["configMap"]["name"] == _name("ae-config")
+        assert config["ARCHIVE_AE_CONFIG"] == f"{mounts['ae-config']['mountPath']}/aes.yaml"
+        container = _container(_one(full_docs, "Deployment", _name(role)))
+        assert {"name": "dicom-tls", "containerPort": 2762, "protocol": "TCP"} in container["ports"]
+        service = _one(full_docs, "Service", _name(role))
+        assert any(p["name"] == "dicom-tls" and p["port"] == 2762 for p in service["spec"]["ports"])
+        assert not any(p["name"] == "dicom" for p in service["spec"]["ports"])
+    mounts, volumes = _mounts(full_docs, "indexer")
+    assert "dicom-tls" not in volumes and "ae-config" not in volumes  # the key stays where DICOM is served
+    # The AE configuration file is the values' and parses as the archive parses it.
+    text = _one(full_docs, "ConfigMap", _name("ae-config"))["data"]["aes.yaml"]
+    entries = ae_config.parse(text, "aes.yaml")
+    assert entries["CT01"].permissions == {ae_config.Permission.STORE}
+    assert entries["WORKSTATION_7"].tls is not None and entries["WORKSTATION_7"].subject == "ws7.radiology.example"
+    # Defaults: plain DICOM only, no AE configuration
+    config = _config(default_docs)
+    assert config["ARCHIVE_DICOM_PLAIN"] == "true"
+    assert not {"ARCHIVE_TLS_CERT", "ARCHIVE_TLS_KEY", "ARCHIVE_AE_CONFIG", "ARCHIVE_DICOM_TLS_PORT"} & set(config)
+    assert not [d for d in default_docs if d["metadata"]["name"] == _name("ae-config")]
     assert _one(default_docs, "Service", _name("scp"))["spec"]["type"] == "LoadBalancer"
     assert _one(full_docs, "Service", _name("scp"))["spec"]["type"] == "NodePort"
 
@@ -411,8 +456,9 @@ def test_network_policies_admit_only_the_configured_peers(full_docs: list[Doc]) 
     assert set(policies) == {_name(r) for r in (*ROLES, "migrate")}
     scp = policies[_name("scp")]["spec"]
     assert scp["podSelector"]["matchLabels"].items() <= _pod_labels(full_docs, "scp").items()
-    dicom_rule = next(r for r in scp["ingress"] if r["ports"][0]["port"] == "dicom")
+    dicom_rule = next(r for r in scp["ingress"] if r["ports"][0]["port"] == "dicom-tls")
     assert dicom_rule["from"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert not [r for r in scp["ingress"] if r["ports"][0]["port"] == "dicom"]  # the plain port is off
     assert policies[_name("migrate")]["spec"]["ingress"] == []
     for policy in policies.values():
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
@@ -434,8 +480,12 @@ def test_network_policies_admit_only_the_configured_peers(full_docs: list[Doc]) 
     (["--set", "auth.oidc.issuer=https://sso.example.com/realms/a", "--set", "auth.oidc.audience="],
      "auth.oidc.audience is required"),
     (["--set", "auth.oidc.rolesClaim=realm_access..roles"], "/auth/oidc/rolesClaim"),
+    (["--set", "dicomTls.enabled=true"], "dicomTls.secretName is required"),
+    (["--set", "dicomTls.plainPort=false"], "dicomTls.plainPort=false needs dicomTls.enabled"),
+    (["--set", "aeConfig.modalities.CT1=x"], "aeConfig"),
 ], ids=["sqlite-catalog", "sqlite-queue", "file-store", "snat-allow-list", "bad-policy", "typo", "secret-in-config",
-        "plain-http-issuer", "issuer-without-audience", "bad-claim-path"])
+        "plain-http-issuer", "issuer-without-audience", "bad-claim-path",
+        "tls-without-secret", "no-dicom-port", "ae-config-typo"])
 def test_chart_refuses_configurations_that_cannot_work(helm: str, args: list[str], message: str) -> None:
     result = _template(helm, *args)
     assert result.returncode != 0

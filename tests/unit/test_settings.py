@@ -90,6 +90,13 @@ NON_DEFAULT = {
     "ARCHIVE_FIND_MAX_MATCHES": "7",
     "ARCHIVE_ALLOWED_AETS": "CT1, MR2",
     "ARCHIVE_ALLOWED_NETWORKS": "10.1.2.3/8,::1/128",
+    "ARCHIVE_DICOM_TLS_PORT": "11114",
+    "ARCHIVE_QUERY_DICOM_TLS_PORT": "11115",
+    "ARCHIVE_DICOM_PLAIN": "false",
+    "ARCHIVE_TLS_CERT": "/etc/archive/tls.crt",
+    "ARCHIVE_TLS_KEY": "/etc/archive/tls.key",
+    "ARCHIVE_TLS_CLIENT_CA": "/etc/archive/clients-ca.pem",
+    "ARCHIVE_AE_CONFIG": "/etc/archive/aes.yaml",
     "ARCHIVE_SCP_ENGINE": "pynetdicom",
     "ARCHIVE_MAX_ASSOCIATIONS": "3",
     "ARCHIVE_MAX_PDU": "0",
@@ -188,6 +195,9 @@ INVALID = {
     "ARCHIVE_PEERS": "STORESCU@127.0.0.1",
     "ARCHIVE_FIND_MAX_MATCHES": "0",
     "ARCHIVE_ALLOWED_NETWORKS": "10.0.0.0/8,not-a-network",
+    "ARCHIVE_DICOM_TLS_PORT": "-1",
+    "ARCHIVE_QUERY_DICOM_TLS_PORT": "99999",
+    "ARCHIVE_DICOM_PLAIN": "off",
     "ARCHIVE_SCP_ENGINE": "fast",
     "ARCHIVE_MAX_ASSOCIATIONS": "1.5",
     "ARCHIVE_MAX_PDU": "-1",
@@ -213,9 +223,23 @@ INVALID = {
 }
 ANY_TEXT = {"ARCHIVE_DATA_DIR", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_SEARCH_INDEX",
             "ARCHIVE_QUEUE_NAME", "ARCHIVE_BIND", "ARCHIVE_CORS_ORIGINS", "ARCHIVE_ALLOWED_AETS",
+            "ARCHIVE_TLS_CERT", "ARCHIVE_TLS_KEY", "ARCHIVE_TLS_CLIENT_CA", "ARCHIVE_AE_CONFIG",
             "ARCHIVE_AUDIT_FILE", "ARCHIVE_AUDIT_TLS_CA", "ARCHIVE_AUDIT_TLS_CERT", "ARCHIVE_AUDIT_TLS_KEY",
             "ARCHIVE_AUDIT_SOURCE_ID",
             "ARCHIVE_OIDC_AUDIENCE"}
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"ARCHIVE_TLS_CERT": "c.pem"}, "ARCHIVE_TLS_CERT and ARCHIVE_TLS_KEY go together"),
+    ({"ARCHIVE_TLS_KEY": "k.pem"}, "ARCHIVE_TLS_CERT and ARCHIVE_TLS_KEY go together"),
+    ({"ARCHIVE_TLS_CLIENT_CA": "ca.pem"}, "ARCHIVE_TLS_CLIENT_CA needs the DICOM TLS port"),
+    ({"ARCHIVE_DICOM_PLAIN": "false"}, "ARCHIVE_DICOM_PLAIN=false leaves no DICOM port"),
+])
+def test_the_tls_settings_go_together(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)
+    assert Settings.from_env({"ARCHIVE_TLS_CERT": "c.pem", "ARCHIVE_TLS_KEY": "k.pem"}).dicom_tls
+    assert not Settings().dicom_tls
 
 
 def test_every_setting_is_either_checked_or_free_text() -> None:

@@ -27,6 +27,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from archive import metrics
+from archive.ae_config import Permission
 from archive.core.audit import AuditTrail, NoAudit
 from archive.core.errors import ArchiveError, ObjectNotFound
 from archive.core.levels import Level
@@ -43,6 +44,7 @@ from archive.query.dimse.commitment_report import (
     ResponseSent,
     send_on_association,
 )
+from archive.scp.access import NOT_AUTHORIZED, AccessPolicy
 from archive.scp.portal import Portal
 from archive.scp.pynetdicom_engine import DimseService
 from archive.scp.status import status_dataset
@@ -230,13 +232,15 @@ class CommitmentSCP:
 
     def __init__(self, catalog: Catalog, store: ObjectStore, portal: Portal, settings: Settings,
                  sender: ReportSender | None = None, response_wait: float = 30.0,
-                 index_wait: Backoff = INDEX_WAIT, trail: AuditTrail | None = None) -> None:
+                 index_wait: Backoff = INDEX_WAIT, trail: AuditTrail | None = None,
+                 access: AccessPolicy | None = None) -> None:
         self.audit = trail or NoAudit()
         self.catalog = catalog
         self.store = store
         self.portal = portal
         self.settings = settings
-        self.sender = sender or ReportSender(settings)
+        self.access = access if access is not None else AccessPolicy.from_settings(settings)
+        self.sender = sender or ReportSender(settings, access=self.access)
         self.response_wait = response_wait
         self.index_wait = index_wait
 
@@ -276,6 +280,9 @@ class CommitmentSCP:
         """EVT_N_ACTION (PS3.4 J.3.2): validate, answer Success, check and report later."""
         calling_aet = event.assoc.requestor.ae_title
         req: Any = event.request
+        if not self.access.authorize(calling_aet, str(event.assoc.requestor.address), Permission.COMMIT):
+            metrics.QUERIES.labels("commitment", "-", "not_authorized").inc()
+            return status_dataset(NOT_AUTHORIZED, "Calling AE title may not request storage commitment"), None
         try:
             information = _action_information(event)
             request = parse_request(str(req.RequestedSOPClassUID), str(req.RequestedSOPInstanceUID),
@@ -331,8 +338,8 @@ class CommitmentSCP:
 
 
 def commitment_service(catalog: Catalog, store: ObjectStore, portal: Portal, settings: Settings,
-                       trail: AuditTrail | None = None) -> DimseService:
+                       trail: AuditTrail | None = None, access: AccessPolicy | None = None) -> DimseService:
     """Storage Commitment Push Model SCP: the presentation context and the N-ACTION handler."""
-    scp = CommitmentSCP(catalog, store, portal, settings, trail=trail)
+    scp = CommitmentSCP(catalog, store, portal, settings, trail=trail, access=access)
     context = build_context(PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return DimseService(contexts=(context,), handlers=((evt.EVT_N_ACTION, scp.handle_action),))

@@ -1,7 +1,8 @@
 """Delivering a Storage Commitment N-EVENT-REPORT (PS3.4 J.3.3.1.2).
 
 On the requestor's association while it is open, else on a new association we
-open to the requestor (its calling AE title looked up in ARCHIVE_PEERS),
+open to the requestor (its calling AE title's address from ARCHIVE_PEERS or ARCHIVE_AE_CONFIG, over
+TLS when its entry says so),
 proposing the SCP role for the Push Model SOP Class through SCU/SCP Role
 Selection (PS3.4 J.3.3.1.2 Note 1, PS3.7 D.3.3.4). An unreachable peer is
 retried with backoff.
@@ -33,7 +34,10 @@ from pynetdicom.sop_class import StorageCommitmentPushModelInstance
 
 from archive.compat.pynetdicom import release_requested
 from archive.core.retry import Backoff, retrying_sync
-from archive.settings import Peer, Settings
+from archive.ae_config import AEEntry
+from archive.scp.access import AccessPolicy
+from archive.scp.tls import tls_args
+from archive.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +118,10 @@ def send_on_association(assoc: Association, information: Dataset, event_type: in
 class ReportSender:
     """Opens associations to commitment peers and sends reports (with retries)."""
 
-    def __init__(self, settings: Settings, retry: Backoff = REPORT_RETRY) -> None:
+    def __init__(self, settings: Settings, retry: Backoff = REPORT_RETRY, access: AccessPolicy | None = None) -> None:
         self.settings = settings
         self.retry = retry
+        self.access = access if access is not None else AccessPolicy.from_settings(settings)
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.settings.aet)
@@ -126,9 +131,10 @@ class ReportSender:
         ae.network_timeout = self.settings.network_timeout
         return ae
 
-    def _attempt(self, peer: Peer, information: Dataset, event_type: int) -> bool:
+    def _attempt(self, peer: AEEntry, information: Dataset, event_type: int) -> bool:
         assoc = self._ae().associate(peer.host, peer.port, ae_title=peer.aet,
-                                     ext_neg=[build_role(PUSH_MODEL, scp_role=True)])
+                                     ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
+                                     tls_args=tls_args(peer, self.settings))
         if not assoc.is_established:
             return False
         try:
@@ -142,9 +148,9 @@ class ReportSender:
     def send(self, calling_aet: str, information: Dataset, event_type: int) -> bool:
         """On a new association to ``calling_aet``'s configured address; False when undeliverable."""
         transaction = str(information.TransactionUID)
-        peer = self.settings.peer(calling_aet)
+        peer = self.access.config.peer(calling_aet)
         if peer is None:
-            log.warning("commitment report undeliverable: requestor not in ARCHIVE_PEERS",
+            log.warning("commitment report undeliverable: requestor has no address (ARCHIVE_PEERS, ARCHIVE_AE_CONFIG)",
                         extra={"calling_aet": calling_aet, "transaction_uid": transaction})
             return False
 

@@ -40,7 +40,9 @@ from archive.query.dimse import audit
 from archive.query.dimse.find import CANCELLED, PENDING, log_failure
 from archive.query.dimse.identifier import FindPlan, IdentifierError, plan_find
 from archive.query.objects import RetrieveError, spool
+from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
+from archive.scp.tls import tls_args
 from archive.settings import Settings
 
 if TYPE_CHECKING:
@@ -175,10 +177,12 @@ def _locate(event: Event, qr: QueryRetrieve, portal: Portal, timeout: float) -> 
     return instances
 
 
-def handle_move(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
-    """EVT_C_MOVE (PS3.4 C.4.2.2): to configured peers only; 0xA801 for any other destination."""
+def handle_move(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings,
+                access: AccessPolicy) -> Iterator[Any]:
+    """EVT_C_MOVE (PS3.4 C.4.2.2): to configured peers only (an address in ARCHIVE_AE_CONFIG or
+    ARCHIVE_PEERS; over TLS when its entry says so); 0xA801 for any other destination."""
     destination = (event.move_destination or "").strip()
-    peer = settings.peer(destination)
+    peer = access.config.peer(destination)
     if peer is None:
         log.warning("C-MOVE to an unknown destination refused",
                     extra={"calling_aet": event.assoc.requestor.ae_title, "destination": destination[:16]})
@@ -194,7 +198,7 @@ def handle_move(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
     sent = StudyTally()
     try:
         with move_originator(event.assoc.requestor.ae_title):  # PS3.7 9.1.1.1
-            yield peer.host, peer.port, {"contexts": store_contexts(instances)}
+            yield peer.host, peer.port, {"contexts": store_contexts(instances), "tls_args": tls_args(peer, settings)}
             yield len(instances)
             yield from _suboperations(event, instances, qr, portal, settings.query_timeout, sent)
     finally:

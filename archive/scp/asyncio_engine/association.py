@@ -176,7 +176,7 @@ class Association:
             return Rejection(0x01, 0x01, 0x02, "application context name not supported")
         if self.context.check_called_aet and rq.called_aet != self.context.aet:
             return CALLED_AE_UNKNOWN
-        rejection = self.context.policy.check(rq.calling_aet, self.address)
+        rejection = self.context.policy.admit(rq.calling_aet, self.address)
         if rejection is not None:
             return rejection
         if self.context.load() > self.context.max_associations:
@@ -276,7 +276,7 @@ class Association:
             try:
                 received = Received(path, syntax, self.calling_aet, command.sop_class_uid or None,
                                     command.sop_instance_uid or None, spooled)
-                status = await self.context.store(received, abstract, self.tally)
+                status = await self.context.store(received, abstract, self.tally, self.address)
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(path)

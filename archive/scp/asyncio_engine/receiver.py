@@ -36,14 +36,14 @@ class AsyncioReceiver:
 
     def __init__(self, settings: Settings, ingest: IngestService, loop: asyncio.AbstractEventLoop | None = None,
                  *, check_called_aet: bool = False, handover: Handover | None = None,
-                 audit: AuditTrail | None = None) -> None:
+                 access: AccessPolicy | None = None, audit: AuditTrail | None = None) -> None:
         self.settings = settings
         self.audit = audit or NoAudit()
         self.ingest = ingest
         self.loop = loop
         self.check_called_aet = check_called_aet
         self.handover = handover  # without it, an association with other services gets those contexts refused
-        self.policy = AccessPolicy(settings.allowed_aets, settings.allowed_networks)
+        self.policy = access if access is not None else AccessPolicy.from_settings(settings)
         self.active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
@@ -61,7 +61,8 @@ class AsyncioReceiver:
             max_associations=settings.max_associations, max_pdu=settings.max_pdu,
             acse_timeout=settings.acse_timeout, network_timeout=settings.network_timeout,
             spool=process_spool(settings.data_dir), hasher=self.hasher,
-            store=functools.partial(store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout),
+            store=functools.partial(store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout,
+                                    access=self.policy),
             audit=self.audit,
         )
         self._listener = _listen(host or settings.bind, settings.dicom_port if port is None else port, reuse_port)

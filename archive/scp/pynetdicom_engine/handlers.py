@@ -18,6 +18,7 @@ from archive.scp import audit
 from archive.scp.access import AccessPolicy
 from archive.scp.portal import Portal
 from archive.scp.status import status_dataset
+from archive.scp.tls import peer_subject
 from archive.scp.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,18 @@ def handle_store(event: Event, store: Store, portal: Portal, tallies: Tallies) -
         affected_sop_class_uid=str(request.AffectedSOPClassUID) if request.AffectedSOPClassUID else None,
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
     )
-    return status_dataset(portal.run(store(received, str(event.context.abstract_syntax), tallies.of(event.assoc))))
+    return status_dataset(portal.run(store(received, str(event.context.abstract_syntax), tallies.of(event.assoc),
+                                           str(event.assoc.requestor.address))))
 
 
 def handle_requested(event: Event, policy: AccessPolicy, trail: AuditTrail, aet: str) -> None:
-    """EVT_REQUESTED: reject peers outside the allow-lists with A-ASSOCIATE-RJ."""
+    """EVT_REQUESTED: reject, with A-ASSOCIATE-RJ, peers the access policy does not admit (AE
+    title, network, and over TLS the client certificate's subject)."""
     assoc = event.assoc
     primitive: Any = assoc.requestor.primitive
     calling = str(primitive.calling_ae_title).strip()
     address = str(assoc.requestor.address)
-    rejection = policy.check(calling, address)
+    rejection = policy.admit(calling, address, peer_subject(pynetdicom_compat.peer_certificate(assoc)))
     if rejection is None:
         metrics.ASSOCIATIONS.labels("accepted").inc()
         return

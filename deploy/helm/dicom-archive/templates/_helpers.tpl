@@ -44,7 +44,7 @@ app.kubernetes.io/part-of: dicom-archive
 {{- end }}
 
 {{/* Where the HTTPS certificate and key (auth.tlsSecret) are mounted. */}}
-{{- define "dicom-archive.tlsDir" -}}
+{{- define "dicom-archive.httpTlsDir" -}}
 /etc/dicom-archive/http-tls
 {{- end }}
 
@@ -93,8 +93,8 @@ ARCHIVE_OIDC_AUDIENCE: {{ $oidc.audience | quote }}
 ARCHIVE_OIDC_ROLES_CLAIM: {{ $oidc.rolesClaim | quote }}
 ARCHIVE_HTTP_INSECURE_OPEN: {{ .Values.auth.insecureOpen | toString | quote }}
 {{- if .Values.auth.tlsSecret }}
-ARCHIVE_HTTP_TLS_CERT: {{ printf "%s/tls.crt" (include "dicom-archive.tlsDir" .) | quote }}
-ARCHIVE_HTTP_TLS_KEY: {{ printf "%s/tls.key" (include "dicom-archive.tlsDir" .) | quote }}
+ARCHIVE_HTTP_TLS_CERT: {{ printf "%s/tls.crt" (include "dicom-archive.httpTlsDir" .) | quote }}
+ARCHIVE_HTTP_TLS_KEY: {{ printf "%s/tls.key" (include "dicom-archive.httpTlsDir" .) | quote }}
 {{- end }}
 ARCHIVE_ALLOWED_AETS: {{ join "," $s.allowedAets | quote }}
 ARCHIVE_ALLOWED_NETWORKS: {{ join "," $s.allowedNetworks | quote }}
@@ -111,6 +111,23 @@ ARCHIVE_INDEXER_BATCH: {{ $s.indexerBatch | int64 | quote }}
 ARCHIVE_INDEXER_PREFETCH: {{ $s.indexerPrefetch | int64 | quote }}
 ARCHIVE_QUERY_LIMIT: {{ $s.queryLimit | int64 | quote }}
 ARCHIVE_WORKERS: "1"
+{{- $tls := .Values.dicomTls }}
+{{- if $tls.enabled }}
+{{- $_ := required "dicomTls.secretName is required: a kubernetes.io/tls Secret with tls.crt, tls.key (and ca.crt for mutual TLS)" $tls.secretName }}
+ARCHIVE_DICOM_TLS_PORT: {{ $tls.port | int64 | quote }}
+ARCHIVE_QUERY_DICOM_TLS_PORT: {{ $tls.port | int64 | quote }}
+ARCHIVE_TLS_CERT: {{ printf "%s/tls.crt" (include "dicom-archive.dicomTlsDir" .) | quote }}
+ARCHIVE_TLS_KEY: {{ printf "%s/tls.key" (include "dicom-archive.dicomTlsDir" .) | quote }}
+{{- if $tls.mutual }}
+ARCHIVE_TLS_CLIENT_CA: {{ printf "%s/ca.crt" (include "dicom-archive.dicomTlsDir" .) | quote }}
+{{- end }}
+{{- else if not $tls.plainPort }}
+{{- fail "dicomTls.plainPort=false needs dicomTls.enabled: the archive would have no DICOM port" }}
+{{- end }}
+ARCHIVE_DICOM_PLAIN: {{ $tls.plainPort | toString | quote }}
+{{- if .Values.aeConfig }}
+ARCHIVE_AE_CONFIG: {{ include "dicom-archive.aeConfigFile" . | quote }}
+{{- end }}
 ARCHIVE_LOG_LEVEL: {{ $s.logLevel | quote }}
 ARCHIVE_LOG_FORMAT: {{ $s.logFormat | quote }}
 {{- with .Values.audit }}
@@ -136,6 +153,15 @@ ARCHIVE_AUDIT_TLS_KEY: "/etc/dicom-archive/audit-tls/tls.key"
 {{- end }}
 {{ $name }}: {{ $value | toString | quote }}
 {{- end }}
+{{- end }}
+
+{{/* Where the DICOM TLS Secret and the AE configuration are mounted (scp and query pods). */}}
+{{- define "dicom-archive.dicomTlsDir" -}}/etc/dicom-archive/tls{{- end }}
+{{- define "dicom-archive.aeConfigFile" -}}/etc/dicom-archive/ae/aes.yaml{{- end }}
+
+{{/* Whether a role answers DICOM (mounts the TLS Secret and the AE configuration). */}}
+{{- define "dicom-archive.dicomRole" -}}
+{{- if or (eq . "scp") (eq . "query") }}true{{ end }}
 {{- end }}
 
 {{/* Credentials (Secret data, base64). Only rendered when existingSecret is empty. */}}
@@ -175,6 +201,9 @@ prometheus.io/scrape: "true"
 prometheus.io/port: {{ $ctx.Values.ports.metrics | int64 | quote }}
 prometheus.io/path: /metrics
 {{- end }}
+{{- with $ctx.Values.aeConfig }}
+checksum/ae-config: {{ toYaml . | sha256sum }}
+{{- end }}
 {{- with $ctx.Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
@@ -209,10 +238,17 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     - name: metrics
       containerPort: {{ $ctx.Values.ports.metrics }}
       protocol: TCP
-    {{- if or (eq .role "scp") (eq .role "query") }}
+    {{- if include "dicom-archive.dicomRole" .role }}
+    {{- if $ctx.Values.dicomTls.plainPort }}
     - name: dicom
       containerPort: {{ $ctx.Values.ports.dicom }}
       protocol: TCP
+    {{- end }}
+    {{- if $ctx.Values.dicomTls.enabled }}
+    - name: dicom-tls
+      containerPort: {{ $ctx.Values.dicomTls.port }}
+      protocol: TCP
+    {{- end }}
     {{- end }}
   lifecycle:
     preStop:
@@ -244,12 +280,24 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     {{- end }}
     {{- if and .serving $ctx.Values.auth.tlsSecret }}
     - name: http-tls
-      mountPath: {{ include "dicom-archive.tlsDir" $ctx }}
+      mountPath: {{ include "dicom-archive.httpTlsDir" $ctx }}
       readOnly: true
+    {{- end }}
+    {{- if include "dicom-archive.dicomRole" .role }}
+    {{- if $ctx.Values.dicomTls.enabled }}
+    - name: dicom-tls
+      mountPath: {{ include "dicom-archive.dicomTlsDir" $ctx }}
+      readOnly: true
+    {{- end }}
+    {{- if $ctx.Values.aeConfig }}
+    - name: ae-config
+      mountPath: {{ include "dicom-archive.aeConfigFile" $ctx | dir }}
+      readOnly: true
+    {{- end }}
     {{- end }}
 {{- end }}
 
-{{/* Call with (dict "sizeLimit" SIZE "audit" AUDITVALUES "tlsSecret" NAME); tlsSecret "": no HTTPS volume. */}}
+{{/* Call with (dict "sizeLimit" SIZE "audit" .Values.audit "tlsSecret" HTTPS-SECRET "ctx" $ "role" ROLE); tlsSecret "": no HTTPS volume; ctx and role only for the DICOM roles' mounts. */}}
 {{- define "dicom-archive.volumes" -}}
 - name: data
   emptyDir:
@@ -268,6 +316,19 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
   secret:
     secretName: {{ . }}
     defaultMode: 0440
+{{- end }}
+{{- if and .ctx (include "dicom-archive.dicomRole" (default "" .role)) }}
+{{- if .ctx.Values.dicomTls.enabled }}
+- name: dicom-tls
+  secret:
+    secretName: {{ .ctx.Values.dicomTls.secretName }}
+    defaultMode: 0440
+{{- end }}
+{{- if .ctx.Values.aeConfig }}
+- name: ae-config
+  configMap:
+    name: {{ include "dicom-archive.fullname" .ctx }}-ae-config
+{{- end }}
 {{- end }}
 {{- end }}
 
