@@ -26,13 +26,15 @@ from archive.core.query import InvalidQuery
 log = logging.getLogger(__name__)
 BACKENDS = web.AppKey("backends", list[Backend])
 QUEUE = web.AppKey("queue", MessageQueue)  # its depth goes into the metrics at each scrape
-PRINCIPAL = "archive.principal"  # request key: who made the request (set by the authentication middleware)
+# Who made the request (set by the authentication middleware); a typed request key (aiohttp 3.14+).
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def principal_of(request: web.Request) -> Principal | None:
     """The caller the authentication middleware identified (None before it ran, or without it)."""
-    found = request.get(PRINCIPAL)
-    return found if isinstance(found, Principal) else None
+    return request.get(PRINCIPAL)
+
+
 AUDIT = web.AppKey("audit", AuditTrail)  # the process's audit trail (set by the composition root)
 
 

@@ -122,6 +122,8 @@ async def app_client(access: Access) -> TestClient[Any, Any]:
     return client
 
 
+# PRINCIPAL is a typed web.RequestKey: a plain string key would warn (NotAppKeyWarning) at every request
+@pytest.mark.filterwarnings("error::aiohttp.web_exceptions.NotAppKeyWarning")
 async def test_the_middleware_answers_before_the_handler() -> None:
     issuer = FakeIssuer(public_jwk(KEY, "k1"))
     client = await app_client(Access(Mode.OIDC, verifier=issuer.verifier()))
