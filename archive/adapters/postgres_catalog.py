@@ -111,7 +111,7 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         schema: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        if schema is not None and not _SCHEMA.match(schema):
+        if schema is not None and not _SCHEMA.fullmatch(schema):
             raise ValueError(f"schema {schema!r}: use lowercase letters, digits and _")
         self.dsn = dsn
         self.min_size = min_size

@@ -157,7 +157,7 @@ def guarded(archive: Archive, *, stored: int = 0) -> Iterator[Expect]:
     assert before.objects <= after_objects, f"stored objects lost: {before.objects - after_objects}"
     new = after_objects - before.objects
     assert len(new) == stored, f"expected {stored} new objects, found {sorted(new)}"
-    assert all(KEY.match(k) for k in after_objects), [k for k in after_objects if not KEY.match(k)]
+    assert all(KEY.fullmatch(k) for k in after_objects), [k for k in after_objects if not KEY.fullmatch(k)]
     if stored:  # what was stored must reach catalog and search index; nothing else may
         wait_until(lambda: archive.catalog_count() == before.catalog + stored, timeout=30)
         wait_until(lambda: archive.search_count() == before.search + stored, timeout=30)
