@@ -56,6 +56,11 @@ def audit_denied(request: web.Request, status: int, detail: str, who: Principal 
 
 
 READY_TIMEOUT = 3.0
+# The longest request line (method, URL, version) the HTTP listeners read; aiohttp's default is
+# 8190 bytes. The OpenAPI document allows a search `q` of 1024 characters, up to 12 bytes each
+# percent-encoded, beside filters; QIDO-RS UID lists of a few hundred UIDs; with room to spare.
+# A longer line is refused (400) before routing.
+MAX_REQUEST_LINE = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,8 +76,12 @@ HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        # aiohttp's own (no route 404, 405 with Allow, 413 over client_max_size): JSON as every other error
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.json_response({"error": exc.text or exc.reason}, status=exc.status, headers=headers)
     except Exception as exc:
         for kind, status in HTTP_STATUS:
             if isinstance(exc, kind):
