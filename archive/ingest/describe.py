@@ -224,6 +224,16 @@ def dataset_offset(path: Path, start: int = 0) -> int:
         return position
 
 
+def _uid(ds: Dataset, keyword: str) -> str:
+    """A validated UID of ``ds``; an element pydicom cannot decode (an unknown VR, say, which
+    :func:`dataset_json` records as UN) is the sender's malformed data (0xC000), not our failure."""
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:
+        raise MalformedDataset(f"{keyword} cannot be decoded: {exc}") from exc
+    return validate_uid(value, keyword)
+
+
 def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Description:
     """Validate the UIDs of a spooled dataset and build its metadata."""
     with open(path, "rb") as fh:
@@ -234,10 +244,10 @@ def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Descripti
         except Exception as exc:
             raise MalformedDataset(f"dataset cannot be decoded: {exc}") from exc
     return Description(
-        study_uid=validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
-        series_uid=validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
-        sop_instance_uid=validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
-        sop_class_uid=validate_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+        study_uid=_uid(ds, "StudyInstanceUID"),
+        series_uid=_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        sop_class_uid=_uid(ds, "SOPClassUID"),
         transfer_syntax_uid=str(transfer_syntax_uid),
         metadata=metadata,
     )

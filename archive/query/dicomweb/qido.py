@@ -56,7 +56,7 @@ def _keyword(name: str) -> str:
         if not keyword:
             raise InvalidQuery(f"unknown attribute tag {name}")
         return keyword
-    if tag_for_keyword(name) is None:
+    if not name or tag_for_keyword(name) is None:  # tag_for_keyword("") is a retired element's tag
         raise InvalidQuery(f"unknown attribute {name!r}")
     return name
 
