@@ -72,28 +72,45 @@ HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
+RESPONSE_STARTED = web.RequestKey("response_started", bool)  # a response's headers went out (or are about to)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException as exc:
+    except Exception as exc:
+        if request.get(RESPONSE_STARTED):
+            # A streamed answer (multipart) has begun: no status can follow it; a second response would
+            # be read as the first one's body. Cut the connection, so that the client sees it incomplete.
+            log.error("request failed after its response began",
+                      extra={"path": request.path, "error": type(exc).__name__})
+            raise ConnectionResetError("response cut short") from None
+        if not isinstance(exc, web.HTTPException):
+            return _error_response(request, exc)
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         # aiohttp's own (no route 404, 405 with Allow, 413 over client_max_size): JSON as every other error
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return web.json_response({"error": exc.text or exc.reason}, status=exc.status, headers=headers)
-    except Exception as exc:
-        for kind, status in HTTP_STATUS:
-            if isinstance(exc, kind):
-                return web.json_response({"error": str(exc)}, status=status)
-        # Unexpected: log the type only (driver errors can quote patient data), answer 500.
-        log.error("request failed", extra={"path": request.path, "error": type(exc).__name__})
-        return web.json_response({"error": "internal error"}, status=500)
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.Response:
+    for kind, status in HTTP_STATUS:
+        if isinstance(exc, kind):
+            return web.json_response({"error": str(exc)}, status=status)
+    # Unexpected: log the type only (driver errors can quote patient data), answer 500.
+    log.error("request failed", extra={"path": request.path, "error": type(exc).__name__})
+    return web.json_response({"error": "internal error"}, status=500)
 
 
 async def nosniff(request: web.Request, response: web.StreamResponse) -> None:
     """Browsers take every response for what its Content-Type says (JSON stays JSON, never HTML)."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+async def mark_started(request: web.Request, response: web.StreamResponse) -> None:
+    request[RESPONSE_STARTED] = True
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -137,6 +154,7 @@ def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None, *,
     app = web.Application(middlewares=[error_middleware, *([auth] if auth is not None else [])],
                           client_max_size=1024**2)
     app.on_response_prepare.append(nosniff)
+    app.on_response_prepare.append(mark_started)
     app[BACKENDS] = list(backends)
     if queue is not None:
         app[QUEUE] = queue

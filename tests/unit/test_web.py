@@ -26,3 +26,29 @@ async def test_aiohttp_own_errors_are_json_too() -> None:
         response = await client.delete("/healthz")
         assert "GET" in response.headers["Allow"]
         assert (await client.post("/echo", data=b"x")).status == 200
+
+
+async def test_an_error_after_the_response_began_cuts_it_short() -> None:
+    """A multipart answer that fails half-way cannot get a status any more: the connection is cut (the
+    client sees the body incomplete), never a second response read as the first one's body."""
+    import aiohttp
+
+    from archive.core.query import InvalidQuery
+
+    async def streams(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "multipart/related; boundary=b"})
+        await response.prepare(request)
+        await response.write(b"--b\r\n\r\nfirst part\r\n")
+        raise InvalidQuery("the second part's region lies outside its image")
+
+    app = base_app([], with_metrics=False)
+    app.router.add_get("/stream", streams)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/stream")
+        assert response.status == 200
+        try:
+            body = await response.read()
+        except aiohttp.ClientPayloadError:
+            body = b""
+        assert b"HTTP/1.1" not in body and b"error" not in body
+        assert (await client.get("/healthz")).status == 200  # a new connection: all well

@@ -256,18 +256,39 @@ async def group_rendered(request: web.Request) -> web.StreamResponse:
     found = await request.app[CATALOG].locate(Query(Level.IMAGE, _scope(request), limit=MAX_SERIES_INSTANCES))
     if not found:
         raise http_error(web.HTTPNotFound, "no such study or series")
+    refused: list[InvalidQuery] = []
+
+    async def renderings() -> AsyncIterator[tuple[CatalogInstance, bytes]]:
+        for instance in found:
+            try:
+                body = await render_instance(request, instance, 1, options)
+            except (NotAcceptable, web.HTTPException):
+                continue  # not an image, or gone since it was listed
+            except InvalidQuery as exc:  # the viewport's region outside this image (their sizes differ)
+                refused.append(exc)
+                continue
+            yield instance, body
+
+    # The first image is rendered before the response starts: a request that fits no image is a 400,
+    # not a multipart answer that breaks off (no status can follow once it has begun).
+    parts = renderings()
+    first = await anext(parts, None)
+    if first is None and refused:
+        raise refused[0]
     boundary = MultipartStream.new_boundary()
     response = web.StreamResponse(headers={"Content-Type": MultipartStream.content_type(options.media_type, boundary)})
     await response.prepare(request)
     stream = MultipartStream(response, boundary)
-    for instance in found:
-        try:
-            body = await render_instance(request, instance, 1, options)
-        except (NotAcceptable, web.HTTPException):
-            continue  # not an image, or gone since it was listed
+
+    async def send(instance: CatalogInstance, body: bytes) -> None:
         await stream.part(options.media_type, {"Content-Length": str(len(body))})
         await stream.write(body)
         audit.note(request, [instance])
+
+    if first is not None:
+        await send(*first)
+        async for instance, body in parts:
+            await send(instance, body)
     await stream.close()
     return response
 
