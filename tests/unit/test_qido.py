@@ -108,6 +108,8 @@ async def test_truncation_warning_and_includefield(client: TestClient) -> None:
         "99999999=1",
         "=1",  # pydicom's tag_for_keyword("") is a retired element's tag
         "StudyDate=2024%C2%B2",
+        "limit=%D9%A5",
+        "offset=1_0",
     ],
 )
 async def test_malformed_queries_are_400(client: TestClient, query: str) -> None:
