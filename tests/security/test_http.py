@@ -225,3 +225,16 @@ def test_numbers_that_are_not_ascii_digits(archive: Archive, resource: str) -> N
     with guarded(archive):
         status, headers, body = get(url)
     assert status == 400 and headers["Content-Type"].startswith("application/json"), (url, status, body[:200])
+
+
+@pytest.mark.parametrize("level", ["study", "series"])
+def test_a_group_rendering_whose_region_fits_no_image(archive: Archive, level: str) -> None:
+    """schemathesis found it: a study's rendering with a viewport region outside the images began a
+    multipart answer, then wrote a 400 response into it. The first image is rendered before the answer
+    begins: 400, JSON."""
+    study, series, _ = archive.location("ct0")
+    url = f"{archive.http}/dicom-web/studies/{study}" + (f"/series/{series}" if level == "series" else "")
+    with guarded(archive):
+        status, headers, body = get(url + "/rendered?viewport=64,53,-1400310200,-140,-7,-27562230")
+    assert status == 400 and headers["Content-Type"].startswith("application/json"), (status, body[:200])
+    assert "outside the image" in json_of(body)["error"]
