@@ -248,7 +248,10 @@ def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Descripti
         series_uid=_uid(ds, "SeriesInstanceUID"),
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),
         sop_class_uid=_uid(ds, "SOPClassUID"),
-        transfer_syntax_uid=str(transfer_syntax_uid),
+        # C-STORE and STOW-RS pass only syntaxes they accept; validated all the same, as it goes into the
+        # catalog and the stored File Meta (the fuzz target, which reads it from the File Meta as STOW-RS
+        # does but without STOW-RS's list, carried "1.2.840.10\x0008.1.2" into the index message)
+        transfer_syntax_uid=validate_uid(str(transfer_syntax_uid), "TransferSyntaxUID"),
         metadata=metadata,
     )
 
