@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 from archive.core.errors import MalformedDataset
 from archive.core.models import DicomJson, IndexMessage
@@ -96,6 +97,9 @@ def _element_json(elem: DataElement, prefix: str) -> dict[str, Any]:
     return out
 
 
+_VRS = frozenset(vr.value for vr in VR)
+
+
 def dataset_json(ds: Dataset, prefix: str = "") -> DicomJson:
     """DICOM JSON (PS3.18 F.2) of ``ds`` without deferred or bulk values.
 
@@ -109,7 +113,8 @@ def dataset_json(ds: Dataset, prefix: str = "") -> DicomJson:
             continue  # group lengths, file meta, delimiters
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
-            vr = raw.VR or "UN"
+            # the VR as the file spells it, unread by pydicom: only one of PS3.5 6.2 (fuzzing: "C\x00")
+            vr = raw.VR if raw.VR in _VRS else "UN"
             out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{prefix}{tag:08X}"}
             continue
         try:
