@@ -29,6 +29,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp's server logs a request it cannot parse (a request line over the limit, a bad
+    header) at ERROR with the exception, whose text quotes the start of the request line: a query
+    string can name a patient. Such a request is the client's fault: a WARNING naming the error's
+    type and status, without its text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: malformed HTTP request refused ({type(exc).__name__}, {exc.code})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -48,3 +65,6 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("opensearch").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())

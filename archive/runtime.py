@@ -106,7 +106,7 @@ async def _wait_for_signal() -> None:
 async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack, *,
                       port: int | None = None, what: str = "HTTP", context: ssl.SSLContext | None = None) -> int:
     """Serve ``app`` on ``port`` (default ARCHIVE_HTTP_PORT); HTTPS with ``context``."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, max_line_size=archive_web.MAX_REQUEST_LINE)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, settings.bind, settings.http_port if port is None else port, reuse_port=True,

@@ -299,7 +299,7 @@ class Peer:
         """``AET@host:port`` (an IPv6 host in brackets); ValueError when it is not."""
         aet, sep, address = text.strip().partition("@")
         host, _, port = address.rpartition(":")
-        if not sep or not aet or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not aet or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"{text.strip()!r} is not AET@host:port")
         if problem := _ae_title_problem(aet):
             raise ValueError(problem)

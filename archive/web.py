@@ -26,13 +26,15 @@ from archive.core.query import InvalidQuery
 log = logging.getLogger(__name__)
 BACKENDS = web.AppKey("backends", list[Backend])
 QUEUE = web.AppKey("queue", MessageQueue)  # its depth goes into the metrics at each scrape
-PRINCIPAL = "archive.principal"  # request key: who made the request (set by the authentication middleware)
+# Who made the request (set by the authentication middleware); a typed request key (aiohttp 3.14+).
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def principal_of(request: web.Request) -> Principal | None:
     """The caller the authentication middleware identified (None before it ran, or without it)."""
-    found = request.get(PRINCIPAL)
-    return found if isinstance(found, Principal) else None
+    return request.get(PRINCIPAL)
+
+
 AUDIT = web.AppKey("audit", AuditTrail)  # the process's audit trail (set by the composition root)
 
 
@@ -54,6 +56,11 @@ def audit_denied(request: web.Request, status: int, detail: str, who: Principal 
 
 
 READY_TIMEOUT = 3.0
+# The longest request line (method, URL, version) the HTTP listeners read; aiohttp's default is
+# 8190 bytes. The OpenAPI document allows a search `q` of 1024 characters, up to 12 bytes each
+# percent-encoded, beside filters; QIDO-RS UID lists of a few hundred UIDs; with room to spare.
+# A longer line is refused (400) before routing.
+MAX_REQUEST_LINE = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,24 +72,45 @@ HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
+RESPONSE_STARTED = web.RequestKey("response_started", bool)  # a response's headers went out (or are about to)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
     except Exception as exc:
-        for kind, status in HTTP_STATUS:
-            if isinstance(exc, kind):
-                return web.json_response({"error": str(exc)}, status=status)
-        # Unexpected: log the type only (driver errors can quote patient data), answer 500.
-        log.error("request failed", extra={"path": request.path, "error": type(exc).__name__})
-        return web.json_response({"error": "internal error"}, status=500)
+        if request.get(RESPONSE_STARTED):
+            # A streamed answer (multipart) has begun: no status can follow it; a second response would
+            # be read as the first one's body. Cut the connection, so that the client sees it incomplete.
+            log.error("request failed after its response began",
+                      extra={"path": request.path, "error": type(exc).__name__})
+            raise ConnectionResetError("response cut short") from None
+        if not isinstance(exc, web.HTTPException):
+            return _error_response(request, exc)
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        # aiohttp's own (no route 404, 405 with Allow, 413 over client_max_size): JSON as every other error
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.json_response({"error": exc.text or exc.reason}, status=exc.status, headers=headers)
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.Response:
+    for kind, status in HTTP_STATUS:
+        if isinstance(exc, kind):
+            return web.json_response({"error": str(exc)}, status=status)
+    # Unexpected: log the type only (driver errors can quote patient data), answer 500.
+    log.error("request failed", extra={"path": request.path, "error": type(exc).__name__})
+    return web.json_response({"error": "internal error"}, status=500)
 
 
 async def nosniff(request: web.Request, response: web.StreamResponse) -> None:
     """Browsers take every response for what its Content-Type says (JSON stays JSON, never HTML)."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+async def mark_started(request: web.Request, response: web.StreamResponse) -> None:
+    request[RESPONSE_STARTED] = True
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -126,6 +154,7 @@ def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None, *,
     app = web.Application(middlewares=[error_middleware, *([auth] if auth is not None else [])],
                           client_max_size=1024**2)
     app.on_response_prepare.append(nosniff)
+    app.on_response_prepare.append(mark_started)
     app[BACKENDS] = list(backends)
     if queue is not None:
         app[QUEUE] = queue

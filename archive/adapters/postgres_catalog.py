@@ -28,6 +28,7 @@ from archive.adapters import migrations
 from archive.adapters.sql_api_keys import ApiKeyTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
+    NOT_MIGRATED,
     PATIENT_COLUMNS,
     SERIES_COLUMNS,
     STUDY_COLUMNS,
@@ -110,7 +111,7 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         schema: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        if schema is not None and not _SCHEMA.match(schema):
+        if schema is not None and not _SCHEMA.fullmatch(schema):
             raise ValueError(f"schema {schema!r}: use lowercase letters, digits and _")
         self.dsn = dsn
         self.min_size = min_size
@@ -153,6 +154,8 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
             async with pool.connection() as conn:
                 cur = await conn.execute(query, params)
                 return await cur.fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
         except psycopg.OperationalError as exc:
             raise BackendUnavailable("catalog", str(exc)) from exc
 
@@ -162,6 +165,8 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
             async with pool.connection() as conn:  # committed when the block ends
                 cur = await conn.execute(query, params)
                 return cur.rowcount
+        except psycopg.errors.UndefinedTable as exc:
+            raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
         except psycopg.OperationalError as exc:
             raise BackendUnavailable("catalog", str(exc)) from exc
 

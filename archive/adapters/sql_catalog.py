@@ -39,6 +39,11 @@ from archive.core.records import (
 
 PatientKey = tuple[str, str]  # (PatientID, IssuerOfPatientID)
 
+# A role that does not migrate the catalog (``scp`` looks up API keys only) may find it without its
+# schema: another role or `dicom-archive migrate` has not run yet. Transient, so BackendUnavailable
+# (HTTP 503, DIMSE 0xA700), not a failure of ours.
+NOT_MIGRATED = "its schema is not there yet (run `dicom-archive migrate`)"
+
 # ---------------------------------------------------------------------------
 # Upsert: one plan per batch, every level deduplicated and sorted by its key so
 # that concurrent writers lock rows in the same order (no deadlocks).

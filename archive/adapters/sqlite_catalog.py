@@ -25,6 +25,7 @@ from archive.adapters._sqlite import connect as sqlite_connect
 from archive.adapters.sql_api_keys import ApiKeyTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
+    NOT_MIGRATED,
     PATIENT_COLUMNS,
     SERIES_COLUMNS,
     STUDY_COLUMNS,
@@ -123,6 +124,8 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
         except sqlite3.OperationalError as exc:
             if any(s in str(exc).lower() for s in _UNAVAILABLE):
                 raise BackendUnavailable("catalog", f"{self.path}: {exc}") from exc
+            if str(exc).startswith("no such table"):
+                raise BackendUnavailable("catalog", f"{self.path}: {NOT_MIGRATED}") from exc
             raise
         except OSError as exc:  # the directory cannot be created or used
             raise BackendUnavailable("catalog", f"{self.path}: {exc}") from exc

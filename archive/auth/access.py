@@ -11,7 +11,8 @@ token:
   403 with a message naming both settings.
 
 A token that is given is always checked: a bad one is 401 with ``error="invalid_token"``
-(RFC 6750 3.1), wherever it comes from. A valid caller without the role gets 403. Both are
+(RFC 6750 3.1), wherever it comes from; so is a request with two Authorization headers. Tokens
+come from that header only, never the query string (RFC 6750 2.3) or a cookie. A valid caller without the role gets 403. Both are
 decided before the handler runs, so neither says whether a study exists. The caller is left
 under :data:`archive.web.PRINCIPAL` for handlers and the audit trail.
 """
@@ -117,7 +118,10 @@ class Access:
     async def identify(self, request: web.Request) -> Principal:
         """Who sends ``request``; Refused (401/403) when nobody we accept."""
         address = request.remote or ""
-        header = request.headers.get("Authorization")
+        headers = request.headers.getall("Authorization", [])
+        if len(headers) > 1:  # one credential per request (RFC 9110 11.6.2): a proxy may have checked the other
+            raise _unauthorized("more than one Authorization header")
+        header = headers[0] if headers else None
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
             token = token.strip()

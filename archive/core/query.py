@@ -133,10 +133,10 @@ def classify(keyword: str, vr: str, raw: str, *, uid_separator: str = "\\") -> M
         if not low and not high:
             raise InvalidQuery(f"{keyword}: a range needs at least one end")
         for end in (low, high):
-            if end and not end.replace(".", "").replace(":", "").isdigit():
+            if end and not (end.isascii() and end.replace(".", "").replace(":", "").isdigit()):
                 raise InvalidQuery(f"{keyword}: {end!r} is not a {vr} value")
         return Range(keyword, low or None, high or None)
-    if vr in ("DA",) and not raw.isdigit():
+    if vr in ("DA",) and not (raw.isascii() and raw.isdigit()):
         raise InvalidQuery(f"{keyword}: {raw!r} is not a date (YYYYMMDD)")
     if "*" in raw or "?" in raw:
         return Wildcard(keyword, raw)

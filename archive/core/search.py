@@ -199,6 +199,8 @@ def canonical_path(name: str) -> str | None:
     """
     parts = []
     for part in name.split("."):
+        if not part:  # "", "A." or ".A": pydicom's dictionary has retired entries keyed by ""
+            return None
         if _HEX_TAG.fullmatch(part):
             parts.append(keyword_for_tag(int(part, 16)) or part.upper())
         elif tag_for_keyword(part) is not None:

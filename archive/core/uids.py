@@ -12,7 +12,9 @@ import re
 
 from archive.core.errors import InvalidUID
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"  # also the OpenAPI document's (ECMA-262 regex)
+# fullmatch: with re.match, "$" also matches before a final newline ("1.2.3\n" passed)
+_UID = re.compile(UID_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
 MAX_UID_LENGTH = 64
 
 
@@ -24,7 +26,7 @@ def uid_problem(value: object) -> str | None:
         return "empty"
     if len(value) > MAX_UID_LENGTH:
         return f"longer than {MAX_UID_LENGTH} characters"
-    if not _UID.match(value):
+    if not _UID.fullmatch(value):
         return "not digits and dots (PS3.5 9.1)"
     return None
 

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 from archive.core.errors import MalformedDataset
 from archive.core.models import DicomJson, IndexMessage
@@ -96,6 +97,9 @@ def _element_json(elem: DataElement, prefix: str) -> dict[str, Any]:
     return out
 
 
+_VRS = frozenset(vr.value for vr in VR)
+
+
 def dataset_json(ds: Dataset, prefix: str = "") -> DicomJson:
     """DICOM JSON (PS3.18 F.2) of ``ds`` without deferred or bulk values.
 
@@ -109,7 +113,8 @@ def dataset_json(ds: Dataset, prefix: str = "") -> DicomJson:
             continue  # group lengths, file meta, delimiters
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
-            vr = raw.VR or "UN"
+            # the VR as the file spells it, unread by pydicom: only one of PS3.5 6.2 (fuzzing: "C\x00")
+            vr = raw.VR if raw.VR in _VRS else "UN"
             out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{prefix}{tag:08X}"}
             continue
         try:
@@ -224,6 +229,16 @@ def dataset_offset(path: Path, start: int = 0) -> int:
         return position
 
 
+def _uid(ds: Dataset, keyword: str) -> str:
+    """A validated UID of ``ds``; an element pydicom cannot decode (an unknown VR, say, which
+    :func:`dataset_json` records as UN) is the sender's malformed data (0xC000), not our failure."""
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:
+        raise MalformedDataset(f"{keyword} cannot be decoded: {exc}") from exc
+    return validate_uid(value, keyword)
+
+
 def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Description:
     """Validate the UIDs of a spooled dataset and build its metadata."""
     with open(path, "rb") as fh:
@@ -234,11 +249,14 @@ def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Descripti
         except Exception as exc:
             raise MalformedDataset(f"dataset cannot be decoded: {exc}") from exc
     return Description(
-        study_uid=validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
-        series_uid=validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
-        sop_instance_uid=validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
-        sop_class_uid=validate_uid(ds.get("SOPClassUID"), "SOPClassUID"),
-        transfer_syntax_uid=str(transfer_syntax_uid),
+        study_uid=_uid(ds, "StudyInstanceUID"),
+        series_uid=_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        sop_class_uid=_uid(ds, "SOPClassUID"),
+        # C-STORE and STOW-RS pass only syntaxes they accept; validated all the same, as it goes into the
+        # catalog and the stored File Meta (the fuzz target, which reads it from the File Meta as STOW-RS
+        # does but without STOW-RS's list, carried "1.2.840.10\x0008.1.2" into the index message)
+        transfer_syntax_uid=validate_uid(str(transfer_syntax_uid), "TransferSyntaxUID"),
         metadata=metadata,
     )
 

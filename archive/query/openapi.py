@@ -14,7 +14,10 @@ from aiohttp import web
 
 from archive.auth.policy import required_role
 from archive.core.search import FACETS, MAX_TEXT_CHARS, MAX_VALUE_CHARS, MAX_WINDOW
+from archive.core.uids import MAX_UID_LENGTH, UID_PATTERN
 from archive.query.context import public_root
+from archive.query.dicomweb.bulkdata import PATH_PATTERN
+from archive.query.dicomweb.pixels import VIEWPORT_PATTERN, WINDOW_PATTERN
 from archive.query.search.api import DEFAULT_LIMIT, LEVELS, MAX_LIMIT, SORTS
 
 OPENAPI_VERSION = "3.0.3"
@@ -106,15 +109,29 @@ def _error(description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+# PS3.5 9.1 (archive.core.uids): anything else is 400 before the catalog is asked
+_UID_SCHEMA = {"type": "string", "pattern": UID_PATTERN, "maxLength": MAX_UID_LENGTH}
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "study": _UID_SCHEMA, "series": _UID_SCHEMA, "instance": _UID_SCHEMA,
+    "frames": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+    "path": {"type": "string", "pattern": f"^{PATH_PATTERN}$"},
+}
+# DICOM JSON (PS3.18 F.2): an array of datasets, each keyed by 8-hex tags
+_DICOM_JSON = {"type": "array", "items": {"type": "object"}}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return _param(name, description, _PATH_SCHEMAS[name], "path")
+
+
 def _qido(summary: str, path_params: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"get": {
         "summary": summary,
         "description": "QIDO-RS (PS3.18 10.6): attribute matching, includefield, fuzzymatching, limit, offset.",
         "tags": ["DICOMweb"],
-        "parameters": [_param(p, f"{p} UID", {"type": "string"}, "path") for p in path_params],
+        "parameters": [_path(p, _UIDS[p]) for p in path_params],
         "responses": {"200": {"description": "Matches in the DICOM JSON model",
-                              "content": {"application/dicom+json": {"schema": {"type": "array", "items": {
-                                  "type": "object"}}}}},
+                              "content": {"application/dicom+json": {"schema": _DICOM_JSON}}},
                       "400": _error("A parameter cannot be understood")},
     }}
 
@@ -124,9 +141,10 @@ _UIDS = {"study": "Study Instance UID", "series": "Series Instance UID", "instan
          " sequence items"}
 _MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 _MULTIPART_OCTETS = 'multipart/related; type="application/octet-stream"'
-_WINDOW = _param("window", "center,width[,function]: overrides the VOI (PS3.18 8.3.5.1.2)", {"type": "string"})
+_WINDOW = _param("window", "center,width[,function]: overrides the VOI (PS3.18 8.3.5.1.2)",
+                 {"type": "string", "pattern": WINDOW_PATTERN})
 _VIEWPORT = _param("viewport", "vw,vh[,sx,sy,sw,sh]: output size and source region (PS3.18 8.3.5.1.3)",
-                   {"type": "string"})
+                   {"type": "string", "pattern": VIEWPORT_PATTERN})
 _QUALITY = _param("quality", "JPEG quality 1-100", {"type": "integer", "minimum": 1, "maximum": 100})
 
 
@@ -135,10 +153,10 @@ def _get(summary: str, description: str, media: tuple[str, ...], params: tuple[s
     """A DICOMweb GET with path UIDs, its media types, and the errors every one of them has."""
     return {
         "summary": summary, "description": description, "tags": ["DICOMweb"],
-        "parameters": [_param(p, _UIDS[p], {"type": "string"}, "path") for p in params] + list(extra),
+        "parameters": [_path(p, _UIDS[p]) for p in params] + list(extra),
         "responses": {
-            "200": {"description": "OK", "content": {m: {"schema": {"type": "string", "format": "binary"}}
-                                                     for m in media}},
+            "200": {"description": "OK", "content": {m: {"schema": _DICOM_JSON if m == "application/dicom+json" else {
+                "type": "string", "format": "binary"}} for m in media}},
             "304": {"description": "Not modified (If-None-Match matched the ETag)"},
             "400": _error("A UID or parameter is malformed"),
             "404": _error("No such study, series, instance, frame or attribute"),
@@ -192,15 +210,18 @@ def _dicomweb_paths() -> dict[str, Any]:
            "415": _error("Not multipart/related application/dicom")},
     }
     paths["/dicom-web/studies"] = {"post": stow}
-    paths[levels["study"][0]]["post"] = {**stow, "parameters": [_param("study", _UIDS["study"], {"type": "string"},
-                                                                       "path")]}
+    paths[levels["study"][0]]["post"] = {**stow, "parameters": [_path("study", _UIDS["study"])]}
     wado_uri = {"get": {
         "summary": "WADO-URI", "tags": ["DICOMweb"],
         "description": "Legacy single-instance retrieval: requestType=WADO&studyUID=&seriesUID=&objectUID=, "
                        "contentType application/dicom, image/jpeg or image/png, with frameNumber, rows, columns, "
                        "region, windowCenter, windowWidth, imageQuality, transferSyntax",
-        "parameters": [_param(n, n, {"type": "string"}) for n in ("requestType", "studyUID", "seriesUID",
-                                                                  "objectUID", "contentType")],
+        "parameters": [{**_param("requestType", "WADO (PS3.18 9.1.2.1.1)", {"type": "string", "enum": ["WADO"]}),
+                        "required": True}]
+        + [{**_param(n, _UIDS[level], _UID_SCHEMA), "required": True}
+           for n, level in (("studyUID", "study"), ("seriesUID", "series"), ("objectUID", "instance"))]
+        + [_param("contentType", "application/dicom, image/jpeg (default) or image/png; a comma-separated list",
+                  {"type": "string"})],
         "responses": _get("", "", ("application/dicom", "image/jpeg", "image/png"), ())["responses"],
     }}
     paths["/wado"] = paths["/dicom-web/wado"] = wado_uri

@@ -13,7 +13,7 @@ import pytest
 
 from archive.adapters.postgres_catalog import PostgresCatalog
 from archive.adapters.sqlite_catalog import SqliteCatalog
-from archive.core.errors import ApiKeyExists
+from archive.core.errors import ApiKeyExists, BackendUnavailable
 from archive.core.identity import Role
 from archive.core.ports import ApiKey, ApiKeys
 from tests.conftest import service_setting
@@ -84,3 +84,18 @@ async def test_the_table_holds_digests_only(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "catalog.db") as con:
         rows = con.execute("SELECT * FROM api_keys").fetchall()
     assert rows and all("dka_secret" not in str(value) for value in rows[0])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_catalog_not_migrated_yet_is_unavailable(backend: str, tmp_path: Path, unique: str) -> None:
+    """A role that does not migrate the catalog (``scp``) looks keys up in one that may have no
+    schema yet: that is BackendUnavailable (503, "run migrate"), not a failure of ours (500)."""
+    dsn = service_setting("ARCHIVE_CATALOG") if backend == "postgresql" else ""
+    store = PostgresCatalog(dsn, schema=unique) if dsn else SqliteCatalog(tmp_path / "catalog.db")
+    try:
+        with pytest.raises(BackendUnavailable, match="dicom-archive migrate"):
+            await store.key_by_digest(digest("dka_anything"))
+        with pytest.raises(BackendUnavailable, match="dicom-archive migrate"):
+            await store.touch_key("script", 1.0)
+    finally:
+        await store.close()

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.e2e.auth_client import AUDIENCE, OTHER, call, client_token, keycloak_issuer, user_token
+from tests.conftest import free_port
 from tests.e2e.harness import ROOT, ArchiveProcess, serve, wait_until
 from tests.factories import make_ct, new_uid, write_part10
 from tests.stow_client import multipart
@@ -227,3 +228,26 @@ def test_refused_requests_are_in_the_audit_trail(archive: ArchiveProcess, tokens
     assert 'UserID="nobody"' in forbidden and "127.0.0.1" in forbidden
     text = audit.read_text()
     assert '"110114"' in text and 'EventOutcomeIndicator="4"' in text  # the 401: a failed login
+
+
+def test_an_api_key_at_the_scp_port_before_the_catalog_is_migrated(tmp_path: Path) -> None:
+    """`scp` migrates only what receiving needs (object store, queue), not the catalog where API keys
+    live: a key sent to its HTTP port (/metrics, admin) before anything migrated the catalog is 503
+    naming `dicom-archive migrate`, not 500; once migrated (here by `api-key create`), the key works."""
+    env = {"ARCHIVE_DATA_DIR": str(tmp_path / "data"), "ARCHIVE_FSYNC": "false"}
+    scp = ArchiveProcess("scp", env, tmp_path / "scp.log", free_port(), free_port()).start()
+    try:
+        status, _, answer = call(f"{scp.http}/metrics", "dka_" + "A" * 43)
+        assert status == 503 and "dicom-archive migrate" in answer["error"], (status, answer)
+        assert call(f"{scp.http}/readyz")[0] == 200  # the receiver stays ready: it needs no catalog
+        assert call(f"{scp.http}/metrics")[0] == 200  # loopback without a token: no key to look up
+
+        created = _cli(env, "create", "prometheus", "--role", "admin")
+        assert created.returncode == 0, created.stderr
+        status, _, body = call(f"{scp.http}/metrics", created.stdout.strip())
+        assert status == 200 and b"archive_" in body
+        status, headers, _ = call(f"{scp.http}/metrics", "dka_" + "A" * 43)
+        assert status == 401 and "unknown or revoked API key" in headers["WWW-Authenticate"]
+    finally:
+        assert scp.stop() == 0, scp.log_tail()
+    assert "request failed" not in scp.log_path.read_text()  # what a 500 logs

@@ -71,6 +71,11 @@ class Archive:
     proc: ArchiveProcess
     sandbox: Sandbox
     baseline: dict[str, str] = field(default_factory=dict)  # name -> SOP Instance UID stored by the fixture
+    token: str | None = None  # what the guard's own requests send (an archive with sign-in on)
+
+    def _json(self, url: str) -> tuple[int, Any]:
+        status, _, body = get(url, {"Authorization": f"Bearer {self.token}"} if self.token else None)
+        return status, json_of(body)
 
     @property
     def http(self) -> str:
@@ -83,7 +88,7 @@ class Archive:
     def location(self, name: str) -> tuple[str, str, str]:
         """(study, series, SOP Instance UID) of a baseline instance."""
         uid = self.baseline[name]
-        status, body = http_json(f"{self.http}/dicom-web/instances?SOPInstanceUID={uid}")
+        status, body = self._json(f"{self.http}/dicom-web/instances?SOPInstanceUID={uid}")
         assert status == 200 and body, body
         return body[0]["0020000D"]["Value"][0], body[0]["0020000E"]["Value"][0], uid
 
@@ -92,12 +97,12 @@ class Archive:
         return {str(p.relative_to(base)) for p in base.rglob("*.dcm")} if base.exists() else set()
 
     def catalog_count(self) -> int:
-        status, body = http_json(f"{self.http}/dicom-web/instances?limit=100000&includefield=SOPInstanceUID")
+        status, body = self._json(f"{self.http}/dicom-web/instances?limit=100000&includefield=SOPInstanceUID")
         assert status == 200, body
         return len(body)
 
     def search_count(self) -> int:
-        status, body = http_json(f"{self.http}/api/search?level=instance&limit=1&facets=")
+        status, body = self._json(f"{self.http}/api/search?level=instance&limit=1&facets=")
         assert status == 200, body
         return int(body["total"])
 
@@ -157,7 +162,7 @@ def guarded(archive: Archive, *, stored: int = 0) -> Iterator[Expect]:
     assert before.objects <= after_objects, f"stored objects lost: {before.objects - after_objects}"
     new = after_objects - before.objects
     assert len(new) == stored, f"expected {stored} new objects, found {sorted(new)}"
-    assert all(KEY.match(k) for k in after_objects), [k for k in after_objects if not KEY.match(k)]
+    assert all(KEY.fullmatch(k) for k in after_objects), [k for k in after_objects if not KEY.fullmatch(k)]
     if stored:  # what was stored must reach catalog and search index; nothing else may
         wait_until(lambda: archive.catalog_count() == before.catalog + stored, timeout=30)
         wait_until(lambda: archive.search_count() == before.search + stored, timeout=30)

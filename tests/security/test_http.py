@@ -25,7 +25,7 @@ from tests.stow_client import CONTENT_TYPE, multipart, post, sequence, value
 
 FAILED_SOP_SEQUENCE, FAILURE_REASON = "00081198", "00081197"
 SEGMENTS = (*TRAVERSALS, "..", "%2e%2e", "%2E%2E%2F%2E%2E", "..%2f..%2fetc%2fpasswd", "%2fetc%2fpasswd",
-            "....//....//etc", "%252e%252e%252f", "%c0%ae%c0%ae%2f", "1.2.3;rm", "١.٢")
+            "....//....//etc", "%252e%252e%252f", "%c0%ae%c0%ae%2f", "1.2.3;rm", "١.٢", "²", "1,²")
 
 
 def _resources(archive: Archive, bad: str) -> list[str]:
@@ -188,3 +188,53 @@ def test_cors_with_credentials_from_a_foreign_origin(archive: Archive, path: str
         assert "Access-Control-Allow-Credentials" not in headers and "Origin" in headers.get("Vary", "")
         status, headers, _ = get(archive.http + path, {"Origin": "null"})
         assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_long_request_lines(archive: Archive) -> None:
+    """The OpenAPI document's longest search (q of 1024 characters, 4 bytes of UTF-8 each, 12 percent-encoded)
+    and a QIDO-RS list of 300 UIDs fit the request line (ARCHIVE's 64 KiB, not aiohttp's 8190 bytes); a longer
+    line is refused (400) before routing, and the log says so without quoting it (it can name a patient)."""
+    secret = "SECRET" + MARKER.upper()
+    uids = ",".join(f"1.2.826.0.1.3680043.10.1437.{n}.{n * 7919}" for n in range(1, 301))
+    with guarded(archive):
+        status, _, body = get(f"{archive.http}/api/search?q=" + quote("\U0001d507" * 1024))
+        assert status == 200 and json_of(body)["total"] == 0, body[:200]
+        status, _, body = get(f"{archive.http}/dicom-web/studies?StudyInstanceUID={uids}")
+        assert status == 200 and json_of(body) == [], body[:200]
+        status, _, _ = get(f"{archive.http}/dicom-web/studies?PatientName={secret}&x=" + "a" * (64 * 1024))
+        assert status == 400
+    log = archive.proc.log_path.read_text()
+    assert secret not in log and "malformed HTTP request refused (LineTooLong" in log
+
+
+@pytest.mark.parametrize("resource", ["/frames/²", "/frames/1,²", "/rendered?quality=²", "/rendered?quality=٥٠",
+                                      "/rendered?window=nan,nan", "/rendered?window=40,1e999",
+                                      "/rendered?viewport=٦٤,٦٤", "/frames/1/rendered?viewport=1_0,5",
+                                      "wado:rows=²", "wado:frameNumber=²", "wado:windowCenter=inf&windowWidth=1"])
+def test_numbers_that_are_not_ascii_digits(archive: Archive, resource: str) -> None:
+    """str.isdigit() takes "²" (int() then fails: it was a 500) and "١"; int() and float() take "1_0", "nan",
+    "1e999": numeric parameters of an instance that exists are ASCII digits or 400."""
+    study, series, sop = archive.location("ct0")
+    if resource.startswith("wado:"):
+        url = (f"{archive.http}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+               f"&contentType=image/jpeg&{urllib.parse.quote(resource[5:], safe='=&,')}")
+    else:
+        path, _, params = resource.partition("?")
+        url = (f"{archive.http}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+               + urllib.parse.quote(path, safe="/,") + ("?" + urllib.parse.quote(params, safe="=&,") if params else ""))
+    with guarded(archive):
+        status, headers, body = get(url)
+    assert status == 400 and headers["Content-Type"].startswith("application/json"), (url, status, body[:200])
+
+
+@pytest.mark.parametrize("level", ["study", "series"])
+def test_a_group_rendering_whose_region_fits_no_image(archive: Archive, level: str) -> None:
+    """schemathesis found it: a study's rendering with a viewport region outside the images began a
+    multipart answer, then wrote a 400 response into it. The first image is rendered before the answer
+    begins: 400, JSON."""
+    study, series, _ = archive.location("ct0")
+    url = f"{archive.http}/dicom-web/studies/{study}" + (f"/series/{series}" if level == "series" else "")
+    with guarded(archive):
+        status, headers, body = get(url + "/rendered?viewport=64,53,-1400310200,-140,-7,-27562230")
+    assert status == 400 and headers["Content-Type"].startswith("application/json"), (status, body[:200])
+    assert "outside the image" in json_of(body)["error"]

@@ -122,6 +122,8 @@ async def app_client(access: Access) -> TestClient[Any, Any]:
     return client
 
 
+# PRINCIPAL is a typed web.RequestKey: a plain string key would warn (NotAppKeyWarning) at every request
+@pytest.mark.filterwarnings("error::aiohttp.web_exceptions.NotAppKeyWarning")
 async def test_the_middleware_answers_before_the_handler() -> None:
     issuer = FakeIssuer(public_jwk(KEY, "k1"))
     client = await app_client(Access(Mode.OIDC, verifier=issuer.verifier()))
@@ -147,5 +149,9 @@ async def test_the_middleware_answers_before_the_handler() -> None:
         response = await client.options("/dicom-web/studies", headers={
             "Access-Control-Request-Method": "POST", "Origin": "https://viewer.example"})
         assert response.status != 401  # a preflight carries no token
+        twice = [("Authorization", reader["Authorization"]), ("Authorization", "Bearer x")]
+        for headers in (twice, twice[::-1]):  # one credential per request: a proxy may have checked the other
+            response = await client.get("/dicom-web/studies", headers=headers)
+            assert response.status == 401 and "more than one" in response.headers["WWW-Authenticate"]
     finally:
         await client.close()

@@ -213,7 +213,10 @@ def test_request_parameters() -> None:
     assert render_media_type("") == render.JPEG
     for bad in (lambda: parse_viewport("0,10"), lambda: parse_viewport("1,2,3"), lambda: parse_window("a", "1"),
                 lambda: parse_window("1", "0"), lambda: parse_window("1", "10", "cubic"), lambda: parse_quality("101"),
-                lambda: parse_frame_numbers("0"), lambda: parse_frame_numbers("1,x")):
+                lambda: parse_frame_numbers("0"), lambda: parse_frame_numbers("1,x"),
+                lambda: parse_frame_numbers("²"), lambda: parse_frame_numbers("١"),  # str.isdigit() takes these
+                lambda: parse_quality("²"), lambda: parse_window("nan", "400"), lambda: parse_window("40", "1e999"),
+                lambda: parse_window(" 40", "400"), lambda: parse_viewport("1_0,5"), lambda: parse_viewport("٦٤,32")):
         with pytest.raises(InvalidQuery):
             bad()
     with pytest.raises(NotAcceptable):

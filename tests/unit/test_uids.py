@@ -25,6 +25,8 @@ def test_valid_uids(uid: str) -> None:
         "1" * 65,
         " 1.2",
         "１.２",  # full-width digits
+        "1.2.3\n",  # "$" of re.match matches before a final newline
+        "1.2.3\r\n",
         None,
     ],
 )

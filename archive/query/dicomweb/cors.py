@@ -38,7 +38,7 @@ async def preflight(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     origin = _allow_origin(request.app, request.headers.get("Origin"))
     if origin is None:
-        return web.Response(status=403, text="origin not allowed")
+        return web.json_response({"error": "origin not allowed"}, status=403)
     requested = request.headers.get("Access-Control-Request-Headers", "")
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": METHODS,

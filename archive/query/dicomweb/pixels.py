@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +51,13 @@ POOL = web.AppKey("render_pool", ThreadPoolExecutor)  # set by archive.query.dic
 MAX_SERIES_INSTANCES = 100_000  # a thumbnail's series listing: rows are small
 MAX_THUMBNAIL_TRIES = 5  # series whose middle instance does not render are skipped
 RENDER_ALIASES = {"image/*": render.JPEG, "*/*": render.JPEG}
+# What the parameters may look like (the OpenAPI document states the same patterns): ASCII digits only,
+# no whitespace, no "_" (int() and float() take "١", " 1" and "1_0"), no nan or inf.
+NUMBER = r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?"
+INTEGER = r"-?[0-9]+"
+WINDOW_PATTERN = f"^{NUMBER},{NUMBER}(,(linear|linear-exact|sigmoid))?$"
+VIEWPORT_PATTERN = f"^[0-9]+,[0-9]+(,{INTEGER},{INTEGER},{INTEGER},{INTEGER})?$"
+_NUMBER, _INTEGER = re.compile(NUMBER), re.compile(INTEGER)
 
 
 def uid(request: web.Request, name: str, attribute: str) -> str:
@@ -90,10 +99,10 @@ async def spooled(request: web.Request, instance: CatalogInstance) -> AsyncItera
 # ---- rendered (PS3.18 8.3.5.1) ----
 
 def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InvalidQuery(f"{name}={text!r}: expected integers separated by commas") from None
+    values = text.split(",")
+    if not all(_INTEGER.fullmatch(v) for v in values):
+        raise InvalidQuery(f"{name}={text!r}: expected integers separated by commas")
+    return [int(v) for v in values]
 
 
 def parse_viewport(text: str) -> Viewport:
@@ -109,10 +118,10 @@ def parse_viewport(text: str) -> Viewport:
 
 def parse_window(center: str, width: str, function: str = "linear", name: str = "window") -> Window:
     """PS3.18 8.3.5.1.4: center, width and VOI LUT Function (PS3.3 C.11.2.1.3)."""
-    try:
-        window = Window(float(center), float(width), (function or "linear").strip().upper().replace("-", "_"))
-    except ValueError:
-        raise InvalidQuery(f"{name}: center and width must be numbers") from None
+    numbers = (center, width)
+    if not all(_NUMBER.fullmatch(n) and math.isfinite(float(n)) for n in numbers):  # "1e999" is inf
+        raise InvalidQuery(f"{name}: center and width must be numbers")
+    window = Window(float(center), float(width), (function or "linear").strip().upper().replace("-", "_"))
     if window.function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         raise InvalidQuery(f"{name}: function must be linear, linear-exact or sigmoid")
     if window.width < (1 if window.function == "LINEAR" else 0) or window.width == 0:
@@ -123,7 +132,7 @@ def parse_window(center: str, width: str, function: str = "linear", name: str = 
 def parse_quality(text: str | None) -> int:
     if text is None:
         return render.DEFAULT_QUALITY
-    if not text.isdigit() or not 1 <= int(text) <= 100:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 100:  # isdigit() alone takes "²"
         raise InvalidQuery(f"quality={text!r}: expected an integer from 1 to 100")
     return int(text)
 
@@ -247,18 +256,39 @@ async def group_rendered(request: web.Request) -> web.StreamResponse:
     found = await request.app[CATALOG].locate(Query(Level.IMAGE, _scope(request), limit=MAX_SERIES_INSTANCES))
     if not found:
         raise http_error(web.HTTPNotFound, "no such study or series")
+    refused: list[InvalidQuery] = []
+
+    async def renderings() -> AsyncIterator[tuple[CatalogInstance, bytes]]:
+        for instance in found:
+            try:
+                body = await render_instance(request, instance, 1, options)
+            except (NotAcceptable, web.HTTPException):
+                continue  # not an image, or gone since it was listed
+            except InvalidQuery as exc:  # the viewport's region outside this image (their sizes differ)
+                refused.append(exc)
+                continue
+            yield instance, body
+
+    # The first image is rendered before the response starts: a request that fits no image is a 400,
+    # not a multipart answer that breaks off (no status can follow once it has begun).
+    parts = renderings()
+    first = await anext(parts, None)
+    if first is None and refused:
+        raise refused[0]
     boundary = MultipartStream.new_boundary()
     response = web.StreamResponse(headers={"Content-Type": MultipartStream.content_type(options.media_type, boundary)})
     await response.prepare(request)
     stream = MultipartStream(response, boundary)
-    for instance in found:
-        try:
-            body = await render_instance(request, instance, 1, options)
-        except (NotAcceptable, web.HTTPException):
-            continue  # not an image, or gone since it was listed
+
+    async def send(instance: CatalogInstance, body: bytes) -> None:
         await stream.part(options.media_type, {"Content-Length": str(len(body))})
         await stream.write(body)
         audit.note(request, [instance])
+
+    if first is not None:
+        await send(*first)
+        async for instance, body in parts:
+            await send(instance, body)
     await stream.close()
     return response
 

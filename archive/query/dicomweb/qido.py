@@ -56,7 +56,7 @@ def _keyword(name: str) -> str:
         if not keyword:
             raise InvalidQuery(f"unknown attribute tag {name}")
         return keyword
-    if tag_for_keyword(name) is None:
+    if not name or tag_for_keyword(name) is None:  # tag_for_keyword("") is a retired element's tag
         raise InvalidQuery(f"unknown attribute {name!r}")
     return name
 
@@ -65,10 +65,9 @@ def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidQuery(f"{name}={raw!r} is not an integer") from None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # int() takes " 5", "٥", "1_0"
+        raise InvalidQuery(f"{name}={raw[:40]!r} is not an integer")
+    value = int(raw)
     if value < low:
         raise InvalidQuery(f"{name} must be at least {low}")
     return min(value, high)

@@ -62,7 +62,7 @@ def _positive(query: Mapping[str, str], name: str) -> int | None:
     text = query.get(name)
     if text is None:
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # isdigit() alone takes "²"
         raise InvalidQuery(f"{name}={text!r}: expected a positive integer")
     return int(text)
 

@@ -44,7 +44,8 @@ MAX_LIMIT = 100
 CONTROL = ("q", "level", "limit", "offset", "sort", "facets")
 SORTS = tuple(s for key in SORT_KEYS for s in ((key,) if key == "relevance" else (key, f"-{key}")))
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, CR, LF are whitespace
-_DATE = re.compile(r"\d{8}")
+_DATE = re.compile(r"[0-9]{8}")  # not \d: it takes every script's digits
+_INTEGER = re.compile(r"-?[0-9]{1,12}")  # int() takes " 5", "٥" and "1_0" too
 
 
 class BadParameter(InvalidQuery):
@@ -58,10 +59,9 @@ class BadParameter(InvalidQuery):
 def _int(name: str, raw: str | None, default: int) -> int:
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadParameter(name, f"{raw[:40]!r} is not an integer") from None
+    if not _INTEGER.fullmatch(raw):
+        raise BadParameter(name, f"{raw[:40]!r} is not an integer")
+    value = int(raw)
     if value < (1 if name == "limit" else 0):
         raise BadParameter(name, f"must be at least {1 if name == 'limit' else 0}")
     return value
@@ -120,7 +120,8 @@ def parse(params: Sequence[tuple[str, str]]) -> SearchRequest:
     offset = _int("offset", control.get("offset"), 0)
     if offset + limit > MAX_WINDOW:
         raise BadParameter("offset", f"offset + limit may not exceed {MAX_WINDOW}; narrow the query instead")
-    sort_name = control.get("sort") or ("relevance" if text.strip() else "-StudyDate")
+    # an empty sort is refused as an empty level is (the document's enum): it names no order
+    sort_name = control["sort"] if "sort" in control else ("relevance" if text.strip() else "-StudyDate")
     if sort_name not in SORTS:
         raise BadParameter("sort", f"must be one of {', '.join(SORTS)}")
     facets = tuple(f.strip() for f in control.get("facets", ",".join(FACETS)).split(",") if f.strip())

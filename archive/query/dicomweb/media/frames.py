@@ -74,7 +74,7 @@ def parse_frame_numbers(text: str) -> list[int]:
     numbers = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:  # str.isdigit() takes "١" and "²" too
             raise InvalidQuery(f"frame list {text!r}: {part!r} is not a frame number (1, 2, ...)")
         numbers.append(int(part))
     return numbers
