@@ -15,6 +15,7 @@ Invariants: the message encodes (no NaN), parses back equal through
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,7 @@ def _file() -> Path:
         fd, name = tempfile.mkstemp(prefix="fuzz-describe-", suffix=".dcm")
         os.close(fd)
         _PATH.append(Path(name))
+        atexit.register(_PATH[0].unlink, missing_ok=True)
     return _PATH[0]
 
 
