@@ -487,11 +487,24 @@ s3_install() {
 S3_PATTERN() { echo "mini -dir=$SERVICES_DIR/s3/data"; }   # identifies our weed process
 s3_running() { pid_alive "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)"; }
 
-# Signed (SigV4) request with our keys; prints the HTTP status code.
-s3_curl() {
+# sigv4_curl ACCESS SECRET CURL_ARGS...: a signed (SigV4) request; prints the HTTP status code.
+sigv4_curl() {
+  local access=$1 secret=$2; shift 2
   curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
-    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$@"
+    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access:$secret" "$@"
 }
+
+# ensure_bucket SERVICE URL ACCESS SECRET: create the bucket at URL unless it exists (a test may
+# have deleted it).
+ensure_bucket() {
+  local svc=$1 url=$2 access=$3 secret=$4
+  [[ $(sigv4_curl "$access" "$secret" -I "$url") == 200 ]] && return 0
+  log "$svc: creating bucket ${url##*/}"
+  [[ $(sigv4_curl "$access" "$secret" -X PUT "$url") == 200 ]] ||
+    die "$svc" "cannot create bucket ${url##*/}" "$SERVICES_DIR/$svc.log"
+}
+
+s3_curl() { sigv4_curl "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "$@"; }
 
 # Ready when a signed ListBuckets succeeds (proves the static credentials are loaded).
 s3_ready() {
@@ -522,11 +535,7 @@ EOF
 s3_ready_and_provision() {
   wait_for s3 "$TIMEOUT_DEFAULT" "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)" s3_ready "$SERVICES_DIR/s3.log"
   # -bucket creates it at boot, but a test may have deleted it since.
-  local url="http://127.0.0.1:$S3_PORT/$S3_BUCKET"
-  if [[ $(s3_curl -I "$url") != 200 ]]; then
-    log "s3: creating bucket $S3_BUCKET"
-    [[ $(s3_curl -X PUT "$url") == 200 ]] || die s3 "cannot create bucket $S3_BUCKET" "$SERVICES_DIR/s3.log"
-  fi
+  ensure_bucket s3 "http://127.0.0.1:$S3_PORT/$S3_BUCKET" "$S3_ACCESS_KEY" "$S3_SECRET_KEY"
 }
 
 s3_up() { s3_running && port_open "$S3_PORT"; }
@@ -563,16 +572,10 @@ minio_install() {
 MINIO_PATTERN() { echo "server $SERVICES_DIR/minio/data"; }   # identifies our server
 minio_running() { pid_alive "$SERVICES_DIR/minio.pid" "$(MINIO_PATTERN)"; }
 
-# Signed (SigV4) request with MinIO's keys; prints the HTTP status code.
-minio_curl() {
-  curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
-    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$MINIO_ACCESS_KEY:$MINIO_SECRET_KEY" "$@"
-}
-
 minio_ready() {
   port_open "$MINIO_PORT" || return 1
   [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$MINIO_PORT/minio/health/ready") == 200 ]] &&
-    [[ $(minio_curl "http://127.0.0.1:$MINIO_PORT/") == 200 ]]
+    [[ $(sigv4_curl "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY" "http://127.0.0.1:$MINIO_PORT/") == 200 ]]
 }
 
 minio_launch() {
@@ -592,11 +595,7 @@ minio_launch() {
 minio_ready_and_provision() {
   wait_for minio "$TIMEOUT_DEFAULT" "$SERVICES_DIR/minio.pid" "$(MINIO_PATTERN)" minio_ready \
     "$SERVICES_DIR/minio.log"
-  local url="http://127.0.0.1:$MINIO_PORT/$MINIO_BUCKET"
-  if [[ $(minio_curl -I "$url") != 200 ]]; then
-    log "minio: creating bucket $MINIO_BUCKET"
-    [[ $(minio_curl -X PUT "$url") == 200 ]] || die minio "cannot create bucket $MINIO_BUCKET" "$SERVICES_DIR/minio.log"
-  fi
+  ensure_bucket minio "http://127.0.0.1:$MINIO_PORT/$MINIO_BUCKET" "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY"
 }
 
 minio_up() { minio_running && port_open "$MINIO_PORT"; }
