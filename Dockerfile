@@ -1,41 +1,79 @@
 # dicom-archive: one image for every role; the role is the command, one of the entry scripts
 # of cmd/ (copied to /opt/dicom-archive/cmd: serve, scp, indexer, query, migrate), as the Helm
 # chart runs them. Without a command it runs `serve` (all roles, embedded backends under
-# ARCHIVE_DATA_DIR).
+# ARCHIVE_DATA_DIR). docs/deploy.md ("The image") says how to build and run it.
 #   docker build -t dicom-archive:0.1.0 .
 #   docker run -p 11112:11112 -p 8080:8080 dicom-archive:0.1.0
 #   docker run dicom-archive:0.1.0 /opt/dicom-archive/cmd/scp
-FROM python:3.11-slim
+#
+# BASE_IMAGE: any image with Python 3.11+ and its venv module at python3 (python:3.11-slim by
+# default; scripts/image.sh passes a Debian bookworm base it makes with debootstrap, as no
+# registry is reachable there). BUILDER_IMAGE: the builder stage's base, the same by default
+# (scripts/image.sh passes it with the build host's CA certificates for pip added).
+ARG BASE_IMAGE=python:3.11-slim
+ARG BUILDER_IMAGE=${BASE_IMAGE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# ---- builder: the wheel, installed with its dependencies into a venv ---------------------------
+FROM ${BUILDER_IMAGE} AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# Dependencies first, from pyproject.toml alone, so that a code change reuses this layer.
+COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN python3 -m venv /opt/dicom-archive/venv \
+ && /opt/dicom-archive/venv/bin/pip install --no-cache-dir --upgrade pip \
+ && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    > /tmp/requirements.txt \
+ && /opt/dicom-archive/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY archive ./archive
+# The wheel (pure Python), then a check that every native library of every wheel resolves here
+# (manylinux wheels bring their own; a base without one would fail only when the code loads it).
+# pip and setuptools are not needed at run time: the image has none.
+RUN /opt/dicom-archive/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
+ && /opt/dicom-archive/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/dicom_archive-*.whl \
+ && missing="$(find /opt/dicom-archive/venv -name '*.so*' -type f -exec ldd {} + 2>/dev/null | grep 'not found' || true)" \
+ && if [ -n "$missing" ]; then echo "missing native libraries: $missing" >&2; exit 1; fi \
+ && /opt/dicom-archive/venv/bin/python -c "import archive.cli, archive.compose, psycopg, numpy, PIL.Image, pylibjpeg, libjpeg, openjpeg, rle; from psycopg import pq; print('libpq', pq.version())" \
+ && /opt/dicom-archive/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
+
+# ---- the image: the venv, the entry scripts, an unprivileged user ------------------------------
+FROM ${BASE_IMAGE}
+ENV PATH=/opt/dicom-archive/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    LANG=C.UTF-8 \
+    TMPDIR=/tmp
 
-# Only what the package needs (see .dockerignore); psycopg, pydicom etc. come as wheels.
-COPY pyproject.toml README.md /tmp/src/
-COPY archive /tmp/src/archive
-COPY cmd /opt/dicom-archive/cmd
-RUN pip install /tmp/src \
- && rm -rf /tmp/src \
- && groupadd --system --gid 10001 archive \
+# Numeric ids, so that Kubernetes' runAsNonRoot can check them; the home is the data directory.
+RUN groupadd --system --gid 10001 archive \
  && useradd --system --uid 10001 --gid archive --no-create-home --home-dir /var/lib/dicom-archive \
     --shell /usr/sbin/nologin archive \
- && install -d -o archive -g archive /var/lib/dicom-archive
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/dicom-archive
 
-# The scp spools received datasets under $ARCHIVE_DATA_DIR/spool; in Kubernetes this is an
-# emptyDir (the root filesystem is read-only there).
-ENV ARCHIVE_DATA_DIR=/var/lib/dicom-archive
+COPY --from=builder /opt/dicom-archive/venv /opt/dicom-archive/venv
+COPY cmd /opt/dicom-archive/cmd
+
+# Everything the archive writes is under $ARCHIVE_DATA_DIR (spool, embedded backends, object
+# cache, audit file) or /tmp: with a read-only root filesystem, mount a volume (Kubernetes: an
+# emptyDir) on each. The bytecode was compiled at build time; nothing writes next to the code.
+ENV ARCHIVE_DATA_DIR=/var/lib/dicom-archive \
+    HOME=/var/lib/dicom-archive
 WORKDIR /var/lib/dicom-archive
 VOLUME ["/var/lib/dicom-archive"]
 
-# Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
-EXPOSE 11112 8080
+# DICOM (serve, scp), HTTP (every role), DICOM of the query role, DICOM over TLS
+EXPOSE 11112 8080 11113 2762
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ARCHIVE_HTTP_PORT', '8080'), timeout=4)"]
+# /healthz of the role's HTTP port (HTTPS when ARCHIVE_HTTP_TLS_CERT is set; not verified: loopback)
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python3", "-c", "import os, ssl, urllib.request as r; tls = bool(os.environ.get('ARCHIVE_HTTP_TLS_CERT')); r.urlopen('%s://127.0.0.1:%s/healthz' % ('https' if tls else 'http', os.environ.get('ARCHIVE_HTTP_PORT', '8080')), timeout=4, context=ssl._create_unverified_context() if tls else None)"]
 
-# SIGTERM (docker stop, Kubernetes) drains: allow 30 s + margin (`docker stop -t 45`).
+# SIGTERM (docker stop, Kubernetes) drains: stop accepting, finish what is in flight (30 s),
+# close. Allow that plus a margin: `docker stop -t 45`, terminationGracePeriodSeconds 45.
 STOPSIGNAL SIGTERM
 CMD ["/opt/dicom-archive/cmd/serve"]

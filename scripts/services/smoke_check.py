@@ -4,7 +4,7 @@ Usage: .venv/bin/python scripts/services/smoke_check.py [path/to/.services.env]
 
 Reads the ARCHIVE_* settings and, with the project's own client libraries, checks:
 PostgreSQL login and a query, a RabbitMQ quorum queue with x-delivery-limit, S3 bucket
-put/get and a 12 MiB multipart upload, OpenSearch info() plus an index whose keyword
+put/get and a 12 MiB multipart upload (SeaweedFS, and MinIO from MINIO_OBJECT_STORE), OpenSearch info() plus an index whose keyword
 normalizer uses the lowercase and asciifolding filters, and (KEYCLOAK_ISSUER) a Keycloak token
 for the archive's audience that the archive's own verifier accepts. Exits non-zero on any failure.
 """
@@ -76,16 +76,12 @@ def check_rabbit(env: dict[str, str]) -> str:
     return asyncio.run(_check_rabbit(env["ARCHIVE_QUEUE"]))
 
 
-def check_s3(env: dict[str, str]) -> str:
+def check_s3(env: dict[str, str], names: tuple[str, str, str] = (
+        "ARCHIVE_OBJECT_STORE", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY")) -> str:
     from minio import Minio
 
-    url = urlsplit(env["ARCHIVE_OBJECT_STORE"])
-    client = Minio(
-        url.netloc,
-        access_key=env["ARCHIVE_S3_ACCESS_KEY"],
-        secret_key=env["ARCHIVE_S3_SECRET_KEY"],
-        secure=False,
-    )
+    url = urlsplit(env[names[0]])
+    client = Minio(url.netloc, access_key=env[names[1]], secret_key=env[names[2]], secure=False)
     bucket = url.path.strip("/")
     assert client.bucket_exists(bucket), f"bucket {bucket} missing"
     key = f"smoke/{uuid.uuid4().hex}"
@@ -99,6 +95,10 @@ def check_s3(env: dict[str, str]) -> str:
     client.remove_object(bucket, key + "-small")
     client.remove_object(bucket, key + "-big")
     return f"s3 ok (multipart etag {stat.etag})"
+
+
+def check_minio(env: dict[str, str]) -> str:
+    return check_s3(env, ("MINIO_OBJECT_STORE", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"))
 
 
 def check_search(env: dict[str, str]) -> str:
@@ -159,6 +159,7 @@ CHECKS = {
     "ARCHIVE_CATALOG": check_pg,
     "ARCHIVE_QUEUE": check_rabbit,
     "ARCHIVE_OBJECT_STORE": check_s3,
+    "MINIO_OBJECT_STORE": check_minio,
     "ARCHIVE_SEARCH": check_search,
     "KEYCLOAK_ISSUER": check_keycloak,
 }

@@ -30,25 +30,30 @@ def payload(*parts: bytes | Path) -> Payload:
     return Payload(parts=tuple(parts), size=size, sha256=digest.hexdigest())
 
 
-@pytest.fixture(params=["filesystem", "s3"])
+# The S3 implementations of scripts/services.sh: the setting names of each (URL, access key, secret key).
+S3_SERVICES = {
+    "seaweedfs": ("ARCHIVE_OBJECT_STORE", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY"),
+    "minio": ("MINIO_OBJECT_STORE", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"),
+}
+
+
+@pytest.fixture(params=["filesystem", *S3_SERVICES])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[ObjectStore]:
     if request.param == "filesystem":
         backend: ObjectStore = FilesystemStore(tmp_path / "objects")
     else:
-        url = urlsplit(service_setting("ARCHIVE_OBJECT_STORE"))
-        backend = S3Store(
-            url.netloc, f"test-{unique}", service_setting("ARCHIVE_S3_ACCESS_KEY"),
-            service_setting("ARCHIVE_S3_SECRET_KEY"), part_size=5 * 1024 * 1024,
-        )
+        url_name, access_name, secret_name = S3_SERVICES[request.param]
+        netloc = urlsplit(service_setting(url_name)).netloc
+        access, secret = service_setting(access_name), service_setting(secret_name)
+        backend = S3Store(netloc, f"test-{unique}", access, secret, part_size=5 * 1024 * 1024)
     await backend.migrate()
     await backend.migrate()  # idempotent
     yield backend
     async for info in backend.list():
         await backend.delete(info.key)
     await backend.close()
-    if request.param == "s3":  # a bucket left behind keeps SeaweedFS volumes until it runs out
-        Minio(url.netloc, service_setting("ARCHIVE_S3_ACCESS_KEY"), service_setting("ARCHIVE_S3_SECRET_KEY"),
-              secure=False).remove_bucket(f"test-{unique}")
+    if request.param != "filesystem":  # a bucket left behind keeps SeaweedFS volumes until it runs out
+        Minio(netloc, access, secret, secure=False).remove_bucket(f"test-{unique}")
 
 
 async def read_all(store: ObjectStore, key: str) -> bytes:
