@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from archive import __version__
 from archive.core.ports import MessageQueue
 
 ASSOCIATIONS = Counter(
@@ -75,6 +78,29 @@ HTTP_AUTH = Counter(
     ["outcome"],  # user | api-key | local | open (let in); unauthenticated | invalid_token | forbidden (401, 403)
 )
 
+BUILD_INFO = Gauge(
+    "archive_build_info", "Always 1; the running version in its label", ["version"], multiprocess_mode="max"
+)
+BUILD_INFO.labels(__version__).set(1)
+FREE_BYTES = Gauge(
+    "archive_free_bytes",
+    "Free bytes (for an unprivileged user) of the file system holding a directory, read when /metrics is scraped",
+    ["volume"],  # data (ARCHIVE_DATA_DIR) | spool (<data>/spool, where receivers spool datasets)
+    multiprocess_mode="mostrecent",
+)
+SIZE_BYTES = Gauge(
+    "archive_volume_size_bytes", "Size of the file system holding a directory, read when /metrics is scraped",
+    ["volume"], multiprocess_mode="mostrecent",
+)
+
+# Series the dashboard and the alerts read exist from the start, at 0: a rate of 0 rather than no data.
+STORES.labels("success")
+STOW_INSTANCES.labels("success")
+for _kind in ("transient", "poison"):
+    INDEX_FAILURES.labels(_kind)
+for _reason in ("buffer_full", "collector_down", "too_large", "shutdown"):
+    AUDIT_DROPPED.labels(_reason)
+
 QUEUE_DEPTH_TIMEOUT = 2.0  # a scrape must not hang on a queue that does not answer
 
 
@@ -88,3 +114,17 @@ async def record_queue_depth(queue: MessageQueue) -> None:
         raise
     QUEUE_READY.set(depth.ready)
     QUEUE_DEAD.set(depth.dead)
+
+
+def record_free_space(data_dir: Path) -> None:
+    """Free and total bytes of the data directory's and the spool's file systems (an emptyDir with
+    a sizeLimit shows the node's disk: the kubelet evicts a pod over its limit; see docs/deploy.md)."""
+    for volume, path in (("data", data_dir), ("spool", data_dir / "spool")):
+        try:
+            usage = shutil.disk_usage(path)
+        except OSError:  # not there (yet): a gap, not a stale value
+            FREE_BYTES.labels(volume).set(math.nan)
+            SIZE_BYTES.labels(volume).set(math.nan)
+            continue
+        FREE_BYTES.labels(volume).set(usage.free)
+        SIZE_BYTES.labels(volume).set(usage.total)

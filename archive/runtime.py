@@ -252,7 +252,7 @@ async def run(settings: Settings, roles: Roles) -> None:
         access = http_access.Access.from_settings(settings, backends.api_keys)
         stack.push_async_callback(access.close)
         app = archive_web.base_app(used, queue, auth=http_access.middleware(access),
-                                   with_metrics=settings.metrics_port is None)
+                                   with_metrics=settings.metrics_port is None, data_dir=settings.data_dir)
         app[archive_web.AUDIT] = trail
         if roles.query_http:
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
@@ -321,7 +321,7 @@ async def run(settings: Settings, roles: Roles) -> None:
             prefetch = asyncio.create_task(access.prefetch(), name="oidc-keys")  # noqa: RUF006 - awaited below
             await _start_http(app, settings, stack, context=https)
             if settings.metrics_port is not None:  # plain HTTP: for Prometheus on the cluster network
-                await _start_http(archive_web.metrics_app(queue), settings, stack, port=settings.metrics_port,
+                await _start_http(archive_web.metrics_app(queue, settings.data_dir), settings, stack, port=settings.metrics_port,
                                   what="metrics")
             await prefetch
         announce = not roles.worker_child and roles.http  # one Application Activity per command, not per child

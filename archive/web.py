@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -26,6 +27,7 @@ from archive.core.query import InvalidQuery
 log = logging.getLogger(__name__)
 BACKENDS = web.AppKey("backends", list[Backend])
 QUEUE = web.AppKey("queue", MessageQueue)  # its depth goes into the metrics at each scrape
+DATA_DIR = web.AppKey("data_dir", Path)  # its free space goes into the metrics at each scrape
 # Who made the request (set by the authentication middleware); a typed request key (aiohttp 3.14+).
 PRINCIPAL = web.RequestKey("principal", Principal)
 
@@ -138,6 +140,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             await metrics.record_queue_depth(request.app[QUEUE])
         except Exception as exc:  # the gauges say NaN; /readyz says why
             log.warning("queue depth unavailable for /metrics", extra={"error": type(exc).__name__})
+    if DATA_DIR in request.app:
+        metrics.record_free_space(request.app[DATA_DIR])
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # every process of this command
@@ -148,9 +152,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None, *,
-             auth: Middleware | None = None, with_metrics: bool = True) -> web.Application:
+             auth: Middleware | None = None, with_metrics: bool = True,
+             data_dir: Path | None = None) -> web.Application:
     """Health, readiness and (``with_metrics``) metrics; ``queue`` (the role's index queue) is
-    counted into the metrics; ``auth``: the authentication middleware."""
+    counted into the metrics, and so is ``data_dir``'s free space; ``auth``: the authentication middleware."""
     app = web.Application(middlewares=[error_middleware, *([auth] if auth is not None else [])],
                           client_max_size=1024**2)
     app.on_response_prepare.append(nosniff)
@@ -158,6 +163,8 @@ def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None, *,
     app[BACKENDS] = list(backends)
     if queue is not None:
         app[QUEUE] = queue
+    if data_dir is not None:
+        app[DATA_DIR] = data_dir
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if with_metrics:
@@ -165,10 +172,12 @@ def base_app(backends: Sequence[Backend], queue: MessageQueue | None = None, *,
     return app
 
 
-def metrics_app(queue: MessageQueue | None = None) -> web.Application:
+def metrics_app(queue: MessageQueue | None = None, data_dir: Path | None = None) -> web.Application:
     """``/metrics`` alone, without a token: the ARCHIVE_METRICS_PORT listener (for Prometheus)."""
     app = web.Application(middlewares=[error_middleware])
     if queue is not None:
         app[QUEUE] = queue
+    if data_dir is not None:
+        app[DATA_DIR] = data_dir
     app.router.add_get("/metrics", metrics_endpoint)
     return app

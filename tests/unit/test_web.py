@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -52,3 +54,25 @@ async def test_an_error_after_the_response_began_cuts_it_short() -> None:
             body = b""
         assert b"HTTP/1.1" not in body and b"error" not in body
         assert (await client.get("/healthz")).status == 200  # a new connection: all well
+
+
+async def test_metrics_carry_free_space_and_build_info(tmp_path: Path) -> None:
+    """The dashboard's free-space and version panels: /metrics reads the data directory's and the
+    spool's file systems at each scrape (a missing spool is a gap, not a stale number)."""
+    import shutil
+
+    from archive import __version__
+    from archive.web import metrics_app
+
+    async with TestClient(TestServer(metrics_app(data_dir=tmp_path))) as client:
+        first = await (await client.get("/metrics")).text()
+        (tmp_path / "spool").mkdir()
+        second = await (await client.get("/metrics")).text()
+    free = shutil.disk_usage(tmp_path).free
+    assert f'archive_build_info{{version="{__version__}"}} 1.0' in first
+    assert 'archive_free_bytes{volume="spool"} NaN' in first
+    for volume in ("data", "spool"):
+        value = float(next(line.split()[-1] for line in second.splitlines()
+                           if line.startswith(f'archive_free_bytes{{volume="{volume}"}}')))
+        assert abs(value - free) < 1 << 30  # the same file system, give or take what others wrote meanwhile
+        assert f'archive_volume_size_bytes{{volume="{volume}"}}' in second
