@@ -24,6 +24,7 @@ run: $(STAMP)
 system-deps: $(STAMP)
 	bash scripts/system-deps.sh
 	bash scripts/install-helm.sh
+	bash scripts/install-kube-tools.sh
 
 services: $(STAMP)
 	bash scripts/services.sh start

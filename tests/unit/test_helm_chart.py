@@ -33,7 +33,7 @@ IMAGE_CMD = "/opt/dicom-archive/cmd"  # where the Dockerfile copies cmd/
 SETTING_NAMES = {s.env for s in SETTINGS}
 SECRET_KEYS = {"ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_QUEUE", "ARCHIVE_CATALOG", "ARCHIVE_SEARCH"}
 DRAIN_SECONDS = 30  # archive.runtime.DRAIN_SECONDS
-CRD_GROUPS = ("monitoring.coreos.com/",)  # custom resources: no schema in kubernetes-validate
+CRD_GROUPS = ("monitoring.coreos.com/", "keda.sh/")  # custom resources: checked against their CRDs (test_chart_observability)
 
 Doc = dict[str, Any]
 
@@ -301,8 +301,13 @@ def test_query_service_selects_query_pods_on_http(docs: list[Doc]) -> None:
 
 def test_scp_and_indexer_autoscale_on_cpu(docs: list[Doc]) -> None:
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in _kinds(docs, "HorizontalPodAutoscaler")}
-    assert {_name("scp"), _name("indexer")} <= set(hpas)
+    keda = {s["spec"]["scaleTargetRef"]["name"] for s in _kinds(docs, "ScaledObject")}
+    assert {_name("scp"), _name("indexer")} <= set(hpas) | keda and not keda & set(hpas)  # never both
+    hpas.update({name: {} for name in keda})
     for name, hpa in hpas.items():
+        if not hpa:  # a ScaledObject (KEDA makes the HPA)
+            assert "replicas" not in _one(docs, "Deployment", name)["spec"]
+            continue
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
