@@ -100,6 +100,10 @@ for _kind in ("transient", "poison"):
     INDEX_FAILURES.labels(_kind)
 for _reason in ("buffer_full", "collector_down", "too_large", "shutdown"):
     AUDIT_DROPPED.labels(_reason)
+# The query interfaces (archive.query): without a series before its first query, a rate over a
+# window misses that query (Prometheus sees the series start at 1, not rise to it).
+for _interface in ("qido", "search", "cfind", "wado", "wado-metadata", "wado-frames", "wado-rendered", "wado-thumbnail"):
+    QUERY_SECONDS.labels(_interface)
 
 QUEUE_DEPTH_TIMEOUT = 2.0  # a scrape must not hang on a queue that does not answer
 

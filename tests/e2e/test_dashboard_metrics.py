@@ -1,0 +1,151 @@
+"""Every panel of the Grafana dashboard shows data from a running archive.
+
+A real Prometheus (Debian's `prometheus`, on a loopback port, its configuration written here)
+scrapes a real `dicom-archive serve` on its metrics port (ARCHIVE_METRICS_PORT); the archive
+receives instances over C-STORE and answers QIDO-RS and C-FIND; then each PromQL expression of
+deploy/helm/dicom-archive/dashboards/dicom-archive.json, with Grafana's variables replaced by
+concrete values, is evaluated by Prometheus' HTTP API and must return series, and the panels that
+describe what just happened must show it (an ingest rate above zero, a latency, qido and cfind).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, free_port, missing
+from tests.e2e.dimse_peers import findscu
+from tests.e2e.harness import ArchiveProcess, http_json, listening, serve, wait_until
+from tests.e2e.senders import pynetdicom_store
+from tests.factories import make_ct, new_uid
+
+DASHBOARD = ROOT / "deploy" / "helm" / "dicom-archive" / "dashboards" / "dicom-archive.json"
+# Grafana's variables, as Grafana would fill them in: all namespaces, a window that spans the test.
+VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "${datasource}": ""}
+
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def targets(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=10) as response:
+            return list(json.load(response)["data"]["activeTargets"])
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[ArchiveProcess]:
+    proc = serve(tmp_path, ARCHIVE_METRICS_PORT=str(free_port())).start()
+    yield proc
+    assert proc.stop() == 0, proc.log_tail()
+
+
+@pytest.fixture
+def prometheus(archive: ArchiveProcess, tmp_path: Path) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        missing("prometheus is not installed (Debian package prometheus); run scripts/system-deps.sh")
+    assert binary is not None
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "dicom-archive", "metrics_path": "/metrics",
+                            "static_configs": [{"targets": [f"127.0.0.1:{archive.env['ARCHIVE_METRICS_PORT']}"]}]}],
+    }))
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+    server = Prometheus(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        wait_until(lambda: proc.poll() is not None or listening(port), timeout=60)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        # The scrape of the archive worked at least once.
+        wait_until(lambda: any(t["health"] == "up" for t in server.targets()), timeout=60)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in VARIABLES.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, f"a Grafana variable this test does not fill in: {expr}"
+            queries.append((f"{panel['title']} [{target['refId']}]", expr))
+    return queries
+
+
+def _value(series: dict[str, Any]) -> float:
+    return float(series["value"][1])
+
+
+def test_every_dashboard_panel_shows_data(archive: ArchiveProcess, prometheus: Prometheus, tmp_path: Path) -> None:
+    # Traffic: C-STORE, QIDO-RS, C-FIND.
+    study = new_uid()
+    datasets = [make_ct(study_uid=study, instance_number=i, seed=i, patient_id="DASH-1") for i in range(5)]
+    assert pynetdicom_store(archive.dicom_port, datasets) == [0x0000] * 5
+
+    def indexed() -> bool:
+        status, body = http_json(f"{archive.http}/dicom-web/studies/{study}/instances")
+        return status == 200 and len(body or []) == 5
+
+    wait_until(indexed, timeout=30)
+    code, found, stderr = findscu(archive.dicom_port, "study", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
+                                  tmp_path / "find")
+    assert code == 0 and len(found) == 1, stderr
+
+    # Prometheus has seen it: the counters it scraped say so (scrapes every second).
+    wait_until(lambda: any(_value(s) >= 5 for s in prometheus.query('sum(archive_cstore_total{result="success"})')),
+               timeout=30)
+    wait_until(lambda: prometheus.query('archive_queries_total{interface="cfind"} > 0'), timeout=30)
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    empty = []
+    for name, expr in _panel_queries():
+        try:
+            results[name] = wait_until(lambda expr=expr: prometheus.query(expr), timeout=15)
+        except TimeoutError:
+            empty.append(f"{name}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+    # What happened shows as such, not as zeros or NaN.
+    assert _value(results["Ingest rate [A]"][0]) > 0
+    assert _value(results["Ingest bytes [A]"][0]) > 0
+    for quantile in "ABC":
+        assert 0 < _value(results[f"C-STORE latency [{quantile}]"][0]) < 30
+        assert 0 < _value(results[f"Time to searchable [{quantile}]"][0]) < 300
+    assert _value(results["Indexer throughput and errors [A]"][0]) > 0
+    latency = {s["metric"]["interface"]: _value(s) for s in results["Query latency by interface [A]"]}
+    assert latency["qido"] > 0 and latency["cfind"] > 0, latency
+    assert {s["metric"]["volume"] for s in results["Free space [A]"]} == {"data", "spool"}
+    assert all(_value(s) > 0 for s in results["Free space [A]"])
+    from archive import __version__
+    assert [s["metric"]["version"] for s in results["Versions running [A]"]] == [__version__]
+    assert _value(results["Scrape targets up [A]"][0]) == 1 and _value(results["Scrape targets up [B]"][0]) == 0
+    assert {s["metric"]["reason"] for s in results["Audit records dropped [A]"]} >= {"buffer_full", "collector_down"}
+    assert [_value(s) for s in results["Index queue depth [B]"]] == [0]  # no dead letters
