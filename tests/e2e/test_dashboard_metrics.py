@@ -1,7 +1,8 @@
 """Every panel of the Grafana dashboard shows data from a running archive.
 
 A real Prometheus (Debian's `prometheus`, on a loopback port, its configuration written here)
-scrapes a real `dicom-archive serve` on its metrics port (ARCHIVE_METRICS_PORT); the archive
+scrapes a real archive on its metrics ports (ARCHIVE_METRICS_PORT): `dicom-archive serve`, and the
+scp, indexer and query roles on the real services (RabbitMQ, PostgreSQL, OpenSearch, S3); the archive
 receives instances over C-STORE and answers QIDO-RS and C-FIND; then each PromQL expression of
 deploy/helm/dicom-archive/dashboards/dicom-archive.json, with Grafana's variables replaced by
 concrete values, is evaluated by Prometheus' HTTP API and must return series, and the panels that
@@ -24,7 +25,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, missing
 from tests.e2e.dimse_peers import findscu
-from tests.e2e.harness import ArchiveProcess, http_json, listening, serve, wait_until
+from tests.e2e.harness import http_json, listening, serve, wait_until
 from tests.e2e.senders import pynetdicom_store
 from tests.factories import make_ct, new_uid
 
@@ -51,15 +52,38 @@ class Prometheus:
             return list(json.load(response)["data"]["activeTargets"])
 
 
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[ArchiveProcess]:
-    proc = serve(tmp_path, ARCHIVE_METRICS_PORT=str(free_port())).start()
-    yield proc
-    assert proc.stop() == 0, proc.log_tail()
+@dataclass
+class Archive:
+    """Where to send, query and scrape: `serve`, or the three roles on the real services."""
+
+    store_port: int  # C-STORE
+    find_port: int  # C-FIND
+    http: str  # QIDO-RS
+    metrics: list[str]  # host:port of every process's ARCHIVE_METRICS_PORT
+
+
+@pytest.fixture(params=["serve", "distributed"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
+    if request.param == "serve":
+        proc = serve(tmp_path, ARCHIVE_METRICS_PORT=str(free_port())).start()
+        yield Archive(proc.dicom_port, proc.dicom_port, proc.http, [f"127.0.0.1:{proc.env['ARCHIVE_METRICS_PORT']}"])
+        assert proc.stop() == 0, proc.log_tail()
+        return
+    from tests.e2e.distributed import ROLES, distributed
+
+    with distributed(tmp_path, f"dash{new_uid()[-8:]}", start=False) as roles:
+        for role in ROLES:
+            roles.procs[role] = roles.process(role)
+            roles.procs[role].env["ARCHIVE_METRICS_PORT"] = str(free_port())
+            roles.procs[role].start(wait_ready=False)
+        for role in ROLES:
+            roles.procs[role].wait_ready(60)
+        yield Archive(roles.scp.dicom_port, roles.query.dicom_port, roles.query.http,
+                      [f"127.0.0.1:{roles.procs[r].env['ARCHIVE_METRICS_PORT']}" for r in ROLES])
 
 
 @pytest.fixture
-def prometheus(archive: ArchiveProcess, tmp_path: Path) -> Iterator[Prometheus]:
+def prometheus(archive: Archive, tmp_path: Path) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
         missing("prometheus is not installed (Debian package prometheus); run scripts/system-deps.sh")
@@ -69,7 +93,7 @@ def prometheus(archive: ArchiveProcess, tmp_path: Path) -> Iterator[Prometheus]:
     config.write_text(json.dumps({  # JSON is YAML
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "dicom-archive", "metrics_path": "/metrics",
-                            "static_configs": [{"targets": [f"127.0.0.1:{archive.env['ARCHIVE_METRICS_PORT']}"]}]}],
+                            "static_configs": [{"targets": archive.metrics}]}],
     }))
     log = tmp_path / "prometheus.log"
     with log.open("wb") as out:
@@ -79,8 +103,8 @@ def prometheus(archive: ArchiveProcess, tmp_path: Path) -> Iterator[Prometheus]:
     try:
         wait_until(lambda: proc.poll() is not None or listening(port), timeout=60)
         assert proc.poll() is None, log.read_text()[-3000:]
-        # The scrape of the archive worked at least once.
-        wait_until(lambda: any(t["health"] == "up" for t in server.targets()), timeout=60)
+        # Every scrape target (one per archive process) was scraped.
+        wait_until(lambda: sorted(t["health"] for t in server.targets()) == ["up"] * len(archive.metrics), timeout=60)
         yield server
     finally:
         proc.terminate()
@@ -104,18 +128,18 @@ def _value(series: dict[str, Any]) -> float:
     return float(series["value"][1])
 
 
-def test_every_dashboard_panel_shows_data(archive: ArchiveProcess, prometheus: Prometheus, tmp_path: Path) -> None:
+def test_every_dashboard_panel_shows_data(archive: Archive, prometheus: Prometheus, tmp_path: Path) -> None:
     # Traffic: C-STORE, QIDO-RS, C-FIND.
     study = new_uid()
     datasets = [make_ct(study_uid=study, instance_number=i, seed=i, patient_id="DASH-1") for i in range(5)]
-    assert pynetdicom_store(archive.dicom_port, datasets) == [0x0000] * 5
+    assert pynetdicom_store(archive.store_port, datasets) == [0x0000] * 5
 
     def indexed() -> bool:
         status, body = http_json(f"{archive.http}/dicom-web/studies/{study}/instances")
         return status == 200 and len(body or []) == 5
 
     wait_until(indexed, timeout=30)
-    code, found, stderr = findscu(archive.dicom_port, "study", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
+    code, found, stderr = findscu(archive.find_port, "study", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
                                   tmp_path / "find")
     assert code == 0 and len(found) == 1, stderr
 
@@ -142,10 +166,12 @@ def test_every_dashboard_panel_shows_data(archive: ArchiveProcess, prometheus: P
     assert _value(results["Indexer throughput and errors [A]"][0]) > 0
     latency = {s["metric"]["interface"]: _value(s) for s in results["Query latency by interface [A]"]}
     assert latency["qido"] > 0 and latency["cfind"] > 0, latency
-    assert {s["metric"]["volume"] for s in results["Free space [A]"]} == {"data", "spool"}
-    assert all(_value(s) > 0 for s in results["Free space [A]"])
+    # every process has its data directory; the receivers (and serve) a spool
+    assert {s["metric"]["volume"] for s in results["Free space [A]"] if _value(s) > 0} == {"data", "spool"}
     from archive import __version__
-    assert [s["metric"]["version"] for s in results["Versions running [A]"]] == [__version__]
-    assert _value(results["Scrape targets up [A]"][0]) == 1 and _value(results["Scrape targets up [B]"][0]) == 0
+    assert [(s["metric"]["version"], _value(s)) for s in results["Versions running [A]"]] == [
+        (__version__, len(archive.metrics))]
+    assert _value(results["Scrape targets up [A]"][0]) == len(archive.metrics)
+    assert _value(results["Scrape targets up [B]"][0]) == 0
     assert {s["metric"]["reason"] for s in results["Audit records dropped [A]"]} >= {"buffer_full", "collector_down"}
     assert [_value(s) for s in results["Index queue depth [B]"]] == [0]  # no dead letters

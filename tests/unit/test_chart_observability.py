@@ -181,3 +181,16 @@ def test_dashboard_and_alerts_use_only_metrics_the_archive_exports() -> None:
                    "Indexer throughput and errors", "Query latency by interface", "Free space",
                    "Versions running", "Audit records dropped"):
         assert wanted in panels
+
+
+def test_every_query_interface_has_its_latency_series_from_the_start() -> None:
+    """A series born at its first query hides that query from rate(): each interface the code
+    labels is in metrics.QUERY_INTERFACES, which exist at 0 from import."""
+    from tests.conftest import ROOT
+
+    code = "\n".join(p.read_text() for p in (ROOT / "archive").rglob("*.py"))
+    labelled = set(re.findall(r'QUERY_SECONDS\.labels\("([^"]+)"\)', code))
+    labelled |= set(re.findall(r'interface = "([^"]+)" if \w+ else "([^"]+)"', code)[0])
+    assert labelled >= {"qido", "cfind", "wado-rendered"} and labelled <= set(metrics.QUERY_INTERFACES), labelled
+    samples = {s.labels["interface"] for m in metrics.QUERY_SECONDS.collect() for s in m.samples}
+    assert set(metrics.QUERY_INTERFACES) <= samples
