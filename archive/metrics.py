@@ -102,7 +102,8 @@ for _reason in ("buffer_full", "collector_down", "too_large", "shutdown"):
     AUDIT_DROPPED.labels(_reason)
 # The query interfaces (archive.query): without a series before its first query, a rate over a
 # window misses that query (Prometheus sees the series start at 1, not rise to it).
-QUERY_INTERFACES = ("qido", "search", "cfind", "wado", "wado-metadata", "wado-frames", "wado-rendered", "wado-thumbnail")
+QUERY_INTERFACES = ("qido", "search", "cfind", "wado", "wado-metadata", "wado-frames", "wado-rendered",
+                    "wado-thumbnail")
 for _interface in QUERY_INTERFACES:
     QUERY_SECONDS.labels(_interface)
 

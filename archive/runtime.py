@@ -321,8 +321,8 @@ async def run(settings: Settings, roles: Roles) -> None:
             prefetch = asyncio.create_task(access.prefetch(), name="oidc-keys")  # noqa: RUF006 - awaited below
             await _start_http(app, settings, stack, context=https)
             if settings.metrics_port is not None:  # plain HTTP: for Prometheus on the cluster network
-                await _start_http(archive_web.metrics_app(queue, settings.data_dir), settings, stack, port=settings.metrics_port,
-                                  what="metrics")
+                await _start_http(archive_web.metrics_app(queue, settings.data_dir), settings, stack,
+                                  port=settings.metrics_port, what="metrics")
             await prefetch
         announce = not roles.worker_child and roles.http  # one Application Activity per command, not per child
         if announce:
