@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -46,6 +47,13 @@ class Prometheus:
             body = json.load(response)
         assert body["status"] == "success", body
         return list(body["data"]["result"])
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=10) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
 
     def targets(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=10) as response:
@@ -103,6 +111,7 @@ def prometheus(archive: Archive, tmp_path: Path) -> Iterator[Prometheus]:
     try:
         wait_until(lambda: proc.poll() is not None or listening(port), timeout=60)
         assert proc.poll() is None, log.read_text()[-3000:]
+        wait_until(server.ready, timeout=60)  # its storage open: it answers 503 until then
         # Every scrape target (one per archive process) was scraped.
         wait_until(lambda: sorted(t["health"] for t in server.targets()) == ["up"] * len(archive.metrics), timeout=60)
         yield server
