@@ -1,0 +1,61 @@
+// The archive's HTTP API as the page uses it: same origin, the API's own authentication.
+
+export interface UiConfig {
+  oidc: { issuer: string; client_id: string | null } | null;
+  viewer_url: string | null;
+}
+
+export interface Bucket {
+  value: string;
+  count: number;
+}
+
+export interface Hit {
+  StudyInstanceUID: string;
+  score: number | null;
+  instances: number;
+  modalities: string[];
+  attributes: Record<string, string | number | undefined>;
+}
+
+export interface SearchResult {
+  total: number;
+  offset: number;
+  limit: number;
+  sort: string;
+  hits: Hit[];
+  facets: Record<string, Bucket[]>;
+  date_interval: string;
+}
+
+export class ApiError extends Error {
+  constructor(readonly status: number, message: string, readonly parameter: string | null = null) {
+    super(message);
+  }
+}
+
+async function json<T>(url: string, signal?: AbortSignal): Promise<T> {
+  const response = await fetch(url, { signal, headers: { Accept: "application/json" }, credentials: "same-origin" });
+  if (!response.ok) {
+    let message = response.statusText || `HTTP ${response.status}`;
+    let parameter: string | null = null;
+    try {
+      const body = (await response.json()) as { error?: string; parameter?: string | null };
+      if (body.error) message = body.error;
+      parameter = body.parameter ?? null;
+    } catch {
+      // not JSON: keep the status text
+    }
+    if (response.status === 401) message = "Sign-in is required, and this page cannot sign in yet. Use an API client with a token.";
+    throw new ApiError(response.status, message, parameter);
+  }
+  return (await response.json()) as T;
+}
+
+export function loadConfig(): Promise<UiConfig> {
+  return json<UiConfig>("/ui/config.json");
+}
+
+export function search(params: URLSearchParams, signal: AbortSignal): Promise<SearchResult> {
+  return json<SearchResult>(`/api/search?${params.toString()}`, signal);
+}
