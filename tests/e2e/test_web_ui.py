@@ -76,6 +76,7 @@ def _parts(study: Study, tmp: Path) -> list[bytes]:
                          charset="ISO_IR 192", accession=f"ACC-{study.patient_id}")
             ds.InstitutionName, ds.BodyPartExamined = study.institution, study.body_part
             ds.StudyDescription = study.description
+            ds.private_block(0x0009, "ACME 1.0", create=True).add_new(0x10, "LO", f"private note {study.patient_id}")
             out.append(write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes())
     if study.report:
         sr = make_sr(study.uid, study.patient_id, study.report)
@@ -338,6 +339,55 @@ def test_paging_is_server_side(ui: Watched, archive: ArchiveProcess) -> None:
     assert "offset" not in page.url
 
 
+def test_a_study_shows_its_series_and_the_tags_of_an_instance(ui: Watched) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    alpha = BY_ID["UI-A"]
+    page.goto("/ui/?PatientID=UI-A")
+    expect_patients(page, "UI-A")
+    page.get_by_role("link", name="Alpha, Ann").click()
+    expect(page.get_by_role("heading", name="Alpha, Ann")).to_be_visible()
+    assert urllib.parse.urlsplit(page.url).path == f"/ui/study/{alpha.uid}"
+    expect(page.get_by_role("status")).to_have_text("2 series")
+    ct = page.locator(".series-card", has_text="CT")
+    thumbnail = ct.get_by_role("img")
+    expect(thumbnail).to_have_attribute("alt", re.compile("First image of Series 1"))
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle())
+    assert page.locator(".series-card", has_text="SR").get_by_role("img").count() == 0  # not an image: not asked
+    ct.get_by_role("button", name="Attributes").click()
+    tags = page.get_by_role("region", name="Attributes")
+    expect(tags.get_by_role("status")).to_have_text(re.compile(r"^[0-9]+ attributes$"))
+    expect(tags.get_by_label("Instance")).to_have_value(re.compile(r"^[0-9.]+$"))
+    tags.get_by_label("Filter by keyword, tag or value").fill("0009")
+    body = tags.locator("tbody tr")
+    expect(body).to_have_count(2)  # the private creator and its element
+    assert body.nth(1).locator("td").all_inner_texts() == ["(0009,1010)", "(private)", "LO", "private note UI-A"]
+    tags.get_by_label("Filter by keyword, tag or value").fill("PatientName")
+    expect(body).to_have_count(1)
+    assert body.first.locator("td").all_inner_texts() == ["(0010,0010)", "PatientName", "PN", "Alpha^Ann"]
+    tags.get_by_label("Filter by keyword, tag or value").fill("CodeMeaning")  # none in a CT: nothing
+    expect(body).to_have_count(0)
+    page.go_back()
+    expect_patients(page, "UI-A")
+    assert urllib.parse.urlsplit(page.url).query == "PatientID=UI-A"
+
+
+def test_a_study_page_shows_hostile_values_as_text(ui: Watched) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    page.goto(f"/ui/study/{BY_ID['UI-X'].uid}")  # a deep link: the page routes it
+    expect(page.get_by_role("heading", level=2)).to_have_text("<img src")
+    expect(page.locator(".study-facts dd", has_text="onerror")).to_have_text(HOSTILE)
+    page.get_by_role("button", name="Attributes").click()
+    tags = page.get_by_role("region", name="Attributes")
+    tags.get_by_label("Filter by keyword, tag or value").fill("StudyDescription")
+    expect(tags.locator("tbody tr td").nth(3)).to_have_text(HOSTILE)
+    # the thumbnail is the only image on the page
+    expect(page.locator("img")).to_have_count(1)
+
+
 def test_axe_finds_no_serious_violation(browser: Any, archive: ArchiveProcess) -> None:
     """axe-core is injected into a context that bypasses the page's CSP for that injection only
     (the page itself runs as served)."""
@@ -347,9 +397,13 @@ def test_axe_finds_no_serious_violation(browser: Any, archive: ArchiveProcess) -
     try:
         watched = _watch(context)
         page = watched.page
-        for url in ("/ui/", "/ui/?Modality=MR", "/ui/?q=no-such-term-at-all"):
+        for url in ("/ui/", "/ui/?Modality=MR", "/ui/?q=no-such-term-at-all", f"/ui/study/{BY_ID['UI-A'].uid}"):
             page.goto(url)
-            page.get_by_role("status").filter(has_not_text="Searching").wait_for()
+            page.get_by_role("status").first.filter(has_not_text=re.compile("Searching|Loading")).wait_for()
+            if "/study/" in url:  # with the tag browser open
+                page.locator(".series-card", has_text="CT").get_by_role("button", name="Attributes").click()
+                page.get_by_role("region", name="Attributes").get_by_role("status").filter(
+                    has_text=re.compile("^[0-9]+ attributes$")).wait_for()
             page.add_script_tag(path=str(AXE))
             result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
             bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])

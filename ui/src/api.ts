@@ -59,3 +59,50 @@ export function loadConfig(): Promise<UiConfig> {
 export function search(params: URLSearchParams, signal: AbortSignal): Promise<SearchResult> {
   return json<SearchResult>(`/api/search?${params.toString()}`, signal);
 }
+
+/** A DICOM JSON dataset (PS3.18 F.2): tag (8 hex digits) -> element. */
+export type DicomJson = Record<string, DicomElement>;
+export interface DicomElement {
+  vr: string;
+  Value?: unknown[];
+  InlineBinary?: string;
+  BulkDataURI?: string;
+}
+
+async function dicomJson(url: string, signal?: AbortSignal): Promise<DicomJson[]> {
+  const response = await fetch(url, { signal, headers: { Accept: "application/dicom+json" } });
+  if (response.status === 204) return [];
+  if (!response.ok) {
+    let message = response.statusText || `HTTP ${response.status}`;
+    try {
+      const body = (await response.json()) as { error?: string };
+      if (body.error) message = body.error;
+    } catch {
+      // not JSON
+    }
+    throw new ApiError(response.status, message);
+  }
+  return (await response.json()) as DicomJson[];
+}
+
+const uid = encodeURIComponent;
+
+export function studyOf(study: string, signal?: AbortSignal): Promise<DicomJson[]> {
+  return dicomJson(`/dicom-web/studies?StudyInstanceUID=${uid(study)}&includefield=all`, signal);
+}
+
+export function seriesOf(study: string, signal?: AbortSignal): Promise<DicomJson[]> {
+  return dicomJson(`/dicom-web/studies/${uid(study)}/series?includefield=BodyPartExamined`, signal);
+}
+
+export function instancesOf(study: string, series: string, signal?: AbortSignal): Promise<DicomJson[]> {
+  return dicomJson(`/dicom-web/studies/${uid(study)}/series/${uid(series)}/instances`, signal);
+}
+
+export function metadataOf(study: string, series: string, instance: string, signal?: AbortSignal): Promise<DicomJson[]> {
+  return dicomJson(`/dicom-web/studies/${uid(study)}/series/${uid(series)}/instances/${uid(instance)}/metadata`, signal);
+}
+
+export function thumbnailUrl(study: string, series: string): string {
+  return `/dicom-web/studies/${uid(study)}/series/${uid(series)}/thumbnail`;
+}

@@ -25,3 +25,24 @@ export function dicomDate(value: string | number | undefined): string {
 export function count(value: string | number | undefined): string {
   return value === undefined || value === null || value === "" ? "" : String(value);
 }
+
+/** The first value of ``tag`` in a DICOM JSON dataset, as text (a PN as its first non-empty group). */
+export function first(ds: Record<string, { vr: string; Value?: unknown[] }> | undefined, tag: string): string {
+  const value = ds?.[tag]?.Value?.[0];
+  if (value === undefined || value === null) return "";
+  if (typeof value === "object") {
+    const pn = value as Record<string, string | undefined>;
+    return pn.Alphabetic || pn.Ideographic || pn.Phonetic || "";
+  }
+  return String(value);
+}
+
+/** One value of an element as text (PN groups joined by "=", as PS3.5 writes them). */
+export function valueText(vr: string, value: unknown): string {
+  if (value === null || value === undefined) return "";
+  if (vr === "PN" && typeof value === "object") {
+    const pn = value as Record<string, string | undefined>;
+    return [pn.Alphabetic ?? "", pn.Ideographic ?? "", pn.Phonetic ?? ""].join("=").replace(/=+$/, "");
+  }
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}

@@ -12,6 +12,7 @@ interface Props {
   search: Search;
   navigate: (next: Search) => void;
   config: UiConfig;
+  open: (study: string) => void;
 }
 
 const FIELD_LABELS: [Filter, string, string][] = [
@@ -35,7 +36,7 @@ type State =
   | { kind: "done"; result: SearchResult }
   | { kind: "error"; error: ApiError };
 
-export function SearchPage({ search, navigate, config }: Props) {
+export function SearchPage({ search, navigate, config, open }: Props) {
   const [state, setState] = useState<State>({ kind: "loading" });
 
   useEffect(() => {
@@ -72,7 +73,7 @@ export function SearchPage({ search, navigate, config }: Props) {
         )}
         {result && result.hits.length > 0 && (
           <>
-            <StudyTable result={result} search={search} navigate={navigate} config={config} />
+            <StudyTable result={result} search={search} navigate={navigate} config={config} open={open} />
             <Pager result={result} search={search} navigate={navigate} />
           </>
         )}
@@ -191,8 +192,8 @@ const COLUMNS: { label: string; sort?: string }[] = [
   { label: "Instances" },
 ];
 
-function StudyTable({ result, search, navigate, config }: {
-  result: SearchResult; search: Search; navigate: (s: Search) => void; config: UiConfig;
+function StudyTable({ result, search, navigate, config, open }: {
+  result: SearchResult; search: Search; navigate: (s: Search) => void; config: UiConfig; open: (study: string) => void;
 }) {
   const body = useRef<HTMLTableSectionElement>(null);
   // Arrow keys move between the rows' first links (one Tab stop per row stays for screen readers).
@@ -224,7 +225,7 @@ function StudyTable({ result, search, navigate, config }: {
         </tr>
       </thead>
       <tbody ref={body} onKeyDown={onKeyDown}>
-        {result.hits.map((hit) => <Row key={hit.StudyInstanceUID} hit={hit} viewer={config.viewer_url} />)}
+        {result.hits.map((hit) => <Row key={hit.StudyInstanceUID} hit={hit} viewer={config.viewer_url} open={open} />)}
       </tbody>
     </table>
   );
@@ -243,15 +244,19 @@ function SortButton({ label, sortKey, search, current, navigate }: {
   );
 }
 
-function Row({ hit, viewer }: { hit: Hit; viewer: string | null }) {
+function Row({ hit, viewer, open }: { hit: Hit; viewer: string | null; open: (study: string) => void }) {
   const a = hit.attributes;
   const name = personName(a.PatientName) || "(no name)";
   const modalities = hit.modalities.join(", ");
   return (
     <tr>
       <td>
-        <a class="study" href={`/dicom-web/studies/${encodeURIComponent(hit.StudyInstanceUID)}/series`}
-          data-uid={hit.StudyInstanceUID} title="The study's series (DICOM JSON)">{name}</a>
+        <a class="study" href={`/ui/study/${encodeURIComponent(hit.StudyInstanceUID)}`} data-uid={hit.StudyInstanceUID}
+          onClick={(e) => {
+            if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return; // a new tab: the browser's
+            e.preventDefault();
+            open(hit.StudyInstanceUID);
+          }}>{name}</a>
       </td>
       <td>{a.PatientID ?? ""}</td>
       <td>{dicomDate(a.PatientBirthDate)}</td>
