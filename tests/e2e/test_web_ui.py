@@ -81,7 +81,8 @@ def _parts(study: Study, tmp: Path) -> list[bytes]:
     if study.report:
         sr = make_sr(study.uid, study.patient_id, study.report)
         sr.PatientName, sr.StudyDate, sr.InstitutionName = study.name, study.date, study.institution
-        sr.SpecificCharacterSet = "ISO_IR 192"
+        sr.SpecificCharacterSet, sr.StudyDescription = "ISO_IR 192", study.description
+        sr.AccessionNumber, sr.PatientBirthDate, sr.PatientSex = f"ACC-{study.patient_id}", "19700101", "F"
         out.append(write_part10(sr, tmp / f"{sr.SOPInstanceUID}.dcm").read_bytes())
     return out
 

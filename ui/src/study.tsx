@@ -89,7 +89,7 @@ export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
                   : <Thumbnail src={thumbnailUrl(uid, seriesUid)} alt={`First image of ${label}`} />}
                 <div>
                   <strong>{label}</strong>
-                  <div>{modality} · {first(s, T.NumberOfSeriesRelatedInstances)} instances
+                  <div>{modality} · {plural(first(s, T.NumberOfSeriesRelatedInstances), "instance")}
                     {first(s, T.BodyPartExamined) ? ` · ${first(s, T.BodyPartExamined)}` : ""}</div>
                   <button type="button" class="secondary" aria-pressed={chosen === seriesUid}
                     onClick={() => setChosen(chosen === seriesUid ? null : seriesUid)}>
@@ -104,6 +104,10 @@ export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
       {chosen && <TagBrowser study={uid} series={chosen} />}
     </main>
   );
+}
+
+function plural(n: string, noun: string): string {
+  return `${n} ${n === "1" ? noun : `${noun}s`}`;
 }
 
 function Fact({ label, value }: { label: string; value: string }) {
