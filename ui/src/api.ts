@@ -34,21 +34,24 @@ export class ApiError extends Error {
   }
 }
 
+/** The error of a failed response: the API's JSON error (and the parameter it names), else the status. */
+async function failure(response: Response): Promise<ApiError> {
+  let message = response.statusText || `HTTP ${response.status}`;
+  let parameter: string | null = null;
+  try {
+    const body = (await response.json()) as { error?: string; parameter?: string | null };
+    if (body.error) message = body.error;
+    parameter = body.parameter ?? null;
+  } catch {
+    // not JSON: keep the status text
+  }
+  if (response.status === 401) message = "Sign-in is required, and this page cannot sign in yet. Use an API client with a token.";
+  return new ApiError(response.status, message, parameter);
+}
+
 async function json<T>(url: string, signal?: AbortSignal): Promise<T> {
   const response = await fetch(url, { signal, headers: { Accept: "application/json" }, credentials: "same-origin" });
-  if (!response.ok) {
-    let message = response.statusText || `HTTP ${response.status}`;
-    let parameter: string | null = null;
-    try {
-      const body = (await response.json()) as { error?: string; parameter?: string | null };
-      if (body.error) message = body.error;
-      parameter = body.parameter ?? null;
-    } catch {
-      // not JSON: keep the status text
-    }
-    if (response.status === 401) message = "Sign-in is required, and this page cannot sign in yet. Use an API client with a token.";
-    throw new ApiError(response.status, message, parameter);
-  }
+  if (!response.ok) throw await failure(response);
   return (await response.json()) as T;
 }
 
@@ -72,16 +75,7 @@ export interface DicomElement {
 async function dicomJson(url: string, signal?: AbortSignal): Promise<DicomJson[]> {
   const response = await fetch(url, { signal, headers: { Accept: "application/dicom+json" } });
   if (response.status === 204) return [];
-  if (!response.ok) {
-    let message = response.statusText || `HTTP ${response.status}`;
-    try {
-      const body = (await response.json()) as { error?: string };
-      if (body.error) message = body.error;
-    } catch {
-      // not JSON
-    }
-    throw new ApiError(response.status, message);
-  }
+  if (!response.ok) throw await failure(response);
   return (await response.json()) as DicomJson[];
 }
 
