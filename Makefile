@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FUZZ_SECONDS ?= 180
 FUZZ_TARGETS ?= pdu describe stow qido search
 
-.PHONY: fuzz run install system-deps services services-stop image image-stop test test-fast lint bench bench-query bench-dicomweb clean
+.PHONY: ui fuzz run install system-deps services services-stop image image-stop test test-fast lint bench bench-query bench-dicomweb clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+# The web UI (ui/: Vite, Preact, TypeScript) built into the package (archive/query/ui/static, not
+# committed; the wheel carries it); rebuilt when its sources change. npm's cache: ~/.cache/dicom-archive/npm.
+UI_STAMP := archive/query/ui/static/index.html
+UI_MODULES := ui/node_modules/.installed
+$(UI_MODULES): ui/package.json ui/package-lock.json
+	cd ui && npm ci --cache $(HOME)/.cache/dicom-archive/npm --prefer-offline --no-audit --no-fund
+	touch $(UI_MODULES)
+
+$(UI_STAMP): $(UI_MODULES) $(shell find ui/src -type f 2>/dev/null) ui/index.html ui/vite.config.ts ui/tsconfig.json
+	cd ui && npm run build
+	touch $(UI_STAMP)
+
+ui: $(UI_STAMP)
+
+run: $(STAMP) $(UI_STAMP)
 	$(BIN)/dicom-archive serve
 
 system-deps: $(STAMP)
@@ -34,7 +48,8 @@ services-stop:
 
 # The container image (docs/deploy.md): a private dockerd, a Debian base made with debootstrap
 # (cached under ~/.cache/dicom-archive), localhost/dicom-archive:<version>; .image.env says where.
-image:
+# The web UI is built on the host first and copied in with the package (no Node.js in the image).
+image: $(UI_STAMP)
 	bash scripts/image.sh build
 
 image-stop:
@@ -44,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(STAMP) system-deps services image lint
+test: $(STAMP) $(UI_STAMP) system-deps services image lint
 	$(BIN)/pytest -q -rs --durations=15
 
 test-fast: $(STAMP)

@@ -382,6 +382,15 @@ class Settings:
         "(TLS 1.2 or newer)", Text())
     http_tls_key: str = setting(
         "ARCHIVE_HTTP_TLS_KEY", "", "PEM private key of `ARCHIVE_HTTP_TLS_CERT`", Text())
+    ui_oidc_client_id: str = setting(
+        "ARCHIVE_UI_OIDC_CLIENT_ID", "",
+        "Client id of the web UI at `ARCHIVE_OIDC_ISSUER` (a public client), handed to the page in "
+        "`/ui/config.json`; the UI's own sign-in is not built yet", Text())
+    ui_viewer_url: str = setting(
+        "ARCHIVE_UI_VIEWER_URL", "",
+        "A DICOMweb viewer (OHIF) the web UI links each study to, `{StudyInstanceUID}` replaced, e.g. "
+        "`https://ohif.example.com/viewer?StudyInstanceUIDs={StudyInstanceUID}`; unset: no link",
+        Url(schemes=("http", "https"), optional=True, needs_host=True))
     query_dicom_port: int = setting(
         "ARCHIVE_QUERY_DICOM_PORT", 11113,
         "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` "

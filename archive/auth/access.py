@@ -103,7 +103,7 @@ class Access:
             assert self.verifier is not None
             text = (f"HTTP sign-in: access tokens of {self.verifier.issuer} for audience {self.verifier.audience} "
                     f"(roles from the claim {self.verifier.roles_claim}){keys}; no access without a token "
-                    "(except /healthz, /readyz, /api/openapi.json)")
+                    "(except /healthz, /readyz, /api/openapi.json and the web UI's files)")
             if self.ignored_open:
                 return logging.WARNING, text + "; ARCHIVE_HTTP_INSECURE_OPEN is ignored: ARCHIVE_OIDC_ISSUER is set"
             return logging.INFO, text

@@ -36,6 +36,10 @@ RULES: tuple[Rule, ...] = (
     Rule(READ, "/healthz", None),
     Rule(READ, "/readyz", None),
     Rule(READ, "/api/openapi.json", None),
+    # open: the web UI's files and the settings it starts from (it reads patients through the API)
+    Rule(READ, "/", None),
+    Rule(READ, "/ui", None),
+    Rule(READ, "/ui/*", None),
     # admin: metrics on the HTTP port (ARCHIVE_METRICS_PORT serves them elsewhere, without a token)
     Rule(None, "/metrics", Role.ADMIN),
     # writer: STOW-RS (PS3.18 10.5)

@@ -79,7 +79,15 @@ _SCHEMAS: dict[str, Any] = {
             "score": {"type": "number", "nullable": True, "description": "relevance; null without q"},
             "instances": {"type": "integer", "description": "matching instances in the group"},
             "modalities": {"type": "array", "items": {"type": "string"}},
-            "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+            "attributes": {
+                "type": "object",
+                "description": "a few display attributes (first value of each); at study level also the "
+                               "study's NumberOfStudyRelatedSeries and NumberOfStudyRelatedInstances from the "
+                               "catalog (the whole study, not only the matching instances)",
+                "properties": {"NumberOfStudyRelatedSeries": {"type": "integer"},
+                               "NumberOfStudyRelatedInstances": {"type": "integer"}},
+                "additionalProperties": {"type": "string"},
+            },
             "highlights": {"type": "array", "items": {"$ref": "#/components/schemas/Highlight"}},
         },
     },

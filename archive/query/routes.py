@@ -2,8 +2,8 @@
 
 :func:`add_routes` is called once by the composition root (:mod:`archive.runtime`):
 it stores the backends under the keys of :mod:`archive.query.context`, then mounts
-DICOMweb (its route table: :mod:`archive.query.dicomweb.routes`), the search API and
-the OpenAPI document that describes them all.
+DICOMweb (its route table: :mod:`archive.query.dicomweb.routes`), the search API,
+the OpenAPI document that describes them all, and the web UI (:mod:`archive.query.ui`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from archive.query.context import CATALOG, INGEST, MAX_LIMIT, OBJECTS, SEARCH, S
 from archive.query.dicomweb import routes as dicomweb
 from archive.query.objects import ObjectCache
 from archive.query.search import api as search_api
+from archive.query.ui import routes as ui
 from archive.scp.spool import process_spool
 from archive.settings import Settings
 
@@ -45,6 +46,7 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
         app[SEARCH] = search
         app.router.add_get("/api/search", search_api.search)
         app.router.add_get("/api/openapi.json", openapi.openapi_json)
+    ui.add_routes(app)  # the web UI; it reads everything through the routes above
 
 
 def _object_cache(app: web.Application, store: ObjectStore, settings: Settings) -> ObjectCache:

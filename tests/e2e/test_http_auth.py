@@ -125,8 +125,10 @@ def test_no_token_is_401_with_a_challenge_and_the_probes_stay_open(archive: Arch
         status, response_headers, answer = call(url, method=method, body=data, headers=headers)
         assert (status, response_headers.get("WWW-Authenticate")) == (401, CHALLENGE), url
         assert "error" in answer
-    for path in ("/healthz", "/readyz", "/api/openapi.json"):
+    for path in ("/healthz", "/readyz", "/api/openapi.json", "/ui/config.json"):
         assert call(base + path)[0] == 200, path
+    # the web UI starts from its settings before anyone signs in: the issuer, nothing about patients
+    assert call(f"{base}/ui/config.json")[2]["oidc"]["issuer"] == keycloak_issuer()
     assert call(f"{base}/dicom-web/studies", "not-a-token")[1]["WWW-Authenticate"].startswith(
         CHALLENGE + ', error="invalid_token"')
 

@@ -48,7 +48,8 @@ def test_cors_preflights_are_open_and_only_they() -> None:
 def test_defaults_are_at_least_reader() -> None:
     assert UNKNOWN_READ.includes(R) and UNKNOWN_OTHER is A
     open_rules = [rule.path for rule in RULES if rule.role is None]
-    assert open_rules == ["/healthz", "/readyz", "/api/openapi.json"]
+    # and the web UI's files and settings (it reads patients through the API, with a token)
+    assert open_rules == ["/healthz", "/readyz", "/api/openapi.json", "/", "/ui", "/ui/*"]
 
 
 async def test_every_route_of_the_query_service_is_named_by_the_table(tmp_path: Path) -> None:

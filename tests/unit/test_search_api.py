@@ -176,3 +176,40 @@ async def test_openapi_is_served_and_documents_every_route(client: TestClient) -
     assert routes <= set(document["paths"]), routes - set(document["paths"])
     names = {p["name"] for p in document["paths"]["/api/search"]["get"]["parameters"]}
     assert {"q", "level", "limit", "offset", "sort", "facets"} <= names
+
+
+async def test_study_hits_carry_the_whole_studys_counts_from_the_catalog(tmp_path: Path) -> None:
+    """The web UI's study list shows series and instances per study from the one search request:
+    the study's own counts (PS3.4 C.3.4 computed keys), not only the instances that matched."""
+    from archive.core.records import CatalogEntry
+
+    index = Fts5Search(tmp_path / "search.db")
+    catalog = SqliteCatalog(tmp_path / "catalog.db")
+    await index.migrate()
+    await catalog.migrate()
+    study, ct, mr = new_uid(), new_uid(), new_uid()
+    messages = [make_message(make_ct(study_uid=study, series_uid=ct, patient_id="P-C", instance_number=i, seed=i,
+                                     size=4), tmp_path) for i in range(3)]
+    messages.append(make_message(make_ct(study_uid=study, series_uid=mr, patient_id="P-C", modality="MR", size=4),
+                                 tmp_path))
+    await catalog.upsert([CatalogEntry.from_message(m) for m in messages])
+    await index.upsert([flatten(m) for m in messages])
+    unindexed = make_message(make_ct(patient_id="P-D", size=4), tmp_path)  # in the index, not yet in the catalog
+    await index.upsert([flatten(unindexed)])
+    app = base_app([catalog, index])
+    add_routes(app, catalog, 100, index)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            body = await get(client, {"PatientID": "P-C", "Modality": "MR"})
+            (hit,) = body["hits"]
+            assert hit["instances"] == 1  # matching
+            assert hit["attributes"]["NumberOfStudyRelatedSeries"] == 2  # the whole study
+            assert hit["attributes"]["NumberOfStudyRelatedInstances"] == 4
+            hits = (await get(client, {"PatientID": "P-*"}))["hits"]
+            by_uid = {h["StudyInstanceUID"]: h["attributes"] for h in hits}
+            assert "NumberOfStudyRelatedSeries" not in by_uid[unindexed.study_uid]
+            series = (await get(client, {"PatientID": "P-C", "level": "series"}))["hits"]
+            assert len(series) == 2 and all("NumberOfStudyRelatedSeries" not in h["attributes"] for h in series)
+    finally:
+        await index.close()
+        await catalog.close()

@@ -85,6 +85,8 @@ NON_DEFAULT = {
     "ARCHIVE_METRICS_PORT": "9102",
     "ARCHIVE_HTTP_TLS_CERT": "/etc/archive/tls.crt",
     "ARCHIVE_HTTP_TLS_KEY": "/etc/archive/tls.key",
+    "ARCHIVE_UI_OIDC_CLIENT_ID": "archive-ui",
+    "ARCHIVE_UI_VIEWER_URL": "https://ohif.example.com/viewer?StudyInstanceUIDs={StudyInstanceUID}",
     "ARCHIVE_QUERY_DICOM_PORT": "4243",
     "ARCHIVE_PEERS": "STORESCU@127.0.0.1:4242, V6@[::1]:104",
     "ARCHIVE_FIND_MAX_MATCHES": "7",
@@ -191,6 +193,7 @@ INVALID = {
     "ARCHIVE_METRICS_PORT": "0",
     "ARCHIVE_HTTP_TLS_CERT": "/etc/archive/tls.crt",  # without its key
     "ARCHIVE_HTTP_TLS_KEY": "/etc/archive/tls.key",  # without its certificate
+    "ARCHIVE_UI_VIEWER_URL": "javascript:alert(1)",
     "ARCHIVE_QUERY_DICOM_PORT": "-1",
     "ARCHIVE_PEERS": "STORESCU@127.0.0.1",
     "ARCHIVE_FIND_MAX_MATCHES": "0",
@@ -226,7 +229,7 @@ ANY_TEXT = {"ARCHIVE_DATA_DIR", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY"
             "ARCHIVE_TLS_CERT", "ARCHIVE_TLS_KEY", "ARCHIVE_TLS_CLIENT_CA", "ARCHIVE_AE_CONFIG",
             "ARCHIVE_AUDIT_FILE", "ARCHIVE_AUDIT_TLS_CA", "ARCHIVE_AUDIT_TLS_CERT", "ARCHIVE_AUDIT_TLS_KEY",
             "ARCHIVE_AUDIT_SOURCE_ID",
-            "ARCHIVE_OIDC_AUDIENCE"}
+            "ARCHIVE_OIDC_AUDIENCE", "ARCHIVE_UI_OIDC_CLIENT_ID"}
 
 
 @pytest.mark.parametrize("env, fragment", [

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from archive import metrics
 from archive.core.levels import Level
-from archive.core.query import InvalidQuery, Matcher, Range, SingleValue, classify
+from archive.core.query import InvalidQuery, Matcher, Query, Range, SingleValue, UIDList, classify
 from archive.core.search import (
     FACETS,
     MAX_TEXT_CHARS,
@@ -35,7 +35,8 @@ from archive.core.search import (
     nest,
     vr_of,
 )
-from archive.query.context import SEARCH
+from archive.core.ports import Catalog
+from archive.query.context import CATALOG, SEARCH
 
 LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.IMAGE}
 LEVEL_NAMES = {level: name for name, level in LEVELS.items()}
@@ -46,6 +47,9 @@ SORTS = tuple(s for key in SORT_KEYS for s in ((key,) if key == "relevance" else
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, CR, LF are whitespace
 _DATE = re.compile(r"[0-9]{8}")  # not \d: it takes every script's digits
 _INTEGER = re.compile(r"-?[0-9]{1,12}")  # int() takes " 5", "٥" and "1_0" too
+# A study hit's size as the catalog counts it (the whole study, not only the matching instances):
+# PS3.4 C.3.4 computed keys, read for the page's studies in one catalog query.
+STUDY_COUNTS = {"00201206": "NumberOfStudyRelatedSeries", "00201208": "NumberOfStudyRelatedInstances"}
 
 
 class BadParameter(InvalidQuery):
@@ -140,7 +144,25 @@ def parse(params: Sequence[tuple[str, str]]) -> SearchRequest:
     )
 
 
-def to_json(request: SearchRequest, result: SearchResult) -> dict[str, Any]:
+async def study_counts(catalog: Catalog, study_uids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Series and instances of each study, by UID, from the catalog (one query for the page).
+    A study the search index knows and the catalog not yet (indexed in between) is left out."""
+    if not study_uids:
+        return {}
+    uids = tuple(dict.fromkeys(study_uids))
+    matcher: Matcher = UIDList("StudyInstanceUID", uids) if len(uids) > 1 else SingleValue("StudyInstanceUID", uids[0])
+    rows = await catalog.find(Query(Level.STUDY, (matcher,), limit=len(uids)))
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        uid = (row.get("0020000D", {}).get("Value") or [None])[0]
+        if isinstance(uid, str):
+            counts[uid] = {keyword: int((row.get(tag, {}).get("Value") or [0])[0])
+                           for tag, keyword in STUDY_COUNTS.items()}
+    return counts
+
+
+def to_json(request: SearchRequest, result: SearchResult,
+            counts: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     sort = request.sort.key if request.sort.key == "relevance" else \
         ("-" if request.sort.descending else "") + request.sort.key
     hits = []
@@ -150,8 +172,11 @@ def to_json(request: SearchRequest, result: SearchResult) -> dict[str, Any]:
             item["SeriesInstanceUID"] = hit.series_uid
         if hit.sop_instance_uid is not None:
             item["SOPInstanceUID"] = hit.sop_instance_uid
+        attributes: dict[str, Any] = dict(hit.attributes)
+        if counts is not None and hit.series_uid is None and hit.study_uid in counts:
+            attributes.update(counts[hit.study_uid])
         item.update(score=hit.score, instances=hit.instances, modalities=list(hit.modalities),
-                    attributes=hit.attributes,
+                    attributes=attributes,
                     highlights=[{"field": h.field, "fragments": list(h.fragments)} for h in hit.highlights])
         hits.append(item)
     return {
@@ -172,9 +197,12 @@ async def search(request: web.Request) -> web.Response:
     try:
         query = parse(list(request.query.items()))
         result = await request.app[SEARCH].query(query)
+        counts = None
+        if query.level is Level.STUDY and CATALOG in request.app:
+            counts = await study_counts(request.app[CATALOG], [hit.study_uid for hit in result.hits])
     except InvalidQuery as exc:
         metrics.QUERIES.labels("search", "-", "400").inc()
         return web.json_response({"error": str(exc), "parameter": getattr(exc, "parameter", None)}, status=400)
     metrics.QUERIES.labels("search", LEVEL_NAMES[query.level], "200").inc()
     metrics.QUERY_SECONDS.labels("search").observe(time.perf_counter() - started)
-    return web.json_response(to_json(query, result))
+    return web.json_response(to_json(query, result, counts))

@@ -1,0 +1,61 @@
+"""Screenshots of the web UI's pages for the README (docs/ui-*.png), from the browser tests' data.
+
+    .venv/bin/python scripts/ui-screenshots.py      # needs make ui and /usr/bin/chromium
+
+Starts an embedded ``serve`` in a temporary directory, stores the studies of
+tests/e2e/test_web_ui.py (not the Japanese one: Debian's Chromium here has no CJK font, and a row
+of boxes would say the page cannot show the name, which it can), and saves the search page, a
+facet pressed, and a study page with the tag browser open, at a laptop's 1280x800.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.harness import http_json, serve, wait_until  # noqa: E402
+from tests.e2e.test_web_ui import CHROMIUM, CHROMIUM_ARGS, STUDIES, _parts  # noqa: E402
+from tests.stow_client import stow  # noqa: E402
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    studies = [s for s in STUDIES if s.patient_id != "UI-J"]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        proc = serve(tmp).start()
+        try:
+            for study in studies:
+                assert stow(proc.http, _parts(study, tmp))[0] == 200
+            wait_until(lambda: http_json(f"{proc.http}/api/search?limit=1")[1]["total"] == len(studies), timeout=60)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(base_url=proc.http, viewport={"width": 1280, "height": 800})
+                page.goto("/ui/?sort=PatientName")
+                page.locator("table.studies tbody tr").first.wait_for()
+                page.screenshot(path=str(ROOT / "docs" / "ui-search.png"), full_page=True)
+                page.goto("/ui/?q=chest&Modality=CT")
+                page.locator("table.studies tbody tr").first.wait_for()
+                page.screenshot(path=str(ROOT / "docs" / "ui-search-facet.png"), full_page=True)
+                alpha = next(s for s in studies if s.patient_id == "UI-A")
+                page.goto(f"/ui/study/{alpha.uid}")
+                card = page.locator(".series-card", has_text="CT")
+                card.get_by_role("img").wait_for()
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=card.get_by_role("img").element_handle())
+                card.get_by_role("button", name="Attributes").click()
+                page.locator(".tag-table tbody tr").first.wait_for()
+                page.get_by_label("Filter by keyword, tag or value").fill("Patient")
+                page.screenshot(path=str(ROOT / "docs" / "ui-study.png"), full_page=True)
+                browser.close()
+        finally:
+            proc.stop()
+    print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png")
+
+
+if __name__ == "__main__":
+    main()

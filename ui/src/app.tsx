@@ -1,0 +1,56 @@
+// The page: /ui/ is the search (its query in the URL), /ui/study/<uid> a study. Links are real
+// links; a plain click moves with pushState, and Back/Forward walk it (popstate).
+import { useEffect, useRef, useState } from "preact/hooks";
+import { loadConfig, type UiConfig } from "./api";
+import { fromUrl, toUrl, type Search } from "./query";
+import { SearchPage } from "./search";
+import { StudyPage } from "./study";
+
+const STUDY = /^\/ui\/study\/([0-9.]{1,64})\/?$/;
+
+interface Where {
+  study: string | null;
+  search: Search;
+}
+
+function here(): Where {
+  const study = STUDY.exec(location.pathname);
+  return { study: study ? study[1] : null, search: fromUrl(location.search) };
+}
+
+export function App() {
+  const [where, setWhere] = useState<Where>(here);
+  const [config, setConfig] = useState<UiConfig>({ oidc: null, viewer_url: null });
+  const inApp = useRef(false); // whether Back stays in this page (a study opened from the list)
+
+  useEffect(() => {
+    loadConfig().then(setConfig, () => undefined); // without it: no viewer link, nothing else changes
+    const onPop = () => setWhere(here());
+    addEventListener("popstate", onPop);
+    return () => removeEventListener("popstate", onPop);
+  }, []);
+
+  const go = (url: string) => {
+    if (url !== `${location.pathname}${location.search}`) {
+      history.pushState(null, "", url);
+      inApp.current = true;
+    }
+    setWhere(here());
+  };
+  const navigate = (next: Search) => go(`/ui/${toUrl(next)}`);
+  const open = (uid: string) => go(`/ui/study/${uid}`);
+  const back = () => (inApp.current ? history.back() : go("/ui/"));
+
+  return (
+    <>
+      <a class="skip" href={where.study ? "#study-title" : "#results"}>Skip to {where.study ? "the study" : "results"}</a>
+      <header class="top">
+        <h1>
+          <a href="/ui/">DICOM archive</a>
+        </h1>
+      </header>
+      {where.study ? <StudyPage uid={where.study} back={back} />
+        : <SearchPage search={where.search} navigate={navigate} config={config} open={open} />}
+    </>
+  );
+}
