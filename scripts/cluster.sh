@@ -585,6 +585,7 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  backends) mkdir -p "$CL"; network; backends ;;   # only the bridge and the backends (a step of up)
   down) down ;;
   status) status ;;
   env) cat "$CL/env" ;;
