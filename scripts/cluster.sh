@@ -227,6 +227,7 @@ start_control_plane() {
     --service-cluster-ip-range="$SERVICE_CIDR" --service-node-port-range=30000-32767 \
     --client-ca-file="$d/ca.crt" --tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key" \
     --kubelet-client-certificate="$d/admin.crt" --kubelet-client-key="$d/admin.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
     --authorization-mode=RBAC --allow-privileged=true --profiling=false \
@@ -259,6 +260,7 @@ start_containerd() {
       -e "s|sandbox_image = .*|sandbox_image = \"$PAUSE_IMAGE\"|" \
       -e "s|bin_dir = .*|bin_dir = \"/usr/lib/cni\"|" \
       -e "s|conf_dir = .*|conf_dir = \"$CL/cni/net.d\"|" \
+      -e "s|path = \"/opt/containerd\"|path = \"$CL/containerd/opt\"|" \
       >"$CL/containerd/config.toml"
     grep -q "restrict_oom_score_adj = true" "$CL/containerd/config.toml" ||
       die "containerd config: restrict_oom_score_adj not set"
@@ -283,7 +285,8 @@ load_images() {
     mkdir -p "$ctx"
     cp "$CACHE_BIN/pause" "$ctx/pause"
     printf 'FROM scratch\nCOPY pause /pause\nENTRYPOINT ["/pause"]\n' >"$ctx/Dockerfile"
-    DOCKER_BUILDKIT=0 docker build -q -t "$PAUSE_IMAGE" "$ctx" >/dev/null
+    DOCKER_BUILDKIT=0 docker build -q -t "$PAUSE_IMAGE" "$ctx" >"$CL/logs/pause-image.log" 2>&1 ||
+      die "docker build of $PAUSE_IMAGE failed" "$CL/logs/pause-image.log"
     docker save "$PAUSE_IMAGE" | ctr_ images import - >/dev/null
   fi
   # The archive's image: load it when containerd's copy differs (a rebuilt image, same tag).

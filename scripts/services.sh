@@ -920,7 +920,7 @@ select_services() {
 write_env() {
   local tmp="$ENV_FILE.tmp.$$" svc
   {
-    echo "# Written by scripts/services.sh start; services on loopback."
+    echo "# Written by scripts/services.sh start; services on $BIND."
     for svc in $ALL_SERVICES; do
       if "$(fn "$svc" up)"; then "$(fn "$svc" env)"; fi
     done
