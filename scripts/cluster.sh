@@ -110,7 +110,9 @@ prerequisites() {
   bash "$ROOT/scripts/system-deps.sh" >&2
   bash "$SCRIPT_DIR/cluster-build.sh" all
   local helm
-  helm=$(bash "$SCRIPT_DIR/install-helm.sh" | tail -n 1)
+  # (without our own bin folder on PATH: its helm is the link made below)
+  helm=$(PATH="${PATH#"$CL/bin:"}" bash "$SCRIPT_DIR/install-helm.sh" | tail -n 1)
+  helm=$(readlink -f "$helm")
   mkdir -p "$CL/bin"
   # The tests use these, not a kubectl on PATH (/usr/bin/kubectl may be an old dispatcher).
   ln -sf "$K8S_BIN/kubectl" "$CL/bin/kubectl"
@@ -531,9 +533,10 @@ down() {
   fi
   # Mounts: the kubelet's volumes, containerd's snapshots and sandboxes' namespaces.
   local m
-  for m in $(awk '{print $2}' /proc/self/mounts | grep -E "^(/var/lib/kubelet|$RUN|$CL)(/|$)" | sort -r); do
+  for m in $(awk '{print $2}' /proc/self/mounts | grep -E "^(/var/lib/kubelet|$RUN|$CL|/run/netns/cni-)" | sort -r); do
     umount -l "$m" 2>/dev/null || true
   done
+  rm -f /run/netns/cni-*
   # Network: the pods' veths, the bridge, kube-proxy's and the CNI plugins' iptables rules.
   local v
   for v in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -556,19 +559,22 @@ down() {
 }
 
 iptables_cleanup() {
-  local table chain
-  for table in filter nat mangle; do
-    # Jumps into KUBE-*/CNI-* chains from the built-in chains, then the chains themselves.
-    iptables -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' |
-      while IFS= read -r rule; do
-        read -ra args <<<"${rule/-A /-D }"
-        iptables -t "$table" "${args[@]}" 2>/dev/null || true
+  local ipt table chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null 2>&1 || continue
+    for table in filter nat mangle; do
+      # Jumps into KUBE-*/CNI-* chains from the built-in chains, then the chains themselves.
+      "$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' |
+        while IFS= read -r rule; do
+          read -ra args <<<"${rule/-A /-D }"
+          "$ipt" -t "$table" "${args[@]}" 2>/dev/null || true
+        done
+      for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+        "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
       done
-    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
-      iptables -t "$table" -F "$chain" 2>/dev/null || true
-    done
-    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
-      iptables -t "$table" -X "$chain" 2>/dev/null || true
+      for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+        "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+      done
     done
   done
   # The bridge plugin's masquerade rule for the pod network.
