@@ -86,6 +86,14 @@ wait_until() {
   log "$what: ok"
 }
 
+# write_file FILE: stdin into FILE, only when it differs (kube-proxy exits when its configuration
+# file is written to, even with the same content; containerd reloads on a CNI file change).
+write_file() {
+  local tmp="$1.tmp.$$"
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 pid_running() {  # NAME: the process recorded in $CL/pids/NAME runs (and is not a zombie)
   local f="$CL/pids/$1" pid stat
   [[ -s $f ]] || return 1
@@ -149,7 +157,7 @@ pki() {
 
 kubeconfig() {
   local d="$CL/pki"
-  cat >"$CL/kubeconfig" <<EOF
+  write_file "$CL/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -191,7 +199,7 @@ network() {
   # Pods reach Services (DNAT by kube-proxy) also when client and server share the bridge.
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1 2>/dev/null || true
   mkdir -p "$CL/cni/net.d"
-  cat >"$CL/cni/net.d/10-dicom-archive.conflist" <<EOF
+  write_file "$CL/cni/net.d/10-dicom-archive.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "dicom-archive",
@@ -305,7 +313,7 @@ load_images() {
 start_node() {
   local d="$CL/pki"
   mkdir -p "$CL/kubelet"
-  cat >"$CL/kubelet/config.yaml" <<EOF
+  write_file "$CL/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $BRIDGE_IP
@@ -334,7 +342,7 @@ serializeImagePulls: false
 EOF
   spawn kubelet "$K8S_BIN/kubelet" --config="$CL/kubelet/config.yaml" --kubeconfig="$KUBECONFIG" \
     --hostname-override="$NODE" --node-ip="$BRIDGE_IP" --v=1
-  cat >"$CL/kube-proxy.yaml" <<EOF
+  write_file "$CL/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $KUBECONFIG}
@@ -351,7 +359,7 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 EOF
   spawn kube-proxy "$K8S_BIN/kube-proxy" --config="$CL/kube-proxy.yaml" --v=1
   # CoreDNS on the host, on the bridge address (the kubelet's clusterDNS).
-  cat >"$CL/Corefile" <<EOF
+  write_file "$CL/Corefile" <<EOF
 .:53 {
     bind $BRIDGE_IP
     errors
@@ -536,7 +544,16 @@ down() {
   for m in $(awk '{print $2}' /proc/self/mounts | grep -E "^(/var/lib/kubelet|$RUN|$CL|/run/netns/cni-)" | sort -r); do
     umount -l "$m" 2>/dev/null || true
   done
-  rm -f /run/netns/cni-*
+  # containerd bind-mounts /run/netns onto itself (to make it shared); a pod's namespace mounted
+  # before that is hidden under the bind and can be neither unmounted nor removed through it.
+  if mountpoint -q /run/netns 2>/dev/null; then
+    umount -l /run/netns 2>/dev/null || true
+    for m in $(awk '{print $2}' /proc/self/mounts | grep -E "^/run/netns/cni-"); do
+      umount -l "$m" 2>/dev/null || true
+    done
+  fi
+  rm -f /run/netns/cni-* 2>/dev/null || log "left: $(ls /run/netns)"
+  rmdir /run/netns 2>/dev/null || true
   # Network: the pods' veths, the bridge, kube-proxy's and the CNI plugins' iptables rules.
   local v
   for v in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -566,9 +583,9 @@ iptables_cleanup() {
       # Jumps into KUBE-*/CNI-* chains from the built-in chains, then the chains themselves.
       "$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' |
         while IFS= read -r rule; do
-          read -ra args <<<"${rule/-A /-D }"
-          "$ipt" -t "$table" "${args[@]}" 2>/dev/null || true
-        done
+          # the rule as -S prints it, shell-quoted (comments have spaces)
+          eval "\"\$ipt\" -t \"\$table\" ${rule/-A /-D }" 2>/dev/null || true
+        done || true
       for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
         "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
       done
@@ -579,9 +596,8 @@ iptables_cleanup() {
   done
   # The bridge plugin's masquerade rule for the pod network.
   iptables -t nat -S POSTROUTING 2>/dev/null | grep -F -- "$POD_CIDR" | while IFS= read -r rule; do
-    read -ra args <<<"${rule/-A /-D }"
-    iptables -t nat "${args[@]}" 2>/dev/null || true
-  done
+    eval "iptables -t nat ${rule/-A /-D }" 2>/dev/null || true
+  done || true
 }
 
 status() {
