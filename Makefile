@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FUZZ_SECONDS ?= 180
 FUZZ_TARGETS ?= pdu describe stow qido search
 
-.PHONY: ui fuzz run install system-deps services services-stop image image-stop test test-fast lint bench bench-query bench-dicomweb clean
+.PHONY: ui fuzz run install system-deps services services-stop image image-stop cluster cluster-stop test test-fast lint bench bench-query bench-dicomweb clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,12 +55,24 @@ image: $(UI_STAMP)
 image-stop:
 	bash scripts/image.sh stop
 
+# The test cluster (docs/deploy.md): a one-node Kubernetes v1.34 built from the Go module proxy
+# (cached under ~/.cache/dicom-archive), the image loaded into it, the backends on its bridge, the
+# chart installed; .cluster/env says where. cluster-stop removes all of it.
+cluster: $(STAMP)
+	bash scripts/cluster.sh up
+
+cluster-stop:
+	bash scripts/cluster.sh down
+
 lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The cluster comes up before pytest and goes down after it, also when either fails
+# (CLUSTER_KEEP=1 keeps it for another run).
 test: $(STAMP) $(UI_STAMP) system-deps services image lint
-	$(BIN)/pytest -q -rs --durations=15
+	trap '[ -n "$(CLUSTER_KEEP)" ] || bash scripts/cluster.sh down' EXIT; \
+	  bash scripts/cluster.sh up && $(BIN)/pytest -q -rs --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" tests/unit

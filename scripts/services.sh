@@ -15,6 +15,12 @@
 #   SERVICES=pg,rabbitmq,s3,minio,opensearch,keycloak   subset to act on (default: all)
 #   SERVICES_DIR=...                     state dir (default: <repo>/.services)
 #   SERVICES_PORT_OFFSET=N               add N (0-99) to every port, for a second set
+#   SERVICES_BIND_ADDRESS=ADDR           address every service listens on and the env file
+#                                        names (default 127.0.0.1; the test cluster's set uses
+#                                        its bridge, 10.88.0.1, so that pods reach it); rsyslog
+#                                        and the Erlang distribution stay on loopback
+#   SERVICES_CLIENT_NETWORKS=CIDR,...    extra client networks PostgreSQL accepts (pg_hba),
+#                                        e.g. the cluster's pod network 10.88.0.0/16
 #   SERVICES_ENV_FILE=...                env file (default: <repo>/.services.env); set it
 #                                        too when running a second set from one checkout
 #   SERVICES_TIMEOUT / SERVICES_OPENSEARCH_TIMEOUT / SERVICES_KEYCLOAK_TIMEOUT
@@ -47,6 +53,9 @@ export DEBIAN_FRONTEND=noninteractive
 # SERVICES_PORT_OFFSET (0-99, default 0) shifts every port (and renames the RabbitMQ node)
 # so that a second checkout can run its own set next to this one.
 OFF=${SERVICES_PORT_OFFSET:-0}
+BIND=${SERVICES_BIND_ADDRESS:-127.0.0.1}
+[[ $BIND =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "SERVICES_BIND_ADDRESS must be an IPv4 address" >&2; exit 2; }
+CLIENT_NETWORKS=${SERVICES_CLIENT_NETWORKS:-}
 [[ $OFF =~ ^[0-9]{1,2}$ ]] || { echo "SERVICES_PORT_OFFSET must be 0-99" >&2; exit 2; }
 
 PG_PORT=$((55432 + OFF))
@@ -119,8 +128,8 @@ die() {
   exit 1
 }
 
-# port_open PORT: is something accepting TCP connections on 127.0.0.1:PORT?
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+# port_open PORT [HOST]: is something accepting TCP connections on HOST (default $BIND):PORT?
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/${2:-$BIND}/$1" 2>/dev/null; }
 
 # proc_live PID: the process exists and is not a zombie (a killed daemon lingers as a
 # zombie until PID 1 reaps it, and `kill -0` still succeeds on it).
@@ -267,7 +276,7 @@ pg_as_postgres() { runuser -u postgres -- "$@"; }
 PG_PATTERN() { echo "-D $(PG_DIR)/data"; }
 pg_running() { pid_alive "$(PG_DIR)/data/postmaster.pid" "$(PG_PATTERN)"; }
 
-pg_ready() { "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+pg_ready() { "$(pg_bindir)/pg_isready" -q -h $BIND -p "$PG_PORT"; }
 
 # The postgres user must be able to reach the data dir; grant search (o+x) on any
 # ancestor directory that lacks it (e.g. a clone under /root).
@@ -317,10 +326,16 @@ pg_launch() {
   fi
   touch "$SERVICES_DIR/pg.log"
   chown postgres:postgres "$SERVICES_DIR/pg.log"
-  log "pg: starting on 127.0.0.1:$PG_PORT"
+  # Clients beyond loopback (SERVICES_CLIENT_NETWORKS), once each.
+  local net
+  for net in ${CLIENT_NETWORKS//,/ }; do
+    grep -q "^host all all $net scram-sha-256\$" "$data/pg_hba.conf" ||
+      echo "host all all $net scram-sha-256" >>"$data/pg_hba.conf"
+  done
+  log "pg: starting on $BIND:$PG_PORT"
   # pg_ctl daemonizes the postmaster and waits (~1 s) until it accepts connections or dies.
   pg_as_postgres "$bin/pg_ctl" -D "$data" -l "$SERVICES_DIR/pg.log" -w -t "$TIMEOUT_DEFAULT" start -o "\
-    -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$dir/run \
+    -c listen_addresses=$BIND -c port=$PG_PORT -c unix_socket_directories=$dir/run \
     -c max_connections=200 -c logging_collector=off" >/dev/null 9>&- ||
     die pg "pg_ctl start failed" "$SERVICES_DIR/pg.log"
 }
@@ -344,7 +359,7 @@ pg_ready_and_provision() {
       pg_psql -c "CREATE DATABASE $db OWNER $PG_USER"
   done
   # Prove the client credentials work over TCP.
-  PGPASSWORD=$PG_PASSWORD "$(pg_bindir)/psql" -X -q -At -h 127.0.0.1 -p "$PG_PORT" \
+  PGPASSWORD=$PG_PASSWORD "$(pg_bindir)/psql" -X -q -At -h $BIND -p "$PG_PORT" \
     -U "$PG_USER" -d archive -c 'SELECT 1' >/dev/null ||
     die pg "cannot log in as $PG_USER" "$SERVICES_DIR/pg.log"
 }
@@ -361,8 +376,8 @@ pg_stop() {
 }
 
 pg_env() {
-  echo "ARCHIVE_CATALOG=postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/archive"
-  echo "ARCHIVE_CATALOG_TEST=postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/archive_test"
+  echo "ARCHIVE_CATALOG=postgresql://$PG_USER:$PG_PASSWORD@$BIND:$PG_PORT/archive"
+  echo "ARCHIVE_CATALOG_TEST=postgresql://$PG_USER:$PG_PASSWORD@$BIND:$PG_PORT/archive_test"
 }
 
 # ---- RabbitMQ ----------------------------------------------------------------------------
@@ -378,7 +393,7 @@ rabbit_env() {
   export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
   export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
   export RABBITMQ_NODENAME="$RABBIT_NODE"
-  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+  export RABBITMQ_NODE_IP_ADDRESS=$BIND
   export RABBITMQ_NODE_PORT="$RABBIT_PORT"
   export RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT"
   export RABBITMQ_MNESIA_BASE="$dir/mnesia"
@@ -409,7 +424,7 @@ rabbit_write_config() {
   echo '[].' >"$dir/advanced.config"
   # default_* only act on the very first boot; rabbit_provision() enforces them later.
   cat >"$dir/rabbitmq.conf" <<EOF
-listeners.tcp.1 = 127.0.0.1:$RABBIT_PORT
+listeners.tcp.1 = $BIND:$RABBIT_PORT
 default_user = $RABBIT_USER
 default_pass = $RABBIT_PASSWORD
 default_vhost = $RABBIT_VHOST
@@ -427,7 +442,7 @@ rabbit_launch() {
   if rabbit_running; then return 0; fi
   port_open "$RABBIT_PORT" && die rabbitmq "port $RABBIT_PORT is in use by another process"
   rabbit_write_config
-  log "rabbitmq: starting node $RABBIT_NODE on 127.0.0.1:$RABBIT_PORT"
+  log "rabbitmq: starting node $RABBIT_NODE on $BIND:$RABBIT_PORT"
   # The server script runs beam as a child; the node itself writes RABBITMQ_PID_FILE
   # (= rabbitmq.pid). spawn's pid file is the wrapper's until the node overwrites it.
   (rabbit_env; spawn rabbitmq "$RABBIT_BIN/rabbitmq-server")
@@ -467,7 +482,7 @@ rabbit_stop() {
 }
 
 rabbit_env_lines() {
-  echo "ARCHIVE_QUEUE=amqp://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$RABBIT_PORT/$RABBIT_VHOST"
+  echo "ARCHIVE_QUEUE=amqp://$RABBIT_USER:$RABBIT_PASSWORD@$BIND:$RABBIT_PORT/$RABBIT_VHOST"
 }
 
 # ---- S3 (SeaweedFS) ----------------------------------------------------------------------
@@ -509,7 +524,7 @@ s3_curl() { sigv4_curl "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "$@"; }
 # Ready when a signed ListBuckets succeeds (proves the static credentials are loaded).
 s3_ready() {
   port_open "$S3_PORT" || return 1
-  [[ $(s3_curl "http://127.0.0.1:$S3_PORT/") == 200 ]]
+  [[ $(s3_curl "http://$BIND:$S3_PORT/") == 200 ]]
 }
 
 s3_launch() {
@@ -525,8 +540,8 @@ s3_launch() {
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 EOF
   )
-  log "s3: starting weed mini, S3 on 127.0.0.1:$S3_PORT"
-  spawn s3 "$WEED" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  log "s3: starting weed mini, S3 on $BIND:$S3_PORT"
+  spawn s3 "$WEED" mini -dir="$dir/data" -ip=$BIND -ip.bind=$BIND \
     -s3.port="$S3_PORT" -s3.config="$dir/s3.json" -bucket="$S3_BUCKET" \
     "${S3_INTERNAL_PORTS[@]}" -s3.port.iceberg=0 -s3.port.lance=0 \
     -webdav=false -admin.ui=false -master.telemetry=false
@@ -535,7 +550,7 @@ EOF
 s3_ready_and_provision() {
   wait_for s3 "$TIMEOUT_DEFAULT" "$SERVICES_DIR/s3.pid" "$(S3_PATTERN)" s3_ready "$SERVICES_DIR/s3.log"
   # -bucket creates it at boot, but a test may have deleted it since.
-  ensure_bucket s3 "http://127.0.0.1:$S3_PORT/$S3_BUCKET" "$S3_ACCESS_KEY" "$S3_SECRET_KEY"
+  ensure_bucket s3 "http://$BIND:$S3_PORT/$S3_BUCKET" "$S3_ACCESS_KEY" "$S3_SECRET_KEY"
 }
 
 s3_up() { s3_running && port_open "$S3_PORT"; }
@@ -547,7 +562,7 @@ s3_stop() {
 }
 
 s3_env() {
-  echo "ARCHIVE_OBJECT_STORE=s3://127.0.0.1:$S3_PORT/$S3_BUCKET"
+  echo "ARCHIVE_OBJECT_STORE=s3://$BIND:$S3_PORT/$S3_BUCKET"
   echo "ARCHIVE_S3_ACCESS_KEY=$S3_ACCESS_KEY"
   echo "ARCHIVE_S3_SECRET_KEY=$S3_SECRET_KEY"
 }
@@ -574,8 +589,8 @@ minio_running() { pid_alive "$SERVICES_DIR/minio.pid" "$(MINIO_PATTERN)"; }
 
 minio_ready() {
   port_open "$MINIO_PORT" || return 1
-  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$MINIO_PORT/minio/health/ready") == 200 ]] &&
-    [[ $(sigv4_curl "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY" "http://127.0.0.1:$MINIO_PORT/") == 200 ]]
+  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$BIND:$MINIO_PORT/minio/health/ready") == 200 ]] &&
+    [[ $(sigv4_curl "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY" "http://$BIND:$MINIO_PORT/") == 200 ]]
 }
 
 minio_launch() {
@@ -586,16 +601,16 @@ minio_launch() {
     port_open "$port" && die minio "port $port is in use by another process"
   done
   mkdir -p "$SERVICES_DIR/minio/data"
-  log "minio: starting on 127.0.0.1:$MINIO_PORT"
+  log "minio: starting on $BIND:$MINIO_PORT"
   MINIO_ROOT_USER=$MINIO_ACCESS_KEY MINIO_ROOT_PASSWORD=$MINIO_SECRET_KEY MINIO_BROWSER=off \
     MINIO_UPDATE=off MINIO_CI_CD=1 spawn minio "$MINIO_BIN" server "$SERVICES_DIR/minio/data" \
-    --address "127.0.0.1:$MINIO_PORT" --console-address "127.0.0.1:$MINIO_CONSOLE_PORT" --quiet
+    --address "$BIND:$MINIO_PORT" --console-address "$BIND:$MINIO_CONSOLE_PORT" --quiet
 }
 
 minio_ready_and_provision() {
   wait_for minio "$TIMEOUT_DEFAULT" "$SERVICES_DIR/minio.pid" "$(MINIO_PATTERN)" minio_ready \
     "$SERVICES_DIR/minio.log"
-  ensure_bucket minio "http://127.0.0.1:$MINIO_PORT/$MINIO_BUCKET" "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY"
+  ensure_bucket minio "http://$BIND:$MINIO_PORT/$MINIO_BUCKET" "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY"
 }
 
 minio_up() { minio_running && port_open "$MINIO_PORT"; }
@@ -608,7 +623,7 @@ minio_stop() {
 # Not ARCHIVE_* names: SeaweedFS (s3) stays the S3 of ARCHIVE_OBJECT_STORE; the tests that run
 # against MinIO too read these.
 minio_env() {
-  echo "MINIO_OBJECT_STORE=s3://127.0.0.1:$MINIO_PORT/$MINIO_BUCKET"
+  echo "MINIO_OBJECT_STORE=s3://$BIND:$MINIO_PORT/$MINIO_BUCKET"
   echo "MINIO_ACCESS_KEY=$MINIO_ACCESS_KEY"
   echo "MINIO_SECRET_KEY=$MINIO_SECRET_KEY"
 }
@@ -642,7 +657,7 @@ os_running() { pid_alive "$SERVICES_DIR/opensearch.pid" "$(OS_PATTERN)"; }
 os_ready() {
   local health
   health=$(curl -sf --max-time 5 \
-    "http://127.0.0.1:$OS_HTTP_PORT/_cluster/health?wait_for_status=yellow&timeout=2s") || return 1
+    "http://$BIND:$OS_HTTP_PORT/_cluster/health?wait_for_status=yellow&timeout=2s") || return 1
   [[ $health == *'"cluster_name":"archive"'* && $health != *'"timed_out":true'* ]]
 }
 
@@ -656,13 +671,13 @@ os_launch() {
   mkdir -p "$dir/config" "$dir/tmp"
   # Read by the node on top of the runner's settings (which fix http.port, node.roles).
   cat >"$dir/config/opensearch.yml" <<EOF
-network.host: 127.0.0.1
+network.host: $BIND
 transport.port: $OS_TRANSPORT_PORT
 discovery.type: single-node
 # tests must not turn indices read-only when the disk gets full-ish
 cluster.routing.allocation.disk.threshold_enabled: false
 EOF
-  log "opensearch: starting single node on 127.0.0.1:$OS_HTTP_PORT"
+  log "opensearch: starting single node on $BIND:$OS_HTTP_PORT"
   spawn opensearch java -Xms$OS_HEAP -Xmx$OS_HEAP -Djava.awt.headless=true \
     -Djava.io.tmpdir="$dir/tmp" -Dfile.encoding=UTF-8 -Dlog4j2.formatMsgNoLookups=true \
     -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
@@ -684,7 +699,7 @@ os_stop() {
   stop_pid opensearch "$SERVICES_DIR/opensearch.pid" "$(OS_PATTERN)" 30
 }
 
-os_env() { echo "ARCHIVE_SEARCH=http://127.0.0.1:$OS_HTTP_PORT"; }
+os_env() { echo "ARCHIVE_SEARCH=http://$BIND:$OS_HTTP_PORT"; }
 
 # ---- rsyslog (audit collector) -------------------------------------------------------------
 SYSLOG_DIR() { echo "$SERVICES_DIR/syslog"; }
@@ -719,7 +734,7 @@ syslog_launch() {
   if syslog_running; then return 0; fi
   local port dir pki out
   for port in "$SYSLOG_TCP_PORT" "$SYSLOG_TLS_PORT"; do
-    port_open "$port" && die syslog "port $port is in use by another process"
+    port_open "$port" 127.0.0.1 && die syslog "port $port is in use by another process"
   done
   dir=$(SYSLOG_DIR)
   pki=$dir/pki out=$dir/out
@@ -749,7 +764,7 @@ CONF
   spawn syslog /usr/sbin/rsyslogd -n -f "$dir/rsyslog.conf" -i "$dir/rsyslogd.pid"
 }
 
-syslog_ready() { port_open "$SYSLOG_TCP_PORT" && port_open "$SYSLOG_TLS_PORT"; }
+syslog_ready() { port_open "$SYSLOG_TCP_PORT" 127.0.0.1 && port_open "$SYSLOG_TLS_PORT" 127.0.0.1; }
 
 syslog_ready_and_provision() {
   wait_for syslog "$TIMEOUT_DEFAULT" "$SERVICES_DIR/syslog.pid" "$(SYSLOG_PATTERN)" syslog_ready \
@@ -834,7 +849,7 @@ kc_install() {
 
 KC_PATTERN() { echo "$(KC_DIR)/dist/bin/kc.sh"; }   # the kc.sh wrapper; it forwards SIGTERM to java
 kc_running() { pid_alive "$SERVICES_DIR/keycloak.pid" "$(KC_PATTERN)"; }
-kc_issuer() { echo "http://127.0.0.1:$KC_PORT/realms/$KC_REALM"; }
+kc_issuer() { echo "http://$BIND:$KC_PORT/realms/$KC_REALM"; }
 
 # Ready when the realm's discovery document answers with our issuer.
 kc_ready() {
@@ -849,12 +864,12 @@ kc_launch() {
   port_open "$KC_PORT" && die keycloak "port $KC_PORT is in use by another process"
   local dist java
   dist=$(KC_DIR)/dist; java=$(kc_java_home)
-  log "keycloak: starting on 127.0.0.1:$KC_PORT (realm $KC_REALM)"
+  log "keycloak: starting on $BIND:$KC_PORT (realm $KC_REALM)"
   # --cache=local: no JGroups cluster (it would listen on every interface);
   # --hostname pins the issuer whatever Host a client uses.
   JAVA_HOME=$java JAVA_OPTS_KC_HEAP=$KC_HEAP spawn keycloak "$dist/bin/kc.sh" start --optimized \
-    --cache=local --http-enabled=true --http-host=127.0.0.1 --http-port="$KC_PORT" \
-    --hostname="http://127.0.0.1:$KC_PORT" --import-realm
+    --cache=local --http-enabled=true --http-host=$BIND --http-port="$KC_PORT" \
+    --hostname="http://$BIND:$KC_PORT" --import-realm
 }
 
 kc_ready_and_provision() {
@@ -905,7 +920,7 @@ select_services() {
 write_env() {
   local tmp="$ENV_FILE.tmp.$$" svc
   {
-    echo "# Written by scripts/services.sh start; services on loopback."
+    echo "# Written by scripts/services.sh start; services on $BIND."
     for svc in $ALL_SERVICES; do
       if "$(fn "$svc" up)"; then "$(fn "$svc" env)"; fi
     done
