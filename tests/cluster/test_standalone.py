@@ -203,6 +203,8 @@ def test_standalone_keeps_what_it_stored_when_its_pod_is_replaced(trial: Trial, 
     assert "NOT for production" in trial.notes
     assert f"exec deploy/{FULLNAME} -- dicom-archive api-key create" in trial.notes
 
+    tested = cluster.helm("-n", cluster.namespace, "test", RELEASE, "--timeout", "120s", check=False)
+    assert tested.returncode == 0, tested.stdout + tested.stderr  # its pod GETs /readyz through the Service
     pod = _pod(cluster)
     assert pod["spec"]["nodeName"] == cluster.node
     claim = cluster.json("-n", cluster.namespace, "get", "pvc", f"{FULLNAME}-data")

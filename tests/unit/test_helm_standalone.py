@@ -153,9 +153,12 @@ def test_probes_and_the_service_reach_the_pod(docs: list[Doc]) -> None:
     assert f"://{NAME}:8080/readyz" in test_pod["spec"]["containers"][0]["command"][-1]
 
 
-def test_dicom_tls_and_the_ingress_in_standalone_mode(helm: str) -> None:
+def test_dicom_tls_the_ingress_and_the_service_monitor_in_standalone_mode(helm: str) -> None:
     docs = _render(helm, "-f", str(VALUES), "--set", "dicomTls.enabled=true", "--set", "dicomTls.secretName=tls",
-                   "--set", "standalone.service.tlsNodePort=32762", "--set", "query.ingress.enabled=true")
+                   "--set", "standalone.service.tlsNodePort=32762", "--set", "query.ingress.enabled=true",
+                   "--set", "metrics.serviceMonitor.enabled=true")
+    labels = _one(docs, "Deployment", NAME)["spec"]["template"]["metadata"]["labels"]
+    assert _one(docs, "Service", f"{NAME}-metrics")["spec"]["selector"].items() <= labels.items()
     pod = _pod(docs)
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dicom-tls"]["secret"]["secretName"] == "tls"
