@@ -203,8 +203,6 @@ def test_standalone_keeps_what_it_stored_when_its_pod_is_replaced(trial: Trial, 
     assert "NOT for production" in trial.notes
     assert f"exec deploy/{FULLNAME} -- dicom-archive api-key create" in trial.notes
 
-    tested = cluster.helm("-n", cluster.namespace, "test", RELEASE, "--timeout", "120s", check=False)
-    assert tested.returncode == 0, tested.stdout + tested.stderr  # its pod GETs /readyz through the Service
     pod = _pod(cluster)
     assert pod["spec"]["nodeName"] == cluster.node
     claim = cluster.json("-n", cluster.namespace, "get", "pvc", f"{FULLNAME}-data")
@@ -245,4 +243,7 @@ def test_standalone_keeps_what_it_stored_when_its_pod_is_replaced(trial: Trial, 
     assert sent.returncode == 0, sent.stderr
     wait_until(lambda: _instances(trial.http, study, key) == (200, sorted([*expected, str(more.SOPInstanceUID)])),
                timeout=60, interval=0.5)
+    # `helm test`: its pod GETs /readyz through the Service's name (cluster DNS).
+    tested = cluster.helm("-n", cluster.namespace, "test", RELEASE, "--logs", "--timeout", "120s", check=False)
+    assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr
     print(f"standalone: installed, stored, found, replaced and found again in {time.monotonic() - started:.0f} s")
