@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
 import socket
 import subprocess
@@ -198,6 +199,25 @@ def _instances(http: str, study: str, key: str | None) -> tuple[int, list[str]]:
     return status, uids
 
 
+def _through_port_forward(cluster: Cluster, study: str) -> tuple[int, list[str]]:
+    """QIDO-RS without a key through `kubectl port-forward` (it connects to the pod's loopback)."""
+    forward = subprocess.Popen([cluster.kubectl_path, "-n", cluster.namespace, "port-forward", f"svc/{FULLNAME}",
+                                ":8080"], env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert forward.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(forward.stdout, selectors.EVENT_READ)
+            line, deadline = "", time.monotonic() + 30
+            while "Forwarding from 127.0.0.1:" not in line:  # "Forwarding from 127.0.0.1:PORT -> 8080"
+                assert selector.select(deadline - time.monotonic()) and forward.poll() is None, line
+                line = forward.stdout.readline()
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        return _instances(f"http://127.0.0.1:{port}", study, None)
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
 def test_standalone_keeps_what_it_stored_when_its_pod_is_replaced(trial: Trial, tmp_path: Path) -> None:
     cluster, started = trial.cluster, time.monotonic()
     assert "NOT for production" in trial.notes
@@ -225,6 +245,8 @@ def test_standalone_keeps_what_it_stored_when_its_pod_is_replaced(trial: Trial, 
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("dka_"), created.stdout
     wait_until(lambda: _instances(trial.http, study, key) == (200, expected), timeout=60, interval=0.5)
+    # As NOTES and docs/deploy.md say: through a port-forward, no key is needed.
+    assert _through_port_forward(cluster, study) == (200, expected)
 
     # The pod goes; its replacement opens the same files (and the same API key).
     old = pod["metadata"]["uid"]
