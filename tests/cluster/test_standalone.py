@@ -193,6 +193,14 @@ def _pod(cluster: Cluster) -> dict[str, Any]:
     return dict(pods[0])
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
 def _instances(http: str, study: str, key: str | None) -> tuple[int, list[str]]:
     status, _, body = call(f"{http}/dicom-web/studies/{study}/instances", key, timeout=10)
     uids = sorted(row["00080018"]["Value"][0] for row in body or []) if status == 200 else []
@@ -228,7 +236,14 @@ def test_standalone_keeps_what_it_stored_when_its_pod_is_replaced(trial: Trial, 
     claim = cluster.json("-n", cluster.namespace, "get", "pvc", f"{FULLNAME}-data")
     assert claim["status"]["phase"] == "Bound" and claim["spec"]["volumeName"] == f"{FULLNAME}-{cluster.namespace}-data"
 
-    # DICOM through the NodePort on 127.0.0.1
+    # DICOM through the NodePort on 127.0.0.1, once kube-proxy has programmed it (it follows the
+    # endpoints asynchronously; it never does when kube-proxy is down).
+    try:
+        wait_until(lambda: _accepts(trial.dicom_port) and _accepts(int(trial.http.rpartition(":")[2])), timeout=60,
+                   interval=0.5)
+    except TimeoutError:
+        raise AssertionError(f"the NodePorts {trial.dicom_port} and {trial.http} refuse connections on 127.0.0.1: "
+                             "is kube-proxy running?") from None
     assert echoscu(trial.dicom_port).returncode == 0
     study = new_uid()
     datasets = [make_ct(study_uid=study, instance_number=i, seed=i, patient_id="STANDALONE-1") for i in range(3)]
