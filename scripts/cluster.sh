@@ -13,7 +13,7 @@
 #   OpenSearch                            bridge (10.88.0.1, ports +50): outside the cluster,
 #                                         as managed services would be
 #
-# Usage: scripts/cluster.sh up|down|status|env
+# Usage: scripts/cluster.sh up|down|status|env|restart-broker
 #   up      brings everything up (idempotent; reuses what runs and what was built), installs or
 #           upgrades the release and writes .cluster/kubeconfig and .cluster/env
 #   down    uninstalls nothing in particular: stops every process it started, removes the
@@ -21,6 +21,7 @@
 #           sysctls Kubernetes changed
 #   status  exit 0 when the API server answers and the release's pods are Ready
 #   env     prints .cluster/env
+#   restart-broker  stops and starts the backends' RabbitMQ (bench/cluster_failures.py)
 #
 # Networking: a bridge cni0 with 10.88.0.1/16 (pods get 10.88.0.0/16 from host-local), the
 # API server, kubelet and kube-proxy bound there; Services in 10.96.0.0/16; NodePorts answer on
@@ -388,6 +389,14 @@ backends() {
     bash "$ROOT/scripts/services.sh" start >&2
 }
 
+# The broker restarted under load (bench/cluster_failures.py): stopped, then started again.
+restart_broker() {
+  local svc=(SERVICES_BIND_ADDRESS=$BRIDGE_IP SERVICES_CLIENT_NETWORKS=$POD_CIDR SERVICES_PORT_OFFSET=$SVC_OFFSET
+             SERVICES_DIR="$SVC_DIR" SERVICES_ENV_FILE="$SVC_ENV" SERVICES=rabbitmq)
+  env "${svc[@]}" bash "$ROOT/scripts/services.sh" stop >&2
+  env "${svc[@]}" bash "$ROOT/scripts/services.sh" start >&2
+}
+
 values() {
   # shellcheck disable=SC1090
   source "$SVC_ENV"
@@ -614,5 +623,6 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   env) cat "$CL/env" ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  restart-broker) restart_broker ;;
+  *) echo "usage: $0 up|down|status|env|restart-broker" >&2; exit 2 ;;
 esac

@@ -58,12 +58,15 @@ rendered in float notation (1.048576e+06).
 */}}
 {{- define "dicom-archive.configData" -}}
 {{- $s := .Values.settings -}}
-{{- $store := required "backends.objectStore is required (s3://host:port/bucket)" .Values.backends.objectStore -}}
-{{- if not (hasPrefix "s3://" $store) -}}
-{{- fail (printf "backends.objectStore must be an s3:// URL (pods are stateless), got %q" $store) -}}
-{{- end -}}
 ARCHIVE_DATA_DIR: {{ .Values.dataDir | quote }}
+{{- /* standalone: the embedded backends' defaults, all under ARCHIVE_DATA_DIR (the claim) */}}
+{{- if not (include "dicom-archive.standalone" .) }}
+{{- $store := required "backends.objectStore is required (s3://host:port/bucket)" .Values.backends.objectStore }}
+{{- if not (hasPrefix "s3://" $store) }}
+{{- fail (printf "backends.objectStore must be an s3:// URL (pods are stateless), got %q" $store) }}
+{{- end }}
 ARCHIVE_OBJECT_STORE: {{ $store | quote }}
+{{- end }}
 ARCHIVE_SEARCH_INDEX: {{ $s.searchIndex | quote }}
 ARCHIVE_QUEUE_NAME: {{ $s.queueName | quote }}
 ARCHIVE_AET: {{ $s.aet | quote }}
@@ -161,7 +164,7 @@ ARCHIVE_AUDIT_TLS_KEY: "/etc/dicom-archive/audit-tls/tls.key"
 
 {{/* Whether a role answers DICOM (mounts the TLS Secret and the AE configuration). */}}
 {{- define "dicom-archive.dicomRole" -}}
-{{- if or (eq . "scp") (eq . "query") }}true{{ end }}
+{{- if or (eq . "scp") (eq . "query") (eq . "serve") }}true{{ end }}
 {{- end }}
 
 {{/* Credentials (Secret data, base64). Only rendered when existingSecret is empty. */}}
@@ -193,7 +196,7 @@ scrape annotations. Call with (dict "ctx" $ "extra" .podAnnotations "metrics" tr
 {{- define "dicom-archive.podAnnotations" -}}
 {{- $ctx := .ctx -}}
 checksum/config: {{ include "dicom-archive.configData" $ctx | sha256sum }}
-{{- if not $ctx.Values.existingSecret }}
+{{- if not (or $ctx.Values.existingSecret (include "dicom-archive.standalone" $ctx)) }}
 checksum/secret: {{ include "dicom-archive.secretData" $ctx | sha256sum }}
 {{- end }}
 {{- if and .metrics $ctx.Values.metrics.podAnnotations }}
@@ -227,9 +230,11 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
   envFrom:
     - configMapRef:
         name: {{ .configMap }}
+    {{- with .secret }}
     # Listed last: its keys win over the ConfigMap's.
     - secretRef:
-        name: {{ .secret }}
+        name: {{ . }}
+    {{- end }}
   {{- if .serving }}
   ports:
     - name: http
@@ -297,11 +302,16 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     {{- end }}
 {{- end }}
 
-{{/* Call with (dict "sizeLimit" SIZE "audit" .Values.audit "tlsSecret" HTTPS-SECRET "ctx" $ "role" ROLE); tlsSecret "": no HTTPS volume; ctx and role only for the DICOM roles' mounts. */}}
+{{/* Call with (dict "sizeLimit" SIZE "audit" .Values.audit "tlsSecret" HTTPS-SECRET "ctx" $ "role" ROLE); tlsSecret "": no HTTPS volume; ctx and role only for the DICOM roles' mounts; "claim" NAME: the data directory on that PersistentVolumeClaim instead of an emptyDir. */}}
 {{- define "dicom-archive.volumes" -}}
 - name: data
+  {{- if .claim }}
+  persistentVolumeClaim:
+    claimName: {{ .claim }}
+  {{- else }}
   emptyDir:
     sizeLimit: {{ .sizeLimit }}
+  {{- end }}
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
@@ -367,4 +377,19 @@ affinity:
 topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* "true" in mode standalone (one pod running serve), "" in mode distributed. */}}
+{{- define "dicom-archive.standalone" -}}
+{{- if eq .Values.mode "standalone" }}true{{ end }}
+{{- end }}
+
+{{/* The standalone pod's claim: standalone.persistence.existingClaim, else the chart's. */}}
+{{- define "dicom-archive.standaloneClaim" -}}
+{{- default (printf "%s-data" (include "dicom-archive.fullname" .)) .Values.standalone.persistence.existingClaim }}
+{{- end }}
+
+{{/* The Service that answers HTTP: the query role's, or the standalone pod's. */}}
+{{- define "dicom-archive.httpService" -}}
+{{- include "dicom-archive.fullname" . }}{{ if not (include "dicom-archive.standalone" .) }}-query{{ end }}
 {{- end }}
