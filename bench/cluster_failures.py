@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 from tests.factories import make_ct, new_uid, write_part10  # noqa: E402
 
 SENDING = re.compile(r"Sending file: (\S+)")
-RESPONSE = re.compile(r"Received Store Response \((\w+)")
+RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
 
 
 def load_env(path: Path) -> dict[str, str]:
@@ -136,20 +136,24 @@ def storescu(endpoint: str, aet: str, files: list[Path], tally: Tally) -> list[P
     now = time.monotonic()
     current: str | None = None
     acknowledged: set[str] = set()
+    answers: dict[str, str] = {}
     for line in (done.stdout + done.stderr).splitlines():
         if (m := SENDING.search(line)):
             current = m.group(1)
         elif (m := RESPONSE.search(line)) and current is not None:
-            if m.group(1) == "Success":
+            if m.group(1).startswith("Success"):
                 acknowledged.add(current)
+            else:
+                answers[current] = m.group(1)
             current = None
     missed = [f for f in files if str(f) not in acknowledged]
     with tally.lock:
         for f in files:
             if str(f) in acknowledged:
                 tally.acked[f.stem] = now
-        why = (done.stderr.strip().splitlines() or ["no response"])[-1][:200]
-        tally.failed.extend((f.stem, now, why) for f in missed)
+        errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("E:", "F:"))]
+        default = errors[0][:200] if errors else "no response"
+        tally.failed.extend((f.stem, now, answers.get(str(f), default)) for f in missed)
     return missed
 
 
