@@ -148,6 +148,12 @@ class Seconds(Kind[float]):
         return text.removesuffix(".0")
 
 
+class Minutes(Seconds):
+    def check(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"must be more than 0 minutes, got {value}")
+
+
 class Flag(Kind[bool]):
     TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -385,12 +391,16 @@ class Settings:
     ui_oidc_client_id: str = setting(
         "ARCHIVE_UI_OIDC_CLIENT_ID", "",
         "Client id of the web UI at `ARCHIVE_OIDC_ISSUER` (a public client), handed to the page in "
-        "`/ui/config.json`; the UI's own sign-in is not built yet", Text())
+        "`/ui/config.json`: the page signs in there (authorization code with PKCE)", Text())
     ui_viewer_url: str = setting(
         "ARCHIVE_UI_VIEWER_URL", "",
         "A DICOMweb viewer (OHIF) the web UI links each study to, `{StudyInstanceUID}` replaced, e.g. "
         "`https://ohif.example.com/viewer?StudyInstanceUIDs={StudyInstanceUID}`; unset: no link",
         Url(schemes=("http", "https"), optional=True, needs_host=True))
+    ui_idle_minutes: float = setting(
+        "ARCHIVE_UI_IDLE_MINUTES", 30.0,
+        "With sign-in on, the web UI signs out (here and at the issuer) after this many minutes without "
+        "a key press, click, touch or wheel in the page; fractions allowed", Minutes())
     query_dicom_port: int = setting(
         "ARCHIVE_QUERY_DICOM_PORT", 11113,
         "DICOM port of the `query` role (C-ECHO, C-FIND, C-MOVE, C-GET, Storage Commitment); `serve` "

@@ -87,6 +87,7 @@ NON_DEFAULT = {
     "ARCHIVE_HTTP_TLS_KEY": "/etc/archive/tls.key",
     "ARCHIVE_UI_OIDC_CLIENT_ID": "archive-ui",
     "ARCHIVE_UI_VIEWER_URL": "https://ohif.example.com/viewer?StudyInstanceUIDs={StudyInstanceUID}",
+    "ARCHIVE_UI_IDLE_MINUTES": "0.05",
     "ARCHIVE_QUERY_DICOM_PORT": "4243",
     "ARCHIVE_PEERS": "STORESCU@127.0.0.1:4242, V6@[::1]:104",
     "ARCHIVE_FIND_MAX_MATCHES": "7",
@@ -194,6 +195,7 @@ INVALID = {
     "ARCHIVE_HTTP_TLS_CERT": "/etc/archive/tls.crt",  # without its key
     "ARCHIVE_HTTP_TLS_KEY": "/etc/archive/tls.key",  # without its certificate
     "ARCHIVE_UI_VIEWER_URL": "javascript:alert(1)",
+    "ARCHIVE_UI_IDLE_MINUTES": "0",
     "ARCHIVE_QUERY_DICOM_PORT": "-1",
     "ARCHIVE_PEERS": "STORESCU@127.0.0.1",
     "ARCHIVE_FIND_MAX_MATCHES": "0",

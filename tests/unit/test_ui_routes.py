@@ -132,9 +132,12 @@ async def test_with_sign_in_on_the_page_loads_and_the_search_needs_a_token(tmp_p
         assert page.status == 200
         directives = _strict(page.headers["Content-Security-Policy"])
         assert directives["connect-src"] == "'self' https://sso.example.com"  # the token endpoint
+        assert directives["form-action"] == "'self' https://sso.example.com"  # the sign-out's POST
         assert (await client.get(f"/ui/{ASSET}")).status == 200
         config = await client.get("/ui/config.json")
-        assert await config.json() == {"oidc": {"issuer": issuer, "client_id": "archive-ui"}, "viewer_url": None}
+        assert await config.json() == {"oidc": {"issuer": issuer, "client_id": "archive-ui",
+                                                "roles_claim": "realm_access.roles", "idle_minutes": 30.0},
+                                       "viewer_url": None}
         assert (await client.get("/api/search")).status == 401
     finally:
         await client.close()

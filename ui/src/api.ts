@@ -1,7 +1,9 @@
-// The archive's HTTP API as the page uses it: same origin, the API's own authentication.
+// The archive's HTTP API as the page uses it: same origin, the API's own authentication (the
+// bearer token of the page's sign-in, when on: every call goes through authorizedFetch).
+import { authorizedFetch, type OidcConfig } from "./auth";
 
 export interface UiConfig {
-  oidc: { issuer: string; client_id: string | null } | null;
+  oidc: OidcConfig | null;
   viewer_url: string | null;
 }
 
@@ -45,18 +47,20 @@ async function failure(response: Response): Promise<ApiError> {
   } catch {
     // not JSON: keep the status text
   }
-  if (response.status === 401) message = "Sign-in is required, and this page cannot sign in yet. Use an API client with a token.";
+  if (response.status === 401) message = "Sign-in is required: sign in again.";
   return new ApiError(response.status, message, parameter);
 }
 
 async function json<T>(url: string, signal?: AbortSignal): Promise<T> {
-  const response = await fetch(url, { signal, headers: { Accept: "application/json" }, credentials: "same-origin" });
+  const response = await authorizedFetch(url, { signal, headers: { Accept: "application/json" }, credentials: "same-origin" });
   if (!response.ok) throw await failure(response);
   return (await response.json()) as T;
 }
 
-export function loadConfig(): Promise<UiConfig> {
-  return json<UiConfig>("/ui/config.json");
+export async function loadConfig(): Promise<UiConfig> {
+  const response = await fetch("/ui/config.json", { headers: { Accept: "application/json" } }); // needs no token
+  if (!response.ok) throw await failure(response);
+  return (await response.json()) as UiConfig;
 }
 
 export function search(params: URLSearchParams, signal: AbortSignal): Promise<SearchResult> {
@@ -73,7 +77,7 @@ export interface DicomElement {
 }
 
 async function dicomJson(url: string, signal?: AbortSignal): Promise<DicomJson[]> {
-  const response = await fetch(url, { signal, headers: { Accept: "application/dicom+json" } });
+  const response = await authorizedFetch(url, { signal, headers: { Accept: "application/dicom+json" } });
   if (response.status === 204) return [];
   if (!response.ok) throw await failure(response);
   return (await response.json()) as DicomJson[];

@@ -3,6 +3,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { loadConfig, type UiConfig } from "./api";
 import { fromUrl, toUrl, type Search } from "./query";
+import { SessionBar } from "./session";
 import { SearchPage } from "./search";
 import { StudyPage } from "./study";
 
@@ -18,13 +19,13 @@ function here(): Where {
   return { study: study ? study[1] : null, search: fromUrl(location.search) };
 }
 
-export function App() {
+export function App({ initial }: { initial?: UiConfig }) {
   const [where, setWhere] = useState<Where>(here);
-  const [config, setConfig] = useState<UiConfig>({ oidc: null, viewer_url: null });
+  const [config, setConfig] = useState<UiConfig>(initial ?? { oidc: null, viewer_url: null });
   const inApp = useRef(false); // whether Back stays in this page (a study opened from the list)
 
   useEffect(() => {
-    loadConfig().then(setConfig, () => undefined); // without it: no viewer link, nothing else changes
+    if (!initial) loadConfig().then(setConfig, () => undefined); // without it: no viewer link, nothing else changes
     const onPop = () => setWhere(here());
     addEventListener("popstate", onPop);
     return () => removeEventListener("popstate", onPop);
@@ -48,6 +49,7 @@ export function App() {
         <h1>
           <a href="/ui/">DICOM archive</a>
         </h1>
+        <SessionBar />
       </header>
       {where.study ? <StudyPage uid={where.study} back={back} />
         : <SearchPage search={where.search} navigate={navigate} config={config} open={open} />}

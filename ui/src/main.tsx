@@ -1,5 +1,4 @@
-import { render } from "preact";
-import { App } from "./app";
+import { start } from "./signin";
 import "./style.css";
 
-render(<App />, document.getElementById("app")!);
+void start(document.getElementById("app")!);

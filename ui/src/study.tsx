@@ -5,6 +5,7 @@ import {
   ApiError, instancesOf, metadataOf, seriesOf, studyOf, thumbnailUrl,
   type DicomElement, type DicomJson,
 } from "./api";
+import { AuthImage } from "./authimage";
 import { dicomDate, first, personName, valueText } from "./format";
 
 const T = {
@@ -117,7 +118,7 @@ function Fact({ label, value }: { label: string; value: string }) {
 function Thumbnail({ src, alt }: { src: string; alt: string }) {
   const [failed, setFailed] = useState(false);
   return failed ? <div class="thumb none">no image</div>
-    : <img class="thumb" src={src} alt={alt} width={128} height={128} loading="lazy" onError={() => setFailed(true)} />;
+    : <AuthImage class="thumb" src={src} alt={alt} width={128} height={128} onError={() => setFailed(true)} />;
 }
 
 interface Row {

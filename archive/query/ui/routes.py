@@ -9,7 +9,7 @@ a DICOM value that slipped past the page's escaping could not run. Deep links
 (``/ui/study/...``) answer ``index.html``; the application routes them itself.
 
 These routes and ``/ui/config.json`` (what the page needs before it can sign in: the issuer and
-client id, the viewer URL; nothing about patients) need no token (:mod:`archive.auth.policy`);
+client id, the roles claim, the idle time, the viewer URL; nothing about patients) need no token (:mod:`archive.auth.policy`);
 the page reads everything else through the API, with the API's authentication.
 """
 
@@ -37,11 +37,14 @@ NOT_BUILT = ("The web UI is not built in this installation. From a source checko
 
 
 def content_security_policy(settings: Settings) -> str:
-    """The page's CSP: this origin only; the sign-in provider may be called (token endpoint)."""
+    """The page's CSP: this origin only; the sign-in provider may be called and posted to."""
     connect = ["'self'"]
     if settings.oidc_issuer:
         parts = urlsplit(settings.oidc_issuer)
         connect.append(f"{parts.scheme}://{parts.netloc}")
+    # the issuer's origin: discovery and the token endpoint (connect-src); its end_session_endpoint
+    # takes the sign-out as a form POST (form-action), so that the ID token never goes into a URL
+    form = connect
     return "; ".join((
         "default-src 'none'",
         "script-src 'self'",
@@ -51,7 +54,7 @@ def content_security_policy(settings: Settings) -> str:
         f"connect-src {' '.join(connect)}",
         "manifest-src 'self'",
         "base-uri 'none'",
-        "form-action 'self'",
+        f"form-action {' '.join(form)}",
         "frame-ancestors 'none'",
         "object-src 'none'",
     ))
@@ -99,7 +102,8 @@ async def config(request: web.Request) -> web.Response:
     settings = _settings(request)
     oidc = None
     if settings.oidc_issuer:
-        oidc = {"issuer": settings.oidc_issuer, "client_id": settings.ui_oidc_client_id or None}
+        oidc = {"issuer": settings.oidc_issuer, "client_id": settings.ui_oidc_client_id or None,
+                "roles_claim": settings.oidc_roles_claim, "idle_minutes": settings.ui_idle_minutes}
     body = {"oidc": oidc, "viewer_url": settings.ui_viewer_url or None}
     return _secure(web.json_response(body, headers={"Cache-Control": NO_CACHE}), settings)
 
