@@ -484,32 +484,4 @@ def test_a_configured_viewer_gets_a_link_per_study(browser: Any, tmp_path: Path)
         proc.stop()
 
 
-def test_with_sign_in_on_the_page_loads_and_says_why_it_cannot_search(browser: Any, tmp_path: Path) -> None:
-    """ARCHIVE_OIDC_ISSUER (the test Keycloak): the page and its settings load without a token, the
-    search answers 401 and the page says so; no patient data reaches the page."""
-    if not (STATIC / "index.html").is_file():
-        missing("the web UI is not built: run `make ui` (Node.js 20 and npm)")
-    from playwright.sync_api import expect
-
-    from tests.e2e.auth_client import AUDIENCE, keycloak_issuer
-
-    issuer = keycloak_issuer()
-    proc = serve(tmp_path, ARCHIVE_OIDC_ISSUER=issuer, ARCHIVE_OIDC_AUDIENCE=AUDIENCE,
-                 ARCHIVE_UI_OIDC_CLIENT_ID="archive-ui").start()
-    try:
-        context = browser.new_context(base_url=proc.http)
-        try:
-            page = context.new_page()
-            statuses: dict[str, int] = {}
-            page.on("response", lambda r: statuses.__setitem__(urllib.parse.urlsplit(r.url).path, r.status))
-            page.goto("/ui/")
-            expect(page.get_by_role("alert")).to_contain_text("Sign-in is required")
-            assert statuses["/ui/"] == 200 and statuses["/ui/config.json"] == 200 and statuses["/api/search"] == 401
-            assert page.locator("table.studies").count() == 0
-            csp = page.evaluate("() => fetch('/ui/').then(r => r.headers.get('Content-Security-Policy'))")
-            origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(issuer))
-            assert f"connect-src 'self' {origin}" in csp
-        finally:
-            context.close()
-    finally:
-        proc.stop()
+# With sign-in on (ARCHIVE_OIDC_ISSUER): tests/e2e/test_web_ui_signin.py.

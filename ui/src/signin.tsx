@@ -38,7 +38,11 @@ export async function start(root: HTMLElement): Promise<void> {
       if (location.pathname === CALLBACK) await completeSignIn(oidc);
       else await signIn(oidc, `${location.pathname}${location.search}`);
     } catch (error) {
-      render(<Message title="Sign-in failed" config={oidc} text={String(error instanceof Error ? error.message : error)} />, root);
+      // a TypeError from fetch: the provider unreachable, or its CORS answer refused this origin
+      const text = error instanceof TypeError
+        ? `The sign-in provider could not be reached from this page: is ${location.origin} among the web origins of the client ${oidc.client_id ?? ""}?`
+        : String(error instanceof Error ? error.message : error);
+      render(<Message title="Sign-in failed" config={oidc} text={text} />, root);
       return;
     }
   }
