@@ -166,6 +166,40 @@ def test_a_reader_signs_in_searches_sees_thumbnails_and_signs_out(browser: Any, 
         context.close()
 
 
+def test_the_token_is_refreshed_before_it_expires(browser: Any,  # noqa: F811
+                                                 archive: tuple[ArchiveProcess, str]) -> None:
+    """Keycloak's access tokens live 300 s (the realm): the page's clock is moved 280 s ahead and the
+    page refreshes with its refresh token (a real grant at Keycloak); the next call carries the new token."""
+    from playwright.sync_api import expect
+
+    proc, issuer = archive
+    context = browser.new_context(base_url=proc.http, locale="en-GB")
+    try:
+        page = context.new_page()
+        page.clock.install()  # the page's timers and Date, running at real speed until moved
+        recorded = _record(page, proc.http)
+        grants: list[str] = []
+        page.on("request", lambda r: grants.append(urllib.parse.parse_qs(r.post_data or "")["grant_type"][0])
+                if r.url == f"{issuer}/protocol/openid-connect/token" else None)
+        page.goto("/ui/")
+        _sign_in(page, issuer, "reader")
+        expect(page.get_by_role("status")).to_have_text("1–1 of 1 study")
+        first = recorded.bearer["/api/search"]
+        assert grants == ["authorization_code"]
+        with page.expect_response(f"{issuer}/protocol/openid-connect/token") as refreshed:
+            page.clock.fast_forward("04:40")
+        assert refreshed.value.status == 200 and grants == ["authorization_code", "refresh_token"], grants
+        page.get_by_label("Patient name", exact=True).fill("alpha")
+        with page.expect_request(lambda r: "/api/search?" in r.url and "PatientName=alpha" in r.url) as searched:
+            page.get_by_label("Patient name", exact=True).press("Enter")
+        second = searched.value.headers["authorization"]
+        assert second.startswith("Bearer eyJ") and second != first
+        expect(page.get_by_role("status")).to_have_text("1–1 of 1 study")
+        expect(page.locator(".session")).to_contain_text("Signed in as reader")
+    finally:
+        context.close()
+
+
 def test_axe_finds_no_serious_violation_signed_in(browser: Any,  # noqa: F811
                                                   archive: tuple[ArchiveProcess, str]) -> None:
     """A writer this time; axe is injected into a context that bypasses the CSP for the injection."""
