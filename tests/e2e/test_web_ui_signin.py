@@ -200,6 +200,24 @@ def test_the_token_is_refreshed_before_it_expires(browser: Any,  # noqa: F811
         context.close()
 
 
+def test_a_user_without_a_role_is_told_so(browser: Any,  # noqa: F811
+                                          archive: tuple[ArchiveProcess, str]) -> None:
+    """Keycloak's ``nobody`` signs in fine; the page shows no role and the server's 403, no patient."""
+    from playwright.sync_api import expect
+
+    proc, issuer = archive
+    context = browser.new_context(base_url=proc.http)
+    try:
+        page = context.new_page()
+        page.goto("/ui/")
+        _sign_in(page, issuer, "nobody")
+        expect(page.locator(".session")).to_contain_text("Signed in as nobody (no role)")
+        expect(page.get_by_role("alert")).to_contain_text("this needs the reader role")
+        assert page.locator("table.studies").count() == 0
+    finally:
+        context.close()
+
+
 def test_axe_finds_no_serious_violation_signed_in(browser: Any,  # noqa: F811
                                                   archive: tuple[ArchiveProcess, str]) -> None:
     """A writer this time; axe is injected into a context that bypasses the CSP for the injection."""
