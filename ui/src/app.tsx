@@ -5,8 +5,10 @@ import { loadConfig, type UiConfig } from "./api";
 import { fromUrl, toUrl, type Search } from "./query";
 import { SearchPage } from "./search";
 import { StudyPage } from "./study";
+import { UploadPage } from "./upload";
 
 const STUDY = /^\/ui\/study\/([0-9.]{1,64})\/?$/;
+const UPLOAD = /^\/ui\/upload\/?$/;
 
 interface Where {
   study: string | null;
@@ -48,8 +50,9 @@ export function App() {
         <h1>
           <a href="/ui/">DICOM archive</a>
         </h1>
+        <a class="upload-link" href="/ui/upload">Upload</a>
       </header>
-      {where.study ? <StudyPage uid={where.study} back={back} />
+      {UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} />
         : <SearchPage search={where.search} navigate={navigate} config={config} open={open} />}
     </>
   );
