@@ -11,6 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,3 +161,20 @@ def test_missing_study_is_404(sent: tuple[ArchiveProcess, Sent]) -> None:
     proc, _ = sent
     status, _, _ = _get(f"{proc.http}/dicom-web/studies/1.2.3.999?accept=application/zip")
     assert status == 404
+
+
+def test_a_zip_download_is_audited_as_instances_accessed(sent: tuple[ArchiveProcess, Sent]) -> None:
+    """PS3.15 A.5.3.6 (DICOM Instances Accessed, 110103), as every WADO-RS retrieve."""
+    proc, data = sent
+    log = Path(proc.env["ARCHIVE_DATA_DIR"]) / "audit" / "audit.log"
+
+    def records() -> list[ET.Element]:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [ET.fromstring(line) for line in lines if data.study in line]
+
+    before = len(records())
+    status, _, _ = _get(f"{proc.http}/dicom-web/studies/{data.study}?accept=application/zip")
+    assert status == 200
+    new = wait_until(lambda: records()[before:] or None, timeout=20)
+    assert [m.find("EventIdentification/EventID").get("csd-code") for m in new] == ["110103"]  # type: ignore[union-attr]
+    assert all(m.find("EventIdentification").get("EventOutcomeIndicator") == "0" for m in new)  # type: ignore[union-attr]
