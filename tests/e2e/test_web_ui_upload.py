@@ -121,3 +121,51 @@ def test_upload_a_folder_then_download_the_study(ui: Watched, archive: ArchivePr
         for name in names:
             uid = name.rsplit("/", 1)[1].removesuffix(".dcm").split("_", 1)[1]
             assert dcmread(io.BytesIO(archive_zip.read(name))) == dcmread(files[uid])
+
+
+RESPONSIVE_FILES = 2000
+# The page never freezes: no task over 600 ms. Measured on a 2-core machine at load 8-11, the archive
+# ingesting on the same cores: 5-12 long tasks, the longest 190-400 ms, that one when the 2,000 files
+# are handed to the page (the File objects and the first rows); the others under 100 ms. What
+# freezes other archives' pages is seconds.
+LONGEST_TASK_MS = 600
+MOST_LONG_TASKS = 50
+
+# Every task the main thread ran for 50 ms or more (the Long Tasks API), from before the page loads.
+LONGTASKS = """
+window.__longtasks = [];
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) window.__longtasks.push([Math.round(entry.startTime), Math.round(entry.duration)]);
+}).observe({ type: "longtask", buffered: true });
+"""
+
+
+def test_the_page_stays_responsive_with_thousands_of_files(ui: Watched, archive: ArchiveProcess,
+                                                          tmp_path: Path) -> None:
+    """2,000 small instances in one folder: all stored, the main thread never blocked for long."""
+    from playwright.sync_api import expect
+
+    page = ui.page
+    folder = tmp_path / "many"
+    folder.mkdir()
+    study, series = new_uid(), new_uid()
+    template = make_ct(study_uid=study, series_uid=series, patient_id="UPLOAD-MANY", size=8)
+    for i in range(RESPONSIVE_FILES):
+        template.SOPInstanceUID = new_uid()
+        template.InstanceNumber = i + 1
+        write_part10(template, folder / f"IM{i:05d}")
+    page.add_init_script(LONGTASKS)
+    page.goto("/ui/upload")
+    expect(page.locator("#upload-title")).to_be_focused()  # loaded: its tasks are not the upload's
+    started = page.evaluate("performance.now()")
+    page.set_input_files("#upload-folder", folder)
+    expect(page.locator("#upload-summary")).to_have_text(
+        f"{RESPONSIVE_FILES} of {RESPONSIVE_FILES} files done: {RESPONSIVE_FILES} stored, 0 duplicate, 0 rejected",
+        timeout=180_000)
+    tasks = [duration for start, duration in page.evaluate("window.__longtasks") if start >= started]
+    print(f"long tasks while uploading {RESPONSIVE_FILES} files: {len(tasks)}, longest {max(tasks, default=0):.0f} ms")
+    assert max(tasks, default=0) < LONGEST_TASK_MS, tasks
+    assert len(tasks) < MOST_LONG_TASKS, tasks
+    assert page.locator(".upload-table tbody tr").count() == 200  # the list draws the first rows only
+    wait_until(lambda: http_json(f"{archive.http}/api/search?PatientID=UPLOAD-MANY")[1]["total"] == 1, timeout=60)
+    assert len(_c_find_study(archive.dicom_port, study)) == RESPONSIVE_FILES

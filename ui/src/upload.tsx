@@ -6,14 +6,15 @@
 // A second file with a SOP Instance UID already stored by this upload is shown as a duplicate.
 // Files without the DICM marker of a Part 10 file are rejected here and never sent.
 // The page stays responsive with thousands of files: file state lives outside Preact and the
-// view is redrawn at most once per animation frame, the list shows the first ROWS files.
+// view is redrawn at most every REDRAW_MS, in an animation frame; the list draws the first ROWS files.
 import { useEffect, useRef, useState } from "preact/hooks";
 import "./upload.css";
 
 const IN_FLIGHT = 4; // STOW-RS requests at a time
 const BATCH_FILES = 8; // files per request ...
 const BATCH_BYTES = 8 * 1024 * 1024; // ... and bytes per request (a large file goes alone)
-const ROWS = 500; // rows of the result list drawn
+const ROWS = 200; // rows of the result list drawn
+const REDRAW_MS = 100; // the view is redrawn at most this often while files are in flight
 const STUDIES = "/dicom-web/studies";
 
 type State = "queued" | "sending" | "stored" | "duplicate" | "rejected";
@@ -196,14 +197,17 @@ export function UploadPage() {
   const [over, setOver] = useState(false);
   if (!upload.current) {
     upload.current = new Upload(() => {
-      if (!frame.current) frame.current = requestAnimationFrame(() => { frame.current = 0; redraw((n) => n + 1); });
+      if (!frame.current) {
+        frame.current = window.setTimeout(() => requestAnimationFrame(() => { frame.current = 0; redraw((n) => n + 1); }),
+          REDRAW_MS);
+      }
     });
   }
   const up = upload.current;
   useEffect(() => {
     document.title = "Upload — DICOM archive";
     document.getElementById("upload-title")?.focus();
-    return () => cancelAnimationFrame(frame.current);
+    return () => clearTimeout(frame.current);
   }, []);
 
   const fromList = (files: FileList | null) => {
