@@ -23,7 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from tests.e2e.harness import ArchiveProcess, http_json, serve, wait_until
-from tests.e2e.test_web_ui import STATIC, Watched, _watch, browser  # noqa: F401 (the browser fixture)
+from tests.e2e.test_web_ui import AXE, STATIC, Watched, _watch, browser  # noqa: F401 (the browser fixture)
 from tests.conftest import missing
 from tests.factories import make_ct, new_uid, write_part10
 
@@ -169,3 +169,30 @@ def test_the_page_stays_responsive_with_thousands_of_files(ui: Watched, archive:
     assert page.locator(".upload-table tbody tr").count() == 200  # the list draws the first rows only
     wait_until(lambda: http_json(f"{archive.http}/api/search?PatientID=UPLOAD-MANY")[1]["total"] == 1, timeout=60)
     assert len(_c_find_study(archive.dicom_port, study)) == RESPONSIVE_FILES
+
+
+def test_axe_finds_no_serious_violation_on_the_upload_page(browser: Any, archive: ArchiveProcess,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    """The page with a result list (stored and rejected rows); axe injected as in test_web_ui."""
+    from playwright.sync_api import expect
+
+    if not AXE.is_file():
+        missing(f"{AXE} is absent: `make ui` installs the UI's npm packages")
+    ds = make_ct(patient_id="UPLOAD-AXE", size=8)
+    write_part10(ds, tmp_path / "IM0001")
+    (tmp_path / "readme.txt").write_text("x" * 200)
+    context = browser.new_context(base_url=archive.http, bypass_csp=True)
+    try:
+        watched = _watch(context)
+        page = watched.page
+        page.goto("/ui/upload")
+        page.set_input_files("#upload-files", [tmp_path / "IM0001", tmp_path / "readme.txt"])
+        expect(page.locator("#upload-summary")).to_have_text("2 of 2 files done: 1 stored, 0 duplicate, 1 rejected")
+        page.add_script_tag(path=str(AXE))
+        result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+        bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+               for v in result["violations"] if v["impact"] in ("serious", "critical")]
+        assert bad == []
+        assert watched.dialogs == [] and watched.errors == []
+    finally:
+        context.close()
