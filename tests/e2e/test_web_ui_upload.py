@@ -9,6 +9,7 @@ study page's zip link downloads a zip holding every instance.
 
 from __future__ import annotations
 
+import base64
 import io
 import shutil
 import zipfile
@@ -196,3 +197,38 @@ def test_axe_finds_no_serious_violation_on_the_upload_page(browser: Any, archive
         assert watched.dialogs == [] and watched.errors == []
     finally:
         context.close()
+
+
+# A drop of files as a browser makes it (a DataTransfer holding File objects), dispatched on the zone.
+DROP = """([files]) => {
+  const data = new DataTransfer();
+  for (const [name, b64] of files) {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    data.items.add(new File([bytes], name));
+  }
+  const zone = document.querySelector(".dropzone");
+  zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: data, bubbles: true, cancelable: true }));
+  zone.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+}"""
+
+
+def test_dropped_files_and_the_archive_s_duplicate_reason(ui: Watched, archive: ArchiveProcess, tmp_path: Path) -> None:
+    """Dropped files: an instance whose SOP Instance UID the archive holds with other content is a
+    duplicate with the archive's WarningReason (B000, ARCHIVE_DUPLICATE_POLICY keep-first)."""
+    from playwright.sync_api import expect
+
+    ds = make_ct(patient_id="UPLOAD-DROP", size=8, seed=1)
+    first = write_part10(ds, tmp_path / "first.dcm").read_bytes()
+    ds.SeriesDescription = "other content, same SOP Instance UID"
+    other = write_part10(ds, tmp_path / "other.dcm").read_bytes()
+    page = ui.page
+    page.goto("/ui/upload")
+    page.evaluate(DROP, [[["first.dcm", base64.b64encode(first).decode()]]])
+    expect(page.locator("#upload-summary")).to_have_text("1 of 1 files done: 1 stored, 0 duplicate, 0 rejected")
+    page.evaluate(DROP, [[["other.dcm", base64.b64encode(other).decode()],
+                          ["photo.jpg", base64.b64encode(b"\xff\xd8" * 100).decode()]]])
+    expect(page.locator("#upload-summary")).to_have_text("3 of 3 files done: 1 stored, 1 duplicate, 1 rejected")
+    row = page.locator(".upload-table tbody tr", has_text="other.dcm")
+    expect(row).to_have_attribute("data-state", "duplicate")
+    expect(row.locator("td").nth(2)).to_contain_text("(0xB000)")
+    expect(page.locator(".upload-table tbody tr", has_text="photo.jpg")).to_have_attribute("data-state", "rejected")
