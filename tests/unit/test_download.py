@@ -65,5 +65,6 @@ def test_member_names_come_from_uids_and_numbers_only() -> None:
     assert member_name(inst, None, None) == "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
     with pytest.raises(ValueError):
         member_name(_instance("../../etc/passwd", 1, ""), 1, 1)
-    with pytest.raises(ValueError):
-        member_name(_instance("1.2", 1, "", study="/abs"), 1, 1)
+    for hostile in ("/abs", "..", "1.2/..", "1.2\n", "", "1" * 65):
+        with pytest.raises(ValueError):
+            member_name(_instance("1.2", 1, "", study=hostile), 1, 1)

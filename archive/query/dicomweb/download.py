@@ -23,10 +23,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from stat import S_IFREG
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from stream_zip import ZIP_AUTO, async_stream_zip
@@ -42,8 +42,7 @@ from archive.query.dicomweb.request import describe_scope
 log = logging.getLogger(__name__)
 
 ZIP = "application/zip"
-DICOM = "application/dicom"
-UID = re.compile(r"^[0-9.]{1,64}$")
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 9.1, with fullmatch: never "..", "/" or a newline
 LEVEL = 1  # deflate level: see the module docstring
 MTIME = datetime(1980, 1, 1, tzinfo=timezone.utc)  # the zip epoch: an archive's bytes depend on its content only
 
@@ -64,20 +63,22 @@ async def numbers(catalog: Catalog, matchers: tuple[Matcher, ...], limit: int) -
     rows = await catalog.find(Query(Level.IMAGE, matchers, return_keys=("SeriesNumber", "InstanceNumber"), limit=limit))
     out: Numbers = {}
     for row in rows:
-        def value(tag: str) -> object:
-            element = row.get(tag) or {}
-            values = element.get("Value") if isinstance(element, dict) else None
-            return values[0] if values else ""
-        uid = value("00080018")
+        uid = _first(row, "00080018")
         if isinstance(uid, str):
-            out[uid] = (_integer(value("00200011")), _integer(value("00200013")))
+            out[uid] = (_integer(_first(row, "00200011")), _integer(_first(row, "00200013")))
     return out
+
+
+def _first(row: dict[str, Any], tag: str) -> object:
+    element = row.get(tag) or {}
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values[0] if values else ""
 
 
 def member_name(instance: CatalogInstance, series_number: int | None, instance_number: int | None) -> str:
     """The member's path inside the zip, from validated UIDs and integers only."""
     uids = (instance.study_uid, instance.series_uid, instance.sop_instance_uid)
-    if not all(UID.match(u) for u in uids):  # never reached for a catalog row; the guard stays
+    if not all(len(u) <= 64 and UID.fullmatch(u) for u in uids):  # never reached for a catalog row; the guard stays
         raise ValueError(f"not a UID in {uids!r}")
     series = f"{series_number}_{instance.series_uid}" if series_number is not None else instance.series_uid
     name = f"{instance_number}_{instance.sop_instance_uid}" if instance_number is not None else instance.sop_instance_uid
@@ -88,7 +89,7 @@ def filename(level: Level, instance: CatalogInstance) -> str:
     """The download's file name (Content-Disposition): the resource's UID, nothing else."""
     uid = instance.sop_instance_uid if level is Level.IMAGE else (
         instance.series_uid if level is Level.SERIES else instance.study_uid)
-    assert UID.match(uid)
+    assert UID.fullmatch(uid)
     return f"{level.name.lower()}-{uid}"
 
 
@@ -97,15 +98,19 @@ OpenMember = Callable[[CatalogInstance], Awaitable[Source]]  # an instance's sto
 
 
 async def zip_stream(plan: Sequence[tuple[CatalogInstance, str]], open_member: OpenMember,
-                     chunk_size: int = 65536) -> Source:
+                     chunk_size: int = 65536) -> AsyncGenerator[bytes, None]:
     """The zip of ``plan`` (instance, member name); each member opened when the zip reaches it."""
 
     async def members() -> AsyncIterator[tuple[str, datetime, int, Any, Source]]:
         for inst, name in plan:
             yield name, MTIME, S_IFREG | 0o644, ZIP_AUTO(inst.size, level=LEVEL), await open_member(inst)
 
-    async for chunk in async_stream_zip(members(), chunk_size=chunk_size):
-        yield chunk
+    zipped = cast(AsyncGenerator[bytes, None], async_stream_zip(members(), chunk_size=chunk_size))
+    try:
+        async for chunk in zipped:
+            yield chunk
+    finally:
+        await zipped.aclose()
 
 
 async def send_zip(request: web.Request, level: Level, matchers: tuple[Matcher, ...],
@@ -116,10 +121,19 @@ async def send_zip(request: web.Request, level: Level, matchers: tuple[Matcher, 
     plan = [(inst, member_name(inst, *found.get(inst.sop_instance_uid, (None, None)))) for inst in instances]
     audit.note(request, instances)
     body = zip_stream(plan, open_member)
+    try:
+        return await _send(request, level, matchers, filename(level, instances[0]), body, len(plan), started)
+    finally:
+        await body.aclose()  # a client gone mid-zip: the open object and the zip's thread end now
+
+
+async def _send(request: web.Request, level: Level, matchers: tuple[Matcher, ...], name: str,
+                body: AsyncIterator[bytes], count: int, started: float) -> web.StreamResponse:
+    scope_text = describe_scope(matchers)
     first = await anext(body, b"")  # opens the first object: a missing one fails with a status
     response = web.StreamResponse(headers={
         "Content-Type": ZIP,
-        "Content-Disposition": f'attachment; filename="{filename(level, instances[0])}.zip"',
+        "Content-Disposition": f'attachment; filename="{name}.zip"',
     })
     await response.prepare(request)
     try:
@@ -130,11 +144,11 @@ async def send_zip(request: web.Request, level: Level, matchers: tuple[Matcher, 
     except (ConnectionError, asyncio.CancelledError):
         raise  # the client went away
     except Exception as exc:  # after the first byte no status can be sent: cut the connection
-        log.error("WADO-RS zip cut: %s: %s: %s", describe_scope(matchers), type(exc).__name__, exc)
+        log.error("WADO-RS zip cut: %s: %s: %s", scope_text, type(exc).__name__, exc)
         if request.transport is not None:
             request.transport.abort()
         return response
     metrics.QUERIES.labels("wado", level.value, "200").inc()
     metrics.QUERY_SECONDS.labels("wado").observe(time.perf_counter() - started)
-    log.info("WADO-RS zip of %s: %d instances", describe_scope(matchers), len(plan))
+    log.info("WADO-RS zip of %s: %d instances", scope_text, count)
     return response
