@@ -153,6 +153,8 @@ _WINDOW = _param("window", "center,width[,function]: overrides the VOI (PS3.18 8
                  {"type": "string", "pattern": WINDOW_PATTERN})
 _VIEWPORT = _param("viewport", "vw,vh[,sx,sy,sw,sh]: output size and source region (PS3.18 8.3.5.1.3)",
                    {"type": "string", "pattern": VIEWPORT_PATTERN})
+_ACCEPT = _param("accept", "The media type wanted, in place of the Accept header (PS3.18 8.3.3.1), e.g. "
+                 "application/zip for a plain download link", {"type": "string", "maxLength": 200})
 _QUALITY = _param("quality", "JPEG quality 1-100", {"type": "integer", "minimum": 1, "maximum": 100})
 
 
@@ -183,8 +185,11 @@ def _dicomweb_paths() -> dict[str, Any]:
     for level, (base, params) in levels.items():
         paths[base] = {"get": _get(
             f"Retrieve the {level}", "WADO-RS: the instances as stored, or in the transfer syntax the Accept "
-            "header's `transfer-syntax` asks for (default Explicit VR Little Endian, `*` as stored)",
-            (_MULTIPART_DICOM,), params)}
+            "header's `transfer-syntax` asks for (default Explicit VR Little Endian, `*` as stored). "
+            "`application/zip` (header or `accept` parameter): a download, members as stored, streamed"
+            + ("; `application/dicom`: the instance as a .dcm" if level == "instance" else ""),
+            (_MULTIPART_DICOM, "application/zip") + (("application/dicom",) if level == "instance" else ()),
+            params, (_ACCEPT,))}
         paths[f"{base}/metadata"] = {"get": _get(
             f"Metadata of the {level}", "From the catalog, with BulkDataURIs; ETag and If-None-Match",
             ("application/dicom+json",), params)}

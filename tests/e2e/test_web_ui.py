@@ -317,12 +317,15 @@ def test_the_list_works_by_keyboard(ui: Watched) -> None:
     expect(links.last).to_be_focused()
     page.keyboard.press("Home")
     expect(links.first).to_be_focused()
-    # the free-text box is where the keyboard starts: first field after the skip link and the title
+    # the free-text box is where the keyboard starts: first field after the skip link, the title
+    # and the Upload link
     page.reload()
     expect_patients(page, *BY_ID)
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to results")).to_be_focused()
     page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Upload")).to_be_focused()
     page.keyboard.press("Tab")
     expect(page.get_by_label("Search all attributes and report text")).to_be_focused()
 

@@ -3,11 +3,14 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { loadConfig, type UiConfig } from "./api";
 import { fromUrl, toUrl, type Search } from "./query";
-import { SessionBar } from "./session";
+import { may } from "./auth";
+import { SessionBar, useSession } from "./session";
 import { SearchPage } from "./search";
 import { StudyPage } from "./study";
+import { UploadPage } from "./upload";
 
 const STUDY = /^\/ui\/study\/([0-9.]{1,64})\/?$/;
+const UPLOAD = /^\/ui\/upload\/?$/;
 
 interface Where {
   study: string | null;
@@ -42,6 +45,7 @@ export function App({ initial }: { initial?: UiConfig }) {
   const open = (uid: string) => go(`/ui/study/${uid}`);
   const back = () => (inApp.current ? history.back() : go("/ui/"));
 
+  const session = useSession();
   return (
     <>
       <a class="skip" href={where.study ? "#study-title" : "#results"}>Skip to {where.study ? "the study" : "results"}</a>
@@ -50,8 +54,9 @@ export function App({ initial }: { initial?: UiConfig }) {
           <a href="/ui/">DICOM archive</a>
         </h1>
         <SessionBar />
+        {may(session, "writer") ? <a class="upload-link" href="/ui/upload">Upload</a> : null}
       </header>
-      {where.study ? <StudyPage uid={where.study} back={back} />
+      {UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} />
         : <SearchPage search={where.search} navigate={navigate} config={config} open={open} />}
     </>
   );

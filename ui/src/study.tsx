@@ -6,6 +6,7 @@ import {
   type DicomElement, type DicomJson,
 } from "./api";
 import { AuthImage } from "./authimage";
+import { Download, instanceUrl, seriesZipUrl, studyZipUrl } from "./downloads";
 import { dicomDate, first, personName, valueText } from "./format";
 
 const T = {
@@ -73,6 +74,7 @@ export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
           <Fact label="Study UID" value={uid} />
         </dl>
       )}
+      {ds && <p class="downloads"><Download href={studyZipUrl(uid)} label="Download the study (zip)" /></p>}
       <section aria-labelledby="series-title">
         <h3 id="series-title">Series</h3>
         <p class="status" role="status">
@@ -95,7 +97,8 @@ export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
                   <button type="button" class="secondary" aria-pressed={chosen === seriesUid}
                     onClick={() => setChosen(chosen === seriesUid ? null : seriesUid)}>
                     Attributes
-                  </button>
+                  </button>{" "}
+                  <Download href={seriesZipUrl(uid, seriesUid)} label={`Download series ${first(s, T.SeriesNumber) || ""} (zip)`} />
                 </div>
               </li>
             );
@@ -205,6 +208,7 @@ function TagBrowser({ study, series }: { study: string; series: string }) {
             ))}
           </select>
         </div>
+        {current && <Download href={instanceUrl(study, series, current)} label="Download this instance (.dcm)" />}
         <div class="field">
           <label for="tag-filter">Filter by keyword, tag or value</label>
           <input id="tag-filter" type="search" value={filter} autoComplete="off"

@@ -71,3 +71,15 @@ def wanted_syntaxes(header: str | None, part_type: str) -> list[str]:
         ):
             wanted.append(r.params.get("transfer-syntax", DEFAULT) or DEFAULT)
     return wanted
+
+
+def single_part(header: str | None, offered: tuple[str, ...]) -> MediaRange | None:
+    """The range of a non-multipart media type in ``offered`` that the client prefers to a
+    multipart/related response (PS3.18 8.7.3.5: ``application/zip`` for a study or series,
+    ``application/dicom`` too for an instance); None: answer multipart (or 406) as before."""
+    for r in parse_accept(header or ""):  # best first
+        if r.media_type in offered:
+            return r
+        if r.media_type in ("*/*", "multipart/*", "multipart/related"):
+            return None
+    return None

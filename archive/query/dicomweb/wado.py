@@ -27,12 +27,14 @@ from aiohttp import web
 
 from archive import metrics
 from archive.core.ports import ObjectStore
+from archive.core.levels import Level
 from archive.core.query import Query
 from archive.core.records import CatalogInstance
 from archive.query.context import CATALOG, OBJECTS, STORE
 from archive.query.dicomweb.media.transcode import TranscodeError, choose, transcode
 from archive.query.dicomweb.multipart import MultipartStream
-from archive.query.dicomweb.negotiation import wanted_syntaxes
+from archive.query.dicomweb import download
+from archive.query.dicomweb.negotiation import DEFAULT, single_part, wanted_syntaxes
 from archive.query.dicomweb.request import describe_scope, http_error, scope
 from archive.query.objects import RetrieveError, spool
 from archive.query import audit
@@ -101,28 +103,56 @@ def abort(request: web.Request, what: str, exc: BaseException) -> None:
         request.transport.abort()
 
 
+async def _send_instance(request: web.Request, inst: CatalogInstance, syntax: str, source: Source) -> web.StreamResponse:
+    """One instance as a Part 10 file (``application/dicom``), offered as a ``.dcm`` download."""
+    response = web.StreamResponse(headers={
+        "Content-Type": f"{DICOM}; transfer-syntax={syntax}",
+        "Content-Disposition": f'attachment; filename="{download.filename(Level.IMAGE, inst)}.dcm"',
+    })
+    await response.prepare(request)
+    try:
+        async for chunk in source:
+            await response.write(chunk)
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        abort(request, f"instance {inst.sop_instance_uid}", exc)
+    return response
+
+
 async def retrieve(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     level, matchers = scope(request)
-    wanted = wanted_syntaxes(request.headers.get("Accept"), DICOM)
-    if not wanted:  # PS3.18 8.7.3.5: only multipart/related application/dicom
-        raise http_error(web.HTTPNotAcceptable, f'only multipart/related; type="{DICOM}" is served here')
+    accept = request.query.get("accept") or request.headers.get("Accept")  # PS3.18 8.3.3.1: the link form wins
+    single = single_part(accept, (download.ZIP, DICOM) if level is Level.IMAGE else (download.ZIP,))
+    wanted = wanted_syntaxes(accept, DICOM)
+    if single is None and not wanted:  # PS3.18 8.7.3.5
+        raise http_error(web.HTTPNotAcceptable, f'only multipart/related; type="{DICOM}" or {download.ZIP}'
+                         + (f" or {DICOM}" if level is Level.IMAGE else "") + " is served here")
     instances = await request.app[CATALOG].locate(Query(level, matchers, limit=MAX_INSTANCES))
     if not instances:
         raise http_error(web.HTTPNotFound, f"nothing stored under {describe_scope(matchers)}")
+    store, directory = request.app[STORE], request.app[OBJECTS].directory  # this process's spool
+    if single is not None and single.media_type == download.ZIP:  # members as stored
+        return await download.send_zip(request, level, matchers, instances, request.app[CATALOG],
+                                       lambda inst: open_instance(store, inst, inst.transfer_syntax_uid, directory))
+    if single is not None:
+        wanted = [single.params.get("transfer-syntax", DEFAULT) or DEFAULT]
     plan = [(inst, choose(inst.transfer_syntax_uid, wanted)) for inst in instances]
     refused = sorted({inst.transfer_syntax_uid for inst, syntax in plan if syntax is None})
     if refused:
         raise http_error(web.HTTPNotAcceptable,
                          f"stored in {', '.join(refused)}: none of the accepted transfer syntaxes can be produced")
     audit.note(request, instances)
-    store, directory = request.app[STORE], request.app[OBJECTS].directory  # this process's spool
     first_inst, first_syntax = plan[0]
     assert first_syntax is not None
     try:
         first = await open_instance(store, first_inst, first_syntax, directory)
     except TranscodeError as exc:
         raise http_error(web.HTTPNotAcceptable, str(exc)) from None
+    if single is not None:
+        return await _send_instance(request, first_inst, first_syntax, first)
     boundary = MultipartStream.new_boundary()
     response = web.StreamResponse(headers={"Content-Type": MultipartStream.content_type(DICOM, boundary)})
     await response.prepare(request)
