@@ -202,7 +202,12 @@ def _accepts(port: int) -> bool:
 
 
 def _instances(http: str, study: str, key: str | None) -> tuple[int, list[str]]:
-    status, _, body = call(f"{http}/dicom-web/studies/{study}/instances", key, timeout=10)
+    """(status, SOP Instance UIDs); (0, []) while the NodePort refuses (kube-proxy still has the old
+    pod's endpoint or none yet, right after the pod is replaced)."""
+    try:
+        status, _, body = call(f"{http}/dicom-web/studies/{study}/instances", key, timeout=10)
+    except OSError:  # urllib's URLError included
+        return 0, []
     uids = sorted(row["00080018"]["Value"][0] for row in body or []) if status == 200 else []
     return status, uids
 

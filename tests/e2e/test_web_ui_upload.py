@@ -223,6 +223,7 @@ def test_dropped_files_and_the_archive_s_duplicate_reason(ui: Watched, archive: 
     other = write_part10(ds, tmp_path / "other.dcm").read_bytes()
     page = ui.page
     page.goto("/ui/upload")
+    expect(page.locator(".dropzone")).to_be_visible()  # the page renders once its config has loaded
     page.evaluate(DROP, [[["first.dcm", base64.b64encode(first).decode()]]])
     expect(page.locator("#upload-summary")).to_have_text("1 of 1 files done: 1 stored, 0 duplicate, 0 rejected")
     page.evaluate(DROP, [[["other.dcm", base64.b64encode(other).decode()],
