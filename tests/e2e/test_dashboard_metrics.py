@@ -156,6 +156,9 @@ def test_every_dashboard_panel_shows_data(archive: Archive, prometheus: Promethe
     wait_until(lambda: any(_value(s) >= 5 for s in prometheus.query('sum(archive_cstore_total{result="success"})')),
                timeout=30)
     wait_until(lambda: prometheus.query('archive_queries_total{interface="cfind"} > 0'), timeout=30)
+    # The indexer's scrape after it indexed the five (the HTTP check above does not wait for a scrape).
+    wait_until(lambda: any(_value(s) >= 5 for s in prometheus.query('sum(archive_time_to_searchable_seconds_count)')),
+               timeout=30)
 
     results: dict[str, list[dict[str, Any]]] = {}
     empty = []

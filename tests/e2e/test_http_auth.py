@@ -77,7 +77,15 @@ def study(archive: ArchiveProcess, tokens: dict[str, str]) -> str:
     status, _, answer = call(f"{archive.http}/dicom-web/studies", tokens["writer"], method="POST", body=body,
                              headers=headers)
     assert status == 200, answer
-    wait_until(lambda: call(f"{archive.http}/dicom-web/studies?StudyInstanceUID={uid}", tokens["reader"])[2])
+    # Both instances indexed (the study shows up in QIDO-RS as soon as the first one is).
+    def both_indexed() -> bool:
+        # In the catalog (the study shows in QIDO-RS as soon as its first instance is) and in the search
+        # index (written just after the catalog).
+        found = call(f"{archive.http}/dicom-web/studies/{uid}/instances", tokens["reader"])[2]
+        searched = call(f"{archive.http}/api/search?StudyInstanceUID={uid}", tokens["reader"])[2]
+        return isinstance(found, list) and len(found) == 2 and searched.get("total") == 1
+
+    wait_until(both_indexed)
     return uid
 
 
