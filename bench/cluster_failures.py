@@ -29,8 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.e2e.harness import http_json  # noqa: E402
 from tests.factories import make_ct, new_uid, write_part10  # noqa: E402
 
 SENDING = re.compile(r"Sending file: (\S+)")
@@ -200,16 +199,11 @@ class Sender(threading.Thread):
 
 
 def http_get(env: dict[str, str], path: str) -> tuple[int, Any]:
-    request = urllib.request.Request(env["HTTP_ENDPOINT"].rstrip("/") + path,
-                                     headers={"Accept": "application/dicom+json"})
+    headers = {"Accept": "application/dicom+json"}
     if env.get("HTTP_AUTHORIZATION"):
-        request.add_header("Authorization", env["HTTP_AUTHORIZATION"])
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = response.read()
-            return response.status, json.loads(body) if body else []
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+        headers["Authorization"] = env["HTTP_AUTHORIZATION"]
+    status, body = http_json(env["HTTP_ENDPOINT"].rstrip("/") + path, 30, headers=headers)
+    return status, [] if body is None else body
 
 
 def study_instances(env: dict[str, str], study: str) -> dict[str, int]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, missing
+from tests.e2e.harness import http_json
 
 CLUSTER_ENV = ROOT / ".cluster" / "env"
 
@@ -67,14 +66,8 @@ class Cluster:
         return json.loads(self.helm("status", release or self.release, "-o", "json", namespace=namespace).stdout)
 
     def http_json(self, path: str, timeout: float = 10) -> tuple[int, Any]:
-        request = urllib.request.Request(f"{self.http}{path}", headers={
-            "Authorization": self.authorization, "Accept": "application/dicom+json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read()
-                return response.status, json.loads(body) if body else None
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
+        return http_json(f"{self.http}{path}", timeout,
+                         headers={"Authorization": self.authorization, "Accept": "application/dicom+json"})
 
     def qido_instance_uids(self, study_uid: str) -> list[str]:
         uids: list[str] = []

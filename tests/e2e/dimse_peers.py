@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from tests.conftest import free_port, require_tool
-from tests.e2e.harness import listening, wait_until
+from tests.e2e.harness import http_json, listening, wait_until
 
 MODEL_FLAG = {"patient": "-P", "study": "-S"}
 
@@ -86,14 +84,7 @@ class StoreSCPPeer:
 
 
 def rest(url: str, payload: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-            return response.status, json.loads(body) if body else None
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+    return http_json(url, timeout, payload=payload)
 
 
 @dataclass

@@ -19,9 +19,15 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+def http_json(url: str, timeout: float = 5.0, *, headers: dict[str, str] | None = None,
+              payload: Any = None) -> tuple[int, Any]:
+    """GET ``url`` (POST ``payload`` as JSON when given): the status and the JSON body (None when empty;
+    an error's body as JSON when it is, else as text)."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                     headers={**({"Content-Type": "application/json"} if data else {}), **(headers or {})})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read()
             return response.status, json.loads(body) if body else None
     except urllib.error.HTTPError as exc:
