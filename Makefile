@@ -53,8 +53,9 @@ services-stop:
 
 # The container image (docs/deploy.md): a private dockerd, a Debian base made with debootstrap
 # (cached under ~/.cache/dicom-archive), localhost/dicom-archive:<version>; .image.env says where.
-# The web UI is built on the host first and copied in with the package (no Node.js in the image).
-image: $(UI_STAMP)
+# The web UI is built in the Dockerfile's ui stage (npm ci from ui/package-lock.json; the base is
+# the Debian base plus the host's Node.js), not on the host; no Node.js in the image that runs.
+image:
 	bash scripts/image.sh build
 
 image-stop:
