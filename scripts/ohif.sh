@@ -11,12 +11,15 @@ read -r name version integrity < <(python3 -c "import json, sys; p = json.load(o
 print(p['package'], p['version'], p['integrity'])" "$pin")
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/dicom-archive"
 dest="$cache/ohif/$version"
+mkdir -p "$cache/ohif"
+exec 9>"$cache/ohif/.lock"  # two checkouts at once: one fetches, the other waits and reuses it
+flock -w 600 9 || { echo "ohif: another scripts/ohif.sh holds $cache/ohif/.lock" >&2; exit 1; }
 if [ -f "$dest/.installed" ]; then
   echo "$dest/dist"
   exit 0
 fi
 command -v npm >/dev/null || { echo "ohif: npm is needed (Node.js 20; scripts/system-deps.sh)" >&2; exit 1; }
-work="$(mktemp -d "$cache/ohif-XXXXXX" 2>/dev/null || { mkdir -p "$cache" && mktemp -d "$cache/ohif-XXXXXX"; })"
+work="$(mktemp -d "$cache/ohif/tmp-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 echo "ohif: fetching $name@$version" >&2
 npm pack "$name@$version" --pack-destination "$work" --cache "$cache/npm" --prefer-offline \
