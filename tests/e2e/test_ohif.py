@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 
 from tests.conftest import free_port, missing
 from tests.e2e.harness import ROOT, ArchiveProcess, http_json, serve, wait_until
-from tests.e2e.test_web_ui import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_web_ui import launch_chromium
 from tests.factories import make_ct, new_uid, write_part10
 from tests.stow_client import stow
 
@@ -92,7 +92,7 @@ class _OhifHandler(SimpleHTTPRequestHandler):
     """OHIF's dist/ as a single-page app: the test's app-config.js, index.html for app routes."""
 
     config = b""
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
+    extensions_map: ClassVar[dict[str, str]] = {**SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
                       ".js": "text/javascript", ".mjs": "text/javascript", ".json": "application/json"}
 
     def do_GET(self) -> None:
@@ -189,18 +189,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        missing(f"{CHROMIUM} is absent: apt-get install chromium (scripts/system-deps.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("the playwright package is absent: pip install -e '.[test]'")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + WEBGL_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    yield from launch_chromium(*WEBGL_ARGS)
 
 
 # The drawn viewport: cornerstone3D renders into a 2D canvas per viewport (.cornerstone-canvas).
@@ -252,7 +241,7 @@ def test_ohif_opens_a_study_and_draws_an_image(stack: tuple[ArchiveProcess, Ohif
     page.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
     try:
         page.goto(f"/viewer?StudyInstanceUIDs={study}")
-        stats = wait_until(lambda: _drawn(page), timeout=90, interval=0.25)
+        stats = wait_until(lambda: _drawn(page), timeout=150, interval=0.25)
         page.locator(".cornerstone-canvas").first.screenshot(path=tmp_path / "ohif-viewport.png")
         webgl = page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
     finally:
@@ -271,7 +260,8 @@ def test_ohif_opens_a_study_and_draws_an_image(stack: tuple[ArchiveProcess, Ohif
     assert 95 <= stats["water"] <= 160 and stats["air"] <= 10, stats
     assert failed == []
     paths = [r["path"] for r in requests]
-    assert any(p.startswith(f"/dicom-web/studies?") or p.startswith("/dicom-web/studies/") for p in paths)
+    assert any(p.startswith("/dicom-web/studies?") for p in paths)  # QIDO-RS for the study
+    assert any(p.endswith("/metadata") for p in paths)  # WADO-RS metadata of its series
     frames = [r for r in requests if "/frames/" in r["path"] or r["path"].endswith("/rendered")]
     assert frames and all(r["status"] == 200 for r in frames), requests
     assert all(r["status"] < 400 for r in requests), requests
