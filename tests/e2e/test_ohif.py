@@ -5,8 +5,9 @@ OHIF is served by the test at the root of its own loopback origin, with an ``app
 the test's own naming the archive's ``/dicom-web`` as its one data source; the archive allows that
 origin by CORS (``ARCHIVE_CORS_ORIGINS``). Chromium opens ``/viewer?StudyInstanceUIDs=<uid>``; the
 test waits until the viewport's canvas holds a non-blank image (its pixels read back), and prints
-every request the viewer made to the archive (method, path, Accept, status; also written to
-``ohif-requests.txt`` in the test's tmp_path): ``pytest -rP`` shows it.
+every request the viewer made to the archive (method, path, Accept, status) into the run's
+output, outside pytest's capture (so ``make test`` shows it too), and into ``ohif-requests.txt``
+in the test's tmp_path.
 
 OHIF: ``bash scripts/ohif.sh`` (``make ohif``; ``make test`` runs it) fetches the version pinned in
 tests/ohif/ohif.json into ~/.cache/dicom-archive/ohif/<version>/dist. Chromium: Debian's
@@ -214,7 +215,7 @@ CANVAS_STATS = """() => {
 
 
 def test_ohif_opens_a_study_and_draws_an_image(stack: tuple[ArchiveProcess, Ohif, str], browser: Any,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     archive, ohif, study = stack
     context = browser.new_context(base_url=ohif.origin, service_workers="block", viewport={"width": 1280, "height": 800})
     requests: list[dict[str, Any]] = []
@@ -247,10 +248,11 @@ def test_ohif_opens_a_study_and_draws_an_image(stack: tuple[ArchiveProcess, Ohif
     finally:
         report = "\n".join(f"{r['method']:6} {r['status']} {r['path']}  Accept: {r['accept']}" for r in requests)
         (tmp_path / "ohif-requests.txt").write_text(report + "\n")
-        print(f"\nOHIF {PIN['version']} -> archive, {len(requests)} requests:\n{report}")
-        if failed or errors:
-            print("failed requests:", *failed, "page errors and console errors:", *errors, sep="\n  ")
-        print(f"viewport: {stats or 'not drawn'}")
+        with capsys.disabled():  # in the run's output, passed or failed, whatever -r says
+            print(f"\nOHIF {PIN['version']} -> archive, {len(requests)} requests:\n{report}")
+            if failed or errors:
+                print("failed requests:", *failed, "page errors and console errors:", *errors, sep="\n  ")
+            print(f"viewport: {stats or 'not drawn'}")
         context.close()
     assert webgl, "no WebGL2 in this chromium (SwiftShader flags)"
     assert stats is not None
