@@ -10,8 +10,29 @@
 # default; scripts/image.sh passes a Debian bookworm base it makes with debootstrap, as no
 # registry is reachable there). BUILDER_IMAGE: the builder stage's base, the same by default
 # (scripts/image.sh passes it with the build host's CA certificates for pip added).
+#
+# UI_BUILDER_IMAGE: the web UI's builder stage, any image with Node.js 20.19+ and npm (node:20-slim
+# by default; scripts/image.sh passes the Debian base with the build host's Node.js added).
 ARG BASE_IMAGE=python:3.11-slim
 ARG BUILDER_IMAGE=${BASE_IMAGE}
+ARG UI_BUILDER_IMAGE=node:20-slim
+
+# ---- ui: the web UI (ui/: Vite, Preact, TypeScript) built from the committed lockfile -----------
+# npm ci runs here (the network of the build: scripts/image.sh builds with --network host), not on
+# the host: the image does not depend on what the host built, and node_modules of another platform
+# (esbuild's and rollup's native binaries) never enter it. The output is what `make ui` writes,
+# archive/query/ui/static, which the wheel carries; no Node.js in the image that runs.
+FROM ${UI_BUILDER_IMAGE} AS ui
+ENV NPM_CONFIG_UPDATE_NOTIFIER=false \
+    NPM_CONFIG_FUND=false \
+    NPM_CONFIG_AUDIT=false
+WORKDIR /src/ui
+# Dependencies first, from the lockfile alone, so that a change of the UI's code reuses this layer.
+COPY ui/package.json ui/package-lock.json ./
+RUN npm ci --no-audit --no-fund && npm cache clean --force
+COPY ui/index.html ui/vite.config.ts ui/tsconfig.json ./
+COPY ui/src ./src
+RUN npm run build && test -f /src/archive/query/ui/static/index.html
 
 # ---- builder: the wheel, installed with its dependencies into a venv ---------------------------
 FROM ${BUILDER_IMAGE} AS builder
@@ -30,6 +51,7 @@ RUN python3 -m venv /opt/dicom-archive/venv \
     > /tmp/requirements.txt \
  && /opt/dicom-archive/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 COPY archive ./archive
+COPY --from=ui /src/archive/query/ui/static ./archive/query/ui/static
 # The wheel (pure Python), then a check that every native library of every wheel resolves here
 # (manylinux wheels bring their own; a base without one would fail only when the code loads it).
 # pip and setuptools are not needed at run time: the image has none.

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FUZZ_SECONDS ?= 180
 FUZZ_TARGETS ?= pdu describe stow qido search
 
-.PHONY: ui fuzz run install system-deps services services-stop image image-stop cluster cluster-stop test test-fast lint bench bench-query bench-dicomweb clean
+.PHONY: ui ohif fuzz run install system-deps services services-stop image image-stop cluster cluster-stop test test-fast lint bench bench-query bench-dicomweb clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ $(UI_STAMP): $(UI_MODULES) $(shell find ui/src -type f 2>/dev/null) ui/index.htm
 
 ui: $(UI_STAMP)
 
+# The OHIF viewer for the real-viewer test (tests/e2e/test_ohif.py): @ohif/app's prebuilt dist/ at
+# the version and integrity pinned in tests/ohif/ohif.json, cached under ~/.cache/dicom-archive/ohif.
+ohif:
+	bash scripts/ohif.sh >/dev/null
+
 run: $(STAMP) $(UI_STAMP)
 	$(BIN)/dicom-archive serve
 
@@ -48,8 +53,9 @@ services-stop:
 
 # The container image (docs/deploy.md): a private dockerd, a Debian base made with debootstrap
 # (cached under ~/.cache/dicom-archive), localhost/dicom-archive:<version>; .image.env says where.
-# The web UI is built on the host first and copied in with the package (no Node.js in the image).
-image: $(UI_STAMP)
+# The web UI is built in the Dockerfile's ui stage (npm ci from ui/package-lock.json; the base is
+# the Debian base plus the host's Node.js), not on the host; no Node.js in the image that runs.
+image:
 	bash scripts/image.sh build
 
 image-stop:
@@ -70,7 +76,7 @@ lint: $(STAMP)
 
 # The cluster comes up before pytest and goes down after it, also when either fails
 # (CLUSTER_KEEP=1 keeps it for another run).
-test: $(STAMP) $(UI_STAMP) system-deps services image lint
+test: $(STAMP) $(UI_STAMP) ohif system-deps services image lint
 	trap '[ -n "$(CLUSTER_KEEP)" ] || bash scripts/cluster.sh down' EXIT; \
 	  bash scripts/cluster.sh up && $(BIN)/pytest -q -rs --durations=15
 

@@ -7,12 +7,14 @@
 #   2. a Debian bookworm base with Python 3.11 (debootstrap --variant=minbase from the mirror apt
 #      uses), imported as localhost/dicom-archive-base:bookworm; the tarball is cached under
 #      $IMAGE_CACHE/base and made again only when its recipe (below) changes;
-#   3. the project's image FROM that base (Dockerfile, classic builder, --network host so that pip
-#      reaches PyPI), tagged localhost/dicom-archive:<version of pyproject.toml>.
+#   3. the web UI's builder base: that base plus the host's Node.js and npm, tagged
+#      localhost/dicom-archive-base:bookworm-node (ensure_node_base below);
+#   4. the project's image FROM those bases (Dockerfile, classic builder, --network host so that
+#      pip reaches PyPI and npm its registry), tagged localhost/dicom-archive:<version>.
 #
 # Usage: scripts/image.sh build|base|daemon|stop|status|env
-#   build    all three (the default); writes <repo>/.image.env (DOCKER_HOST, ARCHIVE_IMAGE, ...)
-#   base     1 and 2 only
+#   build    all four (the default); writes <repo>/.image.env (DOCKER_HOST, ARCHIVE_IMAGE, ...)
+#   base     1 to 3 only
 #   daemon   1 only
 #   stop     stops the daemon (and its containerd) started by this script; images stay cached
 #   status   exit 0 when the daemon answers and the image exists
@@ -22,6 +24,7 @@
 #                          the daemon's state (its images and build cache survive a new clone)
 #   IMAGE_DOCKER_DIR=...   the daemon's state (default $IMAGE_CACHE/docker)
 #   IMAGE_DEBIAN_MIRROR=   Debian mirror for debootstrap (default: the one apt uses)
+#   IMAGE_NAME=...         the image's name (default localhost/dicom-archive:<version>)
 #
 # Only one daemon runs per state directory: a second checkout reuses the running one. The
 # builder stage trusts the host's CA bundle (a TLS-intercepting proxy in front of PyPI); the
@@ -41,6 +44,11 @@ export DEBIAN_FRONTEND=noninteractive
 SUITE=bookworm
 BASE_IMAGE=localhost/dicom-archive-base:$SUITE
 BUILDER_IMAGE=localhost/dicom-archive-base:$SUITE-build
+# The web UI's builder stage: the builder base plus the build host's Node.js and npm (the ones
+# `make ui` uses; Debian bookworm's nodejs 18 is too old for Vite 8, and no registry of images
+# is reachable). Made again when the base, the CA bundle or the host's Node.js/npm change.
+NODE_IMAGE=localhost/dicom-archive-base:$SUITE-node
+NODE_MIN=20.19
 # What the base holds. Python 3.11 and venv (Debian's), CA certificates (S3, OpenID Connect
 # and syslog over TLS); the wheels bring their own native libraries (manylinux), and the
 # Dockerfile's builder stage checks with ldd that none is missing.
@@ -58,7 +66,7 @@ version() {
   python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
     "$REPO_ROOT/pyproject.toml"
 }
-IMAGE="localhost/dicom-archive:$(version)"
+IMAGE="${IMAGE_NAME:-localhost/dicom-archive:$(version)}"
 
 # ---- installation ------------------------------------------------------------------------
 apt_install() {
@@ -282,12 +290,52 @@ EOF
   log "base $BASE_IMAGE ready in $((SECONDS - t0)) s"
 }
 
+# The host's Node.js (one binary; it links only libc, libstdc++ and libgcc, which the base has)
+# and its npm, copied into the builder base. Node.js 20.19+ (Vite 8); apt/NodeSource installs
+# put them at /usr/bin/node and /usr/lib/node_modules/npm, a tarball install under /usr/local.
+ensure_node_base() {
+  local t0=$SECONDS node npm_dir version npm_version sum ctx
+  node=$(command -v node) || die "Node.js $NODE_MIN+ is needed to make $NODE_IMAGE (the UI's builder base)"
+  node=$(readlink -f "$node")
+  version=$("$node" -p 'process.versions.node')
+  "$node" -e "const [a, b] = process.versions.node.split('.').map(Number), [x, y] = '$NODE_MIN'.split('.').map(Number);
+    process.exit(a > x || (a === x && b >= y) ? 0 : 1)" || die "Node.js $version at $node: $NODE_MIN+ is needed (Vite 8)"
+  npm_dir=$(readlink -f "$(dirname "$node")/../lib/node_modules/npm")
+  [[ -f $npm_dir/bin/npm-cli.js ]] || die "no npm beside $node (looked in $npm_dir)"
+  npm_version=$("$node" -p "require('$npm_dir/package.json').version")
+  sum=$(printf '%s node %s npm %s' "$(image_label "$BUILDER_IMAGE" org.dicom-archive.builder)" "$version" "$npm_version" \
+    | sha256sum | cut -c1-12)
+  if [[ $(image_label "$NODE_IMAGE" org.dicom-archive.node) != "$sum" ]]; then
+    ctx=$(mktemp -d)
+    cp "$node" "$ctx/node"
+    cp -a "$npm_dir" "$ctx/npm"
+    cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $BUILDER_IMAGE
+COPY node /usr/local/bin/node
+COPY npm /usr/local/lib/node_modules/npm
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \\
+ && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \\
+ && node --version && npm --version
+ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/host-ca-certificates.crt
+LABEL org.dicom-archive.node=$sum
+DOCKERFILE
+    [[ -s /etc/ssl/certs/ca-certificates.crt ]] || sed -i '/NODE_EXTRA_CA_CERTS/d' "$ctx/Dockerfile"
+    log "making $NODE_IMAGE (Node.js $version, npm $npm_version from $node)"
+    DOCKER_BUILDKIT=0 docker build -q -t "$NODE_IMAGE" "$ctx" >"$CACHE/base/node-build.log" 2>&1 || {
+      tail -n 20 "$CACHE/base/node-build.log" >&2
+      rm -rf "$ctx"; die "could not make $NODE_IMAGE"; }
+    rm -rf "$ctx"
+  fi
+  log "UI builder base $NODE_IMAGE ready in $((SECONDS - t0)) s"
+}
+
 # ---- the project's image -----------------------------------------------------------------
 build_image() {
   local t0=$SECONDS
   log "docker build $IMAGE FROM $BASE_IMAGE"
   DOCKER_BUILDKIT=0 docker build --network host \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
+    --build-arg "UI_BUILDER_IMAGE=$NODE_IMAGE" \
     -t "$IMAGE" "$REPO_ROOT" >"$CACHE/image-build.log" 2>&1 || {
     tail -n 40 "$CACHE/image-build.log" >&2; die "docker build failed (log: $CACHE/image-build.log)"; }
   local size
@@ -308,8 +356,8 @@ write_env() {
 }
 
 case "${1:-build}" in
-  build) ensure_packages; start_daemon; ensure_base; build_image; write_env ;;
-  base) ensure_packages; start_daemon; ensure_base ;;
+  build) ensure_packages; start_daemon; ensure_base; ensure_node_base; build_image; write_env ;;
+  base) ensure_packages; start_daemon; ensure_base; ensure_node_base ;;
   daemon) ensure_packages; start_daemon ;;
   stop) stop_daemon ;;
   status) docker_answers && docker image inspect "$IMAGE" >/dev/null 2>&1 ;;

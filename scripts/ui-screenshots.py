@@ -5,7 +5,9 @@
 Starts an embedded ``serve`` in a temporary directory, stores the studies of
 tests/e2e/test_web_ui.py (not the Japanese one: Debian's Chromium here has no CJK font, and a row
 of boxes would say the page cannot show the name, which it can), and saves the search page, a
-facet pressed, and a study page with the tag browser open, at a laptop's 1280x800.
+facet pressed, a study page with the tag browser open, and the upload page after a folder upload
+(stored, a duplicate, a rejected file; the folder of tests/e2e/test_web_ui_upload.py), at a
+laptop's 1280x800.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e.harness import http_json, serve, wait_until  # noqa: E402
 from tests.e2e.test_web_ui import CHROMIUM, CHROMIUM_ARGS, STUDIES, _parts  # noqa: E402
+from tests.e2e.test_web_ui_upload import _folder  # noqa: E402
 from tests.stow_client import stow  # noqa: E402
 
 
@@ -51,10 +54,15 @@ def main() -> None:
                 page.locator(".tag-table tbody tr").first.wait_for()
                 page.get_by_label("Filter by keyword, tag or value").fill("Patient")
                 page.screenshot(path=str(ROOT / "docs" / "ui-study.png"), full_page=True)
+                _folder(tmp / "upload")
+                page.goto("/ui/upload")
+                page.set_input_files("#upload-folder", tmp / "upload")
+                page.locator("#upload-summary", has_text="7 of 7 files done").wait_for(timeout=60_000)
+                page.screenshot(path=str(ROOT / "docs" / "ui-upload.png"), full_page=True)
                 browser.close()
         finally:
             proc.stop()
-    print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png")
+    print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png, docs/ui-upload.png")
 
 
 if __name__ == "__main__":

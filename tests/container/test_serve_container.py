@@ -9,7 +9,9 @@ API key with the CLI in the container and sends it, and a wrong key is refused.
 
 from __future__ import annotations
 
+import re
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,15 @@ def test_serve_answers_echo_store_and_qido_read_only_as_uid_10001(docker: Docker
     check = docker.inspect(docker.image)["Config"]["Healthcheck"]["Test"]
     assert check[0] == "CMD"
     assert serve.exec(*check[1:]).returncode == 0
+
+    # The web UI, built in the Dockerfile's ui stage: the page and the script it loads.
+    with urllib.request.urlopen(f"{serve.http}/ui/", timeout=10) as page:
+        html = page.read().decode()
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html"), page.headers
+    script = re.search(r'<script[^>]+src="(/ui/assets/[^"]+\.js)"', html)
+    assert script, html
+    with urllib.request.urlopen(f"{serve.http}{script.group(1)}", timeout=10) as asset:
+        assert asset.status == 200 and len(asset.read()) > 1000
 
     assert echoscu(port).returncode == 0
     study = new_uid()

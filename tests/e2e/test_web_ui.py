@@ -112,6 +112,11 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchiveProcess
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    yield from launch_chromium()
+
+
+def launch_chromium(*extra_args: str) -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (skip, or fail in CI, when either is absent)."""
     if not os.access(CHROMIUM, os.X_OK):
         missing(f"{CHROMIUM} is absent: apt-get install chromium (scripts/system-deps.sh)")
     try:
@@ -119,7 +124,7 @@ def browser() -> Iterator[Any]:
     except ImportError:
         missing("the playwright package is absent: pip install -e '.[test]'")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield chromium
         finally:

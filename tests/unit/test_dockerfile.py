@@ -42,7 +42,7 @@ def test_the_base_is_a_build_argument_and_a_builder_stage_makes_the_venv() -> No
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", TEXT, re.M)  # users with a registry
     assert re.search(r"^ARG BUILDER_IMAGE=\$\{BASE_IMAGE\}$", TEXT, re.M)
     stages = _stages()
-    assert stages == ["FROM ${BUILDER_IMAGE} AS builder", "FROM ${BASE_IMAGE}"], stages
+    assert stages == ["FROM ${UI_BUILDER_IMAGE} AS ui", "FROM ${BUILDER_IMAGE} AS builder", "FROM ${BASE_IMAGE}"], stages
     final = TEXT.split("FROM ${BASE_IMAGE}\n", 1)[1]
     # The image that runs gets the venv and the entry scripts, no source tree and no compiler.
     assert "COPY --from=builder /opt/dicom-archive/venv /opt/dicom-archive/venv" in final
@@ -72,3 +72,17 @@ def test_health_check_stop_signal_and_default_command() -> None:
 def test_the_build_context_holds_what_the_dockerfile_copies(needed: str) -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[ignore.index("*") :].count(f"!{needed}") == 1
+
+
+def test_the_ui_is_built_in_its_own_stage_from_the_lockfile() -> None:
+    """Not copied from the host: npm ci from the committed lockfile, the output into the wheel."""
+    assert re.search(r"^ARG UI_BUILDER_IMAGE=node:20-slim$", TEXT, re.M)
+    ui = TEXT.split("FROM ${UI_BUILDER_IMAGE} AS ui\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "COPY ui/package.json ui/package-lock.json ./" in ui
+    assert re.search(r"^RUN npm ci\b", ui, re.M) and "npm run build" in ui
+    builder = TEXT.split("FROM ${BUILDER_IMAGE} AS builder\n", 1)[1].split("\nFROM ", 1)[0]
+    copy = "COPY --from=ui /src/archive/query/ui/static ./archive/query/ui/static"
+    assert copy in builder and builder.index(copy) < builder.index("pip wheel")
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "archive/query/ui/static" in ignore and "!ui/package-lock.json" in ignore
+    assert not any(line.startswith("!ui/node_modules") for line in ignore)
