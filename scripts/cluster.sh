@@ -276,6 +276,14 @@ start_containerd() {
     grep -q "restrict_oom_score_adj = true" "$CL/containerd/config.toml" ||
       die "containerd config: restrict_oom_score_adj not set"
   fi
+  # /run/netns a shared mount point of its own before a pod's namespace is mounted in it, as
+  # `ip netns add` makes it. Otherwise the first `ip netns add` afterwards (the HTTP exposure test
+  # runs one) binds /run/netns over itself, recursively: the pods' namespace mounts end up twice,
+  # the originals hidden beneath, and removing a pod's sandbox fails with EBUSY (pods stay
+  # Terminating).
+  mkdir -p /run/netns
+  mountpoint -q /run/netns || mount --bind /run/netns /run/netns
+  mount --make-shared /run/netns
   spawn containerd containerd --config "$CL/containerd/config.toml"
   wait_until 60 containerd ctr --address "$CONTAINERD_SOCK" version ||
     die "containerd did not come up" "$CL/logs/containerd.log"
@@ -553,8 +561,9 @@ down() {
   for m in $(awk '{print $2}' /proc/self/mounts | grep -E "^(/var/lib/kubelet|$RUN|$CL|/run/netns/cni-)" | sort -r); do
     umount -l "$m" 2>/dev/null || true
   done
-  # containerd bind-mounts /run/netns onto itself (to make it shared); a pod's namespace mounted
-  # before that is hidden under the bind and can be neither unmounted nor removed through it.
+  # /run/netns is bound onto itself (start_containerd, or `ip netns`); a pod's namespace mounted
+  # before that (a cluster left by an older script) is hidden under the bind and can be neither
+  # unmounted nor removed through it.
   if mountpoint -q /run/netns 2>/dev/null; then
     umount -l /run/netns 2>/dev/null || true
     for m in $(awk '{print $2}' /proc/self/mounts | grep -E "^/run/netns/cni-"); do
