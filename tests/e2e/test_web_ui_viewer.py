@@ -104,7 +104,7 @@ def _data(tmp: Path) -> tuple[list[bytes], Sent]:
     image("rle", frames, frames=4, bits_stored=12, syntax=RLELossless)
     y, x = np.mgrid[:SIZE, :SIZE]
     gray = ((x * 4) % 256).astype(np.uint8)
-    window = {"WindowCenter": 127.5, "WindowWidth": 256}
+    window: dict[str, Any] = {"WindowCenter": 127.5, "WindowWidth": 256}
     image("mono1", gray, "MONOCHROME1", **window)
     image("mono2", gray, "MONOCHROME2", **window)
     rgb = np.zeros((SIZE, SIZE, 3), np.uint8)
@@ -114,7 +114,7 @@ def _data(tmp: Path) -> tuple[list[bytes], Sent]:
     image("rgb", rgb, "RGB")
     planar = np.ascontiguousarray(rgb.transpose(2, 0, 1)).reshape(-1).reshape(rgb.shape)  # bytes by plane
     image("planar", planar, "RGB", PlanarConfiguration=1)
-    jpeg = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    jpeg = dcmread(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
     jpeg.StudyInstanceUID, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID = STUDY, new_uid(), new_uid()
     jpeg.PatientID, jpeg.SeriesDescription = PATIENT, "JPEG"
     jpeg.file_meta.MediaStorageSOPInstanceUID = jpeg.SOPInstanceUID
@@ -187,12 +187,31 @@ def open_viewer(page: Any, sent: Sent, name: str, images: int) -> Any:
     return canvas
 
 
+def at_rest(canvas: Any) -> None:
+    """The last draw was the one at rest (bilinear; a change draws nearest first)."""
+    from playwright.sync_api import expect
+
+    expect(canvas).to_have_attribute("data-smooth", "1")
+
+
 def pixels(canvas: Any) -> np.ndarray:
     """The middle of the canvas as the screen shows it (RGB), away from the overlay in the corners."""
+    at_rest(canvas)
     shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(np.int16)
     h, w = shot.shape[:2]
     side = min(h, w) // 3
     return shot[h // 2 - side : h // 2 + side, w // 2 - side : w // 2 + side]
+
+
+def corner(canvas: Any) -> float:
+    """The brightness of the image's top left corner (3 of 64 pixels in), the image fitting the canvas."""
+    at_rest(canvas)
+    shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L")).astype(np.int16)
+    h, w = shot.shape
+    side = min(h, w)
+    x0, y0 = (w - side) // 2, (h - side) // 2
+    at = side * 3 // SIZE
+    return float(shot[y0 + at, x0 + at])
 
 
 def differs(a: np.ndarray, b: np.ndarray) -> float:
@@ -265,6 +284,12 @@ def test_a_ct_stack_scrolls_windows_and_zooms(ui: Watched, archive: tuple[Archiv
     page.get_by_label("Window", exact=True).select_option("Lung")
     expect(page.locator(".overlay-window")).to_have_text("W 1500 L -600")
     assert differs(before, pixels(canvas)) > 1
+    # the corner's stored -1000 in 12 bits is -2024 HU, black in any window (not 3096 - 1024, white)
+    page.get_by_label("Window", exact=True).select_option("Full range")
+    expect(page.locator(".overlay-window")).to_have_text("W 3024 L -512")  # -2024 to 1000 HU
+    page.get_by_label("Window", exact=True).select_option("Bone")
+    expect(page.locator(".overlay-window")).to_have_text("W 1800 L 400")
+    assert corner(canvas) < 10
 
     # zoom, then reset
     before, zoom = pixels(canvas), page.locator(".overlay-zoom").inner_text()
@@ -359,5 +384,47 @@ def test_axe_finds_no_serious_violation_in_the_viewer(browser: Any, archive: tup
                for v in result["violations"] if v["impact"] in ("serious", "critical")]
         assert bad == []
         assert watched.dialogs == [] and watched.errors == []
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def signed_archive(tmp_path: Path) -> Iterator[tuple[ArchiveProcess, str]]:
+    """The sign-in tests' archive (port 8080, the real Keycloak) with their CT study."""
+    from tests.e2e.test_web_ui_signin import _start, _store
+
+    proc, issuer = _start(tmp_path)
+    try:
+        _store(proc, issuer, tmp_path)
+        yield proc, issuer
+        assert proc.stop() == 0, proc.log_tail()
+    finally:
+        proc.stop()
+
+
+def test_the_viewer_works_signed_in(browser: Any, signed_archive: tuple[ArchiveProcess, str]) -> None:
+    """Every metadata and frame request carries the bearer token (authorizedFetch); the image draws."""
+    from playwright.sync_api import expect
+
+    from tests.e2e.test_web_ui_signin import STUDY as SIGNIN_STUDY, _record, _sign_in
+
+    proc, issuer = signed_archive
+    context = browser.new_context(base_url=proc.http, locale="en-GB", viewport={"width": 1280, "height": 800})
+    try:
+        watched = _watch(context)
+        page = watched.page
+        recorded = _record(page, proc.http)
+        page.goto(f"/ui/study/{SIGNIN_STUDY.uid}")
+        _sign_in(page, issuer, "reader")
+        page.wait_for_url(f"{proc.http}/ui/study/{SIGNIN_STUDY.uid}")
+        page.get_by_role("link", name=re.compile(r"^View Series 1")).click()
+        expect(page.locator("#viewer-progress")).to_have_text("All 3 images loaded", timeout=30_000)
+        canvas = page.locator("#viewer-image")
+        expect(canvas).to_have_attribute("data-shown", "0")
+        assert pixels(canvas).std() > 10
+        frames = [p for p in recorded.bearer if "/frames/" in p]
+        assert len(frames) == 3 and any(p.endswith("/metadata") for p in recorded.bearer), recorded.bearer
+        assert all(h.startswith("Bearer eyJ") for h in recorded.bearer.values()), recorded.bearer
+        assert watched.dialogs == [] and watched.errors == [], watched.errors
     finally:
         context.close()

@@ -1,7 +1,8 @@
 // The stack viewer's pixel pipeline: WebGL2, no library. Each frame is uploaded once as a texture
 // of its stored values (R16I signed, R16UI unsigned 16-bit, R8I/R8UI 8-bit, RGB8 colour); the
 // fragment shader does the rest per drawn pixel: the stored bits (sign-extended from BitsStored),
-// the modality rescale (PS3.3 C.11.1.1.2), bilinear interpolation of the rescaled values, the
+// the modality rescale (PS3.3 C.11.1.1.2), bilinear interpolation of the rescaled values (nearest
+// while the image changes: scrolling, dragging, cine; bilinear once it rests), the
 // linear VOI window (PS3.3 C.11.2.1.2.1) and MONOCHROME1's inversion. Window/level, zoom and pan
 // are uniforms: a mouse move re-draws the quad, it never re-uploads or asks the server.
 import type { ImageFormat } from "./viewer-data";
@@ -51,11 +52,17 @@ float value(ivec2 q) {
   ${stored}
   return float(v) * u_slope + u_intercept;
 }
+uniform bool u_smooth;
 void main() {
-  vec2 p = v_img - 0.5;
-  vec2 f = fract(p);
-  ivec2 i = ivec2(floor(p));
-  float m = mix(mix(value(i), value(i + ivec2(1, 0)), f.x), mix(value(i + ivec2(0, 1)), value(i + ivec2(1, 1)), f.x), f.y);
+  float m;
+  if (u_smooth) {  // bilinear, on the rescaled values
+    vec2 p = v_img - 0.5;
+    vec2 f = fract(p);
+    ivec2 i = ivec2(floor(p));
+    m = mix(mix(value(i), value(i + ivec2(1, 0)), f.x), mix(value(i + ivec2(0, 1)), value(i + ivec2(1, 1)), f.x), f.y);
+  } else {  // nearest: a quarter of the texel fetches, while the image moves
+    m = value(ivec2(floor(v_img)));
+  }
   float y = voi(m);
   color = vec4(vec3(u_invert ? 1.0 - y : y), 1.0);
 }`;
@@ -241,7 +248,8 @@ export class Renderer {
     gl.clear(gl.COLOR_BUFFER_BIT);
   }
 
-  draw(t: FrameTexture, view: View): void {
+  /** ``smooth``: bilinear (at rest); else nearest (a quarter of the work: software GL keeps up). */
+  draw(t: FrameTexture, view: View, smooth: boolean): void {
     const gl = this.gl;
     this.clear();
     const p = this.programs[t.kind];
@@ -259,6 +267,7 @@ export class Renderer {
       gl.uniform1i(this.uniform(p, "u_ybr"), f.photometric === "YBR_FULL" ? 1 : 0);
     } else {
       gl.uniform1i(this.uniform(p, "u_bits"), f.bitsStored);
+      gl.uniform1i(this.uniform(p, "u_smooth"), smooth ? 1 : 0);
       gl.uniform1f(this.uniform(p, "u_slope"), f.slope);
       gl.uniform1f(this.uniform(p, "u_intercept"), f.intercept);
     }
