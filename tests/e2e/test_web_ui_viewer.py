@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
 from archive.query.ui.routes import STATIC
@@ -67,6 +68,9 @@ def _gradient(frames: int, size: int = 32) -> np.ndarray:
     return np.stack([((x + y * (f + 1)) * 37 % 4096).astype(np.uint16) for f in range(frames)])
 
 
+ENHANCED = _gradient(2)
+
+
 def _data(tmp: Path) -> tuple[list[bytes], Sent]:
     files: list[Path] = []
     series: dict[str, str] = {}
@@ -102,6 +106,19 @@ def _data(tmp: Path) -> tuple[list[bytes], Sent]:
     frames = _gradient(4)
     image("multiframe", frames, frames=4, bits_stored=12)
     image("rle", frames, frames=4, bits_stored=12, syntax=RLELossless)
+    # an enhanced multi-frame: the rescale shared, the window per frame (functional groups, PS3.3 C.7.6.16)
+    rescale = Dataset()
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 2, -1000, "US"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = [rescale]
+    per_frame = []
+    for f in range(2):
+        voi, item = Dataset(), Dataset()
+        voi.WindowCenter, voi.WindowWidth, voi.WindowCenterWidthExplanation = 500 + f, 1000 + f, f"FRAME {f + 1}"
+        item.FrameVOILUTSequence = [voi]
+        per_frame.append(item)
+    image("enhanced", ENHANCED, frames=2, bits_stored=12, SharedFunctionalGroupsSequence=[shared],
+          PerFrameFunctionalGroupsSequence=per_frame)
     y, x = np.mgrid[:SIZE, :SIZE]
     gray = ((x * 4) % 256).astype(np.uint8)
     window: dict[str, Any] = {"WindowCenter": 127.5, "WindowWidth": 256}
@@ -229,9 +246,9 @@ def test_the_study_page_offers_view_for_image_series_only(ui: Watched, archive: 
 
     page = ui.page
     page.goto(f"/ui/study/{STUDY}")
-    expect(page.get_by_role("status").first).to_have_text("10 series")
+    expect(page.get_by_role("status").first).to_have_text("11 series")
     views = page.get_by_role("link", name=re.compile("^View "))
-    expect(views).to_have_count(9)  # every series but the SR
+    expect(views).to_have_count(10)  # every series but the SR
     page.get_by_role("link", name="View Series 1: CT STACK").click()
     expect(page).to_have_url(re.compile(rf"/ui/study/{STUDY}/series/{archive[1].series['ct']}$"))
     expect(page.locator("#viewer-progress")).to_have_text(f"All {CT_SLICES} images loaded")
@@ -428,3 +445,20 @@ def test_the_viewer_works_signed_in(browser: Any, signed_archive: tuple[ArchiveP
         assert watched.dialogs == [] and watched.errors == [], watched.errors
     finally:
         context.close()
+
+
+def test_an_enhanced_multi_frame_takes_its_rescale_and_window_from_the_functional_groups(
+        ui: Watched, archive: tuple[ArchiveProcess, Sent]) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    open_viewer(page, archive[1], "enhanced", 2)
+    window = page.get_by_label("Window", exact=True)
+    expect(window).to_have_value("FRAME 1")
+    expect(page.locator(".overlay-window")).to_have_text("W 1000 L 500")
+    window.select_option("Full range")  # the stored range through the shared rescale: 2 * value - 1000
+    lo, hi = 2 * int(ENHANCED[0].min()) - 1000, 2 * int(ENHANCED[0].max()) - 1000
+    expect(page.locator(".overlay-window")).to_have_text(f"W {hi - lo} L {(hi + lo) // 2}")
+    page.locator("#viewer-image").press("ArrowDown")
+    drawn(page, 1)
+    assert "FRAME 2 (501/1001)" in window.inner_text()  # the second frame's own window among the presets

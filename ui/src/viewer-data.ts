@@ -13,6 +13,9 @@ const T = {
   WindowCenter: "00281050", WindowWidth: "00281051", WindowExplanation: "00281055",
   RescaleIntercept: "00281052", RescaleSlope: "00281053", SeriesDescription: "0008103E", Modality: "00080060",
   PixelData: "7FE00010",
+  // enhanced multi-frame objects (PS3.3 C.7.6.16): the rescale and the window per frame or shared
+  SharedFunctionalGroups: "52009229", PerFrameFunctionalGroups: "52009230",
+  PixelValueTransformation: "00289145", FrameVOILUT: "00289132",
 };
 
 /** PS3.5 A.4 (Explicit VR Little Endian): what the frames are asked for, whatever is stored. */
@@ -81,6 +84,12 @@ export function unsupported(f: ImageFormat): string | null {
   return null;
 }
 
+/** The item of a functional group macro for frame ``index`` (0-based): per-frame first, else shared. */
+function functional(ds: DicomJson, index: number, macro: string): DicomJson | undefined {
+  const item = (tag: string, i: number) => (values(ds, tag)[i] as DicomJson | undefined)?.[macro]?.Value?.[0] as DicomJson | undefined;
+  return item(T.PerFrameFunctionalGroups, index) ?? item(T.SharedFunctionalGroups, 0);
+}
+
 function formatOf(ds: DicomJson): ImageFormat {
   const samples = num(ds, T.SamplesPerPixel, 1);
   // Compressed objects (their Pixel Data is OB in the metadata) are decoded by the server to RGB,
@@ -138,9 +147,18 @@ export async function loadSeries(study: string, series: string, signal: AbortSig
     const count = Math.max(1, Math.floor(num(ds, T.NumberOfFrames, 1)));
     const format = formatOf(ds);
     const presets = presetsOf(ds);
+    const enhanced = T.SharedFunctionalGroups in ds || T.PerFrameFunctionalGroups in ds;
     for (let n = 1; n <= count; n++) {
+      let frameFormat = format;
+      let framePresets = presets;
+      if (enhanced) {
+        const rescale = functional(ds, n - 1, T.PixelValueTransformation);
+        const voi = functional(ds, n - 1, T.FrameVOILUT);
+        if (rescale) frameFormat = { ...format, slope: num(rescale, T.RescaleSlope, 1) || 1, intercept: num(rescale, T.RescaleIntercept, 0) };
+        if (voi) framePresets = presetsOf(voi);
+      }
       frames.push({ instance: text(ds, T.SOPInstanceUID), number: n, frames: count,
-                    instanceNumber: text(ds, T.InstanceNumber), format, presets });
+                    instanceNumber: text(ds, T.InstanceNumber), format: frameFormat, presets: framePresets });
     }
   }
   const firstDs = instances[0] ?? {};

@@ -102,7 +102,7 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
   const [loaded, setLoaded] = useState(0);
   const [failed, setFailed] = useState(0);
   const [fatal, setFatal] = useState<string | null>(null);
-  const [shown, setShown] = useState<View>(view.current); // what the overlay says
+  const [shown, setShown] = useState<View>(() => ({ ...view.current })); // what the overlay says (a copy)
   const [preset, setPreset] = useState("");
   const [panTool, setPanTool] = useState(false);
   const [playing, setPlaying] = useState(false);
@@ -137,7 +137,8 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
     c.dataset.shown = t ? String(indexRef.current) : "";
     c.dataset.smooth = t && smooth ? "1" : "0";
     c.dataset.draws = String(draws.current);
-    setShown({ ...view.current });
+    const v = view.current;
+    setShown((was) => (was.center === v.center && was.width === v.width && was.zoom === v.zoom ? was : { ...v }));
   };
   const redraw = () => {
     if (!scheduled.current) scheduled.current = requestAnimationFrame(() => draw());
