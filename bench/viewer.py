@@ -67,6 +67,19 @@ IDLE_RAF = """() => new Promise((resolve) => {
   const tick = (now) => { if (now - t0 < 1000) { frames++; requestAnimationFrame(tick); } else resolve(frames * 1000 / (now - t0)); };
   requestAnimationFrame(tick);
 })"""
+# the ceiling of software WebGL here now: a bare canvas of the viewer's size, cleared once per animation frame
+CLEAR_BASELINE = """async ([w, h]) => {
+  const c = document.createElement('canvas'); c.width = w; c.height = h;
+  c.style.width = `${w / devicePixelRatio}px`; c.style.height = `${h / devicePixelRatio}px`;
+  document.body.append(c);
+  const gl = c.getContext('webgl2', {antialias: false, depth: false, alpha: false});
+  return await new Promise((resolve) => {
+    let n = 0; const t0 = performance.now();
+    const tick = () => { gl.clearColor(n % 2, 0, 0, 1); gl.clear(gl.COLOR_BUFFER_BIT); n++;
+      if (n < 120) requestAnimationFrame(tick); else resolve(n * 1000 / (performance.now() - t0)); };
+    requestAnimationFrame(tick);
+  });
+}"""
 SCROLL = """async (steps) => {
   const canvas = document.getElementById('viewer-image');
   canvas.focus();
@@ -177,19 +190,24 @@ def main() -> None:
                     idle = page.evaluate(IDLE_RAF)
                     scroll = page.evaluate(SCROLL, 2 * (args.slices - 1))
                     drag = drag_fps(page, args.drag_moves)
+                    size = page.evaluate("(() => { const c = document.getElementById('viewer-image'); return [c.width, c.height]; })()")
+                    blank = context.new_page()
+                    baseline = blank.evaluate(CLEAR_BASELINE, size)
+                    blank.close()
                     row = {"first_image_ms": round(first), "all_loaded_ms": round(everything),
                            "scroll_fps": round(scroll["draws"] / (scroll["ms"] / 1000), 1),
-                           "scroll_images": scroll["draws"], "idle_raf_fps": round(idle, 1), "drag": drag, "load": os.getloadavg()[0], "steps": steps}
+                           "scroll_images": scroll["draws"], "idle_raf_fps": round(idle, 1),
+                           "clear_baseline_fps": round(baseline, 1), "canvas": size, "drag": drag, "load": os.getloadavg()[0], "steps": steps}
                     results["runs"].append(row)
                     print(f"run {run + 1}: first image {row['first_image_ms']} ms, all {args.slices} loaded "
-                          f"{row['all_loaded_ms']} ms, idle page {row['idle_raf_fps']} fps, scrolling {row['scroll_fps']} fps, window drag {drag['fps']} fps "
+                          f"{row['all_loaded_ms']} ms, idle page {row['idle_raf_fps']} fps, bare canvas {row['clear_baseline_fps']} fps, scrolling {row['scroll_fps']} fps, window drag {drag['fps']} fps "
                           f"(load {row['load']:.1f}); {steps}", flush=True)
                     context.close()
                 browser.close()
         finally:
             proc.stop()
     runs = results["runs"]
-    for key in ("first_image_ms", "all_loaded_ms", "scroll_fps"):
+    for key in ("first_image_ms", "all_loaded_ms", "scroll_fps", "clear_baseline_fps", "idle_raf_fps"):
         results[f"median_{key}"] = statistics.median(r[key] for r in runs)
     results["median_drag_fps"] = statistics.median(r["drag"]["fps"] for r in runs)
     print(json.dumps({k: v for k, v in results.items() if k.startswith("median")}))

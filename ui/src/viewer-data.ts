@@ -209,8 +209,8 @@ export async function fetchFrame(study: string, series: string, frame: Frame, si
 }
 
 /**
- * Loads every frame of a series once, ``concurrency`` requests in flight, nearest to ``center``
- * first (``focus`` moves it). ``onLoad`` gets each frame's bytes; a frame that fails is reported
+ * Loads every frame of a series once, ``concurrency`` requests in flight (one until the first
+ * frame is in), nearest to ``center`` first (``focus`` moves it). ``onLoad`` gets each frame's bytes; a frame that fails is reported
  * through ``onError`` and not asked again.
  */
 export class Prefetcher {
@@ -258,7 +258,9 @@ export class Prefetcher {
   }
 
   private pump(): void {
-    while (this.inFlight < this.concurrency && !this.abort.signal.aborted) {
+    // The first frame goes alone: the server's work is not shared with five others, so it shows sooner.
+    const limit = this.loaded + this.failed === 0 ? 1 : this.concurrency;
+    while (this.inFlight < limit && !this.abort.signal.aborted) {
       const index = this.next();
       if (index < 0) return;
       this.state[index] = 1;
