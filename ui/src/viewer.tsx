@@ -41,6 +41,19 @@ export function ViewLink({ study, series, label }: { study: string; series: stri
   );
 }
 
+/**
+ * The first WebGL context of a page can take a second or more to create (a software renderer's
+ * start-up, on the main thread): create one, and drop it, while the series' metadata loads.
+ */
+function warmUp(): void {
+  try {
+    const gl = document.createElement("canvas").getContext("webgl2");
+    gl?.getExtension("WEBGL_lose_context")?.loseContext();
+  } catch {
+    // the viewer says so when it needs its own context
+  }
+}
+
 type Load = { kind: "loading" } | { kind: "done"; series: Series } | { kind: "error"; error: string };
 
 export function ViewerPage({ study, series }: { study: string; series: string }) {
@@ -48,7 +61,9 @@ export function ViewerPage({ study, series }: { study: string; series: string })
   useEffect(() => {
     const abort = new AbortController();
     setLoad({ kind: "loading" });
-    loadSeries(study, series, abort.signal).then(
+    const loading = loadSeries(study, series, abort.signal);
+    warmUp(); // while the metadata is on its way
+    loading.then(
       (s) => setLoad({ kind: "done", series: s }),
       (error: unknown) => abort.signal.aborted || setLoad({ kind: "error", error: error instanceof ApiError ? error.message : String(error) }),
     );
@@ -155,12 +170,6 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
 
   useEffect(() => {
     const c = canvas.current!;
-    try {
-      renderer.current = new Renderer(c);
-    } catch (error) {
-      setFatal(error instanceof NoWebGL2 ? error.message : `The viewer cannot start: ${String(error)}`);
-      return;
-    }
     textures.current = new Array<FrameTexture | undefined>(n);
     failures.current = new Array<string | undefined>(n);
     const p = new Prefetcher(study, seriesUid, frames, (i, data) => {
@@ -181,7 +190,14 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
       if (i === indexRef.current) redraw();
     });
     prefetch.current = p;
-    p.focus(indexRef.current);
+    p.focus(indexRef.current); // the requests leave before the WebGL context (its creation blocks) is made
+    try {
+      renderer.current = new Renderer(c);
+    } catch (error) {
+      p.stop();
+      setFatal(error instanceof NoWebGL2 ? error.message : `The viewer cannot start: ${String(error)}`);
+      return;
+    }
     const observer = new ResizeObserver(() => redraw());
     observer.observe(c);
     const onWheel = (e: WheelEvent) => {
