@@ -8,9 +8,11 @@ import { SessionBar, useSession } from "./session";
 import { SearchPage } from "./search";
 import { StudyPage } from "./study";
 import { UploadPage } from "./upload";
+import { ViewerPage } from "./viewer";
 
 const STUDY = /^\/ui\/study\/([0-9.]{1,64})\/?$/;
 const UPLOAD = /^\/ui\/upload\/?$/;
+const SERIES = /^\/ui\/study\/([0-9.]{1,64})\/series\/([0-9.]{1,64})\/?$/; // the stack viewer
 
 interface Where {
   study: string | null;
@@ -46,9 +48,10 @@ export function App({ initial }: { initial?: UiConfig }) {
   const back = () => (inApp.current ? history.back() : go("/ui/"));
 
   const session = useSession();
+  const viewed = SERIES.exec(location.pathname);
   return (
     <>
-      <a class="skip" href={where.study ? "#study-title" : "#results"}>Skip to {where.study ? "the study" : "results"}</a>
+      {viewed ? <a class="skip" href="#viewer-title">Skip to the viewer</a> : <a class="skip" href={where.study ? "#study-title" : "#results"}>Skip to {where.study ? "the study" : "results"}</a>}
       <header class="top">
         <h1>
           <a href="/ui/">DICOM archive</a>
@@ -56,7 +59,8 @@ export function App({ initial }: { initial?: UiConfig }) {
         <SessionBar />
         {may(session, "writer") ? <a class="upload-link" href="/ui/upload">Upload</a> : null}
       </header>
-      {UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} />
+      {viewed ? <ViewerPage study={viewed[1]} series={viewed[2]} />
+        : UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} />
         : <SearchPage search={where.search} navigate={navigate} config={config} open={open} />}
     </>
   );

@@ -8,6 +8,7 @@ import {
 import { AuthImage } from "./authimage";
 import { Download, instanceUrl, seriesZipUrl, studyZipUrl } from "./downloads";
 import { dicomDate, first, personName, valueText } from "./format";
+import { ViewLink } from "./viewer";
 
 const T = {
   PatientName: "00100010", PatientID: "00100020", PatientBirthDate: "00100030", PatientSex: "00100040",
@@ -94,6 +95,7 @@ export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
                   <strong>{label}</strong>
                   <div>{modality} · {plural(first(s, T.NumberOfSeriesRelatedInstances), "instance")}
                     {first(s, T.BodyPartExamined) ? ` · ${first(s, T.BodyPartExamined)}` : ""}</div>
+                  {!NOT_IMAGES.has(modality) && <ViewLink study={uid} series={seriesUid} label={`View ${label}`} />}
                   <button type="button" class="secondary" aria-pressed={chosen === seriesUid}
                     onClick={() => setChosen(chosen === seriesUid ? null : seriesUid)}>
                     Attributes
