@@ -54,14 +54,16 @@ def upsert_tombstone(dialect: Dialect) -> str:
 def split_live(entries: Iterable[CatalogEntry], tombstones: dict[str, float]) -> tuple[list[CatalogEntry], list[str]]:
     """(entries to write, UIDs dropped): an entry received at or before its tombstone is a late
     or redelivered message of a deleted instance; one received after it is a re-send."""
-    live, dropped = [], []
+    live: list[CatalogEntry] = []
+    dropped: dict[str, None] = {}  # ordered, each UID once
     for entry in entries:
         deleted_at = tombstones.get(entry.instance.sop_instance_uid)
         if deleted_at is not None and entry.instance.received_at <= deleted_at:
-            dropped.append(entry.instance.sop_instance_uid)
+            dropped[entry.instance.sop_instance_uid] = None
         else:
             live.append(entry)
-    return live, dropped
+    written = {e.instance.sop_instance_uid for e in live}
+    return live, [uid for uid in dropped if uid not in written]
 
 
 def feed_of_upsert(plan: UpsertPlan, prior: dict[str, str]) -> tuple[list[FeedRow], UpsertOutcome]:
