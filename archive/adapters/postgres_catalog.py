@@ -44,21 +44,7 @@ from archive.adapters.sql_catalog import (
     series_values,
     study_values,
 )
-from archive.adapters.sql_changes import (
-    NEXT_SEQ,
-    FeedRow,
-    build_delete,
-    change,
-    change_values,
-    cleanup,
-    feed_of_delete,
-    feed_of_upsert,
-    insert_change,
-    patient_of_study,
-    select_changes,
-    split_live,
-    upsert_tombstone,
-)
+from archive.adapters import sql_changes as feed
 from archive.adapters.sql_reads import CatalogReads
 from archive.core.changes import Change, Deleted, Deletion, UpsertOutcome
 from archive.core.errors import BackendUnavailable
@@ -269,14 +255,14 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         """
         key = zlib.crc32(f"dicom-archive changes {self.schema or ''}".encode()) - 2**31
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-        row = await (await conn.execute(NEXT_SEQ)).fetchone()
+        row = await (await conn.execute(feed.NEXT_SEQ)).fetchone()
         return int(row[0]) if row else 0
 
-    async def _append_feed(self, conn: AsyncConnection[Any], rows: Sequence[FeedRow]) -> None:
+    async def _append_feed(self, conn: AsyncConnection[Any], rows: Sequence[feed.FeedRow]) -> None:
         if rows:
             last = await self._lock_feed(conn)
             async with conn.cursor() as cur:
-                await cur.executemany(insert_change(DIALECT), change_values(last, rows, time.time()))
+                await cur.executemany(feed.insert_change(DIALECT), feed.change_values(last, rows, time.time()))
 
     @staticmethod
     async def _tombstones(conn: AsyncConnection[Any], uids: Sequence[str]) -> dict[str, float]:
@@ -287,7 +273,7 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
     async def _upsert(self, conn: AsyncConnection[Any], entries: Sequence[CatalogEntry]) -> UpsertOutcome:
         uids = sorted({e.instance.sop_instance_uid for e in entries})
         tombstones = await self._tombstones(conn, uids)
-        live, dropped = split_live(entries, tombstones)
+        live, dropped = feed.split_live(entries, tombstones)
         if not live:
             return UpsertOutcome(dropped=dropped)
         plan = plan_upsert(live)
@@ -301,9 +287,9 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
             await conn.execute("DELETE FROM tombstones WHERE sop_instance_uid = ANY(%s)", (revived,))
         # A delete that committed while this transaction ran (its instance rows held ours back):
         # its tombstones are visible to this new statement. Start again, dropping those messages.
-        if split_live(live, await self._tombstones(conn, live_uids))[1]:
+        if feed.split_live(live, await self._tombstones(conn, live_uids))[1]:
             raise _Conflict("a concurrent delete tombstoned instances of the batch")
-        rows, outcome = feed_of_upsert(plan, prior)
+        rows, outcome = feed.feed_of_upsert(plan, prior)
         await self._append_feed(conn, rows)
         return UpsertOutcome(outcome.created, outcome.updated, dropped)
 
@@ -311,22 +297,22 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         return await self._transact("delete", lambda conn: self._delete(conn, deletion, at))
 
     async def _delete(self, conn: AsyncConnection[Any], deletion: Deletion, at: float) -> Deleted:
-        patient = await (await conn.execute(patient_of_study(DIALECT), (deletion.study_uid,))).fetchone()
-        query, params = build_delete(deletion, DIALECT)
+        patient = await (await conn.execute(feed.patient_of_study(DIALECT), (deletion.study_uid,))).fetchone()
+        query, params = feed.build_delete(deletion, DIALECT)
         found = await (await conn.execute(query, params)).fetchall()
         if not found:
             return Deleted([], at)
         instances = [dataclasses.replace(catalog_instance(row), patient_id=patient[0] if patient else "")
                      for row in found]
-        series, studies, patients = cleanup(DIALECT)
+        series, studies, patients = feed.cleanup(DIALECT)
         await conn.execute(series, (deletion.study_uid,))
         await conn.execute(studies, (deletion.study_uid,))
         if patient:
             await conn.execute(patients, (patient[1],))
         async with conn.cursor() as cur:
-            await cur.executemany(upsert_tombstone(DIALECT),
+            await cur.executemany(feed.upsert_tombstone(DIALECT),
                                   [(i.sop_instance_uid, i.study_uid, i.series_uid, at) for i in instances])
-        await self._append_feed(conn, feed_of_delete(instances))
+        await self._append_feed(conn, feed.feed_of_delete(instances))
         return Deleted(instances, at)
 
     async def tombstoned(self, sop_instance_uids: Sequence[str]) -> set[str]:
@@ -335,7 +321,7 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         return {row[0] for row in rows}
 
     async def changes(self, since: int, limit: int) -> list[Change]:
-        return [change(row) for row in await self._fetch(select_changes(DIALECT), (since, limit))]
+        return [feed.change(row) for row in await self._fetch(feed.select_changes(DIALECT), (since, limit))]
 
     @staticmethod
     async def _write_plan(conn: AsyncConnection[Any], plan: UpsertPlan) -> None:

@@ -41,21 +41,7 @@ from archive.adapters.sql_catalog import (
     series_values,
     study_values,
 )
-from archive.adapters.sql_changes import (
-    NEXT_SEQ,
-    FeedRow,
-    build_delete,
-    change,
-    change_values,
-    cleanup,
-    feed_of_delete,
-    feed_of_upsert,
-    insert_change,
-    patient_of_study,
-    select_changes,
-    split_live,
-    upsert_tombstone,
-)
+from archive.adapters import sql_changes as feed
 from archive.adapters.sql_reads import CatalogReads
 from archive.core.changes import Change, Deleted, Deletion, UpsertOutcome
 from archive.core.errors import BackendUnavailable
@@ -239,7 +225,7 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
         uids = sorted({e.instance.sop_instance_uid for e in entries})
         tombstones = dict(cls._select_in(
             con, "SELECT sop_instance_uid, deleted_at FROM tombstones WHERE sop_instance_uid IN", uids))
-        live, dropped = split_live(entries, tombstones)
+        live, dropped = feed.split_live(entries, tombstones)
         if not live:
             return UpsertOutcome(dropped=dropped)
         plan = plan_upsert(live)
@@ -250,17 +236,17 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
         revived = [uid for uid in live_uids if uid in tombstones]  # re-sent after their delete
         if revived:
             con.executemany("DELETE FROM tombstones WHERE sop_instance_uid = ?", [(uid,) for uid in revived])
-        rows, outcome = feed_of_upsert(plan, prior)
+        rows, outcome = feed.feed_of_upsert(plan, prior)
         cls._append_feed(con, rows)
         return UpsertOutcome(outcome.created, outcome.updated, dropped)
 
     @staticmethod
-    def _append_feed(con: sqlite3.Connection, rows: Sequence[FeedRow]) -> None:
+    def _append_feed(con: sqlite3.Connection, rows: Sequence[feed.FeedRow]) -> None:
         """Last in the transaction: BEGIN IMMEDIATE holds the write lock, so MAX(seq) is the last
         committed entry and seq order is commit order (:mod:`archive.adapters.sql_changes`)."""
         if rows:
-            (last,) = con.execute(NEXT_SEQ).fetchone()
-            con.executemany(insert_change(DIALECT), change_values(int(last), rows, time.time()))
+            (last,) = con.execute(feed.NEXT_SEQ).fetchone()
+            con.executemany(feed.insert_change(DIALECT), feed.change_values(int(last), rows, time.time()))
 
     @staticmethod
     def _write_plan(con: sqlite3.Connection, plan: UpsertPlan) -> None:
@@ -294,21 +280,21 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
 
     @classmethod
     def _delete(cls, con: sqlite3.Connection, deletion: Deletion, at: float) -> Deleted:
-        patient = con.execute(patient_of_study(DIALECT), (deletion.study_uid,)).fetchone()
-        sql, params = build_delete(deletion, DIALECT)
+        patient = con.execute(feed.patient_of_study(DIALECT), (deletion.study_uid,)).fetchone()
+        sql, params = feed.build_delete(deletion, DIALECT)
         found = con.execute(sql, params).fetchall()
         if not found:
             return Deleted([], at)
         instances = [dataclasses.replace(catalog_instance(row), patient_id=patient[0] if patient else "")
                      for row in found]
-        series, studies, patients = cleanup(DIALECT)
+        series, studies, patients = feed.cleanup(DIALECT)
         con.execute(series, (deletion.study_uid,))
         con.execute(studies, (deletion.study_uid,))
         if patient:
             con.execute(patients, (patient[1],))
-        con.executemany(upsert_tombstone(DIALECT),
+        con.executemany(feed.upsert_tombstone(DIALECT),
                         [(i.sop_instance_uid, i.study_uid, i.series_uid, at) for i in instances])
-        cls._append_feed(con, feed_of_delete(instances))
+        cls._append_feed(con, feed.feed_of_delete(instances))
         return Deleted(instances, at)
 
     async def tombstoned(self, sop_instance_uids: Sequence[str]) -> set[str]:
@@ -318,7 +304,7 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
         return {row[0] for row in rows}
 
     async def changes(self, since: int, limit: int) -> list[Change]:
-        return [change(row) for row in await self._fetch(select_changes(DIALECT), (since, limit))]
+        return [feed.change(row) for row in await self._fetch(feed.select_changes(DIALECT), (since, limit))]
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())
