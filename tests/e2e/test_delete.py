@@ -29,7 +29,7 @@ from archive.compose import message_queue
 from archive.core.models import IndexMessage
 from archive.settings import Settings
 from tests.e2e.auth_client import call
-from tests.e2e.distributed import Distributed, distributed, object_uids, restart
+from tests.e2e.distributed import Distributed, distributed, object_uids, restart, verify_until_consistent
 from tests.e2e.harness import ROOT, ArchiveProcess, serve, wait_until
 from tests.e2e.senders import pynetdicom_store
 from tests.e2e.test_commitment import Reports, _action_information, _request
@@ -248,6 +248,7 @@ def test_delete_a_study(archive: Archive, tmp_path: Path) -> None:
     assert actions_of(again, {old.sop_instance_uid}) == [("created", old.sop_instance_uid)]
     report = commitment(archive, [(str(datasets[0].SOPClassUID), old.sop_instance_uid)])
     assert "FailedSOPSequence" not in report or not report.FailedSOPSequence
+    verify_until_consistent(archive.env)  # object store, catalog and search index agree
 
 
 def test_delete_a_series_and_an_instance_from_the_command_line(archive: Archive) -> None:
