@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
                  "all three agree.")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--deep", action="store_true", help="re-hash every object instead of trusting recorded checksums")
-    verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing")
+    verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing; remove what an interrupted delete left")
     delete = add("delete", "delete a study, a series or an instance (object store, catalog, search index)",
                  "Delete what the UIDs name, as DELETE /dicom-web/studies/... does: removed from the "
                  "catalog (a tombstone keeps a late index message from bringing it back, the change "

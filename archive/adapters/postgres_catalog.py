@@ -258,11 +258,11 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         row = await (await conn.execute(feed.NEXT_SEQ)).fetchone()
         return int(row[0]) if row else 0
 
-    async def _append_feed(self, conn: AsyncConnection[Any], rows: Sequence[feed.FeedRow]) -> None:
+    async def _append_feed(self, conn: AsyncConnection[Any], rows: Sequence[feed.FeedRow], at: float) -> None:
         if rows:
             last = await self._lock_feed(conn)
             async with conn.cursor() as cur:
-                await cur.executemany(feed.insert_change(DIALECT), feed.change_values(last, rows, time.time()))
+                await cur.executemany(feed.insert_change(DIALECT), feed.change_values(last, rows, at))
 
     @staticmethod
     async def _tombstones(conn: AsyncConnection[Any], uids: Sequence[str]) -> dict[str, float]:
@@ -290,7 +290,7 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         if feed.split_live(live, await self._tombstones(conn, live_uids))[1]:
             raise _Conflict("a concurrent delete tombstoned instances of the batch")
         rows, outcome = feed.feed_of_upsert(plan, prior)
-        await self._append_feed(conn, rows)
+        await self._append_feed(conn, rows, time.time())
         return UpsertOutcome(outcome.created, outcome.updated, dropped)
 
     async def delete(self, deletion: Deletion, at: float) -> Deleted:
@@ -312,7 +312,7 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
         async with conn.cursor() as cur:
             await cur.executemany(feed.upsert_tombstone(DIALECT),
                                   [(i.sop_instance_uid, i.study_uid, i.series_uid, at) for i in instances])
-        await self._append_feed(conn, feed.feed_of_delete(instances))
+        await self._append_feed(conn, feed.feed_of_delete(instances), at)
         return Deleted(instances, at)
 
     async def tombstoned(self, sop_instance_uids: Sequence[str]) -> set[str]:

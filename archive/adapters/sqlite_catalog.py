@@ -237,16 +237,16 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
         if revived:
             con.executemany("DELETE FROM tombstones WHERE sop_instance_uid = ?", [(uid,) for uid in revived])
         rows, outcome = feed.feed_of_upsert(plan, prior)
-        cls._append_feed(con, rows)
+        cls._append_feed(con, rows, time.time())
         return UpsertOutcome(outcome.created, outcome.updated, dropped)
 
     @staticmethod
-    def _append_feed(con: sqlite3.Connection, rows: Sequence[feed.FeedRow]) -> None:
+    def _append_feed(con: sqlite3.Connection, rows: Sequence[feed.FeedRow], at: float) -> None:
         """Last in the transaction: BEGIN IMMEDIATE holds the write lock, so MAX(seq) is the last
         committed entry and seq order is commit order (:mod:`archive.adapters.sql_changes`)."""
         if rows:
             (last,) = con.execute(feed.NEXT_SEQ).fetchone()
-            con.executemany(feed.insert_change(DIALECT), feed.change_values(int(last), rows, time.time()))
+            con.executemany(feed.insert_change(DIALECT), feed.change_values(int(last), rows, at))
 
     @staticmethod
     def _write_plan(con: sqlite3.Connection, plan: UpsertPlan) -> None:
@@ -294,7 +294,7 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
             con.execute(patients, (patient[1],))
         con.executemany(feed.upsert_tombstone(DIALECT),
                         [(i.sop_instance_uid, i.study_uid, i.series_uid, at) for i in instances])
-        cls._append_feed(con, feed.feed_of_delete(instances))
+        cls._append_feed(con, feed.feed_of_delete(instances), at)
         return Deleted(instances, at)
 
     async def tombstoned(self, sop_instance_uids: Sequence[str]) -> set[str]:

@@ -9,6 +9,7 @@ saw misses nothing and repeats nothing, across restarts of the archive and of th
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 
@@ -27,8 +28,8 @@ def _parameter(request: web.Request, name: str, default: int, low: int, high: in
     if raw is None:
         return default
     if not _INTEGER.fullmatch(raw) or not low <= int(raw) <= high:
-        raise web.HTTPBadRequest(text=f'{{"error": "{name}: an integer from {low} to {high}", '
-                                      f'"parameter": "{name}"}}', content_type="application/json")
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name}: an integer from {low} to {high}",
+                                                  "parameter": name}), content_type="application/json")
     return int(raw)
 
 
