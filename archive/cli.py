@@ -88,7 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                  "all three agree.")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--deep", action="store_true", help="re-hash every object instead of trusting recorded checksums")
-    verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing")
+    verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing; remove what an interrupted delete left")
+    delete = add("delete", "delete a study, a series or an instance (object store, catalog, search index)",
+                 "Delete what the UIDs name, as DELETE /dicom-web/studies/... does: removed from the "
+                 "catalog (a tombstone keeps a late index message from bringing it back, the change "
+                 "feed says deleted), then from the search index and the object store; audited as DICOM "
+                 "Study Deleted. Exit status 0 when deleted, 1 when nothing matched.")
+    delete.add_argument("study", metavar="STUDY", help="Study Instance UID")
+    delete.add_argument("series", metavar="SERIES", nargs="?", help="Series Instance UID")
+    delete.add_argument("instance", metavar="INSTANCE", nargs="?", help="SOP Instance UID")
     dead = add("dead-letters", "list or replay index messages in the dead-letter queue",
                "List the index messages that could not be indexed within the delivery limit "
                "(UIDs and reasons only; no patient data). They stay in the dead-letter queue "
@@ -242,9 +250,43 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
                 if count:
                     print(f"{kind}: {count} (e.g. {', '.join(getattr(report, kind)[:5])})")
             if args.repair:
-                print(f"re-queued orphaned objects: {report.repaired}")
+                print(f"repaired (orphans re-queued, leftovers of deletes removed): {report.repaired}")
             print("consistent" if report.consistent else "INCONSISTENT")
         return 0 if report.consistent else 1
+
+    return asyncio.run(go())
+
+
+def _delete(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from archive.compose import Backends, audit_trail
+    from archive.core.changes import Deletion
+    from archive.core.identity import Principal, PrincipalKind
+    from archive.core.uids import validate_uid
+    from archive.ops.delete import DeleteService
+
+    for value, name in ((args.study, "STUDY"), (args.series, "SERIES"), (args.instance, "INSTANCE")):
+        if value is not None:
+            validate_uid(value, name)
+    deletion = Deletion(args.study, args.series, args.instance)
+
+    async def go() -> int:
+        backends = Backends.from_settings(settings)
+        trail = audit_trail(settings)
+        try:
+            await backends.migrate()
+            who = Principal(PrincipalKind.LOCAL, getpass.getuser(), "127.0.0.1")
+            service = DeleteService(backends.catalog, backends.search, backends.store, trail)
+            deleted = await service.delete(deletion, who, service="dicom-archive delete")
+        finally:
+            await backends.close()
+            trail.close()
+        if not deleted.instances:
+            print("dicom-archive: nothing to delete: no such instances in the catalog", file=sys.stderr)
+            return 1
+        print(f"deleted {len(deleted.instances)} instance(s)")
+        return 0
 
     return asyncio.run(go())
 
@@ -276,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             print("migrated")
         elif args.command == "verify":
             return _verify(settings, args)
+        elif args.command == "delete":
+            return _delete(settings, args)
         elif args.command == "dead-letters":
             return _dead_letters(settings, args)
         elif args.command == "api-key":

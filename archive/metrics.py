@@ -34,6 +34,7 @@ DUPLICATES = Counter(
     "Instances received again under an archived SOP Instance UID",
     ["outcome"],  # identical | kept_first | replaced | rejected
 )
+DELETED = Counter("archive_deleted_instances_total", "Instances deleted (HTTP DELETE, dicom-archive delete)")
 INDEXED = Counter("archive_indexed_instances_total", "Instances written to catalog and search index")
 INDEX_FAILURES = Counter(
     "archive_index_failures_total", "Index attempts that failed", ["kind"]  # transient | poison

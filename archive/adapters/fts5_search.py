@@ -253,6 +253,24 @@ class Fts5Search:
         if documents:
             await _guard(self._writer, self._upsert, list(documents))
 
+    def _delete(self, uids: Sequence[str]) -> None:
+        conn = self._w()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for uid in uids:
+                row = conn.execute("DELETE FROM search_docs WHERE sop_instance_uid = ? RETURNING rowid", (uid,)).fetchone()
+                if row is not None:  # the terms go with the document's row
+                    conn.execute("DELETE FROM search_fts WHERE rowid = ?", (row[0],))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def delete(self, sop_instance_uids: Sequence[str]) -> None:
+        if sop_instance_uids:
+            await _guard(self._writer, self._delete, list(sop_instance_uids))
+
     def _search(self, expression: str, limit: int) -> list[SearchHit]:
         rows = self._r().execute(_SEARCH, (expression, limit)).fetchall()
         # bm25() is lower for better matches; a hit's score is higher for better.

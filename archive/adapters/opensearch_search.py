@@ -247,6 +247,21 @@ class OpenSearchIndex:
             raise BackendUnavailable("search", f"bulk: {len(failures)} document(s) failed: {first}")
         raise SearchWriteRejected(failures)
 
+    async def delete(self, sop_instance_uids: Sequence[str]) -> None:
+        if not sop_instance_uids:
+            return
+        body = [{"delete": {"_index": self.index, "_id": uid}} for uid in sop_instance_uids]
+        # refresh=wait_for: gone from searches on return, as upserts are searchable on return
+        only = "errors,items.*.error,items.*._id,items.*.status"
+        result = await self._call("bulk", self._client.bulk(body=body, refresh="wait_for", filter_path=only))
+        failures: dict[str, str] = {}
+        for item in result.get("items", []):
+            outcome = next(iter(item.values()))
+            if "error" in outcome and outcome.get("status") != 404:  # 404: not there, nothing to do
+                failures[str(outcome.get("_id"))] = str(outcome["error"])
+        if failures:
+            raise BackendUnavailable("search", f"bulk delete: {len(failures)} document(s) failed")
+
     async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
         terms = query_terms(text)
         if not terms or limit <= 0:

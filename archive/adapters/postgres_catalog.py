@@ -13,12 +13,13 @@ backoff (:mod:`archive.core.retry`, as Orthanc spreads its retries). Connection 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -34,6 +35,7 @@ from archive.adapters.sql_catalog import (
     STUDY_COLUMNS,
     Dialect,
     UpsertPlan,
+    catalog_instance,
     instance_values,
     moved_series,
     on_conflict,
@@ -42,12 +44,15 @@ from archive.adapters.sql_catalog import (
     series_values,
     study_values,
 )
+from archive.adapters import sql_changes as feed
 from archive.adapters.sql_reads import CatalogReads
+from archive.core.changes import Change, Deleted, Deletion, UpsertOutcome
 from archive.core.errors import BackendUnavailable
 from archive.core.records import CatalogEntry
 from archive.core.retry import Backoff, retrying
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONFLICTS = Backoff(first=0.1, cap=1.0, attempts=5)  # transactions that lost a race, tried again
 _RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock detected
@@ -210,31 +215,116 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
             self._pool = None
 
     # -- Catalog --------------------------------------------------------------
-    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
-        if not entries:
-            return
-        plan = plan_upsert(entries)
+    async def _transact(self, what: str, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction; retried (whole) when it lost a race with another writer."""
         pool = await self._get_pool()
 
-        async def attempt() -> None:
+        async def attempt() -> T:
             try:
                 async with pool.connection() as conn, conn.transaction():
-                    await self._upsert(conn, plan)
+                    return await work(conn)
+            except psycopg.errors.UndefinedTable as exc:
+                raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
+            except psycopg.errors.ForeignKeyViolation as exc:
+                # an instance upserted into a series that a concurrent delete removed: do it again
+                raise _Conflict(exc.sqlstate) from exc
             except psycopg.OperationalError as exc:
                 if exc.sqlstate in _RETRYABLE:
                     raise _Conflict(exc.sqlstate) from exc
                 raise BackendUnavailable("catalog", str(exc)) from exc
 
         def again(attempt: int, delay: float, exc: BaseException | None) -> None:
-            log.warning("catalog upsert retry %d in %.0f ms (SQLSTATE %s)", attempt, delay * 1000, exc)
+            log.warning("catalog %s retry %d in %.0f ms (%s)", what, attempt, delay * 1000, exc)
 
         try:
-            await retrying(CONFLICTS, _Conflict, on_retry=again)(attempt)
+            return await retrying(CONFLICTS, _Conflict, on_retry=again)(attempt)
         except _Conflict as exc:
-            raise BackendUnavailable("catalog", f"{exc.__cause__}") from exc.__cause__
+            raise BackendUnavailable("catalog", f"{exc.__cause__ or exc}") from exc.__cause__
+
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+        if not entries:
+            return UpsertOutcome()
+        return await self._transact("upsert", lambda conn: self._upsert(conn, entries))
+
+    async def _lock_feed(self, conn: AsyncConnection[Any]) -> int:
+        """Take the feed lock (until this transaction ends) and return the last committed seq.
+
+        Transaction-scoped: released at commit, after the commit is visible to new snapshots,
+        so the next writer's MAX(seq) (a new statement, READ COMMITTED) sees this one's entries.
+        Writers thus append in commit order, and a reader never sees entry N+1 before entry N.
+        """
+        key = zlib.crc32(f"dicom-archive changes {self.schema or ''}".encode()) - 2**31
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        row = await (await conn.execute(feed.NEXT_SEQ)).fetchone()
+        return int(row[0]) if row else 0
+
+    async def _append_feed(self, conn: AsyncConnection[Any], rows: Sequence[feed.FeedRow], at: float) -> None:
+        if rows:
+            last = await self._lock_feed(conn)
+            async with conn.cursor() as cur:
+                await cur.executemany(feed.insert_change(DIALECT), feed.change_values(last, rows, at))
 
     @staticmethod
-    async def _upsert(conn: AsyncConnection[Any], plan: UpsertPlan) -> None:
+    async def _tombstones(conn: AsyncConnection[Any], uids: Sequence[str]) -> dict[str, float]:
+        cur = await conn.execute(
+            "SELECT sop_instance_uid, deleted_at FROM tombstones WHERE sop_instance_uid = ANY(%s)", (list(uids),))
+        return {row[0]: float(row[1]) for row in await cur.fetchall()}
+
+    async def _upsert(self, conn: AsyncConnection[Any], entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+        uids = sorted({e.instance.sop_instance_uid for e in entries})
+        tombstones = await self._tombstones(conn, uids)
+        live, dropped = feed.split_live(entries, tombstones)
+        if not live:
+            return UpsertOutcome(dropped=dropped)
+        plan = plan_upsert(live)
+        live_uids = [row.sop_instance_uid for row, _, _ in plan.instances]
+        cur = await conn.execute(
+            "SELECT sop_instance_uid, sha256 FROM instances WHERE sop_instance_uid = ANY(%s)", (live_uids,))
+        prior: dict[str, str] = {row[0]: row[1] for row in await cur.fetchall()}
+        await self._write_plan(conn, plan)
+        revived = [uid for uid in live_uids if uid in tombstones]  # re-sent after their delete
+        if revived:
+            await conn.execute("DELETE FROM tombstones WHERE sop_instance_uid = ANY(%s)", (revived,))
+        # A delete that committed while this transaction ran (its instance rows held ours back):
+        # its tombstones are visible to this new statement. Start again, dropping those messages.
+        if feed.split_live(live, await self._tombstones(conn, live_uids))[1]:
+            raise _Conflict("a concurrent delete tombstoned instances of the batch")
+        rows, outcome = feed.feed_of_upsert(plan, prior)
+        await self._append_feed(conn, rows, time.time())
+        return UpsertOutcome(outcome.created, outcome.updated, dropped)
+
+    async def delete(self, deletion: Deletion, at: float) -> Deleted:
+        return await self._transact("delete", lambda conn: self._delete(conn, deletion, at))
+
+    async def _delete(self, conn: AsyncConnection[Any], deletion: Deletion, at: float) -> Deleted:
+        patient = await (await conn.execute(feed.patient_of_study(DIALECT), (deletion.study_uid,))).fetchone()
+        query, params = feed.build_delete(deletion, DIALECT)
+        found = await (await conn.execute(query, params)).fetchall()
+        if not found:
+            return Deleted([], at)
+        instances = [dataclasses.replace(catalog_instance(row), patient_id=patient[0] if patient else "")
+                     for row in found]
+        series, studies, patients = feed.cleanup(DIALECT)
+        await conn.execute(series, (deletion.study_uid,))
+        await conn.execute(studies, (deletion.study_uid,))
+        if patient:
+            await conn.execute(patients, (patient[1],))
+        async with conn.cursor() as cur:
+            await cur.executemany(feed.upsert_tombstone(DIALECT),
+                                  [(i.sop_instance_uid, i.study_uid, i.series_uid, at) for i in instances])
+        await self._append_feed(conn, feed.feed_of_delete(instances), at)
+        return Deleted(instances, at)
+
+    async def tombstoned(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        rows = await self._fetch("SELECT sop_instance_uid FROM tombstones WHERE sop_instance_uid = ANY(%s)",
+                                 (list(sop_instance_uids),))
+        return {row[0] for row in rows}
+
+    async def changes(self, since: int, limit: int) -> list[Change]:
+        return [feed.change(row) for row in await self._fetch(feed.select_changes(DIALECT), (since, limit))]
+
+    @staticmethod
+    async def _write_plan(conn: AsyncConnection[Any], plan: UpsertPlan) -> None:
         now = time.time()
         uids = [s.series_uid for s, _ in plan.series]
         cur = await conn.execute("SELECT series_uid, study_uid FROM series WHERE series_uid = ANY(%s)", (uids,))

@@ -11,6 +11,7 @@ the lock (waiting up to ``busy_timeout``) instead of failing on lock upgrade.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -31,6 +32,7 @@ from archive.adapters.sql_catalog import (
     STUDY_COLUMNS,
     Dialect,
     UpsertPlan,
+    catalog_instance,
     instance_values,
     moved_series,
     on_conflict,
@@ -39,7 +41,9 @@ from archive.adapters.sql_catalog import (
     series_values,
     study_values,
 )
+from archive.adapters import sql_changes as feed
 from archive.adapters.sql_reads import CatalogReads
+from archive.core.changes import Change, Deleted, Deletion, UpsertOutcome
 from archive.core.errors import BackendUnavailable
 from archive.core.records import CatalogEntry
 
@@ -198,17 +202,54 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
         self._reader.shutdown()
 
     # -- Catalog --------------------------------------------------------------
-    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
         if not entries:
-            return
-        plan = plan_upsert(entries)
+            return UpsertOutcome()
         started = time.perf_counter()
-        await self._run(self._writer, self._transaction, lambda con: self._upsert(con, plan))
+        outcome = await self._run(self._writer, self._transaction, lambda con: self._upsert(con, entries))
         elapsed_ms = (time.perf_counter() - started) * 1e3
-        log.debug("catalog upsert of %d instances in %.1f ms", len(plan.instances), elapsed_ms)
+        log.debug("catalog upsert of %d instances in %.1f ms", len(entries), elapsed_ms)
+        return outcome
 
     @staticmethod
-    def _upsert(con: sqlite3.Connection, plan: UpsertPlan) -> None:
+    def _select_in(con: sqlite3.Connection, sql: str, values: Sequence[str]) -> list[Any]:
+        """``sql`` ends in ``IN``: run it over ``values`` in chunks of bound parameters."""
+        out: list[Any] = []
+        for i in range(0, len(values), _CHUNK):
+            chunk = values[i : i + _CHUNK]
+            out.extend(con.execute(f"{sql} ({', '.join('?' for _ in chunk)})", chunk).fetchall())
+        return out
+
+    @classmethod
+    def _upsert(cls, con: sqlite3.Connection, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+        uids = sorted({e.instance.sop_instance_uid for e in entries})
+        tombstones = dict(cls._select_in(
+            con, "SELECT sop_instance_uid, deleted_at FROM tombstones WHERE sop_instance_uid IN", uids))
+        live, dropped = feed.split_live(entries, tombstones)
+        if not live:
+            return UpsertOutcome(dropped=dropped)
+        plan = plan_upsert(live)
+        live_uids = [row.sop_instance_uid for row, _, _ in plan.instances]
+        prior = dict(cls._select_in(con, "SELECT sop_instance_uid, sha256 FROM instances WHERE sop_instance_uid IN",
+                                    live_uids))
+        cls._write_plan(con, plan)
+        revived = [uid for uid in live_uids if uid in tombstones]  # re-sent after their delete
+        if revived:
+            con.executemany("DELETE FROM tombstones WHERE sop_instance_uid = ?", [(uid,) for uid in revived])
+        rows, outcome = feed.feed_of_upsert(plan, prior)
+        cls._append_feed(con, rows, time.time())
+        return UpsertOutcome(outcome.created, outcome.updated, dropped)
+
+    @staticmethod
+    def _append_feed(con: sqlite3.Connection, rows: Sequence[feed.FeedRow], at: float) -> None:
+        """Last in the transaction: BEGIN IMMEDIATE holds the write lock, so MAX(seq) is the last
+        committed entry and seq order is commit order (:mod:`archive.adapters.sql_changes`)."""
+        if rows:
+            (last,) = con.execute(feed.NEXT_SEQ).fetchone()
+            con.executemany(feed.insert_change(DIALECT), feed.change_values(int(last), rows, at))
+
+    @staticmethod
+    def _write_plan(con: sqlite3.Connection, plan: UpsertPlan) -> None:
         now = time.time()
         stored: dict[str, str] = {}
         uids = [s.series_uid for s, _ in plan.series]
@@ -233,6 +274,37 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
             _INSTANCES,
             [instance_values(row, series_ids[se], st, se, now) for row, st, se in plan.instances],
         )
+
+    async def delete(self, deletion: Deletion, at: float) -> Deleted:
+        return await self._run(self._writer, self._transaction, lambda con: self._delete(con, deletion, at))
+
+    @classmethod
+    def _delete(cls, con: sqlite3.Connection, deletion: Deletion, at: float) -> Deleted:
+        patient = con.execute(feed.patient_of_study(DIALECT), (deletion.study_uid,)).fetchone()
+        sql, params = feed.build_delete(deletion, DIALECT)
+        found = con.execute(sql, params).fetchall()
+        if not found:
+            return Deleted([], at)
+        instances = [dataclasses.replace(catalog_instance(row), patient_id=patient[0] if patient else "")
+                     for row in found]
+        series, studies, patients = feed.cleanup(DIALECT)
+        con.execute(series, (deletion.study_uid,))
+        con.execute(studies, (deletion.study_uid,))
+        if patient:
+            con.execute(patients, (patient[1],))
+        con.executemany(feed.upsert_tombstone(DIALECT),
+                        [(i.sop_instance_uid, i.study_uid, i.series_uid, at) for i in instances])
+        cls._append_feed(con, feed.feed_of_delete(instances), at)
+        return Deleted(instances, at)
+
+    async def tombstoned(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        uids = list(sop_instance_uids)
+        rows = await self._run(self._reader, lambda: self._select_in(
+            self._read_con(), "SELECT sop_instance_uid FROM tombstones WHERE sop_instance_uid IN", uids))
+        return {row[0] for row in rows}
+
+    async def changes(self, since: int, limit: int) -> list[Change]:
+        return [feed.change(row) for row in await self._fetch(feed.select_changes(DIALECT), (since, limit))]
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._run(self._reader, lambda: self._read_con().execute(sql, params).fetchall())

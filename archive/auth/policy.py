@@ -45,10 +45,14 @@ RULES: tuple[Rule, ...] = (
     # writer: STOW-RS (PS3.18 10.5)
     Rule(frozenset({"POST"}), "/dicom-web/studies", Role.WRITER),
     Rule(frozenset({"POST"}), "/dicom-web/studies/{study}", Role.WRITER),
+    # admin: delete a study, series or instance (not in PS3.18)
+    Rule(frozenset({"DELETE"}), "/dicom-web/*", Role.ADMIN),
     # reader: QIDO-RS, WADO-RS (rendered, thumbnails, frames, bulk data), WADO-URI, the search API
     Rule(READ, "/dicom-web/*", Role.READER),
     Rule(READ, "/wado", Role.READER),
     Rule(READ, "/api/search", Role.READER),
+    # reader: the change feed (UIDs only)
+    Rule(READ, "/api/changes", Role.READER),
 )
 UNKNOWN_READ = Role.READER
 UNKNOWN_OTHER = Role.ADMIN

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from archive.core.changes import Change, Deleted, Deletion, UpsertOutcome
 from archive.core.identity import Role
 from archive.core.models import DicomJson, ObjectInfo, Payload, PutResult, SearchDocument
 from archive.core.query import Query
@@ -119,8 +120,23 @@ class InstanceMetadata:
 class Catalog(Backend, Protocol):
     """The relational catalog of patients, studies, series and instances."""
 
-    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
-        """Insert or update every entry in one transaction (idempotent by SOP UID)."""
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+        """Insert or update every entry in one transaction (idempotent by SOP UID).
+
+        An entry received (``received_at``) at or before its instance's tombstone is dropped; a
+        later one clears the tombstone. The change feed's entries (created, updated) are written
+        in the same transaction.
+        """
+
+    async def delete(self, deletion: Deletion, at: float) -> Deleted:
+        """Remove the instances (and the series, studies and patients left empty), tombstone
+        them at ``at`` and write their ``deleted`` changes, in one transaction."""
+
+    async def tombstoned(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Those of the UIDs that have a tombstone now."""
+
+    async def changes(self, since: int, limit: int) -> list[Change]:
+        """The change feed after ``since``, in increasing seq (a prefix of what is committed)."""
 
     async def find(self, query: Query) -> list[DicomJson]:
         """Match ``query`` at its level; DICOM JSON with the requested return keys."""
@@ -156,6 +172,9 @@ class SearchIndex(Backend, Protocol):
 
     async def upsert(self, documents: Sequence[SearchDocument]) -> None:
         """Write documents (id = SOP Instance UID); searchable when this returns."""
+
+    async def delete(self, sop_instance_uids: Sequence[str]) -> None:
+        """Remove the documents (unknown ids are no error); gone from searches when this returns."""
 
     async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
         """Instances whose text holds every term (plain terms, ``term*`` prefixes), best first."""

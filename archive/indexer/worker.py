@@ -7,6 +7,8 @@
 - Any other failure is isolated to its message (the batch is split), which is
   given back to the queue; after the delivery limit the queue dead-letters it.
 - Upserts are keyed on SOP Instance UID, so redeliveries never duplicate.
+- A message received before its instance's tombstone (a delete) is dropped by the catalog
+  upsert and kept out of the search index too, then acknowledged.
 """
 
 from __future__ import annotations
@@ -123,7 +125,13 @@ class Indexer:
             latest[item.message.sop_instance_uid] = item.message
         messages = list(latest.values())
         entries = [CatalogEntry.from_message(m) for m in messages]
-        await self.catalog.upsert(entries)
+        outcome = await self.catalog.upsert(entries)
+        if outcome.dropped:
+            # late or redelivered messages of deleted instances: their tombstones keep them out
+            log.info("index messages of deleted instances dropped",
+                     extra={"sop_instance_uids": outcome.dropped[:20], "count": len(outcome.dropped)})
+            dropped = set(outcome.dropped)
+            messages = [m for m in messages if m.sop_instance_uid not in dropped]
         now = time.time()
         await self.search.upsert([flatten(m, indexed_at=now) for m in messages])
         done = time.time()

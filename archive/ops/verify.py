@@ -5,7 +5,9 @@ object is missing, objects the catalog does not know (orphans), checksum or
 size mismatches between object store and catalog, and search documents
 missing or extra. ``repair`` re-queues orphaned objects, and the objects of
 catalog entries missing from the search index, for indexing (the object store
-is the source of truth; the indexer's upserts are idempotent).
+is the source of truth; the indexer's upserts are idempotent). An orphan whose SOP Instance
+UID has a tombstone is what a delete left behind (it crashed after the catalog commit): repair
+finishes the delete (removes the object and the search document) and never indexes it again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class Report:
     checksum_mismatches: list[str] = field(default_factory=list)  # SOP UIDs
     missing_from_search: list[str] = field(default_factory=list)  # SOP UIDs
     orphaned_search_documents: list[str] = field(default_factory=list)  # SOP UIDs
+    # SOP UIDs of orphaned objects or search documents that have a tombstone: what a delete
+    # interrupted after its catalog commit left (counted under orphaned_* too)
+    tombstoned: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     repaired: int = 0
     seconds: float = 0.0
@@ -80,7 +85,7 @@ async def verify(
     started = time.monotonic()
     report = Report()
     report.counts = {k: 0 for k in ("missing_objects", "orphaned_objects", "checksum_mismatches",
-                                     "missing_from_search", "orphaned_search_documents")}
+                                     "missing_from_search", "orphaned_search_documents", "tombstoned")}
     objects: dict[str, ObjectInfo] = {}
     async for info in store.list("instances/"):
         objects[info.key] = info
@@ -102,9 +107,18 @@ async def verify(
         if sha != entry.sha256 or stored.size != entry.size:
             _note(report, "checksum_mismatches", entry.sop_instance_uid)
     report.catalog_instances = len(catalog_uids)
-    for key in objects.keys() - seen_keys:
+    orphan_keys = sorted(objects.keys() - seen_keys)
+    orphan_uids = {key: uid_from_key(key) for key in orphan_keys}
+    deleted = await catalog.tombstoned([uid for uid in orphan_uids.values() if uid])
+    for key in orphan_keys:
         _note(report, "orphaned_objects", key)
-        if queue is not None:
+        uid = orphan_uids[key]
+        if uid in deleted:
+            _note(report, "tombstoned", uid)
+            if queue is not None:  # finish the delete; indexing it again would be dropped anyway
+                await store.delete(key)
+                report.repaired += 1
+        elif queue is not None:
             report.repaired += await _requeue(store, queue, key)
 
     search_ids: set[str] = set()
@@ -116,8 +130,15 @@ async def verify(
         # An indexer that died between the catalog commit and the search write: index again.
         if queue is not None and catalog_keys[sop] in objects:
             report.repaired += await _requeue(store, queue, catalog_keys[sop])
-    for sop in search_ids - catalog_uids:
+    orphan_docs = sorted(search_ids - catalog_uids)
+    deleted = await catalog.tombstoned(orphan_docs)
+    for sop in orphan_docs:
         _note(report, "orphaned_search_documents", sop)
+        if sop in deleted:
+            _note(report, "tombstoned", sop)
+    if queue is not None and deleted:
+        await search.delete(sorted(deleted))
+        report.repaired += len(deleted)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.ingest.service import IngestService
+from archive.ops.delete import DeleteService
 from archive.query.objects import ObjectCache
 from archive.settings import Settings
 
@@ -20,6 +21,7 @@ STORE = web.AppKey("store", ObjectStore)  # WADO: objects are read from here
 INGEST = web.AppKey("ingest", IngestService)  # STOW-RS: the same ingest path as C-STORE
 SETTINGS = web.AppKey("settings", Settings)
 MAX_LIMIT = web.AppKey("max_limit", int)
+DELETES = web.AppKey("deletes", DeleteService)  # DELETE on DICOMweb URLs
 OBJECTS = web.AppKey("objects", ObjectCache)  # objects read by frames, rendering, bulk data
 
 

@@ -15,6 +15,8 @@ from aiohttp import web
 from archive.auth.policy import required_role
 from archive.core.search import FACETS, MAX_TEXT_CHARS, MAX_VALUE_CHARS, MAX_WINDOW
 from archive.core.uids import MAX_UID_LENGTH, UID_PATTERN
+from archive.query.changes import DEFAULT_LIMIT as CHANGES_DEFAULT_LIMIT
+from archive.query.changes import MAX_LIMIT as CHANGES_MAX_LIMIT
 from archive.query.context import public_root
 from archive.query.dicomweb.bulkdata import PATH_PATTERN
 from archive.query.dicomweb.pixels import VIEWPORT_PATTERN, WINDOW_PATTERN
@@ -90,6 +92,19 @@ _SCHEMAS: dict[str, Any] = {
             },
             "highlights": {"type": "array", "items": {"$ref": "#/components/schemas/Highlight"}},
         },
+    },
+    "Change": {
+        "type": "object", "required": ["seq", "action", "study", "series", "instance", "time"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "action": {"type": "string", "description": "created | updated | deleted (more may come)"},
+            "study": {"type": "string"}, "series": {"type": "string"}, "instance": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Changes": {
+        "type": "object", "required": ["changes"],
+        "properties": {"changes": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}}},
     },
     "Bucket": {
         "type": "object", "required": ["value", "count"],
@@ -238,7 +253,40 @@ def _dicomweb_paths() -> dict[str, Any]:
         "responses": _get("", "", ("application/dicom", "image/jpeg", "image/png"), ())["responses"],
     }}
     paths["/wado"] = paths["/dicom-web/wado"] = wado_uri
+    for level, (base, params) in levels.items():
+        paths[base]["delete"] = {
+            "summary": f"Delete the {level}", "tags": ["DICOMweb"],
+            "description": "Not in PS3.18 (as Microsoft's DICOM service offers it): removed from the catalog "
+                           "(tombstoned, a `deleted` entry in the change feed), the search index and the object "
+                           "store; audited as DICOM Study Deleted. A re-send afterwards is stored again.",
+            "parameters": [_path(p, _UIDS[p]) for p in params],
+            "responses": {"204": {"description": "Deleted"}, "400": _error("A UID is malformed"),
+                          "404": _error("No such instances in the archive"),
+                          "503": _error("A backend is unavailable; retry later")},
+        }
     return paths
+
+
+def _changes() -> dict[str, Any]:
+    """The change feed (archive.query.changes)."""
+    return {"get": {
+        "summary": "The change feed", "tags": ["Changes"],
+        "description": "Created, updated and deleted instances (more actions may come: ignore those you do not "
+                       "know) after `since`, in increasing `seq`, numbered in commit order without gaps: ask again "
+                       "with the last `seq` seen to follow the archive without missing or repeating an entry.",
+        "parameters": [
+            _param("since", "Entries after this seq (0: from the start)",
+                   {"type": "integer", "minimum": 0, "maximum": 10**18 - 1, "default": 0}),
+            _param("limit", f"Most entries to answer (at most {CHANGES_MAX_LIMIT})",
+                   {"type": "integer", "minimum": 1, "maximum": CHANGES_MAX_LIMIT, "default": CHANGES_DEFAULT_LIMIT}),
+        ],
+        "responses": {
+            "200": {"description": "The entries", "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Changes"}}}},
+            "400": _error("since or limit is not an integer in range"),
+            "503": _error("The catalog is unavailable; retry later"),
+        },
+    }}
 
 
 _SECURITY_SCHEMES = {
@@ -299,6 +347,7 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                 "responses": {"200": {"description": "OpenAPI 3 document",
                                       "content": {"application/json": {"schema": {"type": "object"}}}}},
             }},
+            "/api/changes": _changes(),
             **_dicomweb_paths(),
             "/dicom-web/studies": _qido("Search for studies") | _dicomweb_paths()["/dicom-web/studies"],
             "/dicom-web/series": _qido("Search for series"),

@@ -15,7 +15,9 @@ from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.ingest.service import IngestService
 from archive.query import openapi
 from archive.query import audit as http_audit
-from archive.query.context import CATALOG, INGEST, MAX_LIMIT, OBJECTS, SEARCH, SETTINGS, STORE
+from archive.ops.delete import DeleteService
+from archive.query import changes
+from archive.query.context import CATALOG, DELETES, INGEST, MAX_LIMIT, OBJECTS, SEARCH, SETTINGS, STORE
 from archive.query.dicomweb import routes as dicomweb
 from archive.query.objects import ObjectCache
 from archive.query.search import api as search_api
@@ -29,7 +31,7 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
                settings: Settings | None = None, audit: AuditTrail | None = None) -> None:
     """Every route of the query service; the services that need a backend are served when it is
     given: the search API with ``search``, WADO frames, rendering and WADO-URI with ``store``,
-    STOW-RS with ``ingest``."""
+    STOW-RS with ``ingest``, DELETE with ``store`` and ``search``; the change feed always."""
     settings = settings or Settings()
     app[SETTINGS] = settings
     app[CATALOG] = catalog
@@ -41,7 +43,10 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
         app[OBJECTS] = _object_cache(app, store, settings)
     if ingest is not None:
         app[INGEST] = ingest
+    if store is not None and search is not None:
+        app[DELETES] = DeleteService(catalog, search, store, app[http_audit.AUDIT])
     dicomweb.add_routes(app)
+    app.router.add_get("/api/changes", changes.changes)
     if search is not None:
         app[SEARCH] = search
         app.router.add_get("/api/search", search_api.search)

@@ -510,3 +510,19 @@ async def test_opensearch_roles_migrating_at_once(unique: str) -> None:
         await first.drop()
         await first.close()
         await second.close()
+
+
+async def test_delete_removes_documents_at_once(index: SearchIndex, tmp_path: Path) -> None:
+    docs = [make_doc(tmp_path, patient_name="Gone^Soon"), make_doc(tmp_path, patient_name="Gone^Soon"),
+            make_doc(tmp_path, patient_name="Stays^Here")]
+    await index.upsert(docs)
+    assert len(await index.search("gone")) == 2
+    await index.delete([docs[0].sop_instance_uid, new_uid()])  # an unknown id is no error
+    assert [h.sop_instance_uid for h in await index.search("gone")] == [docs[1].sop_instance_uid]
+    assert await index.count() == 2
+    assert {uid async for uid in index.ids()} == {docs[1].sop_instance_uid, docs[2].sop_instance_uid}
+    await index.delete([docs[1].sop_instance_uid])
+    assert await index.search("gone") == []
+    await index.delete([])
+    await index.upsert([docs[0]])  # indexed again after its delete (a re-send)
+    assert [h.sop_instance_uid for h in await index.search("gone")] == [docs[0].sop_instance_uid]

@@ -5,7 +5,8 @@ response conforms to the document (status, content type, schema), each within
 ``REQUEST_SECONDS``. ``make fuzz`` sets FUZZ_EXPLORE=1: a larger budget and a random seed.
 (schemathesis' pytest plugin does not load under this pytest; its command line is the same engine.)
 
-Every request carries a writer's API key made with ``dicom-archive api-key create``: a token that
+Every request carries an admin's API key made with ``dicom-archive api-key create`` (admin: DELETE
+on the DICOMweb URLs is documented too, and a writer would get only 403 there): a token that
 is sent is always checked, and schemathesis would otherwise send made-up ones for the document's
 bearer scheme (all 401). What the document says of requests without a valid token (401, a
 ``WWW-Authenticate: Bearer`` challenge, the Error schema) is checked operation by operation here.
@@ -46,10 +47,10 @@ NOT_TOKENS = {
 
 
 @pytest.fixture(scope="module")
-def writer_key(archive: Archive) -> str:
-    """A writer's API key in the sandboxed archive's catalog (its data directory)."""
+def admin_key(archive: Archive) -> str:
+    """An admin's API key in the sandboxed archive's catalog (its data directory)."""
     created = subprocess.run([sys.executable, "-m", "archive.cli", "api-key", "create", "schemathesis",
-                              "--role", "writer"], env={**os.environ, **archive.proc.env}, cwd=ROOT,
+                              "--role", "admin"], env={**os.environ, **archive.proc.env}, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
@@ -57,19 +58,22 @@ def writer_key(archive: Archive) -> str:
     return key
 
 
-def test_api_conforms_to_openapi(archive: Archive, writer_key: str) -> None:
+def test_api_conforms_to_openapi(archive: Archive, admin_key: str) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     seed = random.randrange(1 << 31) if EXPLORE else SEED
     command = [st, "run", f"{archive.http}/api/openapi.json", "--checks", "all",
                # ignored_auth: a loopback client needs no token when no issuer is configured (the default)
-               "--exclude-checks", "ignored_auth,positive_data_acceptance,missing_required_header",
-               "-H", f"Authorization: Bearer {writer_key}",
+               # use_after_free: after DELETE of a study, schemathesis expects 404 from QIDO-RS under it
+               # (/studies/{study}/series/...), a search that rightly answers 200 and no matches (PS3.18 10.6);
+               # WADO-RS of a deleted study is 404 (tests/e2e/test_delete.py)
+               "--exclude-checks", "ignored_auth,positive_data_acceptance,missing_required_header,use_after_free",
+               "-H", f"Authorization: Bearer {admin_key}",
                "--max-examples", "200" if EXPLORE else "5", "--seed", str(seed), "--workers", "1",
                "--max-response-time", str(REQUEST_SECONDS), "--request-timeout", "10", "--no-color"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.security.schemathesis_hooks",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    output = result.stdout.replace(writer_key, "dka_[key]")
+    output = result.stdout.replace(admin_key, "dka_[key]")
     assert result.returncode == 0, f"seed {seed}\n{output[-6000:]}\n{result.stderr[-2000:]}"
     assert "Serialization not possible" not in output and "Authentication failed" not in output, output[-3000:]
 

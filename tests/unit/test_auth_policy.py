@@ -23,9 +23,11 @@ R, W, A = Role.READER, Role.WRITER, Role.ADMIN
     ("GET", "/dicom-web/studies", R), ("HEAD", "/dicom-web/studies", R),
     ("GET", "/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", R),
     ("GET", "/dicom-web/studies/{study}/rendered", R), ("GET", "/wado", R), ("GET", "/dicom-web/wado", R),
-    ("GET", "/api/search", R),
+    ("GET", "/api/search", R), ("GET", "/api/changes", R), ("POST", "/api/changes", UNKNOWN_OTHER),
+    ("DELETE", "/dicom-web/studies/{study}", A), ("DELETE", "/dicom-web/studies/{study}/series/{series}", A),
+    ("DELETE", "/dicom-web/studies/{study}/series/{series}/instances/{instance}", A),
     # not in the table: reading needs reader, anything else admin; nothing is open by default
-    ("GET", "/api/something-new", UNKNOWN_READ), ("DELETE", "/dicom-web/studies/{study}", UNKNOWN_OTHER),
+    ("GET", "/api/something-new", UNKNOWN_READ), ("DELETE", "/api/something-new", UNKNOWN_OTHER),
     ("POST", "/healthz", UNKNOWN_OTHER), ("PUT", "/dicom-web/studies", UNKNOWN_OTHER),
     ("POST", "/dicom-web/studies/{study}/series/{series}", UNKNOWN_OTHER),
     ("GET", "/healthz/", UNKNOWN_READ), ("GET", "/dicom-webx/studies", UNKNOWN_READ),
@@ -109,3 +111,7 @@ def test_a_route_table_row_is_in_the_openapi_document() -> None:
     assert search["security"] == [{"bearer": []}] and "reader" in search["description"]
     assert document["paths"]["/api/openapi.json"]["get"]["security"] == []
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for path in ("/dicom-web/studies/{study}", "/dicom-web/studies/{study}/series/{series}",
+                 "/dicom-web/studies/{study}/series/{series}/instances/{instance}"):
+        assert document["paths"][path]["delete"]["x-required-role"] == "admin"
+    assert document["paths"]["/api/changes"]["get"]["x-required-role"] == "reader"

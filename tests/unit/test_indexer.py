@@ -9,6 +9,7 @@ from pathlib import Path
 from archive.adapters.fts5_search import Fts5Search
 from archive.adapters.sqlite_catalog import SqliteCatalog
 from archive.adapters.sqlite_queue import SqliteQueue
+from archive.core.changes import UpsertOutcome
 from archive.core.errors import BackendUnavailable
 from archive.core.records import CatalogEntry
 from archive.indexer import worker
@@ -24,11 +25,11 @@ class Outage(SqliteCatalog):
         self.failures = failures
         self.attempts = 0
 
-    async def upsert(self, entries: Sequence[CatalogEntry]) -> None:
+    async def upsert(self, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise BackendUnavailable("catalog", "connection refused")
-        await super().upsert(entries)
+        return await super().upsert(entries)
 
 
 async def _setup(tmp_path: Path, failures: int) -> tuple[SqliteQueue, Outage, Fts5Search, list[str]]:

@@ -16,7 +16,7 @@ from aiohttp import web
 from archive.query.context import SETTINGS
 from archive.web import Handler
 
-METHODS = "GET, HEAD, POST, OPTIONS"
+METHODS = "GET, HEAD, POST, DELETE, OPTIONS"
 EXPOSED = "ETag, Warning, Content-Type, Content-Length, Content-Location, Location, Retry-After"
 DEFAULT_HEADERS = "Accept, Authorization, Content-Type, If-None-Match, If-Modified-Since, Range"
 MAX_AGE = "600"

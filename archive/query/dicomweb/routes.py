@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from archive.query.context import INGEST, SETTINGS, STORE
-from archive.query.dicomweb import bulkdata, cors, metadata, pixels, qido, stow, wado, wado_uri
+from archive.query.context import DELETES, INGEST, SETTINGS, STORE
+from archive.query.dicomweb import bulkdata, cors, delete, metadata, pixels, qido, stow, wado, wado_uri
 
 DICOMWEB = "/dicom-web"
 STUDY = DICOMWEB + "/studies/{study}"
@@ -25,7 +25,7 @@ INSTANCE = SERIES + "/instances/{instance}"
 def add_routes(app: web.Application) -> None:
     """QIDO-RS and WADO-RS retrieve, metadata and bulk data always; frames, rendered,
     thumbnails and WADO-URI when the application has an object store (STORE); STOW-RS
-    when it has the ingest service (INGEST)."""
+    when it has the ingest service (INGEST); DELETE when it has the delete service (DELETES)."""
     cors.install(app)  # preflight and CORS headers for every route, errors included
     objects, ingest = STORE in app, INGEST in app
     if objects:
@@ -67,6 +67,11 @@ def add_routes(app: web.Application) -> None:
         # STOW-RS (PS3.18 10.5)
         r.add_post(DICOMWEB + "/studies", stow.store_instances)
         r.add_post(STUDY, stow.store_instances)
+
+    if DELETES in app:
+        # delete (not in PS3.18; admin only): archive.query.dicomweb.delete
+        for path in (STUDY, SERIES, INSTANCE):
+            r.add_delete(path, delete.delete)
 
 
 def _render_pool(app: web.Application) -> None:
