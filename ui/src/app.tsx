@@ -7,10 +7,12 @@ import { may } from "./auth";
 import { SessionBar, useSession } from "./session";
 import { SearchPage } from "./search";
 import { StudyPage } from "./study";
+import { ObjectPage } from "./objects";
 import { UploadPage } from "./upload";
 
 const STUDY = /^\/ui\/study\/([0-9.]{1,64})\/?$/;
 const UPLOAD = /^\/ui\/upload\/?$/;
+const OBJECT = /^\/ui\/study\/([0-9.]{1,64})\/series\/([0-9.]{1,64})\/instance\/([0-9.]{1,64})\/?$/;
 
 interface Where {
   study: string | null;
@@ -46,6 +48,17 @@ export function App({ initial }: { initial?: UiConfig }) {
   const back = () => (inApp.current ? history.back() : go("/ui/"));
 
   const session = useSession();
+  const object = OBJECT.exec(location.pathname);
+  if (object) {
+    const study = object[1];
+    return (
+      <>
+        <header class="top"><h1><a href="/ui/">DICOM archive</a></h1><SessionBar /></header>
+        <ObjectPage study={study} series={object[2]} instance={object[3]}
+          back={() => (inApp.current ? history.back() : go(`/ui/study/${study}`))} />
+      </>
+    );
+  }
   return (
     <>
       <a class="skip" href={where.study ? "#study-title" : "#results"}>Skip to {where.study ? "the study" : "results"}</a>
@@ -56,7 +69,7 @@ export function App({ initial }: { initial?: UiConfig }) {
         <SessionBar />
         {may(session, "writer") ? <a class="upload-link" href="/ui/upload">Upload</a> : null}
       </header>
-      {UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} />
+      {UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} open={go} />
         : <SearchPage search={where.search} navigate={navigate} config={config} open={open} />}
     </>
   );
