@@ -80,7 +80,7 @@ def objects(archive: ArchiveProcess, tmp_path_factory: pytest.TempPathFactory) -
         ds.SpecificCharacterSet = "ISO_IR 192"
         for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
                         "StudyID", "ReferringPhysicianName"):
-            setattr(ds, keyword, ct.data_element(keyword).value)
+            setattr(ds, keyword, getattr(ct, keyword))
     status, _, body = stow(archive.http, [write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes()
                                           for ds in datasets])
     assert status == 200, body
