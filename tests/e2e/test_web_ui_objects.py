@@ -268,3 +268,45 @@ def test_axe_finds_no_serious_violation_on_the_object_views(browser: Any, object
         assert watched.dialogs == [] and watched.errors == [], watched.errors
     finally:
         context.close()
+
+
+def _ulaw2linear(byte: int) -> int:
+    """g711.c ulaw2linear, written out here independently of the page's decoder."""
+    u = ~byte & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return (0x84 - t) if u & 0x80 else (t - 0x84)
+
+
+@pytest.mark.parametrize("which", ["mu_law", "pcm"])
+def test_audio_samples_are_decoded_right(browser: Any, archive: ArchiveProcess, objects: Objects,  # noqa: F811
+                                         which: str) -> None:
+    """The WAV the page made holds the waveform's samples: 16-bit PCM as stored, µ-law as G.711
+    decodes it. Read back from its blob: URL in a context that bypasses the CSP (connect-src has no
+    blob:; the page itself only plays it)."""
+    from tests.sopclasses import make_waveform_audio as make, mu_law
+
+    params = MU_LAW if which == "mu_law" else PCM
+    made = make("1.2.3", PATIENT, **params)  # type: ignore[arg-type]
+    stored = bytes(made.WaveformSequence[0].WaveformData)
+    if which == "mu_law":
+        expected = [_ulaw2linear(b) for b in stored]
+        assert stored[:4] == bytes(mu_law(v) for v in (0, 4064, 7649, 10328))  # the tone, encoded
+    else:
+        expected = [int.from_bytes(stored[i:i + 2], "little", signed=True) for i in range(0, len(stored), 2)]
+    context = browser.new_context(base_url=archive.http, bypass_csp=True)
+    try:
+        page = context.new_page()
+        page.goto(getattr(objects, which))
+        audio = page.locator("audio")
+        audio.wait_for(timeout=30_000)
+        header, samples = audio.evaluate("""async (a) => {
+          const bytes = new Uint8Array(await (await fetch(a.src)).arrayBuffer());
+          const view = new DataView(bytes.buffer);
+          const out = [];
+          for (let i = 44; i < bytes.length; i += 2) out.push(view.getInt16(i, true));
+          return [[view.getUint16(22, true), view.getUint32(24, true), view.getUint16(34, true)], out];
+        }""")
+    finally:
+        context.close()
+    assert header == [params["channels"], params["frequency"], 16]
+    assert samples == expected
