@@ -35,6 +35,7 @@ PAGE_TWO = "Second page: follow-up in six weeks"
 FINDING = f"Nodule {HOSTILE} <script>alert(2)</script> stable"
 PDF = tiny_pdf(PAGE_ONE, PAGE_TWO, padding=20_000)  # over the 16 KiB bulk threshold: a BulkDataURI
 UPLOADED = tiny_pdf("Uploaded report, line one")  # small: InlineBinary in the metadata
+TITLE = f"Befund Müller {HOSTILE}"
 MU_LAW = {"interpretation": "MB", "frequency": 8000, "channels": 1, "samples": 12000}  # 1.5 s
 PCM = {"interpretation": "SS", "frequency": 16000, "channels": 2, "samples": 12000}  # 0.75 s
 
@@ -206,10 +207,10 @@ def test_a_pdf_report_added_to_a_study_lands_and_shows(ui: Watched, archive: Arc
 
     page = ui.page
     page.goto(f"/ui/study/{objects.study}")
-    upload = tmp_path / "Discharge letter.pdf"
+    upload = tmp_path / f"{TITLE}.pdf"  # an umlaut (UTF-8 in the file) and markup (text on the page)
     upload.write_bytes(UPLOADED)
     page.get_by_label("Add a PDF report to this study").set_input_files(upload)
-    expect(page.locator(".pdf-upload [aria-live]")).to_have_text("Discharge letter.pdf was added to the study.",
+    expect(page.locator(".pdf-upload [aria-live]")).to_have_text(f"{TITLE}.pdf was added to the study.",
                                                                  timeout=60_000)
 
     # QIDO-RS: a new DOC series in the study, its instance an Encapsulated PDF with the study's patient
@@ -234,7 +235,7 @@ def test_a_pdf_report_added_to_a_study_lands_and_shows(ui: Watched, archive: Arc
     assert str(stored.PatientName) == "山田^花子" and stored.PatientID == PATIENT
     assert (stored.PatientBirthDate, stored.PatientSex, stored.StudyDate) == ("19700101", "F", "20240115")
     assert (stored.AccessionNumber, stored.StudyID, str(stored.ReferringPhysicianName)) == ("ACC-1", "1", "Smith^John")
-    assert stored.Modality == "DOC" and stored.DocumentTitle == "Discharge letter"
+    assert stored.Modality == "DOC" and stored.DocumentTitle == TITLE and stored.SeriesNumber == 6
     assert stored.MIMETypeOfEncapsulatedDocument == "application/pdf"
     assert stored.EncapsulatedDocument.rstrip(b"\x00") == UPLOADED.rstrip(b"\x00")
     assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
@@ -243,6 +244,7 @@ def test_a_pdf_report_added_to_a_study_lands_and_shows(ui: Watched, archive: Arc
     card = page.locator(".series-card", has_text="PDF report")
     card.get_by_role("link", name="Open pdf document").click()
     _pdf_drawn(page, 1, 1)
+    expect(page.get_by_role("heading", name=TITLE)).to_be_visible()  # the title as text
     expect(page.locator(".textLayer")).to_contain_text("Uploaded report, line one")
     assert page.evaluate(DARK_PIXELS) > 100, "the canvas is blank"
 

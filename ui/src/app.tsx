@@ -7,7 +7,9 @@ import { may } from "./auth";
 import { SessionBar, useSession } from "./session";
 import { SearchPage } from "./search";
 import { StudyPage } from "./study";
-import { ObjectPage } from "./objects";
+import { lazy, Suspense } from "preact/compat";
+
+const ObjectPage = lazy(() => import("./objectpage")); // PDF, SR, audio: loaded when one is opened
 import { UploadPage } from "./upload";
 
 const STUDY = /^\/ui\/study\/([0-9.]{1,64})\/?$/;
@@ -54,8 +56,10 @@ export function App({ initial }: { initial?: UiConfig }) {
     return (
       <>
         <header class="top"><h1><a href="/ui/">DICOM archive</a></h1><SessionBar /></header>
-        <ObjectPage study={study} series={object[2]} instance={object[3]}
-          back={() => (inApp.current ? history.back() : go(`/ui/study/${study}`))} />
+        <Suspense fallback={<p class="status" role="status">Loading…</p>}>
+          <ObjectPage study={study} series={object[2]} instance={object[3]}
+            back={() => (inApp.current ? history.back() : go(`/ui/study/${study}`))} />
+        </Suspense>
       </>
     );
   }
