@@ -312,3 +312,57 @@ def test_audio_samples_are_decoded_right(browser: Any, archive: ArchiveProcess, 
         context.close()
     assert header == [params["channels"], params["frequency"], 16]
     assert samples == expected
+
+
+def test_with_sign_in_a_writer_adds_a_pdf_that_opens_and_a_reader_may_not(browser: Any,  # noqa: F811
+                                                                           tmp_path: Path) -> None:
+    """Against the real Keycloak (tests/e2e/test_web_ui_signin.py's archive on its fixed port): the
+    writer adds a PDF (STOW-RS with the bearer token) and opens it (its bulk data fetched with the
+    token); the reader opens the study's SR but gets no upload control."""
+    from playwright.sync_api import expect
+
+    from tests.e2e.test_web_ui_signin import JWT, STUDY, _record, _sign_in, _start, _store
+
+    proc, issuer = _start(tmp_path)
+    try:
+        _store(proc, issuer, tmp_path)
+        big = tmp_path / "Signed report.pdf"
+        big.write_bytes(tiny_pdf("Signed-in upload", padding=20_000))  # a BulkDataURI: fetched with the token
+        context = browser.new_context(base_url=proc.http)
+        try:
+            watched = _watch(context)
+            page = watched.page
+            recorded = _record(page, proc.http)
+            page.goto(f"/ui/study/{STUDY.uid}")
+            _sign_in(page, issuer, "writer")
+            page.wait_for_url(f"{proc.http}/ui/study/{STUDY.uid}")
+            page.get_by_label("Add a PDF report to this study").set_input_files(big)
+            expect(page.locator(".pdf-upload [aria-live]")).to_have_text("Signed report.pdf was added to the study.",
+                                                                         timeout=60_000)
+            page.locator(".series-card", has_text="PDF report").get_by_role("link", name="Open pdf document").click()
+            _pdf_drawn(page, 1, 1)
+            expect(page.locator(".textLayer")).to_contain_text("Signed-in upload")
+            bulk = [p for p in recorded.bearer if "/bulkdata/" in p]
+            assert bulk and all(recorded.bearer[p].startswith("Bearer ey") for p in bulk), recorded.bearer
+            assert not any(JWT.search(u) for u in recorded.urls)
+            assert watched.dialogs == [] and watched.errors == [], watched.errors
+        finally:
+            context.close()
+        context = browser.new_context(base_url=proc.http)
+        try:
+            watched = _watch(context)
+            page = watched.page
+            page.goto(f"/ui/study/{STUDY.uid}")
+            _sign_in(page, issuer, "reader")
+            page.wait_for_url(f"{proc.http}/ui/study/{STUDY.uid}")
+            page.get_by_role("link", name="Open report").click()
+            expect(page.locator(".sr-item[data-type=TEXT] .sr-value")).to_have_text(STUDY.report or "")
+            page.go_back()
+            expect(page.get_by_role("link", name="Open pdf document")).to_be_visible()
+            expect(page.get_by_label("Add a PDF report to this study")).to_have_count(0)
+            assert watched.dialogs == [] and watched.errors == [], watched.errors
+        finally:
+            context.close()
+        assert proc.stop() == 0, proc.log_tail()
+    finally:
+        proc.stop()
