@@ -37,6 +37,7 @@ PDF = tiny_pdf(PAGE_ONE, PAGE_TWO, padding=20_000)  # over the 16 KiB bulk thres
 UPLOADED = tiny_pdf("Uploaded report, line one")  # small: InlineBinary in the metadata
 TITLE = f"Befund Müller {HOSTILE}"
 MU_LAW = {"interpretation": "MB", "frequency": 8000, "channels": 1, "samples": 12000}  # 1.5 s
+WAIT = 30_000  # ms: the machine is shared, a page can take seconds under load
 PCM = {"interpretation": "SS", "frequency": 16000, "channels": 2, "samples": 12000}  # 0.75 s
 
 
@@ -123,21 +124,21 @@ def test_a_pdf_is_drawn_with_its_text_pages_zoom_and_download(ui: Watched, objec
     page = ui.page
     page.goto(f"/ui/study/{objects.study}")
     page.locator(".series-card", has_text="Series 2:").get_by_role("link", name="Open pdf document").click()
-    expect(page).to_have_url(re.compile(re.escape(objects.pdf) + "$"))
+    expect(page).to_have_url(re.compile(re.escape(objects.pdf) + "$"), timeout=WAIT)
     _pdf_drawn(page, 1, 2)
-    expect(page.get_by_role("heading", name="Referral letter")).to_be_visible()
+    expect(page.get_by_role("heading", name="Referral letter")).to_be_visible(timeout=WAIT)
     assert page.evaluate(DARK_PIXELS) > 200, "the canvas is blank"
-    expect(page.locator(".textLayer")).to_contain_text(PAGE_ONE)
+    expect(page.locator(".textLayer")).to_contain_text(PAGE_ONE, timeout=WAIT)
     width = page.locator(".pdf-page canvas").bounding_box()["width"]
 
     page.get_by_role("button", name="Next page").click()
     _pdf_drawn(page, 2, 2)
-    expect(page.locator(".textLayer")).to_contain_text(PAGE_TWO)
-    expect(page.locator(".textLayer")).not_to_contain_text(PAGE_ONE)
-    expect(page.get_by_role("button", name="Next page")).to_be_disabled()
+    expect(page.locator(".textLayer")).to_contain_text(PAGE_TWO, timeout=WAIT)
+    expect(page.locator(".textLayer")).not_to_contain_text(PAGE_ONE, timeout=WAIT)
+    expect(page.get_by_role("button", name="Next page")).to_be_disabled(timeout=WAIT)
 
     page.get_by_role("button", name="Zoom in").click()
-    expect(page.locator(".zoom")).to_have_text("125 %")
+    expect(page.locator(".zoom")).to_have_text("125 %", timeout=WAIT)
     _pdf_drawn(page, 2, 2)
     assert page.locator(".pdf-page canvas").bounding_box()["width"] == pytest.approx(width * 1.25, abs=2)
 
@@ -155,9 +156,9 @@ def test_a_structured_report_reads_as_text(ui: Watched, objects: Objects) -> Non
     page.goto(f"/ui/study/{objects.study}")
     page.get_by_role("link", name="Open report").click()
     report = page.get_by_role("article", name="Imaging Measurement Report")
-    expect(report).to_be_visible()
-    expect(report.get_by_role("heading", name="Imaging Measurements")).to_be_visible()
-    expect(report.get_by_role("heading", name="Measurement Group")).to_be_visible()
+    expect(report).to_be_visible(timeout=WAIT)
+    expect(report.get_by_role("heading", name="Imaging Measurements")).to_be_visible(timeout=WAIT)
+    expect(report.get_by_role("heading", name="Measurement Group")).to_be_visible(timeout=WAIT)
     items = [t.strip() for t in report.locator(".sr-item").all_inner_texts()]
     assert "Length: 12.5 millimeter" in items, items
     assert "concept modifier: Finding Site: Lung" in items, items
@@ -174,7 +175,7 @@ def test_a_hostile_value_in_a_report_stays_text(ui: Watched, objects: Objects) -
     page = ui.page
     page.goto(objects.sr)
     finding = page.locator(".sr-item[data-type=TEXT] .sr-value")
-    expect(finding).to_have_text(FINDING)
+    expect(finding).to_have_text(FINDING, timeout=WAIT)
     assert page.locator(".sr img, .sr script").count() == 0
     assert page.evaluate("window.alert.toString()").endswith("{ [native code] }")
     # the dialogs and script errors are asserted by the ui fixture
@@ -198,7 +199,7 @@ def test_audio_plays_from_a_wav_made_in_the_page(ui: Watched, objects: Objects, 
       a.addEventListener('error', () => reject(new Error('audio error ' + (a.error && a.error.code))));
     })""")
     assert duration == pytest.approx(seconds, abs=0.01)
-    expect(page.locator(".audio-track figcaption")).to_have_text(caption)
+    expect(page.locator(".audio-track figcaption")).to_have_text(caption, timeout=WAIT)
 
 
 def test_a_pdf_report_added_to_a_study_lands_and_shows(ui: Watched, archive: ArchiveProcess, objects: Objects,
@@ -244,8 +245,8 @@ def test_a_pdf_report_added_to_a_study_lands_and_shows(ui: Watched, archive: Arc
     card = page.locator(".series-card", has_text="PDF report")
     card.get_by_role("link", name="Open pdf document").click()
     _pdf_drawn(page, 1, 1)
-    expect(page.get_by_role("heading", name=TITLE)).to_be_visible()  # the title as text
-    expect(page.locator(".textLayer")).to_contain_text("Uploaded report, line one")
+    expect(page.get_by_role("heading", name=TITLE)).to_be_visible(timeout=WAIT)  # the title as text
+    expect(page.locator(".textLayer")).to_contain_text("Uploaded report, line one", timeout=WAIT)
     assert page.evaluate(DARK_PIXELS) > 100, "the canvas is blank"
 
 
@@ -341,7 +342,7 @@ def test_with_sign_in_a_writer_adds_a_pdf_that_opens_and_a_reader_may_not(browse
                                                                          timeout=60_000)
             page.locator(".series-card", has_text="PDF report").get_by_role("link", name="Open pdf document").click()
             _pdf_drawn(page, 1, 1)
-            expect(page.locator(".textLayer")).to_contain_text("Signed-in upload")
+            expect(page.locator(".textLayer")).to_contain_text("Signed-in upload", timeout=WAIT)
             bulk = [p for p in recorded.bearer if "/bulkdata/" in p]
             assert bulk and all(recorded.bearer[p].startswith("Bearer ey") for p in bulk), recorded.bearer
             assert not any(JWT.search(u) for u in recorded.urls)
@@ -356,9 +357,10 @@ def test_with_sign_in_a_writer_adds_a_pdf_that_opens_and_a_reader_may_not(browse
             _sign_in(page, issuer, "reader")
             page.wait_for_url(f"{proc.http}/ui/study/{STUDY.uid}")
             page.get_by_role("link", name="Open report").click()
-            expect(page.locator(".sr-item[data-type=TEXT] .sr-value")).to_have_text(STUDY.report or "")
+            expect(page.locator(".sr-item[data-type=TEXT] .sr-value")).to_have_text(STUDY.report or "", timeout=WAIT)
             page.go_back()
-            expect(page.get_by_role("link", name="Open pdf document")).to_be_visible()
+            expect(page.get_by_role("link", name="Open pdf document")).to_be_visible(timeout=WAIT)
+            expect(page.locator(".study-facts")).to_be_visible(timeout=WAIT)  # the study loaded: the control would be there
             expect(page.get_by_label("Add a PDF report to this study")).to_have_count(0)
             assert watched.dialogs == [] and watched.errors == [], watched.errors
         finally:
