@@ -51,10 +51,29 @@ def main() -> None:
                 page.locator(".tag-table tbody tr").first.wait_for()
                 page.get_by_label("Filter by keyword, tag or value").fill("Patient")
                 page.screenshot(path=str(ROOT / "docs" / "ui-study.png"), full_page=True)
+                for name, url, ready in _objects(proc.http, alpha.uid, tmp):
+                    page.goto(url)
+                    page.get_by_text(ready).first.wait_for()
+                    page.screenshot(path=str(ROOT / "docs" / name), full_page=True)
                 browser.close()
         finally:
             proc.stop()
-    print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png")
+    print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png, docs/ui-pdf.png, docs/ui-sr.png")
+
+
+def _objects(http: str, study: str, tmp: Path) -> list[tuple[str, str, str]]:
+    """A PDF and a measurement report added to the study: (file, page URL, text once shown)."""
+    from tests.factories import write_part10
+    from tests.sopclasses import make_measurement_sr, make_pdf_document, tiny_pdf
+
+    pdf = make_pdf_document(study, "UI-A", tiny_pdf("Referral: CT thorax, follow-up of a nodule", "Page two"))
+    sr = make_measurement_sr(study, "UI-A", "Solid nodule, unchanged since the previous study")
+    for ds in (pdf, sr):
+        ds.PatientName, ds.SeriesNumber = "Alpha^Ann", 7 if ds is pdf else 8
+    assert stow(http, [write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes() for ds in (pdf, sr)])[0] == 200
+    wait_until(lambda: len(http_json(f"{http}/dicom-web/studies/{study}/series")[1] or []) == 4, timeout=60)
+    url = "/ui/study/{0.StudyInstanceUID}/series/{0.SeriesInstanceUID}/instance/{0.SOPInstanceUID}"
+    return [("ui-pdf.png", url.format(pdf), "Page 1 of 2"), ("ui-sr.png", url.format(sr), "Measurement Group")]
 
 
 if __name__ == "__main__":
