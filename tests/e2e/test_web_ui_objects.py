@@ -48,6 +48,7 @@ class Objects:
     sr: str
     mu_law: str
     pcm: str
+    tid1500: str  # made by highdicom
 
 
 def _url(ds: Any) -> str:
@@ -77,7 +78,8 @@ def objects(archive: ArchiveProcess, tmp_path_factory: pytest.TempPathFactory) -
     mu = make_waveform_audio(study, PATIENT, **MU_LAW)  # type: ignore[arg-type]
     pcm = make_waveform_audio(study, PATIENT, **PCM)  # type: ignore[arg-type]
     pdf.SeriesNumber, mu.SeriesNumber, pcm.SeriesNumber = 2, 4, 5
-    datasets = [ct, pdf, sr, mu, pcm]
+    tid1500 = _highdicom_report(ct)
+    datasets = [ct, pdf, sr, mu, pcm, tid1500]
     for ds in datasets[1:]:  # one patient and study: the CT's
         ds.SpecificCharacterSet = "ISO_IR 192"
         for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
@@ -86,8 +88,26 @@ def objects(archive: ArchiveProcess, tmp_path_factory: pytest.TempPathFactory) -
     status, _, body = stow(archive.http, [write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes()
                                           for ds in datasets])
     assert status == 200, body
-    wait_until(lambda: len(http_json(f"{archive.http}/dicom-web/studies/{study}/instances")[1] or []) == 5, timeout=60)
-    return Objects(study, _url(pdf), _url(sr), _url(mu), _url(pcm))
+    wait_until(lambda: len(http_json(f"{archive.http}/dicom-web/studies/{study}/instances")[1] or []) == 6, timeout=60)
+    return Objects(study, _url(pdf), _url(sr), _url(mu), _url(pcm), _url(tid1500))
+
+
+def _highdicom_report(ct: Any) -> Any:
+    """A TID 1500 Measurement Report as highdicom writes it (Comprehensive 3D SR), on the CT."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name="Reader^Rita"))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Nodule 1"),
+        measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=21.0, unit=codes.UCUM.Millimeter)],
+        finding_type=codes.SCT.Nodule)
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_person_context=observer),
+                                     procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=[group])
+    return hd.sr.Comprehensive3DSR(evidence=[ct], content=report, series_number=6, series_instance_uid=hd.UID(),
+                                   sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test")
 
 
 @pytest.fixture
@@ -154,7 +174,7 @@ def test_a_structured_report_reads_as_text(ui: Watched, objects: Objects) -> Non
 
     page = ui.page
     page.goto(f"/ui/study/{objects.study}")
-    page.get_by_role("link", name="Open report").click()
+    page.locator(".series-card", has_text="Series 3:").get_by_role("link", name="Open report").click()
     report = page.get_by_role("article", name="Imaging Measurement Report")
     expect(report).to_be_visible(timeout=WAIT)
     expect(report.get_by_role("heading", name="Imaging Measurements")).to_be_visible(timeout=WAIT)
@@ -167,6 +187,19 @@ def test_a_structured_report_reads_as_text(ui: Watched, objects: Objects) -> Non
     assert "observation context: Study Date: 2024-01-15" in items, items
     facts = report.locator(".sr-flags").inner_text()
     assert "complete" in facts and "verified" in facts and "Reader, Rita" in facts, facts
+
+
+def test_a_highdicom_measurement_report_reads_as_text(ui: Watched, objects: Objects) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    page.goto(objects.tid1500)
+    report = page.get_by_role("article", name="Imaging Measurement Report")
+    expect(report.get_by_role("heading", name="Measurement Group")).to_be_visible(timeout=WAIT)
+    items = [t.strip() for t in report.locator(".sr-item").all_inner_texts()]
+    for line in ("Diameter: 21 mm", "observation context: Tracking Identifier: Nodule 1", "Finding: Nodule",
+                 "observation context: Person Observer Name: Reader, Rita", "Procedure reported: CT unspecified body region"):
+        assert any(item.endswith(line) for item in items), (line, "\n".join(items))
 
 
 def test_a_hostile_value_in_a_report_stays_text(ui: Watched, objects: Objects) -> None:
@@ -236,7 +269,7 @@ def test_a_pdf_report_added_to_a_study_lands_and_shows(ui: Watched, archive: Arc
     assert str(stored.PatientName) == "山田^花子" and stored.PatientID == PATIENT
     assert (stored.PatientBirthDate, stored.PatientSex, stored.StudyDate) == ("19700101", "F", "20240115")
     assert (stored.AccessionNumber, stored.StudyID, str(stored.ReferringPhysicianName)) == ("ACC-1", "1", "Smith^John")
-    assert stored.Modality == "DOC" and stored.DocumentTitle == TITLE and stored.SeriesNumber == 6
+    assert stored.Modality == "DOC" and stored.DocumentTitle == TITLE and stored.SeriesNumber == 7
     assert stored.MIMETypeOfEncapsulatedDocument == "application/pdf"
     assert stored.EncapsulatedDocument.rstrip(b"\x00") == UPLOADED.rstrip(b"\x00")
     assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
