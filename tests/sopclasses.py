@@ -238,13 +238,26 @@ def mu_law(sample: int) -> int:
     return ~(sign | (exponent << 4) | mantissa) & 0xFF
 
 
+def a_law(sample: int) -> int:
+    """ITU-T G.711 A-law encoding of a 16-bit sample (g711.c linear2alaw)."""
+    pcm = sample >> 3
+    mask = 0xD5 if pcm >= 0 else 0x55
+    if pcm < 0:
+        pcm = -pcm - 1
+    segment = next((i for i, end in enumerate((0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)) if pcm <= end), 8)
+    if segment >= 8:
+        return 0x7F ^ mask
+    value = (segment << 4) | ((pcm >> 1) & 0x0F if segment < 2 else (pcm >> segment) & 0x0F)
+    return value ^ mask
+
+
 def make_waveform_audio(study_uid: str, patient_id: str, *, interpretation: str, frequency: int, channels: int,
                         samples: int) -> Dataset:
-    """An audio waveform of a 440 Hz tone: MB (µ-law, Basic Voice Audio) or SS (16-bit PCM, General
-    Audio Waveform)."""
+    """An audio waveform of a 440 Hz tone: MB or AB (µ-law or A-law, Basic Voice Audio) or SS (16-bit
+    PCM, General Audio Waveform)."""
     import math
 
-    sop_class = BasicVoiceAudioWaveformStorage if interpretation == "MB" else GeneralAudioWaveformStorage
+    sop_class = BasicVoiceAudioWaveformStorage if interpretation in ("MB", "AB") else GeneralAudioWaveformStorage
     ds = _common(Dataset(), sop_class, "AU", study_uid, patient_id)
     ds.SeriesDescription = f"Dictation {interpretation}"
     tone = [int(12000 * math.sin(2 * math.pi * 440 * n / frequency)) for n in range(samples)]
@@ -255,9 +268,9 @@ def make_waveform_audio(study_uid: str, patient_id: str, *, interpretation: str,
     wave.NumberOfWaveformSamples = samples
     wave.SamplingFrequency = frequency
     wave.WaveformSampleInterpretation = interpretation
-    if interpretation == "MB":
+    if interpretation in ("MB", "AB"):
         wave.WaveformBitsAllocated = 8
-        wave.WaveformData = bytes(mu_law(v) for v in interleaved)
+        wave.WaveformData = bytes((mu_law if interpretation == "MB" else a_law)(v) for v in interleaved)
     else:
         wave.WaveformBitsAllocated = 16
         wave.add_new(0x54001010, "OW", b"".join(v.to_bytes(2, "little", signed=True) for v in interleaved))

@@ -2,8 +2,9 @@
 
 An encapsulated PDF is drawn by pdf.js (a non-blank canvas, its text in the text layer, the second
 page, zoom, the original PDF downloaded); a TID 1500-shaped SR reads as text (a heading, a finding,
-a measurement with its units) and a hostile value in it stays text; a µ-law and a 16-bit PCM audio
-object play from a WAV made in the page (``audio.duration`` after ``loadedmetadata``); a PDF
+a measurement with its units) and a hostile value in it stays text, as does a TID 1500 report by highdicom; µ-law, A-law and 16-bit
+PCM audio objects play from a WAV made in the page (``audio.duration`` after ``loadedmetadata``,
+the samples read back); a PDF
 report added to a study from the study page lands as an Encapsulated PDF instance with the study's
 patient (QIDO-RS, C-FIND, the stored file read back by pydicom) and shows. axe-core on each view.
 """
@@ -37,6 +38,7 @@ PDF = tiny_pdf(PAGE_ONE, PAGE_TWO, padding=20_000)  # over the 16 KiB bulk thres
 UPLOADED = tiny_pdf("Uploaded report, line one")  # small: InlineBinary in the metadata
 TITLE = f"Befund Müller {HOSTILE}"
 MU_LAW = {"interpretation": "MB", "frequency": 8000, "channels": 1, "samples": 12000}  # 1.5 s
+A_LAW = {"interpretation": "AB", "frequency": 11025, "channels": 1, "samples": 22050}  # 2 s
 WAIT = 30_000  # ms: the machine is shared, a page can take seconds under load
 PCM = {"interpretation": "SS", "frequency": 16000, "channels": 2, "samples": 12000}  # 0.75 s
 
@@ -49,6 +51,7 @@ class Objects:
     mu_law: str
     pcm: str
     tid1500: str  # made by highdicom
+    a_law: str
 
 
 def _url(ds: Any) -> str:
@@ -79,7 +82,9 @@ def objects(archive: ArchiveProcess, tmp_path_factory: pytest.TempPathFactory) -
     pcm = make_waveform_audio(study, PATIENT, **PCM)  # type: ignore[arg-type]
     pdf.SeriesNumber, mu.SeriesNumber, pcm.SeriesNumber = 2, 4, 5
     tid1500 = _highdicom_report(ct)
-    datasets = [ct, pdf, sr, mu, pcm, tid1500]
+    alaw = make_waveform_audio(study, PATIENT, **A_LAW)  # type: ignore[arg-type]
+    alaw.SeriesNumber = 7
+    datasets = [ct, pdf, sr, mu, pcm, tid1500, alaw]
     for ds in datasets[1:]:  # one patient and study: the CT's
         ds.SpecificCharacterSet = "ISO_IR 192"
         for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
@@ -88,8 +93,8 @@ def objects(archive: ArchiveProcess, tmp_path_factory: pytest.TempPathFactory) -
     status, _, body = stow(archive.http, [write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes()
                                           for ds in datasets])
     assert status == 200, body
-    wait_until(lambda: len(http_json(f"{archive.http}/dicom-web/studies/{study}/instances")[1] or []) == 6, timeout=60)
-    return Objects(study, _url(pdf), _url(sr), _url(mu), _url(pcm), _url(tid1500))
+    wait_until(lambda: len(http_json(f"{archive.http}/dicom-web/studies/{study}/instances")[1] or []) == 7, timeout=60)
+    return Objects(study, _url(pdf), _url(sr), _url(mu), _url(pcm), _url(tid1500), _url(alaw))
 
 
 def _highdicom_report(ct: Any) -> Any:
@@ -217,6 +222,7 @@ def test_a_hostile_value_in_a_report_stays_text(ui: Watched, objects: Objects) -
 @pytest.mark.parametrize("which, seconds, caption", [
     ("mu_law", 1.5, "1.5 s · 1 channel · 8000 Hz · µ-law"),
     ("pcm", 0.75, "0.8 s · 2 channels · 16000 Hz · 16-bit PCM"),
+    ("a_law", 2.0, "2.0 s · 1 channel · 11025 Hz · A-law"),
 ])
 def test_audio_plays_from_a_wav_made_in_the_page(ui: Watched, objects: Objects, which: str, seconds: float,
                                                  caption: str) -> None:
@@ -269,7 +275,7 @@ def test_a_pdf_report_added_to_a_study_lands_and_shows(ui: Watched, archive: Arc
     assert str(stored.PatientName) == "山田^花子" and stored.PatientID == PATIENT
     assert (stored.PatientBirthDate, stored.PatientSex, stored.StudyDate) == ("19700101", "F", "20240115")
     assert (stored.AccessionNumber, stored.StudyID, str(stored.ReferringPhysicianName)) == ("ACC-1", "1", "Smith^John")
-    assert stored.Modality == "DOC" and stored.DocumentTitle == TITLE and stored.SeriesNumber == 7
+    assert stored.Modality == "DOC" and stored.DocumentTitle == TITLE and stored.SeriesNumber == 8
     assert stored.MIMETypeOfEncapsulatedDocument == "application/pdf"
     assert stored.EncapsulatedDocument.rstrip(b"\x00") == UPLOADED.rstrip(b"\x00")
     assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
@@ -313,7 +319,15 @@ def _ulaw2linear(byte: int) -> int:
     return (0x84 - t) if u & 0x80 else (t - 0x84)
 
 
-@pytest.mark.parametrize("which", ["mu_law", "pcm"])
+def _alaw2linear(byte: int) -> int:
+    """g711.c alaw2linear, written out here independently of the page's decoder."""
+    a = byte ^ 0x55
+    t, segment = (a & 0x0F) << 4, (a & 0x70) >> 4
+    t = t + 8 if segment == 0 else (t + 0x108) << max(segment - 1, 0)
+    return t if a & 0x80 else -t
+
+
+@pytest.mark.parametrize("which", ["mu_law", "pcm", "a_law"])
 def test_audio_samples_are_decoded_right(browser: Any, archive: ArchiveProcess, objects: Objects,  # noqa: F811
                                          which: str) -> None:
     """The WAV the page made holds the waveform's samples: 16-bit PCM as stored, µ-law as G.711
@@ -321,12 +335,14 @@ def test_audio_samples_are_decoded_right(browser: Any, archive: ArchiveProcess, 
     blob:; the page itself only plays it)."""
     from tests.sopclasses import make_waveform_audio as make, mu_law
 
-    params = MU_LAW if which == "mu_law" else PCM
+    params = {"mu_law": MU_LAW, "pcm": PCM, "a_law": A_LAW}[which]
     made = make("1.2.3", PATIENT, **params)  # type: ignore[arg-type]
     stored = bytes(made.WaveformSequence[0].WaveformData)
     if which == "mu_law":
         expected = [_ulaw2linear(b) for b in stored]
         assert stored[:4] == bytes(mu_law(v) for v in (0, 4064, 7649, 10328))  # the tone, encoded
+    elif which == "a_law":
+        expected = [_alaw2linear(b) for b in stored]
     else:
         expected = [int.from_bytes(stored[i:i + 2], "little", signed=True) for i in range(0, len(stored), 2)]
     context = browser.new_context(base_url=archive.http, bypass_csp=True)
