@@ -1,12 +1,13 @@
 """Non-image objects in the web UI, in Chromium (Playwright) against its own ``dicom-archive serve``.
 
 An encapsulated PDF is drawn by pdf.js (a non-blank canvas, its text in the text layer, the second
-page, zoom, the original PDF downloaded); a TID 1500-shaped SR reads as text (a heading, a finding,
-a measurement with its units) and a hostile value in it stays text, as does a TID 1500 report by highdicom; µ-law, A-law and 16-bit
-PCM audio objects play from a WAV made in the page (``audio.duration`` after ``loadedmetadata``,
-the samples read back); a PDF
-report added to a study from the study page lands as an Encapsulated PDF instance with the study's
-patient (QIDO-RS, C-FIND, the stored file read back by pydicom) and shows. axe-core on each view.
+page, zoom, the original PDF downloaded); a TID 1500-shaped SR and one written by highdicom read as
+text (headings, findings, measurements with their units), a hostile value in a report stays text;
+µ-law, A-law and 16-bit PCM audio objects play from a WAV made in the page (``audio.duration``
+after ``loadedmetadata``; the WAV's samples read back); a PDF report added to a study from the
+study page lands as an Encapsulated PDF instance with the study's patient (QIDO-RS, C-FIND, the
+stored file read back by pydicom) and shows, also with sign-in on (real Keycloak). axe-core on
+each view.
 """
 
 from __future__ import annotations
