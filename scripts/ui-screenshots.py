@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +44,7 @@ def main() -> None:
                 page.locator("table.studies tbody tr").first.wait_for()
                 page.screenshot(path=str(ROOT / "docs" / "ui-search-facet.png"), full_page=True)
                 alpha = next(s for s in studies if s.patient_id == "UI-A")
+                _objects(page, proc.http, alpha.uid, tmp)  # the study then lists them too
                 page.goto(f"/ui/study/{alpha.uid}")
                 card = page.locator(".series-card", has_text="CT")
                 card.get_by_role("img").wait_for()
@@ -51,18 +53,14 @@ def main() -> None:
                 page.locator(".tag-table tbody tr").first.wait_for()
                 page.get_by_label("Filter by keyword, tag or value").fill("Patient")
                 page.screenshot(path=str(ROOT / "docs" / "ui-study.png"), full_page=True)
-                for name, url, ready in _objects(proc.http, alpha.uid, tmp):
-                    page.goto(url)
-                    page.get_by_text(ready).first.wait_for()
-                    page.screenshot(path=str(ROOT / "docs" / name), full_page=True)
                 browser.close()
         finally:
             proc.stop()
-    print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png, docs/ui-pdf.png, docs/ui-sr.png")
+    print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png")
 
 
-def _objects(http: str, study: str, tmp: Path) -> list[tuple[str, str, str]]:
-    """A PDF and a measurement report added to the study: (file, page URL, text once shown)."""
+def _objects(page: Any, http: str, study: str, tmp: Path) -> None:
+    """A PDF and a measurement report added to the study, each shown: docs/ui-pdf.png, docs/ui-sr.png."""
     from tests.factories import write_part10
     from tests.sopclasses import make_measurement_sr, make_pdf_document, tiny_pdf
 
@@ -73,7 +71,11 @@ def _objects(http: str, study: str, tmp: Path) -> list[tuple[str, str, str]]:
     assert stow(http, [write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes() for ds in (pdf, sr)])[0] == 200
     wait_until(lambda: len(http_json(f"{http}/dicom-web/studies/{study}/series")[1] or []) == 4, timeout=60)
     url = "/ui/study/{0.StudyInstanceUID}/series/{0.SeriesInstanceUID}/instance/{0.SOPInstanceUID}"
-    return [("ui-pdf.png", url.format(pdf), "Page 1 of 2"), ("ui-sr.png", url.format(sr), "Measurement Group")]
+    for name, ds, ready in (("ui-pdf.png", pdf, "Page 1 of 2"), ("ui-sr.png", sr, "Measurement Group")):
+        page.goto(url.format(ds))
+        page.get_by_text(ready).first.wait_for()
+        page.screenshot(path=str(ROOT / "docs" / name), full_page=True)
+    print("docs/ui-pdf.png, docs/ui-sr.png")
 
 
 if __name__ == "__main__":
