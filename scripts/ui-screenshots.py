@@ -66,8 +66,10 @@ def _objects(page: Any, http: str, study: str, tmp: Path) -> None:
 
     pdf = make_pdf_document(study, "UI-A", tiny_pdf("Referral: CT thorax, follow-up of a nodule", "Page two"))
     sr = make_measurement_sr(study, "UI-A", "Solid nodule, unchanged since the previous study")
-    for ds in (pdf, sr):
+    for ds in (pdf, sr):  # the study's attributes, as tests/e2e/test_web_ui.py stores them
         ds.PatientName, ds.SeriesNumber = "Alpha^Ann", 7 if ds is pdf else 8
+        ds.StudyDate, ds.AccessionNumber, ds.StudyDescription = "20190704", "ACC-UI-A", "CT THORAX"
+        ds.PatientBirthDate, ds.PatientSex, ds.InstitutionName = "19700101", "F", "General Hospital"
     assert stow(http, [write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes() for ds in (pdf, sr)])[0] == 200
     wait_until(lambda: len(http_json(f"{http}/dicom-web/studies/{study}/series")[1] or []) == 4, timeout=60)
     url = "/ui/study/{0.StudyInstanceUID}/series/{0.SeriesInstanceUID}/instance/{0.SOPInstanceUID}"
