@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +47,7 @@ def main() -> None:
                 page.locator("table.studies tbody tr").first.wait_for()
                 page.screenshot(path=str(ROOT / "docs" / "ui-search-facet.png"), full_page=True)
                 alpha = next(s for s in studies if s.patient_id == "UI-A")
+                _objects(page, proc.http, alpha.uid, tmp)  # the study then lists them too
                 page.goto(f"/ui/study/{alpha.uid}")
                 card = page.locator(".series-card", has_text="CT")
                 card.get_by_role("img").wait_for()
@@ -63,6 +65,27 @@ def main() -> None:
         finally:
             proc.stop()
     print("docs/ui-search.png, docs/ui-search-facet.png, docs/ui-study.png, docs/ui-upload.png")
+
+
+def _objects(page: Any, http: str, study: str, tmp: Path) -> None:
+    """A PDF and a measurement report added to the study, each shown: docs/ui-pdf.png, docs/ui-sr.png."""
+    from tests.factories import write_part10
+    from tests.sopclasses import make_measurement_sr, make_pdf_document, tiny_pdf
+
+    pdf = make_pdf_document(study, "UI-A", tiny_pdf("Referral: CT thorax, follow-up of a nodule", "Page two"))
+    sr = make_measurement_sr(study, "UI-A", "Solid nodule, unchanged since the previous study")
+    for ds in (pdf, sr):  # the study's attributes, as tests/e2e/test_web_ui.py stores them
+        ds.PatientName, ds.SeriesNumber = "Alpha^Ann", 7 if ds is pdf else 8
+        ds.StudyDate, ds.AccessionNumber, ds.StudyDescription = "20190704", "ACC-UI-A", "CT THORAX"
+        ds.PatientBirthDate, ds.PatientSex, ds.InstitutionName = "19700101", "F", "General Hospital"
+    assert stow(http, [write_part10(ds, tmp / f"{ds.SOPInstanceUID}.dcm").read_bytes() for ds in (pdf, sr)])[0] == 200
+    wait_until(lambda: len(http_json(f"{http}/dicom-web/studies/{study}/series")[1] or []) == 4, timeout=60)
+    url = "/ui/study/{0.StudyInstanceUID}/series/{0.SeriesInstanceUID}/instance/{0.SOPInstanceUID}"
+    for name, ds, ready in (("ui-pdf.png", pdf, "Page 1 of 2"), ("ui-sr.png", sr, "Measurement Group")):
+        page.goto(url.format(ds))
+        page.get_by_text(ready).first.wait_for()
+        page.screenshot(path=str(ROOT / "docs" / name), full_page=True)
+    print("docs/ui-pdf.png, docs/ui-sr.png")
 
 
 if __name__ == "__main__":

@@ -143,3 +143,13 @@ async def test_with_sign_in_on_the_page_loads_and_the_search_needs_a_token(tmp_p
         await client.close()
         await index.close()
         await catalog.close()
+
+
+async def test_the_pdf_worker_is_javascript_and_audio_may_play_from_blobs(client: TestClient, static: Path) -> None:
+    """pdf.js's worker is an .mjs asset: a module worker needs a JavaScript MIME type (else the
+    browser refuses it); audio objects play from a WAV the page makes, a blob: URL (media-src)."""
+    (static / "assets" / "pdf.worker.min-AbC123_x.mjs").write_text("self.onmessage = () => {}")
+    response = await client.get("/ui/assets/pdf.worker.min-AbC123_x.mjs")
+    assert response.status == 200 and response.headers["Content-Type"] == "text/javascript"
+    directives = _strict(response.headers["Content-Security-Policy"])
+    assert directives["media-src"] == "blob:" and "worker-src" not in directives  # workers: script-src 'self'

@@ -7,12 +7,16 @@ import { may } from "./auth";
 import { SessionBar, useSession } from "./session";
 import { SearchPage } from "./search";
 import { StudyPage } from "./study";
+import { lazy, Suspense } from "preact/compat";
+
+const ObjectPage = lazy(() => import("./objectpage")); // PDF, SR, audio: loaded when one is opened
 import { UploadPage } from "./upload";
 import { ViewerPage } from "./viewer";
 
 const STUDY = /^\/ui\/study\/([0-9.]{1,64})\/?$/;
 const UPLOAD = /^\/ui\/upload\/?$/;
 const SERIES = /^\/ui\/study\/([0-9.]{1,64})\/series\/([0-9.]{1,64})\/?$/; // the stack viewer
+const OBJECT = /^\/ui\/study\/([0-9.]{1,64})\/series\/([0-9.]{1,64})\/instance\/([0-9.]{1,64})\/?$/;
 
 interface Where {
   study: string | null;
@@ -49,6 +53,19 @@ export function App({ initial }: { initial?: UiConfig }) {
 
   const session = useSession();
   const viewed = SERIES.exec(location.pathname);
+  const object = OBJECT.exec(location.pathname);
+  if (object) {
+    const study = object[1];
+    return (
+      <>
+        <header class="top"><h1><a href="/ui/">DICOM archive</a></h1><SessionBar /></header>
+        <Suspense fallback={<p class="status" role="status">Loading…</p>}>
+          <ObjectPage study={study} series={object[2]} instance={object[3]}
+            back={() => (inApp.current ? history.back() : go(`/ui/study/${study}`))} />
+        </Suspense>
+      </>
+    );
+  }
   return (
     <>
       {viewed ? <a class="skip" href="#viewer-title">Skip to the viewer</a> : <a class="skip" href={where.study ? "#study-title" : "#results"}>Skip to {where.study ? "the study" : "results"}</a>}
@@ -60,7 +77,7 @@ export function App({ initial }: { initial?: UiConfig }) {
         {may(session, "writer") ? <a class="upload-link" href="/ui/upload">Upload</a> : null}
       </header>
       {viewed ? <ViewerPage study={viewed[1]} series={viewed[2]} />
-        : UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} />
+        : UPLOAD.test(location.pathname) ? <UploadPage /> : where.study ? <StudyPage uid={where.study} back={back} open={go} />
         : <SearchPage search={where.search} navigate={navigate} config={config} open={open} />}
     </>
   );

@@ -9,6 +9,10 @@ import { AuthImage } from "./authimage";
 import { Download, instanceUrl, seriesZipUrl, studyZipUrl } from "./downloads";
 import { dicomDate, first, personName, valueText } from "./format";
 import { ViewLink } from "./viewer";
+import { may } from "./auth";
+import { ObjectLinks } from "./objects";
+import { PdfUpload } from "./pdfupload";
+import { useSession } from "./session";
 
 const T = {
   PatientName: "00100010", PatientID: "00100020", PatientBirthDate: "00100030", PatientSex: "00100040",
@@ -39,9 +43,11 @@ function useLoad<V>(load: (signal: AbortSignal) => Promise<V>, deps: unknown[]):
   return state;
 }
 
-export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
+export function StudyPage({ uid, back, open }: { uid: string; back: () => void; open?: (url: string) => void }) {
   const study = useLoad((signal) => studyOf(uid, signal), [uid]);
-  const series = useLoad((signal) => seriesOf(uid, signal), [uid]);
+  const [added, setAdded] = useState(0); // a PDF report added: the series again
+  const series = useLoad((signal) => seriesOf(uid, signal), [uid, added]);
+  const session = useSession();
   const [chosen, setChosen] = useState<string | null>(null);
   const ds = study.kind === "done" ? study.value[0] : undefined;
   const sorted = useMemo(() => (series.kind === "done"
@@ -76,6 +82,7 @@ export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
         </dl>
       )}
       {ds && <p class="downloads"><Download href={studyZipUrl(uid)} label="Download the study (zip)" /></p>}
+      {ds && may(session, "writer") && <PdfUpload study={uid} added={() => setAdded(added + 1)} />}
       <section aria-labelledby="series-title">
         <h3 id="series-title">Series</h3>
         <p class="status" role="status">
@@ -101,6 +108,7 @@ export function StudyPage({ uid, back }: { uid: string; back: () => void }) {
                     Attributes
                   </button>{" "}
                   <Download href={seriesZipUrl(uid, seriesUid)} label={`Download series ${first(s, T.SeriesNumber) || ""} (zip)`} />
+                  <ObjectLinks study={uid} series={seriesUid} modality={modality} open={open ?? ((url) => location.assign(url))} />
                 </div>
               </li>
             );

@@ -30,7 +30,7 @@ INDEX = "index.html"
 IMMUTABLE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
 _ASSET = re.compile(r"assets/[A-Za-z0-9_.-]+")  # one file under assets/, no other directory
-TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".woff2": "font/woff2",
+TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".woff2": "font/woff2",
          ".png": "image/png", ".ico": "image/x-icon", ".json": "application/json", ".map": "application/json"}
 NOT_BUILT = ("The web UI is not built in this installation. From a source checkout: `make ui` "
              "(needs Node.js 20 and npm), then restart.")
@@ -50,6 +50,9 @@ def content_security_policy(settings: Settings) -> str:
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data: blob:",
+        # audio objects play from a WAV the page makes (blob:); pdf.js's worker is a file of
+        # this origin, which script-src 'self' already covers (CSP3 worker-src falls back to it)
+        "media-src blob:",
         "font-src 'self'",
         f"connect-src {' '.join(connect)}",
         "manifest-src 'self'",
