@@ -5,6 +5,10 @@ response conforms to the document (status, content type, schema), each within
 ``REQUEST_SECONDS``. ``make fuzz`` sets FUZZ_EXPLORE=1: a larger budget and a random seed.
 (schemathesis' pytest plugin does not load under this pytest; its command line is the same engine.)
 
+It runs against an archive of its own (a baseline study, the suite's settings): as an admin it
+follows the document's links to DELETE what it found, which must not take the shared archive's
+baseline away from the other attack cases.
+
 Every request carries an admin's API key made with ``dicom-archive api-key create`` (admin: DELETE
 on the DICOMweb URLs is documented too, and a writer would get only 403 there): a token that
 is sent is always checked, and schemathesis would otherwise send made-up ones for the document's
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ import jsonschema
 import pytest
 
 from tests.e2e.harness import ROOT
-from tests.security.conftest import Archive, get, json_of
+from tests.security.conftest import Archive, get, json_of, start_archive, store_baseline
 
 EXPLORE = os.environ.get("FUZZ_EXPLORE") == "1"
 REQUEST_SECONDS = 5.0
@@ -47,10 +52,24 @@ NOT_TOKENS = {
 
 
 @pytest.fixture(scope="module")
-def admin_key(archive: Archive) -> str:
-    """An admin's API key in the sandboxed archive's catalog (its data directory)."""
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    """schemathesis' own sandboxed archive, holding the suite's baseline study."""
+    from tests.security.hostile import baseline_datasets
+
+    root = tmp_path_factory.mktemp("schemathesis")
+    archive = start_archive(root)
+    try:
+        store_baseline(archive, baseline_datasets(), root)
+        yield archive
+    finally:
+        assert archive.proc.stop() == 0, archive.proc.log_tail()
+
+
+@pytest.fixture(scope="module")
+def admin_key(fuzzed: Archive) -> str:
+    """An admin's API key in the fuzzed archive's catalog (its data directory)."""
     created = subprocess.run([sys.executable, "-m", "archive.cli", "api-key", "create", "schemathesis",
-                              "--role", "admin"], env={**os.environ, **archive.proc.env}, cwd=ROOT,
+                              "--role", "admin"], env={**os.environ, **fuzzed.proc.env}, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
@@ -58,10 +77,10 @@ def admin_key(archive: Archive) -> str:
     return key
 
 
-def test_api_conforms_to_openapi(archive: Archive, admin_key: str) -> None:
+def test_api_conforms_to_openapi(fuzzed: Archive, admin_key: str) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     seed = random.randrange(1 << 31) if EXPLORE else SEED
-    command = [st, "run", f"{archive.http}/api/openapi.json", "--checks", "all",
+    command = [st, "run", f"{fuzzed.http}/api/openapi.json", "--checks", "all",
                # ignored_auth: a loopback client needs no token when no issuer is configured (the default)
                # use_after_free: after DELETE of a study, schemathesis expects 404 from QIDO-RS under it
                # (/studies/{study}/series/...), a search that rightly answers 200 and no matches (PS3.18 10.6);
