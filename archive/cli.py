@@ -105,6 +105,36 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=100, help="most messages to list or replay")
     dead.add_argument("--replay", action="store_true", help="move them back to the queue for indexing")
     dead.add_argument("--json", action="store_true", help="print JSON")
+    dead.add_argument("--destination", metavar="AET",
+                      help="the forward jobs of this destination instead of the index messages")
+    forwarder = add("forwarder", "run the forwarder (ARCHIVE_ROUTING_RULES)",
+                    "Send what the forwarding rules queued to each destination: one consumer per destination, "
+                    "each on its own queue, at least once, with a ledger of what went where; retries with "
+                    "backoff, dead letters per destination. Serves /healthz, /readyz, /metrics on the HTTP port.")
+    forwarder.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
+    rules = add("rules", "check a forwarding rules file",
+                "Validate a rules file (YAML or JSON) as the indexer and the forwarder would load it: the "
+                "conditions, triggers, attribute changes, and that every destination is a configured peer. "
+                "Exit status 0 when valid, 1 with the first problem.")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    check = rules_sub.add_parser("check", help="validate FILE and print its rules")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument("--no-peers", action="store_true",
+                       help="do not check destinations against ARCHIVE_PEERS / ARCHIVE_AE_CONFIG")
+    send = add("send", "send a study or a series to a peer (a forward job per instance)",
+               "Queue every stored instance of STUDY (or of --series) for DESTINATION, a configured peer; the "
+               "forwarder sends them like the jobs of a rule (rule name \"manual\"). Exit status 1 when "
+               "nothing matched.")
+    send.add_argument("study", metavar="STUDY", help="Study Instance UID")
+    send.add_argument("destination", metavar="DESTINATION", help="AE title of a configured peer")
+    send.add_argument("--series", help="Series Instance UID: only this series")
+    fwd = add("forwards", "what was forwarded where (the forwarding ledger)",
+              "List the forwarding ledger, newest first: destination, outcome (sent, failed, gone), instance, "
+              "rule, attempts and the peer's status.")
+    fwd.add_argument("--study", help="only this Study Instance UID")
+    fwd.add_argument("--limit", type=int, default=100)
+    fwd.add_argument("--json", action="store_true", help="print JSON")
     keys = add("api-key", "create, list or revoke API keys of the HTTP API",
                "API keys let scripts and integrations that cannot sign in with OpenID Connect call the "
                "HTTP API (Authorization: Bearer <key>), from any address, with one role (reader, writer "
@@ -313,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(runtime.run(settings, runtime.Roles.indexer(child=args.worker_child)))
         elif args.command == "query":
             asyncio.run(runtime.run(settings, runtime.Roles.query()))
+        elif args.command == "forwarder":
+            asyncio.run(runtime.run(settings, runtime.Roles.forwarder(child=args.worker_child)))
+        elif args.command in ("rules", "send", "forwards"):
+            from archive import cli_forward
+
+            command = {"rules": cli_forward.rules_check, "send": cli_forward.send, "forwards": cli_forward.forwards}
+            return command[args.command](settings, args)
         elif args.command == "migrate":
             asyncio.run(runtime.migrate(settings))
             print("migrated")
@@ -320,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(settings, args)
         elif args.command == "delete":
             return _delete(settings, args)
+        elif args.command == "dead-letters" and args.destination:
+            from archive.cli_forward import forward_dead_letters
+
+            return forward_dead_letters(settings, args)
         elif args.command == "dead-letters":
             return _dead_letters(settings, args)
         elif args.command == "api-key":

@@ -12,7 +12,7 @@ from archive.audit import syslog
 from archive.audit.logfile import AuditFile
 from archive.audit.messages import Source
 from archive.audit.trail import Trail
-from archive.core.ports import ApiKeys, Backend, Catalog, MessageQueue, ObjectStore, SearchIndex
+from archive.core.ports import ApiKeys, Backend, Catalog, ForwardLedger, MessageQueue, ObjectStore, SearchIndex
 from archive.settings import Settings
 
 
@@ -52,6 +52,46 @@ def message_queue(settings: Settings) -> MessageQueue:
 
     return AmqpQueue(url, queue=settings.queue_name, delivery_limit=settings.delivery_limit,
                      prefetch=settings.indexer_prefetch)
+
+
+def forward_queue(settings: Settings, destination: str) -> MessageQueue:
+    """The queue of forward jobs to one destination (an AE title the rules file was checked against):
+    embedded, a SQLite file beside the index queue named by the title's hex digits (never a path
+    from a name); RabbitMQ, the quorum queue ``archive.forward.<AET>`` (dead letters in ``.dead``)."""
+    url = settings.queue
+    if url.startswith("sqlite://"):
+        from archive.adapters.sqlite_queue import SqliteQueue
+
+        path = _sqlite_path(url).parent / "forward" / f"{destination.encode('ascii').hex()}.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteQueue(path, delivery_limit=settings.forward_attempts, poll_interval=0.2)
+    from archive.adapters.amqp_queue import AmqpQueue
+
+    return AmqpQueue(url, queue=f"archive.forward.{destination}", delivery_limit=settings.forward_attempts,
+                     prefetch=2 * settings.forward_batch)
+
+
+class ForwardQueues:
+    """The forward queues this process uses, each made and migrated on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._queues: dict[str, MessageQueue] = {}
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, destination: str) -> MessageQueue:
+        queue = self._queues.get(destination)
+        if queue is not None:
+            return queue
+        async with self._lock:
+            if destination not in self._queues:
+                queue = forward_queue(self.settings, destination)
+                await queue.migrate()
+                self._queues[destination] = queue
+            return self._queues[destination]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(q.close() for q in self._queues.values()), return_exceptions=True)
 
 
 def catalog(settings: Settings) -> Catalog:
@@ -94,6 +134,12 @@ class Backends:
     def api_keys(self) -> ApiKeys:
         """The API keys live in the catalog's database (its ``api_keys`` table)."""
         assert isinstance(self.catalog, ApiKeys)
+        return self.catalog
+
+    @property
+    def ledger(self) -> ForwardLedger:
+        """The forwarding ledger lives in the catalog's database (its ``forwards`` table)."""
+        assert isinstance(self.catalog, ForwardLedger)
         return self.catalog
 
     def all(self) -> list[Backend]:

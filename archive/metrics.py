@@ -79,6 +79,28 @@ HTTP_AUTH = Counter(
     ["outcome"],  # user | api-key | local | open (let in); unauthenticated | invalid_token | forbidden (401, 403)
 )
 
+FORWARD_QUEUED = Counter(
+    "archive_forward_jobs_queued_total", "Forward jobs the rules queued (after indexing), by destination",
+    ["destination"])
+FORWARDED = Counter(
+    "archive_forwarded_instances_total", "Forward jobs settled, by destination and outcome",
+    ["destination", "outcome"],  # sent | already_sent | failed (a failure status) | gone (deleted meanwhile)
+)
+FORWARD_UNREACHABLE = Counter(
+    "archive_forward_unreachable_total", "Associations to a destination that could not be opened or broke",
+    ["destination"])
+FORWARD_SECONDS = Histogram(
+    "archive_forward_batch_seconds", "Time to send one batch of instances on one association", ["destination"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+FORWARD_READY = Gauge(
+    "archive_forward_queue_ready_messages", "Forward jobs waiting for a destination (read by its forwarder)",
+    ["destination"], multiprocess_mode="mostrecent")
+FORWARD_DEAD = Gauge(
+    "archive_forward_queue_dead_messages", "Forward jobs in a destination's dead-letter queue (read by its forwarder)",
+    ["destination"], multiprocess_mode="mostrecent")
+FORWARD_OLDEST = Gauge(
+    "archive_forward_oldest_job_age_seconds", "Age of the oldest forward job a forwarder last received, per destination",
+    ["destination"], multiprocess_mode="mostrecent")
 BUILD_INFO = Gauge(
     "archive_build_info", "Always 1; the running version in its label", ["version"], multiprocess_mode="max"
 )

@@ -21,12 +21,16 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from archive import web as archive_web
+from archive.ae_config import AEEntry
 from archive.auth import access as http_access
 from archive.auth.https import server_context as https_context
-from archive.compose import Backends, audit_trail
+from archive.compose import Backends, ForwardQueues, audit_trail
 from archive.core.audit import AuditEvent, AuditTrail, EventKind, Outcome, Subtype
 from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Backend
+from archive.forward.router import Router
+from archive.forward.rules_file import RulesFile
+from archive.forward.worker import Forwarder
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.dimse.commitment import commitment_service
@@ -200,11 +204,16 @@ class Roles:
     """The HTTP listener (/healthz, /readyz, /metrics, and the query routes if any)."""
     worker_child: bool = False
     """A receiver started by another one: joins its DICOM port (SO_REUSEPORT), starts no workers."""
+    forward: bool = False
+    """The forwarder: forward queues -> peers (ARCHIVE_ROUTING_RULES)."""
+    forward_in_child: bool = False
+    """`serve`: run the forwarder in a supervised child process when a rules file is set."""
 
     @classmethod
     def serve(cls) -> "Roles":
         """`serve`: every role, the indexer in a child process."""
-        return cls(receive=True, query_dimse=True, query_http=True, index=True, index_in_child=True)
+        return cls(receive=True, query_dimse=True, query_http=True, index=True, index_in_child=True,
+                   forward_in_child=True)
 
     @classmethod
     def scp(cls, *, worker_child: bool = False, with_query: bool = False) -> "Roles":
@@ -216,6 +225,11 @@ class Roles:
     def indexer(cls, *, child: bool = False) -> "Roles":
         """`indexer`; ``child``: serve's indexer process (no HTTP listener)."""
         return cls(index=True, http=not child)
+
+    @classmethod
+    def forwarder(cls, *, child: bool = False) -> "Roles":
+        """`forwarder`; ``child``: serve's forwarder process (no HTTP listener)."""
+        return cls(forward=True, http=not child)
 
     @classmethod
     def query(cls) -> "Roles":
@@ -237,6 +251,8 @@ async def run(settings: Settings, roles: Roles) -> None:
         needed += [backends.catalog, backends.search, backends.store, backends.queue]
     if roles.query_dimse:
         needed += [backends.catalog, backends.store]
+    if roles.forward:
+        needed += [backends.store, backends.catalog]
     used = list(dict.fromkeys(needed))
     # A certificate that cannot be loaded stops the process before anything listens
     https = None
@@ -306,13 +322,23 @@ async def run(settings: Settings, roles: Roles) -> None:
             if tls is not None:
                 qr_server.start_tls(settings.query_dicom_tls_port, tls)
 
-        worker: Indexer | None = None
+        worker: Indexer | Forwarder | None = None
         worker_task: asyncio.Task[None] | None = None
+        forward_queues = ForwardQueues(settings)
+        stack.push_async_callback(forward_queues.close)
         if roles.index and roles.index_in_child:
             children.spawn("indexer")
         elif roles.index:
-            worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch)
+            router = Router(RulesFile(settings.routing_rules, [p.aet for p in peers(settings)]), forward_queues) \
+                if settings.routing_rules else None
+            worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch,
+                             router=router)
             worker_task = asyncio.create_task(worker.run(), name="indexer")
+        if roles.forward_in_child and peers(settings):
+            children.spawn("forwarder")  # a rule or a manual send may name any peer
+        elif roles.forward:
+            worker = Forwarder(peers(settings), forward_queues, backends.store, backends.ledger, settings)
+            worker_task = asyncio.create_task(worker.run(), name="forwarder")
         supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 
         if roles.http:
@@ -351,6 +377,14 @@ async def run(settings: Settings, roles: Roles) -> None:
             except asyncio.TimeoutError:
                 worker_task.cancel()
     log.info("stopped")
+
+
+def peers(settings: Settings) -> list[AEEntry]:
+    """The peers we open associations to (an address in ARCHIVE_PEERS or ARCHIVE_AE_CONFIG): what a
+    rule or a manual send may name as a destination."""
+    from archive import ae_config
+
+    return [entry for entry in ae_config.load(settings).entries.values() if entry.host]
 
 
 def dicom_tls_context(settings: Settings, access: AccessPolicy) -> ssl.SSLContext | None:

@@ -470,6 +470,16 @@ class Settings:
         "ARCHIVE_INDEXER_BATCH", 200, "Most index messages written in one catalog transaction", Int(low=1))
     indexer_prefetch: int = setting(
         "ARCHIVE_INDEXER_PREFETCH", 400, "Unacknowledged messages an indexer holds (RabbitMQ prefetch)", Int(low=1))
+    routing_rules: str = setting(
+        "ARCHIVE_ROUTING_RULES", "",
+        "Forwarding rules (YAML or JSON): which instances go to which peers, checked by `dicom-archive rules "
+        "check FILE` and reloaded when the file changes; see docs/routing.md", Text())
+    forward_attempts: int = setting(
+        "ARCHIVE_FORWARD_ATTEMPTS", 10,
+        "Deliveries of a forward job refused by its destination (a failure status) before it goes to the "
+        "destination's dead-letter queue; an outage of the destination costs a job at most one attempt", Int(low=1))
+    forward_batch: int = setting(
+        "ARCHIVE_FORWARD_BATCH", 50, "Most instances a forwarder sends on one association", Int(low=1))
     workers: int = setting(
         "ARCHIVE_WORKERS", 1, "SCP processes sharing the DICOM port (SO_REUSEPORT) in `serve`/`scp`", Int(low=1))
     query_limit: int = setting("ARCHIVE_QUERY_LIMIT", 1000, "Most results one query returns", Int(low=1))

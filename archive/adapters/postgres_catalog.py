@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from archive.adapters import migrations
 from archive.adapters.sql_api_keys import ApiKeyTable
+from archive.adapters.sql_forwards import ForwardTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
     NOT_MIGRATED,
@@ -97,7 +98,7 @@ async def _upsert_level(
     return out
 
 
-class PostgresCatalog(CatalogReads, ApiKeyTable):
+class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable):
     """The :class:`~archive.core.ports.Catalog` port (and :class:`~archive.core.ports.ApiKeys`) on PostgreSQL.
 
     ``schema`` puts every table in that schema (created by ``migrate``) instead
@@ -170,6 +171,16 @@ class PostgresCatalog(CatalogReads, ApiKeyTable):
             async with pool.connection() as conn:  # committed when the block ends
                 cur = await conn.execute(query, params)
                 return cur.rowcount
+        except psycopg.errors.UndefinedTable as exc:
+            raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
+        except psycopg.OperationalError as exc:
+            raise BackendUnavailable("catalog", str(exc)) from exc
+
+    async def _write_many(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        pool = await self._get_pool()
+        try:
+            async with pool.connection() as conn, conn.cursor() as cur:  # one transaction
+                await cur.executemany(query, rows)
         except psycopg.errors.UndefinedTable as exc:
             raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
         except psycopg.OperationalError as exc:

@@ -24,6 +24,7 @@ from archive.adapters import migrations
 from archive.adapters._executor import Blocking
 from archive.adapters._sqlite import connect as sqlite_connect
 from archive.adapters.sql_api_keys import ApiKeyTable
+from archive.adapters.sql_forwards import ForwardTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
     NOT_MIGRATED,
@@ -85,7 +86,7 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-class SqliteCatalog(CatalogReads, ApiKeyTable):
+class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable):
     """The :class:`~archive.core.ports.Catalog` port (and :class:`~archive.core.ports.ApiKeys`) on one SQLite file."""
 
     name = "sqlite-catalog"
@@ -311,3 +312,6 @@ class SqliteCatalog(CatalogReads, ApiKeyTable):
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         return await self._run(self._writer, self._transaction, lambda con: con.execute(sql, params).rowcount)
+
+    async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._run(self._writer, self._transaction, lambda con: con.executemany(sql, rows))

@@ -219,3 +219,35 @@ class ApiKeys(Backend, Protocol):
 
     async def touch_key(self, name: str, when: float) -> None:
         """Record that the key was used at ``when``."""
+
+
+@dataclass(frozen=True)
+class ForwardRecord:
+    """What became of one instance sent to one destination (the forwarding ledger's row)."""
+
+    destination: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    rule: str
+    sha256: str  # of the stored object that was sent
+    outcome: str  # "sent", "failed" (a failure status or the attempts ran out), "gone" (deleted meanwhile)
+    detail: str  # the status or the reason, never patient data
+    at: float  # seconds since the epoch
+    attempts: int = 1
+
+
+@runtime_checkable
+class ForwardLedger(Backend, Protocol):
+    """The durable record of forwards, in the catalog's database (table ``forwards``, one row per
+    destination and instance: its last outcome). An instance is re-sent to a destination only when
+    the ledger has no "sent" row for that destination with the same object checksum."""
+
+    async def record_forwards(self, records: Sequence[ForwardRecord]) -> None:
+        """Write the outcomes (the last one per destination and instance wins), in one transaction."""
+
+    async def delivered(self, destination: str, sop_instance_uids: Sequence[str]) -> dict[str, str]:
+        """Of these instances, those sent to ``destination``: UID -> SHA-256 of the object sent."""
+
+    async def forwards(self, study_uid: str | None = None, limit: int = 100) -> list[ForwardRecord]:
+        """The ledger, newest first (one study's rows with ``study_uid``)."""

@@ -7,6 +7,7 @@
 - Any other failure is isolated to its message (the batch is split), which is
   given back to the queue; after the delivery limit the queue dead-letters it.
 - Upserts are keyed on SOP Instance UID, so redeliveries never duplicate.
+- With forwarding rules, the jobs of the committed instances are queued before the ack.
 - A message received before its instance's tombstone (a delete) is dropped by the catalog
   upsert and kept out of the search index too, then acknowledged.
 """
@@ -26,6 +27,7 @@ from archive.core.models import IndexMessage
 from archive.core.retry import Backoff, retrying
 from archive.core.ports import Catalog, Delivery, MessageQueue, SearchIndex
 from archive.core.records import CatalogEntry
+from archive.forward.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,14 @@ class Indexer:
         *,
         batch_size: int = 200,
         receive_timeout: float = 0.5,
+        router: Router | None = None,
     ) -> None:
         self.queue = queue
         self.catalog = catalog
         self.search = search
         self.batch_size = batch_size
         self.receive_timeout = receive_timeout
+        self.router = router
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -135,6 +139,8 @@ class Indexer:
         now = time.time()
         await self.search.upsert([flatten(m, indexed_at=now) for m in messages])
         done = time.time()
+        if self.router is not None:  # after the commit, before the ack (archive.forward.router)
+            await self.router.route(messages)
         metrics.INDEX_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.INDEXED.inc(len(messages))
         for m in messages:

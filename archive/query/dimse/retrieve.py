@@ -86,21 +86,26 @@ class StoredInstance(Dataset):
         targets = [cx.transfer_syntax[0] for cx in accepted if cx.transfer_syntax[0] in UNCOMPRESSED]
         if not targets:
             return self.spool_path  # pynetdicom refuses it: the sub-operation fails
-        dataset = dcmread(self.spool_path)
-        try:
-            check_object(dataset)  # decoded in memory: a decompression bomb fails this sub-operation
-        except TooLargeToDecode as exc:
-            raise RetrieveError(str(exc)) from None
-        if UID(self.stored_syntax).is_compressed:
-            dataset.decompress(generate_instance_uid=False)  # the same instance, losslessly re-encoded (PS3.5 8.2)
-        target = UID(targets[0])
-        dataset.file_meta.TransferSyntaxUID = target
-        # pynetdicom re-encodes in the accepted syntax. Every element is decoded first (iterall
-        # parses sequences too), so no raw element keeps the stored encoding inside the new one.
-        for _ in dataset.iterall():
-            pass
-        dataset.set_original_encoding(target.is_implicit_VR, target.is_little_endian, dataset.original_character_set)
-        return dataset
+        return transcoded(dcmread(self.spool_path), self.stored_syntax, targets[0])
+
+
+def transcoded(dataset: Dataset, stored_syntax: str, target_syntax: str) -> Dataset:
+    """``dataset`` (read in ``stored_syntax``) ready to be sent in the uncompressed ``target_syntax``;
+    RetrieveError when decoding it would take too much memory."""
+    try:
+        check_object(dataset)  # decoded in memory: a decompression bomb fails this sub-operation
+    except TooLargeToDecode as exc:
+        raise RetrieveError(str(exc)) from None
+    if UID(stored_syntax).is_compressed:
+        dataset.decompress(generate_instance_uid=False)  # the same instance, losslessly re-encoded (PS3.5 8.2)
+    target = UID(target_syntax)
+    dataset.file_meta.TransferSyntaxUID = target
+    # pynetdicom re-encodes in the accepted syntax. Every element is decoded first (iterall
+    # parses sequences too), so no raw element keeps the stored encoding inside the new one.
+    for _ in dataset.iterall():
+        pass
+    dataset.set_original_encoding(target.is_implicit_VR, target.is_little_endian, dataset.original_character_set)
+    return dataset
 
 
 class Unreadable(Dataset):

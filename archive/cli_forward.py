@@ -1,0 +1,129 @@
+"""The forwarding commands of ``dicom-archive``: rules check, send, forwards, and dead letters of a
+destination (``dead-letters --destination``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from archive.settings import Settings
+
+
+def rules_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 and print the rules when FILE is valid and every destination is a configured peer."""
+    from archive.core.routing import RulesError, summary
+    from archive.forward.rules_file import read
+    from archive.runtime import peers
+
+    try:
+        rules = read(args.file, None if args.no_peers else [p.aet for p in peers(settings)])
+    except RulesError as exc:
+        print(f"dicom-archive: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"rules": summary(rules)}, indent=2))
+    else:
+        for rule in summary(rules):
+            print(f"{rule['name']}: {rule['trigger']} -> {', '.join(rule['destinations'])}"
+                  f"  match {' '.join(rule['match']) or 'everything'}"
+                  + (f"  from {', '.join(rule['calling_aet'])}" if rule["calling_aet"] else ""))
+        print(f"{args.file}: {len(rules.rules)} rule(s), valid")
+    return 0
+
+
+async def queue_study(settings: Settings, study: str, series: str | None, destination: str) -> int:
+    from archive import ae_config
+    from archive.compose import ForwardQueues, catalog
+    from archive.core.errors import ConfigError
+    from archive.forward.manual import send_study
+
+    destination = destination.strip()
+    if ae_config.load(settings).peer(destination) is None:
+        raise ConfigError(f"{destination!r} is not a configured peer (ARCHIVE_PEERS or ARCHIVE_AE_CONFIG)")
+    store = catalog(settings)
+    queues = ForwardQueues(settings)
+    try:
+        return await send_study(store, queues, destination, study, series)
+    finally:
+        await queues.close()
+        await store.close()
+
+
+def send(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.core.uids import validate_uid
+
+    validate_uid(args.study, "STUDY")
+    if args.series:
+        validate_uid(args.series, "--series")
+    queued = asyncio.run(queue_study(settings, args.study, args.series, args.destination))
+    if not queued:
+        print("dicom-archive: nothing to send: no such instances in the catalog", file=sys.stderr)
+        return 1
+    print(f"queued {queued} instance(s) for {args.destination}; a forwarder sends them "
+          "(dicom-archive forwards --study shows the outcome)")
+    return 0
+
+
+def forwards(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.compose import Backends
+
+    async def go() -> list[dict[str, object]]:
+        backends = Backends.from_settings(settings)
+        try:
+            await backends.catalog.migrate()
+            rows = await backends.ledger.forwards(args.study, args.limit)
+        finally:
+            await backends.close()
+        return [vars(r) for r in rows]
+
+    rows = asyncio.run(go())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(str(r["at"]))))
+            print(f"{when}  {r['destination']}  {r['outcome']}  {r['sop_instance_uid']}  "
+                  f"rule={r['rule']}  attempts={r['attempts']}  {r['detail']}")
+    return 0
+
+
+def forward_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.compose import forward_queue
+    from archive.core.errors import PoisonMessage
+    from archive.core.routing import ForwardJob
+
+    async def go() -> int:
+        queue = forward_queue(settings, args.destination)
+        try:
+            await queue.migrate()
+            if args.replay:
+                moved = await queue.replay(args.limit)
+                print(json.dumps({"replayed": moved}) if args.json else f"replayed: {moved}")
+                return 0
+            depth = await queue.depth()
+            letters = await queue.dead_letters(args.limit)
+        finally:
+            await queue.close()
+        rows = []
+        for letter in letters:
+            try:
+                job = ForwardJob.from_bytes(letter.body)
+                ids: dict[str, str | None] = {"sop_instance_uid": job.sop_instance_uid, "study_uid": job.study_uid,
+                                              "rule": job.rule}
+            except PoisonMessage:
+                ids = {"sop_instance_uid": None, "study_uid": None, "rule": None}
+            rows.append({**ids, "delivery_count": letter.delivery_count, "reason": letter.reason})
+        if args.json:
+            print(json.dumps({"destination": args.destination, "ready": depth.ready, "dead": depth.dead,
+                              "messages": rows}, indent=2))
+        else:
+            print(f"{args.destination}: waiting: {depth.ready}  dead-lettered: {depth.dead}")
+            for row in rows:
+                print(f"{row['sop_instance_uid'] or '<unparseable>'}  deliveries={row['delivery_count']}  {row['reason']}")
+        return 0
+
+    return asyncio.run(go())
+

@@ -1,0 +1,33 @@
+"""Manual send: a forward job (rule "manual") for every stored instance of a study or series,
+on the destination's queue, as a rule's jobs are (``dicom-archive send``,
+``POST /api/studies/{study}/send``)."""
+
+from __future__ import annotations
+
+import time
+
+from archive.core.levels import Level
+from archive.core.ports import Catalog
+from archive.core.query import Query, SingleValue
+from archive.core.routing import ForwardJob
+from archive.forward.router import QueueFor
+
+MAX_INSTANCES = 1_000_000
+
+
+async def send_study(catalog: Catalog, queue_for: QueueFor, destination: str, study_uid: str,
+                     series_uid: str | None = None) -> int:
+    """Queue the instances (UIDs validated by the caller); how many (0: nothing matched)."""
+    matchers = [SingleValue("StudyInstanceUID", study_uid)]
+    if series_uid:
+        matchers.append(SingleValue("SeriesInstanceUID", series_uid))
+    instances = await catalog.locate(Query(Level.IMAGE, tuple(matchers), limit=MAX_INSTANCES))
+    if not instances:
+        return 0
+    queue = await queue_for(destination)
+    now = time.time()
+    for inst in instances:
+        job = ForwardJob(destination, "manual", inst.object_key, inst.sha256, inst.study_uid, inst.series_uid,
+                         inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid, now)
+        await queue.publish(job.to_bytes())
+    return len(instances)

@@ -1,0 +1,240 @@
+"""The forwarder: one consumer per configured peer, each on the destination's own queue.
+
+For a batch of jobs (at most ARCHIVE_FORWARD_BATCH): the ledger says which instances were sent
+there already with the same checksum (acknowledged, not sent again); the others are streamed
+from the object store into spool files (checksum verified) and sent on one association; the
+outcomes go to the ledger, then the jobs are settled: sent -> ack; a failure status -> back to
+the queue with backoff, dead-lettered after ARCHIVE_FORWARD_ATTEMPTS deliveries; deleted
+meanwhile -> ack ("gone").
+
+A destination that cannot be reached (connection refused, association rejected or aborted) has
+its jobs in hand returned to the queue and is then probed with C-ECHO, backing off to a minute,
+before anything more is taken from its queue: an outage costs each job at most one attempt,
+holds nothing else up (every destination has its own queue and consumer, the indexer only
+publishes), and ends with the queue drained in order.
+
+Delivery is at least once. The window in which an instance can reach a destination twice is
+between the peer's C-STORE response and the ledger write after the batch: a crash there (at most
+one batch, ARCHIVE_FORWARD_BATCH instances, usually well under a second) re-sends that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from archive import metrics
+from archive.ae_config import AEEntry
+from archive.core.errors import BackendUnavailable, ObjectNotFound, PoisonMessage
+from archive.core.ports import Delivery, ForwardLedger, ForwardRecord, MessageQueue, ObjectStore
+from archive.core.retry import Backoff, retrying
+from archive.core.routing import ForwardJob
+from archive.forward.router import QueueFor
+from archive.forward.send import Item, Result, Unreachable, echo, instance_of, send_batch
+from archive.query.objects import RetrieveError, spool
+from archive.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BACKEND_DOWN = Backoff(first=0.2, cap=30.0)
+REFUSED = Backoff(first=2.0, cap=300.0)  # a job refused by the peer: 2 s, 4 s, ... 5 min
+PEER_DOWN = Backoff(first=1.0, cap=60.0)  # probing an unreachable destination
+RETURN_DELAY = 1.0  # jobs in hand when the destination went away
+
+
+class DestinationForwarder:
+    def __init__(self, peer: AEEntry, queue: MessageQueue, store: ObjectStore, ledger: ForwardLedger,
+                 settings: Settings, spool_dir: Path, stopping: asyncio.Event) -> None:
+        self.peer = peer
+        self.queue = queue
+        self.store = store
+        self.ledger = ledger
+        self.settings = settings
+        self.spool_dir = spool_dir
+        self._stopping = stopping
+        self._next_depth = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.peer.aet
+
+    async def run(self) -> None:
+        log.info("forwarding started", extra={"destination": self.name, "address": self.peer.address,
+                                              "tls": self.peer.tls is not None})
+        while not self._stopping.is_set():
+            try:
+                await self._depth()
+                deliveries = await self.queue.receive(self.settings.forward_batch, 1.0)
+                if deliveries:
+                    await self.handle(deliveries)
+            except Unreachable as exc:
+                metrics.FORWARD_UNREACHABLE.labels(self.name).inc()
+                log.warning("destination unreachable; its jobs wait in its queue",
+                            extra={"destination": self.name, "reason": str(exc)})
+                await self._wait_reachable()
+            except BackendUnavailable as exc:
+                log.warning("backend unavailable", extra={"destination": self.name, "reason": str(exc)})
+                await self._sleep(1.0)
+            except Exception as exc:
+                log.error("forwarder loop error; continuing", extra={"destination": self.name,
+                                                                     "error": type(exc).__name__})
+                await self._sleep(1.0)
+        log.info("forwarding stopped", extra={"destination": self.name})
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _depth(self) -> None:
+        now = time.monotonic()
+        if now < self._next_depth:
+            return
+        self._next_depth = now + 5.0
+        depth = await self.queue.depth()
+        metrics.FORWARD_READY.labels(self.name).set(depth.ready)
+        metrics.FORWARD_DEAD.labels(self.name).set(depth.dead)
+
+    async def _wait_reachable(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            attempt += 1
+            await self._sleep(PEER_DOWN.delay(attempt))
+            try:
+                if await asyncio.to_thread(echo, self.peer, self.settings):
+                    log.info("destination reachable again", extra={"destination": self.name})
+                    return
+            except Exception as exc:  # a TLS context that fails, a name that does not resolve
+                log.warning("destination probe failed", extra={"destination": self.name,
+                                                               "error": type(exc).__name__})
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> None:
+        """Send, record and settle one batch (every delivery is settled, or left to the lease when
+        this process stops while the backends are down)."""
+        jobs: list[tuple[Delivery, ForwardJob]] = []
+        for delivery in deliveries:
+            try:
+                jobs.append((delivery, ForwardJob.from_bytes(delivery.body)))
+            except PoisonMessage as exc:
+                log.error("unusable forward job; dead-lettered after the attempts",
+                          extra={"destination": self.name, "reason": str(exc)[:200]})
+                await delivery.retry(RETURN_DELAY)
+        if not jobs:
+            return
+        metrics.FORWARD_OLDEST.labels(self.name).set(max(0.0, time.time() - min(j.queued_at for _, j in jobs)))
+        try:
+            done = await self._retry_backends(self.ledger.delivered, self.name,
+                                              [j.sop_instance_uid for _, j in jobs])
+        except BackendUnavailable:
+            return  # stopping: unacked, redelivered later
+        records: list[ForwardRecord] = []
+        settle: list[tuple[Delivery, ForwardJob, str]] = []  # outcome: sent | already_sent | failed | gone | again
+        items: list[Item] = []
+        by_uid: dict[str, tuple[Delivery, ForwardJob]] = {}
+        try:
+            for delivery, job in jobs:
+                if done.get(job.sop_instance_uid) == job.sha256 or job.sop_instance_uid in by_uid:
+                    settle.append((delivery, job, "already_sent"))
+                    continue
+                try:
+                    path = await spool(self.store, instance_of(job), self.spool_dir)
+                except ObjectNotFound:
+                    records.append(self._record(job, "gone", "deleted before it was sent", delivery))
+                    settle.append((delivery, job, "gone"))
+                    continue
+                except RetrieveError as exc:
+                    records.append(self._record(job, "failed", str(exc), delivery))
+                    settle.append((delivery, job, "failed"))
+                    continue
+                by_uid[job.sop_instance_uid] = (delivery, job)
+                items.append(Item(job, path))
+            results: list[Result] = []
+            if items:
+                started = time.perf_counter()
+                try:
+                    results = await asyncio.to_thread(send_batch, self.peer, items, self.settings)
+                except Unreachable:
+                    for delivery, _job in by_uid.values():
+                        await delivery.retry(RETURN_DELAY)
+                    by_uid.clear()
+                    await self._settle(settle, records)
+                    raise
+                finally:
+                    metrics.FORWARD_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        finally:
+            for item in items:
+                item.path.unlink(missing_ok=True)
+        for result in results:
+            delivery, job = by_uid.pop(result.job.sop_instance_uid)
+            outcome = "sent" if result.sent else "failed"
+            records.append(self._record(job, outcome, result.detail, delivery))
+            settle.append((delivery, job, outcome))
+        for delivery, job in by_uid.values():  # the association broke before these
+            settle.append((delivery, job, "again"))
+        await self._settle(settle, records)
+
+    async def _settle(self, settle: list[tuple[Delivery, ForwardJob, str]], records: list[ForwardRecord]) -> None:
+        try:
+            await self._retry_backends(self.ledger.record_forwards, records)
+        except BackendUnavailable:
+            return  # stopping before the ledger took them: unacked, sent again (the window above)
+        for delivery, job, outcome in settle:
+            try:
+                if outcome in ("sent", "already_sent", "gone"):
+                    await delivery.ack()
+                elif outcome == "failed":
+                    await delivery.retry(REFUSED.delay(delivery.delivery_count))
+                else:
+                    await delivery.retry(RETURN_DELAY)
+            except BackendUnavailable as exc:
+                log.warning("could not settle a forward job; it comes back", extra={"reason": str(exc)})
+            if outcome != "again":
+                metrics.FORWARDED.labels(self.name, outcome).inc()
+            if outcome == "failed":
+                last = delivery.delivery_count >= self.settings.forward_attempts
+                log.warning("forward refused" + ("; dead-lettered" if last else "; will retry"),
+                            extra={"destination": self.name, "sop_instance_uid": job.sop_instance_uid,
+                                   "study_uid": job.study_uid, "attempt": delivery.delivery_count})
+
+    def _record(self, job: ForwardJob, outcome: str, detail: str, delivery: Delivery) -> ForwardRecord:
+        return ForwardRecord(self.name, job.sop_instance_uid, job.study_uid, job.series_uid, job.rule, job.sha256,
+                             outcome, detail, time.time(), delivery.delivery_count)
+
+    async def _retry_backends(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        result: T = await retrying(BACKEND_DOWN, BackendUnavailable, give_up=self._stopping.is_set,
+                                   sleep=self._sleep)(fn, *args)
+        return result
+
+
+class Forwarder:
+    """One consumer per configured peer (every destination a rule or a manual send can name)."""
+
+    def __init__(self, peers: Sequence[AEEntry], queue_for: QueueFor, store: ObjectStore, ledger: ForwardLedger,
+                 settings: Settings) -> None:
+        self.peers = list(peers)
+        self.queue_for = queue_for
+        self.store = store
+        self.ledger = ledger
+        self.settings = settings
+        self.spool_dir = Path(settings.data_dir) / "spool" / "forward"
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        shutil.rmtree(self.spool_dir, ignore_errors=True)  # what a killed forwarder left
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        workers = [DestinationForwarder(peer, await self.queue_for(peer.aet), self.store, self.ledger,
+                                        self.settings, self.spool_dir, self._stopping) for peer in self.peers]
+        if not workers:
+            log.warning("forwarder: no peers configured (ARCHIVE_PEERS, ARCHIVE_AE_CONFIG); nothing to do")
+        await asyncio.gather(*(w.run() for w in workers))
+        await self._stopping.wait()
