@@ -35,6 +35,7 @@ from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.dimse.commitment import commitment_service
 from archive.query.dimse.service import QueryRetrieve, query_retrieve_service
+from archive.query.forwarding import Forwarding
 from archive.query.routes import add_routes
 from archive.scp.access import AccessPolicy, OnRefusal, Refusal
 from archive.scp.asyncio_engine import AsyncioReceiver
@@ -270,10 +271,13 @@ async def run(settings: Settings, roles: Roles) -> None:
         app = archive_web.base_app(used, queue, auth=http_access.middleware(access),
                                    with_metrics=settings.metrics_port is None, data_dir=settings.data_dir)
         app[archive_web.AUDIT] = trail
+        forward_queues = ForwardQueues(settings)
+        stack.push_async_callback(forward_queues.close)
         if roles.query_http:
+            forwarding = Forwarding(backends.ledger, forward_queues, tuple(p.aet for p in peers(settings)))
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
-                       settings=settings, audit=trail)
+                       settings=settings, audit=trail, forwarding=forwarding)
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
@@ -324,8 +328,6 @@ async def run(settings: Settings, roles: Roles) -> None:
 
         worker: Indexer | Forwarder | None = None
         worker_task: asyncio.Task[None] | None = None
-        forward_queues = ForwardQueues(settings)
-        stack.push_async_callback(forward_queues.close)
         if roles.index and roles.index_in_child:
             children.spawn("indexer")
         elif roles.index:
@@ -337,7 +339,7 @@ async def run(settings: Settings, roles: Roles) -> None:
         if roles.forward_in_child and peers(settings):
             children.spawn("forwarder")  # a rule or a manual send may name any peer
         elif roles.forward:
-            worker = Forwarder(peers(settings), forward_queues, backends.store, backends.ledger, settings)
+            worker = Forwarder(peers(settings), forward_queues, backends.store, backends.ledger, settings, trail)
             worker_task = asyncio.create_task(worker.run(), name="forwarder")
         supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 

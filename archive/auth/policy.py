@@ -53,6 +53,9 @@ RULES: tuple[Rule, ...] = (
     Rule(READ, "/api/search", Role.READER),
     # reader: the change feed (UIDs only)
     Rule(READ, "/api/changes", Role.READER),
+    # forwarding: what went where (admin); send a study or series to a configured peer (writer)
+    Rule(READ, "/api/forwarding", Role.ADMIN),
+    Rule(frozenset({"POST"}), "/api/studies/{study}/send", Role.WRITER),
 )
 UNKNOWN_READ = Role.READER
 UNKNOWN_OTHER = Role.ADMIN

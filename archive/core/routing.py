@@ -226,6 +226,11 @@ def parse(text: str, source: str, peers: Iterable[str] | None = None) -> Rules:
     return Rules(rules, source)
 
 
+def _patient_id(message: IndexMessage) -> str:
+    values = (message.metadata.get("00100020") or {}).get("Value") or [""]
+    return str(values[0] or "")
+
+
 # --- forward jobs --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -244,13 +249,14 @@ class ForwardJob:
     queued_at: float
     set: Sequence[Sequence[str]] = field(default_factory=tuple)
     prefix: Sequence[Sequence[str]] = field(default_factory=tuple)
+    patient_id: str = ""  # for the audit trail (PS3.15 puts it there), never for logs or metrics
     version: int = JOB_VERSION
 
     @classmethod
     def of(cls, message: IndexMessage, destination: str, rule: Rule, at: float) -> "ForwardJob":
         return cls(destination, rule.name, message.key, message.sha256, message.study_uid, message.series_uid,
                    message.sop_instance_uid, message.sop_class_uid, message.transfer_syntax_uid, at,
-                   rule.set, rule.prefix)
+                   rule.set, rule.prefix, _patient_id(message))
 
     def to_bytes(self) -> bytes:
         body = dict(vars(self), set=[list(p) for p in self.set], prefix=[list(p) for p in self.prefix])

@@ -28,6 +28,7 @@ async def send_study(catalog: Catalog, queue_for: QueueFor, destination: str, st
     now = time.time()
     for inst in instances:
         job = ForwardJob(destination, "manual", inst.object_key, inst.sha256, inst.study_uid, inst.series_uid,
-                         inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid, now)
+                         inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid, now,
+                         patient_id=inst.patient_id)
         await queue.publish(job.to_bytes())
     return len(instances)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -30,7 +31,9 @@ from typing import Any, TypeVar
 
 from archive import metrics
 from archive.ae_config import AEEntry
+from archive.core.audit import Action, AuditTrail, EventKind, StudyTally, record_all
 from archive.core.errors import BackendUnavailable, ObjectNotFound, PoisonMessage
+from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Delivery, ForwardLedger, ForwardRecord, MessageQueue, ObjectStore
 from archive.core.retry import Backoff, retrying
 from archive.core.routing import ForwardJob
@@ -50,8 +53,11 @@ RETURN_DELAY = 1.0  # jobs in hand when the destination went away
 
 class DestinationForwarder:
     def __init__(self, peer: AEEntry, queue: MessageQueue, store: ObjectStore, ledger: ForwardLedger,
-                 settings: Settings, spool_dir: Path, stopping: asyncio.Event) -> None:
+                 settings: Settings, spool_dir: Path, stopping: asyncio.Event, audit: AuditTrail) -> None:
         self.peer = peer
+        self.audit = audit
+        self._us = Principal(PrincipalKind.AE, settings.aet, socket.gethostname())
+        self._them = Principal(PrincipalKind.AE, peer.aet, peer.host)
         self.queue = queue
         self.store = store
         self.ledger = ledger
@@ -185,7 +191,10 @@ class DestinationForwarder:
             await self._retry_backends(self.ledger.record_forwards, records)
         except BackendUnavailable:
             return  # stopping before the ledger took them: unacked, sent again (the window above)
+        tally = StudyTally()
         for delivery, job, outcome in settle:
+            if outcome in ("sent", "failed"):
+                tally.add(job.study_uid, job.patient_id, job.sop_class_uid, ok=outcome == "sent")
             try:
                 if outcome in ("sent", "already_sent", "gone"):
                     await delivery.ack()
@@ -202,6 +211,9 @@ class DestinationForwarder:
                 log.warning("forward refused" + ("; dead-lettered" if last else "; will retry"),
                             extra={"destination": self.name, "sop_instance_uid": job.sop_instance_uid,
                                    "study_uid": job.study_uid, "attempt": delivery.delivery_count})
+        # PS3.15 A.5.3.7: DICOM Instances Transferred, per study and outcome, the archive sending
+        record_all(self.audit, tally.events(EventKind.INSTANCES_TRANSFERRED, self._us, action=Action.READ,
+                                            service=self.settings.aet, peer=self._them, detail="forward refused"))
 
     def _record(self, job: ForwardJob, outcome: str, detail: str, delivery: Delivery) -> ForwardRecord:
         return ForwardRecord(self.name, job.sop_instance_uid, job.study_uid, job.series_uid, job.rule, job.sha256,
@@ -217,8 +229,9 @@ class Forwarder:
     """One consumer per configured peer (every destination a rule or a manual send can name)."""
 
     def __init__(self, peers: Sequence[AEEntry], queue_for: QueueFor, store: ObjectStore, ledger: ForwardLedger,
-                 settings: Settings) -> None:
+                 settings: Settings, audit: AuditTrail) -> None:
         self.peers = list(peers)
+        self.audit = audit
         self.queue_for = queue_for
         self.store = store
         self.ledger = ledger
@@ -233,7 +246,8 @@ class Forwarder:
         shutil.rmtree(self.spool_dir, ignore_errors=True)  # what a killed forwarder left
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         workers = [DestinationForwarder(peer, await self.queue_for(peer.aet), self.store, self.ledger,
-                                        self.settings, self.spool_dir, self._stopping) for peer in self.peers]
+                                        self.settings, self.spool_dir, self._stopping, self.audit)
+                   for peer in self.peers]
         if not workers:
             log.warning("forwarder: no peers configured (ARCHIVE_PEERS, ARCHIVE_AE_CONFIG); nothing to do")
         await asyncio.gather(*(w.run() for w in workers))

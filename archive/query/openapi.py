@@ -289,6 +289,57 @@ def _changes() -> dict[str, Any]:
     }}
 
 
+def _forwarding() -> dict[str, Any]:
+    """Forwarding (archive.query.forwarding): the ledger and queues, and manual send."""
+    forward = {"type": "object", "properties": {
+        "destination": {"type": "string"}, "study": {"type": "string"}, "series": {"type": "string"},
+        "instance": {"type": "string"}, "rule": {"type": "string", "description": "the rule's name, or `manual`"},
+        "outcome": {"type": "string", "enum": ["sent", "failed", "gone"]},
+        "detail": {"type": "string", "description": "the peer's status, or why it was not sent"},
+        "attempts": {"type": "integer"}, "time": {"type": "string", "format": "date-time"}}}
+    queue = {"type": "object", "properties": {
+        "destination": {"type": "string"}, "ready": {"type": "integer", "nullable": True},
+        "dead": {"type": "integer", "nullable": True}}}
+    return {
+        "/api/forwarding": {"get": {
+            "summary": "What was forwarded where", "tags": ["Forwarding"],
+            "description": "The forwarding ledger, newest first (the last outcome per destination and instance), "
+                           "and each destination's queue: jobs waiting and dead-lettered.",
+            "parameters": [
+                _param("study", "Only this study", _UID_SCHEMA),
+                _param("limit", "Most ledger rows", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            ],
+            "responses": {
+                "200": {"description": "Destinations and ledger", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["destinations", "forwards"],
+                    "properties": {"destinations": {"type": "array", "items": queue},
+                                   "forwards": {"type": "array", "items": forward}}}}}},
+                "400": _error("study or limit is malformed"),
+                "503": _error("The catalog is unavailable; retry later"),
+            },
+        }},
+        "/api/studies/{study}/send": {"post": {
+            "summary": "Send a study or a series to a configured peer", "tags": ["Forwarding"],
+            "description": "Queues a forward job per stored instance (rule `manual`); the forwarder sends them "
+                           "and `GET /api/forwarding?study=` shows the outcome.",
+            "parameters": [_param("study", "Study Instance UID", _UID_SCHEMA, "path")],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["destination"], "additionalProperties": False,
+                "properties": {"destination": {"type": "string", "description": "AE title of a configured peer"},
+                               "series": {**_UID_SCHEMA, "description": "only this series"}}}}}},
+            "responses": {
+                "202": {"description": "Queued", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"destination": {"type": "string"},
+                                                     "queued": {"type": "integer"}}}}}},
+                "400": _error("Not a UID, not JSON, or not a configured peer"),
+                "404": _error("No such study or series"),
+                "413": _error("The body is too large"),
+                "503": _error("The catalog or the queue is unavailable; retry later"),
+            },
+        }},
+    }
+
+
 _SECURITY_SCHEMES = {
     "bearer": {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key",
@@ -348,6 +399,7 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                                       "content": {"application/json": {"schema": {"type": "object"}}}}},
             }},
             "/api/changes": _changes(),
+            **_forwarding(),
             **_dicomweb_paths(),
             "/dicom-web/studies": _qido("Search for studies") | _dicomweb_paths()["/dicom-web/studies"],
             "/dicom-web/series": _qido("Search for series"),

@@ -17,6 +17,8 @@ from archive.query import openapi
 from archive.query import audit as http_audit
 from archive.ops.delete import DeleteService
 from archive.query import changes
+from archive.query import forwarding as forwarding_api
+from archive.query.forwarding import FORWARDING, Forwarding
 from archive.query.context import CATALOG, DELETES, INGEST, MAX_LIMIT, OBJECTS, SEARCH, SETTINGS, STORE
 from archive.query.dicomweb import routes as dicomweb
 from archive.query.objects import ObjectCache
@@ -28,7 +30,8 @@ from archive.settings import Settings
 
 def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: SearchIndex | None = None, *,
                store: ObjectStore | None = None, ingest: IngestService | None = None,
-               settings: Settings | None = None, audit: AuditTrail | None = None) -> None:
+               settings: Settings | None = None, audit: AuditTrail | None = None,
+               forwarding: Forwarding | None = None) -> None:
     """Every route of the query service; the services that need a backend are served when it is
     given: the search API with ``search``, WADO frames, rendering and WADO-URI with ``store``,
     STOW-RS with ``ingest``, DELETE with ``store`` and ``search``; the change feed always."""
@@ -47,6 +50,10 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
         app[DELETES] = DeleteService(catalog, search, store, app[http_audit.AUDIT])
     dicomweb.add_routes(app)
     app.router.add_get("/api/changes", changes.changes)
+    if forwarding is not None:
+        app[FORWARDING] = forwarding
+        app.router.add_get("/api/forwarding", forwarding_api.status)
+        app.router.add_post("/api/studies/{study}/send", forwarding_api.send)
     if search is not None:
         app[SEARCH] = search
         app.router.add_get("/api/search", search_api.search)

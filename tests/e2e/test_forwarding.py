@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,18 @@ rules:
         assert status == 200
         assert {m["00080080"]["Value"][0] for m in meta} == {"General Hospital"}
         assert {m["00080050"]["Value"][0] for m in meta} == {"ACC-1"}
-        assert _metric(archive, "archive_forwarded_instances_total", destination="PACS", outcome="sent") == 6
+        wait_until(lambda: _metric(archive, "archive_forwarded_instances_total", destination="PACS",
+                                   outcome="sent") == 6, timeout=30)  # counted once the ledger has it
+        # the audit trail: DICOM Instances Transferred (action R), the archive sending to PACS, per study
+        log = Path(archive.env["ARCHIVE_DATA_DIR"]) / "audit" / "audit.log"
+        sent = wait_until(lambda: [ET.fromstring(line) for line in log.read_text().splitlines()
+                                   if study in line and 'EventActionCode="R"' in line and '"110104"' in line],
+                          timeout=10)
+        participants = {p.get("UserID") for p in sent[0].findall("ActiveParticipant")}
+        assert {"ARCHIVE", "PACS"} <= participants, participants
+        assert sum(int(c.get("NumberOfInstances", "0")) for m in sent
+                   for c in m.findall("ParticipantObjectIdentification/ParticipantObjectDescription/SOPClass")) == 5
+        assert [o.get("ParticipantObjectID") for o in sent[0].findall("ParticipantObjectIdentification")][1] == "PAT-1"
         assert not set(mr_uids) & set(received)
     finally:
         archive.stop()
@@ -273,6 +285,19 @@ def test_manual_send_and_rules_check(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         wait_until(lambda: set(dest.received()) == set(uids), timeout=60)
         assert {r["rule"] for r in _ledger(archive, study)} == {"manual"}
+        # over HTTP: the same study again; the ledger knows it was sent, nothing goes twice
+        status, body = http_json(f"{archive.http}/api/studies/{study}/send", payload={"destination": "PACS"})
+        assert (status, body) == (202, {"destination": "PACS", "queued": 4})
+        wait_until(lambda: _metric(archive, "archive_forwarded_instances_total", destination="PACS",
+                                   outcome="already_sent") == 4, timeout=30)
+        assert sum(dest.received().values()) == 4
+        status, body = http_json(f"{archive.http}/api/forwarding?study={study}")
+        assert status == 200 and body["destinations"] == [{"destination": "PACS", "ready": 0, "dead": 0}]
+        assert sorted(f["instance"] for f in body["forwards"]) == sorted(uids)
+        assert {(f["outcome"], f["detail"]) for f in body["forwards"]} == {("sent", "0x0000")}
+        for payload, code in (({"destination": "NOWHERE"}, 400), ({"destination": "PACS", "series": "x/../y"}, 400),
+                              ({"destination": "PACS", "extra": 1}, 400), ({"destination": "PACS", "series": new_uid()}, 404)):
+            assert http_json(f"{archive.http}/api/studies/{study}/send", payload=payload)[0] == code, payload
         unknown = _cli(archive, "send", study, "NOWHERE")
         assert unknown.returncode == 2 and "not a configured peer" in unknown.stderr
         nothing = _cli(archive, "send", new_uid(), "PACS")
