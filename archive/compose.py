@@ -12,7 +12,16 @@ from archive.audit import syslog
 from archive.audit.logfile import AuditFile
 from archive.audit.messages import Source
 from archive.audit.trail import Trail
-from archive.core.ports import ApiKeys, Backend, Catalog, ForwardLedger, MessageQueue, ObjectStore, SearchIndex
+from archive.core.ports import (
+    ApiKeys,
+    Backend,
+    Catalog,
+    ForwardLedger,
+    MessageQueue,
+    ObjectStore,
+    SearchIndex,
+    StudyStability,
+)
 from archive.settings import Settings
 
 
@@ -140,6 +149,12 @@ class Backends:
     def ledger(self) -> ForwardLedger:
         """The forwarding ledger lives in the catalog's database (its ``forwards`` table)."""
         assert isinstance(self.catalog, ForwardLedger)
+        return self.catalog
+
+    @property
+    def stability(self) -> StudyStability:
+        """Study-stable detection lives in the catalog's database (its ``stable_pending`` table)."""
+        assert isinstance(self.catalog, StudyStability)
         return self.catalog
 
     def all(self) -> list[Backend]:

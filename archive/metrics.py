@@ -79,6 +79,8 @@ HTTP_AUTH = Counter(
     ["outcome"],  # user | api-key | local | open (let in); unauthenticated | invalid_token | forbidden (401, 403)
 )
 
+STUDIES_STABLE = Counter(
+    "archive_studies_stable_total", "Studies marked stable (no new instance for ARCHIVE_STUDY_STABLE_SECONDS)")
 FORWARD_QUEUED = Counter(
     "archive_forward_jobs_queued_total", "Forward jobs the rules queued (after indexing), by destination",
     ["destination"])

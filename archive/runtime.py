@@ -331,10 +331,10 @@ async def run(settings: Settings, roles: Roles) -> None:
         if roles.index and roles.index_in_child:
             children.spawn("indexer")
         elif roles.index:
-            router = Router(RulesFile(settings.routing_rules, [p.aet for p in peers(settings)]), forward_queues) \
-                if settings.routing_rules else None
+            router = Router(RulesFile(settings.routing_rules, [p.aet for p in peers(settings)]), forward_queues,
+                            backends.catalog) if settings.routing_rules else None
             worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch,
-                             router=router)
+                             router=router, stability=backends.stability, stable_seconds=settings.study_stable_seconds)
             worker_task = asyncio.create_task(worker.run(), name="indexer")
         if roles.forward_in_child and peers(settings):
             children.spawn("forwarder")  # a rule or a manual send may name any peer

@@ -470,6 +470,10 @@ class Settings:
         "ARCHIVE_INDEXER_BATCH", 200, "Most index messages written in one catalog transaction", Int(low=1))
     indexer_prefetch: int = setting(
         "ARCHIVE_INDEXER_PREFETCH", 400, "Unacknowledged messages an indexer holds (RabbitMQ prefetch)", Int(low=1))
+    study_stable_seconds: float = setting(
+        "ARCHIVE_STUDY_STABLE_SECONDS", 60.0,
+        "A study that received no new instance for this long is stable: a `stable` entry in the change feed "
+        "(rules have their own `stable_seconds`)", Seconds())
     routing_rules: str = setting(
         "ARCHIVE_ROUTING_RULES", "",
         "Forwarding rules (YAML or JSON): which instances go to which peers, checked by `dicom-archive rules "

@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from archive.adapters import migrations
 from archive.adapters.sql_api_keys import ApiKeyTable
 from archive.adapters.sql_forwards import ForwardTable
+from archive.adapters.sql_stable import FEED, StableTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
     NOT_MIGRATED,
@@ -47,7 +48,7 @@ from archive.adapters.sql_catalog import (
 )
 from archive.adapters import sql_changes as feed
 from archive.adapters.sql_reads import CatalogReads
-from archive.core.changes import Change, Deleted, Deletion, UpsertOutcome
+from archive.core.changes import Change, ChangeAction, Deleted, Deletion, UpsertOutcome
 from archive.core.errors import BackendUnavailable
 from archive.core.records import CatalogEntry
 from archive.core.retry import Backoff, retrying
@@ -98,7 +99,7 @@ async def _upsert_level(
     return out
 
 
-class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable):
+class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
     """The :class:`~archive.core.ports.Catalog` port (and :class:`~archive.core.ports.ApiKeys`) on PostgreSQL.
 
     ``schema`` puts every table in that schema (created by ``migrate``) instead
@@ -175,6 +176,29 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable):
             raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
         except psycopg.OperationalError as exc:
             raise BackendUnavailable("catalog", str(exc)) from exc
+
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    greatest = "GREATEST"
+
+    async def _write_returning(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        pool = await self._get_pool()
+        try:
+            async with pool.connection() as conn:  # committed when the block ends
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
+        except psycopg.OperationalError as exc:
+            raise BackendUnavailable("catalog", str(exc)) from exc
+
+    async def record_stable(self, now: float, limit: int = 1000) -> list[str]:
+        async def work(conn: AsyncConnection[Any]) -> list[str]:
+            cur = await conn.execute(self._feed_due(), (FEED, FEED, now, now, limit))
+            studies = [str(row[0]) for row in await cur.fetchall()]
+            await self._append_feed(conn, [(ChangeAction.STABLE.value, s, "", "") for s in sorted(studies)], now)
+            return studies
+
+        return await self._transact("stable", work)
 
     async def _write_many(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
         pool = await self._get_pool()

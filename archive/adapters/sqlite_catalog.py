@@ -25,6 +25,7 @@ from archive.adapters._executor import Blocking
 from archive.adapters._sqlite import connect as sqlite_connect
 from archive.adapters.sql_api_keys import ApiKeyTable
 from archive.adapters.sql_forwards import ForwardTable
+from archive.adapters.sql_stable import FEED, StableTable
 from archive.adapters.sql_catalog import (
     INSTANCE_COLUMNS,
     NOT_MIGRATED,
@@ -44,7 +45,7 @@ from archive.adapters.sql_catalog import (
 )
 from archive.adapters import sql_changes as feed
 from archive.adapters.sql_reads import CatalogReads
-from archive.core.changes import Change, Deleted, Deletion, UpsertOutcome
+from archive.core.changes import Change, ChangeAction, Deleted, Deletion, UpsertOutcome
 from archive.core.errors import BackendUnavailable
 from archive.core.records import CatalogEntry
 
@@ -86,7 +87,7 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable):
+class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
     """The :class:`~archive.core.ports.Catalog` port (and :class:`~archive.core.ports.ApiKeys`) on one SQLite file."""
 
     name = "sqlite-catalog"
@@ -315,3 +316,14 @@ class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable):
 
     async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._run(self._writer, self._transaction, lambda con: con.executemany(sql, rows))
+
+    async def _write_returning(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return await self._run(self._writer, self._transaction, lambda con: con.execute(sql, params).fetchall())
+
+    async def record_stable(self, now: float, limit: int = 1000) -> list[str]:
+        def work(con: sqlite3.Connection) -> list[str]:
+            studies = [str(row[0]) for row in con.execute(self._feed_due(), (FEED, FEED, now, now, limit)).fetchall()]
+            self._append_feed(con, [(ChangeAction.STABLE.value, s, "", "") for s in sorted(studies)], now)
+            return studies
+
+        return await self._run(self._writer, self._transaction, work)

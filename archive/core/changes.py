@@ -19,6 +19,10 @@ class ChangeAction(str, Enum):
     CREATED = "created"  # an SOP Instance UID the catalog did not hold
     UPDATED = "updated"  # an upsert replaced a different object (another SHA-256) under the UID
     DELETED = "deleted"  # removed by a delete (a tombstone remains)
+    STABLE = "stable"  # a study received no new instance for ARCHIVE_STUDY_STABLE_SECONDS (series, instance: "")
+
+
+STABLE_FEED = ""  # the change feed's watcher in study-stable detection (StablePending.name)
 
 
 @dataclass(frozen=True)

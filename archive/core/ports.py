@@ -251,3 +251,32 @@ class ForwardLedger(Backend, Protocol):
 
     async def forwards(self, study_uid: str | None = None, limit: int = 100) -> list[ForwardRecord]:
         """The ledger, newest first (one study's rows with ``study_uid``)."""
+
+
+@dataclass(frozen=True)
+class StablePending:
+    """A study that received an instance, due to be stable at ``due_at`` for watcher ``name``
+    ('' for the change feed, ``rule:<name>`` for a forwarding rule with ``trigger: stable``)."""
+
+    name: str
+    study_uid: str
+    due_at: float
+
+
+@runtime_checkable
+class StudyStability(Backend, Protocol):
+    """Study-stable detection shared by every indexer, in the catalog's database (``stable_pending``)."""
+
+    async def touch_studies(self, rows: Sequence[StablePending]) -> None:
+        """The studies received an instance: each due at the later of its due times."""
+
+    async def claim_stable(self, name: str, now: float, lease: float, limit: int = 100) -> list[tuple[str, float]]:
+        """Claim up to ``limit`` studies of ``name`` due by ``now`` that no live lease holds, for
+        ``lease`` seconds: [(study, due_at)]. Two claimers never get the same row."""
+
+    async def release_stable(self, name: str, claimed: Sequence[tuple[str, float]]) -> None:
+        """Done with them: forget each unless a new instance moved its due time since the claim."""
+
+    async def record_stable(self, now: float, limit: int = 1000) -> list[str]:
+        """The change feed's due studies, each written to the feed as ``stable`` and forgotten, in one
+        transaction: the studies."""

@@ -34,12 +34,14 @@ from archive.core.errors import ConfigError, PoisonMessage
 from archive.core.matching import all_match
 from archive.core.models import IndexMessage
 from archive.core.query import InvalidQuery, Matcher, classify
+from archive.core.records import CatalogInstance
 from archive.core.uids import validate_uid
 
 JOB_VERSION = 1
-TRIGGERS = ("instance",)
+TRIGGERS = ("instance", "stable")
+DEFAULT_STABLE_SECONDS = 60.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_RULE_KEYS = ("name", "match", "calling_aet", "trigger", "destinations", "set", "prefix")
+_RULE_KEYS = ("name", "match", "calling_aet", "trigger", "stable_seconds", "destinations", "set", "prefix")
 # what a copy on the way may not change: its identity, and what its encoding depends on
 _FIXED_VRS = ("UI", "SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN")
 _FIXED_KEYWORDS = ("SpecificCharacterSet", "PixelData")
@@ -66,6 +68,12 @@ class Rule:
     destinations: tuple[str, ...] = ()
     set: tuple[tuple[str, str], ...] = ()  # keyword, value
     prefix: tuple[tuple[str, str], ...] = ()  # keyword, text put before the value
+    stable_seconds: float = DEFAULT_STABLE_SECONDS  # trigger "stable": quiet time before the study is sent
+
+    @property
+    def watcher(self) -> str:
+        """Its name in study-stable detection (StablePending.name)."""
+        return f"rule:{self.name}"
 
     def applies(self, message: IndexMessage) -> bool:
         if self.calling_aets and message.source_aet.strip() not in self.calling_aets:
@@ -82,6 +90,10 @@ class Rules:
     def destinations(self) -> tuple[str, ...]:
         """Every destination any rule names, each once, in order."""
         return tuple(dict.fromkeys(d for r in self.rules for d in r.destinations))
+
+    @property
+    def stable_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.trigger == "stable")
 
     def jobs(self, message: IndexMessage, at: float) -> list["ForwardJob"]:
         """One job per destination of each rule that applies to ``message`` (a destination named by
@@ -170,6 +182,12 @@ def _rule(raw: Any, where: str) -> Rule:
     trigger = raw.get("trigger", "instance")
     if trigger not in TRIGGERS:
         raise RulesError(f"{where}: trigger: {trigger!r} is not one of {', '.join(TRIGGERS)}")
+    stable_seconds = raw.get("stable_seconds", DEFAULT_STABLE_SECONDS)
+    if "stable_seconds" in raw and trigger != "stable":
+        raise RulesError(f"{where}: stable_seconds: only with trigger: stable")
+    if isinstance(stable_seconds, bool) or not isinstance(stable_seconds, (int, float)) \
+            or not 1 <= stable_seconds <= 86400:
+        raise RulesError(f"{where}: stable_seconds: {stable_seconds!r} is not a number of seconds from 1 to 86400")
     try:
         matchers = _matchers(raw.get("match"))
     except ValueError as exc:
@@ -190,7 +208,8 @@ def _rule(raw: Any, where: str) -> Rule:
             changes[key] = _changes(raw.get(key))
         except ValueError as exc:
             raise RulesError(f"{where}: {key}: {exc}") from None
-    return Rule(name, matchers, calling, trigger, destinations, changes["set"], changes["prefix"])
+    return Rule(name, matchers, calling, trigger, destinations, changes["set"], changes["prefix"],
+                float(stable_seconds))
 
 
 def parse(text: str, source: str, peers: Iterable[str] | None = None) -> Rules:
@@ -257,6 +276,13 @@ class ForwardJob:
         return cls(destination, rule.name, message.key, message.sha256, message.study_uid, message.series_uid,
                    message.sop_instance_uid, message.sop_class_uid, message.transfer_syntax_uid, at,
                    rule.set, rule.prefix, _patient_id(message))
+
+    @classmethod
+    def of_instance(cls, inst: CatalogInstance, destination: str, rule: Rule | None, at: float) -> "ForwardJob":
+        """A job for a stored instance (a stable study's, or a manual send's when ``rule`` is None)."""
+        return cls(destination, rule.name if rule else "manual", inst.object_key, inst.sha256, inst.study_uid,
+                   inst.series_uid, inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid, at,
+                   rule.set if rule else (), rule.prefix if rule else (), inst.patient_id)
 
     def to_bytes(self) -> bytes:
         body = dict(vars(self), set=[list(p) for p in self.set], prefix=[list(p) for p in self.prefix])

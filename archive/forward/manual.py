@@ -27,8 +27,5 @@ async def send_study(catalog: Catalog, queue_for: QueueFor, destination: str, st
     queue = await queue_for(destination)
     now = time.time()
     for inst in instances:
-        job = ForwardJob(destination, "manual", inst.object_key, inst.sha256, inst.study_uid, inst.series_uid,
-                         inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid, now,
-                         patient_id=inst.patient_id)
-        await queue.publish(job.to_bytes())
+        await queue.publish(ForwardJob.of_instance(inst, destination, None, now).to_bytes())
     return len(instances)

@@ -21,13 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from archive import metrics
+from archive.core.changes import STABLE_FEED
 from archive.core.errors import BackendUnavailable, PoisonMessage
 from archive.core.flatten import flatten
 from archive.core.models import IndexMessage
 from archive.core.retry import Backoff, retrying
-from archive.core.ports import Catalog, Delivery, MessageQueue, SearchIndex
+from archive.core.ports import Catalog, Delivery, MessageQueue, SearchIndex, StablePending, StudyStability
 from archive.core.records import CatalogEntry
 from archive.forward.router import Router
+from archive.indexer.stable import StableSweeper
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class Indexer:
         batch_size: int = 200,
         receive_timeout: float = 0.5,
         router: Router | None = None,
+        stability: StudyStability | None = None,
+        stable_seconds: float = 60.0,
     ) -> None:
         self.queue = queue
         self.catalog = catalog
@@ -58,6 +62,8 @@ class Indexer:
         self.batch_size = batch_size
         self.receive_timeout = receive_timeout
         self.router = router
+        self.stability = stability
+        self.stable_seconds = stable_seconds
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -65,6 +71,17 @@ class Indexer:
         self._stopping.set()
 
     async def run(self) -> None:
+        sweeper = None
+        if self.stability is not None:
+            sweeper = asyncio.create_task(StableSweeper(self.stability, self.router).run(self._stopping),
+                                          name="study-stable")
+        try:
+            await self._consume()
+        finally:
+            if sweeper is not None:
+                await sweeper
+
+    async def _consume(self) -> None:
         log.info("indexer started", extra={"queue": self.queue.name, "catalog": self.catalog.name,
                                            "search": self.search.name})
         while not self._stopping.is_set():
@@ -141,6 +158,12 @@ class Indexer:
         done = time.time()
         if self.router is not None:  # after the commit, before the ack (archive.forward.router)
             await self.router.route(messages)
+        if self.stability is not None and messages:  # archive.indexer.stable
+            pending = [StablePending(STABLE_FEED, study, done + self.stable_seconds)
+                       for study in dict.fromkeys(m.study_uid for m in messages)]
+            if self.router is not None:
+                pending += self.router.stable_due(messages, done)
+            await self.stability.touch_studies(pending)
         metrics.INDEX_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.INDEXED.inc(len(messages))
         for m in messages:

@@ -36,7 +36,7 @@ def _parameter(request: web.Request, name: str, default: int, low: int, high: in
 def entry(change: Change) -> dict[str, object]:
     when = datetime.fromtimestamp(change.at, timezone.utc).isoformat(timespec="milliseconds")
     return {"seq": change.seq, "action": change.action, "study": change.study_uid,
-            "series": change.series_uid, "instance": change.sop_instance_uid,
+            "series": change.series_uid or None, "instance": change.sop_instance_uid or None,  # stable: a study
             "time": when.replace("+00:00", "Z")}
 
 

@@ -97,8 +97,11 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["seq", "action", "study", "series", "instance", "time"],
         "properties": {
             "seq": {"type": "integer"},
-            "action": {"type": "string", "description": "created | updated | deleted (more may come)"},
-            "study": {"type": "string"}, "series": {"type": "string"}, "instance": {"type": "string"},
+            "action": {"type": "string",
+                       "description": "created | updated | deleted | stable (a study: series and instance are null; "
+                                      "more may come)"},
+            "study": {"type": "string"}, "series": {"type": "string", "nullable": True},
+            "instance": {"type": "string", "nullable": True},
             "time": {"type": "string", "format": "date-time"},
         },
     },
@@ -271,7 +274,8 @@ def _changes() -> dict[str, Any]:
     """The change feed (archive.query.changes)."""
     return {"get": {
         "summary": "The change feed", "tags": ["Changes"],
-        "description": "Created, updated and deleted instances (more actions may come: ignore those you do not "
+        "description": "Created, updated and deleted instances and stable studies (more actions may come: ignore "
+                       "those you do not "
                        "know) after `since`, in increasing `seq`, numbered in commit order without gaps: ask again "
                        "with the last `seq` seen to follow the archive without missing or repeating an entry.",
         "parameters": [

@@ -314,3 +314,48 @@ def test_manual_send_and_rules_check(tmp_path: Path) -> None:
     finally:
         archive.stop()
         dest.stop()
+
+
+def test_a_stable_rule_sends_the_study_once_it_is_quiet_and_again_after_more(tmp_path: Path) -> None:
+    dest = Destination(tmp_path / "pacs").start()
+    rules = _rules(tmp_path, """
+rules:
+  - name: stable-ct
+    match: {Modality: CT}
+    trigger: stable
+    stable_seconds: 2
+    destinations: [PACS]
+""")
+    archive = _archive(tmp_path, rules, dest, ARCHIVE_STUDY_STABLE_SECONDS="2")
+    try:
+        files, uids = _series(tmp_path, "CT", 5)
+        study = str(dcmread(files[0]).StudyInstanceUID)
+        assert storescu(archive.dicom_port, files[:3]).returncode == 0
+        wait_until(lambda: len(http_json(f"{archive.http}/dicom-web/studies/{study}/instances")[1] or []) == 3)
+        assert storescu(archive.dicom_port, files[3:]).returncode == 0  # within the quiet time
+        wait_until(lambda: set(dest.received()) == set(uids), timeout=60)
+
+        def stable_entries() -> list[dict[str, object]]:
+            feed = http_json(f"{archive.http}/api/changes?limit=1000")[1]["changes"]
+            return [c for c in feed if c["action"] == "stable"]
+
+        (entry,) = wait_until(stable_entries, timeout=30)
+        assert (entry["study"], entry["series"], entry["instance"]) == (study, None, None)
+        # more instances of the study later: stable again, and only the new ones go (the ledger)
+        more = []
+        for n in (5, 6):
+            ds = dcmread(files[0])
+            ds.SOPInstanceUID, ds.InstanceNumber = new_uid(), n + 1
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.save_as(tmp_path / f"more{n}.dcm")
+            more.append(tmp_path / f"more{n}.dcm")
+        assert storescu(archive.dicom_port, more).returncode == 0
+        wait_until(lambda: len(stable_entries()) == 2, timeout=60)
+        wait_until(lambda: len(dest.received()) == 7, timeout=60)
+        received = dest.received()
+        assert all(n == 1 for n in received.values()), f"duplicates: {received}"
+        wait_until(lambda: _metric(archive, "archive_forwarded_instances_total", destination="PACS",
+                                   outcome="already_sent") == 5, timeout=30)
+    finally:
+        archive.stop()
+        dest.stop()
