@@ -66,7 +66,8 @@ def message_queue(settings: Settings) -> MessageQueue:
 def forward_queue(settings: Settings, destination: str) -> MessageQueue:
     """The queue of forward jobs to one destination (an AE title the rules file was checked against):
     embedded, a SQLite file beside the index queue named by the title's hex digits (never a path
-    from a name); RabbitMQ, the quorum queue ``archive.forward.<AET>`` (dead letters in ``.dead``)."""
+    from a name); RabbitMQ, the quorum queue ``<ARCHIVE_QUEUE_NAME>.forward.<AET>`` (e.g.
+    ``archive.index.forward.PACS``; dead letters in ``.dead``)."""
     url = settings.queue
     if url.startswith("sqlite://"):
         from archive.adapters.sqlite_queue import SqliteQueue
@@ -76,8 +77,8 @@ def forward_queue(settings: Settings, destination: str) -> MessageQueue:
         return SqliteQueue(path, delivery_limit=settings.forward_attempts, poll_interval=0.2)
     from archive.adapters.amqp_queue import AmqpQueue
 
-    return AmqpQueue(url, queue=f"archive.forward.{destination}", delivery_limit=settings.forward_attempts,
-                     prefetch=2 * settings.forward_batch)
+    return AmqpQueue(url, queue=f"{settings.queue_name}.forward.{destination}",
+                     delivery_limit=settings.forward_attempts, prefetch=2 * settings.forward_batch)
 
 
 class ForwardQueues:

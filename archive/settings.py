@@ -342,7 +342,7 @@ class Settings:
         Url(schemes=("sqlite", "http", "https")), derive=_url_under("sqlite", "search.db"))
     search_index: str = setting("ARCHIVE_SEARCH_INDEX", "archive-instances", "OpenSearch index name", Text())
     queue_name: str = setting(
-        "ARCHIVE_QUEUE_NAME", "archive.index", "RabbitMQ queue name (its dead-letter queue is `<name>.dead`)", Text())
+        "ARCHIVE_QUEUE_NAME", "archive.index", "RabbitMQ index queue name (its dead-letter queue is `<name>.dead`; forward queues are `<name>.forward.<AET>`)", Text())
     aet: str = setting("ARCHIVE_AET", "ARCHIVE", "Our AE title", AETitle())
     bind: str = setting("ARCHIVE_BIND", "0.0.0.0", "Address the DICOM and HTTP listeners bind to", Text())
     dicom_port: int = setting("ARCHIVE_DICOM_PORT", 11112, "DICOM (DIMSE) port", Port())

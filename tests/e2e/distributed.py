@@ -128,6 +128,7 @@ class Distributed:
     base_catalog: str = ""
     procs: dict[str, ArchiveProcess] = field(default_factory=dict)
     extra: list[ArchiveProcess] = field(default_factory=list)
+    forward_destinations: tuple[str, ...] = ()  # AE titles whose forward queues the teardown drops
 
     @property
     def scp(self) -> ArchiveProcess:
@@ -212,8 +213,9 @@ class Distributed:
         if not self.env:
             return
         name = self.env["ARCHIVE_QUEUE_NAME"]
+        forward = [f"{name}.forward.{aet}{dead}" for aet in self.forward_destinations for dead in ("", ".dead")]
         steps = (
-            ("queues", lambda: _drop_queues(self.env["ARCHIVE_QUEUE"], [name, f"{name}.dead"])),
+            ("queues", lambda: _drop_queues(self.env["ARCHIVE_QUEUE"], [name, f"{name}.dead", *forward])),
             ("index", lambda: _drop_index(self.env["ARCHIVE_SEARCH"], self.name)),
             ("bucket", lambda: _drop_bucket(self.env)),
             ("schema", self._drop_schema),
