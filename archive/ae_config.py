@@ -115,6 +115,10 @@ class AEEntry:
     subject: str = ""  # the certificate its associations must present ("": any, or none)
     permissions: frozenset[Permission] = frozenset()
     caller: bool = True  # an entry of its own (the file, ARCHIVE_ALLOWED_AETS), not ARCHIVE_PEERS alone
+    url: str = ""  # a DICOMweb destination's base URL (forwarding by STOW-RS) instead of host and port
+    token_file: str = ""  # DICOMweb: a file holding the bearer token sent as Authorization
+    username: str = ""  # DICOMweb: basic authentication, with the password in password_file
+    password_file: str = ""
 
     @property
     def address(self) -> str:
@@ -147,6 +151,13 @@ class AEConfig:
         """The entry of a peer we open associations to (it has an address), or None."""
         entry = self.entries.get(aet.strip())
         return entry if entry is not None and entry.host else None
+
+    def web(self, name: str) -> AEEntry | None:
+        """The entry of a DICOMweb destination (it has a url), by its name or its url."""
+        entry = self.entries.get(name.strip())
+        if entry is not None and entry.url:
+            return entry
+        return next((e for e in self.entries.values() if e.url and e.url == name.strip()), None)
 
     def titles_for(self, subject: Subject) -> frozenset[str]:
         """The AE titles a client certificate may call as: the entries naming its subject, else its CN."""
@@ -225,6 +236,17 @@ def _tls(value: Any) -> PeerTLS | None:
     return PeerTLS(**values)
 
 
+def _web_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    url = _text(value).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password \
+            or parts.query or parts.fragment:
+        raise _Problem(f"{url!r} is not a DICOMweb base URL (http(s)://host[:port]/path, no credentials or query)")
+    return url
+
+
 # key in the file -> (AEEntry field, parser)
 _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "host": ("host", _text),
@@ -233,6 +255,10 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "networks": ("networks", _networks),
     "subject": ("subject", _text),
     "permissions": ("permissions", _permissions),
+    "url": ("url", _web_url),
+    "token_file": ("token_file", _file("token file")),
+    "username": ("username", _text),
+    "password_file": ("password_file", _file("password file")),
 }
 
 
@@ -284,6 +310,14 @@ def parse(text: str, source: str) -> dict[str, AEEntry]:
             raise AEConfigError(f"{source}: {aet}: host and port go together")
         if values.get("tls") is not None and not values.get("host"):
             raise AEConfigError(f"{source}: {aet}: tls: needs host and port (how we reach it)")
+        if values.get("url") and values.get("host"):
+            raise AEConfigError(f"{source}: {aet}: url (DICOMweb) or host and port (DIMSE), not both")
+        if (values.get("token_file") or values.get("username") or values.get("password_file")) and not values.get("url"):
+            raise AEConfigError(f"{source}: {aet}: token_file, username and password_file go with url")
+        if bool(values.get("username")) != bool(values.get("password_file")):
+            raise AEConfigError(f"{source}: {aet}: username and password_file go together")
+        if values.get("token_file") and values.get("username"):
+            raise AEConfigError(f"{source}: {aet}: token_file or username and password_file, not both")
         entries[aet] = AEEntry(aet, **values)
     return entries
 

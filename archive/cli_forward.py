@@ -16,10 +16,10 @@ def rules_check(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 and print the rules when FILE is valid and every destination is a configured peer."""
     from archive.core.routing import RulesError, summary
     from archive.forward.rules_file import read
-    from archive.runtime import peers
+    from archive.runtime import destinations
 
     try:
-        rules = read(args.file, None if args.no_peers else [p.aet for p in peers(settings)])
+        rules = read(args.file, None if args.no_peers else destinations(settings))
     except RulesError as exc:
         print(f"dicom-archive: {exc}", file=sys.stderr)
         return 1
@@ -40,8 +40,10 @@ async def queue_study(settings: Settings, study: str, series: str | None, destin
     from archive.core.errors import ConfigError
     from archive.forward.manual import send_study
 
+    from archive.forward.targets import configured
+
     destination = destination.strip()
-    if ae_config.load(settings).peer(destination) is None:
+    if destination not in configured(ae_config.load(settings)):
         raise ConfigError(f"{destination!r} is not a configured peer (ARCHIVE_PEERS or ARCHIVE_AE_CONFIG)")
     store = catalog(settings)
     queues = ForwardQueues(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from archive.core.ports import (
     SearchIndex,
     StudyStability,
 )
+from archive.core.routing import is_url
 from archive.settings import Settings
 
 
@@ -63,21 +65,26 @@ def message_queue(settings: Settings) -> MessageQueue:
                      prefetch=settings.indexer_prefetch)
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
 def forward_queue(settings: Settings, destination: str) -> MessageQueue:
     """The queue of forward jobs to one destination (an AE title the rules file was checked against):
-    embedded, a SQLite file beside the index queue named by the title's hex digits (never a path
+    embedded, a SQLite file beside the index queue named by a digest of the name (never a path
     from a name); RabbitMQ, the quorum queue ``<ARCHIVE_QUEUE_NAME>.forward.<AET>`` (e.g.
-    ``archive.index.forward.PACS``; dead letters in ``.dead``)."""
+    ``archive.index.forward.PACS``; a DICOMweb URL: ``...forward.web-<digest>``; dead letters in ``.dead``)."""
     url = settings.queue
     if url.startswith("sqlite://"):
         from archive.adapters.sqlite_queue import SqliteQueue
 
-        path = _sqlite_path(url).parent / "forward" / f"{destination.encode('ascii').hex()}.db"
+        path = _sqlite_path(url).parent / "forward" / f"{_digest(destination)}.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteQueue(path, delivery_limit=settings.forward_attempts, poll_interval=0.2)
     from archive.adapters.amqp_queue import AmqpQueue
 
-    return AmqpQueue(url, queue=f"{settings.queue_name}.forward.{destination}",
+    name = f"web-{_digest(destination)[:16]}" if is_url(destination) else destination
+    return AmqpQueue(url, queue=f"{settings.queue_name}.forward.{name}",
                      delivery_limit=settings.forward_attempts, prefetch=2 * settings.forward_batch)
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from archive import web as archive_web
-from archive.ae_config import AEEntry
 from archive.auth import access as http_access
 from archive.auth.https import server_context as https_context
 from archive.compose import Backends, ForwardQueues, audit_trail
@@ -274,7 +273,7 @@ async def run(settings: Settings, roles: Roles) -> None:
         forward_queues = ForwardQueues(settings)
         stack.push_async_callback(forward_queues.close)
         if roles.query_http:
-            forwarding = Forwarding(backends.ledger, forward_queues, tuple(p.aet for p in peers(settings)))
+            forwarding = Forwarding(backends.ledger, forward_queues, tuple(destinations(settings)))
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
                        settings=settings, audit=trail, forwarding=forwarding)
@@ -331,15 +330,24 @@ async def run(settings: Settings, roles: Roles) -> None:
         if roles.index and roles.index_in_child:
             children.spawn("indexer")
         elif roles.index:
-            router = Router(RulesFile(settings.routing_rules, [p.aet for p in peers(settings)]), forward_queues,
+            router = Router(RulesFile(settings.routing_rules, destinations(settings)), forward_queues,
                             backends.catalog) if settings.routing_rules else None
             worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch,
                              router=router, stability=backends.stability, stable_seconds=settings.study_stable_seconds)
             worker_task = asyncio.create_task(worker.run(), name="indexer")
-        if roles.forward_in_child and peers(settings):
-            children.spawn("forwarder")  # a rule or a manual send may name any peer
+        if roles.forward_in_child and (destinations(settings) or settings.routing_rules):
+            children.spawn("forwarder")  # a rule or a manual send may name any configured destination
         elif roles.forward:
-            worker = Forwarder(peers(settings), forward_queues, backends.store, backends.ledger, settings, trail)
+            from archive import ae_config
+
+            configured = destinations(settings)
+            rules = RulesFile(settings.routing_rules, configured) if settings.routing_rules else None
+
+            def names() -> list[str]:  # the rules may name DICOMweb URLs of their own
+                return configured + list(rules.current().destinations if rules is not None else ())
+
+            worker = Forwarder(names, ae_config.load(settings), forward_queues, backends.store, backends.ledger,
+                               settings, trail)
             worker_task = asyncio.create_task(worker.run(), name="forwarder")
         supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 
@@ -381,12 +389,13 @@ async def run(settings: Settings, roles: Roles) -> None:
     log.info("stopped")
 
 
-def peers(settings: Settings) -> list[AEEntry]:
-    """The peers we open associations to (an address in ARCHIVE_PEERS or ARCHIVE_AE_CONFIG): what a
-    rule or a manual send may name as a destination."""
+def destinations(settings: Settings) -> list[str]:
+    """What a rule or a manual send may name as a destination: the peers we open associations to (an
+    address in ARCHIVE_PEERS or ARCHIVE_AE_CONFIG) and the DICOMweb entries (a url in ARCHIVE_AE_CONFIG)."""
     from archive import ae_config
+    from archive.forward.targets import configured
 
-    return [entry for entry in ae_config.load(settings).entries.values() if entry.host]
+    return configured(ae_config.load(settings))
 
 
 def dicom_tls_context(settings: Settings, access: AccessPolicy) -> ssl.SSLContext | None:

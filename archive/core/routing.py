@@ -59,6 +59,27 @@ def ae_title_problem(aet: object) -> str | None:
     return None
 
 
+def is_url(destination: str) -> bool:
+    return destination.startswith(("http://", "https://"))
+
+
+def destination_problem(value: object) -> str | None:
+    """An AE title (a configured peer: DIMSE, or DICOMweb by its ARCHIVE_AE_CONFIG url) or a DICOMweb
+    base URL (http(s), no credentials, query or fragment)."""
+    if isinstance(value, str) and is_url(value):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            bad = not parts.hostname or parts.username or parts.password or parts.query or parts.fragment
+        except ValueError:
+            bad = True
+        if bad or len(value) > 512 or not value.isprintable() or " " in value:
+            return f"{value!r} is not a DICOMweb base URL (http(s)://host[:port]/path, no credentials or query)"
+        return None
+    return ae_title_problem(value)
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -152,6 +173,16 @@ def _aets(value: Any, what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(a.strip() for a in items))
 
 
+def _destinations(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("destinations must be an AE title, a DICOMweb URL or a list of them")
+    for item in items:
+        if problem := destination_problem(item):
+            raise ValueError(problem)
+    return tuple(dict.fromkeys(i.strip().rstrip("/") if is_url(i) else i.strip() for i in items))
+
+
 def _changes(value: Any) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
@@ -199,7 +230,7 @@ def _rule(raw: Any, where: str) -> Rule:
     if "destinations" not in raw:
         raise RulesError(f"{where}: destinations: missing (AE titles of configured peers)")
     try:
-        destinations = _aets(raw["destinations"], "destinations")
+        destinations = _destinations(raw["destinations"])
     except ValueError as exc:
         raise RulesError(f"{where}: destinations: {exc}") from None
     changes = {}
@@ -239,9 +270,9 @@ def parse(text: str, source: str, peers: Iterable[str] | None = None) -> Rules:
         known = set(peers)
         for rule in rules:
             for destination in rule.destinations:
-                if destination not in known:
+                if destination not in known and not is_url(destination):
                     raise RulesError(f"{source}: rule {rule.name}: destination {destination!r} is not a configured "
-                                     f"peer (ARCHIVE_PEERS or an ARCHIVE_AE_CONFIG entry with host and port)")
+                                     f"peer (ARCHIVE_PEERS, or an ARCHIVE_AE_CONFIG entry with host and port or url)")
     return Rules(rules, source)
 
 
@@ -300,7 +331,7 @@ class ForwardJob:
                                 (job.sop_instance_uid, "SOPInstanceUID"), (job.sop_class_uid, "SOPClassUID"),
                                 (job.transfer_syntax_uid, "TransferSyntaxUID")):
                 validate_uid(value, name)
-            if ae_title_problem(job.destination):
+            if destination_problem(job.destination):
                 raise ValueError("bad destination")
             for pairs in (job.set, job.prefix):
                 if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in pairs):

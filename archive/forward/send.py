@@ -9,6 +9,7 @@ contexts it supports, the sender uses one of them). The stored copy never change
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,6 +114,23 @@ def send_batch(peer: AEEntry, items: Sequence[Item], settings: Settings) -> list
         if assoc.is_established:
             assoc.release()
     return results
+
+
+class DicomSender:
+    """A DICOM peer as the forwarder's sender: pynetdicom in a worker thread."""
+
+    def __init__(self, peer: AEEntry, settings: Settings) -> None:
+        self.peer = peer
+        self.settings = settings
+
+    async def send(self, items: Sequence[Item]) -> list[Result]:
+        return await asyncio.to_thread(send_batch, self.peer, items, self.settings)
+
+    async def reachable(self) -> bool:
+        return await asyncio.to_thread(echo, self.peer, self.settings)
+
+    async def close(self) -> None:
+        pass
 
 
 def echo(peer: AEEntry, settings: Settings) -> bool:

@@ -27,10 +27,10 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from archive import metrics
-from archive.ae_config import AEEntry
+from archive.ae_config import AEConfig
 from archive.core.audit import Action, AuditTrail, EventKind, StudyTally, record_all
 from archive.core.errors import BackendUnavailable, ObjectNotFound, PoisonMessage
 from archive.core.identity import Principal, PrincipalKind
@@ -38,7 +38,9 @@ from archive.core.ports import Delivery, ForwardLedger, ForwardRecord, MessageQu
 from archive.core.retry import Backoff, retrying
 from archive.core.routing import ForwardJob
 from archive.forward.router import QueueFor
-from archive.forward.send import Item, Result, Unreachable, echo, instance_of, send_batch
+from archive.forward.send import DicomSender, Item, Result, Unreachable, instance_of
+from archive.forward.stow import WebSender
+from archive.forward.targets import Target, targets
 from archive.query.objects import RetrieveError, spool
 from archive.settings import Settings
 
@@ -51,13 +53,24 @@ PEER_DOWN = Backoff(first=1.0, cap=60.0)  # probing an unreachable destination
 RETURN_DELAY = 1.0  # jobs in hand when the destination went away
 
 
+class Sender(Protocol):
+    async def send(self, items: Sequence[Item]) -> list[Result]:
+        """A result per item it got to; Unreachable when nothing could be sent."""
+
+    async def reachable(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
 class DestinationForwarder:
-    def __init__(self, peer: AEEntry, queue: MessageQueue, store: ObjectStore, ledger: ForwardLedger,
-                 settings: Settings, spool_dir: Path, stopping: asyncio.Event, audit: AuditTrail) -> None:
-        self.peer = peer
+    def __init__(self, target: Target, sender: Sender, queue: MessageQueue, store: ObjectStore,
+                 ledger: ForwardLedger, settings: Settings, spool_dir: Path, stopping: asyncio.Event,
+                 audit: AuditTrail) -> None:
+        self.target = target
+        self.sender = sender
         self.audit = audit
         self._us = Principal(PrincipalKind.AE, settings.aet, socket.gethostname())
-        self._them = Principal(PrincipalKind.AE, peer.aet, peer.host)
+        self._them = Principal(PrincipalKind.AE, target.name, target.host)
         self.queue = queue
         self.store = store
         self.ledger = ledger
@@ -68,11 +81,11 @@ class DestinationForwarder:
 
     @property
     def name(self) -> str:
-        return self.peer.aet
+        return self.target.name
 
     async def run(self) -> None:
-        log.info("forwarding started", extra={"destination": self.name, "address": self.peer.address,
-                                              "tls": self.peer.tls is not None})
+        where = self.target.dicom.address if self.target.dicom is not None else self.target.url
+        log.info("forwarding started", extra={"destination": self.name, "address": where})
         while not self._stopping.is_set():
             try:
                 await self._depth()
@@ -91,6 +104,7 @@ class DestinationForwarder:
                 log.error("forwarder loop error; continuing", extra={"destination": self.name,
                                                                      "error": type(exc).__name__})
                 await self._sleep(1.0)
+        await self.sender.close()
         log.info("forwarding stopped", extra={"destination": self.name})
 
     async def _sleep(self, seconds: float) -> None:
@@ -114,7 +128,7 @@ class DestinationForwarder:
             attempt += 1
             await self._sleep(PEER_DOWN.delay(attempt))
             try:
-                if await asyncio.to_thread(echo, self.peer, self.settings):
+                if await self.sender.reachable():
                     log.info("destination reachable again", extra={"destination": self.name})
                     return
             except Exception as exc:  # a TLS context that fails, a name that does not resolve
@@ -165,7 +179,7 @@ class DestinationForwarder:
             if items:
                 started = time.perf_counter()
                 try:
-                    results = await asyncio.to_thread(send_batch, self.peer, items, self.settings)
+                    results = await self.sender.send(items)
                 except Unreachable:
                     for delivery, _job in by_uid.values():
                         await delivery.retry(RETURN_DELAY)
@@ -226,29 +240,49 @@ class DestinationForwarder:
 
 
 class Forwarder:
-    """One consumer per configured peer (every destination a rule or a manual send can name)."""
+    """One consumer per destination: every configured one (DICOM peers, DICOMweb entries) and every
+    DICOMweb URL the rules name (new ones of a reloaded rules file start their own)."""
 
-    def __init__(self, peers: Sequence[AEEntry], queue_for: QueueFor, store: ObjectStore, ledger: ForwardLedger,
-                 settings: Settings, audit: AuditTrail) -> None:
-        self.peers = list(peers)
-        self.audit = audit
+    def __init__(self, names: Callable[[], list[str]], config: AEConfig, queue_for: QueueFor, store: ObjectStore,
+                 ledger: ForwardLedger, settings: Settings, audit: AuditTrail) -> None:
+        self.names = names
+        self.config = config
         self.queue_for = queue_for
         self.store = store
         self.ledger = ledger
         self.settings = settings
+        self.audit = audit
         self.spool_dir = Path(settings.data_dir) / "spool" / "forward"
         self._stopping = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def _sender(self, target: Target) -> Sender:
+        if target.dicom is not None:
+            return DicomSender(target.dicom, self.settings)
+        return WebSender(target, self.settings.network_timeout)
+
     async def run(self) -> None:
         shutil.rmtree(self.spool_dir, ignore_errors=True)  # what a killed forwarder left
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        workers = [DestinationForwarder(peer, await self.queue_for(peer.aet), self.store, self.ledger,
-                                        self.settings, self.spool_dir, self._stopping, self.audit)
-                   for peer in self.peers]
-        if not workers:
-            log.warning("forwarder: no peers configured (ARCHIVE_PEERS, ARCHIVE_AE_CONFIG); nothing to do")
-        await asyncio.gather(*(w.run() for w in workers))
-        await self._stopping.wait()
+        while not self._stopping.is_set():
+            for target in targets(self.names(), self.config):
+                if target.name in self._tasks:
+                    continue
+                try:
+                    queue = await self.queue_for(target.name)
+                except BackendUnavailable as exc:
+                    log.warning("forward queue unavailable", extra={"destination": target.name, "reason": str(exc)})
+                    continue
+                worker = DestinationForwarder(target, self._sender(target), queue, self.store, self.ledger,
+                                              self.settings, self.spool_dir, self._stopping, self.audit)
+                self._tasks[target.name] = asyncio.create_task(worker.run(), name=f"forward-{target.name[:40]}")
+            if not self._tasks:
+                log.warning("forwarder: no destinations (ARCHIVE_PEERS, ARCHIVE_AE_CONFIG, rules); waiting")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=2.0)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)

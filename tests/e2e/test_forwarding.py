@@ -359,3 +359,56 @@ rules:
     finally:
         archive.stop()
         dest.stop()
+
+
+def test_stow_rs_to_another_archive_with_an_api_key_failures_and_dead_letters(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other = serve(tmp_path / "other", ARCHIVE_DUPLICATE_POLICY="reject").start()
+    try:
+        created = _cli(other, "api-key", "create", "forwarder", "--role", "writer")
+        assert created.returncode == 0, created.stderr
+        (tmp_path / "key").write_text(created.stdout.strip() + "\n")
+        (tmp_path / "bad-key").write_text("dka_" + "0" * 43 + "\n")
+        aes = tmp_path / "aes.yaml"
+        aes.write_text(f"""aes:
+  STORESCU: {{permissions: [store]}}
+  OTHER: {{url: "{other.http}/dicom-web", token_file: "{tmp_path / 'key'}"}}
+  LOCKED: {{url: "{other.http}/dicom-web", token_file: "{tmp_path / 'bad-key'}"}}
+""")
+        rules = _rules(tmp_path, "rules:\n  - name: all\n    destinations: [OTHER, LOCKED]\n")
+        archive = serve(tmp_path, ARCHIVE_ROUTING_RULES=str(rules), ARCHIVE_AE_CONFIG=str(aes),
+                        ARCHIVE_FORWARD_ATTEMPTS="2").start()
+        try:
+            files, uids = _series(tmp_path, "CT", 4)
+            # the other archive holds a different object under the last UID: it refuses that one (reject policy)
+            clash = dcmread(files[-1])
+            clash.PatientName = "Other^Content"
+            write_part10(clash, tmp_path / "clash.dcm")
+            assert storescu(other.dicom_port, [tmp_path / "clash.dcm"]).returncode == 0
+            assert storescu(archive.dicom_port, files).returncode == 0
+            study = str(dcmread(files[0]).StudyInstanceUID)
+
+            def outcomes() -> dict[str, str]:
+                rows = http_json(f"{archive.http}/api/forwarding?study={study}")[1]["forwards"]
+                return {r["instance"]: r["outcome"] for r in rows if r["destination"] == "OTHER"}
+
+            wait_until(lambda: sorted(outcomes().values()) == ["failed", "sent", "sent", "sent"], timeout=60)
+            assert outcomes()[uids[-1]] == "failed"
+            found = http_json(f"{other.http}/dicom-web/studies/{study}/instances")[1]
+            assert sorted(i["00080018"]["Value"][0] for i in found) == sorted(uids)  # the clash is the other's
+            # refused twice (ARCHIVE_FORWARD_ATTEMPTS=2): in OTHER's dead-letter queue, listed and replayable
+            def dead() -> dict[str, object]:
+                result = _cli(archive, "dead-letters", "--destination", "OTHER", "--json")
+                return json.loads(result.stdout) if result.returncode == 0 else {}
+
+            letters = wait_until(lambda: (d := dead()) and d["dead"] == 1 and d, timeout=60)
+            assert letters["messages"][0]["sop_instance_uid"] == uids[-1]  # type: ignore[index]
+            # the wrong key: 401, the destination counts as unreachable and its jobs wait
+            wait_until(lambda: _metric(archive, "archive_forward_unreachable_total", destination="LOCKED") >= 1)
+            queues = {q["destination"]: q for q in http_json(f"{archive.http}/api/forwarding")[1]["destinations"]}
+            assert queues["LOCKED"]["ready"] == 4 and queues["LOCKED"]["dead"] == 0
+            assert queues["OTHER"]["dead"] == 1
+        finally:
+            archive.stop()
+    finally:
+        other.stop()
