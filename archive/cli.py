@@ -290,7 +290,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
 def _delete(settings: Settings, args: argparse.Namespace) -> int:
     import getpass
 
-    from archive.compose import Backends, audit_trail
+    from archive.compose import Backends, Events, audit_trail
     from archive.core.changes import Deletion
     from archive.core.identity import Principal, PrincipalKind
     from archive.core.uids import validate_uid
@@ -304,12 +304,14 @@ def _delete(settings: Settings, args: argparse.Namespace) -> int:
     async def go() -> int:
         backends = Backends.from_settings(settings)
         trail = audit_trail(settings)
+        events = Events(settings)
         try:
             await backends.migrate()
             who = Principal(PrincipalKind.LOCAL, getpass.getuser(), "127.0.0.1")
-            service = DeleteService(backends.catalog, backends.search, backends.store, trail)
+            service = DeleteService(backends.catalog, backends.search, backends.store, trail, events)
             deleted = await service.delete(deletion, who, service="dicom-archive delete")
         finally:
+            await events.close()
             await backends.close()
             trail.close()
         if not deleted.instances:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -23,6 +24,7 @@ from archive.core.ports import (
     SearchIndex,
     StudyStability,
 )
+from archive.core.events import Event
 from archive.core.routing import is_url
 from archive.settings import Settings
 
@@ -102,13 +104,80 @@ class ForwardQueues:
             return queue
         async with self._lock:
             if destination not in self._queues:
-                queue = forward_queue(self.settings, destination)
+                queue = self._make(destination)
                 await queue.migrate()
                 self._queues[destination] = queue
             return self._queues[destination]
 
+    def _make(self, name: str) -> MessageQueue:
+        return forward_queue(self.settings, name)
+
     async def close(self) -> None:
         await asyncio.gather(*(q.close() for q in self._queues.values()), return_exceptions=True)
+
+
+def webhook_queue(settings: Settings, url: str) -> MessageQueue:
+    """The durable queue of one webhook's events (archive.forward.webhooks)."""
+    if settings.queue.startswith("sqlite://"):
+        from archive.adapters.sqlite_queue import SqliteQueue
+
+        path = _sqlite_path(settings.queue).parent / "webhook" / f"{_digest(url)}.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteQueue(path, delivery_limit=settings.forward_attempts, poll_interval=0.2)
+    from archive.adapters.amqp_queue import AmqpQueue
+
+    return AmqpQueue(settings.queue, queue=f"{settings.queue_name}.webhook.{_digest(url)[:16]}",
+                     delivery_limit=settings.forward_attempts, prefetch=200)
+
+
+class WebhookQueues(ForwardQueues):
+    """The webhook queues this process uses, each made and migrated on first use."""
+
+    def _make(self, name: str) -> MessageQueue:
+        return webhook_queue(self.settings, name)
+
+
+class Events:
+    """The EventSink of every role: the topic exchange ``archive.events`` when the queue is RabbitMQ,
+    and each webhook's queue (the types ARCHIVE_WEBHOOK_EVENTS names)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.exchange = None
+        if not settings.queue.startswith("sqlite://"):
+            from archive.adapters.amqp_events import AmqpEvents
+
+            self.exchange = AmqpEvents(settings.queue)
+        self.queues: dict[str, MessageQueue] = {}
+        self._lock = asyncio.Lock()
+
+    async def _webhook(self, url: str) -> MessageQueue:
+        async with self._lock:
+            if url not in self.queues:
+                queue = webhook_queue(self.settings, url)
+                await queue.migrate()
+                self.queues[url] = queue
+            return self.queues[url]
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        from archive import metrics
+
+        if self.exchange is not None:
+            await self.exchange.publish(events)
+        wanted = [e for e in events if e.type.value in self.settings.webhook_events]
+        for url in self.settings.webhooks:
+            if wanted:
+                queue = await self._webhook(url)
+                await asyncio.gather(*(queue.publish(e.to_bytes()) for e in wanted))
+        for e in events:
+            metrics.EVENTS.labels(e.type.value).inc()
+
+    async def close(self) -> None:
+        if self.exchange is not None:
+            await self.exchange.close()
+        await asyncio.gather(*(q.close() for q in self.queues.values()), return_exceptions=True)
 
 
 def catalog(settings: Settings) -> Catalog:

@@ -81,6 +81,9 @@ HTTP_AUTH = Counter(
 
 STUDIES_STABLE = Counter(
     "archive_studies_stable_total", "Studies marked stable (no new instance for ARCHIVE_STUDY_STABLE_SECONDS)")
+WEBHOOK_DELIVERIES = Counter(
+    "archive_webhook_deliveries_total", "Webhook requests (each up to 100 events) by outcome", ["outcome"])
+EVENTS = Counter("archive_events_total", "Events published (topic exchange, webhook queues)", ["type"])
 FORWARD_QUEUED = Counter(
     "archive_forward_jobs_queued_total", "Forward jobs the rules queued (after indexing), by destination",
     ["destination"])

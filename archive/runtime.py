@@ -23,7 +23,7 @@ from aiohttp import web
 from archive import web as archive_web
 from archive.auth import access as http_access
 from archive.auth.https import server_context as https_context
-from archive.compose import Backends, ForwardQueues, audit_trail
+from archive.compose import Backends, Events, ForwardQueues, WebhookQueues, audit_trail
 from archive.core.audit import AuditEvent, AuditTrail, EventKind, Outcome, Subtype
 from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Backend
@@ -272,11 +272,13 @@ async def run(settings: Settings, roles: Roles) -> None:
         app[archive_web.AUDIT] = trail
         forward_queues = ForwardQueues(settings)
         stack.push_async_callback(forward_queues.close)
+        events = Events(settings)  # the topic exchange (RabbitMQ) and the webhooks' queues
+        stack.push_async_callback(events.close)
         if roles.query_http:
             forwarding = Forwarding(backends.ledger, forward_queues, tuple(destinations(settings)))
             add_routes(app, backends.catalog, settings.query_limit, backends.search, store=backends.store,
                        ingest=IngestService(backends.store, backends.queue, settings.duplicate_policy),
-                       settings=settings, audit=trail, forwarding=forwarding)
+                       settings=settings, audit=trail, forwarding=forwarding, events=events)
 
         children = Children(settings)
         portal = Portal(asyncio.get_running_loop())
@@ -333,9 +335,10 @@ async def run(settings: Settings, roles: Roles) -> None:
             router = Router(RulesFile(settings.routing_rules, destinations(settings)), forward_queues,
                             backends.catalog) if settings.routing_rules else None
             worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch,
-                             router=router, stability=backends.stability, stable_seconds=settings.study_stable_seconds)
+                             router=router, stability=backends.stability, stable_seconds=settings.study_stable_seconds,
+                             events=events)
             worker_task = asyncio.create_task(worker.run(), name="indexer")
-        if roles.forward_in_child and (destinations(settings) or settings.routing_rules):
+        if roles.forward_in_child and (destinations(settings) or settings.routing_rules or settings.webhooks):
             children.spawn("forwarder")  # a rule or a manual send may name any configured destination
         elif roles.forward:
             from archive import ae_config
@@ -346,8 +349,10 @@ async def run(settings: Settings, roles: Roles) -> None:
             def names() -> list[str]:  # the rules may name DICOMweb URLs of their own
                 return configured + list(rules.current().destinations if rules is not None else ())
 
+            webhook_queues = WebhookQueues(settings)
+            stack.push_async_callback(webhook_queues.close)
             worker = Forwarder(names, ae_config.load(settings), forward_queues, backends.store, backends.ledger,
-                               settings, trail)
+                               settings, trail, events, webhook_queues)
             worker_task = asyncio.create_task(worker.run(), name="forwarder")
         supervisor = asyncio.create_task(children.supervise(), name="children") if children.procs else None
 

@@ -246,6 +246,24 @@ def _origin(text: str) -> str:
     return text.rstrip("/")
 
 
+def _webhook(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"{text!r} is not an http(s) URL without credentials")
+    return text
+
+
+_EVENT_TYPES = ("instance.stored", "study.stable", "study.deleted", "forward.succeeded", "forward.failed")
+
+
+def _event_type(text: str) -> str:
+    if text not in _EVENT_TYPES:
+        raise ValueError(f"{text!r} is not one of {', '.join(_EVENT_TYPES)}")
+    return text
+
+
 def _network(text: str) -> Network:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -484,6 +502,18 @@ class Settings:
         "destination's dead-letter queue; an outage of the destination costs a job at most one attempt", Int(low=1))
     forward_batch: int = setting(
         "ARCHIVE_FORWARD_BATCH", 50, "Most instances a forwarder sends on one association", Int(low=1))
+    webhooks: tuple[str, ...] = setting(
+        "ARCHIVE_WEBHOOKS", (),
+        "URLs that receive the archive's events as signed JSON POSTs (`https://a.example/hook,...`), each with "
+        "its own durable queue, retries and dead letters; see docs/routing.md", Items(_webhook))
+    webhook_secret: str = setting(
+        "ARCHIVE_WEBHOOK_SECRET", "",
+        "Key of the HMAC-SHA256 signature of each webhook body, sent as `X-Archive-Signature: sha256=<hex>`",
+        Text(), secret=True)
+    webhook_events: tuple[str, ...] = setting(
+        "ARCHIVE_WEBHOOK_EVENTS", _EVENT_TYPES,
+        "Event types the webhooks get: `instance.stored`, `study.stable`, `study.deleted`, `forward.succeeded`, "
+        "`forward.failed`", Items(_event_type))
     workers: int = setting(
         "ARCHIVE_WORKERS", 1, "SCP processes sharing the DICOM port (SO_REUSEPORT) in `serve`/`scp`", Int(low=1))
     query_limit: int = setting("ARCHIVE_QUERY_LIMIT", 1000, "Most results one query returns", Int(low=1))

@@ -82,8 +82,9 @@ class _OurReceiver(Receiver):
 
 class Serve(_OurReceiver):
     def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "asyncio",
-                 build: Build = THIS_BUILD, tls: bool = False) -> None:
+                 build: Build = THIS_BUILD, tls: bool = False, extra_env: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
+        self.extra_env = dict(extra_env or {})
         self.workers = workers
         self.fsync = fsync
         self.engine = engine
@@ -136,6 +137,7 @@ class Serve(_OurReceiver):
             "ARCHIVE_FSYNC": "true" if self.fsync else "false",
             "ARCHIVE_SCP_ENGINE": self.engine,
             **self.tls_env,  # the TLS port is dicom_port, the plain one elsewhere
+            **self.extra_env,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         proc = Proc("serve", [self.build.python, "-m", "archive.cli", "serve"], self.workdir / "serve.log", env,

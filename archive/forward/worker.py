@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 from archive import metrics
 from archive.ae_config import AEConfig
 from archive.core.audit import Action, AuditTrail, EventKind, StudyTally, record_all
+from archive.core.events import Event, EventSink, EventType, NoEvents
 from archive.core.errors import BackendUnavailable, ObjectNotFound, PoisonMessage
 from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Delivery, ForwardLedger, ForwardRecord, MessageQueue, ObjectStore
@@ -40,6 +41,7 @@ from archive.core.routing import ForwardJob
 from archive.forward.router import QueueFor
 from archive.forward.send import DicomSender, Item, Result, Unreachable, instance_of
 from archive.forward.stow import WebSender
+from archive.forward.webhooks import WebhookDelivery
 from archive.forward.targets import Target, targets
 from archive.query.objects import RetrieveError, spool
 from archive.settings import Settings
@@ -65,8 +67,9 @@ class Sender(Protocol):
 class DestinationForwarder:
     def __init__(self, target: Target, sender: Sender, queue: MessageQueue, store: ObjectStore,
                  ledger: ForwardLedger, settings: Settings, spool_dir: Path, stopping: asyncio.Event,
-                 audit: AuditTrail) -> None:
+                 audit: AuditTrail, events: EventSink | None = None) -> None:
         self.target = target
+        self.events: EventSink = events or NoEvents()
         self.sender = sender
         self.audit = audit
         self._us = Principal(PrincipalKind.AE, settings.aet, socket.gethostname())
@@ -228,6 +231,21 @@ class DestinationForwarder:
         # PS3.15 A.5.3.7: DICOM Instances Transferred, per study and outcome, the archive sending
         record_all(self.audit, tally.events(EventKind.INSTANCES_TRANSFERRED, self._us, action=Action.READ,
                                             service=self.settings.aet, peer=self._them, detail="forward refused"))
+        await self._publish(settle)
+
+    async def _publish(self, settle: list[tuple[Delivery, ForwardJob, str]]) -> None:
+        """forward.succeeded / forward.failed, one event per study and outcome of the batch."""
+        counts: dict[tuple[str, EventType], int] = {}
+        for _, job, outcome in settle:
+            kind = {"sent": EventType.FORWARD_SUCCEEDED, "failed": EventType.FORWARD_FAILED}.get(outcome)
+            if kind is not None:
+                counts[(job.study_uid, kind)] = counts.get((job.study_uid, kind), 0) + 1
+        now = time.time()
+        try:
+            await self.events.publish([Event(kind, now, study, destination=self.name, instances=n)
+                                       for (study, kind), n in counts.items()])
+        except BackendUnavailable as exc:  # the ledger has the outcomes
+            log.warning("forward events not published", extra={"destination": self.name, "reason": str(exc)})
 
     def _record(self, job: ForwardJob, outcome: str, detail: str, delivery: Delivery) -> ForwardRecord:
         return ForwardRecord(self.name, job.sop_instance_uid, job.study_uid, job.series_uid, job.rule, job.sha256,
@@ -244,8 +262,11 @@ class Forwarder:
     DICOMweb URL the rules name (new ones of a reloaded rules file start their own)."""
 
     def __init__(self, names: Callable[[], list[str]], config: AEConfig, queue_for: QueueFor, store: ObjectStore,
-                 ledger: ForwardLedger, settings: Settings, audit: AuditTrail) -> None:
+                 ledger: ForwardLedger, settings: Settings, audit: AuditTrail, events: EventSink | None = None,
+                 webhook_queue: QueueFor | None = None) -> None:
         self.names = names
+        self.events = events
+        self.webhook_queue = webhook_queue
         self.config = config
         self.queue_for = queue_for
         self.store = store
@@ -267,6 +288,12 @@ class Forwarder:
     async def run(self) -> None:
         shutil.rmtree(self.spool_dir, ignore_errors=True)  # what a killed forwarder left
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        hooks = []
+        if self.webhook_queue is not None:
+            for url in self.settings.webhooks:
+                delivery = WebhookDelivery(url, self.settings.webhook_secret, await self.webhook_queue(url),
+                                           self._stopping, self.settings.network_timeout)
+                hooks.append(asyncio.create_task(delivery.run(), name="webhook"))
         while not self._stopping.is_set():
             for target in targets(self.names(), self.config):
                 if target.name in self._tasks:
@@ -277,12 +304,12 @@ class Forwarder:
                     log.warning("forward queue unavailable", extra={"destination": target.name, "reason": str(exc)})
                     continue
                 worker = DestinationForwarder(target, self._sender(target), queue, self.store, self.ledger,
-                                              self.settings, self.spool_dir, self._stopping, self.audit)
+                                              self.settings, self.spool_dir, self._stopping, self.audit, self.events)
                 self._tasks[target.name] = asyncio.create_task(worker.run(), name=f"forward-{target.name[:40]}")
-            if not self._tasks:
+            if not self._tasks and not hooks:
                 log.warning("forwarder: no destinations (ARCHIVE_PEERS, ARCHIVE_AE_CONFIG, rules); waiting")
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=2.0)
             except asyncio.TimeoutError:
                 pass
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), *hooks, return_exceptions=True)

@@ -17,6 +17,7 @@ import time
 
 from archive import metrics
 from archive.core.errors import BackendUnavailable
+from archive.core.events import Event, EventSink, EventType, NoEvents
 from archive.core.ports import StudyStability
 from archive.forward.router import Router
 
@@ -27,9 +28,10 @@ LEASE_SECONDS = 300.0
 
 
 class StableSweeper:
-    def __init__(self, stability: StudyStability, router: Router | None, *, interval: float = SWEEP_SECONDS,
-                 lease: float = LEASE_SECONDS) -> None:
+    def __init__(self, stability: StudyStability, router: Router | None, events: EventSink | None = None, *,
+                 interval: float = SWEEP_SECONDS, lease: float = LEASE_SECONDS) -> None:
         self.stability = stability
+        self.events: EventSink = events or NoEvents()
         self.router = router
         self.interval = interval
         self.lease = lease
@@ -52,6 +54,10 @@ class StableSweeper:
         if studies:
             metrics.STUDIES_STABLE.inc(len(studies))
             log.info("studies stable", extra={"study_uids": studies[:20], "count": len(studies)})
+            try:  # the feed has them already (committed): an event lost to a broker outage stays lost
+                await self.events.publish([Event(EventType.STUDY_STABLE, now, study) for study in studies])
+            except BackendUnavailable as exc:
+                log.warning("study.stable events not published", extra={"reason": str(exc), "count": len(studies)})
         if self.router is None:
             return
         for rule in self.router.rules.current().stable_rules:

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from archive import metrics
-from archive.core.changes import STABLE_FEED
+from archive.core.changes import STABLE_FEED, ChangeAction
+from archive.core.events import Event, EventSink, EventType, NoEvents
 from archive.core.errors import BackendUnavailable, PoisonMessage
 from archive.core.flatten import flatten
 from archive.core.models import IndexMessage
@@ -55,6 +56,7 @@ class Indexer:
         router: Router | None = None,
         stability: StudyStability | None = None,
         stable_seconds: float = 60.0,
+        events: EventSink | None = None,
     ) -> None:
         self.queue = queue
         self.catalog = catalog
@@ -64,6 +66,7 @@ class Indexer:
         self.router = router
         self.stability = stability
         self.stable_seconds = stable_seconds
+        self.events: EventSink = events or NoEvents()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -73,7 +76,7 @@ class Indexer:
     async def run(self) -> None:
         sweeper = None
         if self.stability is not None:
-            sweeper = asyncio.create_task(StableSweeper(self.stability, self.router).run(self._stopping),
+            sweeper = asyncio.create_task(StableSweeper(self.stability, self.router, self.events).run(self._stopping),
                                           name="study-stable")
         try:
             await self._consume()
@@ -156,6 +159,12 @@ class Indexer:
         now = time.time()
         await self.search.upsert([flatten(m, indexed_at=now) for m in messages])
         done = time.time()
+        # every instance written, also an identical one again (a re-send, or a redelivery after a crash
+        # before this publish): at least once
+        action = {uid: ChangeAction.CREATED.value for uid in outcome.created} | {
+            uid: ChangeAction.UPDATED.value for uid in outcome.updated}
+        await self.events.publish([Event(EventType.INSTANCE_STORED, done, m.study_uid, m.series_uid, m.sop_instance_uid,
+                                         action=action.get(m.sop_instance_uid, "unchanged")) for m in messages])
         if self.router is not None:  # after the commit, before the ack (archive.forward.router)
             await self.router.route(messages)
         if self.stability is not None and messages:  # archive.indexer.stable

@@ -24,6 +24,7 @@ from archive import metrics
 from archive.core.audit import Action, AuditEvent, AuditTrail, EventKind, NoAudit, StudyAccess
 from archive.core.changes import Deleted, Deletion
 from archive.core.errors import BackendUnavailable, ObjectNotFound
+from archive.core.events import Event, EventSink, EventType, NoEvents
 from archive.core.identity import Principal
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.core.records import CatalogInstance
@@ -36,8 +37,9 @@ LEFTOVERS = Backoff(first=0.2, cap=2.0, attempts=5)  # search and objects, after
 
 class DeleteService:
     def __init__(self, catalog: Catalog, search: SearchIndex, store: ObjectStore,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, events: EventSink | None = None) -> None:
         self.catalog = catalog
+        self.events: EventSink = events or NoEvents()
         self.search = search
         self.store = store
         self.audit = audit or NoAudit()
@@ -56,6 +58,12 @@ class DeleteService:
         log.info("deleted from the catalog", extra={
             "study_uid": deletion.study_uid, "series_uid": deletion.series_uid,
             "sop_instance_uid": deletion.sop_instance_uid, "instances": len(deleted.instances)})
+        try:
+            await self.events.publish([Event(EventType.STUDY_DELETED, deleted.at, deletion.study_uid,
+                                             deletion.series_uid or "", deletion.sop_instance_uid or "",
+                                             instances=len(deleted.instances))])
+        except BackendUnavailable as exc:  # the delete stands; the feed has its entries
+            log.warning("study.deleted event not published", extra={"reason": str(exc)})
         await retrying(LEFTOVERS, BackendUnavailable)(self.remove_leftovers, deleted.instances)
         return deleted
 

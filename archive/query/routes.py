@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from archive.core.audit import AuditTrail, NoAudit
+from archive.core.events import EventSink
 from archive.core.ports import Catalog, ObjectStore, SearchIndex
 from archive.ingest.service import IngestService
 from archive.query import openapi
@@ -31,7 +32,7 @@ from archive.settings import Settings
 def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: SearchIndex | None = None, *,
                store: ObjectStore | None = None, ingest: IngestService | None = None,
                settings: Settings | None = None, audit: AuditTrail | None = None,
-               forwarding: Forwarding | None = None) -> None:
+               forwarding: Forwarding | None = None, events: EventSink | None = None) -> None:
     """Every route of the query service; the services that need a backend are served when it is
     given: the search API with ``search``, WADO frames, rendering and WADO-URI with ``store``,
     STOW-RS with ``ingest``, DELETE with ``store`` and ``search``; the change feed always."""
@@ -47,7 +48,7 @@ def add_routes(app: web.Application, catalog: Catalog, max_limit: int, search: S
     if ingest is not None:
         app[INGEST] = ingest
     if store is not None and search is not None:
-        app[DELETES] = DeleteService(catalog, search, store, app[http_audit.AUDIT])
+        app[DELETES] = DeleteService(catalog, search, store, app[http_audit.AUDIT], events)
     dicomweb.add_routes(app)
     app.router.add_get("/api/changes", changes.changes)
     if forwarding is not None:
