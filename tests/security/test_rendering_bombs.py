@@ -8,9 +8,12 @@ affected) with bounded memory: the serve process's peak RSS may not grow by more
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.security.conftest import Archive, get, guarded, peak_rss_mb
+from tests.e2e.harness import wait_until
+from tests.security.conftest import Archive, ct, get, guarded, peak_rss_mb, store_baseline
 
 RSS_BUDGET_MB = 400
 
@@ -78,3 +81,25 @@ def test_huge_wado_uri_size_is_bounded(archive: Archive) -> None:
         status, _, body = get(url)
     assert peak_rss_mb(archive) - before < RSS_BUDGET_MB
     assert status in (200, 400), (status, body[:200])
+
+
+@pytest.mark.parametrize("scope", ["study", "series"])
+def test_a_study_holding_a_bomb_is_refused_before_the_multipart_response_starts(
+        archive: Archive, scope: str, tmp_path: Path) -> None:
+    """Converting every instance of a study (the WADO-RS default syntax) would have to decode the
+    bomb midway, after a harmless first instance went out; the catalog's attributes refuse it
+    before the response starts (406), instead of a cut connection."""
+    url = _instance_url(archive, "rle_bomb").rsplit("/instances/", 1)[0]
+    study, series = url.split("/studies/")[1].split("/series/")
+    if "bomb_neighbour" not in archive.baseline:  # sent first: instance number 0
+        catalog, search = archive.catalog_count(), archive.search_count()
+        store_baseline(archive, {"bomb_neighbour": ct(study_uid=study, series_uid=series, instance_number=0)},
+                       tmp_path)
+        wait_until(lambda: (archive.catalog_count(), archive.search_count()) == (catalog + 1, search + 1), timeout=30)
+    if scope == "study":
+        url = url.rsplit("/series/", 1)[0]
+    with guarded(archive):
+        status, _, body = get(url, {"Accept": 'multipart/related; type="application/dicom"'})
+    assert status == 406 and b"rle_bomb" not in body and b"decoded per request" in body, (status, body[:300])
+    status, headers, body = get(url, {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert status == 200, (status, body[:300])  # as stored: no decoding, nothing refused

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from pydicom.dataset import Dataset
 
 from archive import metrics
+from archive.core.decode_limits import TAGS, TooLargeToDecode, check_object
 from archive.core.ports import ObjectStore
 from archive.core.levels import Level
 from archive.core.query import Query
@@ -121,6 +124,24 @@ async def _send_instance(request: web.Request, inst: CatalogInstance, syntax: st
     return response
 
 
+PIXEL_TAGS = [f"{tag:08X}" for tag in TAGS]  # as DICOM JSON keys
+
+
+async def _check_decodable(request: web.Request, query: Query, uids: set[str]) -> None:
+    """406 before the response starts when an instance to convert declares more pixels than a request
+    decodes (archive.core.decode_limits), from the attributes the catalog keeps: otherwise the
+    multipart response would have to be cut midway."""
+    for meta in await request.app[CATALOG].metadata(query):
+        if meta.sop_instance_uid not in uids:
+            continue
+        attributes = json.loads(meta.json)
+        pixel = Dataset.from_json({tag: attributes[tag] for tag in PIXEL_TAGS if tag in attributes})
+        try:
+            check_object(pixel)
+        except TooLargeToDecode as exc:
+            raise http_error(web.HTTPNotAcceptable, f"instance {meta.sop_instance_uid}: {exc}") from None
+
+
 async def retrieve(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     level, matchers = scope(request)
@@ -144,6 +165,9 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     if refused:
         raise http_error(web.HTTPNotAcceptable,
                          f"stored in {', '.join(refused)}: none of the accepted transfer syntaxes can be produced")
+    converting = {inst.sop_instance_uid for inst, syntax in plan if syntax != inst.transfer_syntax_uid}
+    if converting and len(plan) > 1:  # a multipart response cannot take back its 200 once it started
+        await _check_decodable(request, Query(level, matchers, limit=MAX_INSTANCES), converting)
     audit.note(request, instances)
     first_inst, first_syntax = plan[0]
     assert first_syntax is not None
