@@ -199,12 +199,24 @@ def _api_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    from archive.compose import message_queue
+    """The index queue's dead letters, or (``--destination``) a forward queue's."""
+    from archive.compose import forward_queue, message_queue
     from archive.core.errors import PoisonMessage
     from archive.core.models import IndexMessage
+    from archive.core.routing import ForwardJob
+
+    def ids(body: bytes) -> dict[str, str | None]:
+        try:
+            if args.destination:
+                job = ForwardJob.from_bytes(body)
+                return {"sop_instance_uid": job.sop_instance_uid, "study_uid": job.study_uid, "rule": job.rule}
+            m = IndexMessage.from_bytes(body)
+            return {"sop_instance_uid": m.sop_instance_uid, "study_uid": m.study_uid, "key": m.key}
+        except PoisonMessage:
+            return {"sop_instance_uid": None, "study_uid": None}
 
     async def go() -> int:
-        queue = message_queue(settings)
+        queue = forward_queue(settings, args.destination) if args.destination else message_queue(settings)
         try:
             await queue.migrate()
             if args.replay:
@@ -219,15 +231,8 @@ def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
             letters = await queue.dead_letters(args.limit)
         finally:
             await queue.close()
-        rows = []
-        for letter in letters:
-            ids: dict[str, str | None]
-            try:
-                m = IndexMessage.from_bytes(letter.body)
-                ids = {"sop_instance_uid": m.sop_instance_uid, "study_uid": m.study_uid, "key": m.key}
-            except PoisonMessage:
-                ids = {"sop_instance_uid": None, "study_uid": None, "key": None}
-            rows.append({**ids, "delivery_count": letter.delivery_count, "reason": letter.reason})
+        rows = [{**ids(letter.body), "delivery_count": letter.delivery_count, "reason": letter.reason}
+                for letter in letters]
         if args.json:
             print(json.dumps({"ready": depth.ready, "dead": depth.dead, "messages": rows}, indent=2))
         else:
@@ -359,10 +364,6 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(settings, args)
         elif args.command == "delete":
             return _delete(settings, args)
-        elif args.command == "dead-letters" and args.destination:
-            from archive.cli_forward import forward_dead_letters
-
-            return forward_dead_letters(settings, args)
         elif args.command == "dead-letters":
             return _dead_letters(settings, args)
         elif args.command == "api-key":

@@ -1,5 +1,5 @@
-"""The forwarding commands of ``dicom-archive``: rules check, send, forwards, and dead letters of a
-destination (``dead-letters --destination``)."""
+"""The forwarding commands of ``dicom-archive``: rules check, send, forwards (``dead-letters
+--destination`` is the dead-letters command's)."""
 
 from __future__ import annotations
 
@@ -90,42 +90,3 @@ def forwards(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{when}  {r['destination']}  {r['outcome']}  {r['sop_instance_uid']}  "
                   f"rule={r['rule']}  attempts={r['attempts']}  {r['detail']}")
     return 0
-
-
-def forward_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    from archive.compose import forward_queue
-    from archive.core.errors import PoisonMessage
-    from archive.core.routing import ForwardJob
-
-    async def go() -> int:
-        queue = forward_queue(settings, args.destination)
-        try:
-            await queue.migrate()
-            if args.replay:
-                moved = await queue.replay(args.limit)
-                print(json.dumps({"replayed": moved}) if args.json else f"replayed: {moved}")
-                return 0
-            depth = await queue.depth()
-            letters = await queue.dead_letters(args.limit)
-        finally:
-            await queue.close()
-        rows = []
-        for letter in letters:
-            try:
-                job = ForwardJob.from_bytes(letter.body)
-                ids: dict[str, str | None] = {"sop_instance_uid": job.sop_instance_uid, "study_uid": job.study_uid,
-                                              "rule": job.rule}
-            except PoisonMessage:
-                ids = {"sop_instance_uid": None, "study_uid": None, "rule": None}
-            rows.append({**ids, "delivery_count": letter.delivery_count, "reason": letter.reason})
-        if args.json:
-            print(json.dumps({"destination": args.destination, "ready": depth.ready, "dead": depth.dead,
-                              "messages": rows}, indent=2))
-        else:
-            print(f"{args.destination}: waiting: {depth.ready}  dead-lettered: {depth.dead}")
-            for row in rows:
-                print(f"{row['sop_instance_uid'] or '<unparseable>'}  deliveries={row['delivery_count']}  {row['reason']}")
-        return 0
-
-    return asyncio.run(go())
-

@@ -13,12 +13,13 @@ backoff (:mod:`archive.core.retry`, as Orthanc spreads its retries). Connection 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -155,41 +156,31 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         assert self._pool is not None
         return self._pool
 
-    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection (its statements commit when the block ends); errors as the port's."""
         pool = await self._get_pool()
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute(query, params)
-                return await cur.fetchall()
+                yield conn
         except psycopg.errors.UndefinedTable as exc:
             raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
         except psycopg.OperationalError as exc:
             raise BackendUnavailable("catalog", str(exc)) from exc
 
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._connection() as conn:
+            return await (await conn.execute(query, params)).fetchall()
+
     async def _write(self, query: str, params: Sequence[Any] = ()) -> int:
-        pool = await self._get_pool()
-        try:
-            async with pool.connection() as conn:  # committed when the block ends
-                cur = await conn.execute(query, params)
-                return cur.rowcount
-        except psycopg.errors.UndefinedTable as exc:
-            raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
-        except psycopg.OperationalError as exc:
-            raise BackendUnavailable("catalog", str(exc)) from exc
+        async with self._connection() as conn:
+            return (await conn.execute(query, params)).rowcount
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
     greatest = "GREATEST"
 
     async def _write_returning(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        pool = await self._get_pool()
-        try:
-            async with pool.connection() as conn:  # committed when the block ends
-                cur = await conn.execute(query, params)
-                return await cur.fetchall()
-        except psycopg.errors.UndefinedTable as exc:
-            raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
-        except psycopg.OperationalError as exc:
-            raise BackendUnavailable("catalog", str(exc)) from exc
+        return await self._fetch(query, params)  # one statement, committed with its connection's block
 
     async def record_stable(self, now: float, limit: int = 1000) -> list[str]:
         async def work(conn: AsyncConnection[Any]) -> list[str]:
@@ -201,14 +192,8 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         return await self._transact("stable", work)
 
     async def _write_many(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
-        pool = await self._get_pool()
-        try:
-            async with pool.connection() as conn, conn.cursor() as cur:  # one transaction
-                await cur.executemany(query, rows)
-        except psycopg.errors.UndefinedTable as exc:
-            raise BackendUnavailable("catalog", NOT_MIGRATED) from exc
-        except psycopg.OperationalError as exc:
-            raise BackendUnavailable("catalog", str(exc)) from exc
+        async with self._connection() as conn, conn.cursor() as cur:  # one transaction
+            await cur.executemany(query, rows)
 
     # -- Backend --------------------------------------------------------------
     async def migrate(self) -> None:

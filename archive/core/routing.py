@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,23 +163,14 @@ def _matchers(value: Any) -> tuple[Matcher, ...]:
     return tuple(out)
 
 
-def _aets(value: Any, what: str) -> tuple[str, ...]:
+def _names(value: Any, what: str, problem: Callable[[object], str | None], kind: str) -> tuple[str, ...]:
+    """One name (``kind``) or a list of them, each passing ``problem``, duplicates dropped."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
-        raise ValueError(f"{what} must be an AE title or a list of them")
-    for aet in items:
-        if problem := ae_title_problem(aet):
-            raise ValueError(problem)
-    return tuple(dict.fromkeys(a.strip() for a in items))
-
-
-def _destinations(value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items:
-        raise ValueError("destinations must be an AE title, a DICOMweb URL or a list of them")
+        raise ValueError(f"{what} must be {kind} or a list of them")
     for item in items:
-        if problem := destination_problem(item):
-            raise ValueError(problem)
+        if found := problem(item):
+            raise ValueError(found)
     return tuple(dict.fromkeys(i.strip().rstrip("/") if is_url(i) else i.strip() for i in items))
 
 
@@ -224,13 +215,14 @@ def _rule(raw: Any, where: str) -> Rule:
     except ValueError as exc:
         raise RulesError(f"{where}: match: {exc}") from None
     try:
-        calling = frozenset(_aets(raw["calling_aet"], "calling_aet")) if raw.get("calling_aet") else frozenset()
+        calling = frozenset(_names(raw["calling_aet"], "calling_aet", ae_title_problem, "an AE title")) if raw.get("calling_aet") else frozenset()
     except ValueError as exc:
         raise RulesError(f"{where}: calling_aet: {exc}") from None
     if "destinations" not in raw:
         raise RulesError(f"{where}: destinations: missing (AE titles of configured peers)")
     try:
-        destinations = _destinations(raw["destinations"])
+        destinations = _names(raw["destinations"], "destinations", destination_problem,
+                              "an AE title, a DICOMweb URL")
     except ValueError as exc:
         raise RulesError(f"{where}: destinations: {exc}") from None
     changes = {}
