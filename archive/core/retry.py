@@ -113,3 +113,11 @@ def retrying_sync(policy: Backoff, on: ExceptionTypes, *, give_up: Callable[[], 
     return Retrying(retry=_condition(on, until_true), wait=policy._wait, stop=policy._stop(give_up),
                     sleep=sleep, before_sleep=_before_sleep(on_retry), reraise=True,
                     retry_error_callback=_last_result if until_true else None)
+
+
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less when ``stopping`` is set (a worker's sleep between attempts)."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -23,7 +23,7 @@ import aiohttp
 from archive import metrics
 from archive.core.errors import BackendUnavailable
 from archive.core.ports import Delivery, MessageQueue
-from archive.core.retry import Backoff
+from archive.core.retry import Backoff, pause
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,7 @@ class WebhookDelivery:
                     await self._sleep(1.0)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+        await pause(self._stopping, seconds)
 
     async def _deliver(self, session: aiohttp.ClientSession, deliveries: list[Delivery]) -> None:
         events = []

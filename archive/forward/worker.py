@@ -36,7 +36,7 @@ from archive.core.events import Event, EventSink, EventType, NoEvents
 from archive.core.errors import BackendUnavailable, ObjectNotFound, PoisonMessage
 from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Delivery, ForwardLedger, ForwardRecord, MessageQueue, ObjectStore
-from archive.core.retry import Backoff, retrying
+from archive.core.retry import Backoff, pause, retrying
 from archive.core.routing import ForwardJob
 from archive.forward.router import QueueFor
 from archive.forward.send import DicomSender, Item, Result, Unreachable, instance_of
@@ -111,10 +111,7 @@ class DestinationForwarder:
         log.info("forwarding stopped", extra={"destination": self.name})
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+        await pause(self._stopping, seconds)
 
     async def _depth(self) -> None:
         now = time.monotonic()
@@ -308,8 +305,5 @@ class Forwarder:
                 self._tasks[target.name] = asyncio.create_task(worker.run(), name=f"forward-{target.name[:40]}")
             if not self._tasks and not hooks:
                 log.warning("forwarder: no destinations (ARCHIVE_PEERS, ARCHIVE_AE_CONFIG, rules); waiting")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=2.0)
-            except asyncio.TimeoutError:
-                pass
+            await pause(self._stopping, 2.0)
         await asyncio.gather(*self._tasks.values(), *hooks, return_exceptions=True)

@@ -19,6 +19,7 @@ from archive import metrics
 from archive.core.errors import BackendUnavailable
 from archive.core.events import Event, EventSink, EventType, NoEvents
 from archive.core.ports import StudyStability
+from archive.core.retry import pause
 from archive.forward.router import Router
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,7 @@ class StableSweeper:
                 log.warning("study-stable sweep: backend unavailable", extra={"reason": str(exc)})
             except Exception as exc:
                 log.error("study-stable sweep failed; continuing", extra={"error": type(exc).__name__})
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=self.interval)
-            except asyncio.TimeoutError:
-                pass
+            await pause(stopping, self.interval)
 
     async def sweep(self, now: float) -> None:
         studies = await self.stability.record_stable(now)

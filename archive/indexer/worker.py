@@ -26,7 +26,7 @@ from archive.core.events import Event, EventSink, EventType, NoEvents
 from archive.core.errors import BackendUnavailable, PoisonMessage
 from archive.core.flatten import flatten
 from archive.core.models import IndexMessage
-from archive.core.retry import Backoff, retrying
+from archive.core.retry import Backoff, pause, retrying
 from archive.core.ports import Catalog, Delivery, MessageQueue, SearchIndex, StablePending, StudyStability
 from archive.core.records import CatalogEntry
 from archive.forward.router import Router
@@ -103,10 +103,7 @@ class Indexer:
         log.info("indexer stopped")
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+        await pause(self._stopping, seconds)
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         items: list[_Item] = []
