@@ -183,6 +183,8 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         return await self._fetch(query, params)  # one statement, committed with its connection's block
 
     async def record_stable(self, now: float, limit: int = 1000) -> list[str]:
+        if not await self._any_due(FEED, now):
+            return []
         async def work(conn: AsyncConnection[Any]) -> list[str]:
             cur = await conn.execute(self._feed_due(), (FEED, FEED, now, now, limit))
             studies = [str(row[0]) for row in await cur.fetchall()]

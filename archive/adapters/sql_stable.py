@@ -54,7 +54,16 @@ class StableTable:
             f"ON CONFLICT (name, study_uid) DO UPDATE SET due_at = {self.greatest}(stable_pending.due_at, excluded.due_at)",
             [(name, study, due) for (name, study), due in sorted(last.items())])
 
+    async def _any_due(self, name: str, now: float) -> bool:
+        """A read first, so that an idle sweep (every indexer, every second) writes nothing."""
+        m = self.dialect.placeholder
+        rows = await self._fetch(f"SELECT 1 FROM stable_pending WHERE name = {m} AND due_at <= {m} "
+                                 f"AND claimed_until <= {m} LIMIT 1", (name, now, now))
+        return bool(rows)
+
     async def claim_stable(self, name: str, now: float, lease: float, limit: int = 100) -> list[tuple[str, float]]:
+        if not await self._any_due(name, now):
+            return []
         m = self.dialect.placeholder
         rows = await self._write_returning(
             f"UPDATE stable_pending SET claimed_until = {m} WHERE name = {m} AND study_uid IN ({self._claimable()}) "

@@ -321,6 +321,8 @@ class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         return await self._run(self._writer, self._transaction, lambda con: con.execute(sql, params).fetchall())
 
     async def record_stable(self, now: float, limit: int = 1000) -> list[str]:
+        if not await self._any_due(FEED, now):
+            return []
         def work(con: sqlite3.Connection) -> list[str]:
             studies = [str(row[0]) for row in con.execute(self._feed_due(), (FEED, FEED, now, now, limit)).fetchall()]
             self._append_feed(con, [(ChangeAction.STABLE.value, s, "", "") for s in sorted(studies)], now)
