@@ -89,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--deep", action="store_true", help="re-hash every object instead of trusting recorded checksums")
     verify.add_argument("--repair", action="store_true", help="re-queue orphaned objects for indexing; remove what an interrupted delete left")
+    reindex = add("reindex", "rebuild the catalog and the search index from the object store",
+                  "Read every stored object and write it to the catalog and the search index as the indexer would, "
+                  "while the archive keeps answering and ingesting. Derived data only: the change feed, tombstones, "
+                  "the forwarding ledger and API keys are kept, and no change-feed entry, event or forwarding rule "
+                  "fires. Resumable: a run started again after a crash continues after the last batch it "
+                  "committed. Progress (rate, ETA) on stderr; gauges on ARCHIVE_METRICS_PORT when set. Exit "
+                  "status 0 when the rebuild is complete.")
+    reindex.add_argument("--restart", action="store_true", help="start from the first object, not where a run left off")
+    reindex.add_argument("--state", type=Path, help="the resume file (default: ARCHIVE_DATA_DIR/reindex.json)")
+    reindex.add_argument("--batch", type=int, default=100, help="objects written in one catalog transaction")
+    reindex.add_argument("--json", action="store_true", help="print the report as JSON")
     delete = add("delete", "delete a study, a series or an instance (object store, catalog, search index)",
                  "Delete what the UIDs name, as DELETE /dicom-web/studies/... does: removed from the "
                  "catalog (a tombstone keeps a late index message from bringing it back, the change "
@@ -292,6 +303,50 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.compose import Backends
+    from archive.ops.reindex import Progress, State, reindex
+
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.bind)
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(p: Progress) -> None:
+        now = time.monotonic()
+        if not tty and now - last[0] < 10 and p.done < p.total:
+            return
+        last[0] = now
+        eta = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
+        line = (f"reindex: {p.done}/{p.total} objects ({100 * p.done / max(p.total, 1):.1f}%), "
+                f"{p.rate:.0f}/s, ETA {eta:.0f} s")
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    async def go() -> int:
+        backends = Backends.from_settings(settings)
+        try:
+            for backend in (backends.store, backends.catalog, backends.search):
+                await backend.migrate()
+            state = State(args.state or settings.data_dir / "reindex.json")
+            report = await reindex(backends.store, backends.catalog, backends.search, state, restart=args.restart,
+                                   batch=max(1, args.batch), on_progress=show)
+        finally:
+            await backends.close()
+        if tty:
+            print(file=sys.stderr)
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            resumed = f" (resumed after {report.resumed_after})" if report.resumed_after else ""
+            print(f"reindexed {report.indexed} of {report.objects} objects in {report.seconds} s{resumed}; "
+                  f"left alone: {report.tombstoned} tombstoned, {report.unreadable} unreadable")
+        return 0
+
+    return asyncio.run(go())
+
+
 def _delete(settings: Settings, args: argparse.Namespace) -> int:
     import getpass
 
@@ -364,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(settings, args)
         elif args.command == "delete":
             return _delete(settings, args)
+        elif args.command == "reindex":
+            return _reindex(settings, args)
         elif args.command == "dead-letters":
             return _dead_letters(settings, args)
         elif args.command == "api-key":

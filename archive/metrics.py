@@ -79,6 +79,10 @@ HTTP_AUTH = Counter(
     ["outcome"],  # user | api-key | local | open (let in); unauthenticated | invalid_token | forbidden (401, 403)
 )
 
+REINDEX_OBJECTS = Gauge("archive_reindex_objects", "Objects a running reindex found in the object store",
+                        multiprocess_mode="mostrecent")
+REINDEX_DONE = Gauge("archive_reindex_done", "Objects a running reindex has handled (resumed runs included)",
+                     multiprocess_mode="mostrecent")
 STUDIES_STABLE = Counter(
     "archive_studies_stable_total", "Studies marked stable (no new instance for ARCHIVE_STUDY_STABLE_SECONDS)")
 WEBHOOK_DELIVERIES = Counter(
@@ -92,7 +96,8 @@ FORWARDED = Counter(
     ["destination", "outcome"],  # sent | already_sent | failed (a failure status) | gone (deleted meanwhile)
 )
 FORWARD_UNREACHABLE = Counter(
-    "archive_forward_unreachable_total", "Associations to a destination that could not be opened or broke",
+    "archive_forward_unreachable_total",
+    "Times a destination could not be reached: an association (or request) that failed, and each failed probe after",
     ["destination"])
 FORWARD_SECONDS = Histogram(
     "archive_forward_batch_seconds", "Time to send one batch of instances on one association", ["destination"],

@@ -431,6 +431,11 @@ indexer:
   replicaCount: 1
   autoscaling: {enabled: false}
   resources: {requests: {cpu: 50m, memory: 128Mi}}
+forwarder:
+  replicaCount: 1
+  autoscaling: {enabled: false}
+  resources: {requests: {cpu: 50m, memory: 128Mi}}
+  dataSizeLimit: 2Gi
 query:
   replicaCount: 1
   autoscaling: {enabled: false}

@@ -263,10 +263,10 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         except _Conflict as exc:
             raise BackendUnavailable("catalog", f"{exc.__cause__ or exc}") from exc.__cause__
 
-    async def upsert(self, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+    async def upsert(self, entries: Sequence[CatalogEntry], *, changes: bool = True) -> UpsertOutcome:
         if not entries:
             return UpsertOutcome()
-        return await self._transact("upsert", lambda conn: self._upsert(conn, entries))
+        return await self._transact("upsert", lambda conn: self._upsert(conn, entries, changes))
 
     async def _lock_feed(self, conn: AsyncConnection[Any]) -> int:
         """Take the feed lock (until this transaction ends) and return the last committed seq.
@@ -292,7 +292,8 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
             "SELECT sop_instance_uid, deleted_at FROM tombstones WHERE sop_instance_uid = ANY(%s)", (list(uids),))
         return {row[0]: float(row[1]) for row in await cur.fetchall()}
 
-    async def _upsert(self, conn: AsyncConnection[Any], entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+    async def _upsert(self, conn: AsyncConnection[Any], entries: Sequence[CatalogEntry],
+                      changes: bool = True) -> UpsertOutcome:
         uids = sorted({e.instance.sop_instance_uid for e in entries})
         tombstones = await self._tombstones(conn, uids)
         live, dropped = feed.split_live(entries, tombstones)
@@ -303,6 +304,15 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         cur = await conn.execute(
             "SELECT sop_instance_uid, sha256 FROM instances WHERE sop_instance_uid = ANY(%s)", (live_uids,))
         prior: dict[str, str] = {row[0]: row[1] for row in await cur.fetchall()}
+        if changes:  # written by a rebuild the feed never announced: announce it now (schema 6)
+            cur = await conn.execute("DELETE FROM rebuilt WHERE sop_instance_uid = ANY(%s) RETURNING sop_instance_uid",
+                                     (live_uids,))
+            for row in await cur.fetchall():
+                prior.pop(row[0], None)
+        else:
+            async with conn.cursor() as c:
+                await c.executemany("INSERT INTO rebuilt (sop_instance_uid) VALUES (%s) ON CONFLICT DO NOTHING",
+                                    [(uid,) for uid in live_uids if uid not in prior])
         await self._write_plan(conn, plan)
         revived = [uid for uid in live_uids if uid in tombstones]  # re-sent after their delete
         if revived:
@@ -312,7 +322,8 @@ class PostgresCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         if feed.split_live(live, await self._tombstones(conn, live_uids))[1]:
             raise _Conflict("a concurrent delete tombstoned instances of the batch")
         rows, outcome = feed.feed_of_upsert(plan, prior)
-        await self._append_feed(conn, rows, time.time())
+        if changes:
+            await self._append_feed(conn, rows, time.time())
         return UpsertOutcome(outcome.created, outcome.updated, dropped)
 
     async def delete(self, deletion: Deletion, at: float) -> Deleted:

@@ -204,11 +204,11 @@ class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         self._reader.shutdown()
 
     # -- Catalog --------------------------------------------------------------
-    async def upsert(self, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+    async def upsert(self, entries: Sequence[CatalogEntry], *, changes: bool = True) -> UpsertOutcome:
         if not entries:
             return UpsertOutcome()
         started = time.perf_counter()
-        outcome = await self._run(self._writer, self._transaction, lambda con: self._upsert(con, entries))
+        outcome = await self._run(self._writer, self._transaction, lambda con: self._upsert(con, entries, changes))
         elapsed_ms = (time.perf_counter() - started) * 1e3
         log.debug("catalog upsert of %d instances in %.1f ms", len(entries), elapsed_ms)
         return outcome
@@ -223,7 +223,7 @@ class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         return out
 
     @classmethod
-    def _upsert(cls, con: sqlite3.Connection, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+    def _upsert(cls, con: sqlite3.Connection, entries: Sequence[CatalogEntry], changes: bool = True) -> UpsertOutcome:
         uids = sorted({e.instance.sop_instance_uid for e in entries})
         tombstones = dict(cls._select_in(
             con, "SELECT sop_instance_uid, deleted_at FROM tombstones WHERE sop_instance_uid IN", uids))
@@ -234,12 +234,22 @@ class SqliteCatalog(CatalogReads, ApiKeyTable, ForwardTable, StableTable):
         live_uids = [row.sop_instance_uid for row, _, _ in plan.instances]
         prior = dict(cls._select_in(con, "SELECT sop_instance_uid, sha256 FROM instances WHERE sop_instance_uid IN",
                                     live_uids))
+        if changes:  # written by a rebuild the feed never announced: announce it now (schema 6)
+            announced = [row[0] for row in cls._select_in(
+                con, "SELECT sop_instance_uid FROM rebuilt WHERE sop_instance_uid IN", live_uids)]
+            for uid in announced:
+                prior.pop(uid, None)
+            con.executemany("DELETE FROM rebuilt WHERE sop_instance_uid = ?", [(uid,) for uid in announced])
+        else:
+            con.executemany("INSERT INTO rebuilt (sop_instance_uid) VALUES (?) ON CONFLICT DO NOTHING",
+                            [(uid,) for uid in live_uids if uid not in prior])
         cls._write_plan(con, plan)
         revived = [uid for uid in live_uids if uid in tombstones]  # re-sent after their delete
         if revived:
             con.executemany("DELETE FROM tombstones WHERE sop_instance_uid = ?", [(uid,) for uid in revived])
         rows, outcome = feed.feed_of_upsert(plan, prior)
-        cls._append_feed(con, rows, time.time())
+        if changes:
+            cls._append_feed(con, rows, time.time())
         return UpsertOutcome(outcome.created, outcome.updated, dropped)
 
     @staticmethod

@@ -94,6 +94,9 @@ class IndexMessage:
     source_aet: str
     metadata: DicomJson = field(default_factory=dict)
     version: int = INDEX_MESSAGE_VERSION
+    # rebuilt from the stored object (verify --repair): indexed without change-feed entries,
+    # events or forwarding rules, as reindex does
+    rebuild: bool = False
 
     def to_bytes(self) -> bytes:
         # vars(), not dataclasses.asdict(): asdict deep-copies the metadata first.

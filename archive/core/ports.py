@@ -120,12 +120,12 @@ class InstanceMetadata:
 class Catalog(Backend, Protocol):
     """The relational catalog of patients, studies, series and instances."""
 
-    async def upsert(self, entries: Sequence[CatalogEntry]) -> UpsertOutcome:
+    async def upsert(self, entries: Sequence[CatalogEntry], *, changes: bool = True) -> UpsertOutcome:
         """Insert or update every entry in one transaction (idempotent by SOP UID).
 
         An entry received (``received_at``) at or before its instance's tombstone is dropped; a
         later one clears the tombstone. The change feed's entries (created, updated) are written
-        in the same transaction.
+        in the same transaction, unless ``changes`` is False (a rebuild: reindex, verify --repair).
         """
 
     async def delete(self, deletion: Deletion, at: float) -> Deleted:

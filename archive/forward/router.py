@@ -31,6 +31,8 @@ class Router:
         self.rules = rules
         self.queue_for = queue_for
         self.catalog = catalog
+        for destination in rules.current().destinations:  # series at 0 from the start
+            metrics.FORWARD_QUEUED.labels(destination)
 
     async def route(self, messages: Sequence[IndexMessage]) -> int:
         """Queue the jobs of ``messages``; how many. Raises BackendUnavailable when a queue does not

@@ -87,6 +87,12 @@ class DestinationForwarder:
         return self.target.name
 
     async def run(self) -> None:
+        # every series a panel or an alert reads exists from the start, at 0 (a rate sees the first jobs)
+        for outcome in ("sent", "already_sent", "failed", "gone"):
+            metrics.FORWARDED.labels(self.name, outcome)
+        metrics.FORWARD_UNREACHABLE.labels(self.name)
+        metrics.FORWARD_SECONDS.labels(self.name)
+        metrics.FORWARD_QUEUED.labels(self.name)
         where = self.target.dicom.address if self.target.dicom is not None else self.target.url
         log.info("forwarding started", extra={"destination": self.name, "address": where})
         while not self._stopping.is_set():
@@ -134,6 +140,11 @@ class DestinationForwarder:
             except Exception as exc:  # a TLS context that fails, a name that does not resolve
                 log.warning("destination probe failed", extra={"destination": self.name,
                                                                "error": type(exc).__name__})
+            metrics.FORWARD_UNREACHABLE.labels(self.name).inc()  # each failed probe: a long outage keeps counting
+            try:
+                await self._depth()  # the queue gauges stay current while the destination is down
+            except BackendUnavailable:
+                pass
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Send, record and settle one batch (every delivery is settled, or left to the lease when

@@ -145,8 +145,24 @@ class Indexer:
         for item in items:
             latest[item.message.sop_instance_uid] = item.message
         messages = list(latest.values())
+        fresh = [m for m in messages if not m.rebuild]
+        rebuilt = [m for m in messages if m.rebuild]  # verify --repair: derived data only
+        written = await self._store(fresh, changes=True) + await self._store(rebuilt, changes=False)
+        done = time.time()
+        if fresh:
+            await self._after_commit(fresh, done, written)
+        metrics.INDEX_BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.INDEXED.inc(len(messages))
+        for m in messages:
+            metrics.TIME_TO_SEARCHABLE.observe(max(0.0, done - m.received_at))
+
+    async def _store(self, messages: list[IndexMessage], *, changes: bool) -> list[tuple[IndexMessage, str]]:
+        """Catalog (with change-feed entries when ``changes``) then search index; each message written
+        with its action (created, updated, unchanged), those of deleted instances left out."""
+        if not messages:
+            return []
         entries = [CatalogEntry.from_message(m) for m in messages]
-        outcome = await self.catalog.upsert(entries)
+        outcome = await (self.catalog.upsert(entries) if changes else self.catalog.upsert(entries, changes=False))
         if outcome.dropped:
             # late or redelivered messages of deleted instances: their tombstones keep them out
             log.info("index messages of deleted instances dropped",
@@ -155,13 +171,18 @@ class Indexer:
             messages = [m for m in messages if m.sop_instance_uid not in dropped]
         now = time.time()
         await self.search.upsert([flatten(m, indexed_at=now) for m in messages])
-        done = time.time()
-        # every instance written, also an identical one again (a re-send, or a redelivery after a crash
-        # before this publish): at least once
         action = {uid: ChangeAction.CREATED.value for uid in outcome.created} | {
             uid: ChangeAction.UPDATED.value for uid in outcome.updated}
+        return [(m, action.get(m.sop_instance_uid, "unchanged")) for m in messages]
+
+    async def _after_commit(self, fresh: list[IndexMessage], done: float,
+                            written: list[tuple[IndexMessage, str]]) -> None:
+        """Events, forwarding rules and study-stable notes of newly received instances (not rebuilds)."""
+        messages = [m for m, _ in written if not m.rebuild]
+        # every instance written, also an identical one again (a re-send, or a redelivery after a crash
+        # before this publish): at least once
         await self.events.publish([Event(EventType.INSTANCE_STORED, done, m.study_uid, m.series_uid, m.sop_instance_uid,
-                                         action=action.get(m.sop_instance_uid, "unchanged")) for m in messages])
+                                         action=action) for m, action in written if not m.rebuild])
         if self.router is not None:  # after the commit, before the ack (archive.forward.router)
             await self.router.route(messages)
         if self.stability is not None and messages:  # archive.indexer.stable
@@ -170,10 +191,6 @@ class Indexer:
             if self.router is not None:
                 pending += self.router.stable_due(messages, done)
             await self.stability.touch_studies(pending)
-        metrics.INDEX_BATCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.INDEXED.inc(len(messages))
-        for m in messages:
-            metrics.TIME_TO_SEARCHABLE.observe(max(0.0, done - m.received_at))
 
     async def _ack(self, delivery: Delivery) -> None:
         try:

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
-
-from pydicom.filereader import read_file_meta_info
 
 from archive.core.models import ObjectInfo
 from archive.core.ports import Catalog, MessageQueue, ObjectStore, SearchIndex
 from archive.core.records import CatalogInstance
 from archive.core.uids import uid_from_key
-from archive.ingest.describe import dataset_offset, describe
+from archive.ops.rebuild import message_of
 
 log = logging.getLogger(__name__)
 SAMPLE = 50  # discrepancies listed per kind (counts are always complete)
@@ -145,29 +141,8 @@ async def verify(
 
 async def _requeue(store: ObjectStore, queue: MessageQueue, key: str) -> int:
     """Rebuild the index message of a stored object and publish it (1 on success)."""
-    if uid_from_key(key) is None:
-        log.warning("object with a foreign key left alone", extra={"key": key[:200]})
+    message = await message_of(store, key)
+    if message is None:
         return 0
-    with tempfile.TemporaryDirectory(prefix="archive-repair-") as tmp:
-        path = Path(tmp) / "object.dcm"
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "wb") as fh:
-            async for chunk in store.get(key):
-                fh.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-        try:
-            offset = dataset_offset(path)
-            if offset == 0:
-                raise ValueError("not a DICOM Part 10 file")
-            ts = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
-            d = describe(path, ts, offset)
-        except Exception as exc:
-            log.warning("orphaned object cannot be described", extra={"key": key[:200], "error": type(exc).__name__})
-            return 0
-    if uid_from_key(key) != d.sop_instance_uid:
-        log.warning("orphaned object's SOP Instance UID does not match its key", extra={"key": key[:200]})
-        return 0
-    await queue.publish(d.index_message(key, size, digest.hexdigest(), source_aet="").to_bytes())
+    await queue.publish(message.to_bytes())
     return 1

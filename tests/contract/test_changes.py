@@ -56,6 +56,25 @@ async def test_upsert_writes_created_then_updated_and_a_redelivery_nothing(catal
     assert [c.seq for c in await catalog.changes(0, 2)] == [1, 2]  # limit
 
 
+async def test_a_rebuild_writes_no_feed_entry_and_the_indexer_announces_what_it_added(catalog: Catalog,
+                                                                                       tmp_path: Path) -> None:
+    known, new = clones(tmp_path, 2), clones(tmp_path, 2)
+    await catalog.upsert(known)
+    seq = len(await feed(catalog))
+    # reindex / verify --repair: both instances written, no feed entry
+    outcome = await catalog.upsert([*known, *new], changes=False)
+    assert sorted(outcome.created) == sorted(e.instance.sop_instance_uid for e in new)
+    assert await feed(catalog, seq) == []
+    assert len(await catalog.locate(Query(Level.IMAGE, (SingleValue("StudyInstanceUID", new[0].study.study_uid),)))) == 2
+    # the indexer then writes the same objects from its messages: the rebuilt-only ones are announced once
+    await catalog.upsert([*known, *new])
+    assert sorted(uid for _, action, uid in await feed(catalog, seq) if action == "created") == \
+        sorted(e.instance.sop_instance_uid for e in new)
+    after = len(await feed(catalog))
+    await catalog.upsert([*known, *new])  # and never again
+    assert len(await feed(catalog)) == after
+
+
 async def test_delete_a_study_removes_it_tombstones_it_and_says_so(catalog: Catalog, tmp_path: Path) -> None:
     study_uid = new_uid()
     doomed = clones(tmp_path, 2, study_uid=study_uid, patient_id="PID-DEL")

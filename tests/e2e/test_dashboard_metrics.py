@@ -2,11 +2,13 @@
 
 A real Prometheus (Debian's `prometheus`, on a loopback port, its configuration written here)
 scrapes a real archive on its metrics ports (ARCHIVE_METRICS_PORT): `dicom-archive serve`, and the
-scp, indexer and query roles on the real services (RabbitMQ, PostgreSQL, OpenSearch, S3); the archive
-receives instances over C-STORE and answers QIDO-RS and C-FIND; then each PromQL expression of
-deploy/helm/dicom-archive/dashboards/dicom-archive.json, with Grafana's variables replaced by
-concrete values, is evaluated by Prometheus' HTTP API and must return series, and the panels that
-describe what just happened must show it (an ingest rate above zero, a latency, qido and cfind).
+scp, indexer, query and forwarder roles on the real services (RabbitMQ, PostgreSQL, OpenSearch, S3);
+the archive receives instances over C-STORE, answers QIDO-RS and C-FIND, and forwards them by its
+rules (ARCHIVE_ROUTING_RULES) to a DCMTK storescp (PACS) and to a peer nobody listens for (DOWN);
+then each PromQL expression of deploy/helm/dicom-archive/dashboards/dicom-archive.json, with
+Grafana's variables replaced by concrete values, is evaluated by Prometheus' HTTP API and must
+return series, and the panels that describe what just happened must show it (an ingest rate above
+zero, a latency, qido and cfind, instances sent to PACS, DOWN unreachable, a stable study).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from tests.conftest import ROOT, free_port, missing
 from tests.e2e.dimse_peers import findscu
 from tests.e2e.harness import http_json, listening, serve, wait_until
 from tests.e2e.senders import pynetdicom_store
+from tests.e2e.test_forwarding import Destination
 from tests.factories import make_ct, new_uid
+
+pytestmark = pytest.mark.dcmtk  # the forwarding destination is DCMTK's storescp
 
 DASHBOARD = ROOT / "deploy" / "helm" / "dicom-archive" / "dashboards" / "dicom-archive.json"
 # Grafana's variables, as Grafana would fill them in: all namespaces, a window that spans the test.
@@ -62,32 +67,57 @@ class Prometheus:
 
 @dataclass
 class Archive:
-    """Where to send, query and scrape: `serve`, or the three roles on the real services."""
+    """Where to send, query and scrape: `serve`, or the four roles on the real services."""
 
     store_port: int  # C-STORE
     find_port: int  # C-FIND
     http: str  # QIDO-RS
     metrics: list[str]  # host:port of every process's ARCHIVE_METRICS_PORT
+    pacs: Destination  # where the rules forward CT instances (with DOWN, where nobody listens)
+
+
+DESTINATIONS = ("PACS", "DOWN")
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Destination]:
+    destination = Destination(tmp_path / "pacs").start()
+    yield destination
+    destination.stop()
+
+
+def _forwarding(tmp_path: Path, pacs: Destination) -> dict[str, str]:
+    """Settings that forward every CT instance to PACS and to DOWN (a port nobody listens on), and
+    call a study stable after a second: data for every panel of the Forwarding row."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"rules:\n  - name: ct\n    match: {{Modality: CT}}\n    destinations: [{', '.join(DESTINATIONS)}]\n")
+    return {"ARCHIVE_ROUTING_RULES": str(rules), "ARCHIVE_STUDY_STABLE_SECONDS": "1",
+            "ARCHIVE_PEERS": f"PACS@127.0.0.1:{pacs.port},DOWN@127.0.0.1:{free_port()}"}
 
 
 @pytest.fixture(params=["serve", "distributed"])
-def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
-    if request.param == "serve":
-        proc = serve(tmp_path, ARCHIVE_METRICS_PORT=str(free_port())).start()
-        yield Archive(proc.dicom_port, proc.dicom_port, proc.http, [f"127.0.0.1:{proc.env['ARCHIVE_METRICS_PORT']}"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path, pacs: Destination) -> Iterator[Archive]:
+    forwarding = _forwarding(tmp_path, pacs)
+    if request.param == "serve":  # the forwarder is one of its children
+        proc = serve(tmp_path, ARCHIVE_METRICS_PORT=str(free_port()), **forwarding).start()
+        yield Archive(proc.dicom_port, proc.dicom_port, proc.http, [f"127.0.0.1:{proc.env['ARCHIVE_METRICS_PORT']}"],
+                      pacs)
         assert proc.stop() == 0, proc.log_tail()
         return
     from tests.e2e.distributed import ROLES, distributed
 
+    roles_run = (*ROLES, "forwarder")
     with distributed(tmp_path, f"dash{new_uid()[-8:]}", start=False) as roles:
-        for role in ROLES:
+        roles.env.update(forwarding)
+        roles.forward_destinations = DESTINATIONS  # their queues go at teardown
+        for role in roles_run:
             roles.procs[role] = roles.process(role)
             roles.procs[role].env["ARCHIVE_METRICS_PORT"] = str(free_port())
             roles.procs[role].start(wait_ready=False)
-        for role in ROLES:
+        for role in roles_run:
             roles.procs[role].wait_ready(60)
         yield Archive(roles.scp.dicom_port, roles.query.dicom_port, roles.query.http,
-                      [f"127.0.0.1:{roles.procs[r].env['ARCHIVE_METRICS_PORT']}" for r in ROLES])
+                      [f"127.0.0.1:{roles.procs[r].env['ARCHIVE_METRICS_PORT']}" for r in roles_run], pacs)
 
 
 @pytest.fixture
@@ -124,7 +154,7 @@ def _panel_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     queries = []
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):  # a row has none
             expr = target["expr"]
             for variable, value in VARIABLES.items():
                 expr = expr.replace(variable, value)
@@ -135,6 +165,15 @@ def _panel_queries() -> list[tuple[str, str]]:
 
 def _value(series: dict[str, Any]) -> float:
     return float(series["value"][1])
+
+
+def _forwarded(archive: Archive, prometheus: Prometheus, count: int) -> None:
+    """PACS holds ``count`` instances, and Prometheus scraped as many jobs queued for each destination
+    and sent to PACS."""
+    wait_until(lambda: len(archive.pacs.received()) == count, timeout=60)
+    for expr in [f'sum(archive_forwarded_instances_total{{destination="PACS",outcome="sent"}}) >= {count}',
+                 *(f'sum(archive_forward_jobs_queued_total{{destination="{d}"}}) >= {count}' for d in DESTINATIONS)]:
+        wait_until(lambda expr=expr: prometheus.query(expr), timeout=60)
 
 
 def test_every_dashboard_panel_shows_data(archive: Archive, prometheus: Prometheus, tmp_path: Path) -> None:
@@ -159,6 +198,17 @@ def test_every_dashboard_panel_shows_data(archive: Archive, prometheus: Promethe
     # The indexer's scrape after it indexed the five (the HTTP check above does not wait for a scrape).
     wait_until(lambda: any(_value(s) >= 5 for s in prometheus.query('sum(archive_time_to_searchable_seconds_count)')),
                timeout=30)
+    # Forwarding, in two rounds: a destination's series are born with its first jobs, and Prometheus
+    # sees a series born at 5 as no increase, so only what follows shows as a rate. First round: PACS
+    # received the five and the forwarder's scrape says so; DOWN was found unreachable.
+    _forwarded(archive, prometheus, 5)
+    wait_until(lambda: prometheus.query('archive_forward_unreachable_total{destination="DOWN"} >= 1'), timeout=60)
+    # Second round: two more instances of the study, queued for both, sent to PACS; then the study
+    # becomes stable (a second without a new instance).
+    more = [make_ct(study_uid=study, instance_number=i, seed=i, patient_id="DASH-1") for i in range(5, 7)]
+    assert pynetdicom_store(archive.store_port, more) == [0x0000] * 2
+    _forwarded(archive, prometheus, 7)
+    wait_until(lambda: prometheus.query('sum(archive_studies_stable_total) >= 1'), timeout=60)
 
     results: dict[str, list[dict[str, Any]]] = {}
     empty = []
@@ -187,3 +237,18 @@ def test_every_dashboard_panel_shows_data(archive: Archive, prometheus: Promethe
     assert _value(results["Scrape targets up [B]"][0]) == 0
     assert {s["metric"]["reason"] for s in results["Audit records dropped [A]"]} >= {"buffer_full", "collector_down"}
     assert [_value(s) for s in results["Index queue depth [B]"]] == [0]  # no dead letters
+    # Forwarding: a job per instance and destination, the five sent to PACS, DOWN unreachable.
+    queued = {s["metric"]["destination"]: _value(s) for s in results["Forward jobs queued [A]"]}
+    assert set(queued) == set(DESTINATIONS) and all(v > 0 for v in queued.values()), queued
+    forwarded = {(s["metric"]["destination"], s["metric"]["outcome"]): _value(s)
+                 for s in results["Instances forwarded [A]"]}
+    assert forwarded[("PACS", "sent")] > 0 and forwarded.get(("DOWN", "sent"), 0) == 0, forwarded
+    assert {s["metric"]["destination"] for s in results["Destinations unreachable [A]"] if _value(s) > 0} == {"DOWN"}
+    for ref in "AB":  # waiting and dead letters, per destination the forwarder consumes
+        assert {s["metric"]["destination"] for s in results[f"Forward queue depth [{ref}]"]} == set(DESTINATIONS)
+    assert all(_value(s) == 0 for s in results["Forward queue depth [B]"])
+    ages = {s["metric"]["destination"]: _value(s) for s in results["Oldest forward job age [A]"]}
+    assert set(ages) == set(DESTINATIONS) and all(0 <= a < 300 for a in ages.values()), ages
+    latency = {s["metric"]["destination"]: _value(s) for s in results["Forward batch latency [A]"]}
+    assert 0 < latency["PACS"] < 30, latency
+    assert _value(results["Studies stable [A]"][0]) > 0

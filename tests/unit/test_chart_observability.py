@@ -29,8 +29,10 @@ from tests.unit.test_helm_chart import (  # noqa: F401 - fixtures
     _config,
     _kinds,
     _name,
+    _ae_config_text,
     _one,
     _render,
+    _settings,
     default_docs,
     full_docs,
     helm,
@@ -136,6 +138,51 @@ def test_keda_scales_the_indexer_on_the_index_queue(full_docs: list[Doc]) -> Non
 def test_hpa_by_default_and_no_keda_objects(default_docs: list[Doc]) -> None:
     assert not _kinds(default_docs, "ScaledObject") and not _kinds(default_docs, "TriggerAuthentication")
     assert _name("indexer") in {h["spec"]["scaleTargetRef"]["name"] for h in _kinds(default_docs, "HorizontalPodAutoscaler")}
+    # one forwarder, not autoscaled, by default
+    assert _one(default_docs, "Deployment", _name("forwarder"))["spec"]["replicas"] == 1
+    assert _name("forwarder") not in {h["spec"]["scaleTargetRef"]["name"] for h in _kinds(default_docs, "HorizontalPodAutoscaler")}
+
+
+def test_keda_scales_the_forwarder_on_each_destination_queue(full_docs: list[Doc], tmp_path: Path) -> None:
+    """One trigger per queue the forwarder consumes, named as the archive names it: every configured
+    destination and every URL a rule names (archive.compose.forward_queue)."""
+    from archive.compose import forward_queue
+    from archive.core.routing import parse
+    from archive.runtime import destinations
+
+    scaled = _one(full_docs, "ScaledObject", _name("forwarder"))
+    assert scaled["spec"]["scaleTargetRef"]["name"] == _name("forwarder")
+    assert "replicas" not in _one(full_docs, "Deployment", _name("forwarder"))["spec"]
+    assert not [h for h in _kinds(full_docs, "HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == _name("forwarder")]  # never both
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 3)
+    aes = tmp_path / "aes.yaml"
+    aes.write_text(_ae_config_text(full_docs, tmp_path))
+    settings = _settings(full_docs, ARCHIVE_AE_CONFIG=str(aes))
+    configured = destinations(settings)
+    rules = parse(_one(full_docs, "ConfigMap", _name("routing"))["data"]["rules.yaml"], "rules.yaml", configured)
+    names = dict.fromkeys(configured + list(rules.destinations))  # what the forwarder consumes (archive.runtime)
+    expected = {forward_queue(settings, name).queue for name in names}  # type: ignore[attr-defined]
+    assert len(expected) == 5 and any(".forward.web-" in q for q in expected)
+    triggers = scaled["spec"]["triggers"]
+    assert sorted(t["metadata"]["queueName"] for t in triggers) == sorted(expected)
+    indexer_auth = _one(full_docs, "ScaledObject", _name("indexer"))["spec"]["triggers"][0]["authenticationRef"]
+    for trigger in triggers:
+        assert trigger["type"] == "rabbitmq" and trigger["authenticationRef"] == indexer_auth
+        assert {k: v for k, v in trigger["metadata"].items() if k != "queueName"} == {
+            "protocol": "amqp", "mode": "QueueLength", "value": "100"}
+    assert len(_kinds(full_docs, "TriggerAuthentication")) == 1
+
+
+def test_the_forwarder_alone_on_keda_has_its_trigger_authentication(helm: str) -> None:
+    docs = _render(helm, "--set", "settings.peers={PACS@pacs.example:104}", "--set", "forwarder.autoscaling.enabled=true",
+                   "--set", "forwarder.autoscaling.kind=keda")
+    (scaled,) = _kinds(docs, "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["queueName"] == "archive.index.forward.PACS"
+    auth = _one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert auth["spec"]["secretTargetRef"][0]["key"] == "ARCHIVE_QUEUE"
+    assert _name("indexer") in {h["spec"]["scaleTargetRef"]["name"] for h in _kinds(docs, "HorizontalPodAutoscaler")}
 
 
 # --- dashboard and alert rules -----------------------------------------------------------------
@@ -156,7 +203,7 @@ def test_prometheus_rule_is_the_plain_rule_file(full_docs: list[Doc], default_do
 
 
 def _dashboard_exprs() -> list[str]:
-    return [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    return [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]  # rows: none
 
 
 def _rule_exprs() -> list[str]:
@@ -179,8 +226,24 @@ def test_dashboard_and_alerts_use_only_metrics_the_archive_exports() -> None:
     panels = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]}
     for wanted in ("Ingest rate", "C-STORE latency", "Index queue depth", "Time to searchable",
                    "Indexer throughput and errors", "Query latency by interface", "Free space",
-                   "Versions running", "Audit records dropped"):
+                   "Versions running", "Audit records dropped", "Forwarding", "Forward jobs queued",
+                   "Instances forwarded", "Forward queue depth", "Destinations unreachable", "Oldest forward job age",
+                   "Forward batch latency", "Studies stable"):
         assert wanted in panels
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    """Grafana lays out by gridPos: two panels on the same cells hide one another."""
+    cells: dict[tuple[int, int], str] = {}
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+    ids = [p["id"] for p in json.loads(DASHBOARD.read_text())["panels"]]
+    assert len(ids) == len(set(ids))
 
 
 def test_every_query_interface_has_its_latency_series_from_the_start() -> None:

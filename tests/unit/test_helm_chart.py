@@ -28,7 +28,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 KUBE_VERSION = "1.30.0"  # a recent version kubernetes-validate ships schemas for
 RELEASE = "rel"
 NAMESPACE = "imaging"
-ROLES = ("scp", "indexer", "query")
+ROLES = ("scp", "indexer", "query", "forwarder")
+CREDENTIALS_DIR = "/etc/dicom-archive/forward-credentials"  # routing.credentialsSecret
 IMAGE_CMD = "/opt/dicom-archive/cmd"  # where the Dockerfile copies cmd/
 SETTING_NAMES = {s.env for s in SETTINGS}
 SECRET_KEYS = {"ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY", "ARCHIVE_QUEUE", "ARCHIVE_CATALOG", "ARCHIVE_SEARCH"}
@@ -221,9 +222,10 @@ def test_pods_are_locked_down_and_write_only_to_emptydirs(docs: list[Doc]) -> No
         writable = {path for path, m in mounts.items() if not m.get("readOnly")}
         assert writable == {data_dir, "/tmp"}, where
         # the rest, read-only: the HTTPS key, the DICOM TLS Secret, the AE configuration, the audit
-        # collector's CA and client certificate
+        # collector's CA and client certificate, the forwarding rules and destinations' credentials
         assert set(mounts) - writable <= {"/etc/dicom-archive/http-tls", "/etc/dicom-archive/tls",
-                                          "/etc/dicom-archive/ae", "/etc/dicom-archive/audit-tls"}, where
+                                          "/etc/dicom-archive/ae", "/etc/dicom-archive/audit-tls",
+                                          "/etc/dicom-archive/routing", CREDENTIALS_DIR}, where
         mounts = {path: m["name"] for path, m in mounts.items()}
         for path in (data_dir, "/tmp"):
             assert volumes[mounts[path]]["emptyDir"]["sizeLimit"], where
@@ -259,8 +261,17 @@ def _mounts(docs: list[Doc], role: str) -> tuple[dict[str, Doc], dict[str, Doc]]
     return {m["name"]: m for m in _container(deployment)["volumeMounts"]}, volumes
 
 
+def _ae_config_text(docs: list[Doc], credentials: Path) -> str:
+    """The rendered AE configuration, its credential files made under ``credentials`` (the
+    archive checks that every file an entry names exists)."""
+    text = str(_one(docs, "ConfigMap", _name("ae-config"))["data"]["aes.yaml"])
+    for name in re.findall(re.escape(CREDENTIALS_DIR) + r"/([\w.-]+)", text):
+        (credentials / name).write_text("secret\n")
+    return text.replace(CREDENTIALS_DIR, str(credentials))
+
+
 def test_dicom_tls_port_certificate_from_a_secret_and_ae_config_from_a_configmap(
-        default_docs: list[Doc], full_docs: list[Doc]) -> None:
+        default_docs: list[Doc], full_docs: list[Doc], tmp_path: Path) -> None:
     config = _config(full_docs)
     assert (config["ARCHIVE_DICOM_TLS_PORT"], config["ARCHIVE_QUERY_DICOM_TLS_PORT"]) == ("2762", "2762")
     assert config["ARCHIVE_DICOM_PLAIN"] == "false"
@@ -278,11 +289,16 @@ def test_dicom_tls_port_certificate_from_a_secret_and_ae_config_from_a_configmap
         service = _one(full_docs, "Service", _name(role))
         assert any(p["name"] == "dicom-tls" and p["port"] == 2762 for p in service["spec"]["ports"])
         assert not any(p["name"] == "dicom" for p in service["spec"]["ports"])
+    # The key stays where DICOM is served or associations are opened (the forwarder presents it to
+    # TLS peers); the indexer loads the AE configuration only for the forwarding destinations' names.
     mounts, volumes = _mounts(full_docs, "indexer")
-    assert "dicom-tls" not in volumes and "ae-config" not in volumes  # the key stays where DICOM is served
+    assert "dicom-tls" not in volumes and "ae-config" in volumes
+    mounts, volumes = _mounts(full_docs, "forwarder")
+    assert "dicom-tls" in volumes and "ae-config" in volumes
+    assert not {"dicom", "dicom-tls"} & {p["name"] for p in _container(_one(full_docs, "Deployment",
+                                                                                _name("forwarder")))["ports"]}
     # The AE configuration file is the values' and parses as the archive parses it.
-    text = _one(full_docs, "ConfigMap", _name("ae-config"))["data"]["aes.yaml"]
-    entries = ae_config.parse(text, "aes.yaml")
+    entries = ae_config.parse(_ae_config_text(full_docs, tmp_path), "aes.yaml")
     assert entries["CT01"].permissions == {ae_config.Permission.STORE}
     assert entries["WORKSTATION_7"].tls is not None and entries["WORKSTATION_7"].subject == "ws7.radiology.example"
     # Defaults: plain DICOM only, no AE configuration
@@ -400,6 +416,8 @@ def test_rendered_environment_is_accepted_by_the_settings(default_docs: list[Doc
     assert (settings.delivery_limit, settings.indexer_batch, settings.indexer_prefetch) == (8, 500, 1000)
     assert settings.max_pdu == 16777216 and settings.store_timeout == 90.5 and settings.query_timeout == 45
     assert settings.fsync is False
+    assert (settings.study_stable_seconds, settings.forward_attempts, settings.forward_batch) == (120, 6, 20)
+    assert settings.routing_rules == "/etc/dicom-archive/routing/rules.yaml"
 
 
 def test_no_credentials_outside_secrets(default_docs: list[Doc], full_docs: list[Doc], helm: str) -> None:
@@ -471,6 +489,11 @@ def test_network_policies_admit_only_the_configured_peers(full_docs: list[Doc]) 
     assert dicom_rule["from"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
     assert not [r for r in scp["ingress"] if r["ports"][0]["port"] == "dicom"]  # the plain port is off
     assert policies[_name("migrate")]["spec"]["ingress"] == []
+    # the forwarder only opens connections (to its destinations); it takes probes and scrapes
+    forwarder = policies[_name("forwarder")]["spec"]
+    assert sorted(r["ports"][0]["port"] for r in forwarder["ingress"]) == ["http", "metrics"]
+    assert all(r["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+               for r in forwarder["ingress"])
     for policy in policies.values():
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
         assert {"port": 53, "protocol": "UDP"} in policy["spec"]["egress"][0]["ports"]
@@ -494,9 +517,15 @@ def test_network_policies_admit_only_the_configured_peers(full_docs: list[Doc]) 
     (["--set", "dicomTls.enabled=true"], "dicomTls.secretName is required"),
     (["--set", "dicomTls.plainPort=false"], "dicomTls.plainPort=false needs dicomTls.enabled"),
     (["--set", "aeConfig.modalities.CT1=x"], "aeConfig"),
+    (["--set", "routing.rules[0].name=r", "--set", "routing.rules[0].destinations={NOWHERE}"],
+     'destination "NOWHERE" is not a configured peer'),
+    (["--set", "routing.rules[0].name=r", "--set", "routing.rules[0].destination=PACS"], "/routing/rules/0"),
+    (["--set", "forwarder.autoscaling.enabled=true", "--set", "forwarder.autoscaling.kind=keda"],
+     "there are none: name destinations"),
 ], ids=["sqlite-catalog", "sqlite-queue", "file-store", "snat-allow-list", "bad-policy", "typo", "secret-in-config",
         "plain-http-issuer", "issuer-without-audience", "bad-claim-path",
-        "tls-without-secret", "no-dicom-port", "ae-config-typo"])
+        "tls-without-secret", "no-dicom-port", "ae-config-typo", "unknown-destination", "rule-key-typo",
+        "keda-without-destinations"])
 def test_chart_refuses_configurations_that_cannot_work(helm: str, args: list[str], message: str) -> None:
     result = _template(helm, *args)
     assert result.returncode != 0
@@ -567,3 +596,98 @@ def test_sign_in_https_and_the_metrics_port_reach_the_settings(full_docs: list[D
             rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "metrics")
             assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+# --- forwarding ----------------------------------------------------------------------------------
+
+def _settings(docs: list[Doc], **env: str) -> Settings:
+    return Settings.from_env(_config(docs) | {
+        "ARCHIVE_S3_ACCESS_KEY": "a", "ARCHIVE_S3_SECRET_KEY": "s", "ARCHIVE_QUEUE": "amqp://u:p@mq/",
+        "ARCHIVE_CATALOG": "postgresql://u:p@db/archive", "ARCHIVE_SEARCH": "https://search:9200"} | env)
+
+
+def _volume_mounted(docs: list[Doc], role: str, volume: str) -> tuple[Doc, Doc] | None:
+    """(volume, its mount) in a role's pod, or None."""
+    mounts, volumes = _mounts(docs, role)
+    if volume not in volumes:
+        assert volume not in mounts, role
+        return None
+    assert mounts[volume]["readOnly"] is True, role
+    return volumes[volume], mounts[volume]
+
+
+def test_forwarder_reads_the_rules_from_a_configmap(default_docs: list[Doc], full_docs: list[Doc],
+                                                    tmp_path: Path) -> None:
+    from archive.core.routing import parse
+    from archive.runtime import destinations
+
+    path = _config(full_docs)["ARCHIVE_ROUTING_RULES"]
+    for role in ("indexer", "forwarder", "query"):  # evaluate, consume, check manual sends
+        found = _volume_mounted(full_docs, role, "routing")
+        assert found is not None, role
+        volume, mount = found
+        assert volume["configMap"]["name"] == _name("routing")
+        assert "subPath" not in mount  # a subPath mount would never see the file change
+        assert path == f"{mount['mountPath']}/rules.yaml"
+        annotations = _one(full_docs, "Deployment", _name(role))["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["checksum/routing"]
+    assert _volume_mounted(full_docs, "scp", "routing") is None
+    # The file is the values' rules and the archive accepts it, its destinations checked against
+    # the peers the pods configure (settings.peers and the AE configuration), as at start.
+    aes = tmp_path / "aes.yaml"
+    aes.write_text(_ae_config_text(full_docs, tmp_path))
+    settings = _settings(full_docs, ARCHIVE_AE_CONFIG=str(aes))
+    rules = parse(_one(full_docs, "ConfigMap", _name("routing"))["data"]["rules.yaml"], path, destinations(settings))
+    assert [(r.name, r.trigger, r.destinations) for r in rules.rules] == [
+        ("ct-to-pacs", "instance", ("PACS", "CLOUD")),
+        ("mr-when-stable", "stable", ("RESEARCH", "https://viewer.example/dicom-web"))]
+    # Without rules: no file, no setting, no volume.
+    assert "ARCHIVE_ROUTING_RULES" not in _config(default_docs)
+    assert not [d for d in default_docs if d["metadata"]["name"] == _name("routing")]
+    for role in ROLES:
+        assert _volume_mounted(default_docs, role, "routing") is None
+
+
+def test_every_pod_that_loads_the_ae_config_mounts_it_and_the_credentials(full_docs: list[Doc],
+                                                                          default_docs: list[Doc]) -> None:
+    """The archive checks the files AE entries name wherever it loads the configuration: every such
+    pod has the configuration and the credentials Secret at the paths the entries name."""
+    text = _one(full_docs, "ConfigMap", _name("ae-config"))["data"]["aes.yaml"]
+    named = re.findall(r"(?:token_file|password_file): (\S+)", text)
+    assert len(named) == 2
+    for role in ROLES:
+        config = _volume_mounted(full_docs, role, "ae-config")
+        credentials = _volume_mounted(full_docs, role, "forward-credentials")
+        assert config is not None and credentials is not None, role
+        assert config[0]["configMap"]["name"] == _name("ae-config")
+        assert credentials[0]["secret"]["secretName"] == "archive-forward-credentials"
+        assert all(p.startswith(credentials[1]["mountPath"] + "/") for p in named), role
+    job = _one(full_docs, "Job", _name("migrate"))["spec"]["template"]["spec"]
+    assert not {"ae-config", "forward-credentials", "routing"} & {v["name"] for v in job["volumes"]}
+    for role in ROLES:  # nothing of it by default
+        assert _volume_mounted(default_docs, role, "forward-credentials") is None
+
+
+def test_standalone_serve_gets_the_rules_and_the_credentials(helm: str) -> None:
+    docs = _render(helm, "-f", str(CHART / "ci" / "standalone-values.yaml"),
+                   "--set", "settings.peers={PACS@pacs.example:104}",
+                   "--set", "routing.rules[0].name=all", "--set", "routing.rules[0].destinations={PACS}",
+                   "--set", "routing.credentialsSecret=forward-creds")
+    pod = _one(docs, "Deployment", f"{RELEASE}-dicom-archive")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert volumes["routing"]["configMap"]["name"] == _name("routing")
+    assert volumes["forward-credentials"]["secret"]["secretName"] == "forward-creds"
+    assert mounts["forward-credentials"]["mountPath"] == CREDENTIALS_DIR and mounts["forward-credentials"]["readOnly"]
+    config = _one(docs, "ConfigMap", f"{RELEASE}-dicom-archive-config")["data"]
+    assert config["ARCHIVE_ROUTING_RULES"] == mounts["routing"]["mountPath"] + "/rules.yaml"
+    assert not _kinds(docs, "ScaledObject")  # serve runs its forwarder as a child
+
+
+def test_notes_name_the_forward_queues_and_the_ledger(helm: str, tmp_path: Path) -> None:
+    from tests.unit.test_helm_standalone import _notes
+
+    notes = _notes(helm, tmp_path / "full", "-f", str(FULL_VALUES))
+    assert "Forwarding: 2 rule(s)" in notes and "archive.index.forward.PACS, " in notes
+    assert f"exec deploy/{_name('forwarder')} -- dicom-archive forwards" in notes
+    assert "Forwarding" not in _notes(helm, tmp_path / "default")

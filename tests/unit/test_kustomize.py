@@ -38,7 +38,7 @@ from tests.unit.test_helm_chart import (  # noqa: F401 - fixture
 
 K8S = ROOT / "deploy" / "k8s"
 DATA_DIR = "/var/lib/dicom-archive"
-HASHED = re.compile(r"^(dicom-archive-(?:config|credentials))-[a-z0-9]{10}$")
+HASHED = re.compile(r"^(dicom-archive-(?:config|credentials|routing))-[a-z0-9]{10}$")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,8 @@ def test_every_manifest_is_valid(docs: list[Doc], crds: dict[tuple[str, str], Do
 
 def test_pods_meet_the_restricted_pod_security_standard(docs: list[Doc]) -> None:
     pods = list(_pod_specs(docs))
-    assert {d["metadata"]["name"] for d, _ in pods} == {f"dicom-archive-{r}" for r in ("scp", "indexer", "query", "migrate")}
+    assert {d["metadata"]["name"] for d, _ in pods} == {
+        f"dicom-archive-{r}" for r in ("scp", "indexer", "query", "forwarder", "migrate")}
     for doc, spec in pods:
         where = f"{doc['kind']}/{doc['metadata']['name']}"
         assert spec["securityContext"]["runAsNonRoot"] is True, where
@@ -119,9 +120,11 @@ def test_pods_meet_the_restricted_pod_security_standard(docs: list[Doc]) -> None
             assert context["readOnlyRootFilesystem"] is True, where
             assert context["allowPrivilegeEscalation"] is False, where
             assert context["capabilities"]["drop"] == ["ALL"], where
-            writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-            assert writable == {DATA_DIR, "/tmp"}, where
-        assert all("emptyDir" in v and v["emptyDir"]["sizeLimit"] for v in spec["volumes"]), where
+            writable = {m["name"] for m in container["volumeMounts"] if not m.get("readOnly")}
+            assert {m["mountPath"] for m in container["volumeMounts"] if m["name"] in writable} == {DATA_DIR, "/tmp"}, where
+        # written: emptyDirs of a bounded size; the rest (the forwarding rules) read-only ConfigMaps
+        for volume in spec["volumes"]:
+            assert (volume["emptyDir"]["sizeLimit"] if volume["name"] in writable else volume["configMap"]), where
 
 
 def test_no_credentials_outside_secrets(docs: list[Doc]) -> None:
@@ -158,6 +161,42 @@ def test_overlay_settings_are_accepted_by_the_settings(overlay_docs: list[Doc]) 
     # KEDA instead of the indexer's HPA, never both.
     assert [h["metadata"]["name"] for h in _kinds(overlay_docs, "HorizontalPodAutoscaler")] == ["dicom-archive-scp"]
     assert _named(overlay_docs, "ScaledObject", "dicom-archive-indexer")
+
+
+def test_overlay_forwards_by_its_rules_and_scales_the_forwarder_on_their_queues(overlay_docs: list[Doc]) -> None:
+    """components/routing mounts the overlay's rules where ARCHIVE_ROUTING_RULES says; the rules
+    name configured peers only (as the archive checks at start); forwarder-keda.yaml has one trigger
+    per queue the forwarder consumes, named as the archive names them."""
+    from archive.compose import forward_queue
+    from archive.core.routing import parse
+    from archive.runtime import destinations
+
+    config = _named(overlay_docs, "ConfigMap", "dicom-archive-config")["data"]
+    secret = _named(overlay_docs, "Secret", "dicom-archive-credentials")["data"]
+    settings = Settings.from_env(config | {k: base64.b64decode(v).decode() for k, v in secret.items()})
+    routing = _named(overlay_docs, "ConfigMap", "dicom-archive-routing")
+    rules = parse(routing["data"]["rules.yaml"], settings.routing_rules, destinations(settings))
+    assert rules.destinations == ("PACS",)
+    for _, spec in _pod_specs(overlay_docs):
+        container = spec["containers"][0]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        if container["name"] not in ("indexer", "forwarder", "query"):
+            assert "routing" not in mounts, container["name"]
+            continue
+        assert mounts["routing"]["readOnly"] and "subPath" not in mounts["routing"]
+        assert settings.routing_rules == mounts["routing"]["mountPath"] + "/rules.yaml"
+        volume = next(v for v in spec["volumes"] if v["name"] == "routing")
+        assert volume["configMap"]["name"] == routing["metadata"]["name"]  # the generated (hashed) name
+    scaled = _named(overlay_docs, "ScaledObject", "dicom-archive-forwarder")
+    names = dict.fromkeys(destinations(settings) + list(rules.destinations))
+    assert [t["metadata"]["queueName"] for t in scaled["spec"]["triggers"]] == [
+        forward_queue(settings, n).queue for n in names]  # type: ignore[attr-defined]
+    assert {t["authenticationRef"]["name"] for t in scaled["spec"]["triggers"]} == {
+        a["metadata"]["name"] for a in _kinds(overlay_docs, "TriggerAuthentication")}
+    forwarder = _named(overlay_docs, "Deployment", "dicom-archive-forwarder")
+    assert "replicas" not in forwarder["spec"]  # KEDA's
+    assert not [h for h in _kinds(overlay_docs, "HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == "dicom-archive-forwarder"]
 
 
 def test_copies_of_the_chart_files_are_equal() -> None:

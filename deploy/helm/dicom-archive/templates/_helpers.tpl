@@ -3,7 +3,7 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Release-qualified name; roles append -scp, -indexer, -query, -migrate. */}}
+{{/* Release-qualified name; roles append -scp, -indexer, -query, -forwarder, -migrate. */}}
 {{- define "dicom-archive.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
@@ -113,6 +113,12 @@ ARCHIVE_DELIVERY_LIMIT: {{ $s.deliveryLimit | int64 | quote }}
 ARCHIVE_INDEXER_BATCH: {{ $s.indexerBatch | int64 | quote }}
 ARCHIVE_INDEXER_PREFETCH: {{ $s.indexerPrefetch | int64 | quote }}
 ARCHIVE_QUERY_LIMIT: {{ $s.queryLimit | int64 | quote }}
+ARCHIVE_STUDY_STABLE_SECONDS: {{ $s.studyStableSeconds | toString | quote }}
+ARCHIVE_FORWARD_ATTEMPTS: {{ $s.forwardAttempts | int64 | quote }}
+ARCHIVE_FORWARD_BATCH: {{ $s.forwardBatch | int64 | quote }}
+{{- if .Values.routing.rules }}
+ARCHIVE_ROUTING_RULES: {{ include "dicom-archive.routingRulesFile" . | quote }}
+{{- end }}
 ARCHIVE_WORKERS: "1"
 {{- $tls := .Values.dicomTls }}
 {{- if $tls.enabled }}
@@ -158,13 +164,72 @@ ARCHIVE_AUDIT_TLS_KEY: "/etc/dicom-archive/audit-tls/tls.key"
 {{- end }}
 {{- end }}
 
-{{/* Where the DICOM TLS Secret and the AE configuration are mounted (scp and query pods). */}}
+{{/* Where the DICOM TLS Secret, the AE configuration, the forwarding rules and the destinations'
+credentials (routing.credentialsSecret) are mounted. */}}
 {{- define "dicom-archive.dicomTlsDir" -}}/etc/dicom-archive/tls{{- end }}
 {{- define "dicom-archive.aeConfigFile" -}}/etc/dicom-archive/ae/aes.yaml{{- end }}
+{{- define "dicom-archive.routingRulesFile" -}}/etc/dicom-archive/routing/rules.yaml{{- end }}
+{{- define "dicom-archive.credentialsDir" -}}/etc/dicom-archive/forward-credentials{{- end }}
 
-{{/* Whether a role answers DICOM (mounts the TLS Secret and the AE configuration). */}}
-{{- define "dicom-archive.dicomRole" -}}
-{{- if or (eq . "scp") (eq . "query") (eq . "serve") }}true{{ end }}
+{{/*
+"true" when role .role uses .what (call with (dict "role" ROLE "what" WHAT)):
+  dicom     listens for DICOM (its ports)
+  dicomTls  the DICOM TLS Secret: serves TLS, or presents the archive's certificate to TLS peers
+            (the forwarder, when it opens associations to them)
+  aeConfig  loads ARCHIVE_AE_CONFIG (access rules, peers, forwarding destinations); the files its
+            entries name (token_file, password_file, tls ca/cert/key) are checked wherever it is
+            loaded, so the credentials Secret goes with it
+  rules     ARCHIVE_ROUTING_RULES: the indexer evaluates them, the forwarder consumes their
+            destinations' queues; the query pods get the file too (manual sends name the same
+            destinations, though the role itself checks them against the peers only)
+serve runs every role in one pod.
+*/}}
+{{- define "dicom-archive.roleUses" -}}
+{{- $uses := dict
+  "dicom" (list "scp" "query" "serve")
+  "dicomTls" (list "scp" "query" "serve" "forwarder")
+  "aeConfig" (list "scp" "query" "serve" "indexer" "forwarder")
+  "rules" (list "query" "serve" "indexer" "forwarder") }}
+{{- if has .role (index $uses .what) }}true{{ end }}
+{{- end }}
+
+{{/*
+The forward queues, as a JSON list: <settings.queueName>.forward.<name> for every configured
+destination (settings.peers, aeConfig.aes entries with host or url: the forwarder consumes all of
+them) and every destination of routing.rules (a DICOMweb URL by web-<first 16 hex digits of the
+SHA-256 of the URL>), each once. As archive.compose.forward_queue names them. Fails on a rule
+destination that is neither configured nor a URL (the indexer and forwarder would refuse to start).
+*/}}
+{{- define "dicom-archive.forwardQueues" -}}
+{{- $configured := list }}
+{{- range .Values.settings.peers }}
+{{- $configured = append $configured (splitList "@" . | first | trim) }}
+{{- end }}
+{{- range $aet, $entry := (.Values.aeConfig.aes | default dict) }}
+{{- if and (kindIs "map" $entry) (or $entry.host $entry.url) }}
+{{- $configured = append $configured (trim $aet) }}
+{{- end }}
+{{- end }}
+{{- $names := $configured }}
+{{- range $rule := .Values.routing.rules }}
+{{- $destinations := $rule.destinations }}
+{{- if kindIs "string" $destinations }}{{ $destinations = list $destinations }}{{ end }}
+{{- range $destinations }}
+{{- $d := trim (toString .) }}
+{{- if or (hasPrefix "http://" $d) (hasPrefix "https://" $d) }}
+{{- $names = append $names (printf "web-%s" (regexReplaceAll "/+$" $d "" | sha256sum | trunc 16)) }}
+{{- else if has $d $configured }}
+{{- $names = append $names $d }}
+{{- else }}
+{{- fail (printf "routing.rules: rule %v: destination %q is not a configured peer (settings.peers, or an aeConfig.aes entry with host and port or url) nor a DICOMweb URL" $rule.name $d) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $queues := list }}
+{{- range uniq $names }}
+{{- $queues = append $queues (printf "%s.forward.%s" $.Values.settings.queueName .) }}
+{{- end }}
+{{- toJson $queues }}
 {{- end }}
 
 {{/* Credentials (Secret data, base64). Only rendered when existingSecret is empty. */}}
@@ -207,6 +272,9 @@ prometheus.io/path: /metrics
 {{- with $ctx.Values.aeConfig }}
 checksum/ae-config: {{ toYaml . | sha256sum }}
 {{- end }}
+{{- with $ctx.Values.routing.rules }}
+checksum/routing: {{ toYaml . | sha256sum }}
+{{- end }}
 {{- with $ctx.Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
@@ -243,7 +311,7 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     - name: metrics
       containerPort: {{ $ctx.Values.ports.metrics }}
       protocol: TCP
-    {{- if include "dicom-archive.dicomRole" .role }}
+    {{- if include "dicom-archive.roleUses" (dict "role" .role "what" "dicom") }}
     {{- if $ctx.Values.dicomTls.plainPort }}
     - name: dicom
       containerPort: {{ $ctx.Values.ports.dicom }}
@@ -288,21 +356,32 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
       mountPath: {{ include "dicom-archive.httpTlsDir" $ctx }}
       readOnly: true
     {{- end }}
-    {{- if include "dicom-archive.dicomRole" .role }}
-    {{- if $ctx.Values.dicomTls.enabled }}
+    {{- if and $ctx.Values.dicomTls.enabled (include "dicom-archive.roleUses" (dict "role" .role "what" "dicomTls")) }}
     - name: dicom-tls
       mountPath: {{ include "dicom-archive.dicomTlsDir" $ctx }}
       readOnly: true
     {{- end }}
+    {{- if include "dicom-archive.roleUses" (dict "role" .role "what" "aeConfig") }}
     {{- if $ctx.Values.aeConfig }}
     - name: ae-config
       mountPath: {{ include "dicom-archive.aeConfigFile" $ctx | dir }}
       readOnly: true
     {{- end }}
+    {{- if $ctx.Values.routing.credentialsSecret }}
+    - name: forward-credentials
+      mountPath: {{ include "dicom-archive.credentialsDir" $ctx }}
+      readOnly: true
+    {{- end }}
+    {{- end }}
+    {{- if and $ctx.Values.routing.rules (include "dicom-archive.roleUses" (dict "role" .role "what" "rules")) }}
+    # the directory, not the file (subPath): the kubelet updates it in place and the archive re-reads it
+    - name: routing
+      mountPath: {{ include "dicom-archive.routingRulesFile" $ctx | dir }}
+      readOnly: true
     {{- end }}
 {{- end }}
 
-{{/* Call with (dict "sizeLimit" SIZE "audit" .Values.audit "tlsSecret" HTTPS-SECRET "ctx" $ "role" ROLE); tlsSecret "": no HTTPS volume; ctx and role only for the DICOM roles' mounts; "claim" NAME: the data directory on that PersistentVolumeClaim instead of an emptyDir. */}}
+{{/* Call with (dict "sizeLimit" SIZE "audit" .Values.audit "tlsSecret" HTTPS-SECRET "ctx" $ "role" ROLE); tlsSecret "": no HTTPS volume; ctx and role for the volumes of what the role uses (roleUses); "claim" NAME: the data directory on that PersistentVolumeClaim instead of an emptyDir. */}}
 {{- define "dicom-archive.volumes" -}}
 - name: data
   {{- if .claim }}
@@ -327,17 +406,31 @@ Call with (dict "ctx" $ "role" "scp" "configMap" NAME "secret" NAME "resources" 
     secretName: {{ . }}
     defaultMode: 0440
 {{- end }}
-{{- if and .ctx (include "dicom-archive.dicomRole" (default "" .role)) }}
-{{- if .ctx.Values.dicomTls.enabled }}
+{{- with .ctx }}
+{{- $uses := dict "role" (default "" $.role) }}
+{{- if and .Values.dicomTls.enabled (include "dicom-archive.roleUses" (set $uses "what" "dicomTls")) }}
 - name: dicom-tls
   secret:
-    secretName: {{ .ctx.Values.dicomTls.secretName }}
+    secretName: {{ .Values.dicomTls.secretName }}
     defaultMode: 0440
 {{- end }}
-{{- if .ctx.Values.aeConfig }}
+{{- if include "dicom-archive.roleUses" (set $uses "what" "aeConfig") }}
+{{- if .Values.aeConfig }}
 - name: ae-config
   configMap:
-    name: {{ include "dicom-archive.fullname" .ctx }}-ae-config
+    name: {{ include "dicom-archive.fullname" . }}-ae-config
+{{- end }}
+{{- with .Values.routing.credentialsSecret }}
+- name: forward-credentials
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+{{- if and .Values.routing.rules (include "dicom-archive.roleUses" (set $uses "what" "rules")) }}
+- name: routing
+  configMap:
+    name: {{ include "dicom-archive.fullname" . }}-routing
 {{- end }}
 {{- end }}
 {{- end }}
