@@ -150,7 +150,7 @@ class Indexer:
         written = await self._store(fresh, changes=True) + await self._store(rebuilt, changes=False)
         done = time.time()
         if fresh:
-            await self._after_commit(fresh, done, written)
+            await self._after_commit(done, written)
         metrics.INDEX_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.INDEXED.inc(len(messages))
         for m in messages:
@@ -175,8 +175,7 @@ class Indexer:
             uid: ChangeAction.UPDATED.value for uid in outcome.updated}
         return [(m, action.get(m.sop_instance_uid, "unchanged")) for m in messages]
 
-    async def _after_commit(self, fresh: list[IndexMessage], done: float,
-                            written: list[tuple[IndexMessage, str]]) -> None:
+    async def _after_commit(self, done: float, written: list[tuple[IndexMessage, str]]) -> None:
         """Events, forwarding rules and study-stable notes of newly received instances (not rebuilds)."""
         messages = [m for m, _ in written if not m.rebuild]
         # every instance written, also an identical one again (a re-send, or a redelivery after a crash
