@@ -397,16 +397,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            asyncio.run(runtime.run(settings, runtime.Roles.serve()))
+            runtime.main(settings, runtime.Roles.serve())
         elif args.command == "scp":
             roles = runtime.Roles.scp(worker_child=args.worker_child, with_query=args.with_query)
-            asyncio.run(runtime.run(settings, roles))
+            runtime.main(settings, roles)
         elif args.command == "indexer":
-            asyncio.run(runtime.run(settings, runtime.Roles.indexer(child=args.worker_child)))
+            runtime.main(settings, runtime.Roles.indexer(child=args.worker_child))
         elif args.command == "query":
-            asyncio.run(runtime.run(settings, runtime.Roles.query()))
+            runtime.main(settings, runtime.Roles.query())
         elif args.command == "forwarder":
-            asyncio.run(runtime.run(settings, runtime.Roles.forwarder(child=args.worker_child)))
+            runtime.main(settings, runtime.Roles.forwarder(child=args.worker_child))
         elif args.command in ("rules", "send", "forwards"):
             from archive import cli_forward
 

@@ -15,6 +15,7 @@ import signal
 import ssl
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -235,6 +236,19 @@ class Roles:
     def query(cls) -> "Roles":
         """`query`: the HTTP query service and the DIMSE query/retrieve services."""
         return cls(query_http=True, query_dimse=True)
+
+
+def main(settings: Settings, roles: Roles) -> None:
+    """Run ``roles`` to the end on the event loop ARCHIVE_EVENT_LOOP names."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        loop = type(runner.get_loop())
+        log.info("event loop", extra={"loop": f"{loop.__module__}.{loop.__qualname__}"})
+        runner.run(run(settings, roles))
 
 
 async def run(settings: Settings, roles: Roles) -> None:

@@ -92,6 +92,7 @@ class Serve(_OurReceiver):
         self.tls = tls  # send to the DICOM TLS port, mutual TLS (a client certificate per sender)
         self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
             "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "asyncio" else f", {engine} engine") + (
+            ", uvloop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "uvloop" else "") + (
             ", TLS port (mutual TLS)" if tls else "") + (f" [{build.tag}]" if build.tag else "")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
@@ -165,10 +166,13 @@ def distributed_missing() -> list[str]:
 class Distributed(_OurReceiver):
     """The three roles as separate processes, with isolated backends (tests/e2e/distributed.py)."""
 
-    def __init__(self, workdir: Path, build: Build = THIS_BUILD) -> None:
+    def __init__(self, workdir: Path, build: Build = THIS_BUILD, extra_env: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.build = build
-        self.label = "distributed (scp+indexer+query)" + (f" [{build.tag}]" if build.tag else "")
+        self.extra_env = dict(extra_env or {})
+        self.label = "distributed (scp+indexer+query)" + (
+            ", uvloop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "uvloop" else "") + (
+            f" [{build.tag}]" if build.tag else "")
         self.name = "bench" + uuid.uuid4().hex[:10]
         self.ports = {"scp": free_port(), "indexer": free_port(), "query": free_port()}
         self.scp_metrics = f"http://127.0.0.1:{self.ports['scp']}/metrics"
@@ -191,6 +195,7 @@ class Distributed(_OurReceiver):
         for test_only in ("ARCHIVE_STORE_TIMEOUT", "ARCHIVE_QUERY_TIMEOUT", "ARCHIVE_INDEXER_BATCH"):  # product defaults
             env.pop(test_only, None)
         env["ARCHIVE_BIND"] = "127.0.0.1"
+        env.update(self.extra_env)
         for role in ("scp", "indexer", "query"):
             role_env = {**env, "ARCHIVE_HTTP_PORT": str(self.ports[role]),
                         "ARCHIVE_DICOM_PORT": str(self.dicom_port if role == "scp" else 0)}

@@ -1,6 +1,7 @@
 """Web UI benchmark: time to the first rendered row of the study list, in headless Chromium.
 
     .venv/bin/python bench/ui.py [--studies 3000] [--instances 3] [--repeat 7] [--out results.json]
+    .venv/bin/python bench/ui.py --synthetic 1000000 [--family sqlite|postgres] [--repeat 7]
 
 One ``dicom-archive serve`` (embedded backends: SQLite catalog, FTS5 search) gets ``--studies``
 studies of ``--instances`` small CT instances each over STOW-RS (100 instances a request), with
@@ -11,6 +12,11 @@ hashed assets cached); an init script (outside the page, so the page's CSP appli
 records ``performance.now()`` when the first row of the list enters the DOM: the time from
 navigation start to the first row a user sees. The search API's share is its Resource Timing
 (request start to response end) in the same load. Needs ``make ui`` and /usr/bin/chromium.
+
+``--synthetic N`` measures a large archive instead: the query benchmark's synthetic hospital
+(bench/_querydata.py, ~65 instances a study) bulk loaded straight into the catalog and search index
+of ``--family`` (SQLite + FTS5, or PostgreSQL + OpenSearch on the services of
+``scripts/services.sh``), served by a ``dicom-archive query`` process (the role that serves /ui/).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.e2e.harness import http_json, serve, wait_until  # noqa: E402
 from tests.factories import make_ct, new_uid, write_part10  # noqa: E402
@@ -96,16 +103,43 @@ def summary(values: list[float]) -> dict[str, float]:
             "max_ms": round(ordered[-1], 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=3000)
-    parser.add_argument("--instances", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+def browse(base: str, studies: int, repeat: int) -> dict[str, Any]:
+    """Each query of QUERIES ``repeat`` times cold and warm: first rendered row and search API time."""
     from playwright.sync_api import sync_playwright
 
-    results: dict[str, Any] = {"studies": args.studies, "instances": args.studies * args.instances, "queries": {}}
+    out: dict[str, Any] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        warm = browser.new_context(base_url=base)
+        warm.add_init_script(FIRST_ROW)
+        warm_page = warm.new_page()
+        middle = (studies // 2) // 25 * 25
+        for name, template in QUERIES.items():
+            url = template.format(middle=middle)
+            total = 0
+            cold_rows, cold_api, warm_rows, warm_api = [], [], [], []
+            for _ in range(repeat):
+                context = browser.new_context(base_url=base)
+                context.add_init_script(FIRST_ROW)
+                row, api, total = measure(context.new_page(), url)
+                context.close()
+                cold_rows.append(row)
+                cold_api.append(api)
+                row, api, total = measure(warm_page, url)
+                warm_rows.append(row)
+                warm_api.append(api)
+            out[name] = {"url": url, "matches": total, "cold": summary(cold_rows), "warm": summary(warm_rows),
+                         "api_cold": summary(cold_api), "api_warm": summary(warm_api)}
+            print(f"{name:30s} {total:6d} matches  first row cold {summary(cold_rows)['median_ms']:7.1f} ms, "
+                  f"warm {summary(warm_rows)['median_ms']:7.1f} ms  (search API "
+                  f"{summary(warm_api)['median_ms']:.1f} ms)", flush=True)
+        browser.close()
+    return out
+
+
+def stowed(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"studies": args.studies, "instances": args.studies * args.instances,
+                               "backends": "embedded serve (SQLite + FTS5), loaded over STOW-RS"}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         proc = serve(tmp).start()
@@ -113,35 +147,66 @@ def main() -> None:
             results["load_seconds"] = round(load(proc.http, args.studies, args.instances, tmp), 1)
             print(f"loaded {args.studies} studies, {results['instances']} instances in {results['load_seconds']} s",
                   flush=True)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                warm = browser.new_context(base_url=proc.http)
-                warm.add_init_script(FIRST_ROW)
-                warm_page = warm.new_page()
-                middle = (args.studies // 2) // 25 * 25
-                for name, template in QUERIES.items():
-                    url = template.format(middle=middle)
-                    total = 0
-                    cold_rows, cold_api, warm_rows, warm_api = [], [], [], []
-                    for _ in range(args.repeat):
-                        context = browser.new_context(base_url=proc.http)
-                        context.add_init_script(FIRST_ROW)
-                        row, api, total = measure(context.new_page(), url)
-                        context.close()
-                        cold_rows.append(row)
-                        cold_api.append(api)
-                        row, api, total = measure(warm_page, url)
-                        warm_rows.append(row)
-                        warm_api.append(api)
-                    results["queries"][name] = {"url": url, "matches": total, "cold": summary(cold_rows),
-                                                "warm": summary(warm_rows), "api_cold": summary(cold_api),
-                                                "api_warm": summary(warm_api)}
-                    print(f"{name:28s} {total:6d} matches  first row cold {summary(cold_rows)['median_ms']:7.1f} ms, "
-                          f"warm {summary(warm_rows)['median_ms']:7.1f} ms  (search API "
-                          f"{summary(warm_api)['median_ms']:.1f} ms)", flush=True)
-                browser.close()
+            results["queries"] = browse(proc.http, args.studies, args.repeat)
         finally:
             proc.stop()
+    return results
+
+
+def synthetic(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    from _querydata import Hospital
+    from _queryload import FAMILIES, QueryService
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        family = FAMILIES[args.family](Path(tmpdir) / args.family)
+        hospital = Hospital(seed=1437)
+
+        async def fill() -> float:
+            started = time.perf_counter()
+            try:
+                await family.setup()
+                await family.bulk_mode(True)
+                loaded = 0
+                while loaded < args.synthetic:
+                    chunk = hospital.take(min(50_000, args.synthetic - loaded))
+                    await family.load(chunk)
+                    loaded += len(chunk)
+                    print(f"loaded {loaded}/{args.synthetic} instances", flush=True)
+                await family.bulk_mode(False)
+                await family.analyze()
+            finally:
+                await family.close()
+            return time.perf_counter() - started
+
+        service: QueryService | None = None
+        try:
+            seconds = asyncio.run(fill())
+            studies = hospital.samples.studies
+            results: dict[str, Any] = {"studies": studies, "instances": args.synthetic, "load_seconds": round(seconds, 1),
+                                       "backends": f"{family.label}, synthetic rows, `dicom-archive query`"}
+            print(f"{studies} studies, {args.synthetic} instances loaded in {seconds:.0f} s", flush=True)
+            service = QueryService(family)
+            service.start()
+            results["queries"] = browse(service.base, studies, args.repeat)
+        finally:
+            if service is not None:
+                service.stop()
+            family.teardown()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=int, default=3000)
+    parser.add_argument("--instances", type=int, default=3)
+    parser.add_argument("--synthetic", type=int, metavar="N", help="N synthetic instances loaded into the backends")
+    parser.add_argument("--family", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    results = synthetic(args) if args.synthetic else stowed(args)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
 

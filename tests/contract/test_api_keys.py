@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from archive.adapters.postgres_catalog import PostgresCatalog
@@ -23,17 +21,9 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def keys(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[ApiKeys]:
-    dsn = service_setting("ARCHIVE_CATALOG") if request.param == "postgresql" else ""
-    store: SqliteCatalog | PostgresCatalog = (
-        PostgresCatalog(dsn, schema=unique) if dsn else SqliteCatalog(tmp_path / "catalog.db"))
-    await store.migrate()
-    yield store
-    await store.close()
-    if dsn:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {unique} CASCADE")
+@pytest.fixture
+def keys(sql_catalog: SqliteCatalog | PostgresCatalog) -> ApiKeys:
+    return sql_catalog
 
 
 async def test_create_find_list_revoke(keys: ApiKeys) -> None:

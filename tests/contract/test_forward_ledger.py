@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import psycopg
 import pytest
 
 from archive.adapters.postgres_catalog import PostgresCatalog
 from archive.adapters.sqlite_catalog import SqliteCatalog
 from archive.core.ports import ForwardLedger, ForwardRecord
-from tests.conftest import service_setting
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[ForwardLedger]:
-    dsn = service_setting("ARCHIVE_CATALOG") if request.param == "postgresql" else ""
-    store: SqliteCatalog | PostgresCatalog = (
-        PostgresCatalog(dsn, schema=unique) if dsn else SqliteCatalog(tmp_path / "catalog.db"))
-    await store.migrate()
-    yield store
-    await store.close()
-    if dsn:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {unique} CASCADE")
+@pytest.fixture
+def ledger(sql_catalog: SqliteCatalog | PostgresCatalog) -> ForwardLedger:
+    return sql_catalog
 
 
 def record(uid: str, outcome: str = "sent", *, destination: str = "PACS", sha: str = "a" * 64, at: float = 1.0,

@@ -17,10 +17,13 @@ from tests.factories import make_ct, new_uid, write_part10
 from tests.sopclasses import every_kind
 
 
-@pytest.fixture(params=["pynetdicom", "asyncio"])
+@pytest.fixture(params=["pynetdicom", "asyncio", "asyncio+uvloop"])
 def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArchiveProcess]:
-    """`serve` with each DICOM receiver engine (ARCHIVE_SCP_ENGINE)."""
-    proc = serve(tmp_path, ARCHIVE_SCP_ENGINE=request.param).start()
+    """`serve` with each DICOM receiver engine (ARCHIVE_SCP_ENGINE), and on uvloop (ARCHIVE_EVENT_LOOP)."""
+    engine, _, loop = request.param.partition("+")
+    proc = serve(tmp_path, ARCHIVE_SCP_ENGINE=engine, ARCHIVE_EVENT_LOOP=loop or "asyncio").start()
+    if loop:
+        assert '"loop": "uvloop.Loop"' in proc.log_path.read_text(), proc.log_tail()
     yield proc
     assert proc.stop() == 0, proc.log_tail()
 
