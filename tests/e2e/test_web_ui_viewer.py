@@ -131,6 +131,16 @@ def _data(tmp: Path) -> tuple[list[bytes], Sent]:
     image("rgb", rgb, "RGB")
     planar = np.ascontiguousarray(rgb.transpose(2, 0, 1)).reshape(-1).reshape(rgb.shape)  # bytes by plane
     image("planar", planar, "RGB", PlanarConfiguration=1)
+    # what the pixel pipeline does not take as stored: the server renders it (frames/{n}/rendered)
+    indices = np.where(x < SIZE // 2, 10, 200).astype(np.uint8)  # left: entry 10, right: entry 200
+    palette: dict[str, Any] = {}
+    for colour, table in (("Red", np.where(np.arange(256) < 128, 230, 0)), ("Green", np.zeros(256)),
+                          ("Blue", np.where(np.arange(256) < 128, 0, 230))):
+        palette[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 16]
+        palette[f"{colour}PaletteColorLookupTableData"] = (table * 257).astype("<u2").tobytes()
+    image("palette", indices, "PALETTE COLOR", **palette)
+    wide = (x * 100_000).astype(np.uint32)  # 32-bit values: a dark left, a bright right
+    image("wide", wide, "MONOCHROME2", WindowCenter=SIZE * 50_000, WindowWidth=SIZE * 100_000)
     jpeg = dcmread(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
     jpeg.StudyInstanceUID, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID = STUDY, new_uid(), new_uid()
     jpeg.PatientID, jpeg.SeriesDescription = PATIENT, "JPEG"
@@ -246,9 +256,9 @@ def test_the_study_page_offers_view_for_image_series_only(ui: Watched, archive: 
 
     page = ui.page
     page.goto(f"/ui/study/{STUDY}")
-    expect(page.get_by_role("status").first).to_have_text("11 series")
+    expect(page.get_by_role("status").first).to_have_text("13 series")
     views = page.get_by_role("link", name=re.compile("^View "))
-    expect(views).to_have_count(10)  # every series but the SR
+    expect(views).to_have_count(12)  # every series but the SR
     page.get_by_role("link", name="View Series 1: CT STACK").click()
     expect(page).to_have_url(re.compile(rf"/ui/study/{STUDY}/series/{archive[1].series['ct']}$"))
     expect(page.locator("#viewer-progress")).to_have_text(f"All {CT_SLICES} images loaded")
@@ -379,6 +389,26 @@ def test_rgb_shows_colour(ui: Watched, archive: tuple[ArchiveProcess, Sent], nam
     assert top_left[0] > 200 and top_left[1] < 30 and top_left[2] < 30, top_left  # red
     assert top_right[2] > 200 and top_right[0] < 30 and top_right[1] < 30, top_right  # blue
     assert bottom_left[0] > 200 and 100 < bottom_left[1] < 140, bottom_left  # red and green
+
+
+def test_palette_colour_and_32_bit_pixels_are_drawn_from_the_servers_rendering(
+        ui: Watched, archive: tuple[ArchiveProcess, Sent]) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    shot = pixels(open_viewer(page, archive[1], "palette", 1))
+    h, w = shot.shape[:2]
+    left, right = shot[h // 2, w // 8], shot[h // 2, w - w // 8]
+    assert left[0] > 200 and left[1] < 30 and left[2] < 30, left  # palette entry 10: red
+    assert right[2] > 200 and right[0] < 30 and right[1] < 30, right  # palette entry 200: blue
+    expect(page.locator(".overlay-rendered")).to_have_text("Rendered by the server")
+    shot = pixels(open_viewer(page, archive[1], "wide", 1)).mean(axis=2)
+    h, w = shot.shape
+    assert shot[h // 2, w - w // 8] - shot[h // 2, w // 8] > 120, shot[h // 2]  # the window from the data
+    expect(page.locator(".overlay-rendered")).to_be_visible()
+    mono = open_viewer(page, archive[1], "mono2", 1)
+    assert mono is not None
+    expect(page.locator(".overlay-rendered")).to_have_count(0)  # what the pipeline draws itself
 
 
 def test_a_jpeg_is_decoded_by_the_server_and_shown_in_colour(ui: Watched, archive: tuple[ArchiveProcess, Sent]) -> None:

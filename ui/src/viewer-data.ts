@@ -49,6 +49,10 @@ export interface Frame {
   instanceNumber: string;
   format: ImageFormat;
   presets: Preset[]; // from the instance's WindowCenter/Width
+  // Drawn from the server's rendering (PS3.18 frames/{n}/rendered, PNG) because the pixel pipeline
+  // cannot take the stored values as they are (palette colour, 1- and 32-bit pixels, other colour
+  // models): the server applies the palette or the window, the viewer shows 8-bit RGB.
+  rendered: string | null; // why, or null when the viewer draws the stored values itself
 }
 
 export interface Series {
@@ -157,8 +161,15 @@ export async function loadSeries(study: string, series: string, signal: AbortSig
         if (rescale) frameFormat = { ...format, slope: num(rescale, T.RescaleSlope, 1) || 1, intercept: num(rescale, T.RescaleIntercept, 0) };
         if (voi) framePresets = presetsOf(voi);
       }
+      const why = frameFormat.rows > 0 && frameFormat.columns > 0 ? unsupported(frameFormat) : null;
+      if (why) {
+        frameFormat = { ...frameFormat, samples: 3, photometric: "RGB", planar: false, bitsAllocated: 8, bitsStored: 8,
+                        signed: false, slope: 1, intercept: 0 };
+        framePresets = [];
+      }
       frames.push({ instance: text(ds, T.SOPInstanceUID), number: n, frames: count,
-                    instanceNumber: text(ds, T.InstanceNumber), format: frameFormat, presets: framePresets });
+                    instanceNumber: text(ds, T.InstanceNumber), format: frameFormat, presets: framePresets,
+                    rendered: why });
     }
   }
   const firstDs = instances[0] ?? {};
@@ -199,10 +210,32 @@ export function firstPart(body: ArrayBuffer, contentType: string): Uint8Array {
   return bytes.subarray(from, end);
 }
 
-/** One frame's stored values, uncompressed little endian. */
+/** The server's rendering of a frame (PNG) as RGBRGB.. bytes of the frame's size. */
+async function fetchRendered(url: string, frame: Frame, signal: AbortSignal): Promise<Uint8Array> {
+  const response = await authorizedFetch(`${url}/rendered`, { signal, headers: { Accept: "image/png" } });
+  if (!response.ok) throw new ApiError(response.status, `frame ${frame.number} of ${frame.instance} (rendered): HTTP ${response.status}`);
+  const bitmap = await createImageBitmap(await response.blob());
+  const { columns, rows } = frame.format;
+  const canvas = new OffscreenCanvas(columns, rows);
+  const context = canvas.getContext("2d");
+  if (!context) throw new Error("no 2D canvas for the rendered frame");
+  context.drawImage(bitmap, 0, 0, columns, rows);
+  bitmap.close();
+  const rgba = context.getImageData(0, 0, columns, rows).data;
+  const rgb = new Uint8Array(columns * rows * 3);
+  for (let i = 0, k = 0; i < rgba.length; i += 4, k += 3) {
+    rgb[k] = rgba[i];
+    rgb[k + 1] = rgba[i + 1];
+    rgb[k + 2] = rgba[i + 2];
+  }
+  return rgb;
+}
+
+/** One frame's stored values, uncompressed little endian (or, for a ``rendered`` frame, the server's RGB). */
 export async function fetchFrame(study: string, series: string, frame: Frame, signal: AbortSignal): Promise<Uint8Array> {
   const url = `/dicom-web/studies/${encodeURIComponent(study)}/series/${encodeURIComponent(series)}`
     + `/instances/${encodeURIComponent(frame.instance)}/frames/${frame.number}`;
+  if (frame.rendered) return fetchRendered(url, frame, signal);
   const response = await authorizedFetch(url, { signal, headers: { Accept: FRAME_ACCEPT } });
   if (!response.ok) throw new ApiError(response.status, `frame ${frame.number} of ${frame.instance}: HTTP ${response.status}`);
   return firstPart(await response.arrayBuffer(), response.headers.get("Content-Type") ?? "");

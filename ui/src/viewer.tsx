@@ -369,6 +369,7 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
         </div>
         <div class="overlay bottom-left">
           {t?.kind !== "rgb" && <div class="overlay-window">W {round(shown.width)} L {round(shown.center)}</div>}
+          {frame.rendered && <div class="overlay-rendered" title={frame.rendered}>Rendered by the server</div>}
           <div class="overlay-zoom">Zoom {zoomPercent}%</div>
         </div>
         {!t && (
