@@ -328,6 +328,33 @@ def test_a_ct_stack_scrolls_windows_and_zooms(ui: Watched, archive: tuple[Archiv
     expect(page.locator(".overlay-window")).to_have_text("W 400 L 40")
 
 
+def test_a_series_larger_than_the_gpu_budget_keeps_the_frames_around_the_one_shown(
+        ui: Watched, archive: tuple[ArchiveProcess, Sent]) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    held = 3  # of the CT_SLICES 64x64 16-bit frames (8 KiB each): the budget in MiB, as a user may set it
+    page.add_init_script(f"localStorage.setItem('archive.viewer.gpuMegabytes', '{(held * 8192 + 100) / 2**20}')")
+    frame_requests: list[str] = []
+    page.on("request", lambda r: frame_requests.append(r.url) if "/frames/" in r.url else None)
+    page.goto(f"/ui/study/{STUDY}/series/{archive[1].series['ct']}")
+    progress = page.locator("#viewer-progress")
+    holding = f"Loaded {held} of the {held} images around this one (of {CT_SLICES}; the GPU memory holds {held})"
+    expect(progress).to_have_text(holding)
+    canvas = page.locator("#viewer-image")
+    drawn(page, 0)
+    first = pixels(canvas)
+    assert len(frame_requests) == held  # nothing beyond the window
+    canvas.press("End")
+    drawn(page, CT_SLICES - 1)
+    expect(progress).to_have_text(holding)  # the first ones dropped, the last ones loaded
+    canvas.press("Home")
+    drawn(page, 0)
+    expect(progress).to_have_text(holding)
+    assert differs(first, pixels(canvas)) < 1  # loaded again, the same image
+    assert len(frame_requests) >= CT_SLICES + 2, frame_requests  # frames 1 and 2 asked twice
+
+
 def test_the_window_comes_from_the_data_or_the_full_range(ui: Watched, archive: tuple[ArchiveProcess, Sent]) -> None:
     from playwright.sync_api import expect
 

@@ -241,10 +241,30 @@ export async function fetchFrame(study: string, series: string, frame: Frame, si
   return firstPart(await response.arrayBuffer(), response.headers.get("Content-Type") ?? "");
 }
 
+/** Bytes a frame takes as a texture (what viewer-gl.ts uploads). */
+export function frameBytes(f: ImageFormat): number {
+  return f.rows * f.columns * f.samples * Math.max(1, f.bitsAllocated / 8);
+}
+
+/** The GPU memory the viewer's textures may take: 512 MiB, or what the user set (localStorage, MiB). */
+export const GPU_BUDGET_KEY = "archive.viewer.gpuMegabytes";
+export function gpuBudget(): number {
+  let stored: string | null = null;
+  try {
+    stored = localStorage.getItem(GPU_BUDGET_KEY);
+  } catch {
+    // storage blocked: the default
+  }
+  const megabytes = Number(stored);
+  return (stored !== null && Number.isFinite(megabytes) && megabytes > 0 ? megabytes : 512) * 2 ** 20;
+}
+
 /**
- * Loads every frame of a series once, ``concurrency`` requests in flight (one until the first
- * frame is in), nearest to ``center`` first (``focus`` moves it). ``onLoad`` gets each frame's bytes; a frame that fails is reported
- * through ``onError`` and not asked again.
+ * Loads the frames of a series, ``concurrency`` requests in flight (one until the first frame is
+ * in), nearest to ``center`` first (``focus`` moves it), at most ``resident`` of them at a time: the
+ * ``resident`` frames nearest to the center are kept, a frame that falls out of them is dropped by
+ * the caller (``inWindow`` says which; ``forget`` makes it loadable again). ``onLoad`` gets each
+ * frame's bytes; a frame that fails is reported through ``onError`` and not asked again.
  */
 export class Prefetcher {
   private state: Uint8Array; // 0 waiting, 1 in flight, 2 done, 3 failed
@@ -261,13 +281,34 @@ export class Prefetcher {
     private readonly onLoad: (index: number, data: Uint8Array) => void,
     private readonly onError: (index: number, error: unknown) => void,
     private readonly concurrency = 6, // Chromium's HTTP/1.1 connections per origin
+    readonly resident = frames.length,
   ) {
     this.state = new Uint8Array(frames.length);
+    this.resident = Math.max(1, Math.min(frames.length, resident));
   }
 
   focus(center: number): void {
     this.center = center;
     this.pump();
+  }
+
+  /** The first index and the end of the ``resident`` frames around the center. */
+  window(): [number, number] {
+    const n = this.frames.length;
+    const first = Math.max(0, Math.min(n - this.resident, this.center - Math.floor(this.resident / 2)));
+    return [first, first + this.resident];
+  }
+
+  inWindow(index: number): boolean {
+    const [first, end] = this.window();
+    return index >= first && index < end;
+  }
+
+  /** A loaded frame the caller dropped: loaded again when it comes back into the window. */
+  forget(index: number): void {
+    if (this.state[index] !== 2) return;
+    this.state[index] = 0;
+    this.loaded--;
   }
 
   stop(): void {
@@ -279,13 +320,13 @@ export class Prefetcher {
   }
 
   private next(): number {
-    const n = this.frames.length;
-    for (let d = 0; d < n; d++) {
+    const [first, end] = this.window();
+    for (let d = 0; d < end - first; d++) {
       const after = this.center + d;
-      if (after < n && this.state[after] === 0) return after;
+      if (after < end && this.state[after] === 0) return after;
       const before = this.center - d - 1;
-      if (before >= 0 && this.state[before] === 0) return before;
-      if (after >= n && before < 0) break;
+      if (before >= first && this.state[before] === 0) return before;
+      if (after >= end && before < first) break;
     }
     return -1;
   }

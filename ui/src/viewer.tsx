@@ -1,13 +1,16 @@
 // The stack viewer at /ui/study/<study>/series/<series> (UIDs only in the URL). The series'
 // metadata gives the frames in order; every frame is prefetched (viewer-data.ts) and uploaded once
-// to the GPU (viewer-gl.ts); window/level, zoom, pan and scrolling only re-draw. Usable by mouse
+// to the GPU (viewer-gl.ts); window/level, zoom, pan and scrolling only re-draw. A series larger
+// than the GPU budget (512 MiB, or localStorage archive.viewer.gpuMegabytes) keeps the frames
+// around the one shown, dropping and loading again as the user scrolls. Usable by mouse
 // (drag: window; shift or middle-button drag, or the pan tool: pan; ctrl+drag or ctrl+wheel:
 // zoom; wheel: scroll) and by keyboard on the focused image (arrows, Page Up/Down, Home/End,
 // + and -, R to reset, Space for cine, 1-9 for the presets).
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError } from "./api";
 import { NoWebGL2, Renderer, type FrameTexture, type View } from "./viewer-gl";
-import { CT_PRESETS, loadSeries, Prefetcher, unsupported, type Frame, type Preset, type Series } from "./viewer-data";
+import { CT_PRESETS, frameBytes, gpuBudget, loadSeries, Prefetcher, unsupported, type Frame, type Preset,
+  type Series } from "./viewer-data";
 import "./viewer.css";
 
 const uid = encodeURIComponent;
@@ -115,6 +118,7 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
 
   const [index, setIndexState] = useState(0);
   const [loaded, setLoaded] = useState(0);
+  const [held, setHeld] = useState(n); // frames the GPU budget holds at once
   const [failed, setFailed] = useState(0);
   const [fatal, setFatal] = useState<string | null>(null);
   const [shown, setShown] = useState<View>(() => ({ ...view.current })); // what the overlay says (a copy)
@@ -164,7 +168,19 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
     if (i === indexRef.current) return;
     indexRef.current = i;
     setIndexState(i);
-    prefetch.current?.focus(i);
+    const p = prefetch.current;
+    p?.focus(i);
+    if (p && p.resident < n) { // a series larger than the GPU budget: drop what left the window
+      for (let k = 0; k < n; k++) {
+        const t = textures.current[k];
+        if (t && !p.inWindow(k)) {
+          renderer.current?.release(t);
+          textures.current[k] = undefined;
+          p.forget(k);
+        }
+      }
+      setLoaded(p.loaded);
+    }
     redraw();
   };
 
@@ -172,11 +188,16 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
     const c = canvas.current!;
     textures.current = new Array<FrameTexture | undefined>(n);
     failures.current = new Array<string | undefined>(n);
+    const largest = frames.reduce((m, f) => Math.max(m, frameBytes(f.format)), 1);
     const p = new Prefetcher(study, seriesUid, frames, (i, data) => {
       const f = frames[i];
       const why = unsupported(f.format);
       try {
         if (why) throw new Error(why);
+        if (!p.inWindow(i)) { // scrolled away while it was on its way
+          p.forget(i);
+          return;
+        }
         textures.current[i] = renderer.current!.upload(f.format, data);
       } catch (error) {
         failures.current[i] = error instanceof Error ? error.message : String(error);
@@ -188,8 +209,9 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
       failures.current[i] = error instanceof Error ? error.message : String(error);
       setFailed((k) => k + 1);
       if (i === indexRef.current) redraw();
-    });
+    }, 6, Math.floor(gpuBudget() / largest));
     prefetch.current = p;
+    setHeld(p.resident);
     p.focus(indexRef.current); // the requests leave before the WebGL context (its creation blocks) is made
     try {
       renderer.current = new Renderer(c);
@@ -381,9 +403,11 @@ function Stack({ study, seriesUid, series }: { study: string; seriesUid: string;
           aria-valuetext={`Image ${index + 1} of ${n}`} onInput={(e) => setIndex(Number(e.currentTarget.value) - 1)} />
       )}
       <div class="viewer-progress">
-        <progress max={n} value={loaded} aria-label="Images loaded" />
+        <progress max={held} value={loaded} aria-label="Images loaded" />
         <span role="status" id="viewer-progress">
-          {loaded === n ? `All ${n} ${n === 1 ? "image" : "images"} loaded` : `Loaded ${loaded} of ${n} images`}
+          {loaded === n ? `All ${n} ${n === 1 ? "image" : "images"} loaded`
+            : held < n ? `Loaded ${loaded} of the ${held} images around this one (of ${n}; the GPU memory holds ${held})`
+            : `Loaded ${loaded} of ${n} images`}
           {failed ? ` (${failed} cannot be shown)` : ""}
         </span>
       </div>
