@@ -7,8 +7,8 @@ query value, never query-string syntax. Attribute filters run on the
 folded ``patient_name`` keyword (case- and accent-insensitive, as the catalog
 compares person names); other person names case-insensitively. Results are
 grouped with ``collapse`` on the study or series UID, totals and facet counts
-are ``cardinality`` aggregations of that UID (exact up to 40,000 groups per
-count, approximate beyond).
+are ``cardinality`` aggregations of that UID (HyperLogLog++: near exact up to 40,000
+groups per count, 15,473 for 15,470 studies measured; approximate beyond).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from archive.core.search import FACET_SIZE, SearchRequest, path_filters, vr_of
 
 GROUP_FIELD = {Level.STUDY: "study_uid", Level.SERIES: "series_uid", Level.IMAGE: "sop_instance_uid"}
 FACET_FIELDS = {"Modality": "modality", "InstitutionName": "institution", "BodyPartExamined": "body_part"}
-PRECISION = 40_000  # cardinality counts are exact below this (OpenSearch's maximum)
+PRECISION = 40_000  # cardinality counts are near exact below this (OpenSearch's maximum)
 # Fields added in schema 2 for facets and sorting (derived from ``fields`` when indexing).
 FACET_PROPERTIES: dict[str, Any] = {
     "study_date": {"type": "date", "format": "basic_date", "ignore_malformed": True},

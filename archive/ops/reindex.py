@@ -10,6 +10,7 @@ never removed first), and what is ingested meanwhile is indexed by the indexer a
   with ``changes=False``, and nothing goes through the queue).
 - An object whose SOP Instance UID has a tombstone is what a delete cut short: left alone
   (``verify --repair`` finishes the delete).
+- Pipelined: a batch is written (catalog, then search index) while the next one is read.
 - Resumable: objects are listed in key order and the last key of each committed batch is saved in
   a state file (``--state``, by default under ARCHIVE_DATA_DIR); a run started again after a crash
   continues after it, unless ``--restart``.
@@ -134,30 +135,47 @@ async def reindex(store: ObjectStore, catalog: Catalog, search: SearchIndex, sta
     if after:
         log.info("reindex resumes", extra={"after": after})
     keys: list[str] = []
+    # One batch is written while the next is read; writes run one at a time, in key order, so the
+    # state file never names a key past an unwritten batch.
+    writing: asyncio.Task[None] | None = None
 
-    async def flush() -> None:
-        messages = await _read(store, keys)
+    async def commit(batch_keys: list[str], messages: list[IndexMessage | None]) -> None:
         found = [m for m in messages if m is not None]
         progress.unreadable += len(messages) - len(found)
         await _write(catalog, search, found, progress)
-        progress.done += len(keys)
-        state.save(keys[-1])
+        progress.done += len(batch_keys)
+        state.save(batch_keys[-1])
         metrics.REINDEX_DONE.set(progress.done)
-        keys.clear()
         if on_progress is not None:
             on_progress(progress)
 
-    async for info in store.list("instances/"):
-        if uid_from_key(info.key) is None:
-            continue
-        if after and info.key <= after:  # committed by the run this one resumes
-            progress.done += 1
-            continue
-        keys.append(info.key)
-        if len(keys) >= batch:
+    async def flush() -> None:
+        nonlocal writing
+        batch_keys = keys.copy()
+        keys.clear()
+        messages = await _read(store, batch_keys)
+        if writing is not None:
+            await writing
+        writing = asyncio.create_task(commit(batch_keys, messages))
+
+    try:
+        async for info in store.list("instances/"):
+            if uid_from_key(info.key) is None:
+                continue
+            if after and info.key <= after:  # committed by the run this one resumes
+                progress.done += 1
+                continue
+            keys.append(info.key)
+            if len(keys) >= batch:
+                await flush()
+        if keys:
             await flush()
-    if keys:
-        await flush()
+        if writing is not None:
+            await writing
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
     state.clear()
     return Report(progress.done, progress.indexed, progress.tombstoned, progress.unreadable,
                   round(time.monotonic() - progress.started, 3), after)
