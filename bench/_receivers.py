@@ -92,7 +92,7 @@ class Serve(_OurReceiver):
         self.tls = tls  # send to the DICOM TLS port, mutual TLS (a client certificate per sender)
         self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
             "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "asyncio" else f", {engine} engine") + (
-            ", uvloop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "uvloop" else "") + (
+            ", standard asyncio loop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "asyncio" else "") + (
             ", TLS port (mutual TLS)" if tls else "") + (f" [{build.tag}]" if build.tag else "")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
@@ -171,7 +171,7 @@ class Distributed(_OurReceiver):
         self.build = build
         self.extra_env = dict(extra_env or {})
         self.label = "distributed (scp+indexer+query)" + (
-            ", uvloop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "uvloop" else "") + (
+            ", standard asyncio loop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "asyncio" else "") + (
             f" [{build.tag}]" if build.tag else "")
         self.name = "bench" + uuid.uuid4().hex[:10]
         self.ports = {"scp": free_port(), "indexer": free_port(), "query": free_port()}

@@ -1,8 +1,8 @@
 """Ingest benchmark: C-STORE throughput, latency, time-to-searchable and memory.
 
     .venv/bin/python bench/ingest.py [--count 1000] [--repeat 3] [--quick] [--out results.json]
-                                     [--scenarios serve,serve-uvloop,serve-w2,serve-nofsync,serve-pynetdicom,serve-pynetdicom-w2,serve-tls,serve-tls-w2,
-                                                 distributed,distributed-uvloop,orthanc,storescp,pynetdicom,large]
+                                     [--scenarios serve,serve-stdloop,serve-w2,serve-nofsync,serve-pynetdicom,serve-pynetdicom-w2,serve-tls,serve-tls-w2,
+                                                 distributed,distributed-stdloop,orthanc,storescp,pynetdicom,large]
 
 Receivers (each fresh, on loopback, in a temp dir): ``dicom-archive serve`` (embedded,
 fsync on), the same with 2 SCP workers, with ARCHIVE_FSYNC=false, and on the DICOM TLS port
@@ -38,11 +38,11 @@ from _util import (Batch, SliceFactory, TreeSampler, children_cpu, cpu_jiffies, 
                    histogram_delta, histogram_quantile, http_json, install_signal_handlers, kill_all, percentile, scrape,
                    write_large_instance)
 
-ALL = ("serve", "serve-uvloop", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "serve-tls", "serve-tls-w2",
-       "distributed", "distributed-uvloop", "orthanc", "storescp", "pynetdicom", "large")
-OURS = ("serve", "serve-uvloop", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "serve-tls", "serve-tls-w2",
-        "distributed", "distributed-uvloop")
-UVLOOP = {"ARCHIVE_EVENT_LOOP": "uvloop"}
+ALL = ("serve", "serve-stdloop", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "serve-tls", "serve-tls-w2",
+       "distributed", "distributed-stdloop", "orthanc", "storescp", "pynetdicom", "large")
+OURS = ("serve", "serve-stdloop", "serve-w2", "serve-nofsync", "serve-pynetdicom", "serve-pynetdicom-w2", "serve-tls", "serve-tls-w2",
+        "distributed", "distributed-stdloop")
+STDLOOP = {"ARCHIVE_EVENT_LOOP": "asyncio"}  # the default is uvloop
 BASELINE = "@baseline"  # a scenario of ours run by the --baseline checkout
 BUILDS: dict[str, Build] = {"": THIS_BUILD}
 STUDIES = 4  # each batch: 4 studies; with 4 associations each association sends one study
@@ -59,8 +59,8 @@ def make_receiver(key: str, workdir: Path) -> Receiver:
     workdir = workdir / key.replace("@", "-")
     if name == "serve":
         return Serve(workdir, build=build)
-    if name == "serve-uvloop":
-        return Serve(workdir, build=build, extra_env=UVLOOP)
+    if name == "serve-stdloop":
+        return Serve(workdir, build=build, extra_env=STDLOOP)
     if name == "serve-w2":
         return Serve(workdir, workers=2, build=build)
     if name == "serve-nofsync":
@@ -75,8 +75,8 @@ def make_receiver(key: str, workdir: Path) -> Receiver:
         return Serve(workdir, workers=2, tls=True, build=build)
     if name == "distributed":
         return Distributed(workdir, build=build)
-    if name == "distributed-uvloop":
-        return Distributed(workdir, build=build, extra_env=UVLOOP)
+    if name == "distributed-stdloop":
+        return Distributed(workdir, build=build, extra_env=STDLOOP)
     if name == "orthanc":
         return Orthanc(workdir)
     if name == "storescp":

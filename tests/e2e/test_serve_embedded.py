@@ -17,13 +17,16 @@ from tests.factories import make_ct, new_uid, write_part10
 from tests.sopclasses import every_kind
 
 
-@pytest.fixture(params=["pynetdicom", "asyncio", "asyncio+uvloop"])
+LOOPS = {"": "uvloop.Loop", "asyncio": "asyncio.unix_events._UnixSelectorEventLoop"}  # ARCHIVE_EVENT_LOOP
+
+
+@pytest.fixture(params=["pynetdicom", "asyncio", "asyncio+asyncio"])
 def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArchiveProcess]:
-    """`serve` with each DICOM receiver engine (ARCHIVE_SCP_ENGINE), and on uvloop (ARCHIVE_EVENT_LOOP)."""
+    """`serve` with each DICOM receiver engine (ARCHIVE_SCP_ENGINE), on the default event loop
+    (uvloop) and on the standard library's (ARCHIVE_EVENT_LOOP=asyncio)."""
     engine, _, loop = request.param.partition("+")
-    proc = serve(tmp_path, ARCHIVE_SCP_ENGINE=engine, ARCHIVE_EVENT_LOOP=loop or "asyncio").start()
-    if loop:
-        assert '"loop": "uvloop.Loop"' in proc.log_path.read_text(), proc.log_tail()
+    proc = serve(tmp_path, ARCHIVE_SCP_ENGINE=engine, **({"ARCHIVE_EVENT_LOOP": loop} if loop else {})).start()
+    assert f'"loop": "{LOOPS[loop]}"' in proc.log_path.read_text(), proc.log_tail()
     yield proc
     assert proc.stop() == 0, proc.log_tail()
 

@@ -101,7 +101,7 @@ NON_DEFAULT = {
     "ARCHIVE_TLS_CLIENT_CA": "/etc/archive/clients-ca.pem",
     "ARCHIVE_AE_CONFIG": "/etc/archive/aes.yaml",
     "ARCHIVE_SCP_ENGINE": "pynetdicom",
-    "ARCHIVE_EVENT_LOOP": "uvloop",
+    "ARCHIVE_EVENT_LOOP": "asyncio",
     "ARCHIVE_MAX_ASSOCIATIONS": "3",
     "ARCHIVE_MAX_PDU": "0",
     "ARCHIVE_NETWORK_TIMEOUT": "0.1",
