@@ -108,6 +108,51 @@ def test_records_reach_a_tcp_collector_whole_and_the_file(tmp_path: Path) -> Non
     assert len(lines) == 3 and lines[1].encode() == frames[1].split(b"\xef\xbb\xbf", 1)[1]
 
 
+def test_a_handshake_cut_short_is_tried_again_at_once_and_loses_no_record(tmp_path: Path) -> None:
+    """A TLS collector that closes its first connection before the handshake (as a busy or
+    restarting rsyslog does): the record goes over a second connection, nothing is dropped."""
+    import ssl
+
+    from tests.e2e.pki import CA
+
+    ca = CA(tmp_path / "pki")
+    server_id = ca.issue("localhost", hosts=("localhost", "127.0.0.1"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(server_id.cert), str(server_id.key))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    frames: list[bytes] = []
+
+    def serve() -> None:
+        with listener:
+            listener.settimeout(10)
+            first, _ = listener.accept()
+            first.close()  # before the TLS handshake
+            conn, _ = listener.accept()
+            with context.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(10)
+                data = b""
+                while b" " not in data or len(data.partition(b" ")[2]) < int(data.partition(b" ")[0]):
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                length, _, rest = data.partition(b" ")
+                frames.append(rest[:int(length)])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    before = _dropped("collector_down")
+    trail = Trail(SOURCE, AuditFile(tmp_path / "audit.log", 1 << 20, 3),
+                  syslog.collector(f"tls://localhost:{port}", syslog.TlsFiles(ca=ca.pem)))
+    trail.start()
+    trail.record(_event(7))
+    thread.join(15)
+    trail.close()
+    assert len(frames) == 1 and b"1.2.3.7" in frames[0]
+    assert _dropped("collector_down") == before
+
+
 def test_a_dead_collector_costs_the_caller_nothing_and_the_file_has_every_record(tmp_path: Path) -> None:
     before = _dropped("collector_down")
     trail = Trail(SOURCE, AuditFile(tmp_path / "audit.log", 1 << 20, 3),
