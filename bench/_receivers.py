@@ -80,6 +80,10 @@ class _OurReceiver(Receiver):
         return sum(int(row.get("00201208", {}).get("Value", [0])[0]) for row in body or [])
 
 
+def _loop_label(env: dict[str, str]) -> str:
+    return ", standard asyncio loop" if env.get("ARCHIVE_EVENT_LOOP") == "asyncio" else ""
+
+
 class Serve(_OurReceiver):
     def __init__(self, workdir: Path, workers: int = 1, fsync: bool = True, engine: str = "asyncio",
                  build: Build = THIS_BUILD, tls: bool = False, extra_env: dict[str, str] | None = None) -> None:
@@ -92,8 +96,7 @@ class Serve(_OurReceiver):
         self.tls = tls  # send to the DICOM TLS port, mutual TLS (a client certificate per sender)
         self.label = "serve (embedded)" + (f", {workers} SCP workers" if workers > 1 else "") + (
             "" if fsync else ", ARCHIVE_FSYNC=false") + ("" if engine == "asyncio" else f", {engine} engine") + (
-            ", standard asyncio loop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "asyncio" else "") + (
-            ", TLS port (mutual TLS)" if tls else "") + (f" [{build.tag}]" if build.tag else "")
+            _loop_label(self.extra_env)) + (", TLS port (mutual TLS)" if tls else "") + (f" [{build.tag}]" if build.tag else "")
         self.http_port = free_port()
         http = f"http://127.0.0.1:{self.http_port}"
         self.scp_metrics = self.indexer_metrics = f"{http}/metrics"
@@ -170,8 +173,7 @@ class Distributed(_OurReceiver):
         super().__init__(workdir)
         self.build = build
         self.extra_env = dict(extra_env or {})
-        self.label = "distributed (scp+indexer+query)" + (
-            ", standard asyncio loop" if self.extra_env.get("ARCHIVE_EVENT_LOOP") == "asyncio" else "") + (
+        self.label = "distributed (scp+indexer+query)" + _loop_label(self.extra_env) + (
             f" [{build.tag}]" if build.tag else "")
         self.name = "bench" + uuid.uuid4().hex[:10]
         self.ports = {"scp": free_port(), "indexer": free_port(), "query": free_port()}

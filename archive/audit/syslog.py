@@ -112,7 +112,8 @@ class UdpCollector:
 
 
 class StreamCollector:
-    """TCP (RFC 6587, octet counting) or, with ``tls``, TLS 1.2+ (RFC 5425); connects on first send."""
+    """TCP (RFC 6587, octet counting) or, with ``tls``, TLS 1.2+ (RFC 5425); connects on first send,
+    and a send that fails is tried once more on a fresh connection before the error is raised."""
 
     def __init__(self, url: str, tls: TlsFiles | None = None) -> None:
         self.url = url
@@ -132,12 +133,19 @@ class StreamCollector:
         return sock
 
     def send(self, msg: bytes) -> None:
+        framed = octet_counted(msg)
+        try:
+            self._send(framed)
+        except OSError:  # once more, on a fresh connection: a collector that restarted, a handshake cut short
+            self._send(framed)
+
+    def _send(self, framed: bytes) -> None:
         if self.sock is not None and _closed_by_peer(self.sock):
             self.close()  # a collector never writes to us: readable means it went away
         if self.sock is None:
             self.sock = self._connect()
         try:
-            self.sock.sendall(octet_counted(msg))
+            self.sock.sendall(framed)
         except BaseException:
             self.close()  # the next send reconnects
             raise

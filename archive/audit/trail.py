@@ -8,8 +8,8 @@ in-memory buffer that one background thread sends from (:mod:`archive.audit.sysl
 
 *Spill* means: a record that cannot go to the collector stays in the local file only. That
 happens when the buffer is full (the collector is slower than the records come), while the
-collector is down (a send that fails twice, the second time on a fresh connection, marks it
-down for ``retry`` seconds; records in that window are not tried), for a record too large for a UDP datagram, and for records still
+collector is down (a failed connect or send marks it down for ``retry`` seconds; records in
+that window are not tried), for a record too large for a UDP datagram, and for records still
 buffered when the process stops and the drain deadline has passed. Each is counted in
 ``archive_audit_records_dropped_total{reason}``; ``archive_audit_records_queued`` is the
 buffer. A caller never waits for the collector and ``record`` never raises.
@@ -99,18 +99,13 @@ class Trail:
             metrics.AUDIT_DROPPED.labels("collector_down").inc()
             return
         try:
-            try:
-                collector.send(msg)
-            except syslog.TooLarge:
-                raise
-            except Exception:  # once more, on a fresh connection: a collector that restarted, a handshake cut short
-                collector.send(msg)
+            collector.send(msg)
         except syslog.TooLarge as exc:
             metrics.AUDIT_DROPPED.labels("too_large").inc()
             log.warning("audit record not sent to the collector (it is in the local file)",
                         extra={"collector": collector.url, "reason": str(exc)})
             return
-        except Exception as exc:  # refused, reset, timed out, TLS failure, twice: down for a while
+        except Exception as exc:  # refused, reset, timed out, TLS failure: down for a while
             metrics.AUDIT_DROPPED.labels("collector_down").inc()
             self._down_until = time.monotonic() + self.retry
             if not self._down:

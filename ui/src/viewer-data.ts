@@ -247,7 +247,7 @@ export function frameBytes(f: ImageFormat): number {
 }
 
 /** The GPU memory the viewer's textures may take: 512 MiB, or what the user set (localStorage, MiB). */
-export const GPU_BUDGET_KEY = "archive.viewer.gpuMegabytes";
+const GPU_BUDGET_KEY = "archive.viewer.gpuMegabytes";
 export function gpuBudget(): number {
   let stored: string | null = null;
   try {

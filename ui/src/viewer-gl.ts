@@ -5,7 +5,7 @@
 // while the image changes: scrolling, dragging, cine; bilinear once it rests), the
 // linear VOI window (PS3.3 C.11.2.1.2.1) and MONOCHROME1's inversion. Window/level, zoom and pan
 // are uniforms: a mouse move re-draws the quad, it never re-uploads or asks the server.
-import type { ImageFormat } from "./viewer-data";
+import { frameBytes, type ImageFormat } from "./viewer-data";
 
 const VERTEX = `#version 300 es
 in vec2 a_pos;
@@ -176,7 +176,7 @@ export class Renderer {
   upload(f: ImageFormat, data: Uint8Array): FrameTexture {
     const gl = this.gl;
     const pixels = f.rows * f.columns;
-    const bytes = pixels * f.samples * (f.bitsAllocated / 8);
+    const bytes = frameBytes(f);
     if (data.length < bytes) throw new Error(`the frame holds ${data.length} bytes, ${bytes} expected`);
     const texture = gl.createTexture()!;
     gl.bindTexture(gl.TEXTURE_2D, texture);
