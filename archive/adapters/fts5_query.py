@@ -7,6 +7,13 @@ Attribute filters look inside the flattened ``fields`` JSON with
 accent-insensitive, by the ``archive_fold`` SQL function the adapter
 registers), as the catalog compares them. Facet, sort and common filter columns are
 virtual generated columns of ``search_docs`` (schemas 2 and 3).
+
+A study-level request without free text whose filters are all on
+:data:`STUDY_GROUP_ATTRIBUTES` reads ``search_study_groups`` (schema 4) instead:
+the same columns and the same ``fields`` JSON (of those attributes only), one row
+per distinct combination of their values in a study, with its instance count
+``n`` and smallest document rowid ``rep``. The SQL below is the same for both
+sources; instance rows count 1.
 """
 
 from __future__ import annotations
@@ -29,6 +36,14 @@ COLUMNS = {
 }
 # facet -> column of the matched rows (m)
 FACET_COLUMNS = {"Modality": "modality", "InstitutionName": "institution", "BodyPartExamined": "body_part"}
+# What a study list filters, sorts and facets on (the web UI's search fields and the facets). The
+# patient and study attributes are the same on every instance of a study as a rule, the others on
+# every instance of a series, so a study has a few combinations of them.
+STUDY_GROUP_ATTRIBUTES: tuple[str, ...] = (
+    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyDescription",
+    "ReferringPhysicianName", "Modality", "InstitutionName", "BodyPartExamined",
+)  # fmt: skip
+_GROUPED = frozenset(STUDY_GROUP_ATTRIBUTES) | {"StudyInstanceUID"}
 _DATE_BUCKET = {
     "year": "substr(study_date, 1, 4)",
     "month": "substr(study_date, 1, 4) || '-' || substr(study_date, 5, 2)",
@@ -98,17 +113,30 @@ def filter_condition(sql: Sql, m: Matcher) -> str | None:
     return f"EXISTS (SELECT 1 FROM json_each(d.fields, {path}) AS j WHERE {inner})"
 
 
-def matched(request: SearchRequest, expression: str | None) -> Sql:
-    """``CREATE TEMP TABLE m``: one row per matching instance with its group key and score.
+def by_groups(request: SearchRequest, expression: str | None) -> bool:
+    """Whether the study groups answer ``request`` as the instances would."""
+    return (
+        expression is None
+        and request.level is Level.STUDY
+        and all(m.keyword in _GROUPED for m in path_filters(request.filters))
+    )
+
+
+def matched(request: SearchRequest, expression: str | None, groups: bool = False) -> Sql:
+    """``CREATE TEMP TABLE m``: one row per matching instance (or study group, ``groups``)
+    with its group key, instance count and score.
 
     Materialised once per request, so the match and the JSON of each row are read once
     for the total, the page and every facet.
     """
     sql = Sql()
-    columns = [f"{GROUP[request.level]} AS g", "d.rowid AS rid", "d.study_date", "d.modality",
-               "d.institution", "d.body_part"]
+    columns = [f"{GROUP[request.level]} AS g", "d.rep AS rid, d.n AS n" if groups else "d.rowid AS rid, 1 AS n",
+               "d.study_date", "d.modality", "d.institution", "d.body_part"]
     where: list[str] = []
-    if expression is not None:
+    if groups:
+        columns.append("NULL AS score")
+        source = "search_study_groups AS d"
+    elif expression is not None:
         columns.append("-bm25(search_fts) AS score")  # bm25() is lower for better matches
         source = "search_fts JOIN search_docs AS d ON d.rowid = search_fts.rowid"
         where.append(f"search_fts MATCH {sql.bind(expression)}")
@@ -141,7 +169,7 @@ def page_sql(request: SearchRequest, has_text: bool) -> str:
         order = "g"
     pn = "min(pn)" if sort.key == "PatientName" else "NULL"
     return (
-        "SELECT g, max(score) AS score, count(*), group_concat(DISTINCT modality), "
+        "SELECT g, max(score) AS score, sum(n), group_concat(DISTINCT modality), "
         f"{'max' if sort.descending else 'min'}(study_date) AS sd, {pn} AS pn "
         f"FROM m GROUP BY g ORDER BY {order} LIMIT ? OFFSET ?"
     )

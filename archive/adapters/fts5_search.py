@@ -15,6 +15,16 @@ Schema 2 adds virtual generated columns for facets and sorting (study_date,
 modality, institution, body_part: the first value of the attribute in
 ``fields``), schema 3 an indexed patient_id, so existing rows need no rewrite; ``query()`` translates a
 SearchRequest with :mod:`archive.adapters.fts5_query`.
+
+Schema 4 adds ``search_study_groups``: per study, one row for each distinct
+combination of the attributes a study list filters, sorts and facets on
+(:data:`~archive.adapters.fts5_query.STUDY_GROUP_ATTRIBUTES`), with how many
+instances carry it (``n``) and the smallest rowid among them (``rep``). Every
+instance belongs to exactly one row, so a study-level request without free text
+that filters on those attributes gets the same answer from a few rows a study as
+from every instance (at a million instances, tens of thousands of rows instead of
+a million JSON documents). The rows are kept in the same transaction as each
+upsert and delete; the upgrade builds them from the stored documents once.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MAX_TERMS = 32  # more terms than this in one query are ignored
 MAX_LIMIT = 10_000  # no unbounded result sets (same cap as OpenSearch's result window)
 # SQLite errors that say "not now" (busy, disk, permissions) rather than "wrong".
@@ -84,6 +94,31 @@ _SCHEMA_3 = (
     "ALTER TABLE search_docs ADD COLUMN patient_id TEXT "
     "GENERATED ALWAYS AS (json_extract(fields, '$.PatientID[0]')) VIRTUAL",
     "CREATE INDEX IF NOT EXISTS search_docs_patient ON search_docs (patient_id)",
+)
+
+# The attributes of a document its study group is keyed by, as SQLite writes them (absent ones left
+# out), so that the same values always give the same text.
+GROUP_FIELDS = "json_patch('{}', json_object(" + ", ".join(
+    f"'{keyword}', fields -> '$.{keyword}'" for keyword in fts5_query.STUDY_GROUP_ATTRIBUTES
+) + "))"
+
+# Schema 3 -> 4: study groups, built from the stored documents.
+_SCHEMA_4 = (
+    """CREATE TABLE IF NOT EXISTS search_study_groups (
+    rowid INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    rep INTEGER NOT NULL,
+""" + "".join(
+        f"    {column} TEXT GENERATED ALWAYS AS (json_extract(fields, '$.{keyword}[0]')) VIRTUAL,\n"
+        for column, keyword in (
+            ("study_date", "StudyDate"), ("modality", "Modality"), ("institution", "InstitutionName"),
+            ("body_part", "BodyPartExamined"), ("patient_id", "PatientID"),
+        )
+    ) + "    UNIQUE (study_uid, fields)\n)",
+    "INSERT INTO search_study_groups (study_uid, fields, n, rep) "
+    f"SELECT study_uid, {GROUP_FIELDS} AS g, count(*), min(rowid) FROM search_docs GROUP BY study_uid, g",
 )
 
 _UPSERT_DOC = """
@@ -182,7 +217,7 @@ class Fts5Search:
                     f"{self.path}: search schema version {current} is newer than this code's "
                     f"({SCHEMA_VERSION}); run a newer archive or point at another file"
                 )
-            for version, statements in ((2, _SCHEMA_2), (3, _SCHEMA_3)):
+            for version, statements in ((2, _SCHEMA_2), (3, _SCHEMA_3), (4, _SCHEMA_4)):
                 if current < version:
                     for statement in statements:
                         conn.execute(statement)
@@ -223,11 +258,44 @@ class Fts5Search:
 
     # SearchIndex
 
+    @staticmethod
+    def _join_group(conn: sqlite3.Connection, study: str, fields: str, rowid: int) -> None:
+        conn.execute(
+            "INSERT INTO search_study_groups (study_uid, fields, n, rep) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (study_uid, fields) DO UPDATE SET n = n + 1, rep = min(rep, excluded.rep)",
+            (study, fields, rowid),
+        )
+
+    @staticmethod
+    def _leave_group(conn: sqlite3.Connection, study: str, fields: str, rowid: int) -> None:
+        """Document ``rowid`` no longer has these values (deleted, or rewritten already)."""
+        row = conn.execute(
+            "SELECT rowid, n, rep FROM search_study_groups WHERE study_uid = ? AND fields = ?", (study, fields)
+        ).fetchone()
+        if row is None:  # cannot happen while every write keeps the groups
+            log.warning("search: study group missing for a document; rebuild with `reindex`")
+            return
+        group, n, rep = row
+        if n <= 1:
+            conn.execute("DELETE FROM search_study_groups WHERE rowid = ?", (group,))
+            return
+        conn.execute("UPDATE search_study_groups SET n = n - 1 WHERE rowid = ?", (group,))
+        if rep == rowid:
+            conn.execute(
+                "UPDATE search_study_groups SET rep = (SELECT min(rowid) FROM search_docs "
+                f"WHERE study_uid = ? AND {GROUP_FIELDS} = ?) WHERE rowid = ?",
+                (study, fields, group),
+            )
+
     def _upsert(self, documents: Sequence[SearchDocument]) -> None:
         conn = self._w()
         conn.execute("BEGIN IMMEDIATE")  # waits busy_timeout for another writer
         try:
             for doc in documents:
+                old = conn.execute(
+                    f"SELECT study_uid, {GROUP_FIELDS} FROM search_docs WHERE sop_instance_uid = ?",
+                    (doc.sop_instance_uid,),
+                ).fetchone()
                 (rowid,) = conn.execute(
                     _UPSERT_DOC,
                     (
@@ -242,6 +310,13 @@ class Fts5Search:
                 conn.execute(
                     "INSERT OR REPLACE INTO search_fts (rowid, text) VALUES (?, ?)", (rowid, doc.text)
                 )
+                new = conn.execute(
+                    f"SELECT study_uid, {GROUP_FIELDS} FROM search_docs WHERE rowid = ?", (rowid,)
+                ).fetchone()
+                if old != new:
+                    if old is not None:
+                        self._leave_group(conn, old[0], old[1], rowid)
+                    self._join_group(conn, new[0], new[1], rowid)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
@@ -258,9 +333,13 @@ class Fts5Search:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for uid in uids:
-                row = conn.execute("DELETE FROM search_docs WHERE sop_instance_uid = ? RETURNING rowid", (uid,)).fetchone()
-                if row is not None:  # the terms go with the document's row
+                row = conn.execute(
+                    f"DELETE FROM search_docs WHERE sop_instance_uid = ? RETURNING rowid, study_uid, {GROUP_FIELDS}",
+                    (uid,),
+                ).fetchone()
+                if row is not None:  # the terms and the group count go with the document's row
                     conn.execute("DELETE FROM search_fts WHERE rowid = ?", (row[0],))
+                    self._leave_group(conn, row[1], row[2], row[0])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -282,9 +361,10 @@ class Fts5Search:
             return []
         return await _guard(self._readers, self._search, expression, min(limit, MAX_LIMIT))
 
-    def _query(self, request: SearchRequest, expression: str | None) -> SearchResult:
+    def _query(self, request: SearchRequest, expression: str | None, groups: bool = True) -> SearchResult:
+        """``groups``: answer from the study groups when the request allows it (tests turn it off)."""
         conn = self._r()
-        base = fts5_query.matched(request, expression)
+        base = fts5_query.matched(request, expression, groups and fts5_query.by_groups(request, expression))
         page_sql = fts5_query.page_sql(request, expression is not None)
         # The matches go to a TEMP table (the connection's own, never the file), read by the
         # queries below in one snapshot and gone with the rollback.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -443,16 +445,24 @@ async def test_fts5_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     for statement in fts5_search._SCHEMA:  # schema 1 is the base tables
         con.execute(statement)
     con.execute("INSERT INTO search_schema_version VALUES (1)")
+    old = make_doc(tmp_path, patient_name="Old^Row", study_date="20200202")
+    con.execute(  # written as schema 1 wrote it
+        "INSERT INTO search_docs (rowid, sop_instance_uid, study_uid, series_uid, fields, indexed_at) "
+        "VALUES (1, ?, ?, ?, ?, ?)",
+        (old.sop_instance_uid, old.study_uid, old.series_uid, json.dumps(old.fields), old.indexed_at),
+    )
+    con.execute("INSERT INTO search_fts (rowid, text) VALUES (1, ?)", (old.text,))
     con.close()
     index = Fts5Search(path)
     try:
-        old = make_doc(tmp_path, patient_name="Old^Row", study_date="20200202")
-        await index._writer.run(index._upsert, [old])  # written as schema 1 wrote it
         await index.migrate()
         await index.migrate()
         result = await index.query(SearchRequest(text="old"))
         assert studies(result) == [old.study_uid]
         assert facet(result, "StudyDate") == [("2020", 1)] and facet(result, "Modality") == [("CT", 1)]
+        listed = await index.query(SearchRequest(filters=(Wildcard("PatientName", "old*"),)))  # study groups
+        assert studies(listed) == [old.study_uid] and listed.hits[0].instances == 1
+        assert listed.hits[0].attributes["StudyDate"] == "20200202"
     finally:
         await index.close()
 
@@ -526,3 +536,126 @@ async def test_delete_removes_documents_at_once(index: SearchIndex, tmp_path: Pa
     await index.delete([])
     await index.upsert([docs[0]])  # indexed again after its delete (a re-send)
     assert [h.sop_instance_uid for h in await index.search("gone")] == [docs[0].sop_instance_uid]
+
+
+# --- SQLite: study groups answer study lists as the instances do ----------------------------------
+
+
+CHOICES = {
+    "PatientName": ["Doe^Jane", "DOE^JANE", "Müller^Jürgen", "Garcia^Ana", "山田^太郎", "Roe^Richard"],
+    "PatientID": ["P1", "P2", "P3"], "StudyDate": ["20230510", "20240115", "20240302", "2024"],
+    "Modality": ["CT", "MR", "SR", "PR"], "InstitutionName": ["General Hospital", "Saint Mary"],
+    "BodyPartExamined": ["HEAD", "CHEST", ""], "StudyDescription": ["CT CHEST", "MR BRAIN"],
+    "AccessionNumber": ["A1", "A2"], "ReferringPhysicianName": ["Who^Doctor", "House^Greg"],
+    "ProtocolName": ["BRAIN ROUTINE", "LUNG"],  # not a group attribute
+}  # fmt: skip
+
+
+def random_values(rng: random.Random) -> dict[str, list[str]]:
+    return {k: [rng.choice(v)] for k, v in CHOICES.items() if rng.random() < 0.95}
+
+
+def random_document(rng: random.Random, series: list[tuple[str, str, dict[str, list[str]]]]) -> SearchDocument:
+    """An instance of one of ``series`` (study, series, values): mostly its series' values, but now
+    and then one that disagrees, is missing or has two values, as real data can."""
+    study, serie, values = rng.choice(series)
+    fields = {k: list(v) for k, v in values.items()}
+    if rng.random() < 0.15:
+        keyword = rng.choice(list(CHOICES))
+        roll = rng.random()
+        if roll < 0.3:
+            fields.pop(keyword, None)
+        elif roll < 0.5:
+            fields[keyword] = rng.sample(CHOICES[keyword], 2)
+        else:
+            fields[keyword] = [rng.choice(CHOICES[keyword])]
+    sop = new_uid()
+    fields.update(StudyInstanceUID=[study], SeriesInstanceUID=[serie], SOPInstanceUID=[sop])
+    text = " ".join(v for values in fields.values() for v in values)
+    return SearchDocument(sop, study, serie, fields, text, 0.0)
+
+
+def random_series(rng: random.Random, studies: int, per_study: int) -> list[tuple[str, str, dict[str, list[str]]]]:
+    out = []
+    for _ in range(studies):
+        study, base = new_uid(), random_values(rng)
+        for _ in range(rng.randint(1, per_study)):
+            values = dict(base)
+            values.update({k: [rng.choice(CHOICES[k])] for k in ("Modality", "BodyPartExamined", "ProtocolName")})
+            out.append((study, new_uid(), values))
+    return out
+
+
+GROUP_REQUESTS: list[SearchRequest] = [
+    SearchRequest(limit=100),
+    SearchRequest(limit=3, offset=2, sort=Sort("StudyDate")),
+    SearchRequest(limit=100, sort=Sort("StudyDate", descending=False)),
+    SearchRequest(limit=100, sort=Sort("PatientName")),
+    SearchRequest(limit=4, offset=1, sort=Sort("PatientName", descending=False)),
+    SearchRequest(filters=(Wildcard("PatientName", "doe*"),), limit=100),
+    SearchRequest(filters=(SingleValue("PatientName", "MULLER^JURGEN"),), limit=100),
+    SearchRequest(filters=(SingleValue("Modality", "MR"),), limit=100, sort=Sort("PatientName")),
+    SearchRequest(filters=(SingleValue("Modality", "CT"), SingleValue("BodyPartExamined", "HEAD")), limit=100),
+    SearchRequest(filters=(UIDList("PatientID", ("P1", "P3")), Range("StudyDate", "20240101", None)), limit=100),
+    SearchRequest(filters=(Range("StudyDate", None, "20231231"),), limit=100, date_interval="month"),
+    SearchRequest(filters=(Wildcard("StudyDescription", "*BRAIN"), Wildcard("ReferringPhysicianName", "who*")),
+                  limit=100),
+    SearchRequest(filters=(SingleValue("AccessionNumber", "A2"), Universal("InstitutionName")), limit=100),
+    SearchRequest(filters=(SingleValue("InstitutionName", "Saint Mary"),), facets=("Modality",), limit=100),
+]
+
+
+async def test_fts5_study_groups_answer_as_the_instances_do(tmp_path: Path) -> None:
+    """Random instances (values that disagree within a study, several values, missing ones), updates
+    that move an instance between studies, deletes: every study-list request gives the same result
+    from the groups as from the instances, and the groups equal a rebuild from the documents."""
+    rng = random.Random(20261206)
+    index = Fts5Search(tmp_path / "search.db")
+    await index.migrate()
+
+    async def check(step: str) -> None:
+        for request in GROUP_REQUESTS:
+            assert fts5_search.fts5_query.by_groups(request, None)
+            fast = await index._readers.run(index._query, request, None, True)
+            slow = await index._readers.run(index._query, request, None, False)
+            assert fast == slow, (step, request)
+        kept, rebuilt = await index._readers.run(lambda: (
+            index._r().execute("SELECT study_uid, fields, n, rep FROM search_study_groups ORDER BY 1, 2").fetchall(),
+            index._r().execute(f"SELECT study_uid, {fts5_search.GROUP_FIELDS} AS g, count(*), min(rowid) "
+                               "FROM search_docs GROUP BY 1, 2 ORDER BY 1, 2").fetchall(),
+        ))
+        assert kept == rebuilt, step
+
+    try:
+        series = random_series(rng, studies=12, per_study=3)
+        docs = [random_document(rng, series) for _ in range(400)]
+        for start in range(0, len(docs), 37):
+            await index.upsert(docs[start:start + 37])
+        await check("loaded")
+        assert (await index.query(GROUP_REQUESTS[0])).total == 12
+        moved = [dataclasses.replace(random_document(rng, series), sop_instance_uid=doc.sop_instance_uid)
+                 for doc in rng.sample(docs, 60)]  # new values, maybe another study
+        await index.upsert(moved + moved[:5])  # and the same uid twice in one batch
+        await index.upsert(moved[5:10])  # unchanged: no group moves
+        await check("updated")
+        gone = [uid for (uid,) in await index._readers.run(lambda: index._r().execute(
+            "SELECT d.sop_instance_uid FROM search_study_groups AS g JOIN search_docs AS d ON d.rowid = g.rep"
+        ).fetchall())]  # the representatives: their groups must find the next one
+        await index.delete(gone[::2] + [doc.sop_instance_uid for doc in rng.sample(docs, 80)])
+        await check("deleted")
+        await index.delete([doc.sop_instance_uid for doc in docs])
+        await check("empty")
+        assert (await index.query(GROUP_REQUESTS[0])).total == 0
+    finally:
+        await index.close()
+
+
+def test_fts5_study_lists_go_to_the_groups_only_when_they_can() -> None:
+    by_groups = fts5_search.fts5_query.by_groups
+    assert all(by_groups(request, None) for request in GROUP_REQUESTS)
+    assert not by_groups(SearchRequest(), '"doe"')  # free text: per instance
+    assert not by_groups(SearchRequest(level=SERIES), None)
+    assert not by_groups(SearchRequest(filters=(SingleValue("ProtocolName", "LUNG"),)), None)
+    assert not by_groups(SearchRequest(filters=(SingleValue("SeriesInstanceUID", "1.2"),)), None)
+    assert not by_groups(SearchRequest(filters=(SequenceMatch("ContentSequence", (
+        SingleValue("ValueType", "TEXT"),)),)), None)
