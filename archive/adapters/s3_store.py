@@ -3,11 +3,20 @@
 Uploads stream from the payload's parts; objects larger than ``part_size`` go
 up as multipart uploads, so memory stays bounded by one part. The SHA-256 is
 stored as user metadata (``x-amz-meta-sha256``).
+
+Create-if-absent (every instance a receiver stores) is one conditional PutObject
+(``If-None-Match: *``; a ``412`` means the key exists) for an object of one part,
+when the server honours the header: the store finds that out once, by writing a
+probe key twice (the second write must be refused) and removing it. Otherwise,
+and for multipart objects, it asks HEAD first, then PUTs: two requests, and two
+writers of one key at once can both write.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -16,10 +25,14 @@ from minio import Minio
 from minio.error import S3Error
 
 from archive.adapters._executor import Blocking
+from archive.compat import minio as minio_compat
 from archive.core.errors import BackendUnavailable, ObjectNotFound
 from archive.core.models import ObjectInfo, Payload, PutResult
 
+log = logging.getLogger(__name__)
+
 _META = "sha256"
+PROBE_PREFIX = ".archive-probe/"  # conditional-write probes: never an archive key (those start with a UID)
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
 
 
@@ -78,6 +91,7 @@ class S3Store:
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http
         )
         self._io = Blocking("s3-store", workers=16)
+        self._conditional: bool | None = None  # If-None-Match honoured; None until probed
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -96,6 +110,31 @@ class S3Store:
             except BackendUnavailable as exc:
                 if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
                     raise
+        await self._conditional_writes()
+
+    async def _conditional_writes(self) -> bool:
+        """Whether the server refuses a second ``If-None-Match: *`` write of a key (probed once)."""
+        if self._conditional is None:
+            key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+            headers = {"Content-Type": "application/octet-stream"}
+            try:
+                first = await self._call(minio_compat.put_if_absent, self._client, self.bucket, key, b"1", headers)
+                second = await self._call(minio_compat.put_if_absent, self._client, self.bucket, key, b"2", headers)
+                supported = first and not second
+            except BackendUnavailable as exc:
+                if not isinstance(exc.__cause__, S3Error):
+                    raise  # unreachable: probe again with the next write
+                supported = False  # the server refused the header itself
+            finally:
+                await self._call(self._client.remove_object, self.bucket, key)
+            log.info("object store: conditional writes %s", "used" if supported else "not supported: HEAD, then PUT")
+            self._conditional = supported
+        return self._conditional
+
+    def _put_absent(self, key: str, payload: Payload) -> bool:
+        headers = {"Content-Type": "application/dicom", f"x-amz-meta-{_META}": payload.sha256}
+        data = b"".join(payload.chunks())
+        return minio_compat.put_if_absent(self._client, self.bucket, key, data, headers)
 
     async def ping(self) -> None:
         if not await self._call(self._client.bucket_exists, self.bucket):
@@ -105,10 +144,18 @@ class S3Store:
         self._io.shutdown()
 
     async def put(self, key: str, payload: Payload, *, if_absent: bool = True) -> PutResult:
+        if if_absent and payload.size <= self.part_size and await self._conditional_writes():
+            for _ in range(3):  # refused, then gone before the HEAD (a delete between): write again
+                if await self._call(self._put_absent, key, payload):
+                    return PutResult(created=True, info=ObjectInfo(key, payload.size, payload.sha256))
+                existing = await self.head(key)
+                if existing is not None:
+                    return PutResult(created=False, info=existing)
+            raise BackendUnavailable("object store", f"{key}: refused as existing, then not found, three times")
         if if_absent:
-            # S3 has no portable create-if-absent: check first. Two writers of the
-            # same key at once both write; the last one wins and verify reports a
-            # checksum mismatch if their contents differed.
+            # No conditional write: check first. Two writers of the same key at once
+            # both write; the last one wins and verify reports a checksum mismatch if
+            # their contents differed.
             existing = await self.head(key)
             if existing is not None:
                 return PutResult(created=False, info=existing)
@@ -169,7 +216,7 @@ class S3Store:
             item = await self._call(next, iterator, sentinel)
             if item is sentinel:
                 break
-            if item.is_dir:
+            if item.is_dir or item.object_name.startswith(PROBE_PREFIX):
                 continue
             info = await self.head(item.object_name)
             if info is not None:

@@ -8,4 +8,6 @@ changes the behaviour it works around, so that the patch gets removed.
 
 - :mod:`archive.compat.pynetdicom`: its options, its spool directory, and C-STORE
   sub-operations of C-MOVE/C-GET sent from files, with the requestor as Move Originator
+- :mod:`archive.compat.minio`: a PutObject with ``If-None-Match: *`` (create-if-absent in one
+  request), which ``put_object`` cannot send
 """

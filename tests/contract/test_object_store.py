@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
@@ -13,7 +14,7 @@ import pytest
 from minio import Minio
 
 from archive.adapters.filesystem_store import FilesystemStore
-from archive.adapters.s3_store import S3Store
+from archive.adapters.s3_store import PROBE_PREFIX, S3Store
 from archive.core.errors import ObjectNotFound
 from archive.core.models import Payload
 from archive.core.ports import ObjectStore
@@ -86,6 +87,27 @@ async def test_put_if_absent_keeps_first(store: ObjectStore) -> None:
     replaced = await store.put("instances/00/11/9.dcm", payload(b"second"), if_absent=False)
     assert replaced.created
     assert await read_all(store, "instances/00/11/9.dcm") == b"second"
+
+
+async def test_s3_create_if_absent_is_one_conditional_write(store: ObjectStore) -> None:
+    """Both S3 servers here honour If-None-Match: of eight writers of one key at once, exactly one
+    creates it (HEAD then PUT would let several write, the last one winning), and the probe that
+    found that out left nothing behind."""
+    if not isinstance(store, S3Store):
+        pytest.skip("S3 only: the filesystem links, which is create-if-absent already")
+    assert store._conditional is True
+    left = list(store._client.list_objects(store.bucket, prefix=PROBE_PREFIX, recursive=True))
+    assert left == []
+    payloads = [payload(f"writer {i}".encode() * 100) for i in range(8)]
+    results = await asyncio.gather(*(store.put("instances/ee/ff/race.dcm", p) for p in payloads))
+    created = [p for p, r in zip(payloads, results) if r.created]
+    assert len(created) == 1
+    assert all(r.info.sha256 == created[0].sha256 for r in results)
+    assert hashlib.sha256(await read_all(store, "instances/ee/ff/race.dcm")).hexdigest() == created[0].sha256
+    store._conditional = False  # a server without conditional writes: HEAD, then PUT
+    again = await store.put("instances/ee/ff/race.dcm", payloads[0])
+    assert not again.created and again.info.sha256 == created[0].sha256
+    assert (await store.put("instances/ee/ff/other.dcm", payloads[0])).created
 
 
 async def test_large_object_streams_multipart(store: ObjectStore, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import subprocess
 import sys
@@ -21,7 +22,8 @@ ARCHIVE = ROOT / "archive"
 PROBE = Path(__file__).with_name("compat_probe.py")
 # what only archive/compat may touch: pynetdicom's private DUL and ACSE parts, its options
 # module, the AE's server list, and the interpreter-wide temporary directory
-PRIVATE_ATTRIBUTES = {"dul", "acse", "_servers", "to_provider_queue", "peek_next_pdu", "is_rejected", "tempdir"}
+PRIVATE_ATTRIBUTES = {"dul", "acse", "_servers", "to_provider_queue", "peek_next_pdu", "is_rejected", "tempdir",
+                      "_put_object"}
 
 
 def _probe(tmp_path: Path, *flags: str) -> dict[str, Any]:
@@ -40,6 +42,16 @@ def test_upstream_pynetdicom_still_needs_the_retrieve_patch(tmp_path: Path) -> N
     assert plain["get_received"] == 0, (
         "pynetdicom now sends a file path yielded by a C-GET/C-MOVE handler: yield paths from "
         "archive.query.dimse.retrieve and remove SendsItself from archive/compat/pynetdicom.py")
+
+
+def test_upstream_minio_still_cannot_send_request_headers() -> None:
+    """When this fails, put_object takes headers: send If-None-Match through it and drop
+    archive/compat/minio.py."""
+    from minio import Minio
+    from minio.helpers import normalize_headers
+
+    assert "headers" not in inspect.signature(Minio.put_object).parameters
+    assert "X-Amz-Meta-If-None-Match" in normalize_headers({"If-None-Match": "*"})  # turned into metadata
 
 
 def test_the_patch_sends_files_with_the_requestor_as_move_originator(tmp_path: Path) -> None:
