@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import urllib3
-from minio import Minio
 from minio.error import S3Error
 
 from archive.adapters._executor import Blocking
@@ -87,7 +86,7 @@ class S3Store:
             maxsize=16,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
         )
-        self._client = Minio(
+        self._client = minio_compat.Client(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http
         )
         self._io = Blocking("s3-store", workers=16)
@@ -134,7 +133,7 @@ class S3Store:
     def _put_absent(self, key: str, payload: Payload) -> bool:
         headers = {"Content-Type": "application/dicom", f"x-amz-meta-{_META}": payload.sha256}
         data = b"".join(payload.chunks())
-        return minio_compat.put_if_absent(self._client, self.bucket, key, data, headers)
+        return minio_compat.put_if_absent(self._client, self.bucket, key, data, headers, payload.sha256)
 
     async def ping(self) -> None:
         if not await self._call(self._client.bucket_exists, self.bucket):

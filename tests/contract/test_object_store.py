@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from minio import Minio
+from minio.error import S3Error
 
 from archive.adapters.filesystem_store import FilesystemStore
 from archive.adapters.s3_store import PROBE_PREFIX, S3Store
+from archive.compat import minio as minio_compat
 from archive.core.errors import ObjectNotFound
 from archive.core.models import Payload
 from archive.core.ports import ObjectStore
@@ -89,7 +91,7 @@ async def test_put_if_absent_keeps_first(store: ObjectStore) -> None:
     assert await read_all(store, "instances/00/11/9.dcm") == b"second"
 
 
-async def test_s3_create_if_absent_is_one_conditional_write(store: ObjectStore) -> None:
+async def test_s3_create_if_absent_is_one_conditional_write(store: ObjectStore, request: pytest.FixtureRequest) -> None:
     """Both S3 servers here honour If-None-Match: of eight writers of one key at once, exactly one
     creates it (HEAD then PUT would let several write, the last one winning), and the probe that
     found that out left nothing behind."""
@@ -104,6 +106,15 @@ async def test_s3_create_if_absent_is_one_conditional_write(store: ObjectStore) 
     assert len(created) == 1
     assert all(r.info.sha256 == created[0].sha256 for r in results)
     assert hashlib.sha256(await read_all(store, "instances/ee/ff/race.dcm")).hexdigest() == created[0].sha256
+    # The upload is signed with the checksum the archive computed: MinIO (as AWS) refuses a body
+    # that does not match it, and nothing is stored; SeaweedFS checks the signature, not the body.
+    wrong = hashlib.sha256(b"other").hexdigest()
+    if "minio" in request.node.name:
+        with pytest.raises(S3Error, match="XAmzContentSHA256Mismatch"):
+            minio_compat.put_if_absent(store._client, store.bucket, "instances/ee/ff/bad.dcm", b"body", {}, wrong)
+        assert await store.head("instances/ee/ff/bad.dcm") is None
+    else:
+        assert minio_compat.put_if_absent(store._client, store.bucket, "instances/ee/ff/bad.dcm", b"body", {}, wrong)
     store._conditional = False  # a server without conditional writes: HEAD, then PUT
     again = await store.put("instances/ee/ff/race.dcm", payloads[0])
     assert not again.created and again.info.sha256 == created[0].sha256

@@ -54,6 +54,25 @@ def test_upstream_minio_still_cannot_send_request_headers() -> None:
     assert "X-Amz-Meta-If-None-Match" in normalize_headers({"If-None-Match": "*"})  # turned into metadata
 
 
+def test_upstream_minio_still_hashes_every_body_it_signs() -> None:
+    """When this fails, minio takes a given digest (or stopped hashing): drop compat.minio.Client."""
+    import hashlib
+
+    from minio import Minio
+    from minio.credentials import Credentials
+
+    from archive.compat.minio import Client
+
+    creds = Credentials("access", "secret")
+    built, _ = Minio("127.0.0.1:9", "access", "secret", secure=False)._build_headers(
+        "127.0.0.1:9", {"x-amz-content-sha256": "f" * 64}, b"body", creds)
+    assert built["x-amz-content-sha256"] == hashlib.sha256(b"body").hexdigest()  # ours ignored, hashed again
+    ours, _ = Client("127.0.0.1:9", "access", "secret", secure=False)._build_headers(
+        "127.0.0.1:9", {"x-archive-body-sha256": "f" * 64}, b"body", creds)
+    assert ours["x-amz-content-sha256"] == "f" * 64 and ours["Content-Length"] == "4"
+    assert "x-archive-body-sha256" not in ours
+
+
 def test_the_patch_sends_files_with_the_requestor_as_move_originator(tmp_path: Path) -> None:
     patched = _probe(tmp_path, "--install")
     assert patched["move_originator"] == "REQUESTOR"
