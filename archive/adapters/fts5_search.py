@@ -121,13 +121,13 @@ _SCHEMA_4 = (
     f"SELECT study_uid, {GROUP_FIELDS} AS g, count(*), min(rowid) FROM search_docs GROUP BY study_uid, g",
 )
 
-_UPSERT_DOC = """
+_UPSERT_DOC = f"""
 INSERT INTO search_docs (sop_instance_uid, study_uid, series_uid, fields, indexed_at)
 VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (sop_instance_uid) DO UPDATE SET
     study_uid = excluded.study_uid, series_uid = excluded.series_uid,
     fields = excluded.fields, indexed_at = excluded.indexed_at
-RETURNING rowid
+RETURNING rowid, study_uid, {GROUP_FIELDS}
 """
 
 _SEARCH = """
@@ -296,7 +296,7 @@ class Fts5Search:
                     f"SELECT study_uid, {GROUP_FIELDS} FROM search_docs WHERE sop_instance_uid = ?",
                     (doc.sop_instance_uid,),
                 ).fetchone()
-                (rowid,) = conn.execute(
+                rowid, *new = conn.execute(
                     _UPSERT_DOC,
                     (
                         doc.sop_instance_uid,
@@ -310,10 +310,7 @@ class Fts5Search:
                 conn.execute(
                     "INSERT OR REPLACE INTO search_fts (rowid, text) VALUES (?, ?)", (rowid, doc.text)
                 )
-                new = conn.execute(
-                    f"SELECT study_uid, {GROUP_FIELDS} FROM search_docs WHERE rowid = ?", (rowid,)
-                ).fetchone()
-                if old != new:
+                if old is None or tuple(old) != tuple(new):
                     if old is not None:
                         self._leave_group(conn, old[0], old[1], rowid)
                     self._join_group(conn, new[0], new[1], rowid)
