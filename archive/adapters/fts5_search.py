@@ -272,8 +272,8 @@ class Fts5Search:
         row = conn.execute(
             "SELECT rowid, n, rep FROM search_study_groups WHERE study_uid = ? AND fields = ?", (study, fields)
         ).fetchone()
-        if row is None:  # cannot happen while every write keeps the groups
-            log.warning("search: study group missing for a document; rebuild with `reindex`")
+        if row is None:  # cannot happen: every write of a schema-4 file keeps the groups
+            log.warning("search: a document's study group is missing (groups out of step with documents)")
             return
         group, n, rep = row
         if n <= 1:
