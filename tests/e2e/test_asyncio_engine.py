@@ -117,13 +117,17 @@ def test_echo_from_dcmtk_and_pynetdicom(receiver: Running) -> None:
 
 @pytest.mark.parametrize("receiver", [{"ARCHIVE_MAX_PDU": "16384"}], indirect=True)
 def test_storescu_instances_are_stored_and_queued(receiver: Running, tmp_path: Path) -> None:
-    """Many PDUs per dataset (16 KB maximum): every instance stored once, queued once."""
-    datasets = [make_ct(size=256, seed=i) for i in range(5)]
+    """Many PDUs per dataset (16 KB maximum): every instance stored once, queued once, its
+    checksum that of its bytes (0.1 to 4.7 MB: the larger one over the hashing thread's backlog)."""
+    datasets = [make_ct(size=256, seed=i) for i in range(3)] + [make_ct(size=512), make_ct(size=1536)]
     files = [write_part10(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(datasets)]
     result = storescu(receiver.port, files)
     assert result.returncode == 0, result.stderr
     for ds in datasets:
-        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(receiver.object_bytes(ds.SOPInstanceUID)))
+        body = receiver.object_bytes(ds.SOPInstanceUID)
+        info = receiver.portal.run(receiver.store.head(object_key(ds.SOPInstanceUID)))
+        assert info is not None and info.sha256 == hashlib.sha256(body).hexdigest()
+        stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(body))
         assert stored.SOPInstanceUID == ds.SOPInstanceUID
         assert stored.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert "SourceApplicationEntityTitle" not in stored.file_meta  # stored bytes do not depend on the sender
