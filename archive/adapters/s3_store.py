@@ -6,14 +6,16 @@ stored as user metadata (``x-amz-meta-sha256``).
 
 Create-if-absent (every instance a receiver stores) is one conditional PutObject
 (``If-None-Match: *``; a ``412`` means the key exists) for an object of one part,
-when the server honours the header: the store finds that out once, by writing a
-probe key twice (the second write must be refused) and removing it. Otherwise,
+when the server honours the header: the store finds that out at its first such
+write, by writing a probe key twice (the second write must be refused) and
+removing it. Otherwise,
 and for multipart objects, it asks HEAD first, then PUTs: two requests, and two
 writers of one key at once can both write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import uuid
@@ -91,6 +93,7 @@ class S3Store:
         )
         self._io = Blocking("s3-store", workers=16)
         self._conditional: bool | None = None  # If-None-Match honoured; None until probed
+        self._probing = asyncio.Lock()
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -109,26 +112,33 @@ class S3Store:
             except BackendUnavailable as exc:
                 if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
                     raise
-        await self._conditional_writes()
 
     async def _conditional_writes(self) -> bool:
-        """Whether the server refuses a second ``If-None-Match: *`` write of a key (probed once)."""
-        if self._conditional is None:
-            key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
-            headers = {"Content-Type": "application/octet-stream"}
-            try:
-                first = await self._call(minio_compat.put_if_absent, self._client, self.bucket, key, b"1", headers)
-                second = await self._call(minio_compat.put_if_absent, self._client, self.bucket, key, b"2", headers)
-                supported = first and not second
-            except BackendUnavailable as exc:
-                if not isinstance(exc.__cause__, S3Error):
-                    raise  # unreachable: probe again with the next write
-                supported = False  # the server refused the header itself
-            finally:
-                await self._call(self._client.remove_object, self.bucket, key)
-            log.info("object store: conditional writes %s", "used" if supported else "not supported: HEAD, then PUT")
-            self._conditional = supported
+        """Whether the server refuses a second ``If-None-Match: *`` write of a key: probed at the
+        first create-if-absent write (a role that never writes never probes)."""
+        async with self._probing:
+            if self._conditional is None:
+                self._conditional = await self._probe()
+                log.info("object store: conditional writes %s",
+                         "used" if self._conditional else "not supported: HEAD, then PUT")
         return self._conditional
+
+    async def _probe(self) -> bool:
+        key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        headers = {"Content-Type": "application/octet-stream"}
+        try:
+            first = await self._call(minio_compat.put_if_absent, self._client, self.bucket, key, b"1", headers)
+            second = await self._call(minio_compat.put_if_absent, self._client, self.bucket, key, b"2", headers)
+            return first and not second
+        except BackendUnavailable as exc:
+            if not isinstance(exc.__cause__, S3Error):
+                raise  # unreachable: probe again with the next write
+            return False  # the server refused the header itself
+        finally:
+            try:
+                await self._call(self._client.remove_object, self.bucket, key)
+            except BackendUnavailable as exc:  # listings skip the prefix; say so and go on
+                log.warning("object store: probe key %s not removed: %s", key, exc)
 
     def _put_absent(self, key: str, payload: Payload) -> bool:
         headers = {"Content-Type": "application/dicom", f"x-amz-meta-{_META}": payload.sha256}

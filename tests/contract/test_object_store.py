@@ -97,11 +97,12 @@ async def test_s3_create_if_absent_is_one_conditional_write(store: ObjectStore, 
     found that out left nothing behind."""
     if not isinstance(store, S3Store):
         pytest.skip("S3 only: the filesystem links, which is create-if-absent already")
+    assert store._conditional is None  # not probed before a write (a reading role never probes)
+    payloads = [payload(f"writer {i}".encode() * 100) for i in range(8)]
+    results = await asyncio.gather(*(store.put("instances/ee/ff/race.dcm", p) for p in payloads))
     assert store._conditional is True
     left = list(store._client.list_objects(store.bucket, prefix=PROBE_PREFIX, recursive=True))
     assert left == []
-    payloads = [payload(f"writer {i}".encode() * 100) for i in range(8)]
-    results = await asyncio.gather(*(store.put("instances/ee/ff/race.dcm", p) for p in payloads))
     created = [p for p, r in zip(payloads, results) if r.created]
     assert len(created) == 1
     assert all(r.info.sha256 == created[0].sha256 for r in results)
