@@ -40,12 +40,11 @@ S3_SERVICES = {
 }
 
 
-@pytest.fixture(params=["filesystem", *S3_SERVICES])
-async def store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[ObjectStore]:
-    if request.param == "filesystem":
+async def _store(kind: str, tmp_path: Path, unique: str) -> AsyncIterator[ObjectStore]:
+    if kind == "filesystem":
         backend: ObjectStore = FilesystemStore(tmp_path / "objects")
     else:
-        url_name, access_name, secret_name = S3_SERVICES[request.param]
+        url_name, access_name, secret_name = S3_SERVICES[kind]
         netloc = urlsplit(service_setting(url_name)).netloc
         access, secret = service_setting(access_name), service_setting(secret_name)
         backend = S3Store(netloc, f"test-{unique}", access, secret, part_size=5 * 1024 * 1024)
@@ -55,8 +54,21 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> 
     async for info in backend.list():
         await backend.delete(info.key)
     await backend.close()
-    if request.param != "filesystem":  # a bucket left behind keeps SeaweedFS volumes until it runs out
+    if kind != "filesystem":  # a bucket left behind keeps SeaweedFS volumes until it runs out
         Minio(netloc, access, secret, secure=False).remove_bucket(f"test-{unique}")
+
+
+@pytest.fixture(params=["filesystem", *S3_SERVICES])
+async def store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[ObjectStore]:
+    async for backend in _store(request.param, tmp_path, unique):
+        yield backend
+
+
+@pytest.fixture(params=list(S3_SERVICES))
+async def s3(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[S3Store]:
+    async for backend in _store(request.param, tmp_path, unique):
+        assert isinstance(backend, S3Store)
+        yield backend
 
 
 async def read_all(store: ObjectStore, key: str) -> bytes:
@@ -91,12 +103,11 @@ async def test_put_if_absent_keeps_first(store: ObjectStore) -> None:
     assert await read_all(store, "instances/00/11/9.dcm") == b"second"
 
 
-async def test_s3_create_if_absent_is_one_conditional_write(store: ObjectStore, request: pytest.FixtureRequest) -> None:
+async def test_s3_create_if_absent_is_one_conditional_write(s3: S3Store, request: pytest.FixtureRequest) -> None:
     """Both S3 servers here honour If-None-Match: of eight writers of one key at once, exactly one
     creates it (HEAD then PUT would let several write, the last one winning), and the probe that
-    found that out left nothing behind."""
-    if not isinstance(store, S3Store):
-        pytest.skip("S3 only: the filesystem links, which is create-if-absent already")
+    found that out left nothing behind. (The filesystem links: create-if-absent already.)"""
+    store = s3
     assert store._conditional is None  # not probed before a write (a reading role never probes)
     payloads = [payload(f"writer {i}".encode() * 100) for i in range(8)]
     results = await asyncio.gather(*(store.put("instances/ee/ff/race.dcm", p) for p in payloads))
