@@ -59,9 +59,15 @@ rules:
             status, body = rest(f"{dimse.url}/studies?expand", timeout=10)
             assert sorted(s["MainDicomTags"].get("AccessionNumber") for s in body) == ["ACC-1", "ACC-1"]
             study = str(dcmread(ct[0]).StudyInstanceUID)
-            rows = http_json(f"{archive.http}/api/forwarding?study={study}&limit=100")[1]["forwards"]
-            assert sorted((r["destination"], r["outcome"]) for r in rows) == \
-                sorted([("ORTHANC", "sent")] * 6 + [(web_url, "sent")] * 6)
+
+            def ledger() -> list[tuple[str, str]]:
+                rows = http_json(f"{archive.http}/api/forwarding?study={study}&limit=100")[1]["forwards"]
+                return sorted((r["destination"], r["outcome"]) for r in rows)
+
+            # A peer holds an instance a moment before the forwarder records it as sent: wait for the ledger.
+            expected = sorted([("ORTHANC", "sent")] * 6 + [(web_url, "sent")] * 6)
+            wait_until(lambda: ledger() == expected, timeout=30)
+            assert ledger() == expected
         finally:
             archive.stop()
     finally:
