@@ -8,9 +8,8 @@ Create-if-absent (every instance a receiver stores) is one conditional PutObject
 (``If-None-Match: *``; a ``412`` means the key exists) for an object of one part,
 when the server honours the header: the store finds that out at its first such
 write, by writing a probe key twice (the second write must be refused) and
-removing it. Otherwise,
-and for multipart objects, it asks HEAD first, then PUTs: two requests, and two
-writers of one key at once can both write.
+removing it. Otherwise, and for multipart objects, it asks HEAD first, then PUTs:
+two requests, and two writers of one key at once can both write.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from archive.core.models import ObjectInfo, Payload, PutResult
 log = logging.getLogger(__name__)
 
 _META = "sha256"
-PROBE_PREFIX = ".archive-probe/"  # conditional-write probes: never an archive key (those start with a UID)
+PROBE_PREFIX = ".archive-probe/"  # conditional-write probes: never an archive key (instances/...)
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
 
 
