@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import urllib3
-from minio.error import S3Error
+from minio.error import MinioException, S3Error
 
 from archive.adapters._executor import Blocking
 from archive.compat import minio as minio_compat
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _META = "sha256"
 PROBE_PREFIX = ".archive-probe/"  # conditional-write probes: never an archive key (instances/...)
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+_HEADER_REFUSED = {"NotImplemented", "InvalidArgument", "InvalidRequest"}  # If-None-Match not taken
 
 
 class _PayloadReader(io.RawIOBase):
@@ -101,7 +102,7 @@ class S3Store:
             if exc.code in _NOT_FOUND:
                 raise ObjectNotFound(str(kwargs.get("object_name") or (args[1] if len(args) > 1 else ""))) from exc
             raise _unavailable(exc) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:  # a bare 5xx, a proxy's page
             raise _unavailable(exc) from exc
 
     async def migrate(self) -> None:
@@ -130,9 +131,10 @@ class S3Store:
             second = await self._call(minio_compat.put_if_absent, self._client, self.bucket, key, b"2", headers)
             return first and not second
         except BackendUnavailable as exc:
-            if not isinstance(exc.__cause__, S3Error):
-                raise  # unreachable: probe again with the next write
-            return False  # the server refused the header itself
+            cause = exc.__cause__
+            if isinstance(cause, S3Error) and cause.code in _HEADER_REFUSED:
+                return False  # the server refused the header itself
+            raise  # unreachable, denied, clock skew...: this write fails, the next one probes again
         finally:
             try:
                 await self._call(self._client.remove_object, self.bucket, key)

@@ -13,8 +13,9 @@ parameter: then call that and drop :func:`put_if_absent`.
 
 :class:`Client` signs such a PUT with the SHA-256 the archive computed while receiving
 (``x-amz-content-sha256``), where minio hashes the body again for every request
-(``Minio._build_headers``: SHA-256 over plain HTTP, MD5 over HTTPS; 0.25 ms for a 0.5 MB
-instance, the same bytes the receiver hashed). MinIO and AWS check the body against it
+(``Minio._build_headers``: SHA-256 over plain HTTP; 0.25 ms for a 0.5 MB instance, the same
+bytes the receiver hashed). Over HTTPS minio signs ``UNSIGNED-PAYLOAD`` and sends a
+``Content-MD5`` (which buckets with Object Lock require): left as it is. MinIO and AWS check the body against it
 (``XAmzContentSHA256Mismatch``), so the object store verifies the checksum the archive keeps
 on every upload; SeaweedFS checks the signature, not the body (both seen here). Other
 requests (multipart parts, reads) are built as minio builds them.
@@ -38,9 +39,12 @@ class Client(Minio):
     def _build_headers(self, host: str, headers: Any = None, body: bytes | None = None,
                        creds: Any = None) -> Any:
         known = (headers or {}).get(_KNOWN_SHA256)
-        if known is None or not creds:
+        if known is not None:
+            headers = {k: v for k, v in headers.items() if k != _KNOWN_SHA256}  # never sent
+        if known is None or not creds or self._base_url.is_https:
+            # Over HTTPS minio sends UNSIGNED-PAYLOAD and a Content-MD5 of the body, which some
+            # buckets require (Object Lock): built as minio builds it.
             return super()._build_headers(host, headers, body, creds)
-        headers = {k: v for k, v in headers.items() if k != _KNOWN_SHA256}
         built, date = super()._build_headers(host, headers, None, creds)  # no body: nothing hashed
         built["Content-Length"] = str(len(body or b""))
         built.pop("Content-MD5", None)
