@@ -78,14 +78,22 @@ _SCHEMA = (
 )""",
 )
 
-# Schema 1 -> 2: facet and sort columns, derived from the fields JSON (nothing to backfill).
+# Columns derived from the fields JSON (the first value of an attribute), for filters, facets and
+# sorting: of search_docs (schemas 2 and 3) and of search_study_groups (schema 4).
+_FACET_COLUMNS = (
+    ("study_date", "StudyDate"), ("modality", "Modality"),
+    ("institution", "InstitutionName"), ("body_part", "BodyPartExamined"),
+)
+_PATIENT_COLUMN = ("patient_id", "PatientID")
+
+
+def _derived(column: str, keyword: str) -> str:
+    return f"{column} TEXT GENERATED ALWAYS AS (json_extract(fields, '$.{keyword}[0]')) VIRTUAL"
+
+
+# Schema 1 -> 2: facet and sort columns (nothing to backfill).
 _SCHEMA_2 = tuple(
-    f"ALTER TABLE search_docs ADD COLUMN {column} TEXT "
-    f"GENERATED ALWAYS AS (json_extract(fields, '$.{keyword}[0]')) VIRTUAL"
-    for column, keyword in (
-        ("study_date", "StudyDate"), ("modality", "Modality"),
-        ("institution", "InstitutionName"), ("body_part", "BodyPartExamined"),
-    )
+    f"ALTER TABLE search_docs ADD COLUMN {_derived(column, keyword)}" for column, keyword in _FACET_COLUMNS
 ) + (
     "CREATE INDEX IF NOT EXISTS search_docs_study ON search_docs (study_uid)",
     "CREATE INDEX IF NOT EXISTS search_docs_series ON search_docs (series_uid)",
@@ -94,8 +102,7 @@ _SCHEMA_2 = tuple(
 
 # Schema 2 -> 3: an indexed PatientID column for exact patient filters.
 _SCHEMA_3 = (
-    "ALTER TABLE search_docs ADD COLUMN patient_id TEXT "
-    "GENERATED ALWAYS AS (json_extract(fields, '$.PatientID[0]')) VIRTUAL",
+    f"ALTER TABLE search_docs ADD COLUMN {_derived(*_PATIENT_COLUMN)}",
     "CREATE INDEX IF NOT EXISTS search_docs_patient ON search_docs (patient_id)",
 )
 
@@ -119,13 +126,8 @@ _SCHEMA_4 = (
     fields TEXT NOT NULL,
     n INTEGER NOT NULL,
     rep INTEGER,
-""" + "".join(
-        f"    {column} TEXT GENERATED ALWAYS AS (json_extract(fields, '$.{keyword}[0]')) VIRTUAL,\n"
-        for column, keyword in (
-            ("study_date", "StudyDate"), ("modality", "Modality"), ("institution", "InstitutionName"),
-            ("body_part", "BodyPartExamined"), ("patient_id", "PatientID"),
-        )
-    ) + "    UNIQUE (study_uid, fields)\n)",
+""" + "".join(f"    {_derived(column, keyword)},\n" for column, keyword in (*_FACET_COLUMNS, _PATIENT_COLUMN))
+    + "    UNIQUE (study_uid, fields)\n)",
     "ALTER TABLE search_docs ADD COLUMN grp INTEGER",
     "INSERT INTO search_study_groups (study_uid, fields, n, rep) "
     f"SELECT study_uid, {GROUP_FIELDS} AS g, count(*), min(rowid) FROM search_docs GROUP BY study_uid, g",

@@ -664,8 +664,8 @@ async def test_fts5_study_groups_answer_as_the_instances_do(tmp_path: Path) -> N
 
 async def test_fts5_study_group_keeping_reads_no_document_json(tmp_path: Path) -> None:
     """A group whose representative leaves finds the next one by index (a corrected name re-sent
-    for a 20,000-instance study must not read the study's documents once a document), and a
-    migrated schema-3 file names every document's group."""
+    for a 20,000-instance study must not read the study's documents once a document), and an
+    upsert finds the document it replaces by index."""
     index = Fts5Search(tmp_path / "search.db")
     await index.migrate()
     try:
