@@ -242,7 +242,7 @@ def test_connections_stuck_in_their_handshake_are_capped(pki: PKI, tmp_path: Pat
         try:
             refused = subprocess.run(echo, capture_output=True, text=True, timeout=30)
             assert refused.returncode != 0
-            assert "too many handshakes in progress" in proc.log_tail(50)
+            wait_until(lambda: "too many handshakes in progress" in proc.log_tail(50), timeout=10)
         finally:
             for sock in silent:
                 sock.close()

@@ -70,8 +70,8 @@ class ArchiveAssociationServer(ThreadedAssociationServer):
                 if not busy:
                     self._handshaking += 1
             if busy:  # a flood of connections that never finish their handshake: one thread each, capped
-                client.close()
                 self._handshake_failed(address, "TLS: too many handshakes in progress")
+                client.close()
                 raise OSError("too many TLS handshakes in progress")  # socketserver skips the request
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
