@@ -9,7 +9,9 @@ fixed seed, so every size and backend sees the same kind of question:
 - ``study_date``: studies of one week (StudyDate range);
 - ``modality_date``: CT or MR studies of one month (ModalitiesInStudy + StudyDate range);
 - ``text_rare``: free text matching one study (its accession number);
-- ``text_common``: free text matching thousands of instances (``<body part> <modality>``).
+- ``text_common``: free text matching thousands of instances (``<body part> <modality>``);
+- ``ui_list``: the web UI's study list as it opens (no text, newest first, 25 studies, every facet);
+- ``ui_list_name``: the same list after typing a surname into its patient-name field.
 
 Clients: QIDO-RS over one keep-alive HTTP connection (request sent -> body read), C-FIND
 over one open association (request sent -> final response), the JSON search API over
@@ -31,8 +33,12 @@ from urllib.parse import urlencode
 from _querydata import DAYS, PROFILES, Samples, date_text
 
 PAGE = 100  # QIDO limit: what a viewer's study list asks for
-KINDS = ("echo", "patient_id", "study_uid", "patient_name", "study_date", "modality_date", "text_rare", "text_common")
+KINDS = ("echo", "patient_id", "study_uid", "patient_name", "study_date", "modality_date", "text_rare", "text_common",
+         "ui_list", "ui_list_name")
 TEXT_KINDS = ("text_rare", "text_common")
+UI_KINDS = ("ui_list", "ui_list_name")  # GET /api/search as ui/src/query.ts apiParams() sends it
+UI_PAGE = 25  # ui/src/query.ts PAGE_SIZE
+UI_FACETS = "Modality,StudyDate,InstitutionName,BodyPartExamined"  # ui/src/query.ts FACETS
 LABELS = {
     "echo": "C-ECHO (DIMSE round trip, no query)",
     "patient_id": "PatientID exact",
@@ -42,6 +48,8 @@ LABELS = {
     "modality_date": "ModalitiesInStudy + StudyDate (1 month)",
     "text_rare": "free text, 1 study (accession)",
     "text_common": "free text, common (\"chest ct\")",
+    "ui_list": "web UI study list as it opens (newest first)",
+    "ui_list_name": "web UI study list, patient name typed (SURNAME*)",
 }
 EXACT = ("patient_id", "study_uid")
 
@@ -77,6 +85,10 @@ def questions(kind: str, samples: Samples, count: int, seed: int) -> list[Questi
         elif kind == "text_common":
             profile = rng.choice([p for p in PROFILES if p.modality in ("CT", "MR", "CR")])
             out.append(Question(kind, {}, f"{rng.choice(profile.body_parts).lower()} {profile.modality.lower()}"))
+        elif kind == "ui_list":
+            out.append(Question(kind, {}))
+        elif kind == "ui_list_name":
+            out.append(Question(kind, {"PatientName": rng.choice(samples.surnames) + "*"}))
         else:
             raise ValueError(kind)
     return out
@@ -123,6 +135,15 @@ def search_api(client: Http, facets: bool = True) -> Callable[[Question], int]:
     """Studies matching the text, 20 per page; with every facet (the default) or none."""
     def run(q: Question) -> int:
         params = {"q": q.text, "limit": 20, **({} if facets else {"facets": ""})}
+        return len(client.get("/api/search", params)["hits"])
+
+    return run
+
+
+def ui_list(client: Http) -> Callable[[Question], int]:
+    """The first page of the web UI's study list, with the parameters the page sends."""
+    def run(q: Question) -> int:
+        params = {**q.keys, "offset": 0, "limit": UI_PAGE, "facets": UI_FACETS}
         return len(client.get("/api/search", params)["hits"])
 
     return run

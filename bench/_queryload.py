@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -47,6 +48,14 @@ class Family:
     async def setup(self) -> None:
         raise NotImplementedError
 
+    def saved(self) -> dict[str, Any]:
+        """What ``attach`` needs to open these backends again (``--keep``, ``--attach``)."""
+        return {"env": self.env}
+
+    async def attach(self, saved: dict[str, Any]) -> None:
+        """Open the backends a ``--keep`` run left, as they are (nothing created or loaded)."""
+        raise NotImplementedError
+
     async def bulk_mode(self, on: bool) -> None:
         """Switch the backends to (or back from) bulk loading."""
 
@@ -63,6 +72,10 @@ class Family:
 
     def teardown(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def remove_kept(self) -> None:
+        """Remove what a ``--keep`` run left (after ``attach``): its files, and backends of its own."""
+        self.teardown()
 
     async def load(self, messages: list[IndexMessage]) -> None:
         """Upsert ``messages`` into catalog and search index, ``IN_FLIGHT`` batches at a time."""
@@ -98,11 +111,6 @@ class PostgresFamily(Family):
     async def setup(self) -> None:
         from tests.e2e.distributed import Distributed
 
-        from opensearchpy import AsyncOpenSearch
-
-        from archive.adapters.opensearch_search import OpenSearchIndex
-        from archive.adapters.postgres_catalog import PostgresCatalog
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._backends = Distributed(self.workdir, self.name)
         try:
@@ -113,12 +121,41 @@ class PostgresFamily(Family):
             raise RuntimeError(f"PostgreSQL/OpenSearch: {exc}") from None
         env = self._backends.env
         self.env = {k: env[k] for k in ("ARCHIVE_CATALOG", "ARCHIVE_SEARCH", "ARCHIVE_SEARCH_INDEX")}
-        self.catalog = PostgresCatalog(env["ARCHIVE_CATALOG"], max_size=IN_FLIGHT + 1)
-        self.search = OpenSearchIndex(env["ARCHIVE_SEARCH"], index=self.name, timeout=120)
+        await self._open()
+        assert self.catalog is not None and self.search is not None
         await self.catalog.migrate()
         await self.search.migrate()
+
+    async def _open(self) -> None:
+        from opensearchpy import AsyncOpenSearch
+
+        from archive.adapters.opensearch_search import OpenSearchIndex
+        from archive.adapters.postgres_catalog import PostgresCatalog
+
+        self.catalog = PostgresCatalog(self.env["ARCHIVE_CATALOG"], max_size=IN_FLIGHT + 1)
+        self.search = OpenSearchIndex(self.env["ARCHIVE_SEARCH"], index=self.name, timeout=120)
         # uncompressed on loopback: gzip of 6 MB bulk bodies would cost this process a core
-        self._bulk_client = AsyncOpenSearch(hosts=[env["ARCHIVE_SEARCH"]], timeout=600, http_compress=False)
+        self._bulk_client = AsyncOpenSearch(hosts=[self.env["ARCHIVE_SEARCH"]], timeout=600, http_compress=False)
+
+    def saved(self) -> dict[str, Any]:
+        return {"env": self.env, "name": self.name}
+
+    async def attach(self, saved: dict[str, Any]) -> None:
+        self.env, self.name = dict(saved["env"]), str(saved["name"])
+        await self._open()
+
+    def remove_kept(self) -> None:
+        """Drop the schema and index a ``--keep`` run left (after ``attach``), then its directory."""
+        import psycopg
+
+        from tests.e2e.distributed import _drop_index
+
+        if not re.fullmatch(r"benchq[0-9a-f]{10}", self.name):  # only ever a name this bench made
+            raise ValueError(f"not a bench schema: {self.name!r}")
+        _drop_index(self.env["ARCHIVE_SEARCH"], self.name)
+        with psycopg.connect(self.env["ARCHIVE_CATALOG"].split("?")[0], autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+        super().teardown()
 
     async def close(self) -> None:
         if self._bulk_client is not None:
@@ -156,9 +193,22 @@ class PostgresFamily(Family):
                          f"ON n.oid = c.relnamespace WHERE n.nspname = '{self.name}' AND c.relkind = 'r'")
         from _util import http_json
 
-        _, stats = http_json(f"{self.env['ARCHIVE_SEARCH']}/{self.name}/_stats/store", timeout=30)
+        base = self.env["ARCHIVE_SEARCH"]
+        _, stats = http_json(f"{base}/{self.name}/_stats/store", timeout=30)
         store = stats["_all"]["primaries"]["store"]["size_in_bytes"] if isinstance(stats, dict) else 0
-        return {"catalog_mb": float(rows[0][0] or 0) / 2**20, "search_mb": store / 2**20}
+        memory: dict[str, float] = {}
+        _, nodes = http_json(f"{base}/_nodes/_local/stats/jvm,process", timeout=30)
+        for node in (nodes.get("nodes", {}).values() if isinstance(nodes, dict) else ()):
+            memory["search_heap_used_mb"] = node["jvm"]["mem"]["heap_used_in_bytes"] / 2**20
+            memory["search_heap_max_mb"] = node["jvm"]["mem"]["heap_max_in_bytes"] / 2**20
+        _, info = http_json(f"{base}/_nodes/_local/process", timeout=30)
+        for node in (info.get("nodes", {}).values() if isinstance(info, dict) else ()):
+            memory["search_rss_mb"] = _rss_kb(int(node["process"]["id"])) / 1024
+        backend = self._sql("SELECT pid FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        postmaster = _parent(int(backend[0][0])) if backend else None
+        if postmaster:  # proportional set size: shared buffers counted once across the backends
+            memory["catalog_pss_mb"] = sum(_pss_kb(pid) for pid in [postmaster, *_children_of(postmaster)]) / 1024
+        return {"catalog_mb": float(rows[0][0] or 0) / 2**20, "search_mb": store / 2**20, **memory}
 
     def teardown(self) -> None:
         if self._backends is not None:
@@ -182,6 +232,14 @@ class SqliteFamily(Family):
         await self.catalog.migrate()
         await self.search.migrate()
 
+    async def attach(self, saved: dict[str, Any]) -> None:
+        from archive.adapters.fts5_search import Fts5Search
+        from archive.adapters.sqlite_catalog import SqliteCatalog
+
+        self.env = dict(saved["env"])
+        self.catalog = SqliteCatalog(self.workdir / "catalog.db")
+        self.search = Fts5Search(self.workdir / "search.db")
+
     async def analyze(self) -> None:
         # checkpoint the WAL written by the load; the archive itself runs no ANALYZE
         def checkpoint() -> None:
@@ -196,6 +254,40 @@ class SqliteFamily(Family):
             return sum(p.stat().st_size for p in self.workdir.glob(name + "*")) / 2**20
 
         return {"catalog_mb": mb("catalog.db"), "search_mb": mb("search.db")}
+
+
+def _status_kb(path: str, field: str) -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass  # gone, or not ours to read
+    return 0
+
+
+def _rss_kb(pid: int) -> int:
+    return _status_kb(f"/proc/{pid}/status", "VmRSS")
+
+
+def _pss_kb(pid: int) -> int:
+    return _status_kb(f"/proc/{pid}/smaps_rollup", "Pss")
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of a local process (PostgreSQL's postmaster of a backend), None if not local."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _parent(int(entry.name)) == pid:
+            out.append(int(entry.name))
+    return out
 
 
 def _post(url: str) -> None:

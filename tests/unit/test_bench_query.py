@@ -79,4 +79,6 @@ def test_questions_are_drawn_from_the_loaded_data(hospital: Hospital, messages: 
     assert {q.keys["StudyInstanceUID"] for q in questions("study_uid", s, 30, 1)} <= set(s.study_uids)
     assert {q.text for q in questions("text_rare", s, 30, 1)} <= set(s.accessions)
     assert all(q.keys["PatientName"].endswith("*") for q in questions("patient_name", s, 30, 1))
+    assert all(q.keys["PatientName"].endswith("*") for q in questions("ui_list_name", s, 30, 1))
+    assert all(not q.keys and not q.text for q in questions("ui_list", s, 30, 1))  # the page as it opens
     assert questions("study_uid", s, 5, 1) == questions("study_uid", s, 5, 1)  # deterministic
