@@ -62,8 +62,13 @@ class Family:
     async def analyze(self) -> None:
         """What the backend does on its own after a bulk load (autovacuum, refresh)."""
 
+    answer_cache = False  # whether the backends keep answers until the data changes
+
     def sizes(self) -> dict[str, float]:
         return {}
+
+    async def forget_cached_answers(self) -> None:
+        """Drop cached answers, as a change to the data would (what an ingesting archive sees)."""
 
     async def close(self) -> None:
         for backend in (self.catalog, self.search):
@@ -143,6 +148,11 @@ class PostgresFamily(Family):
     async def attach(self, saved: dict[str, Any]) -> None:
         self.env, self.name = dict(saved["env"]), str(saved["name"])
         await self._open()
+
+    answer_cache = True  # OpenSearch's shard request cache: requests without hits, until a refresh changes the index
+
+    async def forget_cached_answers(self) -> None:
+        await asyncio.to_thread(_post, f"{self.env['ARCHIVE_SEARCH'].rstrip('/')}/{self.name}/_cache/clear?request=true")
 
     def remove_kept(self) -> None:
         """Drop the schema and index a ``--keep`` run left (after ``attach``), then its directory."""

@@ -4,8 +4,8 @@ The input is a query string for ``GET /api/search``, split the way aiohttp split
 :func:`archive.query.search.api.search` parses it (:func:`~archive.query.search.api.parse`:
 free text, filters on any keyword, tag or sequence path, level, sort, limit, offset, facets)
 and answers from a seeded :class:`Fts5Search`; the same request is translated to the
-OpenSearch DSL (:func:`archive.adapters.opensearch_query.search_body`), which must not fail
-either. The handler answers 400 itself for what it cannot parse, so every input must be
+OpenSearch DSL (:func:`archive.adapters.opensearch_query.page_body` and ``totals_body``),
+which must not fail either. The handler answers 400 itself for what it cannot parse, so every input must be
 answered 200 or 400 (never 500: an FTS5 syntax error, a translator fault). Invariants: 400s
 name the parameter; highlights are HTML-escaped (only ``<em>`` markup) even though one
 seeded patient name and description hold HTML.
@@ -19,7 +19,7 @@ import re
 from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
-from archive.adapters.opensearch_query import search_body
+from archive.adapters.opensearch_query import page_body, totals_body
 from archive.core.search import query_terms
 from archive.query.search import api
 from fuzz.backends import backends
@@ -50,4 +50,5 @@ def fuzz_one(data: bytes) -> None:
             for fragment in h["fragments"]:
                 assert not _MARKUP.search(fragment), f"unescaped markup in a highlight: {fragment!r}"
     parsed = api.parse(list(request.query.items()))
-    json.dumps(search_body(parsed, query_terms(parsed.text)))
+    terms = query_terms(parsed.text)
+    json.dumps([page_body(parsed, terms), totals_body(parsed, terms)])

@@ -149,25 +149,35 @@ def _sort(request: SearchRequest, has_text: bool) -> list[Any]:
     return ["_score", tie] if has_text else [tie]
 
 
-def search_body(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any]:
-    """Total, one page of groups (best document of each) and facets in one request."""
-    group = GROUP_FIELD[request.level]
+def page_body(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any]:
+    """One page of groups (the best document of each); the image level counts its total here."""
     body: dict[str, Any] = {
         "query": bool_query(request, terms),
         "from": request.offset,
         "size": request.limit,
         "sort": _sort(request, bool(terms)),
-        "track_scores": True,
+        "track_scores": bool(terms),
         "_source": ["study_uid", "series_uid", "fields"],
-        "aggs": facet_aggs(request),
     }
     if request.level is Level.IMAGE:
         body["track_total_hits"] = True
     else:
-        body["collapse"] = {"field": group}
+        body["collapse"] = {"field": GROUP_FIELD[request.level]}
         body["track_total_hits"] = False
-        body["aggs"].update(_groups(request.level))
     return body
+
+
+def totals_body(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any] | None:
+    """The groups' total and the facets, apart from the page: both requests run at once (the
+    aggregations visit every matching document, the page only sorts them), and a request without
+    hits is one OpenSearch's shard request cache keeps until the index changes. None when the
+    page answers everything (the image level without facets)."""
+    aggs = facet_aggs(request)
+    if request.level is not Level.IMAGE:
+        aggs.update(_groups(request.level))
+    if not aggs:
+        return None
+    return {"query": bool_query(request, terms), "size": 0, "track_total_hits": False, "aggs": aggs}
 
 
 def page_stats_body(request: SearchRequest, terms: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ until they are indexed again. ``query()`` translates a SearchRequest with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
@@ -38,9 +39,10 @@ from archive.adapters.opensearch_query import (
     FACET_PROPERTIES,
     GROUP_FIELD,
     facet_source,
+    page_body,
     page_stats_body,
-    search_body,
     text_clause,
+    totals_body,
 )
 from archive.core.errors import ArchiveError, BackendUnavailable
 from archive.core.levels import Level
@@ -109,6 +111,10 @@ def _source(doc: SearchDocument) -> dict[str, Any]:
         **facet_source(doc.fields),
         "schema_version": SCHEMA_VERSION,
     }
+
+
+async def _no_aggregations() -> dict[str, Any]:
+    return {}
 
 
 class OpenSearchIndex:
@@ -287,24 +293,15 @@ class OpenSearchIndex:
         terms = query_terms(request.text)
         if request.text.strip() and not terms:  # text without a searchable term
             return SearchResult(total=0, hits=(), facets={facet: () for facet in request.facets})
-        body = search_body(request, terms)
-        try:
-            result = await self._call("query", self._client.search(index=self.index, body=body))
-        except RequestError as exc:  # e.g. a wildcard too complex to run: the request's fault
-            raise InvalidQuery(f"the search index cannot run this query ({exc.error})") from exc
-        aggs = result.get("aggregations", {})
-        page = result["hits"]["hits"]
         grouped = request.level is not Level.IMAGE
-        total = int(aggs["groups"]["value"] if grouped else result["hits"]["total"]["value"])
-        stats: dict[str, tuple[int, list[str]]] = {}
         group = GROUP_FIELD[request.level]
-        if page and grouped:
-            keys = [hit["_source"][group] for hit in page]
-            found = await self._call(
-                "query", self._client.search(index=self.index, body=page_stats_body(request, terms, keys))
-            )
-            for bucket in found["aggregations"]["page"]["buckets"]:
-                stats[bucket["key"]] = (int(bucket["doc_count"]), [m["key"] for m in bucket["modalities"]["buckets"]])
+        totals = totals_body(request, terms)
+        # the page (and its groups' counts) and the aggregations at once: latency is the slower of the two
+        (page_result, stats), aggs = await asyncio.gather(
+            self._page(request, terms), self._aggregations(totals) if totals is not None else _no_aggregations()
+        )
+        page = page_result["hits"]["hits"]
+        total = int(aggs["groups"]["value"] if grouped else page_result["hits"]["total"]["value"])
         hits = []
         for hit in page:
             source = hit["_source"]
@@ -323,6 +320,30 @@ class OpenSearchIndex:
                 for b in buckets
             )
         return SearchResult(total=total, hits=tuple(hits), facets=facets)
+
+    async def _search(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One search request of ``query``."""
+        try:
+            return dict(await self._call("query", self._client.search(index=self.index, body=body)))
+        except RequestError as exc:  # e.g. a wildcard too complex to run: the request's fault
+            raise InvalidQuery(f"the search index cannot run this query ({exc.error})") from exc
+
+    async def _aggregations(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict((await self._search(body)).get("aggregations", {}))
+
+    async def _page(
+        self, request: SearchRequest, terms: Sequence[str]
+    ) -> tuple[dict[str, Any], dict[str, tuple[int, list[str]]]]:
+        """The page, and for each of its groups the matching instances and their modalities."""
+        result = await self._search(page_body(request, terms))
+        page = result["hits"]["hits"]
+        stats: dict[str, tuple[int, list[str]]] = {}
+        if page and request.level is not Level.IMAGE:
+            group = GROUP_FIELD[request.level]
+            found = await self._aggregations(page_stats_body(request, terms, [hit["_source"][group] for hit in page]))
+            for bucket in found["page"]["buckets"]:
+                stats[bucket["key"]] = (int(bucket["doc_count"]), [m["key"] for m in bucket["modalities"]["buckets"]])
+        return result, stats
 
     async def count(self) -> int:
         result = await self._call("count", self._client.count(index=self.index))
