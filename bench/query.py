@@ -1,7 +1,7 @@
 """Query benchmark: QIDO-RS, C-FIND and free-text latency as the archive grows to 1M instances.
 
     .venv/bin/python bench/query.py [--sizes 10000,100000,1000000] [--families postgres,sqlite]
-                                    [--queries 200] [--quick] [--out results.json] [--markdown table.md]
+                                    [--queries 200] [--kinds ...] [--quick] [--out results.json] [--markdown table.md]
                                     [--keep] [--attach WORKDIR/FAMILY] [--baseline CHECKOUT]
                                     [--remove WORKDIR/FAMILY]
 
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,8 @@ def blocking(fn: Callable[[Question], int]) -> Callable[[Question], Awaitable[in
 
 
 async def measure(family: Family, service: QueryService, samples: Samples, size: int, count: int,
-                  cfind: bool) -> list[dict[str, Any]]:
+                  cfind: bool, kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+    """Every interface's latency for each of ``kinds`` (a subset of KINDS) at this size."""
     out: list[dict[str, Any]] = []
 
     def row(interface: str, kind: str, result: dict[str, Any]) -> None:
@@ -83,18 +84,19 @@ async def measure(family: Family, service: QueryService, samples: Samples, size:
 
     http = Http(service.http_port)
     try:
-        catalog_kinds = [k for k in KINDS if k not in TEXT_KINDS and k not in UI_KINDS and k != "echo"]
+        catalog_kinds = [k for k in kinds if k not in TEXT_KINDS and k not in UI_KINDS and k != "echo"]
         for kind in catalog_kinds:
             row("qido", kind, await timed(blocking(qido(http)), questions(kind, samples, count, size)))
-        if cfind:
+        if cfind and catalog_kinds:
             finder = CFind(service.dicom_port)
             try:
-                row("cfind", "echo", await timed(blocking(finder.echo), questions("echo", samples, count, size)))
+                if "echo" in kinds:
+                    row("cfind", "echo", await timed(blocking(finder.echo), questions("echo", samples, count, size)))
                 for kind in catalog_kinds:
                     row("cfind", kind, await timed(blocking(finder), questions(kind, samples, count, size)))
             finally:
                 finder.close()
-            for kind in ("patient_id", "study_uid", "study_date"):  # the same server, a C client
+            for kind in [k for k in ("patient_id", "study_uid", "study_date") if k in kinds]:  # a C client
                 q = questions(kind, samples, 1, size)[0]
                 mean = await asyncio.to_thread(findscu_mean_ms, service.dicom_port, q)
                 if mean is not None:
@@ -111,14 +113,14 @@ async def measure(family: Family, service: QueryService, samples: Samples, size:
         # the search API as on an archive that takes in images all day: the index changed since the
         # same request was last answered, so no cached answer (OpenSearch's request cache) serves it
         changed = family.forget_cached_answers if family.answer_cache else None
-        for kind in TEXT_KINDS:
+        for kind in [k for k in TEXT_KINDS if k in kinds]:
             items = questions(kind, samples, count, size)
             if api:
                 row("search-api", kind, await timed(blocking(search_api(http)), items, changed))
                 row("search-api-nofacets", kind, await timed(blocking(search_api(http, facets=False)), items, changed))
             row("search-port", kind, await timed(direct, items))
         if api:
-            for kind in UI_KINDS:
+            for kind in [k for k in UI_KINDS if k in kinds]:
                 items = questions(kind, samples, count, size)
                 row("search-api-ui", kind, await timed(blocking(ui_list(http)), items, changed))
                 if family.answer_cache:  # and as at night: nothing changed, the same request again
@@ -172,13 +174,14 @@ async def bench_family(key: str, sizes: list[int], args: argparse.Namespace, wor
             cfind = service.dicom_listening(timeout=2)
             if not cfind:
                 log(f"{key}: the query role does not listen on its DICOM port: no C-FIND measured")
-            result["rows"] += await measure(family, service, hospital.samples, size, args.queries + WARMUP, cfind)
+            result["rows"] += await measure(family, service, hospital.samples, size, args.queries + WARMUP, cfind,
+                                            args.kinds)
             if args.baseline:
                 if baseline is None:
                     baseline = QueryService(family, Build.checkout(args.baseline, "baseline"))
                     baseline.start()
                 rows = await measure(family, baseline, hospital.samples, size, args.queries + WARMUP,
-                                     baseline.dicom_listening(timeout=2))
+                                     baseline.dicom_listening(timeout=2), args.kinds)
                 result["baseline_rows"] += [{**r, "family": f"{key}@baseline"} for r in rows]
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
@@ -217,7 +220,7 @@ async def bench_attached(directory: Path, args: argparse.Namespace) -> dict[str,
             services.append(service)
             service.start()
             measured = await measure(family, service, samples, size, args.queries + WARMUP,
-                                     service.dicom_listening(timeout=2))
+                                     service.dicom_listening(timeout=2), args.kinds)
             result[rows] += [{**r, "family": f"{key}@baseline"} for r in measured] if build.tag else measured
             service.stop()
     except Exception as exc:
@@ -312,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="instance counts to measure at, ascending (default 10000,100000,1000000)")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"subset of {','.join(FAMILIES)}")
     parser.add_argument("--queries", type=int, help="timed queries per kind, interface and size (default 200)")
+    parser.add_argument("--kinds", help=f"subset of the query kinds to measure ({','.join(KINDS)})")
     parser.add_argument("--chunk", type=int, default=50_000, help="instances generated at a time")
     parser.add_argument("--seed", type=int, default=1437, help="seed of the synthetic data and of the queries")
     parser.add_argument("--quick", action="store_true", help="10k instances, 50 queries per kind (about a minute)")
@@ -336,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     args.sizes = args.sizes or ("10000" if args.quick else "10000,100000,1000000")
     args.queries = args.queries or (50 if args.quick else 200)
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else list(KINDS)
+    if set(args.kinds) - set(KINDS):
+        parser.error(f"unknown kinds: {', '.join(sorted(set(args.kinds) - set(KINDS)))}")
     keys = [k.strip() for k in args.families.split(",") if k.strip()]
     if set(keys) - set(FAMILIES):
         parser.error(f"unknown families: {', '.join(sorted(set(keys) - set(FAMILIES)))}")
