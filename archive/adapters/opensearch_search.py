@@ -21,7 +21,8 @@ flattened attributes when a document is written. ``migrate()`` adds them to an
 existing index (put_mapping, idempotent); documents written before schema 2
 lack them (free text and filters still find them, facets and sorts do not)
 until they are indexed again. ``query()`` translates a SearchRequest with
-:mod:`archive.adapters.opensearch_query`.
+:mod:`archive.adapters.opensearch_query` into two requests sent at once, the page
+and the aggregations (total, facets), which may each see a different refresh.
 """
 
 from __future__ import annotations
