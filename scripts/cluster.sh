@@ -503,6 +503,10 @@ EOF
 up() {
   local start=$(date +%s)
   mkdir -p "$CL"
+  # The backends' ports out of the kernel's ephemeral range now, not when they start: the build
+  # and the node open thousands of connections before, and one of them held RabbitMQ's
+  # distribution port once (dist_port_already_used).
+  SERVICES_PORT_OFFSET=$SVC_OFFSET bash "$ROOT/scripts/services.sh" reserve >&2
   # The lead's .services.env is not ours: the release gets the cluster's own set.
   prerequisites
   pki

@@ -11,7 +11,7 @@
 #   keycloak    Keycloak 26 (Maven Central zip, Java 21+), realm     127.0.0.1:8180
 #               `archive` from scripts/services/keycloak-realm.json
 #
-# Usage: scripts/services.sh start|stop|status|check
+# Usage: scripts/services.sh start|stop|status|check|reserve (ports out of the ephemeral range)
 #   SERVICES=pg,rabbitmq,s3,minio,opensearch,keycloak   subset to act on (default: all)
 #   SERVICES_DIR=...                     state dir (default: <repo>/.services)
 #   SERVICES_PORT_OFFSET=N               add N (0-99) to every port, for a second set
@@ -1017,5 +1017,6 @@ case "${1:-}" in
   stop) cmd_stop ;;
   status) cmd_status ;;
   check) cmd_check ;;
-  *) echo "usage: $0 start|stop|status|check   (SERVICES=pg,rabbitmq,s3,minio,opensearch,syslog,keycloak)" >&2; exit 2 ;;
+  reserve) reserve_ports ;;  # before anything else opens many connections (scripts/cluster.sh)
+  *) echo "usage: $0 start|stop|status|check|reserve   (SERVICES=pg,rabbitmq,s3,minio,opensearch,syslog,keycloak)" >&2; exit 2 ;;
 esac
