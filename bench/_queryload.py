@@ -78,8 +78,12 @@ class Family:
     def teardown(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Name the backends ``saved`` describes, without opening them (``--remove``)."""
+        self.env = dict(saved["env"])
+
     def remove_kept(self) -> None:
-        """Remove what a ``--keep`` run left (after ``attach``): its files, and backends of its own."""
+        """Remove what a ``--keep`` run left (after ``restore``): its files, and backends of its own."""
         self.teardown()
 
     async def load(self, messages: list[IndexMessage]) -> None:
@@ -145,8 +149,11 @@ class PostgresFamily(Family):
     def saved(self) -> dict[str, Any]:
         return {"env": self.env, "name": self.name}
 
-    async def attach(self, saved: dict[str, Any]) -> None:
+    def restore(self, saved: dict[str, Any]) -> None:
         self.env, self.name = dict(saved["env"]), str(saved["name"])
+
+    async def attach(self, saved: dict[str, Any]) -> None:
+        self.restore(saved)
         await self._open()
 
     answer_cache = True  # OpenSearch's shard request cache: requests without hits, until a refresh changes the index
@@ -155,7 +162,7 @@ class PostgresFamily(Family):
         await asyncio.to_thread(_post, f"{self.env['ARCHIVE_SEARCH'].rstrip('/')}/{self.name}/_cache/clear?request=true")
 
     def remove_kept(self) -> None:
-        """Drop the schema and index a ``--keep`` run left (after ``attach``), then its directory."""
+        """Drop the schema and index a ``--keep`` run left (after ``restore``), then its directory."""
         import psycopg
 
         from tests.e2e.distributed import _drop_index
@@ -246,7 +253,7 @@ class SqliteFamily(Family):
         from archive.adapters.fts5_search import Fts5Search
         from archive.adapters.sqlite_catalog import SqliteCatalog
 
-        self.env = dict(saved["env"])
+        self.restore(saved)
         self.catalog = SqliteCatalog(self.workdir / "catalog.db")
         self.search = Fts5Search(self.workdir / "search.db")
 

@@ -233,12 +233,11 @@ async def bench_attached(directory: Path, args: argparse.Namespace) -> dict[str,
     return result
 
 
-async def remove_kept(directory: Path) -> None:
+def remove_kept(directory: Path) -> None:
     """``--remove``: drop what a ``--keep`` run left in ``directory``."""
     kept = json.loads((directory / KEPT).read_text())
     family = FAMILIES[kept["family"]](directory)
-    await family.attach(kept["saved"])
-    await family.close()
+    family.restore(kept["saved"])
     family.remove_kept()
     log(f"{kept['family']}: removed the {kept['size']} instances kept in {directory}")
 
@@ -335,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                              "data at each size, right after ours (e.g. a `git worktree` of main)")
     args = parser.parse_args(argv)
     if args.remove is not None:
-        asyncio.run(remove_kept(args.remove))
+        remove_kept(args.remove)
         return 0
     args.sizes = args.sizes or ("10000" if args.quick else "10000,100000,1000000")
     args.queries = args.queries or (50 if args.quick else 200)

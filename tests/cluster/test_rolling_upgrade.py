@@ -36,10 +36,6 @@ class _Misrouted(logging.Handler):
             self.count += 1
 
 
-MISROUTED = _Misrouted()
-logging.getLogger("pynetdicom.association").addHandler(MISROUTED)
-
-
 class Sender(threading.Thread):
     """C-STOREs in a loop; records what was acknowledged and every failure."""
 
@@ -53,6 +49,7 @@ class Sender(threading.Thread):
         # then waits until the association ends and returns no status. Excused only as many times
         # as pynetdicom logged that, and only if the archive holds the instance (checked below).
         self.unanswered: list[str] = []
+        self.misrouted = _Misrouted()
         self.associations = 0
         self.done = threading.Event()
 
@@ -64,6 +61,14 @@ class Sender(threading.Thread):
         return ds
 
     def run(self) -> None:
+        log = logging.getLogger("pynetdicom.association")
+        log.addHandler(self.misrouted)
+        try:
+            self._send()
+        finally:
+            log.removeHandler(self.misrouted)
+
+    def _send(self) -> None:
         ae = AE(ae_title="ROLLSCU")
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -83,7 +88,7 @@ class Sender(threading.Thread):
                     code = int(status.Status) if "Status" in status else None
                     if code == 0x0000:
                         self.acked.append(str(ds.SOPInstanceUID))
-                    elif code is None and MISROUTED.count > len(self.unanswered):
+                    elif code is None and self.misrouted.count > len(self.unanswered):
                         self.unanswered.append(str(ds.SOPInstanceUID))
                         break
                     else:
