@@ -193,6 +193,10 @@ class CFind:
         from pynetdicom import AE
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
+        from archive.compat.pynetdicom import fix_reactor_pause
+
+        fix_reactor_pause()  # plain pynetdicom loses a quick answer now and then (archive/compat)
+
         self.model = StudyRootQueryRetrieveInformationModelFind
         ae = AE(ae_title="BENCHFIND")
         ae.add_requested_context(self.model)

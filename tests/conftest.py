@@ -16,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from archive.compat.pynetdicom import fix_reactor_pause
+
 ROOT = Path(__file__).resolve().parent.parent
+# The tests' own pynetdicom clients: plain pynetdicom loses now and then the response of a quick
+# peer (the asyncio engine answers within its reactor's race window): archive/compat says why.
+fix_reactor_pause()
 SERVICES_ENV = ROOT / ".services.env"
 
 

@@ -58,6 +58,18 @@ starts, before any association (idempotent). What it does, and why:
   (``socket``, ``to_provider_queue``); the same test file fails if they go away.
 - :func:`peer_certificate`: the verified client certificate of an association that came over
   TLS. pynetdicom keeps the socket in its DUL (``dul.socket.socket``) and has no accessor for it.
+- :func:`fix_reactor_pause`: a requestor (our forwarder, C-MOVE sub-operations, commitment
+  reports, and every pynetdicom client of the tests and benchmarks) lost a response that came
+  back quickly. Each ``send_*`` pauses the association's reactor thread so that it does not take
+  the response off the DIMSE queue first: it clears ``_reactor_checkpoint`` and spins until
+  ``_is_paused``. But the reactor sets ``_is_paused`` before ``_reactor_checkpoint.wait()`` and
+  clears it only after, so a ``send_*`` right after the previous one's ``set()`` sees the old
+  True before the woken reactor has cleared it, sends, and the reactor takes the answer: pynetdicom
+  logs "Received unexpected C-ECHO service message" and ``send_*`` waits out the DIMSE timeout
+  (300 back-to-back C-ECHOs against the asyncio engine lost one, 2 runs in 3; a rolling-upgrade
+  test lost a C-STORE). The fix makes ``_is_paused`` true only while the reactor is really parked
+  in the checkpoint (or is the thread asking, or has stopped). Still so in pynetdicom 3.0.4 (no
+  upstream issue yet); ``tests/unit/test_compat.py`` fails once plain pynetdicom pauses safely.
 - :func:`guard_requests`: a check run before pynetdicom's Query/Retrieve service class serves a
   C-FIND, C-MOVE or C-GET, which may answer it at once with a failure status (0x0124 Refused: Not
   Authorized, PS3.7 Annex C). A handler cannot: pynetdicom wants a C-MOVE handler's first yield to
@@ -154,11 +166,73 @@ def install(spool_dir: Path, max_pdu: int = 0, network_timeout: float = 0) -> No
     tempfile.tempdir = str(spool_dir)
     _recv_limits["max_bytes"] = max(max_pdu + 6, MIN_PDU_LIMIT) if max_pdu else 0
     _recv_limits["timeout"] = network_timeout
+    fix_reactor_pause()
     with _lock:
         if Association.send_c_store is not _send_c_store:
             Association.send_c_store = _send_c_store  # type: ignore[method-assign]
         if AssociationSocket.recv is not _bounded_recv:
             AssociationSocket.recv = _bounded_recv  # type: ignore[method-assign]
+
+
+class _Checkpoint:
+    """``threading.Event``'s interface, and whether a waiter is parked in it while it is clear."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._flag = True
+        self.parked = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            if self._flag:
+                return True
+            self.parked = True
+            try:
+                return self._cond.wait_for(lambda: self._flag, timeout)
+            finally:
+                self.parked = False
+
+
+def _is_paused(self: Association) -> bool:
+    """Whether a ``send_*`` may go ahead: the reactor cannot take the response it waits for."""
+    checkpoint = self.__dict__.get("_reactor_checkpoint")
+    if not isinstance(checkpoint, _Checkpoint):  # made before the fix was installed: pynetdicom's flag
+        return bool(self.__dict__.get("_paused_flag", self.__dict__.get("_is_paused", False)))
+    return (checkpoint.parked  # the reactor waits for set()
+            or threading.current_thread() is self  # the reactor itself (a service class's send_c_store)
+            or self._kill or not self.is_alive())  # no reactor any more
+
+
+def _set_paused(self: Association, value: bool) -> None:
+    self.__dict__["_paused_flag"] = value  # what the reactor says; read only for associations from before
+
+
+_original_init = Association.__init__
+
+
+def _init(self: Association, *args: Any, **kwargs: Any) -> None:
+    _original_init(self, *args, **kwargs)
+    self._reactor_checkpoint = _Checkpoint()  # type: ignore[assignment]
+
+
+def fix_reactor_pause() -> None:
+    """Make pynetdicom's reactor pause safe for every association made from now on (idempotent; see the module)."""
+    with _lock:
+        if Association.__init__ is not _init:
+            Association.__init__ = _init  # type: ignore[method-assign]
+            Association._is_paused = property(_is_paused, _set_paused)  # type: ignore[assignment]
 
 
 def reject(assoc: Association, result: int, source: int, reason: int) -> None:

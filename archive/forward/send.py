@@ -22,6 +22,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from archive.ae_config import AEEntry
+from archive.compat.pynetdicom import fix_reactor_pause
 from archive.core.records import CatalogInstance
 from archive.core.routing import ForwardJob, apply_changes
 from archive.query.dimse.retrieve import UNCOMPRESSED, store_contexts, transcoded
@@ -62,6 +63,7 @@ def instance_of(job: ForwardJob) -> CatalogInstance:
 
 
 def _ae(settings: Settings) -> AE:
+    fix_reactor_pause()  # a quick peer's response would otherwise be lost now and then
     ae = AE(ae_title=settings.aet)
     ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.dimse_timeout

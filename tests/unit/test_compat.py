@@ -44,6 +44,25 @@ def test_upstream_pynetdicom_still_needs_the_retrieve_patch(tmp_path: Path) -> N
         "archive.query.dimse.retrieve and remove SendsItself from archive/compat/pynetdicom.py")
 
 
+def _reactor_probe(*flags: str) -> dict[str, Any]:
+    probe = PROBE.with_name("reactor_probe.py")
+    result = subprocess.run([sys.executable, str(probe), *flags], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_upstream_pynetdicom_reactor_still_takes_responses_from_a_paused_send() -> None:
+    """Plain pynetdicom: a send_* right after another one's sees the reactor paused while it is
+    not, and the reactor takes the response. When this fails, drop fix_reactor_pause."""
+    plain = _reactor_probe()
+    assert plain["stolen"] > 0, "pynetdicom now pauses its reactor safely: remove fix_reactor_pause from archive/compat"
+
+
+def test_the_reactor_fix_keeps_every_response_for_the_send_that_waits() -> None:
+    fixed = _reactor_probe("--fix")
+    assert fixed == {"rounds": fixed["rounds"], "stolen": 0}
+
+
 def test_upstream_minio_still_cannot_send_request_headers() -> None:
     """When this fails, put_object takes headers: send If-None-Match through it and drop
     archive/compat/minio.py."""
@@ -89,8 +108,12 @@ def test_the_private_parts_compat_reads_are_still_there() -> None:
     dul = DULServiceProvider.__init__.__code__.co_names
     assert {"socket", "to_provider_queue"} <= set(dul) | set(vars(DULServiceProvider))
     assert callable(DULServiceProvider.peek_next_pdu)
-    assert {"acse", "kill", "is_rejected", "send_c_store"} <= set(dir(Association)) | set(
-        Association.__init__.__code__.co_names)
+    from archive.compat import pynetdicom as compat
+
+    init = compat._original_init.__code__.co_names  # tests/conftest.py installed fix_reactor_pause
+    assert {"acse", "kill", "is_rejected", "send_c_store"} <= set(dir(Association)) | set(init)
+    # fix_reactor_pause: the checkpoint it replaces and the flags it reads
+    assert {"_reactor_checkpoint", "_is_paused", "_kill"} <= set(init)
     # guard_requests wraps the Query/Retrieve service class's SCP and answers on its DIMSE provider
     assert {"SCP", "ae", "assoc", "dimse"} <= set(dir(QueryRetrieveServiceClass)) | set(
         QueryRetrieveServiceClass.__init__.__code__.co_names)

@@ -32,7 +32,7 @@ from pynetdicom.presentation import build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 from pynetdicom.sop_class import StorageCommitmentPushModelInstance
 
-from archive.compat.pynetdicom import release_requested
+from archive.compat.pynetdicom import fix_reactor_pause, release_requested
 from archive.core.retry import Backoff, retrying_sync
 from archive.ae_config import AEEntry
 from archive.scp.access import AccessPolicy
@@ -124,6 +124,7 @@ class ReportSender:
         self.access = access if access is not None else AccessPolicy.from_settings(settings)
 
     def _ae(self) -> AE:
+        fix_reactor_pause()  # a quick peer's response would otherwise be lost now and then
         ae = AE(ae_title=self.settings.aet)
         ae.add_requested_context(PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.acse_timeout = self.settings.acse_timeout
