@@ -34,6 +34,7 @@ from archive.forward.worker import Forwarder
 from archive.indexer.worker import Indexer
 from archive.ingest.service import IngestService
 from archive.query.dimse.commitment import commitment_service
+from archive.query.dimse.find import AsyncioFind
 from archive.query.dimse.service import QueryRetrieve, query_retrieve_service
 from archive.query.forwarding import Forwarding
 from archive.query.routes import add_routes
@@ -301,9 +302,12 @@ async def run(settings: Settings, roles: Roles) -> None:
         dicom_access = AccessPolicy.from_settings(settings, audit_refusals(trail, settings.aet)) if dicom else None
         tls = dicom_tls_context(settings, dicom_access) if dicom and dicom_access is not None else None
         qr_services: list[DimseService] = []
+        finder: AsyncioFind | None = None  # C-FIND on the asyncio engine
         if roles.query_dimse:
             qr = QueryRetrieve(backends.catalog, backends.store, process_spool(settings.data_dir), trail)
             qr_services.append(query_retrieve_service(qr, portal, settings, dicom_access))
+            if settings.scp_engine == "asyncio" and dicom_access is not None:
+                finder = AsyncioFind(qr, settings, dicom_access)
             qr_services.append(commitment_service(backends.catalog, backends.store, portal, settings, trail, dicom_access))
         store_scp: StoreSCP | None = None
         asyncio_scp: AsyncioReceiver | None = None
@@ -313,7 +317,7 @@ async def run(settings: Settings, roles: Roles) -> None:
             multi = settings.workers > 1 and not roles.worker_child
             reuse_port = roles.worker_child or multi
             if settings.scp_engine == "asyncio":
-                # C-ECHO/C-STORE associations stay with the asyncio engine; the others are
+                # C-ECHO/C-STORE/C-FIND associations stay with the asyncio engine; the others are
                 # handed to the pynetdicom server, which then listens on no plain port of its own.
                 # The TLS port is pynetdicom's (docs/security.md: why the asyncio engine does not
                 # terminate TLS).
@@ -323,7 +327,7 @@ async def run(settings: Settings, roles: Roles) -> None:
                 if settings.dicom_plain:
                     asyncio_scp = AsyncioReceiver(settings, ingest, asyncio.get_running_loop(),
                                                   handover=store_scp if qr_services else None, access=dicom_access,
-                                                  audit=trail)
+                                                  audit=trail, find=finder)
                     await asyncio_scp.start(reuse_port=reuse_port)
             else:
                 store_scp = StoreSCP(settings, ingest, portal, qr_services, access=dicom_access, audit=trail)
@@ -336,8 +340,15 @@ async def run(settings: Settings, roles: Roles) -> None:
                 children.spawn("scp", *children.flags.get("scp", ()))
         if qr_services and not roles.receive:
             qr_server = DicomServer(settings, qr_services, role="query", access=dicom_access, audit=trail)
-            # one process: a taken port is an error
-            qr_server.start(port=settings.query_dicom_port, listen=settings.dicom_plain)
+            if finder is not None and settings.dicom_plain:
+                # C-ECHO/C-FIND associations on the asyncio engine, the others (C-MOVE, C-GET,
+                # commitment) handed to the pynetdicom server; one process: a taken port is an error
+                qr_server.start(listen=False)
+                asyncio_scp = AsyncioReceiver(settings, None, asyncio.get_running_loop(), handover=qr_server,
+                                              access=dicom_access, audit=trail, find=finder, role="query")
+                await asyncio_scp.start(port=settings.query_dicom_port)
+            else:
+                qr_server.start(port=settings.query_dicom_port, listen=settings.dicom_plain)
             if tls is not None:
                 qr_server.start_tls(settings.query_dicom_tls_port, tls)
 

@@ -460,9 +460,9 @@ class Settings:
         "retrieve, commit) of each AE title; see docs/security.md", Text())
     scp_engine: str = setting(
         "ARCHIVE_SCP_ENGINE", "asyncio",
-        "DICOM receiver: `asyncio` (C-ECHO and C-STORE on asyncio streams, about twice the throughput; "
-        "associations for other services go to pynetdicom on the same port) or `pynetdicom` (every "
-        "service in pynetdicom)", Text(choices=("asyncio", "pynetdicom")))
+        "DICOM engine of `serve`, `scp` and `query`: `asyncio` (C-ECHO, C-STORE and C-FIND on asyncio streams, "
+        "about twice the store throughput; associations for other services go to pynetdicom on the same port) or "
+        "`pynetdicom` (every service in pynetdicom)", Text(choices=("asyncio", "pynetdicom")))
     event_loop: str = setting(
         "ARCHIVE_EVENT_LOOP", "uvloop",
         "Event loop of the long-running roles: `uvloop` (libuv: 13-15 % less CPU an instance in the distributed "

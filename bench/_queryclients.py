@@ -14,16 +14,19 @@ fixed seed, so every size and backend sees the same kind of question:
 - ``ui_list_name``: the same list after typing a surname into its patient-name field.
 
 Clients: QIDO-RS over one keep-alive HTTP connection (request sent -> body read), C-FIND
-over one open association (request sent -> final response), the JSON search API over
+over one open association (request sent -> final response; pynetdicom's requestor, and a lean
+socket requestor whose own time is next to nothing), the JSON search API over
 HTTP, or, while that does not exist, ``SearchIndex.search`` called in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,6 +154,119 @@ def ui_list(client: Http) -> Callable[[Question], int]:
 
 # ---- C-FIND (PS3.4 C.4.1, Study Root, STUDY level) -----------------------------------------
 
+class LeanFind:
+    """C-FIND over a plain socket, one association kept open: a requestor that costs next to
+    nothing, so that its time is the archive's (pynetdicom's requestor adds a few ms a response:
+    its reactor and DUL threads poll). Study Root, Explicit VR Little Endian (PS3.7 9.1.2, PS3.8 9.3)."""
+
+    MODEL = "1.2.840.10008.5.1.4.1.2.2.1"
+    VERIFICATION = "1.2.840.10008.1.1"
+    SYNTAX = "1.2.840.10008.1.2.1"
+
+    def __init__(self, port: int, aet: str = "ARCHIVE", timeout: float = 60.0) -> None:
+        def item(kind: int, value: bytes) -> bytes:
+            return struct.pack(">BxH", kind, len(value)) + value
+
+        contexts = b"".join(item(0x20, bytes([cid, 0, 0, 0]) + item(0x30, uid.encode()) + item(0x40, self.SYNTAX.encode()))
+                            for cid, uid in ((1, self.MODEL), (3, self.VERIFICATION)))
+        user = item(0x51, struct.pack(">I", 0)) + item(0x52, b"1.2.826.0.1.3680043.10.1437.99")
+        body = (struct.pack(">HH", 1, 0) + aet.encode().ljust(16) + b"BENCHLEAN".ljust(16) + bytes(32)
+                + item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + item(0x50, user))
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(struct.pack(">BxI", 1, len(body)) + body)
+        kind, _ = self._pdu()
+        if kind != 2:
+            raise RuntimeError(f"lean C-FIND association to 127.0.0.1:{port} ({aet}) was not accepted (PDU {kind})")
+        self.message_id = 0
+
+    def _pdu(self) -> tuple[int, bytes]:
+        head = self.sock.recv(6, socket.MSG_WAITALL)
+        if len(head) < 6:
+            raise RuntimeError("lean C-FIND: the archive closed the association")
+        kind, length = struct.unpack(">BxI", head)
+        return kind, self.sock.recv(length, socket.MSG_WAITALL)
+
+    @staticmethod
+    def _command(field: int, message_id: int, sop_class: str, has_dataset: bool) -> bytes:
+        def element(tag: int, value: bytes) -> bytes:
+            return struct.pack("<HHI", 0, tag, len(value)) + value
+
+        uid = sop_class.encode() + b"\x00" * (len(sop_class) % 2)
+        cmd = (element(0x0002, uid) + element(0x0100, struct.pack("<H", field))
+               + element(0x0110, struct.pack("<H", message_id)) + element(0x0700, struct.pack("<H", 0))
+               + element(0x0800, struct.pack("<H", 0x0001 if has_dataset else 0x0101)))
+        return element(0x0000, struct.pack("<I", len(cmd))) + cmd
+
+    @staticmethod
+    def _p_data(context_id: int, control: int, value: bytes) -> bytes:
+        pdv = struct.pack(">IBB", len(value) + 2, context_id, control) + value
+        return struct.pack(">BxI", 4, len(pdv)) + pdv
+
+    def _exchange(self, context_id: int, field: int, identifier: bytes | None) -> int:
+        """Send one request; read responses up to the final one; the number of identifiers received."""
+        self.message_id = self.message_id % 65535 + 1
+        sop_class = self.MODEL if field == 0x0020 else self.VERIFICATION
+        out = self._p_data(context_id, 0x03, self._command(field, self.message_id, sop_class, identifier is not None))
+        if identifier is not None:
+            out += self._p_data(context_id, 0x02, identifier)
+        self.sock.sendall(out)
+        identifiers, command, status, dataset_follows = 0, b"", None, False
+        while True:
+            kind, body = self._pdu()
+            if kind != 4:
+                raise RuntimeError(f"lean C-FIND: PDU {kind} instead of a response")
+            at = 0
+            while at < len(body):
+                length, _, control = struct.unpack_from(">IBB", body, at)
+                value = body[at + 6:at + 4 + length]
+                at += 4 + length
+                if control & 0x01:  # a command fragment
+                    command += value
+                    if control & 0x02:
+                        status, dataset_follows = _status(command)
+                        command = b""
+                        if not dataset_follows and status not in (0xFF00, 0xFF01):
+                            if status != 0x0000:
+                                raise RuntimeError(f"C-FIND failed with status 0x{status:04X}")
+                            return identifiers
+                elif control & 0x02:  # the last fragment of an identifier
+                    identifiers += 1
+                    if status not in (0xFF00, 0xFF01):
+                        return identifiers
+
+    def __call__(self, q: Question) -> int:
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+
+        raw = DicomBytesIO()
+        raw.is_little_endian, raw.is_implicit_VR = True, False
+        write_dataset(raw, study_identifier(q))
+        return self._exchange(1, 0x0020, raw.getvalue())
+
+    def echo(self, q: Question) -> int:
+        return self._exchange(3, 0x0030, None)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(struct.pack(">BxI", 5, 4) + bytes(4))  # A-RELEASE-RQ
+            self._pdu()
+        self.sock.close()
+
+
+def _status(command: bytes) -> tuple[int, bool]:
+    """(Status, whether a dataset follows) of a response command set (implicit VR LE, group 0000)."""
+    status, follows, at = 0, False, 0
+    while at + 8 <= len(command):
+        _, element, length = struct.unpack_from("<HHI", command, at)
+        if element == 0x0900:
+            status = struct.unpack_from("<H", command, at + 8)[0]
+        elif element == 0x0800:
+            follows = struct.unpack_from("<H", command, at + 8)[0] != 0x0101
+        at += 8 + length
+    return status, follows
+
+
 FINDSCU_REPEAT = 100
 
 
@@ -186,6 +302,21 @@ STUDY_RETURN_KEYS = ("StudyDate", "StudyTime", "AccessionNumber", "PatientName",
                      "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
 
 
+def study_identifier(q: Question) -> Any:
+    """The Study Root identifier both C-FIND clients send: the question's keys and the study list's."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    ds.PatientID = ""
+    for keyword in STUDY_RETURN_KEYS:
+        setattr(ds, keyword, "")
+    for keyword, value in q.keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
 class CFind:
     """One association to the query role's C-FIND SCP, kept open for every query."""
 
@@ -212,18 +343,8 @@ class CFind:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def __call__(self, q: Question) -> int:
-        from pydicom.dataset import Dataset
-
-        ds = Dataset()
-        ds.QueryRetrieveLevel = "STUDY"
-        ds.StudyInstanceUID = ""
-        ds.PatientID = ""
-        for keyword in STUDY_RETURN_KEYS:
-            setattr(ds, keyword, "")
-        for keyword, value in q.keys.items():
-            setattr(ds, keyword, value)
         matches = 0
-        for status, identifier in self.assoc.send_c_find(ds, self.model):
+        for status, identifier in self.assoc.send_c_find(study_identifier(q), self.model):
             if not status:
                 raise RuntimeError("C-FIND: no response (association aborted or timed out)")
             code = int(status.Status)

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _queryclients import (EXACT, FINDSCU_REPEAT, KINDS, LABELS, TEXT_KINDS, UI_KINDS, UI_PAGE, CFind, Http,  # noqa: E402
+from _queryclients import (EXACT, FINDSCU_REPEAT, KINDS, LABELS, TEXT_KINDS, UI_KINDS, UI_PAGE, CFind, Http, LeanFind,  # noqa: E402
                            Question, findscu_mean_ms, qido, questions, search_api, ui_list)
 from _querydata import Hospital, Samples  # noqa: E402
 from _queryload import FAMILIES, Family, QueryService  # noqa: E402
@@ -88,14 +88,15 @@ async def measure(family: Family, service: QueryService, samples: Samples, size:
         for kind in catalog_kinds:
             row("qido", kind, await timed(blocking(qido(http)), questions(kind, samples, count, size)))
         if cfind and catalog_kinds:
-            finder = CFind(service.dicom_port)
-            try:
-                if "echo" in kinds:
-                    row("cfind", "echo", await timed(blocking(finder.echo), questions("echo", samples, count, size)))
-                for kind in catalog_kinds:
-                    row("cfind", kind, await timed(blocking(finder), questions(kind, samples, count, size)))
-            finally:
-                finder.close()
+            for interface, client in (("cfind", CFind), ("cfind-lean", LeanFind)):
+                finder = client(service.dicom_port)
+                try:
+                    if "echo" in kinds:
+                        row(interface, "echo", await timed(blocking(finder.echo), questions("echo", samples, count, size)))
+                    for kind in catalog_kinds:
+                        row(interface, kind, await timed(blocking(finder), questions(kind, samples, count, size)))
+                finally:
+                    finder.close()
             for kind in [k for k in ("patient_id", "study_uid", "study_date") if k in kinds]:  # a C client
                 q = questions(kind, samples, 1, size)[0]
                 mean = await asyncio.to_thread(findscu_mean_ms, service.dicom_port, q)
@@ -244,7 +245,8 @@ def remove_kept(directory: Path) -> None:
 
 # ---- report ---------------------------------------------------------------------------------
 
-INTERFACES = {"qido": "QIDO-RS", "cfind": "C-FIND", "findscu": f"C-FIND, DCMTK findscu (mean of {FINDSCU_REPEAT})", "search-api": "GET /api/search (studies, all facets)",
+INTERFACES = {"qido": "QIDO-RS", "cfind": "C-FIND (pynetdicom requestor)",
+              "cfind-lean": "C-FIND (a lean socket requestor: the archive's time)", "findscu": f"C-FIND, DCMTK findscu (mean of {FINDSCU_REPEAT})", "search-api": "GET /api/search (studies, all facets)",
               "search-api-nofacets": "GET /api/search (studies, facets=)",
               "search-port": "SearchIndex.search (instances, in process)",
               "search-api-ui": f"GET /api/search as the web UI asks (studies, {UI_PAGE} per page, all facets)",

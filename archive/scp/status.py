@@ -58,8 +58,10 @@ SOP_CLASS_NOT_NEGOTIATED = Status(0x0122, "sop_class_not_negotiated",
 # a general status of PS3.7 Annex C that any DIMSE service may answer.
 NOT_AUTHORIZED = Status(0x0124, "not_authorized", "Calling AE title not authorized for this operation")
 
-# The asyncio engine serves C-ECHO and C-STORE only (PS3.7 C.5: 0x0211 Unrecognized operation).
-UNRECOGNIZED_OPERATION = Status(0x0211, "unrecognized_operation", "Only C-ECHO and C-STORE are served here")
+# The asyncio engine serves C-ECHO, C-STORE and C-FIND only (PS3.7 C.5: 0x0211 Unrecognized operation).
+UNRECOGNIZED_OPERATION = Status(0x0211, "unrecognized_operation", "Only C-ECHO, C-STORE and C-FIND are served here")
+# A C-FIND-RQ whose Command Data Set Type says no identifier follows (PS3.4 C.4.1.1.4: Unable to process).
+FIND_WITHOUT_IDENTIFIER = Status(0xC000, "no_identifier", "C-FIND-RQ without an identifier")
 
 
 def status_for_error(exc: BaseException) -> Status:

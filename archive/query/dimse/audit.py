@@ -12,6 +12,7 @@ IDs come from the catalog rows the handlers read anyway.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom.events import Event
@@ -33,13 +34,26 @@ def destination(aet: str, host: str) -> Principal:
     return Principal(PrincipalKind.AE, aet, host)
 
 
-def queried(trail: AuditTrail, event: Event, our_aet: str, failed: bool) -> None:
-    """A C-FIND's Query record: the identifier as received, in its transfer syntax."""
+@dataclass(frozen=True)
+class FindRequest:
+    """Who asked a C-FIND, and its identifier as received (either engine)."""
+
+    who: Principal
+    query: QueryText  # the identifier's bytes, SOP class and transfer syntax
+
+
+def find_request(event: Event) -> FindRequest:
+    """The C-FIND request of a pynetdicom event."""
     identifier: Any = getattr(event.request, "Identifier", None)
     raw = identifier.getvalue() if hasattr(identifier, "getvalue") else b""
-    query = QueryText(bytes(raw), str(event.request.AffectedSOPClassUID), str(event.context.transfer_syntax))
-    trail.record(AuditEvent(EventKind.QUERY, requestor(event), Outcome.MINOR_FAILURE if failed else Outcome.SUCCESS,
-                            service=our_aet, query=query))
+    return FindRequest(requestor(event), QueryText(bytes(raw), str(event.request.AffectedSOPClassUID),
+                                                   str(event.context.transfer_syntax)))
+
+
+def queried(trail: AuditTrail, request: FindRequest, our_aet: str, failed: bool) -> None:
+    """A C-FIND's Query record: the identifier as received, in its transfer syntax."""
+    trail.record(AuditEvent(EventKind.QUERY, request.who, Outcome.MINOR_FAILURE if failed else Outcome.SUCCESS,
+                            service=our_aet, query=request.query))
 
 
 def tally_of(instances: Iterable[CatalogInstance]) -> StudyTally:

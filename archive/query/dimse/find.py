@@ -1,30 +1,44 @@
 """The C-FIND handler (PS3.4 C.4.1, Query/Retrieve Find).
 
-A thin pynetdicom handler: the identifier becomes a plan of the query model
-(:mod:`archive.query.dimse.identifier`), the catalog is read page by page on the
-backends' event loop through the portal (:func:`find_page`), and each match goes
-back as a Pending response until Success, Cancel or a failure status.
+The identifier becomes a plan of the query model (:mod:`archive.query.dimse.identifier`),
+the catalog is read page by page (:func:`find_page`), and each match goes back as a Pending
+response until Success, Cancel or a failure status (:func:`find_responses`). Both engines
+send those responses: the asyncio engine awaits them on its event loop
+(:mod:`archive.scp.asyncio_engine.association`), the pynetdicom handler (:func:`handle_find`)
+reads them through the portal from its association thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.events import Event
 
 from archive import metrics
-from archive.compat.pynetdicom import find_cancelled
+from archive.ae_config import Permission
+from archive.compat.pynetdicom import FIND_BACKLOG, find_cancelled
+from archive.core.audit import QueryText
 from archive.core.errors import BackendUnavailable
+from archive.core.identity import Principal, PrincipalKind
 from archive.core.models import DicomJson
 from archive.core.ports import Catalog
 from archive.core.query import InvalidQuery, Query
 from archive.query.dimse import audit
-from archive.query.dimse.identifier import FindPlan, IdentifierError, plan_find, response
+from archive.query.dimse.identifier import FIND_MODEL_UIDS, FindPlan, IdentifierError, extended_answer, plan_find, response
 from archive.query.objects import RetrieveError
+from archive.scp.access import NOT_AUTHORIZED, AccessPolicy
+from archive.scp.asyncio_engine.services import FindCall, FindResponse
 from archive.scp.portal import Portal
 from archive.scp.status import status_dataset
 from archive.settings import Settings
@@ -67,48 +81,156 @@ def _failure(exc: BaseException) -> Dataset:
     return status_dataset(UNABLE_TO_PROCESS, "Unexpected error while querying")
 
 
-def log_failure(what: str, event: Event, exc: BaseException) -> None:
+def log_failure(what: str, calling_aet: str, exc: BaseException) -> None:
     known = isinstance(exc, (InvalidQuery, BackendUnavailable, TimeoutError, RetrieveError))
     # An invalid query's message quotes the value (a birth date, a name): log only what names
     # the key; the requester gets the whole message in its Error Comment.
     quotes_value = isinstance(exc, InvalidQuery) and not isinstance(exc, IdentifierError)
     reason = str(exc).split(":", 1)[0] + ": invalid value" if quotes_value else str(exc)
     log.log(logging.WARNING if known else logging.ERROR, f"{what} failed", exc_info=not known,
-            extra={"calling_aet": event.assoc.requestor.ae_title, "reason": reason[:200],
+            extra={"calling_aet": calling_aet, "reason": reason[:200],
                    "error": type(exc).__name__})
 
 
-def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
-    """EVT_C_FIND (PS3.4 C.4.1.2): pending responses, then success, cancel or failure."""
-    started = time.perf_counter()
-    model = str(event.request.AffectedSOPClassUID)
-    level, sent, outcome = "?", 0, "success"
+@dataclass
+class FindTally:
+    """What one C-FIND came to, for its metrics, log line and audit record."""
+
+    level: str = "?"
+    sent: int = 0
+    outcome: str = "success"  # success, cancelled, capped, failed
+    started: float = field(default_factory=time.perf_counter)
+
+
+Response = tuple[Any, Dataset | None]  # (status code or status dataset, identifier or None)
+
+
+async def find_responses(qr: QueryRetrieve, settings: Settings, identifier: Callable[[], Dataset], model: str,
+                         calling_aet: str, tally: FindTally) -> AsyncGenerator[Response, None]:
+    """The responses to one C-FIND (PS3.4 C.4.1.2): Pending ones with a match each, the catalog
+    read a page at a time, and last the final status (Success, the cap's Out of Resources or a
+    failure). Both engines send them; the caller checks for C-CANCEL before each Pending one
+    (:func:`cancelled_response`). ``identifier`` decodes the request's identifier (a failure is
+    answered like any other)."""
     try:
-        plan = plan_find(event.identifier, model, page=PAGE)
-        level = plan.query.level.value
+        plan = plan_find(identifier(), model, page=PAGE)
+        tally.level = plan.query.level.value
         pending = PENDING_UNSUPPORTED_KEYS if plan.unsupported else PENDING
         offset: int | None = 0
         while offset is not None:
-            results, offset = portal.run(find_page(qr.catalog, plan, offset), timeout=settings.query_timeout)
+            async with asyncio.timeout(settings.query_timeout or None):
+                results, offset = await find_page(qr.catalog, plan, offset)
             for result in results:
-                if find_cancelled(event, settings.query_timeout):  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
-                    outcome = "cancelled"
-                    yield CANCELLED, None
-                    return
-                if sent >= settings.find_max_matches:
-                    outcome = "capped"
-                    yield status_dataset(OUT_OF_RESOURCES, f"More than {settings.find_max_matches} matches; narrow the query"), None
+                if tally.sent >= settings.find_max_matches:
+                    tally.outcome = "capped"
+                    yield status_dataset(OUT_OF_RESOURCES,
+                                         f"More than {settings.find_max_matches} matches; narrow the query"), None
                     return
                 yield pending, response(plan, result, settings.aet)
-                sent += 1
+                tally.sent += 1  # asked for the next one: this one went out
         yield SUCCESS, None
     except Exception as exc:
-        outcome = "failed"
-        log_failure("C-FIND", event, exc)
+        tally.outcome = "failed"
+        log_failure("C-FIND", calling_aet, exc)
+        yield _failure(exc), None
+
+
+def cancelled_response(tally: FindTally) -> Response:
+    """The response that ends a C-FIND the requestor cancelled (PS3.4 C.4.1.2.3)."""
+    tally.outcome = "cancelled"
+    return CANCELLED, None
+
+
+def find_done(tally: FindTally, qr: QueryRetrieve, settings: Settings, query: audit.FindRequest) -> None:
+    """Metrics, the log line and the audit trail's Query record of a C-FIND that ended."""
+    metrics.QUERIES.labels("cfind", tally.level, tally.outcome).inc()
+    metrics.QUERY_SECONDS.labels("cfind").observe(time.perf_counter() - tally.started)
+    log.info("C-FIND", extra={"calling_aet": query.who.name, "qr_level": tally.level,
+                              "matches": tally.sent, "outcome": tally.outcome})
+    audit.queried(qr.audit, query, settings.aet, failed=tally.outcome == "failed")
+
+
+async def _next_responses(responses: AsyncIterator[Response], most: int) -> list[Response]:
+    """Up to ``most`` responses (fewer only at the end): one portal round trip for a page's worth."""
+    out: list[Response] = []
+    async for item in responses:
+        out.append(item)
+        if len(out) >= most:
+            break
+    return out
+
+
+def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Settings) -> Iterator[Any]:
+    """EVT_C_FIND on pynetdicom's thread: :func:`find_responses` read through the portal."""
+    tally = FindTally()
+    responses = find_responses(qr, settings, lambda: event.identifier, str(event.request.AffectedSOPClassUID),
+                               event.assoc.requestor.ae_title, tally)
+    try:
+        while batch := portal.run(_next_responses(responses, FIND_BACKLOG), timeout=settings.query_timeout or None):
+            for status, identifier in batch:
+                if identifier is not None and find_cancelled(event, settings.query_timeout):  # C-CANCEL-FIND-RQ
+                    yield cancelled_response(tally)
+                    return
+                yield status, identifier
+    except Exception as exc:  # the portal's deadline
+        tally.outcome = "failed"
+        log_failure("C-FIND", event.assoc.requestor.ae_title, exc)
         yield _failure(exc), None
     finally:
-        metrics.QUERIES.labels("cfind", level, outcome).inc()
-        metrics.QUERY_SECONDS.labels("cfind").observe(time.perf_counter() - started)
-        log.info("C-FIND", extra={"calling_aet": event.assoc.requestor.ae_title, "qr_level": level,
-                                  "matches": sent, "outcome": outcome})
-        audit.queried(qr.audit, event, settings.aet, failed=outcome == "failed")
+        portal.run(responses.aclose(), timeout=5)
+        find_done(tally, qr, settings, audit.find_request(event))
+
+
+class AsyncioFind:
+    """C-FIND for the asyncio engine (its :class:`~archive.scp.asyncio_engine.services.FindService`):
+    the same responses as :func:`handle_find`, awaited on the engine's event loop, with the
+    permission check pynetdicom's server makes through its guard (0x0124 Refused: Not Authorized)."""
+
+    models: frozenset[str] = FIND_MODEL_UIDS
+    # identifiers in explicit or implicit VR little endian (PS3.5 A.2, A.1)
+    transfer_syntaxes: tuple[str, ...] = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+
+    def __init__(self, qr: QueryRetrieve, settings: Settings, access: AccessPolicy) -> None:
+        self.qr, self.settings, self.access = qr, settings, access
+
+    def extended(self, sop_class_uid: str, asked: bytes) -> bytes | None:
+        return extended_answer(sop_class_uid, asked)
+
+    async def responses(self, call: FindCall, cancelled: Callable[[], bool]) -> AsyncGenerator[FindResponse, None]:
+        if not self.access.authorize(call.calling_aet, call.address, Permission.QUERY):
+            metrics.QUERIES.labels("cfind", "-", "not_authorized").inc()
+            yield FindResponse(NOT_AUTHORIZED, "Calling AE title may not query here")
+            return
+        implicit = call.transfer_syntax == ImplicitVRLittleEndian
+        tally = FindTally()
+        request = audit.FindRequest(Principal(PrincipalKind.AE, call.calling_aet, call.address),
+                                    QueryText(call.identifier, call.sop_class_uid, call.transfer_syntax))
+        try:
+            async for status, identifier in find_responses(
+                    self.qr, self.settings, lambda: decode_identifier(call.identifier, implicit), call.sop_class_uid,
+                    call.calling_aet, tally):
+                if identifier is not None and cancelled():  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
+                    yield _answer(cancelled_response(tally), implicit)
+                    return
+                yield _answer((status, identifier), implicit)
+        finally:
+            find_done(tally, self.qr, self.settings, request)
+
+
+def decode_identifier(raw: bytes, implicit: bool) -> Dataset:
+    """A C-FIND identifier as received (little endian: the syntaxes AsyncioFind accepts)."""
+    return read_dataset(io.BytesIO(raw), implicit, True)
+
+
+def _answer(response: Response, implicit: bool) -> FindResponse:
+    status, identifier = response
+    if isinstance(status, Dataset):
+        code, comment = int(status.Status), str(status.get("ErrorComment", ""))
+    else:
+        code, comment = int(status), ""
+    if identifier is None:
+        return FindResponse(code, comment)
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, implicit
+    write_dataset(out, identifier)
+    return FindResponse(code, comment, out.getvalue())

@@ -43,6 +43,28 @@ LEVELS_OF_MODEL: dict[str, tuple[Level, ...]] = {
     STUDY_ROOT_GET: (Level.STUDY, Level.SERIES, Level.IMAGE),
 }
 
+FIND_MODEL_UIDS = frozenset({PATIENT_ROOT_FIND, STUDY_ROOT_FIND})
+RETRIEVE_MODEL_UIDS = frozenset({PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_GET})
+
+
+def extended_answer(sop_class_uid: str, asked: bytes) -> bytes | None:
+    """SOP Class Extended Negotiation (PS3.4 C.5.1, PS3.7 D.3.3.5): what we support of what is asked.
+
+    C-FIND: relational queries (byte 1) and combined date-time range matching (byte 2) yes;
+    fuzzy semantic person-name matching (byte 3) and timezone adjustment (byte 4) no.
+    C-MOVE/C-GET: relational retrieval (byte 1) no; a retrieve names unique keys.
+    None for any other SOP class.
+    """
+    supported: tuple[int, ...]
+    if sop_class_uid in FIND_MODEL_UIDS:
+        supported = (1, 1, 0, 0)
+    elif sop_class_uid in RETRIEVE_MODEL_UIDS:
+        supported = (0,)
+    else:
+        return None
+    return bytes(min(a, s) for a, s in zip(asked, supported)) or b"\x00"
+
+
 # In every response, whether asked for or not (PS3.4 C.4.1.1.3.2)
 _CONTROL_TAGS = {0x00080005, 0x00080052}  # Specific Character Set, Query/Retrieve Level
 

@@ -163,7 +163,7 @@ def _suboperations(event: Event, instances: list[CatalogInstance], qr: QueryRetr
             try:
                 previous = portal.run(spool(qr.store, instance, qr.spool_dir), timeout=timeout)
             except Exception as exc:
-                log_failure("retrieve sub-operation", event, exc)
+                log_failure("retrieve sub-operation", event.assoc.requestor.ae_title, exc)
                 yield PENDING, Unreadable(instance, str(exc))
                 sent.add(instance.study_uid, instance.patient_id, instance.sop_class_uid, ok=False)
                 continue

@@ -33,6 +33,7 @@ from archive.compat.pynetdicom import RequestGuard
 from archive.core.audit import AuditTrail, NoAudit
 from archive.core.ports import Catalog, ObjectStore
 from archive.query.dimse.find import handle_find
+from archive.query.dimse.identifier import extended_answer
 from archive.query.dimse.retrieve import handle_get, handle_move
 from archive.scp.access import NOT_AUTHORIZED, AccessPolicy
 from archive.scp.portal import Portal
@@ -55,24 +56,12 @@ class QueryRetrieve:
 
 
 def handle_sop_extended(event: Event) -> dict[str, bytes]:
-    """SOP Class Extended Negotiation (PS3.4 C.5.1, PS3.7 D.3.3.5): what we support of what is asked.
-
-    C-FIND: relational queries (byte 1) and combined date-time range matching (byte 2) yes;
-    fuzzy semantic person-name matching (byte 3) and timezone adjustment (byte 4) no.
-    C-MOVE/C-GET: relational retrieval (byte 1) no; a retrieve names unique keys.
-    """
+    """SOP Class Extended Negotiation (PS3.4 C.5.1, PS3.7 D.3.3.5): :func:`extended_answer` for each asked."""
     answers: dict[str, bytes] = {}
     for uid, info in (event.app_info or {}).items():  # type: ignore[attr-defined]
-        uid = str(uid)
-        supported: tuple[int, ...]
-        if uid in FIND_MODELS:
-            supported = (1, 1, 0, 0)
-        elif uid in MOVE_MODELS or uid in GET_MODELS:
-            supported = (0,)
-        else:
-            continue
-        asked = bytes(info or b"")
-        answers[uid] = bytes(min(a, s) for a, s in zip(asked, supported)) or b"\x00"
+        answer = extended_answer(str(uid), bytes(info or b""))
+        if answer is not None:
+            answers[str(uid)] = answer
     return answers
 
 

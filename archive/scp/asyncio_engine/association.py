@@ -3,9 +3,11 @@
 A-ASSOCIATE-RQ -> AC or RJ, then P-DATA-TF until A-RELEASE-RQ or A-ABORT. C-ECHO is
 answered at once; a C-STORE's dataset goes straight from the socket into a spool file
 (:mod:`message`) and, once complete, to the one store path of both engines
-(:mod:`archive.scp.store`); the response is a pre-encoded command set. The association sees
-the receiver only through an :class:`AssociationContext`. PS3.8 for the Upper Layer, PS3.7
-for DIMSE.
+(:mod:`archive.scp.store`); the response is a pre-encoded command set. A C-FIND's identifier
+is kept in memory and handed to the query service (:mod:`services`), whose responses a task
+sends while the association goes on reading, for a C-CANCEL-RQ. The association sees the
+receiver only through an :class:`AssociationContext`. PS3.8 for the Upper Layer, PS3.7 for
+DIMSE.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +30,16 @@ from archive.ingest.service import Received
 from archive.scp.access import AccessPolicy, Rejection
 from archive.scp.asyncio_engine import pdu
 from archive.scp.asyncio_engine.message import Message, stored_header
+from archive.scp.asyncio_engine.services import FindCall, FindService
 from archive.scp import audit
-from archive.scp.status import SUCCESS, UNRECOGNIZED_OPERATION
+from archive.scp.status import FIND_WITHOUT_IDENTIFIER, SOP_CLASS_NOT_NEGOTIATED, SUCCESS, UNRECOGNIZED_OPERATION
 from archive.scp.store import Store
 
 log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
-SUPPORTED_ABSTRACT = STORAGE_SOP_CLASSES | {VERIFICATION}
 SUPPORTED_TRANSFER = frozenset(str(ts) for ts in AllTransferSyntaxes)
+MAX_IDENTIFIER = 1 << 20  # a C-FIND identifier, all fragments together: nothing real comes near it
 # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
 BUSY = Rejection(0x02, 0x03, 0x02, "too many associations")
 CALLED_AE_UNKNOWN = Rejection(0x01, 0x01, 0x07, "called AE title not recognized")
@@ -57,8 +60,22 @@ class AssociationContext:
     network_timeout: float  # silence allowed while a PDU is expected; 0 = none
     spool: Path  # where datasets are received
     hasher: concurrent.futures.Executor  # one thread: digests each message's fragments in order
-    store: Store  # the C-STORE path (archive.scp.store)
+    store: Store | None  # the C-STORE path (archive.scp.store); None: no Storage contexts
     audit: AuditTrail  # one record per study at the association's end; refused associations
+    find: FindService | None = None  # C-FIND (the query service); None: no Find contexts
+
+    def syntaxes(self, abstract: str) -> Collection[str]:
+        """The transfer syntaxes this association takes for ``abstract``; empty if not served."""
+        if abstract == VERIFICATION or (self.store is not None and abstract in STORAGE_SOP_CLASSES):
+            return SUPPORTED_TRANSFER
+        if self.find is not None and abstract in self.find.models:
+            return self.find.transfer_syntaxes
+        return ()
+
+    def serves(self) -> frozenset[str]:
+        """Every abstract syntax this association takes (the others go to the handover)."""
+        return (frozenset({VERIFICATION}) | (STORAGE_SOP_CLASSES if self.store is not None else frozenset())
+                | (self.find.models if self.find is not None else frozenset()))
 
 
 class _Closed(Exception):
@@ -82,6 +99,10 @@ class Association:
         self.tally = StudyTally()  # what was stored, per study, for the audit trail
         self.established = False
         self._idle: asyncio.Timeout | None = None  # the network timeout of the PDU being read
+        self._waiting: asyncio.Timeout | None = None  # the network timeout of the next PDU header
+        self._operation: asyncio.Task[None] | None = None  # a C-FIND sending its responses
+        self._operation_id = 0  # its Message ID, which a C-CANCEL-RQ names
+        self._cancel_requested = False
 
     async def _read(self, n: int) -> bytes:
         try:
@@ -90,8 +111,22 @@ class Association:
             raise _Closed("peer closed the connection") from None
 
     async def _pdu_header(self, timeout: float) -> tuple[int, int]:
-        async with asyncio.timeout(timeout or None):
-            return pdu.pdu_header(await self._read(6))
+        # While a C-FIND sends its responses the requestor need say nothing: the silence counts
+        # from the operation's end (:meth:`_find` reschedules it).
+        async with asyncio.timeout(None if self._busy() else timeout or None) as self._waiting:
+            header = await self._read(6)
+        self._waiting = None
+        return pdu.pdu_header(header)
+
+    def _busy(self) -> bool:
+        return self._operation is not None and not self._operation.done()
+
+    async def _settle(self) -> None:
+        """Wait for the operation in progress: one at a time (no Asynchronous Operations
+        Window is negotiated, PS3.7 D.3.3.3)."""
+        if self._operation is not None:
+            operation, self._operation = self._operation, None
+            await operation
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -117,6 +152,11 @@ class Association:
                 self.writer.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
             raise
         finally:
+            if self._operation is not None and not self._operation.done():
+                self._operation.cancel()
+            if self._operation is not None:
+                with contextlib.suppress(BaseException):
+                    await self._operation
             self.message.discard()
             audit.association_ended(self.context.audit, self.tally, self.calling_aet, self.address, self.context.aet)
             self.writer.close()
@@ -144,10 +184,11 @@ class Association:
             return False
         results = []
         for cx in rq.contexts:
-            if cx.abstract_syntax not in SUPPORTED_ABSTRACT:
+            accepted = self.context.syntaxes(cx.abstract_syntax)
+            if not accepted:
                 results.append((cx.context_id, pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
                 continue
-            syntax = next((ts for ts in cx.transfer_syntaxes if ts in SUPPORTED_TRANSFER), None)
+            syntax = next((ts for ts in cx.transfer_syntaxes if ts in accepted), None)
             if syntax is None:
                 results.append((cx.context_id, pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
                 continue
@@ -155,9 +196,17 @@ class Association:
             self.contexts[cx.context_id] = (cx.abstract_syntax, syntax)
         self.peer_max = rq.max_length
         metrics.ASSOCIATIONS.labels("accepted").inc()
-        await self.send(pdu.associate_ac(rq, results, self.context.max_pdu))
+        await self.send(pdu.associate_ac(rq, results, self.context.max_pdu, self._extended(rq)))
         self.established = True
         return True
+
+    def _extended(self, rq: pdu.AssociateRQ) -> dict[str, bytes]:
+        """SOP Class Extended Negotiation answers (PS3.7 D.3.3.5): the query service's, for its models."""
+        find = self.context.find
+        if find is None:
+            return {}
+        answers = {uid: find.extended(uid, info) for uid, info in rq.extended.items() if uid in find.models}
+        return {uid: answer for uid, answer in answers.items() if answer is not None}
 
     async def _await_peer_close(self) -> None:
         """Sta13 after A-ASSOCIATE-RJ: the requestor closes the connection; ARTIM bounds the wait (PS3.8 9.2).
@@ -198,6 +247,7 @@ class Association:
             elif kind == pdu.A_RELEASE_RQ:
                 message.discard()
                 await self._read(min(length, 4))
+                await self._settle()  # PS3.7 D.3: a release waits for the operation's last response
                 await self.send(pdu.release_rp())
                 return
             elif kind == pdu.A_ABORT:
@@ -235,8 +285,12 @@ class Association:
                     message.parsed = pdu.decode_command(bytes(message.command))
                     if message.parsed.has_dataset:
                         message.expect_dataset = True
-                        message.open(self.context.spool, stored_header(message.parsed, self.contexts[context_id][1]),
-                                     self.context.hasher)
+                        if message.parsed.field == pdu.C_FIND_RQ:  # an identifier: small, kept in memory
+                            message.inline = bytearray()
+                        else:
+                            message.open(self.context.spool,
+                                         stored_header(message.parsed, self.contexts[context_id][1]),
+                                         self.context.hasher)
                     else:
                         await self._dispatch(message)
             else:
@@ -248,11 +302,16 @@ class Association:
 
     async def _copy(self, size: int, message: Message) -> None:
         sink = message.spool
+        inline = message.inline
+        if inline is not None and len(inline) + size > MAX_IDENTIFIER:
+            raise pdu.ProtocolError(f"identifier of more than {MAX_IDENTIFIER} bytes")
         while size:
             chunk = await self.reader.read(min(size, CHUNK))
             if not chunk:
                 raise _Closed("peer closed the connection")
-            if sink is not None:
+            if inline is not None:
+                inline += chunk
+            elif sink is not None:
                 await message.write(chunk)
             size -= len(chunk)
             if self._idle is not None and self._idle.when() is not None:
@@ -264,11 +323,30 @@ class Association:
         assert command is not None
         context_id = message.context_id
         abstract, syntax = self.contexts[context_id]
-        if command.field == pdu.C_ECHO_RQ:  # PS3.7 9.3.5
+        if command.field == pdu.C_CANCEL_RQ:  # PS3.7 9.3.2.3: no response of its own
+            message.discard()
+            message.reset()
+            if self._busy() and command.responding_to == self._operation_id:
+                self._cancel_requested = True
+            return
+        await self._settle()
+        find = self.context.find
+        if command.field == pdu.C_FIND_RQ and find is not None and abstract in find.models:  # PS3.7 9.1.2
+            identifier = message.inline
+            message.reset()
+            if identifier is None:
+                status = FIND_WITHOUT_IDENTIFIER
+                response = pdu.C_FIND_RSP
+            else:
+                self._operation_id, self._cancel_requested = command.message_id, False
+                call = FindCall(bytes(identifier), abstract, syntax, self.calling_aet, self.address)
+                self._operation = asyncio.create_task(self._find(find, call, command, context_id))
+                return
+        elif command.field == pdu.C_ECHO_RQ:  # PS3.7 9.3.5
             message.discard()  # a dataset it should not have had
             status = SUCCESS
             response = pdu.C_ECHO_RSP
-        elif command.field == pdu.C_STORE_RQ:  # PS3.7 9.3.1
+        elif command.field == pdu.C_STORE_RQ and self.context.store is not None:  # PS3.7 9.3.1
             if message.spool is None:
                 raise pdu.ProtocolError("C-STORE-RQ without a dataset", pdu.ABORT_UNEXPECTED_PARAMETER)
             spooled = await message.spooled()
@@ -281,6 +359,9 @@ class Association:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             response = pdu.C_STORE_RSP
+        elif command.field == pdu.C_STORE_RQ and self.context.store is None:  # not a context we accepted for it
+            message.discard()
+            status, response = SOP_CLASS_NOT_NEGOTIATED, pdu.C_STORE_RSP
         else:  # PS3.7 C: 0x0211 unrecognized operation
             message.discard()
             status, response = UNRECOGNIZED_OPERATION, command.field | 0x8000
@@ -288,3 +369,25 @@ class Association:
         rsp = pdu.encode_response(response, command.message_id, command.sop_class_uid or abstract,
                                   command.sop_instance_uid, status.code, status.comment)
         await self.send(pdu.p_data(context_id, rsp, self.peer_max))
+
+    async def _find(self, find: FindService, call: FindCall, command: pdu.Command, context_id: int) -> None:
+        """Send the responses to one C-FIND-RQ, each as it comes (PS3.7 9.1.2.1)."""
+        responses = find.responses(call, lambda: self._cancel_requested)
+        try:
+            async for answer in responses:
+                rsp = pdu.encode_response(pdu.C_FIND_RSP, command.message_id, command.sop_class_uid or call.sop_class_uid,
+                                          "", answer.status, answer.comment, has_dataset=answer.identifier is not None)
+                data = pdu.p_data(context_id, rsp, self.peer_max)
+                if answer.identifier is not None:
+                    data += pdu.p_data(context_id, answer.identifier, self.peer_max, command=False)
+                await self.send(data)
+                # Let the read loop take what came meanwhile (a C-CANCEL-RQ) before the next
+                # response: writes below the transport's high-water mark never wait.
+                await asyncio.sleep(0)
+        except (ConnectionError, OSError) as exc:  # the read loop ends the association
+            log.info("C-FIND responses not sent: %s", type(exc).__name__, extra={"calling_aet": self.calling_aet})
+        finally:
+            await responses.aclose()
+            waiting, timeout = self._waiting, self.context.network_timeout
+            if waiting is not None and timeout and waiting.when() is None:  # silence counts from now
+                waiting.reschedule(asyncio.get_running_loop().time() + timeout)

@@ -1,8 +1,9 @@
 """Associations for services this engine does not serve go, socket and all, to pynetdicom.
 
 The receiver peeks at each A-ASSOCIATE-RQ (MSG_PEEK: nothing is consumed). If it proposes an
-abstract syntax other than Verification and Storage, the connection is handed to a
-:class:`Handover` (the pynetdicom server of `serve`, which hosts query/retrieve and
+abstract syntax the engine does not serve (it serves Verification, and Storage and the Find
+models where it was given their services), the connection is handed to a :class:`Handover`
+(the pynetdicom server of `serve` or of the `query` role, which hosts C-MOVE, C-GET and
 commitment), which reads the request itself. PS3.8 9.3.2 for the request.
 """
 
@@ -17,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from archive.scp.asyncio_engine import pdu
-from archive.scp.asyncio_engine.association import SUPPORTED_ABSTRACT
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ class Handover(Protocol):
 
 
 async def hand_over(conn: socket.socket, address: Any, handover: Handover, *, acse_timeout: float,
-                    room: Callable[[], bool]) -> bool:
-    """Give ``conn`` to ``handover`` if its request asks for other services and ``room()``
-    says there is room under the association cap (over it, our own association answers
-    A-ASSOCIATE-RJ). True if the connection is no longer ours (taken, or closed trying).
+                    room: Callable[[], bool], serves: frozenset[str]) -> bool:
+    """Give ``conn`` to ``handover`` if its request asks for a service not in ``serves`` (abstract
+    syntaxes) and ``room()`` says there is room under the association cap (over it, our own
+    association answers A-ASSOCIATE-RJ). True if the connection is no longer ours (taken, or closed trying).
 
     Raises TimeoutError if no request came within the ARTIM timeout (PS3.8 9.1.5); the
     caller then closes the connection.
@@ -52,7 +52,7 @@ async def hand_over(conn: socket.socket, address: Any, handover: Handover, *, ac
         raise
     except Exception:  # our association reports what is wrong with the request
         return False
-    others = request is not None and any(cx.abstract_syntax not in SUPPORTED_ABSTRACT for cx in request.contexts)
+    others = request is not None and any(cx.abstract_syntax not in serves for cx in request.contexts)
     if not others or not room():
         return False
     conn.setblocking(True)

@@ -1,4 +1,5 @@
-"""The DIMSE message being received: its command set, then a spool file and its digest.
+"""The DIMSE message being received: its command set, then a spool file and its digest
+(a C-FIND's small identifier stays in memory).
 
 A C-STORE's dataset goes from the socket into a spool file that starts with the File Meta the
 stored object will have (built from the command's UIDs), so that the file can become the
@@ -45,6 +46,7 @@ class Message:
         self.parsed: pdu.Command | None = None
         self.expect_dataset = False
         self.spool: BinaryIO | None = None
+        self.inline: bytearray | None = None  # a C-FIND's identifier, kept in memory instead
         self.path: Path | None = None
         self.header = b""
         self.digest: hashlib._Hash | None = None

@@ -1,8 +1,8 @@
 """DICOM Upper Layer PDUs (PS3.8 9.3) and DIMSE command sets (PS3.7 E), by hand.
 
-Only what a C-ECHO / C-STORE acceptor needs: parse A-ASSOCIATE-RQ, build
-A-ASSOCIATE-AC/RJ, A-RELEASE-RP, A-ABORT and P-DATA-TF, decode a request
-command set and encode its response. Everything is little ``struct`` work;
+Only what a C-ECHO / C-STORE / C-FIND acceptor needs: parse A-ASSOCIATE-RQ (and its SOP
+Class Extended Negotiation), build A-ASSOCIATE-AC/RJ, A-RELEASE-RP, A-ABORT and P-DATA-TF,
+decode a request command set (C-CANCEL's too) and encode its response. Everything is little ``struct`` work;
 no pydicom ``Dataset`` is built on the hot path.
 """
 
@@ -43,7 +43,11 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101  # Command Data Set Type (0000,0800): no dataset follows
+WITH_DATASET = 0x0001  # any other value: a dataset follows (PS3.7 E.1)
 
 # Sanity caps: nothing a real peer sends comes near them.
 MAX_ASSOCIATE_RQ = 1 << 16  # A-ASSOCIATE-RQ variable part
@@ -81,6 +85,7 @@ class AssociateRQ:
     max_length: int = 0  # the peer's maximum P-DATA-TF length; 0 = unlimited
     implementation_class_uid: str = ""
     implementation_version: str = ""
+    extended: dict[str, bytes] = field(default_factory=dict)  # SOP class -> its application information
 
 
 def pdu_header(data: bytes) -> tuple[int, int]:
@@ -159,8 +164,12 @@ def parse_associate_rq(body: bytes) -> AssociateRQ:
                     rq.implementation_class_uid = _uid(sub_value)
                 elif sub == 0x55:  # PS3.7 D.3.3.2 Implementation Version Name
                     rq.implementation_version = sub_value.decode("ascii", "replace").strip()
-                # other sub-items (async ops, role selection, extended negotiation,
-                # user identity) are not negotiated: omitted from the AC (PS3.7 D.3.3)
+                elif sub == 0x56 and len(sub_value) >= 2:  # PS3.7 D.3.3.5 SOP Class Extended Negotiation
+                    size = struct.unpack_from(">H", sub_value)[0]
+                    if 2 + size <= len(sub_value):
+                        rq.extended[_uid(sub_value[2:2 + size])] = bytes(sub_value[2 + size:])
+                # other sub-items (async ops, role selection, user identity) are not
+                # negotiated: omitted from the AC (PS3.7 D.3.3)
         # unknown item types are skipped (PS3.8 9.3.1: shall be ignored)
     if not rq.application_context:
         raise ProtocolError("A-ASSOCIATE-RQ without an application context item")
@@ -177,8 +186,10 @@ def _pdu(kind: int, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body)) + body
 
 
-def associate_ac(rq: AssociateRQ, results: list[tuple[int, int, str]], max_length: int) -> bytes:
-    """A-ASSOCIATE-AC (PS3.8 9.3.3); ``results`` = (context id, result, transfer syntax)."""
+def associate_ac(rq: AssociateRQ, results: list[tuple[int, int, str]], max_length: int,
+                 extended: dict[str, bytes] | None = None) -> bytes:
+    """A-ASSOCIATE-AC (PS3.8 9.3.3); ``results`` = (context id, result, transfer syntax);
+    ``extended``: the SOP Class Extended Negotiation answers (PS3.7 D.3.3.5)."""
     parts = [struct.pack(">HH", 1, 0), rq.raw_aets, _item(0x10, APPLICATION_CONTEXT.encode())]
     for context_id, result, syntax in results:
         # 9.3.3.2: the transfer syntax sub-item is ignored unless the result is acceptance
@@ -189,6 +200,9 @@ def associate_ac(rq: AssociateRQ, results: list[tuple[int, int, str]], max_lengt
         + _item(0x52, IMPLEMENTATION_CLASS_UID.encode())
         + _item(0x55, IMPLEMENTATION_VERSION.encode())
     )
+    for uid, info in (extended or {}).items():
+        raw = uid.encode()
+        user += _item(0x56, struct.pack(">H", len(raw)) + raw + info)
     parts.append(_item(0x50, user))
     return _pdu(A_ASSOCIATE_AC, b"".join(parts))
 
@@ -206,15 +220,15 @@ def abort(source: int = 2, reason: int = ABORT_NOT_SPECIFIED) -> bytes:
     return _pdu(A_ABORT, struct.pack(">xxBB", source, reason))  # PS3.8 9.3.8
 
 
-def p_data(context_id: int, command: bytes, max_length: int) -> bytes:
-    """P-DATA-TF PDUs carrying a command set, one PDV per PDU, fragmented to the
-    peer's maximum length (PS3.8 9.3.5, Annex E: PDV item = 4 + 2 + fragment)."""
-    room = len(command) if max_length == 0 else max(1, max_length - 6)
+def p_data(context_id: int, data: bytes, max_length: int, *, command: bool = True) -> bytes:
+    """P-DATA-TF PDUs carrying a command set (or a dataset), one PDV per PDU, fragmented to
+    the peer's maximum length (PS3.8 9.3.5, Annex E: PDV item = 4 + 2 + fragment)."""
+    room = len(data) if max_length == 0 else max(1, max_length - 6)
     out = []
-    for start in range(0, len(command), room):
-        fragment = command[start:start + room]
-        last = start + room >= len(command)
-        control = 0x03 if last else 0x01  # bit 0: command, bit 1: last fragment
+    for start in range(0, len(data), room):
+        fragment = data[start:start + room]
+        last = start + room >= len(data)
+        control = (0x02 if last else 0x00) | (0x01 if command else 0x00)  # bit 0: command, bit 1: last
         out.append(_pdu(P_DATA_TF, _PDV.pack(len(fragment) + 2, context_id, control) + fragment))
     return b"".join(out)
 
@@ -224,10 +238,11 @@ class Command:
     """The request fields of a command set we use (PS3.7 9.3.1, 9.3.5)."""
 
     field: int
-    message_id: int
+    message_id: int  # 0 in a C-CANCEL-RQ, which has none
     sop_class_uid: str
     sop_instance_uid: str
     has_dataset: bool
+    responding_to: int = 0  # C-CANCEL-RQ: the Message ID of the request it cancels
 
 
 def decode_command(raw: bytes) -> Command:
@@ -252,12 +267,15 @@ def decode_command(raw: bytes) -> Command:
             raise ProtocolError(f"command element (0000,{element:04X}) missing or not US")
         return int(struct.unpack("<H", value)[0])
 
+    command_field = us(0x0100)
+    cancel = command_field == C_CANCEL_RQ  # PS3.7 9.3.2.3: Message ID Being Responded To only
     return Command(
-        field=us(0x0100),
-        message_id=us(0x0110),
+        field=command_field,
+        message_id=0 if cancel else us(0x0110),
         sop_class_uid=_uid(values.get(0x0002, b"")),
         sop_instance_uid=_uid(values.get(0x1000, b"")),
         has_dataset=us(0x0800) != NO_DATASET,
+        responding_to=us(0x0120) if cancel else 0,
     )
 
 
@@ -266,12 +284,12 @@ def _element(element: int, value: bytes) -> bytes:
 
 
 def encode_response(field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str,
-                    status: int, comment: str = "") -> bytes:
-    """A response command set (PS3.7 9.3.1.2, 9.3.5.2), elements in tag order."""
+                    status: int, comment: str = "", *, has_dataset: bool = False) -> bytes:
+    """A response command set (PS3.7 9.3.1.2, 9.3.2.2, 9.3.5.2), elements in tag order."""
     body = [_element(0x0002, encode_uid(sop_class_uid)),
             _element(0x0100, struct.pack("<H", field)),
             _element(0x0120, struct.pack("<H", message_id)),
-            _element(0x0800, struct.pack("<H", NO_DATASET)),
+            _element(0x0800, struct.pack("<H", WITH_DATASET if has_dataset else NO_DATASET)),
             _element(0x0900, struct.pack("<H", status))]
     if comment and status != 0:
         text = comment[:64].encode("ascii", "replace")

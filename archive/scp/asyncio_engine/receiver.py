@@ -1,5 +1,8 @@
 """The asyncio receiver: the listening socket, the accept loop, the association cap, drain/stop.
 
+It serves C-ECHO, C-STORE (given an ingest service: the `scp` role and `serve`) and C-FIND
+(given a find service: the `query` role and `serve`).
+
 One task per association, no polling (:mod:`association`). Each connection's
 A-ASSOCIATE-RQ is peeked at first when a :class:`~handover.Handover` is given: one asking for
 other services goes to it (:mod:`handover`). Received datasets are prepared on worker
@@ -24,6 +27,7 @@ from archive.ingest.service import IngestService, Prepared, Received
 from archive.scp.access import AccessPolicy
 from archive.scp.asyncio_engine.association import CHUNK, Association, AssociationContext
 from archive.scp.asyncio_engine.handover import Handover, hand_over
+from archive.scp.asyncio_engine.services import FindService
 from archive.scp.spool import process_spool
 from archive.scp.store import prepare_pool, store
 from archive.settings import Settings
@@ -32,14 +36,17 @@ log = logging.getLogger(__name__)
 
 
 class AsyncioReceiver:
-    """C-ECHO and C-STORE acceptor on asyncio streams (ARCHIVE_SCP_ENGINE=asyncio)."""
+    """C-ECHO, C-STORE and C-FIND acceptor on asyncio streams (ARCHIVE_SCP_ENGINE=asyncio)."""
 
-    def __init__(self, settings: Settings, ingest: IngestService, loop: asyncio.AbstractEventLoop | None = None,
+    def __init__(self, settings: Settings, ingest: IngestService | None, loop: asyncio.AbstractEventLoop | None = None,
                  *, check_called_aet: bool = False, handover: Handover | None = None,
-                 access: AccessPolicy | None = None, audit: AuditTrail | None = None) -> None:
+                 access: AccessPolicy | None = None, audit: AuditTrail | None = None,
+                 find: FindService | None = None, role: str = "scp") -> None:
         self.settings = settings
         self.audit = audit or NoAudit()
-        self.ingest = ingest
+        self.ingest = ingest  # None: no Storage contexts
+        self.find = find  # None: no Find contexts
+        self.role = role  # for the log
         self.loop = loop
         self.check_called_aet = check_called_aet
         self.handover = handover  # without it, an association with other services gets those contexts refused
@@ -61,14 +68,14 @@ class AsyncioReceiver:
             max_associations=settings.max_associations, max_pdu=settings.max_pdu,
             acse_timeout=settings.acse_timeout, network_timeout=settings.network_timeout,
             spool=process_spool(settings.data_dir), hasher=self.hasher,
-            store=functools.partial(store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout,
-                                    access=self.policy),
-            audit=self.audit,
+            store=None if self.ingest is None else functools.partial(
+                store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout, access=self.policy),
+            audit=self.audit, find=self.find,
         )
         self._listener = _listen(host or settings.bind, settings.dicom_port if port is None else port, reuse_port)
         self._acceptor = asyncio.create_task(self._accept_loop(self._listener), name="dicom-acceptor")
         bound = int(self._listener.getsockname()[1])
-        log.info("DICOM listening", extra={"aet": settings.aet, "port": bound, "role": "scp", "engine": "asyncio"})
+        log.info("DICOM listening", extra={"aet": settings.aet, "port": bound, "role": self.role, "engine": "asyncio"})
         return bound
 
     async def _accept_loop(self, listener: socket.socket) -> None:
@@ -102,7 +109,8 @@ class AsyncioReceiver:
             if self.handover is not None:
                 try:
                     if await hand_over(conn, address, self.handover, acse_timeout=self.settings.acse_timeout,
-                                       room=lambda: self.load() <= self.settings.max_associations):
+                                       room=lambda: self.load() <= self.settings.max_associations,
+                                       serves=self._context.serves() if self._context is not None else frozenset()):
                         owned = False
                         return
                 except TimeoutError:  # no request within ARTIM (PS3.8 9.1.5): close
@@ -132,6 +140,7 @@ class AsyncioReceiver:
         """IngestService.prepare on a worker thread; the store will fsync the spool file it
         links, so start that now, beside prepare (it then finds little left to do)."""
         loop = asyncio.get_running_loop()
+        assert self.ingest is not None  # no Storage contexts without it
         early = (loop.run_in_executor(self._pool, _fsync, received.dataset_path)
                  if received.spooled and self.ingest.store.syncs_adoptable else None)
         failed: BaseException | None = None
