@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.events import Event
 
@@ -35,7 +33,8 @@ from archive.core.models import DicomJson
 from archive.core.ports import Catalog
 from archive.core.query import InvalidQuery, Query
 from archive.query.dimse import audit
-from archive.query.dimse.identifier import FIND_MODEL_UIDS, FindPlan, IdentifierError, extended_answer, plan_find, response
+from archive.query.dimse.identifier import (FIND_MODEL_UIDS, FindPlan, IdentifierError, extended_answer, plan_find,
+                                            response, response_bytes)
 from archive.query.objects import RetrieveError
 from archive.scp.access import NOT_AUTHORIZED, AccessPolicy
 from archive.scp.asyncio_engine.services import FindCall, FindResponse
@@ -102,7 +101,22 @@ class FindTally:
     started: float = field(default_factory=time.perf_counter)
 
 
-Response = tuple[Any, Dataset | None]  # (status code or status dataset, identifier or None)
+@dataclass(frozen=True)
+class Match:
+    """A catalog row that answers the query, made into a response identifier by whichever engine sends it."""
+
+    plan: FindPlan
+    row: DicomJson
+    aet: str
+
+    def dataset(self) -> Dataset:
+        return response(self.plan, self.row, self.aet)
+
+    def encoded(self, implicit: bool) -> bytes:
+        return response_bytes(self.plan, self.row, self.aet, implicit)
+
+
+Response = tuple[Any, "Match | None"]  # (status code or status dataset, the match of a Pending one)
 
 
 async def find_responses(qr: QueryRetrieve, settings: Settings, identifier: Callable[[], Dataset], model: str,
@@ -126,7 +140,7 @@ async def find_responses(qr: QueryRetrieve, settings: Settings, identifier: Call
                     yield status_dataset(OUT_OF_RESOURCES,
                                          f"More than {settings.find_max_matches} matches; narrow the query"), None
                     return
-                yield pending, response(plan, result, settings.aet)
+                yield pending, Match(plan, result, settings.aet)
                 tally.sent += 1  # asked for the next one: this one went out
         yield SUCCESS, None
     except Exception as exc:
@@ -167,11 +181,11 @@ def handle_find(event: Event, qr: QueryRetrieve, portal: Portal, settings: Setti
                                event.assoc.requestor.ae_title, tally)
     try:
         while batch := portal.run(_next_responses(responses, FIND_BACKLOG), timeout=settings.query_timeout or None):
-            for status, identifier in batch:
-                if identifier is not None and find_cancelled(event, settings.query_timeout):  # C-CANCEL-FIND-RQ
+            for status, match in batch:
+                if match is not None and find_cancelled(event, settings.query_timeout):  # C-CANCEL-FIND-RQ
                     yield cancelled_response(tally)
                     return
-                yield status, identifier
+                yield status, match.dataset() if match is not None else None
     except Exception as exc:  # the portal's deadline
         tally.outcome = "failed"
         log_failure("C-FIND", event.assoc.requestor.ae_title, exc)
@@ -206,13 +220,13 @@ class AsyncioFind:
         request = audit.FindRequest(Principal(PrincipalKind.AE, call.calling_aet, call.address),
                                     QueryText(call.identifier, call.sop_class_uid, call.transfer_syntax))
         try:
-            async for status, identifier in find_responses(
+            async for status, match in find_responses(
                     self.qr, self.settings, lambda: decode_identifier(call.identifier, implicit), call.sop_class_uid,
                     call.calling_aet, tally):
-                if identifier is not None and cancelled():  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
+                if match is not None and cancelled():  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
                     yield _answer(cancelled_response(tally), implicit)
                     return
-                yield _answer((status, identifier), implicit)
+                yield _answer((status, match), implicit)
         finally:
             find_done(tally, self.qr, self.settings, request)
 
@@ -223,14 +237,9 @@ def decode_identifier(raw: bytes, implicit: bool) -> Dataset:
 
 
 def _answer(response: Response, implicit: bool) -> FindResponse:
-    status, identifier = response
+    status, match = response
     if isinstance(status, Dataset):
         code, comment = int(status.Status), str(status.get("ErrorComment", ""))
     else:
         code, comment = int(status), ""
-    if identifier is None:
-        return FindResponse(code, comment)
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, implicit
-    write_dataset(out, identifier)
-    return FindResponse(code, comment, out.getvalue())
+    return FindResponse(code, comment, match.encoded(implicit) if match is not None else None)

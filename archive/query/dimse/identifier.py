@@ -18,6 +18,8 @@ from typing import Any
 from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
@@ -25,6 +27,7 @@ from archive.core.levels import COMPUTED_ATTRIBUTES, Level, stored_at, tag_of
 from archive.core.matching import all_match
 from archive.core.models import DicomJson
 from archive.core.query import VR_OF, InvalidQuery, Matcher, Query, SequenceMatch, classify
+from archive.query.dimse.encode import Unsupported, encode_identifier
 
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -232,10 +235,15 @@ def choose_charset(requested: tuple[str, ...], values: Iterable[str]) -> str | N
     return "ISO_IR 192"
 
 
-def response(plan: FindPlan, result: DicomJson, aet: str) -> Dataset:
-    """One Pending response identifier: exactly the keys asked for, plus control keys."""
+def _selected(plan: FindPlan, result: DicomJson) -> DicomJson:
     selected: DicomJson = {key.tag: _select(result.get(key.tag), key) for key in plan.keys}
     selected.pop(tag_of("RetrieveAETitle"), None)
+    return selected
+
+
+def response(plan: FindPlan, result: DicomJson, aet: str) -> Dataset:
+    """One Pending response identifier: exactly the keys asked for, plus control keys."""
+    selected = _selected(plan, result)
     ds = Dataset.from_json(selected)
     ds.QueryRetrieveLevel = plan.query.level.value
     ds.RetrieveAETitle = aet
@@ -243,3 +251,21 @@ def response(plan: FindPlan, result: DicomJson, aet: str) -> Dataset:
     if charset:
         ds.SpecificCharacterSet = charset
     return ds
+
+
+def response_bytes(plan: FindPlan, result: DicomJson, aet: str, implicit: bool) -> bytes:
+    """:func:`response`, encoded in Explicit (or Implicit) VR Little Endian: written straight
+    from the JSON (:mod:`archive.query.dimse.encode`) unless a value needs pydicom."""
+    selected = _selected(plan, result)
+    charset = choose_charset(plan.charsets, _strings(selected))
+    elements = {**selected, "00080052": {"vr": "CS", "Value": [plan.query.level.value]},
+                "00080054": {"vr": "AE", "Value": [aet]}}
+    if charset:
+        elements["00080005"] = {"vr": "CS", "Value": [charset]}
+    try:
+        return encode_identifier(elements, python_encoding[charset] if charset else "ascii", implicit)
+    except Unsupported:
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, implicit
+        write_dataset(out, response(plan, result, aet))
+        return out.getvalue()
