@@ -173,6 +173,8 @@ _VIEWPORT = _param("viewport", "vw,vh[,sx,sy,sw,sh]: output size and source regi
                    {"type": "string", "pattern": VIEWPORT_PATTERN})
 _ACCEPT = _param("accept", "The media type wanted, in place of the Accept header (PS3.18 8.3.3.1), e.g. "
                  "application/zip for a plain download link", {"type": "string", "maxLength": 200})
+_DICOMDIR = _param("dicomdir", "true: the zip laid out as media, PS3.10 file names and a DICOMDIR for a CD, DVD "
+                   "or USB stick (with application/zip only)", {"type": "string", "enum": ["true", "false"]})
 _QUALITY = _param("quality", "JPEG quality 1-100", {"type": "integer", "minimum": 1, "maximum": 100})
 
 
@@ -204,10 +206,11 @@ def _dicomweb_paths() -> dict[str, Any]:
         paths[base] = {"get": _get(
             f"Retrieve the {level}", "WADO-RS: the instances as stored, or in the transfer syntax the Accept "
             "header's `transfer-syntax` asks for (default Explicit VR Little Endian, `*` as stored). "
-            "`application/zip` (header or `accept` parameter): a download, members as stored, streamed"
+            "`application/zip` (header or `accept` parameter): a download, members as stored, streamed "
+            "(`dicomdir=true`: as media, with a DICOMDIR)"
             + ("; `application/dicom`: the instance as a .dcm" if level == "instance" else ""),
             (_MULTIPART_DICOM, "application/zip") + (("application/dicom",) if level == "instance" else ()),
-            params, (_ACCEPT,))}
+            params, (_ACCEPT, _DICOMDIR))}
         paths[f"{base}/metadata"] = {"get": _get(
             f"Metadata of the {level}", "From the catalog, with BulkDataURIs; ETag and If-None-Match",
             ("application/dicom+json",), params)}

@@ -123,6 +123,15 @@ def test_upload_a_folder_then_download_the_study(ui: Watched, archive: ArchivePr
             uid = name.rsplit("/", 1)[1].removesuffix(".dcm").split("_", 1)[1]
             assert dcmread(io.BytesIO(archive_zip.read(name))) == dcmread(files[uid])
 
+    # and laid out as media: PS3.10 file names and a DICOMDIR that names every instance
+    with page.expect_download() as info:
+        page.get_by_role("link", name="for a CD or USB stick (zip with DICOMDIR)").click()
+    with zipfile.ZipFile(io.BytesIO(Path(info.value.path()).read_bytes())) as media:
+        names = media.namelist()
+        assert names[0] == "DICOMDIR" and len(names) == len(files) + 1
+        records = dcmread(io.BytesIO(media.read("DICOMDIR"))).DirectoryRecordSequence
+        assert sorted(r.ReferencedSOPInstanceUIDInFile for r in records if "ReferencedFileID" in r) == sorted(files)
+
 
 RESPONSIVE_FILES = 2000
 # The page never freezes: no task over 600 ms. Measured on a 2-core machine at load 8-11, the archive

@@ -1,5 +1,6 @@
 // Download links (WADO-RS, PS3.18 8.7.3.5 and 8.3.3.1): plain links with ?accept=, so the browser
-// downloads them itself: a study or a series as a zip, an instance as a .dcm (as stored). With
+// downloads them itself: a study or a series as a zip (a study also with a DICOMDIR), an instance as
+// a .dcm (as stored). With
 // sign-in on, a link cannot carry the token (never in a URL): the click fetches the file with it
 // and saves the blob under the name the server's Content-Disposition gives.
 import { authorizedFetch, signedIn } from "./auth";
@@ -11,6 +12,11 @@ const DCM = `accept=${uid("application/dicom; transfer-syntax=*")}`;
 
 export function studyZipUrl(study: string): string {
   return `/dicom-web/studies/${uid(study)}?${ZIP}`;
+}
+
+// The same study laid out as media: PS3.10 file names and a DICOMDIR, for a CD, DVD or USB stick.
+export function studyMediaUrl(study: string): string {
+  return `/dicom-web/studies/${uid(study)}?${ZIP}&dicomdir=true`;
 }
 
 export function seriesZipUrl(study: string, series: string): string {

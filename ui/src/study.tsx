@@ -6,7 +6,7 @@ import {
   type DicomElement, type DicomJson,
 } from "./api";
 import { AuthImage } from "./authimage";
-import { Download, instanceUrl, seriesZipUrl, studyZipUrl } from "./downloads";
+import { Download, instanceUrl, seriesZipUrl, studyMediaUrl, studyZipUrl } from "./downloads";
 import { dicomDate, first, personName, valueText } from "./format";
 import { ViewLink } from "./viewer";
 import { may } from "./auth";
@@ -81,7 +81,12 @@ export function StudyPage({ uid, back, open }: { uid: string; back: () => void; 
           <Fact label="Study UID" value={uid} />
         </dl>
       )}
-      {ds && <p class="downloads"><Download href={studyZipUrl(uid)} label="Download the study (zip)" /></p>}
+      {ds && (
+        <p class="downloads">
+          <Download href={studyZipUrl(uid)} label="Download the study (zip)" />{" "}
+          <Download href={studyMediaUrl(uid)} label="for a CD or USB stick (zip with DICOMDIR)" />
+        </p>
+      )}
       {ds && may(session, "writer") && <PdfUpload study={uid} added={() => setAdded(added + 1)} />}
       <section aria-labelledby="series-title">
         <h3 id="series-title">Series</h3>

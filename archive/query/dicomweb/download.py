@@ -14,7 +14,10 @@ against the catalog's SHA-256 as they stream). Their names come from validated v
 
 UIDs are validated at ingest (PS3.5 9.1: digits and dots) and checked again here; numbers are
 written as integers or left out. No patient name, description or other free text reaches a path,
-so no value can produce ``../`` or an absolute entry. No DICOMDIR is written (yet).
+so no value can produce ``../`` or an absolute entry.
+
+With ``?dicomdir=true`` the zip is laid out as media instead: PS3.10 File IDs and a DICOMDIR
+(:mod:`archive.query.dicomweb.dicomdir`), for a CD/DVD or USB stick a viewer opens.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from archive.core.ports import Catalog
 from archive.core.query import Matcher, Query
 from archive.core.records import CatalogInstance
 from archive.query import audit
+from archive.query.dicomweb import dicomdir
 from archive.query.dicomweb.request import describe_scope
 
 log = logging.getLogger(__name__)
@@ -98,10 +102,16 @@ OpenMember = Callable[[CatalogInstance], Awaitable[Source]]  # an instance's sto
 
 
 async def zip_stream(plan: Sequence[tuple[CatalogInstance, str]], open_member: OpenMember,
-                     chunk_size: int = 65536) -> AsyncGenerator[bytes, None]:
-    """The zip of ``plan`` (instance, member name); each member opened when the zip reaches it."""
+                     chunk_size: int = 65536, first: Sequence[tuple[str, bytes]] = ()) -> AsyncGenerator[bytes, None]:
+    """The zip of ``plan`` (instance, member name); each member opened when the zip reaches it.
+    ``first``: members held in memory (name, bytes), written before the instances."""
+
+    async def held(data: bytes) -> Source:
+        yield data
 
     async def members() -> AsyncIterator[tuple[str, datetime, int, Any, Source]]:
+        for name, data in first:
+            yield name, MTIME, S_IFREG | 0o644, ZIP_AUTO(len(data), level=LEVEL), held(data)
         for inst, name in plan:
             yield name, MTIME, S_IFREG | 0o644, ZIP_AUTO(inst.size, level=LEVEL), await open_member(inst)
 
@@ -114,13 +124,22 @@ async def zip_stream(plan: Sequence[tuple[CatalogInstance, str]], open_member: O
 
 
 async def send_zip(request: web.Request, level: Level, matchers: tuple[Matcher, ...],
-                   instances: list[CatalogInstance], catalog: Catalog, open_member: OpenMember) -> web.StreamResponse:
-    """Answer with the zip of ``instances``; the status is decided before the first byte."""
+                   instances: list[CatalogInstance], catalog: Catalog, open_member: OpenMember,
+                   *, media: bool = False) -> web.StreamResponse:
+    """Answer with the zip of ``instances``; the status is decided before the first byte.
+    ``media``: PS3.10 File IDs and a DICOMDIR (``?dicomdir=true``)."""
     started = time.perf_counter()
-    found = await numbers(catalog, matchers, len(instances) + 1)
-    plan = [(inst, member_name(inst, *found.get(inst.sop_instance_uid, (None, None)))) for inst in instances]
+    first: list[tuple[str, bytes]] = []
+    if media:
+        rows = await dicomdir.attributes(catalog, matchers, len(instances) + 1)
+        files = await asyncio.to_thread(dicomdir.layout, instances, rows)  # pydicom writes the records
+        plan = [(inst, files.members[inst.sop_instance_uid]) for inst in instances]
+        first.append(("DICOMDIR", files.dicomdir))
+    else:
+        found = await numbers(catalog, matchers, len(instances) + 1)
+        plan = [(inst, member_name(inst, *found.get(inst.sop_instance_uid, (None, None)))) for inst in instances]
     audit.note(request, instances)
-    body = zip_stream(plan, open_member)
+    body = zip_stream(plan, open_member, first=first)
     try:
         return await _send(request, level, matchers, filename(level, instances[0]), body, len(plan), started)
     finally:

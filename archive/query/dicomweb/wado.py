@@ -142,6 +142,14 @@ async def _check_decodable(request: web.Request, query: Query, uids: set[str]) -
             raise http_error(web.HTTPNotAcceptable, f"instance {meta.sop_instance_uid}: {exc}") from None
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A true/false query parameter; anything else is a 400."""
+    value = request.query.get(name, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise http_error(web.HTTPBadRequest, f"{name} must be true or false")
+    return value == "true"
+
+
 async def retrieve(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     level, matchers = scope(request)
@@ -151,13 +159,17 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     if single is None and not wanted:  # PS3.18 8.7.3.5
         raise http_error(web.HTTPNotAcceptable, f'only multipart/related; type="{DICOM}" or {download.ZIP}'
                          + (f" or {DICOM}" if level is Level.IMAGE else "") + " is served here")
+    media = _flag(request, "dicomdir")  # a zip laid out as media, with a DICOMDIR
+    if media and (single is None or single.media_type != download.ZIP):
+        raise http_error(web.HTTPBadRequest, f"dicomdir=true applies to {download.ZIP} only")
     instances = await request.app[CATALOG].locate(Query(level, matchers, limit=MAX_INSTANCES))
     if not instances:
         raise http_error(web.HTTPNotFound, f"nothing stored under {describe_scope(matchers)}")
     store, directory = request.app[STORE], request.app[OBJECTS].directory  # this process's spool
     if single is not None and single.media_type == download.ZIP:  # members as stored
         return await download.send_zip(request, level, matchers, instances, request.app[CATALOG],
-                                       lambda inst: open_instance(store, inst, inst.transfer_syntax_uid, directory))
+                                       lambda inst: open_instance(store, inst, inst.transfer_syntax_uid, directory),
+                                       media=media)
     if single is not None:
         wanted = [single.params.get("transfer-syntax", DEFAULT) or DEFAULT]
     plan = [(inst, choose(inst.transfer_syntax_uid, wanted)) for inst in instances]
