@@ -204,3 +204,16 @@ def test_a_calling_ae_without_query_permission_is_refused(archive: ArchiveProces
     finally:
         raw.close()
     assert "operation refused" in archive.log_tail(200)
+
+
+def test_a_request_sent_during_a_find_is_answered_after_it(archive: ArchiveProcess) -> None:
+    raw = Raw(archive.dicom_port)
+    try:
+        raw.find(identifier(), message_id=1)
+        raw.sock.sendall(p_data(3, COMMAND_LAST, command(0x0030, 2)))  # C-ECHO-RQ before the find's last response
+        assert raw.responses() == [(0xFF00, True)] * SERIES + [(0x0000, False)]
+        kind, body = recv_pdu(raw.sock)
+        assert kind == P_DATA_TF and status_of(body) == 0x0000
+        assert struct.pack("<HHIH", 0, 0x0100, 2, 0x8030) in body  # the C-ECHO-RSP, in order
+    finally:
+        raw.close()

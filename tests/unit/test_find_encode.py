@@ -95,3 +95,21 @@ def test_a_value_left_to_pydicom_still_makes_the_response() -> None:
     plan = plan_find(ds, STUDY_ROOT_FIND)
     row = {"00080018": {"vr": "UI", "Value": ["1.2.3"]}, "00180050": {"vr": "DS", "Value": [1.25]}}
     assert _decoded(response_bytes(plan, row, "ARCHIVE", False), False) == response(plan, row, "ARCHIVE").to_json_dict()
+
+
+def test_the_response_charset_is_one_the_values_fit() -> None:
+    from archive.query.dimse.identifier import choose_charset
+
+    assert choose_charset(("ISO_IR 6",), ["Müller"]) == "ISO_IR 192"  # pydicom's ISO_IR 6 codec takes Latin-1
+    assert choose_charset(("ISO_IR 13",), ["山田"]) == "ISO_IR 192"  # shift_jis takes kanji ISO_IR 13 has not
+    assert choose_charset(("ISO_IR 100",), ["Müller"]) == "ISO_IR 100"
+    assert choose_charset(("GB2312",), ["DOE"]) is None  # not a defined term: none for plain ASCII
+    assert choose_charset(("ISO_IR 192",), ["DOE"]) == "ISO_IR 192"
+
+
+def test_an_unknown_requested_charset_still_makes_the_response() -> None:
+    ds = _identifier()
+    ds.SpecificCharacterSet = "GB2312"
+    plan = plan_find(ds, STUDY_ROOT_FIND)
+    row = _row(3)
+    assert _decoded(response_bytes(plan, row, "ARCHIVE", False), False) == response(plan, row, "ARCHIVE").to_json_dict()

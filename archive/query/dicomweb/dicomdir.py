@@ -40,8 +40,20 @@ KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInst
         "StudyDescription", "StudyID", "AccessionNumber", "SeriesInstanceUID", "Modality", "SeriesNumber",
         "InstanceNumber", "ContentDate", "ContentTime", "CompletionFlag", "VerificationFlag", "DocumentTitle",
         "MIMETypeOfEncapsulatedDocument", "ConceptNameCodeSequence", "RTPlanLabel", "RTPlanDate", "RTPlanTime",
-        "StructureSetLabel", "StructureSetDate", "StructureSetTime", "SpecificCharacterSet")
+        "StructureSetLabel", "StructureSetDate", "StructureSetTime", "DoseSummationType", "TreatmentDate",
+        "TreatmentTime", "PresentationCreationDate", "PresentationCreationTime", "ContentLabel", "ContentDescription",
+        "ContentCreatorName", "SpecificCharacterSet")
 UNKNOWN_DATE, UNKNOWN_TIME = "19000101", "000000"
+# Type 1 keys of leaf records (PS3.3 F.5) made up when the instance lacks them
+INVENTED: dict[str, dict[str, str]] = {
+    "SR DOCUMENT": {"ContentDate": UNKNOWN_DATE, "ContentTime": UNKNOWN_TIME},
+    "WAVEFORM": {"ContentDate": UNKNOWN_DATE, "ContentTime": UNKNOWN_TIME},
+    "KEY OBJECT DOC": {"ContentDate": UNKNOWN_DATE, "ContentTime": UNKNOWN_TIME},
+    "PRESENTATION": {"PresentationCreationDate": UNKNOWN_DATE, "PresentationCreationTime": UNKNOWN_TIME,
+                     "ContentLabel": "UNNAMED"},
+    "RT PLAN": {"RTPlanLabel": "UNNAMED"},
+    "RT STRUCTURE SET": {"StructureSetLabel": "UNNAMED"},
+}
 
 
 def _tag(keyword: str) -> str:
@@ -50,6 +62,8 @@ def _tag(keyword: str) -> str:
 
 def _record_type(sop_class_uid: str) -> str:
     """The DICOMDIR record type of an instance (PS3.3 F.4, Table F.4-1); IMAGE for the others."""
+    if sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.59":
+        return "KEY OBJECT DOC"
     if sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88."):
         return "SR DOCUMENT"
     if sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.104."):
@@ -60,8 +74,13 @@ def _record_type(sop_class_uid: str) -> str:
         return "PRESENTATION"
     if sop_class_uid == "1.2.840.10008.5.1.4.1.1.481.3":
         return "RT STRUCTURE SET"
-    if sop_class_uid == "1.2.840.10008.5.1.4.1.1.481.5":
+    if sop_class_uid in ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"):
         return "RT PLAN"
+    if sop_class_uid == "1.2.840.10008.5.1.4.1.1.481.2":
+        return "RT DOSE"
+    if sop_class_uid in ("1.2.840.10008.5.1.4.1.1.481.4", "1.2.840.10008.5.1.4.1.1.481.6",
+                         "1.2.840.10008.5.1.4.1.1.481.7"):
+        return "RT TREAT RECORD"
     if sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.66"):
         return "REGISTRATION" if sop_class_uid in ("1.2.840.10008.5.1.4.1.1.66.1", "1.2.840.10008.5.1.4.1.1.66.3") \
             else "FIDUCIAL" if sop_class_uid == "1.2.840.10008.5.1.4.1.1.66.2" else "IMAGE"
@@ -83,14 +102,16 @@ class Layout:
     dicomdir: bytes
 
 
-async def attributes(catalog: Catalog, matchers: tuple[Matcher, ...], limit: int) -> dict[str, dict[str, Any]]:
-    """The record keys of what the request names, from the metadata the catalog keeps for WADO-RS
-    (the instance-level rows lack some: an RT plan's label, a document's MIME type): SOP UID -> DICOM JSON."""
-    out = {}
-    for meta in await catalog.metadata(Query(Level.IMAGE, matchers, limit=limit)):
-        attributes = json.loads(meta.json)
-        out[meta.sop_instance_uid] = {tag: attributes[tag] for tag in map(_tag, KEYS) if tag in attributes}
-    return out
+async def attributes(catalog: Catalog, matchers: tuple[Matcher, ...], limit: int) -> dict[str, str]:
+    """The metadata the catalog keeps for WADO-RS of what the request names (the instance-level rows
+    lack some record keys: an RT plan's label, a document's MIME type): SOP UID -> its DICOM JSON text,
+    parsed by :func:`layout` off the event loop."""
+    return {meta.sop_instance_uid: meta.json for meta in await catalog.metadata(Query(Level.IMAGE, matchers, limit=limit))}
+
+
+def _record_keys(text: str) -> dict[str, Any]:
+    attributes = json.loads(text)
+    return {tag: attributes[tag] for tag in map(_tag, KEYS) if tag in attributes}
 
 
 def _value(row: dict[str, Any], keyword: str) -> Any:
@@ -119,19 +140,24 @@ def _record(kind: str, keys: Dataset) -> Dataset:
     return record
 
 
-def layout(instances: Sequence[CatalogInstance], rows: dict[str, dict[str, Any]]) -> Layout:
-    """File IDs for ``instances`` (in their order) and the DICOMDIR that indexes them."""
+def layout(instances: Sequence[CatalogInstance], metadata: dict[str, str]) -> Layout:
+    """File IDs for ``instances`` (in their order) and the DICOMDIR that indexes them; ``metadata``
+    as :func:`attributes` gives it."""
     patients: dict[str, _Node] = {}
     members: dict[str, str] = {}
     charsets: set[str] = set()
     for inst in instances:
-        row = rows.get(inst.sop_instance_uid, {})
+        text = metadata.get(inst.sop_instance_uid)
+        row = _record_keys(text) if text else {}
         for charset in (row.get(_tag("SpecificCharacterSet")) or {}).get("Value") or []:
             charsets.add(str(charset))
-        patient = patients.get(str(_value(row, "PatientID") or ""))
+        patient_id = str(_value(row, "PatientID") or "")
+        key = patient_id or "\0" + json.dumps(_value(row, "PatientName"))  # no ID: one patient per name
+        patient = patients.get(key)
         if patient is None:
             keys = _keys(row, ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"))
-            patient = patients[str(keys.PatientID or "")] = _Node(_record("PATIENT", keys), len(patients) + 1)
+            keys.PatientID = patient_id or f"UNKNOWN{len(patients) + 1}"  # Type 1 in the record: made up
+            patient = patients[key] = _Node(_record("PATIENT", keys), len(patients) + 1)
         study = patient.children.get(inst.study_uid)
         if study is None:
             keys = _keys(row, ("StudyDate", "StudyTime", "StudyDescription", "StudyInstanceUID", "StudyID",
@@ -153,11 +179,11 @@ def layout(instances: Sequence[CatalogInstance], rows: dict[str, dict[str, Any]]
         keys = _keys(row, _leaf_keys(kind))
         if "InstanceNumber" in keys and (keys.InstanceNumber is None or str(keys.InstanceNumber) == ""):
             keys.InstanceNumber = len(series.children) + 1
-        for keyword in ("ContentDate", "ContentTime"):
-            if keyword in keys and not keys[keyword].value and kind in ("SR DOCUMENT", "WAVEFORM"):
-                keys[keyword].value = UNKNOWN_DATE if keyword == "ContentDate" else UNKNOWN_TIME
-        file_id = [ROOT, f"PA{patient.number:06d}", f"ST{study.number:06d}", f"SE{series.number:06d}",
-                   f"IM{len(series.children) + 1:06d}"]
+        for keyword, made_up in INVENTED.get(kind, {}).items():
+            if keyword in keys and not keys[keyword].value:
+                keys[keyword].value = made_up
+        file_id = [ROOT, _component("PA", patient.number), _component("ST", study.number),
+                   _component("SE", series.number), _component("IM", len(series.children) + 1)]
         leaf = _record(kind, keys)
         leaf.ReferencedFileID = file_id
         leaf.ReferencedSOPClassUIDInFile = inst.sop_class_uid
@@ -166,6 +192,17 @@ def layout(instances: Sequence[CatalogInstance], rows: dict[str, dict[str, Any]]
         series.children[inst.sop_instance_uid] = _Node(leaf, len(series.children) + 1)
         members[inst.sop_instance_uid] = "/".join(file_id)
     return Layout(members, _write(list(patients.values()), charsets))
+
+
+def _component(prefix: str, number: int) -> str:
+    """A File ID component (PS3.10 8.5: at most 8 of A-Z, 0-9): 6 decimal digits, base 36 beyond."""
+    if number < 10**6:
+        return f"{prefix}{number:06d}"
+    digits = ""
+    while number:
+        number, digit = divmod(number, 36)
+        digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[digit] + digits
+    return f"{prefix}{digits:0>6}"
 
 
 def _leaf_keys(kind: str) -> tuple[str, ...]:
@@ -178,6 +215,15 @@ def _leaf_keys(kind: str) -> tuple[str, ...]:
                 "MIMETypeOfEncapsulatedDocument")
     if kind == "WAVEFORM":
         return ("InstanceNumber", "ContentDate", "ContentTime")
+    if kind == "KEY OBJECT DOC":
+        return ("InstanceNumber", "ContentDate", "ContentTime", "ConceptNameCodeSequence")
+    if kind == "PRESENTATION":
+        return ("InstanceNumber", "PresentationCreationDate", "PresentationCreationTime", "ContentLabel",
+                "ContentDescription", "ContentCreatorName")
+    if kind == "RT DOSE":
+        return ("InstanceNumber", "DoseSummationType")
+    if kind == "RT TREAT RECORD":
+        return ("InstanceNumber", "TreatmentDate", "TreatmentTime")
     if kind == "RT PLAN":
         return ("InstanceNumber", "RTPlanLabel", "RTPlanDate", "RTPlanTime")
     if kind == "RT STRUCTURE SET":

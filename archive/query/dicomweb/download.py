@@ -131,8 +131,8 @@ async def send_zip(request: web.Request, level: Level, matchers: tuple[Matcher, 
     started = time.perf_counter()
     first: list[tuple[str, bytes]] = []
     if media:
-        rows = await dicomdir.attributes(catalog, matchers, len(instances) + 1)
-        files = await asyncio.to_thread(dicomdir.layout, instances, rows)  # pydicom writes the records
+        metadata = await dicomdir.attributes(catalog, matchers, len(instances) + 1)
+        files = await asyncio.to_thread(dicomdir.layout, instances, metadata)  # parsed, and written by pydicom
         plan = [(inst, files.members[inst.sop_instance_uid]) for inst in instances]
         first.append(("DICOMDIR", files.dicomdir))
     else:

@@ -219,15 +219,27 @@ class AsyncioFind:
         tally = FindTally()
         request = audit.FindRequest(Principal(PrincipalKind.AE, call.calling_aet, call.address),
                                     QueryText(call.identifier, call.sop_class_uid, call.transfer_syntax))
+        final = False  # the final response went out: else the association broke off
         try:
             async for status, match in find_responses(
                     self.qr, self.settings, lambda: decode_identifier(call.identifier, implicit), call.sop_class_uid,
                     call.calling_aet, tally):
                 if match is not None and cancelled():  # C-CANCEL-FIND-RQ (PS3.4 C.4.1.2.3)
+                    final = True
                     yield _answer(cancelled_response(tally), implicit)
                     return
-                yield _answer((status, match), implicit)
+                try:
+                    answer = _answer((status, match), implicit)
+                except Exception as exc:  # a response that cannot be written: the query fails with a status
+                    tally.outcome, final = "failed", True
+                    log_failure("C-FIND", call.calling_aet, exc)
+                    yield _answer((_failure(exc), None), implicit)
+                    return
+                final = match is None
+                yield answer
         finally:
+            if not final and tally.outcome == "success":
+                tally.outcome = "failed"
             find_done(tally, self.qr, self.settings, request)
 
 

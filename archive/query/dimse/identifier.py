@@ -215,16 +215,22 @@ def _strings(dataset: DicomJson) -> Iterable[str]:
                 yield value
 
 
+# The single-byte character sets without code extensions (PS3.3 C.12.1.1.2, Table C.12-2), ASCII
+# (ISO_IR 6) excepted: pydicom's codec for it takes Latin-1, and ISO_IR 13's (shift_jis) kanji.
+SINGLE_BYTE = frozenset({"ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127",
+                         "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 166", "ISO_IR 203"})
+
+
 def choose_charset(requested: tuple[str, ...], values: Iterable[str]) -> str | None:
     """Specific Character Set of a response (PS3.4 C.4.1.1.3.2, PS3.5 6.1).
 
-    Plain ASCII needs none. Otherwise the requester's single-byte character set
-    when it can encode every value, else UTF-8 (ISO_IR 192).
+    Plain ASCII needs none (the requester's own, if it is a term we know). Otherwise the
+    requester's single-byte character set when it can encode every value, else UTF-8 (ISO_IR 192).
     """
     text = [v for v in values if not v.isascii()]
     if not text:
-        return requested[0] if len(requested) == 1 and requested[0] else None
-    if len(requested) == 1 and requested[0] in python_encoding:
+        return requested[0] if len(requested) == 1 and requested[0] in python_encoding else None
+    if len(requested) == 1 and requested[0] in SINGLE_BYTE:
         codec = python_encoding[requested[0]]
         try:
             for value in text:
@@ -263,7 +269,10 @@ def response_bytes(plan: FindPlan, result: DicomJson, aet: str, implicit: bool) 
     if charset:
         elements["00080005"] = {"vr": "CS", "Value": [charset]}
     try:
-        return encode_identifier(elements, python_encoding[charset] if charset else "ascii", implicit)
+        codec = python_encoding.get(charset) if charset else "ascii"
+        if codec is None:
+            raise Unsupported(f"character set {charset!r}")
+        return encode_identifier(elements, codec, implicit)
     except Unsupported:
         out = DicomBytesIO()
         out.is_little_endian, out.is_implicit_VR = True, implicit

@@ -32,7 +32,8 @@ from archive.scp.asyncio_engine import pdu
 from archive.scp.asyncio_engine.message import Message, stored_header
 from archive.scp.asyncio_engine.services import FindCall, FindService
 from archive.scp import audit
-from archive.scp.status import FIND_WITHOUT_IDENTIFIER, SOP_CLASS_NOT_NEGOTIATED, SUCCESS, UNRECOGNIZED_OPERATION
+from archive.scp.status import (FIND_WITHOUT_IDENTIFIER, SOP_CLASS_NOT_NEGOTIATED, SUCCESS, UNEXPECTED,
+                                UNRECOGNIZED_OPERATION)
 from archive.scp.store import Store
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,24 @@ class Association:
 
     async def _settle(self) -> None:
         """Wait for the operation in progress: one at a time (no Asynchronous Operations
-        Window is negotiated, PS3.7 D.3.3.3)."""
-        if self._operation is not None:
-            operation, self._operation = self._operation, None
-            await operation
+        Window is negotiated, PS3.7 D.3.3.3). The PDU that asked is read: its network timeout
+        waits too, and starts again when the operation is over."""
+        operation, self._operation = self._operation, None
+        if operation is None or operation.done():
+            return
+        idle = self._idle
+        if idle is not None:
+            idle.reschedule(None)
+        await asyncio.wait([operation])
+        if idle is not None and self.context.network_timeout:
+            idle.reschedule(asyncio.get_running_loop().time() + self.context.network_timeout)
+
+    async def _drop_operation(self) -> None:
+        """Stop the operation in progress (the association is ending): no response after an A-ABORT."""
+        operation = self._operation
+        if operation is not None and not operation.done():
+            operation.cancel()
+            await asyncio.wait([operation])
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -138,10 +153,12 @@ class Association:
                 await self._serve()
         except pdu.ProtocolError as exc:
             log.warning("association aborted: %s", exc, extra={"calling_aet": self.calling_aet, "peer": self.address})
+            await self._drop_operation()
             with contextlib.suppress(Exception):
                 await self.send(pdu.abort(2, exc.reason))
         except TimeoutError:
             log.info("association timed out", extra={"calling_aet": self.calling_aet, "peer": self.address})
+            await self._drop_operation()
             if self.established:  # Sta6: A-ABORT; ARTIM in Sta2 just closes (PS3.8 9.2, AA-2)
                 with contextlib.suppress(Exception):
                     self.writer.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
@@ -152,11 +169,7 @@ class Association:
                 self.writer.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
             raise
         finally:
-            if self._operation is not None and not self._operation.done():
-                self._operation.cancel()
-            if self._operation is not None:
-                with contextlib.suppress(BaseException):
-                    await self._operation
+            await self._drop_operation()
             self.message.discard()
             audit.association_ended(self.context.audit, self.tally, self.calling_aet, self.address, self.context.aet)
             self.writer.close()
@@ -244,6 +257,7 @@ class Association:
                     raise pdu.ProtocolError(f"P-DATA-TF of {length} bytes exceeds our maximum {max_pdu}")
                 async with asyncio.timeout(self.context.network_timeout or None) as self._idle:
                     await self._p_data(length, message)
+                self._idle = None  # finished: nothing may reschedule it now
             elif kind == pdu.A_RELEASE_RQ:
                 message.discard()
                 await self._read(min(length, 4))
@@ -373,19 +387,36 @@ class Association:
     async def _find(self, find: FindService, call: FindCall, command: pdu.Command, context_id: int) -> None:
         """Send the responses to one C-FIND-RQ, each as it comes (PS3.7 9.1.2.1)."""
         responses = find.responses(call, lambda: self._cancel_requested)
+        sop_class = command.sop_class_uid or call.sop_class_uid
+        final = False
         try:
             async for answer in responses:
-                rsp = pdu.encode_response(pdu.C_FIND_RSP, command.message_id, command.sop_class_uid or call.sop_class_uid,
-                                          "", answer.status, answer.comment, has_dataset=answer.identifier is not None)
+                final = answer.identifier is None and answer.status not in (0xFF00, 0xFF01)
+                rsp = pdu.encode_response(pdu.C_FIND_RSP, command.message_id, sop_class, "", answer.status,
+                                          answer.comment, has_dataset=answer.identifier is not None)
                 data = pdu.p_data(context_id, rsp, self.peer_max)
                 if answer.identifier is not None:
                     data += pdu.p_data(context_id, answer.identifier, self.peer_max, command=False)
-                await self.send(data)
+                # a requestor that stops reading holds nothing for longer than the network timeout
+                async with asyncio.timeout(self.context.network_timeout or None):
+                    await self.send(data)
                 # Let the read loop take what came meanwhile (a C-CANCEL-RQ) before the next
                 # response: writes below the transport's high-water mark never wait.
                 await asyncio.sleep(0)
+        except TimeoutError:
+            log.warning("C-FIND responses not read within the network timeout: aborting",
+                        extra={"calling_aet": self.calling_aet, "peer": self.address})
+            self.writer.transport.abort()  # the read loop sees the connection end
         except (ConnectionError, OSError) as exc:  # the read loop ends the association
             log.info("C-FIND responses not sent: %s", type(exc).__name__, extra={"calling_aet": self.calling_aet})
+        except Exception:  # our fault: the requestor still gets a final status (0x0110)
+            log.exception("C-FIND failed", extra={"calling_aet": self.calling_aet})
+            if not final:
+                rsp = pdu.encode_response(pdu.C_FIND_RSP, command.message_id, sop_class, "", UNEXPECTED.code,
+                                          "Unexpected error while querying")
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.context.network_timeout or None):
+                        await self.send(pdu.p_data(context_id, rsp, self.peer_max))
         finally:
             await responses.aclose()
             waiting, timeout = self._waiting, self.context.network_timeout
