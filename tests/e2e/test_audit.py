@@ -45,7 +45,7 @@ def _received(transport: str, marker: str) -> list[tuple[bytes, ET.Element]]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_bytes().splitlines():
+    for line in _complete_lines(path.read_bytes()):
         header, _, xml = line.partition(BOM)
         message = ET.fromstring(xml.decode("utf-8"))
         queries = [base64.b64decode(q.text or "") for q in message.iter("ParticipantObjectQuery")]
@@ -54,9 +54,17 @@ def _received(transport: str, marker: str) -> list[tuple[bytes, ET.Element]]:
     return out
 
 
+def _complete_lines(data: bytes) -> list[bytes]:
+    """The lines a writer has finished: the last one is still being written until its newline
+    (rsyslog writes a record of over 8 KB in more than one write)."""
+    return data.split(b"\n")[:-1]
+
+
 def _local(proc: ArchiveProcess, marker: str) -> list[ET.Element]:
     path = Path(proc.env["ARCHIVE_DATA_DIR"]) / "audit" / "audit.log"
-    return [ET.fromstring(line) for line in path.read_text().splitlines() if marker in line] if path.exists() else []
+    if not path.exists():
+        return []
+    return [ET.fromstring(line) for line in _complete_lines(path.read_bytes()) if marker.encode() in line]
 
 
 def _event_id(message: ET.Element) -> str:
