@@ -157,76 +157,49 @@ def ui_list(client: Http) -> Callable[[Question], int]:
 class LeanFind:
     """C-FIND over a plain socket, one association kept open: a requestor that costs next to
     nothing, so that its time is the archive's (pynetdicom's requestor adds a few ms a response:
-    its reactor and DUL threads poll). Study Root, Explicit VR Little Endian (PS3.7 9.1.2, PS3.8 9.3)."""
+    its reactor and DUL threads poll). Study Root, Explicit VR Little Endian (PS3.7 9.1.2, PS3.8 9.3),
+    from the tests' raw requestor (tests/e2e/raw_dimse.py)."""
 
     MODEL = "1.2.840.10008.5.1.4.1.2.2.1"
     VERIFICATION = "1.2.840.10008.1.1"
     SYNTAX = "1.2.840.10008.1.2.1"
 
     def __init__(self, port: int, aet: str = "ARCHIVE", timeout: float = 60.0) -> None:
-        def item(kind: int, value: bytes) -> bytes:
-            return struct.pack(">BxH", kind, len(value)) + value
+        from tests.e2e.raw_dimse import A_ASSOCIATE_AC, associate_rq, recv_pdu
 
-        contexts = b"".join(item(0x20, bytes([cid, 0, 0, 0]) + item(0x30, uid.encode()) + item(0x40, self.SYNTAX.encode()))
-                            for cid, uid in ((1, self.MODEL), (3, self.VERIFICATION)))
-        user = item(0x51, struct.pack(">I", 0)) + item(0x52, b"1.2.826.0.1.3680043.10.1437.99")
-        body = (struct.pack(">HH", 1, 0) + aet.encode().ljust(16) + b"BENCHLEAN".ljust(16) + bytes(32)
-                + item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + item(0x50, user))
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.sendall(struct.pack(">BxI", 1, len(body)) + body)
-        kind, _ = self._pdu()
-        if kind != 2:
+        self.sock.sendall(associate_rq([(self.MODEL, self.SYNTAX), (self.VERIFICATION, self.SYNTAX)],
+                                       calling="BENCHLEAN", called=aet))
+        kind = recv_pdu(self.sock)[0]
+        if kind != A_ASSOCIATE_AC:
             raise RuntimeError(f"lean C-FIND association to 127.0.0.1:{port} ({aet}) was not accepted (PDU {kind})")
         self.message_id = 0
 
-    def _pdu(self) -> tuple[int, bytes]:
-        head = self.sock.recv(6, socket.MSG_WAITALL)
-        if len(head) < 6:
-            raise RuntimeError("lean C-FIND: the archive closed the association")
-        kind, length = struct.unpack(">BxI", head)
-        return kind, self.sock.recv(length, socket.MSG_WAITALL)
-
-    @staticmethod
-    def _command(field: int, message_id: int, sop_class: str, has_dataset: bool) -> bytes:
-        def element(tag: int, value: bytes) -> bytes:
-            return struct.pack("<HHI", 0, tag, len(value)) + value
-
-        uid = sop_class.encode() + b"\x00" * (len(sop_class) % 2)
-        cmd = (element(0x0002, uid) + element(0x0100, struct.pack("<H", field))
-               + element(0x0110, struct.pack("<H", message_id)) + element(0x0700, struct.pack("<H", 0))
-               + element(0x0800, struct.pack("<H", 0x0001 if has_dataset else 0x0101)))
-        return element(0x0000, struct.pack("<I", len(cmd))) + cmd
-
-    @staticmethod
-    def _p_data(context_id: int, control: int, value: bytes) -> bytes:
-        pdv = struct.pack(">IBB", len(value) + 2, context_id, control) + value
-        return struct.pack(">BxI", 4, len(pdv)) + pdv
-
     def _exchange(self, context_id: int, field: int, identifier: bytes | None) -> int:
         """Send one request; read responses up to the final one; the number of identifiers received."""
+        from tests.e2e.raw_dimse import (COMMAND_LAST, DATA_LAST, P_DATA_TF, command, p_data, pdvs, recv_pdu,
+                                         response_fields)
+
         self.message_id = self.message_id % 65535 + 1
         sop_class = self.MODEL if field == 0x0020 else self.VERIFICATION
-        out = self._p_data(context_id, 0x03, self._command(field, self.message_id, sop_class, identifier is not None))
+        out = p_data(context_id, COMMAND_LAST, command(field, self.message_id, sop_class=sop_class,
+                                                       has_dataset=identifier is not None))
         if identifier is not None:
-            out += self._p_data(context_id, 0x02, identifier)
+            out += p_data(context_id, DATA_LAST, identifier)
         self.sock.sendall(out)
-        identifiers, command, status, dataset_follows = 0, b"", None, False
+        identifiers, cmd, status = 0, b"", 0
         while True:
-            kind, body = self._pdu()
-            if kind != 4:
+            kind, body = recv_pdu(self.sock)
+            if kind != P_DATA_TF:
                 raise RuntimeError(f"lean C-FIND: PDU {kind} instead of a response")
-            at = 0
-            while at < len(body):
-                length, _, control = struct.unpack_from(">IBB", body, at)
-                value = body[at + 6:at + 4 + length]
-                at += 4 + length
+            for _, control, value in pdvs(body):
                 if control & 0x01:  # a command fragment
-                    command += value
+                    cmd += value
                     if control & 0x02:
-                        status, dataset_follows = _status(command)
-                        command = b""
-                        if not dataset_follows and status not in (0xFF00, 0xFF01):
+                        status, follows = response_fields(cmd)
+                        cmd = b""
+                        if not follows and status not in (0xFF00, 0xFF01):
                             if status != 0x0000:
                                 raise RuntimeError(f"C-FIND failed with status 0x{status:04X}")
                             return identifiers
@@ -236,35 +209,20 @@ class LeanFind:
                         return identifiers
 
     def __call__(self, q: Question) -> int:
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_dataset
+        from tests.factories import dataset_bytes
 
-        raw = DicomBytesIO()
-        raw.is_little_endian, raw.is_implicit_VR = True, False
-        write_dataset(raw, study_identifier(q))
-        return self._exchange(1, 0x0020, raw.getvalue())
+        return self._exchange(1, 0x0020, dataset_bytes(study_identifier(q)))
 
     def echo(self, q: Question) -> int:
         return self._exchange(3, 0x0030, None)
 
     def close(self) -> None:
+        from tests.e2e.raw_dimse import A_RELEASE_RQ, recv_pdu
+
         with contextlib.suppress(OSError):
-            self.sock.sendall(struct.pack(">BxI", 5, 4) + bytes(4))  # A-RELEASE-RQ
-            self._pdu()
+            self.sock.sendall(struct.pack(">BxI", A_RELEASE_RQ, 4) + bytes(4))
+            recv_pdu(self.sock)
         self.sock.close()
-
-
-def _status(command: bytes) -> tuple[int, bool]:
-    """(Status, whether a dataset follows) of a response command set (implicit VR LE, group 0000)."""
-    status, follows, at = 0, False, 0
-    while at + 8 <= len(command):
-        _, element, length = struct.unpack_from("<HHI", command, at)
-        if element == 0x0900:
-            status = struct.unpack_from("<H", command, at + 8)[0]
-        elif element == 0x0800:
-            follows = struct.unpack_from("<H", command, at + 8)[0] != 0x0101
-        at += 8 + length
-    return status, follows
 
 
 FINDSCU_REPEAT = 100

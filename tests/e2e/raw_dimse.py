@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -20,6 +20,7 @@ from tests.factories import dataset_bytes
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = range(1, 8)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 C_STORE_RQ = 0x0001
+C_FIND_RQ, C_CANCEL_RQ = 0x0020, 0x0FFF
 # message control header of a PDV (PS3.8 E.2): bit 0 command, bit 1 last fragment
 DATA, COMMAND_LAST, DATA_LAST = 0x00, 0x03, 0x02
 
@@ -65,12 +66,15 @@ def _uid(value: str) -> bytes:
     return raw + b"\x00" * (len(raw) % 2)
 
 
-def command(field: int, message_id: int, *, sop_class: str = Verification, has_dataset: bool = False,
-            sop_instance: str = "") -> bytes:
-    """A request's command set (PS3.7 E.1): Command Group Length first."""
-    body = (element(0x0002, _uid(sop_class)) + element(0x0100, struct.pack("<H", field))
-            + element(0x0110, struct.pack("<H", message_id))
-            + (element(0x0700, struct.pack("<H", 0)) if field == C_STORE_RQ else b"")  # Priority: medium
+def command(field: int, message_id: int, *, sop_class: str | None = Verification, has_dataset: bool = False,
+            sop_instance: str = "", responding_to: int | None = None) -> bytes:
+    """A request's command set (PS3.7 E.1): Command Group Length first. ``responding_to``: a
+    C-CANCEL-RQ's Message ID Being Responded To (then no Message ID; ``sop_class=None`` for none)."""
+    ids = (element(0x0110, struct.pack("<H", message_id)) if responding_to is None
+           else element(0x0120, struct.pack("<H", responding_to)))
+    body = ((element(0x0002, _uid(sop_class)) if sop_class is not None else b"")
+            + element(0x0100, struct.pack("<H", field)) + ids
+            + (element(0x0700, struct.pack("<H", 0)) if field in (C_STORE_RQ, C_FIND_RQ) else b"")  # Priority: medium
             + element(0x0800, struct.pack("<H", 0x0000 if has_dataset else 0x0101))
             + (element(0x1000, _uid(sop_instance)) if sop_instance else b""))
     return element(0x0000, struct.pack("<I", len(body))) + body
@@ -82,16 +86,33 @@ def p_data(context_id: int, control: int, value: bytes) -> bytes:
     return struct.pack(">BxI", P_DATA_TF, len(pdv)) + pdv
 
 
+def pdvs(p_data_body: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(presentation context, message control header, fragment) of each PDV of a P-DATA-TF (PS3.8 9.3.5)."""
+    at = 0
+    while at < len(p_data_body):
+        length, context_id, control = struct.unpack_from(">IBB", p_data_body, at)
+        yield context_id, control, p_data_body[at + 6:at + 4 + length]
+        at += 4 + length
+
+
+def response_fields(cmd: bytes) -> tuple[int, bool]:
+    """(Status, whether a dataset follows) of a whole response command set."""
+    status, follows, at = None, False, 0
+    while at + 8 <= len(cmd):
+        _, tag, size = struct.unpack_from("<HHI", cmd, at)
+        if tag == 0x0900:
+            status = int(struct.unpack_from("<H", cmd, at + 8)[0])
+        elif tag == 0x0800:
+            follows = struct.unpack_from("<H", cmd, at + 8)[0] != 0x0101
+        at += 8 + size
+    if status is None:
+        raise ValueError("no Status in the response")
+    return status, follows
+
+
 def status_of(p_data_body: bytes) -> int:
     """The Status (0000,0900) of the response command in a P-DATA-TF's first PDV."""
-    length, _, _ = struct.unpack(">IBB", p_data_body[:6])
-    cmd, at = p_data_body[6:4 + length], 0
-    while at < len(cmd):
-        _, tag, size = struct.unpack("<HHI", cmd[at:at + 8])
-        if tag == 0x0900:
-            return int(struct.unpack("<H", cmd[at + 8:at + 10])[0])
-        at += 8 + size
-    raise ValueError("no Status in the response")
+    return response_fields(next(pdvs(p_data_body))[2])[0]
 
 
 class RawAssociation:

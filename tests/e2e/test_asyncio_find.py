@@ -22,13 +22,12 @@ from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from tests.e2e.harness import ArchiveProcess, http_json, serve, wait_until
-from tests.e2e.raw_dimse import (A_ABORT, A_ASSOCIATE_AC, COMMAND_LAST, DATA_LAST, P_DATA_TF, associate_rq, command,
-                                 element, p_data, recv_pdu, status_of)
+from tests.e2e.raw_dimse import (A_ABORT, A_ASSOCIATE_AC, C_CANCEL_RQ, C_FIND_RQ, COMMAND_LAST, DATA_LAST, P_DATA_TF,
+                                 associate_rq, command, p_data, pdvs, recv_pdu, response_fields, status_of)
 from tests.e2e.senders import echoscu, storescu
-from tests.factories import make_ct, new_uid, write_part10
+from tests.factories import dataset_bytes, make_ct, new_uid, write_part10
 
 FIND = str(StudyRootQueryRetrieveInformationModelFind)
-C_FIND_RQ, C_CANCEL_RQ = 0x0020, 0x0FFF
 PATIENT = "AFIND-1"
 SERIES = 4
 
@@ -60,13 +59,7 @@ def identifier(level: str = "SERIES", implicit: bool = False, **keys: str) -> by
     ds.StudyInstanceUID = ""
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, implicit
-    write_dataset(out, ds)
-    return out.getvalue()
+    return dataset_bytes(ds, implicit)
 
 
 class Raw:
@@ -88,8 +81,7 @@ class Raw:
         while True:
             kind, body = recv_pdu(self.sock)
             assert kind == P_DATA_TF, f"PDU type {kind}"
-            status = status_of(body)
-            has_dataset = struct.pack("<HHIH", 0, 0x0800, 2, 0x0101) not in body
+            status, has_dataset = response_fields(next(pdvs(body))[2])
             if has_dataset:
                 kind, data = recv_pdu(self.sock)
                 assert kind == P_DATA_TF and data[5] & 0x03 == 0x02, "the identifier's PDV (dataset, last)"
@@ -153,9 +145,7 @@ def test_cancel_for_another_message_is_ignored_and_cancel_stops_the_find(archive
 
 
 def _cancel(responding_to: int) -> bytes:
-    body = (element(0x0100, struct.pack("<H", C_CANCEL_RQ)) + element(0x0120, struct.pack("<H", responding_to))
-            + element(0x0800, struct.pack("<H", 0x0101)))
-    return element(0x0000, struct.pack("<I", len(body))) + body
+    return command(C_CANCEL_RQ, 0, sop_class=None, responding_to=responding_to)
 
 
 def test_undecodable_or_missing_identifier_is_a_failure_status_not_a_crash(archive: ArchiveProcess) -> None:

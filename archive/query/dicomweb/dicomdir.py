@@ -44,8 +44,10 @@ KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInst
         "TreatmentTime", "PresentationCreationDate", "PresentationCreationTime", "ContentLabel", "ContentDescription",
         "ContentCreatorName", "SpecificCharacterSet")
 UNKNOWN_DATE, UNKNOWN_TIME = "19000101", "000000"
-# Type 1 keys of leaf records (PS3.3 F.5) made up when the instance lacks them
+# Type 1 keys of records (PS3.3 F.5) made up when the instance lacks them (numbers from the order: below)
 INVENTED: dict[str, dict[str, str]] = {
+    "STUDY": {"StudyDate": UNKNOWN_DATE, "StudyTime": UNKNOWN_TIME},
+    "SERIES": {"Modality": "OT"},
     "SR DOCUMENT": {"ContentDate": UNKNOWN_DATE, "ContentTime": UNKNOWN_TIME},
     "WAVEFORM": {"ContentDate": UNKNOWN_DATE, "ContentTime": UNKNOWN_TIME},
     "KEY OBJECT DOC": {"ContentDate": UNKNOWN_DATE, "ContentTime": UNKNOWN_TIME},
@@ -111,7 +113,7 @@ async def attributes(catalog: Catalog, matchers: tuple[Matcher, ...], limit: int
 
 def _record_keys(text: str) -> dict[str, Any]:
     attributes = json.loads(text)
-    return {tag: attributes[tag] for tag in map(_tag, KEYS) if tag in attributes}
+    return {tag: attributes[tag] for tag in _KEY_TAGS if tag in attributes}
 
 
 def _value(row: dict[str, Any], keyword: str) -> Any:
@@ -129,7 +131,12 @@ def _vr(keyword: str) -> str:
     return str(dictionary_VR(keyword))
 
 
-def _record(kind: str, keys: Dataset) -> Dataset:
+def _record(kind: str, keys: Dataset, numbered: dict[str, object] | None = None) -> Dataset:
+    """A directory record of ``kind`` with ``keys``; empty Type 1 keys made up (:data:`INVENTED`,
+    and ``numbered``: the ones a number from the order stands in for)."""
+    for keyword, made_up in {**INVENTED.get(kind, {}), **(numbered or {})}.items():
+        if keyword in keys and keys[keyword].value in (None, "", []):
+            keys[keyword].value = made_up
     record = Dataset()
     record.OffsetOfTheNextDirectoryRecord = 0
     record.RecordInUseFlag = 0xFFFF
@@ -155,41 +162,32 @@ def layout(instances: Sequence[CatalogInstance], metadata: dict[str, str]) -> La
         key = patient_id or "\0" + json.dumps(_value(row, "PatientName"))  # no ID: one patient per name
         patient = patients.get(key)
         if patient is None:
+            number = len(patients) + 1
             keys = _keys(row, ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"))
-            keys.PatientID = patient_id or f"UNKNOWN{len(patients) + 1}"  # Type 1 in the record: made up
-            patient = patients[key] = _Node(_record("PATIENT", keys), len(patients) + 1)
+            patient = patients[key] = _Node(_record("PATIENT", keys, {"PatientID": f"UNKNOWN{number}"}), number)
         study = patient.children.get(inst.study_uid)
         if study is None:
+            number = len(patient.children) + 1
             keys = _keys(row, ("StudyDate", "StudyTime", "StudyDescription", "StudyInstanceUID", "StudyID",
                                "AccessionNumber"))
             keys.StudyInstanceUID = inst.study_uid
-            keys.StudyDate = keys.StudyDate or UNKNOWN_DATE  # Type 1 in the record: made up (see the module)
-            keys.StudyTime = keys.StudyTime or UNKNOWN_TIME
-            keys.StudyID = keys.StudyID or str(len(patient.children) + 1)
-            study = patient.children[inst.study_uid] = _Node(_record("STUDY", keys), len(patient.children) + 1)
+            study = patient.children[inst.study_uid] = _Node(_record("STUDY", keys, {"StudyID": str(number)}), number)
         series = study.children.get(inst.series_uid)
         if series is None:
+            number = len(study.children) + 1
             keys = _keys(row, ("Modality", "SeriesInstanceUID", "SeriesNumber"))
             keys.SeriesInstanceUID = inst.series_uid
-            keys.Modality = keys.Modality or "OT"
-            keys.SeriesNumber = keys.SeriesNumber if keys.SeriesNumber is not None and str(keys.SeriesNumber) != "" \
-                else len(study.children) + 1
-            series = study.children[inst.series_uid] = _Node(_record("SERIES", keys), len(study.children) + 1)
+            series = study.children[inst.series_uid] = _Node(_record("SERIES", keys, {"SeriesNumber": number}), number)
         kind = _record_type(inst.sop_class_uid)
-        keys = _keys(row, _leaf_keys(kind))
-        if "InstanceNumber" in keys and (keys.InstanceNumber is None or str(keys.InstanceNumber) == ""):
-            keys.InstanceNumber = len(series.children) + 1
-        for keyword, made_up in INVENTED.get(kind, {}).items():
-            if keyword in keys and not keys[keyword].value:
-                keys[keyword].value = made_up
+        number = len(series.children) + 1
+        leaf = _record(kind, _keys(row, _leaf_keys(kind)), {"InstanceNumber": number})
         file_id = [ROOT, _component("PA", patient.number), _component("ST", study.number),
-                   _component("SE", series.number), _component("IM", len(series.children) + 1)]
-        leaf = _record(kind, keys)
+                   _component("SE", series.number), _component("IM", number)]
         leaf.ReferencedFileID = file_id
         leaf.ReferencedSOPClassUIDInFile = inst.sop_class_uid
         leaf.ReferencedSOPInstanceUIDInFile = inst.sop_instance_uid
         leaf.ReferencedTransferSyntaxUIDInFile = inst.transfer_syntax_uid
-        series.children[inst.sop_instance_uid] = _Node(leaf, len(series.children) + 1)
+        series.children[inst.sop_instance_uid] = _Node(leaf, number)
         members[inst.sop_instance_uid] = "/".join(file_id)
     return Layout(members, _write(list(patients.values()), charsets))
 
@@ -274,3 +272,6 @@ def _encode(ds: Dataset) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+_KEY_TAGS = tuple(_tag(keyword) for keyword in KEYS)

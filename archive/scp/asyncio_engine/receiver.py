@@ -56,6 +56,7 @@ class AsyncioReceiver:
         self._listener: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
         self._context: AssociationContext | None = None
+        self._serves: frozenset[str] = frozenset()
         # one thread, so each message's fragments are digested in the order they came
         self.hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncio-scp-hash")
         self._pool = prepare_pool(settings.max_associations, "asyncio")
@@ -72,6 +73,7 @@ class AsyncioReceiver:
                 store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout, access=self.policy),
             audit=self.audit, find=self.find,
         )
+        self._serves = self._context.serves()  # what is handed over is the rest
         self._listener = _listen(host or settings.bind, settings.dicom_port if port is None else port, reuse_port)
         self._acceptor = asyncio.create_task(self._accept_loop(self._listener), name="dicom-acceptor")
         bound = int(self._listener.getsockname()[1])
@@ -110,7 +112,7 @@ class AsyncioReceiver:
                 try:
                     if await hand_over(conn, address, self.handover, acse_timeout=self.settings.acse_timeout,
                                        room=lambda: self.load() <= self.settings.max_associations,
-                                       serves=self._context.serves() if self._context is not None else frozenset()):
+                                       serves=self._serves):
                         owned = False
                         return
                 except TimeoutError:  # no request within ARTIM (PS3.8 9.1.5): close
