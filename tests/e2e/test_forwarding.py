@@ -394,8 +394,12 @@ def test_stow_rs_to_another_archive_with_an_api_key_failures_and_dead_letters(tm
 
             wait_until(lambda: sorted(outcomes().values()) == ["failed", "sent", "sent", "sent"], timeout=60)
             assert outcomes()[uids[-1]] == "failed"
-            found = http_json(f"{other.http}/dicom-web/studies/{study}/instances")[1]
-            assert sorted(i["00080018"]["Value"][0] for i in found) == sorted(uids)  # the clash is the other's
+            def found() -> list[str]:  # "sent": stored and queued there; indexed a moment later
+                rows = http_json(f"{other.http}/dicom-web/studies/{study}/instances")[1] or []
+                return sorted(i["00080018"]["Value"][0] for i in rows)
+
+            wait_until(lambda: found() == sorted(uids), timeout=30)
+            assert found() == sorted(uids)  # the clash is the other's
             # refused twice (ARCHIVE_FORWARD_ATTEMPTS=2): in OTHER's dead-letter queue, listed and replayable
             def dead() -> dict[str, object]:
                 result = _cli(archive, "dead-letters", "--destination", "OTHER", "--json")
