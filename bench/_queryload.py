@@ -192,6 +192,11 @@ class PostgresFamily(Family):
         await self._bulk_client.indices.put_settings(index=self.name, body={"index": {"refresh_interval": interval}})
         if not on:
             await self._bulk_client.indices.refresh(index=self.name, request_timeout=600)
+            # the bulk path went around upsert(), which keeps the study documents
+            from archive.core.ports import StudyDocumentsSearch
+
+            assert isinstance(self.search, StudyDocumentsSearch)
+            await self.search.rebuild_study_documents()
 
     async def write_search(self, documents: list[SearchDocument]) -> None:
         """One bulk request without ``refresh=wait_for`` (the adapter's read-your-writes wait)."""

@@ -25,7 +25,7 @@ from typing import Any
 from archive.core.levels import Level
 from archive.core.query import InvalidQuery, Matcher, Range, SingleValue, UIDList, Universal, Wildcard
 from archive.core.records import fold
-from archive.core.search import FACET_SIZE, SearchRequest, path_filters, vr_of
+from archive.core.search import FACET_SIZE, STUDY_GROUP_ATTRIBUTES, SearchRequest, by_study_groups, path_filters, vr_of
 
 GROUP = {Level.STUDY: "d.study_uid", Level.SERIES: "d.series_uid", Level.IMAGE: "d.sop_instance_uid"}
 # Single-valued attributes with a column of their own (indexed): filters use it, not the JSON.
@@ -36,14 +36,6 @@ COLUMNS = {
 }
 # facet -> column of the matched rows (m)
 FACET_COLUMNS = {"Modality": "modality", "InstitutionName": "institution", "BodyPartExamined": "body_part"}
-# What a study list filters, sorts and facets on (the web UI's search fields and the facets). The
-# patient and study attributes are the same on every instance of a study as a rule, the others on
-# every instance of a series, so a study has a few combinations of them.
-STUDY_GROUP_ATTRIBUTES: tuple[str, ...] = (
-    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyDescription",
-    "ReferringPhysicianName", "Modality", "InstitutionName", "BodyPartExamined",
-)  # fmt: skip
-_GROUPED = frozenset(STUDY_GROUP_ATTRIBUTES) | {"StudyInstanceUID"}
 _DATE_BUCKET = {
     "year": "substr(study_date, 1, 4)",
     "month": "substr(study_date, 1, 4) || '-' || substr(study_date, 5, 2)",
@@ -115,11 +107,7 @@ def filter_condition(sql: Sql, m: Matcher) -> str | None:
 
 def by_groups(request: SearchRequest, expression: str | None) -> bool:
     """Whether the study groups answer ``request`` as the instances would."""
-    return (
-        expression is None
-        and request.level is Level.STUDY
-        and all(m.keyword in _GROUPED for m in path_filters(request.filters))
-    )
+    return expression is None and by_study_groups(request)
 
 
 def matched(request: SearchRequest, expression: str | None, groups: bool = False) -> Sql:

@@ -13,6 +13,7 @@ groups per count, 15,473 for 15,470 studies measured; approximate beyond).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -65,7 +66,7 @@ def _one(field: str, m: SingleValue | Wildcard, normalise: bool, ci: bool) -> di
 
 
 def filter_clause(m: Matcher) -> dict[str, Any] | None:
-    """One matcher as a filter clause (None: matches everything)."""
+    """One matcher as a filter clause on an instance document (None: matches everything)."""
     if m.keyword == "PatientName":
         folded = _clause(m, "patient_name", True, False)
         if folded is None:
@@ -74,6 +75,14 @@ def filter_clause(m: Matcher) -> dict[str, Any] | None:
         original = _clause(m, "fields.PatientName", False, True)
         return {"bool": {"should": [folded, original], "minimum_should_match": 1}}
     return _clause(m, f"fields.{m.keyword}", False, vr_of(m.keyword) == "PN")
+
+
+def combination_clause(m: Matcher) -> dict[str, Any] | None:
+    """One matcher on a group attribute as a clause on a study document's combinations (nested
+    ``combos``, each field as the instance document's, see opensearch_studies)."""
+    if m.keyword == "PatientName":
+        return _clause(m, "combos.patient_name", True, False)
+    return _clause(m, f"combos.{m.keyword}", False, vr_of(m.keyword) == "PN")
 
 
 def _clause(m: Matcher, field: str, normalise: bool, ci: bool) -> dict[str, Any] | None:
@@ -180,14 +189,88 @@ def totals_body(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any] 
     return {"query": bool_query(request, terms), "size": 0, "track_total_hits": False, "aggs": aggs}
 
 
-def page_stats_body(request: SearchRequest, terms: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:
-    """Matching instances and their modalities in each group of a page."""
+def page_stats_body(
+    request: SearchRequest, terms: Sequence[str], keys: Sequence[str], *, best: bool = False
+) -> dict[str, Any]:
+    """Matching instances and their modalities in each group of a page; with ``best``, also the
+    group's best matching document (the one the instance path's ``collapse`` shows)."""
     group = GROUP_FIELD[request.level]
     query = bool_query(request, terms)
     query["bool"]["filter"].append({"terms": {group: list(keys)}})
+    aggs: dict[str, Any] = {"modalities": {"terms": {"field": "modality", "size": 50}}}
+    if best:
+        top: dict[str, Any] = {"size": 1, "_source": ["study_uid", "series_uid", "fields"]}
+        order = _sort(request, bool(terms))[:-1]  # the group's own UID: the same on each of its documents
+        if order:
+            top["sort"] = order
+        aggs["best"] = {"top_hits": top}
     return {
         "size": 0,
         "query": query,
-        "aggs": {"page": {"terms": {"field": group, "size": len(keys)},
-                          "aggs": {"modalities": {"terms": {"field": "modality", "size": 50}}}}},
+        "aggs": {"page": {"terms": {"field": group, "size": len(keys)}, "aggs": aggs}},
     }
+
+
+# --- The study path (archive.adapters.opensearch_studies): study lists without free text -----------
+
+
+def _study_filters(request: SearchRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The clauses on the study document (its UID) and those on one of its combinations."""
+    study: list[dict[str, Any]] = []
+    combination: list[dict[str, Any]] = []
+    for m in path_filters(request.filters):
+        if m.keyword == "StudyInstanceUID":
+            clause = _clause(m, "study_uid", False, False)
+            if clause is not None:
+                study.append(clause)
+        else:
+            clause = combination_clause(m)
+            if clause is not None:
+                combination.append(clause)
+    return study, combination
+
+
+def study_query(request: SearchRequest) -> dict[str, Any]:
+    """Studies with one combination that meets every filter: one instance does (PS3.4 C.2.2.2 per
+    instance, as the instance documents are matched)."""
+    study, combination = _study_filters(request)
+    if combination:
+        study.append({"nested": {"path": "combos", "score_mode": "none",
+                                 "query": {"bool": {"filter": combination}}}})
+    return {"bool": {"filter": study}}
+
+
+def study_page_body(request: SearchRequest) -> dict[str, Any]:
+    """One page of study documents, sorted as the instance path sorts its groups: a group's key is
+    its best matching document's (the latest date when descending, the earliest ascending)."""
+    _, combination = _study_filters(request)
+    direction = "desc" if request.sort.descending else "asc"
+    sort: list[Any] = []
+    field = {"StudyDate": "combos.study_date", "PatientName": "combos.patient_name"}.get(request.sort.key)
+    if field is not None:
+        nested: dict[str, Any] = {"path": "combos"}
+        if combination:
+            nested["filter"] = {"bool": {"filter": combination}}
+        mode = "max" if request.sort.descending else "min"
+        sort.append({field: {"order": direction, "missing": "_last", "mode": mode, "nested": nested}})
+    sort.append({"study_uid": "asc"})
+    return {"query": study_query(request), "from": request.offset, "size": request.limit, "sort": sort,
+            "_source": ["study_uid"], "track_total_hits": False}
+
+
+def study_totals_body(request: SearchRequest) -> dict[str, Any]:
+    """The study count and the facets: each facet over the matching combinations, counting the
+    studies they belong to (reverse_nested), not the combinations."""
+    _, combination = _study_filters(request)
+    facets: dict[str, Any] = {}
+    for name, agg in facet_aggs(dataclasses.replace(request, level=Level.IMAGE)).items():
+        for kind in ("terms", "date_histogram"):
+            if kind in agg:
+                inner = dict(agg[kind])
+                inner["field"] = f"combos.{inner['field']}"
+                if kind == "terms":
+                    inner["order"] = [{"studies": "desc"}, {"_key": "asc"}]
+                facets[name] = {kind: inner, "aggs": {"studies": {"reverse_nested": {}}}}
+    matching = {"bool": {"filter": combination}} if combination else {"match_all": {}}
+    aggs = {"combos": {"nested": {"path": "combos"}, "aggs": {"matching": {"filter": matching, "aggs": facets}}}}
+    return {"query": study_query(request), "size": 0, "track_total_hits": True, "aggs": aggs}

@@ -42,22 +42,25 @@ from archive.adapters.opensearch_query import (
     facet_source,
     page_body,
     page_stats_body,
+    study_page_body,
+    study_totals_body,
     text_clause,
     totals_body,
 )
+from archive.adapters.opensearch_studies import GROUP_KEY_PROPERTY, StudyDocuments, group_key
 from archive.core.errors import ArchiveError, BackendUnavailable
 from archive.core.levels import Level
 from archive.core.models import SearchDocument
 from archive.core.ports import SearchHit
 from archive.core.query import InvalidQuery
 from archive.core.retry import Backoff, retrying
-from archive.core.search import FacetBucket, SearchRequest, SearchResult, make_hit, query_terms
+from archive.core.search import FacetBucket, SearchRequest, SearchResult, by_study_groups, make_hit, query_terms
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # An index another process has just created answers 503 for a moment, even at yellow health
 NOT_SEARCHABLE_YET = Backoff(first=0.1, cap=2.0, attempts=15)
 MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window default
@@ -84,6 +87,7 @@ MAPPINGS: dict[str, Any] = {
         "text": {"type": "text", "analyzer": "folded"},
         "fields": {"type": "flat_object"},
         **FACET_PROPERTIES,
+        **GROUP_KEY_PROPERTY,
     },
 }
 
@@ -110,6 +114,7 @@ def _source(doc: SearchDocument) -> dict[str, Any]:
         "text": doc.text,
         "fields": {k: [v[:MAX_FIELD_VALUE_CHARS] for v in vs] for k, vs in doc.fields.items()},
         **facet_source(doc.fields),
+        "group_key": group_key(doc.fields),
         "schema_version": SCHEMA_VERSION,
     }
 
@@ -140,6 +145,7 @@ class OpenSearchIndex:
         self._client = AsyncOpenSearch(
             hosts=[url], timeout=timeout, max_retries=2, retry_on_timeout=True, http_compress=True
         )
+        self.studies = StudyDocuments(self._client, self._call, index, refresh_interval=refresh_interval)
 
     async def _call(self, what: str, call: Awaitable[T]) -> T:
         """Await a client call; unreachable, timed out, overloaded or 5xx -> BackendUnavailable."""
@@ -180,39 +186,49 @@ class OpenSearchIndex:
         )
         if await self._call("index exists", self._client.indices.exists(index=self.index)):
             await self._upgrade()
-            return
-        try:
-            await self._call("create index", self._client.indices.create(index=self.index))
-            log.info("search index %s created", self.index)
-        except RequestError as exc:  # another replica created it in the meantime
-            if "resource_already_exists_exception" not in str(exc.error):
-                raise
+        else:
+            try:
+                await self._call("create index", self._client.indices.create(index=self.index))
+                log.info("search index %s created", self.index)
+            except RequestError as exc:  # another replica created it in the meantime
+                if "resource_already_exists_exception" not in str(exc.error):
+                    raise
+        count: int = await retrying(NOT_SEARCHABLE_YET, BackendUnavailable)(self.count)
+        await self.studies.migrate(instances_empty=count == 0)
+
+    async def _older_documents(self) -> int:
+        """Documents written by an older schema than this one."""
+        older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": SCHEMA_VERSION}}}}}}
+        result = await self._call("count", self._client.count(index=self.index, body=older))
+        return int(result["count"])
+
+    async def rebuild_study_documents(self) -> int:
+        """Recompute every study document from the instance documents (after a reindex, or a bulk
+        load that went around ``upsert``); the studies."""
+        return await self.studies.rebuild(self._older_documents)
     async def _upgrade(self) -> None:
         """Add the fields of this schema to an index made by an older one (idempotent)."""
-        body = {"_meta": {"schema_version": SCHEMA_VERSION}, "properties": FACET_PROPERTIES}
+        body = {"_meta": {"schema_version": SCHEMA_VERSION}, "properties": {**FACET_PROPERTIES, **GROUP_KEY_PROPERTY}}
         await self._call("put mapping", self._client.indices.put_mapping(index=self.index, body=body))
-        older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": SCHEMA_VERSION}}}}}}
         # An index another process has just created answers searches with 503 for a moment
         # (even once its health is yellow); the count only feeds a log line, so it may wait.
-
-        async def count() -> Any:
-            return await self._call("count", self._client.count(index=self.index, body=older))
-
         try:
-            result: dict[str, Any] = await retrying(NOT_SEARCHABLE_YET, BackendUnavailable)(count)
+            older: int = await retrying(NOT_SEARCHABLE_YET, BackendUnavailable)(self._older_documents)
         except BackendUnavailable:
             log.warning("search index %s: documents of older schemas not counted (index not searchable yet)",
                         self.index)
             return
-        if result["count"]:
+        if older:
             log.warning(
-                "search index %s: %d documents predate schema %d; facets and sorting omit them "
-                "until they are indexed again", self.index, result["count"], SCHEMA_VERSION,
+                "search index %s: %d documents predate schema %d; facets and sorting omit them, and study "
+                "lists read every instance, until they are indexed again (dicom-archive reindex)",
+                self.index, older, SCHEMA_VERSION,
             )
 
     async def drop(self) -> None:
         """Delete the index and its template (tests, and rebuilding from scratch)."""
         indices = self._client.indices
+        await self.studies.drop()
         await self._call("delete index", indices.delete(index=self.index, ignore_unavailable=True))
         await self._call("delete template", indices.delete_index_template(name=self.template, ignore=[404]))
 
@@ -229,6 +245,17 @@ class OpenSearchIndex:
     async def upsert(self, documents: Sequence[SearchDocument]) -> None:
         if not documents:
             return
+        # the studies these instances are in now: one they leave needs its study document again too
+        studies = await self.studies.studies_of([doc.sop_instance_uid for doc in documents])
+        studies |= {doc.study_uid for doc in documents}
+        try:
+            await self._upsert(documents)
+        except SearchWriteRejected:  # the documents written count
+            await self.studies.refresh(studies)
+            raise
+        await self.studies.refresh(studies)
+
+    async def _upsert(self, documents: Sequence[SearchDocument]) -> None:
         body: list[dict[str, Any]] = []
         for doc in documents:
             body.append({"index": {"_index": self.index, "_id": doc.sop_instance_uid}})
@@ -257,6 +284,11 @@ class OpenSearchIndex:
     async def delete(self, sop_instance_uids: Sequence[str]) -> None:
         if not sop_instance_uids:
             return
+        studies = await self.studies.studies_of(sop_instance_uids)
+        await self._delete(sop_instance_uids)
+        await self.studies.refresh(studies)
+
+    async def _delete(self, sop_instance_uids: Sequence[str]) -> None:
         body = [{"delete": {"_index": self.index, "_id": uid}} for uid in sop_instance_uids]
         # refresh=wait_for: gone from searches on return, as upserts are searchable on return
         only = "errors,items.*.error,items.*._id,items.*.status"
@@ -294,6 +326,42 @@ class OpenSearchIndex:
         terms = query_terms(request.text)
         if request.text.strip() and not terms:  # text without a searchable term
             return SearchResult(total=0, hits=(), facets={facet: () for facet in request.facets})
+        if not terms and by_study_groups(request) and await self.studies.ready(self._older_documents):
+            return await self._query_studies(request)
+        return await self._query_instances(request, terms)
+
+    async def _query_studies(self, request: SearchRequest) -> SearchResult:
+        """A study list from the study documents (opensearch_studies); each page study's matching
+        instances, modalities and shown attributes from its instance documents."""
+        page_result, totals = await asyncio.gather(
+            self._search(study_page_body(request), self.studies.index),
+            self._search(study_totals_body(request), self.studies.index),
+        )
+        keys = [hit["_source"]["study_uid"] for hit in page_result["hits"]["hits"]]
+        stats: dict[str, Any] = {}
+        if keys:
+            found = await self._aggregations(page_stats_body(request, [], keys, best=True))
+            stats = {bucket["key"]: bucket for bucket in found["page"]["buckets"]}
+        hits = []
+        for key in keys:
+            bucket = stats.get(key)
+            if bucket is None:  # no matching instance: a study document a failed write left behind
+                continue
+            best = bucket["best"]["hits"]["hits"][0]
+            source = best["_source"]
+            hits.append(make_hit(request, (source["study_uid"], source["series_uid"], best["_id"]),
+                                 source.get("fields") or {}, score=None, instances=int(bucket["doc_count"]),
+                                 modalities=[m["key"] for m in bucket["modalities"]["buckets"]]))
+        if len(hits) < len(keys):
+            stale = [key for key in keys if key not in stats]
+            log.warning("study documents without matching instances recomputed", extra={"study_uids": stale})
+            await self.studies.refresh(stale)
+        aggs = totals.get("aggregations", {}).get("combos", {}).get("matching", {})
+        facets = {facet: tuple(FacetBucket(str(b.get("key_as_string", b["key"])), int(b["studies"]["doc_count"]))
+                               for b in aggs[f"facet_{facet}"]["buckets"]) for facet in request.facets}
+        return SearchResult(total=int(totals["hits"]["total"]["value"]), hits=tuple(hits), facets=facets)
+
+    async def _query_instances(self, request: SearchRequest, terms: Sequence[str]) -> SearchResult:
         grouped = request.level is not Level.IMAGE
         group = GROUP_FIELD[request.level]
         totals = totals_body(request, terms)
@@ -322,10 +390,10 @@ class OpenSearchIndex:
             )
         return SearchResult(total=total, hits=tuple(hits), facets=facets)
 
-    async def _search(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _search(self, body: dict[str, Any], index: str | None = None) -> dict[str, Any]:
         """One search request of ``query``."""
         try:
-            return dict(await self._call("query", self._client.search(index=self.index, body=body)))
+            return dict(await self._call("query", self._client.search(index=index or self.index, body=body)))
         except RequestError as exc:  # e.g. a wildcard too complex to run: the request's fault
             raise InvalidQuery(f"the search index cannot run this query ({exc.error})") from exc
 

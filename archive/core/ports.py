@@ -187,6 +187,14 @@ class SearchIndex(Backend, Protocol):
     def ids(self) -> AsyncIterator[str]: ...
 
 
+@runtime_checkable
+class StudyDocumentsSearch(SearchIndex, Protocol):
+    """A search index that keeps a document per study beside the instance documents (OpenSearch)."""
+
+    async def rebuild_study_documents(self) -> int:
+        """Recompute every study's document from the instance documents; the number of studies."""
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """A long-lived API key as stored: never the key itself, only its SHA-256 digest."""

@@ -37,6 +37,17 @@ FACETS: tuple[str, ...] = ("Modality", "StudyDate", "InstitutionName", "BodyPart
 SORT_KEYS: tuple[str, ...] = ("relevance", "StudyDate", "PatientName")
 MONTHLY_SPAN_MONTHS = 24  # a closed StudyDate range this narrow gets a monthly histogram
 
+# What a study list filters, sorts and facets on (the web UI's search fields and the facets). The
+# patient and study attributes are the same on every instance of a study as a rule, the others on
+# every instance of a series, so a study has a few combinations of them: both backends keep, per
+# study, one entry for each combination with its instance count, and answer a study list without
+# free text whose filters are all on these attributes from those entries (by_study_groups).
+STUDY_GROUP_ATTRIBUTES: tuple[str, ...] = (
+    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyDescription",
+    "ReferringPhysicianName", "Modality", "InstitutionName", "BodyPartExamined",
+)  # fmt: skip
+_GROUPED = frozenset(STUDY_GROUP_ATTRIBUTES) | {"StudyInstanceUID"}
+
 # A few attributes to show per hit, by level (first value of each).
 DISPLAY: dict[Level, tuple[str, ...]] = {
     Level.STUDY: (
@@ -232,6 +243,12 @@ def make_hit(
         attributes=display_attributes(fields, level),
         highlights=highlight(fields, request.text),
     )
+
+
+def by_study_groups(request: SearchRequest) -> bool:
+    """Whether a request without free text can be answered from the study groups as from the
+    instances: a study list whose filters are all on STUDY_GROUP_ATTRIBUTES or the study UID."""
+    return request.level is Level.STUDY and all(m.keyword in _GROUPED for m in path_filters(request.filters))
 
 
 def path_filters(filters: Sequence[Matcher]) -> tuple[Matcher, ...]:

@@ -11,6 +11,8 @@ never removed first), and what is ingested meanwhile is indexed by the indexer a
 - An object whose SOP Instance UID has a tombstone is what a delete cut short: left alone
   (``verify --repair`` finishes the delete).
 - Pipelined: a batch is written (catalog, then search index) while the next one is read.
+- The search index's study documents (OpenSearch: ``archive.adapters.opensearch_studies``) are
+  recomputed at the end, every study's, so that study lists read them from then on.
 - Resumable: objects are listed in key order and the last key of each committed batch is saved in
   a state file (``--state``, by default under ARCHIVE_DATA_DIR); a run started again after a crash
   continues after it, unless ``--restart``.
@@ -33,7 +35,7 @@ from archive import metrics
 from archive.core.errors import ObjectNotFound
 from archive.core.flatten import flatten
 from archive.core.models import IndexMessage
-from archive.core.ports import Catalog, ObjectStore, SearchIndex
+from archive.core.ports import Catalog, ObjectStore, SearchIndex, StudyDocumentsSearch
 from archive.core.records import CatalogEntry
 from archive.core.uids import uid_from_key
 from archive.ops.rebuild import message_of
@@ -176,6 +178,9 @@ async def reindex(store: ObjectStore, catalog: Catalog, search: SearchIndex, sta
         if writing is not None and not writing.done():
             writing.cancel()
             await asyncio.gather(writing, return_exceptions=True)
+    if isinstance(search, StudyDocumentsSearch):  # every study's document, those of emptied studies too
+        studies = await search.rebuild_study_documents()
+        log.info("study documents rebuilt", extra={"studies": studies})
     state.clear()
     return Report(progress.done, progress.indexed, progress.tombstoned, progress.unreadable,
                   round(time.monotonic() - progress.started, 3), after)

@@ -25,7 +25,7 @@ from archive.core.models import SearchDocument
 from archive.core.levels import Level
 from archive.core.ports import SearchHit, SearchIndex
 from archive.core.query import Matcher, Range, SequenceMatch, SingleValue, UIDList, Universal, Wildcard
-from archive.core.search import MAX_VALUE_CHARS, SearchRequest, SearchResult, Sort, date_interval
+from archive.core.search import MAX_VALUE_CHARS, STUDY_GROUP_ATTRIBUTES, SearchRequest, SearchResult, Sort, date_interval
 from tests.conftest import free_port, service_setting
 from tests.factories import make_ct, make_message, new_uid
 
@@ -283,7 +283,7 @@ async def test_opensearch_exact_filter_on_any_tag_path(tmp_path: Path, unique: s
         mapping = await index._client.indices.get_mapping(index=unique)
         assert set(mapping[unique]["mappings"]["properties"]) == {
             "sop_instance_uid", "study_uid", "series_uid", "indexed_at", "text", "fields",
-            "study_date", "modality", "institution", "body_part", "patient_name", "schema_version",
+            "study_date", "modality", "institution", "body_part", "patient_name", "schema_version", "group_key",
         }  # many distinct tags, same mapping
     finally:
         await index.drop()
@@ -688,3 +688,152 @@ def test_fts5_study_lists_go_to_the_groups_only_when_they_can() -> None:
     assert not by_groups(SearchRequest(filters=(SingleValue("SeriesInstanceUID", "1.2"),)), None)
     assert not by_groups(SearchRequest(filters=(SequenceMatch("ContentSequence", (
         SingleValue("ValueType", "TEXT"),)),)), None)
+
+
+# --- OpenSearch: study documents answer study lists as the instances do ---------------------------
+
+
+async def study_documents(index: OpenSearchIndex) -> dict[str, tuple[int, list[str]]]:
+    """Every study document: its instance count and its combinations (canonical JSON, sorted)."""
+    result = await index._client.search(index=index.studies.index, body={"size": 10_000, "query": {"match_all": {}}})
+    return {hit["_id"]: (hit["_source"]["instances"],
+                         sorted(json.dumps(c, sort_keys=True) for c in hit["_source"]["combos"]))
+            for hit in result["hits"]["hits"]}
+
+
+async def recomputed(index: OpenSearchIndex) -> dict[str, tuple[int, list[str]]]:
+    """What the study documents must be: recomputed from the instance documents as they are now."""
+    every = await index._client.search(index=index.index, body={
+        "size": 0, "aggs": {"s": {"terms": {"field": "study_uid", "size": 10_000}}}})
+    studies_now = [b["key"] for b in every["aggregations"]["s"]["buckets"]]
+    combos = await index.studies._combinations(studies_now) if studies_now else {}
+    return {study: (sum(c["n"] for c in entries), sorted(json.dumps(c, sort_keys=True) for c in entries))
+            for study, entries in combos.items()}
+
+
+async def same_answers(index: OpenSearchIndex, step: str) -> None:
+    assert await index.studies.ready(index._older_documents), step  # the study path is the one taken
+    for request in GROUP_REQUESTS:
+        fast = await index.query(request)
+        slow = await index._query_instances(request, [])
+        assert fast == slow, (step, request)
+    assert await study_documents(index) == await recomputed(index), step
+
+
+async def test_opensearch_study_documents_answer_as_the_instances_do(tmp_path: Path, unique: str) -> None:
+    """Random instances (values that disagree within a study, several values, missing ones), updates
+    that move an instance between studies, deletes: every study-list request gives the same result
+    from the study documents as from the instance documents, and the study documents equal a
+    recomputation from the instance documents."""
+    rng = random.Random(20261207)
+    index = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+    try:
+        await index.migrate()
+        series = random_series(rng, studies=12, per_study=3)
+        docs = [random_document(rng, series) for _ in range(400)]
+        for start in range(0, len(docs), 37):
+            await index.upsert(docs[start:start + 37])
+        await same_answers(index, "loaded")
+        assert (await index.query(GROUP_REQUESTS[0])).total == 12
+        moved = [dataclasses.replace(random_document(rng, series), sop_instance_uid=doc.sop_instance_uid)
+                 for doc in rng.sample(docs, 60)]  # new values, maybe another study
+        await index.upsert(moved + moved[:5])  # and the same uid twice in one batch
+        await same_answers(index, "updated")
+        now = {doc.sop_instance_uid: doc for doc in docs + moved}
+        first_study = {uid for uid, doc in now.items() if doc.study_uid == series[0][0]}
+        await index.delete(sorted(first_study) + [doc.sop_instance_uid for doc in rng.sample(docs, 80)])
+        await same_answers(index, "deleted")
+        assert series[0][0] not in await study_documents(index)  # a study without instances has no document
+        await index.delete([doc.sop_instance_uid for doc in docs])
+        assert await study_documents(index) == {} and (await index.query(GROUP_REQUESTS[0])).total == 0
+    finally:
+        await index.drop()
+        await index.close()
+
+
+async def test_opensearch_study_documents_under_concurrent_writers(tmp_path: Path, unique: str) -> None:
+    """Four writers (as four indexers, each its own client) upsert, move and delete instances of the
+    same few studies at once: no study document is left behind its instances."""
+    rng = random.Random(7)
+    url = service_setting("ARCHIVE_SEARCH")
+    writers = [OpenSearchIndex(url, index=unique) for _ in range(4)]
+    try:
+        await writers[0].migrate()
+        series = random_series(rng, studies=3, per_study=3)
+        pool = [random_document(rng, series) for _ in range(240)]
+
+        async def write(writer: OpenSearchIndex, seed: int) -> None:
+            mine = random.Random(seed)
+            for _ in range(12):
+                roll = mine.random()
+                if roll < 0.6:
+                    await writer.upsert(mine.sample(pool, 12))
+                elif roll < 0.85:  # the same instances with new values, maybe in another study
+                    await writer.upsert([dataclasses.replace(random_document(mine, series),
+                                                             sop_instance_uid=doc.sop_instance_uid)
+                                         for doc in mine.sample(pool, 8)])
+                else:
+                    await writer.delete([doc.sop_instance_uid for doc in mine.sample(pool, 10)])
+
+        await asyncio.gather(*(write(writer, seed) for seed, writer in enumerate(writers)))
+        await same_answers(writers[0], "after concurrent writes")
+    finally:
+        await writers[0].drop()
+        for writer in writers:
+            await writer.close()
+
+
+async def test_opensearch_study_path_waits_for_a_complete_study_index(tmp_path: Path, unique: str) -> None:
+    """An instance index filled before the study index existed (an upgrade): study lists read the
+    instance documents until the study documents are rebuilt; documents of an older schema keep
+    them so after a rebuild too, until they are indexed again."""
+    rng = random.Random(11)
+    index = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+    try:
+        await index.migrate()
+        series = random_series(rng, studies=5, per_study=2)
+        docs = [random_document(rng, series) for _ in range(60)]
+        await index._upsert(docs)  # around the study documents, as a release before them wrote
+        old = dataclasses.replace(random_document(rng, series))
+        source = {k: v for k, v in opensearch_search._source(old).items() if k not in ("group_key", "schema_version")}
+        await index._client.index(index=unique, id=old.sop_instance_uid, body=source, refresh=True)
+        await index.studies.drop()
+        await index.migrate()  # the study index made now, beside 61 instances: not complete
+        later = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+        try:
+            assert not await later.studies.ready(later._older_documents)
+            listed = await later.query(GROUP_REQUESTS[0])
+            assert listed == await later._query_instances(GROUP_REQUESTS[0], []) and listed.total == 5
+            assert await later.rebuild_study_documents() == 5
+            assert not await later.studies.ready(later._older_documents)  # the older document
+            await later.upsert([old])  # indexed again
+            assert await later.rebuild_study_documents() == 5
+            await same_answers(later, "rebuilt")
+        finally:
+            await later.close()
+    finally:
+        await index.drop()
+        await index.close()
+
+
+def test_group_key_stays_a_doc_value() -> None:
+    """A combination key fits Lucene's 32,766 bytes whatever the values (many long values are cut)."""
+    from archive.adapters.opensearch_studies import combination, group_key
+
+    fields = {"PatientName": ["Doe^Jane"], "StudyDescription": ["é" * 5000] * 40, "Modality": ["CT", "PT"]}
+    entry = combination(group_key(fields), 3)
+    assert entry["PatientName"] == ["Doe^Jane"] and entry["Modality"] == ["CT", "PT"] and entry["n"] == 3
+    assert entry["modality"] == "CT" and entry["patient_name"] == ["DOE^JANE"]
+    assert entry["StudyDescription"] == ["é" * 200] * 3
+    escaped = {keyword: ["\x01" * 5000] * 5 for keyword in STUDY_GROUP_ATTRIBUTES}  # 6 bytes a character in JSON
+    key = group_key(escaped)
+    assert 20_000 < len(key.encode()) <= 32_766
+    assert all(len(values) >= 2 for values in json.loads(key))
+
+
+def test_reindex_rebuilds_the_study_documents_of_opensearch_only(tmp_path: Path) -> None:
+    """`dicom-archive reindex` ends with a rebuild of the study documents where the index keeps them."""
+    from archive.core.ports import StudyDocumentsSearch
+
+    assert isinstance(OpenSearchIndex("http://127.0.0.1:1", index="x"), StudyDocumentsSearch)
+    assert not isinstance(Fts5Search(tmp_path / "search.db"), StudyDocumentsSearch)

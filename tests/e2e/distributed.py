@@ -101,7 +101,7 @@ def _drop_queues(url: str, names: list[str]) -> None:
 
 
 def _drop_index(search: str, index: str) -> None:
-    for path in (f"/{index}", f"/_index_template/{index}-template"):
+    for path in (f"/{index}", f"/{index}.studies", f"/_index_template/{index}-template"):
         request = urllib.request.Request(f"{search.rstrip('/')}{path}", method="DELETE")
         try:
             urllib.request.urlopen(request, timeout=10).close()

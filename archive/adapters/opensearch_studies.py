@@ -1,0 +1,280 @@
+"""Study documents in OpenSearch: one per study, what a study list without free text reads.
+
+The search index holds one document per instance, so the web UI's opening study list (the newest
+studies, four facets counting studies) aggregated over every instance: 1.5 s at 10M instances
+(docs/benchmarks.md). Beside the instance index, ``<index>.studies`` holds one document per study
+with its *combinations*: a nested entry for each distinct combination of the values of
+:data:`~archive.core.search.STUDY_GROUP_ATTRIBUTES` among the study's instances, with their
+instance count, as the embedded index's ``search_study_groups`` rows. A study-level request without
+free text whose filters are all on those attributes (:func:`~archive.core.search.by_study_groups`)
+reads them (:mod:`archive.adapters.opensearch_query`, "the study path"): a study matches when one
+combination meets every filter, which is when one instance does; a facet counts the studies of the
+matching combinations; the study count is the number of matching documents, exact.
+
+Keeping them right, under any number of indexers at once:
+- Every instance document carries ``group_key``, its combination as one JSON keyword (doc values
+  only, not searchable).
+- After each write to the instance index (upsert, delete: both wait for the refresh, so the write
+  is visible), the adapter recomputes the document of every study the write touched, the study an
+  instance left included, from the instance index: a composite aggregation of (study_uid,
+  group_key) gives the combinations and their counts.
+- It writes each with optimistic concurrency: ``if_seq_no``/``if_primary_term`` of the study
+  document as read (real-time) just before the aggregation, or ``create`` when there was none; a
+  study left without instances loses its document under the same guard. A conflict means that
+  another writer wrote the study in between: read and recompute again. So a successful write
+  follows a read that came after every earlier successful write, and its aggregation came after
+  that read: the last write of a study saw every instance write that had returned before it.
+- The study index is refreshed by each write (``refresh=true``: it is small), so a study list is
+  up to date when ``upsert`` returns, as the instance documents are.
+
+The path is used once the study index is *complete*: made with an empty instance index (a new
+deployment), or rebuilt (:meth:`StudyDocuments.rebuild`, run by ``dicom-archive reindex`` at its
+end), and no instance document is older than the schema that carries ``group_key``. Until then
+the instance path answers, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import RequestError
+
+from archive.adapters.opensearch_query import FACET_PROPERTIES, facet_source
+from archive.core.errors import ArchiveError, BackendUnavailable
+from archive.core.search import STUDY_GROUP_ATTRIBUTES
+
+log = logging.getLogger(__name__)
+
+Call = Callable[[str, Awaitable[Any]], Awaitable[Any]]
+
+STUDY_SCHEMA = 1
+# group_key: at most this many values of an attribute, each cut to this many characters (valid DICOM
+# values of the group attributes are at most 64 characters a value), so that the key stays well
+# under Lucene's 32,766 bytes of a doc value; longer keys lose values from the end.
+KEY_VALUES = 3
+KEY_VALUE_CHARS = 200
+MAX_KEY_BYTES = 30_000
+GROUP_KEY_PROPERTY = {"group_key": {"type": "keyword", "index": False, "doc_values": True}}
+STUDIES_AT_ONCE = 500  # studies recomputed in one round of requests
+COMPOSITE_PAGE = 1000
+ATTEMPTS = 20  # recomputations of a study that keeps changing under other writers before giving up
+READY_RECHECK_SECONDS = 30.0
+NESTED_LIMIT = 1_000_000  # combinations a study may have (OpenSearch's default: 10,000)
+
+_COMBINATION = {
+    **{keyword: {"type": "keyword"} for keyword in STUDY_GROUP_ATTRIBUTES},
+    **{name: spec for name, spec in FACET_PROPERTIES.items() if name != "schema_version"},
+    "n": {"type": "integer"},
+}
+STUDY_MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "study_uid": {"type": "keyword"},
+        "instances": {"type": "integer"},
+        "schema_version": {"type": "integer"},
+        "combos": {"type": "nested", "properties": _COMBINATION},
+    },
+}
+
+
+class StudyDocumentRejected(ArchiveError):
+    """OpenSearch refused a study document (a permanent error: a mapping it breaks, say)."""
+
+
+def group_key(fields: Mapping[str, Sequence[str]]) -> str:
+    """An instance's combination of group attribute values, as one keyword."""
+    values = [[str(v)[:KEY_VALUE_CHARS] for v in fields.get(k, ())[:KEY_VALUES]] for k in STUDY_GROUP_ATTRIBUTES]
+    while True:
+        key = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+        if len(key.encode()) <= MAX_KEY_BYTES:
+            return key
+        longest = max(values, key=lambda vs: sum(len(v) for v in vs))
+        longest.pop()
+
+
+def combination(key: str | None, count: int) -> dict[str, Any]:
+    """A nested entry of a study document from an instance's group_key (None: a document written
+    before group_key existed, which counts but matches no filter)."""
+    entry: dict[str, Any] = {"n": count}
+    if key is None:
+        return entry
+    fields = {k: vs for k, vs in zip(STUDY_GROUP_ATTRIBUTES, json.loads(key), strict=True) if vs}
+    return {**fields, **{k: v for k, v in facet_source(fields).items() if v is not None}, **entry}
+
+
+class StudyDocuments:
+    """The study index beside an instance index: kept by the adapter's writes, read by study lists."""
+
+    def __init__(self, client: AsyncOpenSearch, call: Call, instances: str, *, refresh_interval: str) -> None:
+        self._client = client
+        self._call = call
+        self.instances = instances
+        self.index = f"{instances}.studies"  # outside the instance template's "<index>-*" pattern
+        self.refresh_interval = refresh_interval
+        self._ready = False
+        self._next_check = 0.0
+
+    async def migrate(self, instances_empty: bool) -> None:
+        """Create the study index when missing: complete when the instance index is still empty."""
+        if await self._call("study index exists", self._client.indices.exists(index=self.index)):
+            return
+        body = {
+            "settings": {"index": {
+                "number_of_shards": 1, "auto_expand_replicas": "0-1", "refresh_interval": self.refresh_interval,
+                "mapping.nested_objects.limit": NESTED_LIMIT,
+            }},
+            "mappings": {**STUDY_MAPPINGS, "_meta": {"schema_version": STUDY_SCHEMA, "complete": instances_empty}},
+        }
+        try:
+            await self._call("create study index", self._client.indices.create(index=self.index, body=body))
+        except RequestError as exc:  # another role created it in the meantime
+            if "resource_already_exists_exception" not in str(exc.error):
+                raise
+            return
+        if instances_empty:
+            log.info("study index %s created", self.index)
+        else:
+            log.warning("study index %s created beside a filled instance index: study lists read the instance "
+                        "documents until `dicom-archive reindex` has rebuilt it", self.index)
+
+    async def drop(self) -> None:
+        await self._call("delete study index", self._client.indices.delete(index=self.index, ignore_unavailable=True))
+
+    async def ready(self, older_documents: Callable[[], Awaitable[int]]) -> bool:
+        """Whether study lists may read the study documents (checked again every 30 s until so)."""
+        if self._ready:
+            return True
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + READY_RECHECK_SECONDS
+        try:
+            mapping = await self._call("study index mapping", self._client.indices.get_mapping(index=self.index))
+            complete = bool(mapping[self.index]["mappings"].get("_meta", {}).get("complete"))
+            self._ready = complete and await older_documents() == 0
+        except Exception as exc:  # the instance path answers meanwhile
+            log.warning("study index %s not usable yet", self.index, extra={"error": type(exc).__name__})
+        return self._ready
+
+    async def studies_of(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """The studies the instance index has these instances in now (real-time)."""
+        if not sop_instance_uids:
+            return set()
+        found = await self._call("mget", self._client.mget(
+            index=self.instances, body={"ids": list(sop_instance_uids)}, _source_includes="study_uid"))
+        return {doc["_source"]["study_uid"] for doc in found["docs"] if doc.get("found")}
+
+    async def refresh(self, studies: Iterable[str]) -> None:
+        """Recompute the documents of these studies from the instance index (after a write to it)."""
+        pending = sorted(set(studies))
+        for start in range(0, len(pending), STUDIES_AT_ONCE):
+            chunk = pending[start:start + STUDIES_AT_ONCE]
+            for _ in range(ATTEMPTS):
+                chunk = await self._recompute(chunk)
+                if not chunk:
+                    break
+            else:
+                raise BackendUnavailable("search", f"study documents: {len(chunk)} kept changing under other writers")
+
+    async def _recompute(self, studies: list[str]) -> list[str]:
+        """One round for ``studies``: the ones another writer changed in between, to do again."""
+        found = await self._call("mget studies", self._client.mget(index=self.index, body={"ids": studies},
+                                                                   _source=False))
+        seen = {doc["_id"]: (doc["_seq_no"], doc["_primary_term"]) for doc in found["docs"] if doc.get("found")}
+        combos = await self._combinations(studies)
+        body: list[dict[str, Any]] = []
+        for study in studies:
+            entries, version = combos.get(study), seen.get(study)
+            guard = {"if_seq_no": version[0], "if_primary_term": version[1]} if version else {}
+            if entries:
+                action = "index" if version else "create"
+                body.append({action: {"_index": self.index, "_id": study, **guard}})
+                body.append({"study_uid": study, "instances": sum(e["n"] for e in entries), "combos": entries,
+                             "schema_version": STUDY_SCHEMA})
+            elif version:
+                body.append({"delete": {"_index": self.index, "_id": study, **guard}})
+        if not body:
+            return []
+        only = "errors,items.*.error,items.*._id,items.*.status"
+        result = await self._call("bulk studies", self._client.bulk(body=body, refresh="true", filter_path=only))
+        if not result.get("errors"):
+            return []
+        again: list[str] = []
+        for item in result.get("items", []):
+            outcome = next(iter(item.values()))
+            status = outcome.get("status")
+            if "error" not in outcome and status != 404:
+                continue
+            if status in (404, 409):  # written or deleted by another writer since it was read
+                again.append(str(outcome["_id"]))
+            elif isinstance(status, int) and (status == 429 or status >= 500):
+                raise BackendUnavailable("search", f"bulk studies: {outcome.get('error')}")
+            else:
+                raise StudyDocumentRejected(f"study document {outcome.get('_id')} rejected: {outcome.get('error')}")
+        return again
+
+    async def _combinations(self, studies: list[str]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        composite: dict[str, Any] = {"size": COMPOSITE_PAGE, "sources": [
+            {"study": {"terms": {"field": "study_uid"}}},
+            {"key": {"terms": {"field": "group_key", "missing_bucket": True}}},
+        ]}
+        while True:
+            body = {"size": 0, "query": {"terms": {"study_uid": studies}}, "aggs": {"c": {"composite": composite}}}
+            result = await self._call("study combinations", self._client.search(
+                index=self.instances, body=body, request_cache=False))
+            found = result["aggregations"]["c"]
+            for bucket in found["buckets"]:
+                out[bucket["key"]["study"]].append(combination(bucket["key"]["key"], int(bucket["doc_count"])))
+            if len(found["buckets"]) < COMPOSITE_PAGE or "after_key" not in found:
+                return out
+            composite = {**composite, "after": found["after_key"]}
+
+    async def rebuild(self, older_documents: Callable[[], Awaitable[int]]) -> int:
+        """Recompute every study's document (and remove those of studies without instances); mark
+        the index complete when every instance document carries its group_key. Returns the studies."""
+        listed: set[str] = set()
+        composite: dict[str, Any] = {"size": STUDIES_AT_ONCE, "sources": [{"study": {"terms": {"field": "study_uid"}}}]}
+        while True:
+            body = {"size": 0, "aggs": {"c": {"composite": composite}}}
+            result = await self._call("studies", self._client.search(index=self.instances, body=body,
+                                                                     request_cache=False))
+            found = result["aggregations"]["c"]
+            page = [bucket["key"]["study"] for bucket in found["buckets"]]
+            await self.refresh(page)
+            listed.update(page)
+            if len(page) < STUDIES_AT_ONCE or "after_key" not in found:
+                break
+            composite = {**composite, "after": found["after_key"]}
+        stale = [study async for study in self._documents() if study not in listed]
+        await self.refresh(stale)
+        older = await older_documents()
+        if older:
+            log.warning("study index %s rebuilt, but %d instance documents predate group_key: study lists read "
+                        "the instance documents until they are indexed again", self.index, older)
+        else:
+            meta = {"schema_version": STUDY_SCHEMA, "complete": True}
+            await self._call("put study meta", self._client.indices.put_mapping(index=self.index, body={"_meta": meta}))
+            self._next_check = 0.0  # this process need not wait for its next look
+        return len(listed)
+
+    async def _documents(self) -> Any:
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {"query": {"match_all": {}}, "sort": [{"study_uid": "asc"}], "_source": False,
+                                    "size": STUDIES_AT_ONCE, "track_total_hits": False}
+            if after is not None:
+                body["search_after"] = after
+            result = await self._call("study ids", self._client.search(index=self.index, body=body))
+            hits = result["hits"]["hits"]
+            for hit in hits:
+                yield hit["_id"]
+            if len(hits) < STUDIES_AT_ONCE:
+                return
+            after = hits[-1]["sort"]
