@@ -1,21 +1,20 @@
-"""What study documents would give the web UI's study list: a probe on data ``bench/query.py --keep`` left.
+"""The study path at ten times the studies: a probe on data ``bench/query.py --keep`` left.
 
-    .venv/bin/python bench/study_docs.py WORKDIR/postgres [--queries 30]
+    .venv/bin/python bench/study_docs.py WORKDIR/postgres [--scale 10] [--queries 30]
 
-The search index holds one document per instance, so the study list without free text
-aggregates over every instance (docs/benchmarks.md, "Query at 10M instances"). This probe
-builds, from the kept catalog, a second index with one document per study and each distinct
-(modality, institution, body part) of its series (in the synthetic data: one per study), in the
-adapter's own document format, and times the web UI's opening list (25 newest studies, the four
-facets) on both indexes with the query role's own code, OpenSearch's request cache cleared
-before each request, then the parts of the request one by one (OpenSearch ``took``). The probe
-index is removed at the end; the kept data is left as it was.
+A study list without free text reads the study documents (archive/adapters/opensearch_studies.py):
+its page and its totals (study count, four facets) are two requests to the study index, whose
+cost grows with the studies; then one request for the page's 25 studies to the instance index,
+whose cost does not grow with the archive. Loading 10M instances takes about two hours here, so
+this probe copies the kept study index ``--scale`` times (the copies' study UIDs suffixed, their
+values as they are, the document rewritten by this build's ``study_source``) into a probe index with the adapter's own mapping, and times the study path's
+two requests on it and on the kept index: OpenSearch's ``took`` and the wall time, the request
+cache off. The probe index is removed at the end; the kept data is left as it was.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -28,111 +27,82 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import percentile  # noqa: E402
 
-from archive.adapters.opensearch_query import page_body, totals_body  # noqa: E402
-from archive.adapters.opensearch_search import OpenSearchIndex, _source  # noqa: E402
-from archive.core.models import SearchDocument  # noqa: E402
-from archive.core.search import SearchRequest, Sort  # noqa: E402
+from archive.adapters.opensearch_query import study_page_body, study_totals_body  # noqa: E402
+from archive.adapters.opensearch_studies import NESTED_LIMIT, STUDY_MAPPINGS, study_source  # noqa: E402
+from archive.core.query import SingleValue, Wildcard  # noqa: E402
+from archive.core.search import FACETS, SearchRequest, Sort  # noqa: E402
 from tests.e2e.distributed import _drop_index  # noqa: E402
 
-UI_LIST = SearchRequest(limit=25, sort=Sort("StudyDate", True),
-                        facets=("Modality", "StudyDate", "InstitutionName", "BodyPartExamined"))
-CATALOG_ROWS = """
-select st.study_uid, min(s.series_uid), st.study_date, st.study_description, st.accession_number,
-       p.patient_id, p.patient_name, p.birth_date, s.modality, s.institution, s.body_part
-  from series s join studies st on st.id = s.study_fk join patients p on p.id = st.patient_fk
- group by st.study_uid, st.study_date, st.study_description, st.accession_number,
-          p.patient_id, p.patient_name, p.birth_date, s.modality, s.institution, s.body_part
-"""
-KEYWORDS = ("StudyDate", "StudyDescription", "AccessionNumber", "PatientID", "PatientName", "PatientBirthDate",
-            "Modality", "InstitutionName", "BodyPartExamined")
+REQUESTS = {
+    "the UI's opening list (25 newest, 4 facets)": SearchRequest(limit=25, sort=Sort("StudyDate", True),
+                                                                facets=FACETS),
+    "a surname typed (SMITH*)": SearchRequest(limit=25, sort=Sort("StudyDate", True), facets=FACETS,
+                                              filters=(Wildcard("PatientName", "SMITH*"),)),
+    "a facet clicked (Modality=MR)": SearchRequest(limit=25, sort=Sort("StudyDate", True), facets=FACETS,
+                                                   filters=(SingleValue("Modality", "MR"),)),
+}
 
 
-def study_documents(catalog: str, index: str) -> Iterator[dict[str, Any]]:
-    import psycopg
-
-    with psycopg.connect(catalog) as conn:  # the URL's options set the kept schema's search_path
-        for study, series, *values in conn.cursor(name="studies").execute(CATALOG_ROWS):
-            fields = {k: [v] for k, v in zip(KEYWORDS, values) if v}
-            key = "|".join([study, *(v or "" for v in values[-3:])])
-            doc = SearchDocument(sop_instance_uid=key, study_uid=study, series_uid=series, text="",
-                                 fields=fields, indexed_at=time.time())
-            yield {"_index": index, "_id": key, "_source": _source(doc)}
-
-
-async def create_index(search: str, index: str) -> None:
-    adapter = OpenSearchIndex(search, index=index)  # the adapter's mapping and settings
-    try:
-        await adapter.migrate()
-    finally:
-        await adapter.close()
-
-
-def post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def post(url: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as response:
         return dict(json.load(response))
 
 
-async def ui_list_ms(search: str, index: str, count: int) -> list[float]:
-    adapter = OpenSearchIndex(search, index=index, timeout=600)
-    try:
-        out = []
-        for i in range(count + 3):  # three untimed
-            post(f"{search}/{index}/_cache/clear?request=true")
-            started = time.perf_counter()
-            await adapter.query(UI_LIST)
-            if i >= 3:
-                out.append((time.perf_counter() - started) * 1000)
-        return out
-    finally:
-        await adapter.close()
+def copies(search: str, source: str, target: str, scale: int) -> Iterator[dict[str, Any]]:
+    from opensearchpy import OpenSearch, helpers
+
+    client = OpenSearch(hosts=[search], timeout=600)
+    for hit in helpers.scan(client, index=source, query={"query": {"match_all": {}}}, size=2000):
+        for i in range(scale):
+            study = hit["_source"]["study_uid"] + (f".{i}" if i else "")
+            yield {"_index": target, "_id": study, "_source": study_source(study, hit["_source"]["combos"])}
 
 
-def parts_took_ms(search: str, index: str) -> dict[str, int]:
-    """OpenSearch's own time for each part of the list's requests (request cache off)."""
-    page, totals = page_body(UI_LIST, []), totals_body(UI_LIST, [])
-    assert totals is not None
-    aggs = totals["aggs"]
-    plain = {name: {k: v for k, v in agg.items() if k != "aggs"} for name, agg in aggs.items() if name != "groups"}
-    for agg in plain.values():
-        if "terms" in agg:
-            agg["terms"] = {**agg["terms"], "order": [{"_count": "desc"}, {"_key": "asc"}]}
-    bodies = {
-        "page (sort, collapse by study)": page,
-        "total (cardinality of the study UID)": {**totals, "aggs": {"groups": aggs["groups"]}},
-        "facets (per-bucket cardinality)": {**totals, "aggs": {k: v for k, v in aggs.items() if k != "groups"}},
-        "facets (document counts)": {**totals, "aggs": plain},
-    }
-    return {name: min(post(f"{search}/{index}/_search?request_cache=false", body)["took"] for _ in range(5))
-            for name, body in bodies.items()}
+def timed(search: str, index: str, body: dict[str, Any], count: int) -> tuple[list[float], list[float]]:
+    took, wall = [], []
+    for i in range(count + 3):  # three untimed
+        started = time.perf_counter()
+        result = post(f"{search}/{index}/_search?request_cache=false", body)
+        if i >= 3:
+            wall.append((time.perf_counter() - started) * 1000)
+            took.append(float(result["took"]))
+    return took, wall
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kept", type=Path, help="the <workdir>/postgres directory of a bench/query.py --keep run")
+    parser.add_argument("--scale", type=int, default=10, help="copies of each study (1: the kept size)")
     parser.add_argument("--queries", type=int, default=30)
     args = parser.parse_args()
     kept = json.loads((args.kept / "kept.json").read_text())
     if kept["family"] != "postgres":
         parser.error("study documents are for the OpenSearch index: give a postgres directory")
     env, instances = kept["saved"]["env"], kept["saved"]["name"]
-    search, probe = env["ARCHIVE_SEARCH"].rstrip("/"), f"studies{instances}"  # outside the index's template
+    search, studies = env["ARCHIVE_SEARCH"].rstrip("/"), f"{instances}.studies"
+    probe = f"probe-{instances}-x{args.scale}"
     from opensearchpy import OpenSearch, helpers
 
-    asyncio.run(create_index(search, probe))
+    settings = {"index": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1",
+                          "mapping.nested_objects.limit": NESTED_LIMIT}}
+    post(f"{search}/{probe}", {"settings": settings, "mappings": STUDY_MAPPINGS}, method="PUT")
     try:
         started = time.perf_counter()
         client = OpenSearch(hosts=[search], timeout=600)
-        written, _ = helpers.bulk(client, study_documents(env["ARCHIVE_CATALOG"], probe), chunk_size=5000,
-                                  refresh=True)
-        print(f"{written} study documents written in {time.perf_counter() - started:.0f} s")
-        for index in (instances, probe):
-            ms = asyncio.run(ui_list_ms(search, index, args.queries))
-            print(f"{index}: the UI's opening list through the adapter: p50 {percentile(ms, 0.5):.1f} ms, "
-                  f"p95 {percentile(ms, 0.95):.1f} ms")
-            for part, took in parts_took_ms(search, index).items():
-                print(f"  {part}: {took} ms")
+        written, _ = helpers.bulk(client, copies(search, studies, probe, args.scale), chunk_size=5000)
+        post(f"{search}/{probe}/_refresh")
+        count = post(f"{search}/{probe}/_count")["count"]
+        print(f"{written} study documents ({count} counted) written in {time.perf_counter() - started:.0f} s")
+        for index in (probe,):
+            size = post(f"{search}/{index}/_stats/store", method="GET")["_all"]["primaries"]["store"]["size_in_bytes"]
+            print(f"{index}: {post(f'{search}/{index}/_count')['count']} studies, {size / 2**20:.1f} MB")
+            for name, request in REQUESTS.items():
+                for part, body in (("page", study_page_body(request)), ("totals", study_totals_body(request))):
+                    took, wall = timed(search, index, body, args.queries)
+                    print(f"  {name}, {part}: took p50 {percentile(took, 0.5):.0f} / p95 {percentile(took, 0.95):.0f} ms,"
+                          f" wall p50 {percentile(wall, 0.5):.1f} / p95 {percentile(wall, 0.95):.1f} ms")
     finally:
         _drop_index(search, probe)
     return 0

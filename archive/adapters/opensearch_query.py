@@ -259,11 +259,16 @@ def study_page_body(request: SearchRequest) -> dict[str, Any]:
 
 
 def study_totals_body(request: SearchRequest) -> dict[str, Any]:
-    """The study count and the facets: each facet over the matching combinations, counting the
-    studies they belong to (reverse_nested), not the combinations."""
+    """The study count and the facets. Without a filter on a combination every combination of a
+    matching study matches, so a facet counts the study documents by their own copies of the
+    facet values (plain document counts: a study has each value once); with one, over the matching
+    combinations, counting the studies they belong to (reverse_nested), not the combinations."""
     _, combination = _study_filters(request)
+    plain = facet_aggs(dataclasses.replace(request, level=Level.IMAGE))  # document counts
+    if not combination:
+        return {"query": study_query(request), "size": 0, "track_total_hits": True, "aggs": plain}
     facets: dict[str, Any] = {}
-    for name, agg in facet_aggs(dataclasses.replace(request, level=Level.IMAGE)).items():
+    for name, agg in plain.items():
         for kind in ("terms", "date_histogram"):
             if kind in agg:
                 inner = dict(agg[kind])
@@ -271,6 +276,17 @@ def study_totals_body(request: SearchRequest) -> dict[str, Any]:
                 if kind == "terms":
                     inner["order"] = [{"studies": "desc"}, {"_key": "asc"}]
                 facets[name] = {kind: inner, "aggs": {"studies": {"reverse_nested": {}}}}
-    matching = {"bool": {"filter": combination}} if combination else {"match_all": {}}
+    matching = {"bool": {"filter": combination}}
     aggs = {"combos": {"nested": {"path": "combos"}, "aggs": {"matching": {"filter": matching, "aggs": facets}}}}
     return {"query": study_query(request), "size": 0, "track_total_hits": True, "aggs": aggs}
+
+
+def study_facet_buckets(request: SearchRequest, aggregations: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """Each facet's (value, studies) from the aggregations of study_totals_body."""
+    nested = aggregations.get("combos", {}).get("matching")
+    out = {}
+    for facet in request.facets:
+        buckets = (nested or aggregations)[f"facet_{facet}"]["buckets"]
+        out[facet] = [(str(b.get("key_as_string", b["key"])),
+                       int(b["studies"]["doc_count"] if nested is not None else b["doc_count"])) for b in buckets]
+    return out

@@ -42,6 +42,7 @@ from archive.adapters.opensearch_query import (
     facet_source,
     page_body,
     page_stats_body,
+    study_facet_buckets,
     study_page_body,
     study_totals_body,
     text_clause,
@@ -356,9 +357,8 @@ class OpenSearchIndex:
             stale = [key for key in keys if key not in stats]
             log.warning("study documents without matching instances recomputed", extra={"study_uids": stale})
             await self.studies.refresh(stale)
-        aggs = totals.get("aggregations", {}).get("combos", {}).get("matching", {})
-        facets = {facet: tuple(FacetBucket(str(b.get("key_as_string", b["key"])), int(b["studies"]["doc_count"]))
-                               for b in aggs[f"facet_{facet}"]["buckets"]) for facet in request.facets}
+        buckets = study_facet_buckets(request, totals.get("aggregations", {}))
+        facets = {facet: tuple(FacetBucket(value, count) for value, count in found) for facet, found in buckets.items()}
         return SearchResult(total=int(totals["hits"]["total"]["value"]), hits=tuple(hits), facets=facets)
 
     async def _query_instances(self, request: SearchRequest, terms: Sequence[str]) -> SearchResult:
