@@ -1,0 +1,99 @@
+"""Make the search index a ``bench/query.py --keep`` run left ten times larger, in OpenSearch alone.
+
+    .venv/bin/python bench/scale_index.py WORKDIR/postgres [--copies 10]
+
+Loading 10M instances through the adapters takes about two hours here. For the study list, which
+reads only the search index (and the catalog for the 25 studies of a page), a copy inside
+OpenSearch does: the kept instance index is copied ``--copies`` times into a new index with
+``_reindex`` (each copy's study, series and instance UIDs suffixed ``.<n>``, its values as they
+are), the kept index is replaced by an alias of that name to the copy, and the study documents
+are rebuilt. ``bench/query.py --attach WORKDIR/postgres --kinds ui_list,ui_list_name`` then
+measures the study list on it (this build and a ``--baseline``). What the copy cannot give: free
+text (the index does not keep the text in ``_source``, so copies have none) and the catalog's
+rows of the copies (a page's series and instance counts are missing for them).
+``bench/query.py --remove WORKDIR/postgres`` removes the alias; this script's ``--drop`` the copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from archive.adapters.opensearch_search import OpenSearchIndex  # noqa: E402
+
+SUFFIX = """
+if (params.copy > 0) {
+  String s = '.' + params.copy;
+  ctx._id = ctx._id + s;
+  ctx._source.sop_instance_uid = ctx._source.sop_instance_uid + s;
+  ctx._source.study_uid = ctx._source.study_uid + s;
+  ctx._source.series_uid = ctx._source.series_uid + s;
+}
+"""
+
+
+def call(url: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=3600) as response:
+        return dict(json.load(response))
+
+
+async def rebuild(search: str, name: str) -> int:
+    index = OpenSearchIndex(search, index=name, timeout=600)
+    try:
+        await index.migrate()
+        return await index.rebuild_study_documents()
+    finally:
+        await index.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kept", type=Path)
+    parser.add_argument("--copies", type=int, default=10)
+    parser.add_argument("--drop", action="store_true", help="remove the copy a run of this script made")
+    args = parser.parse_args()
+    kept = json.loads((args.kept / "kept.json").read_text())
+    search, name = kept["saved"]["env"]["ARCHIVE_SEARCH"].rstrip("/"), kept["saved"]["name"]
+    target = f"{name}-x{args.copies}"
+    if args.drop:
+        for path in (f"/{target}", f"/{name}.studies"):
+            try:
+                call(f"{search}{path}", method="DELETE")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+        return 0
+    asyncio.run(OpenSearchIndex(search, index=target).migrate())  # the adapter's mapping and settings
+    call(f"{search}/{target}/_settings", {"index": {"refresh_interval": "-1"}}, method="PUT")
+    started = time.perf_counter()
+    for copy in range(args.copies):
+        done = call(f"{search}/_reindex?refresh=false&slices=auto", {
+            "source": {"index": name, "size": 5000},
+            "dest": {"index": target},
+            "script": {"lang": "painless", "source": SUFFIX, "params": {"copy": copy}},
+        })
+        print(f"copy {copy}: {done['created']} documents, {time.perf_counter() - started:.0f} s", flush=True)
+    call(f"{search}/{target}/_settings", {"index": {"refresh_interval": "250ms"}}, method="PUT")
+    call(f"{search}/{target}/_refresh")
+    call(f"{search}/{name}", method="DELETE")
+    call(f"{search}/{name}.studies", method="DELETE")
+    call(f"{search}/_aliases", {"actions": [{"add": {"index": target, "alias": name}}]})
+    started = time.perf_counter()
+    studies = asyncio.run(rebuild(search, name))
+    print(f"{name} is now an alias of {target}: {call(f'{search}/{name}/_count')['count']} instances, "
+          f"{studies} studies (study documents rebuilt in {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
