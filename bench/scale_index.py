@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from archive.adapters.opensearch_search import OpenSearchIndex  # noqa: E402
+from archive.adapters.opensearch_search import _ANALYSIS, MAPPINGS, OpenSearchIndex  # noqa: E402
 
 SUFFIX = """
 if (params.copy > 0) {
@@ -73,15 +73,23 @@ def main() -> int:
                 if exc.code != 404:
                     raise
         return 0
-    asyncio.run(OpenSearchIndex(search, index=target).migrate())  # the adapter's mapping and settings
+    call(f"{search}/{target}", {  # this build's mapping (a baseline's query role may have put an older template)
+        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}, "analysis": _ANALYSIS},
+        "mappings": MAPPINGS,
+    }, method="PUT")
     call(f"{search}/{target}/_settings", {"index": {"refresh_interval": "-1"}}, method="PUT")
     started = time.perf_counter()
     for copy in range(args.copies):
-        done = call(f"{search}/_reindex?refresh=false&slices=auto", {
+        task = call(f"{search}/_reindex?refresh=false&wait_for_completion=false", {
             "source": {"index": name, "size": 5000},
             "dest": {"index": target},
             "script": {"lang": "painless", "source": SUFFIX, "params": {"copy": copy}},
-        })
+        })["task"]
+        while not (status := call(f"{search}/_tasks/{task}", method="GET"))["completed"]:
+            time.sleep(5)
+        done = status["response"]
+        if done.get("failures"):
+            raise SystemExit(f"copy {copy}: {str(done['failures'])[:500]}")
         print(f"copy {copy}: {done['created']} documents, {time.perf_counter() - started:.0f} s", flush=True)
     call(f"{search}/{target}/_settings", {"index": {"refresh_interval": "250ms"}}, method="PUT")
     call(f"{search}/{target}/_refresh")

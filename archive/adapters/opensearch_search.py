@@ -23,6 +23,10 @@ lack them (free text and filters still find them, facets and sorts do not)
 until they are indexed again. ``query()`` translates a SearchRequest with
 :mod:`archive.adapters.opensearch_query` into two requests sent at once, the page
 and the aggregations (total, facets), which may each see a different refresh.
+
+Schema 3 adds ``group_key`` (a document's combination of the study-list attributes) and, beside
+the index, one document per study that every write keeps and study lists without free text read
+(:mod:`archive.adapters.opensearch_studies`).
 """
 
 from __future__ import annotations
@@ -207,6 +211,7 @@ class OpenSearchIndex:
         """Recompute every study document from the instance documents (after a reindex, or a bulk
         load that went around ``upsert``); the studies."""
         return await self.studies.rebuild(self._older_documents)
+
     async def _upgrade(self) -> None:
         """Add the fields of this schema to an index made by an older one (idempotent)."""
         body = {"_meta": {"schema_version": SCHEMA_VERSION}, "properties": {**FACET_PROPERTIES, **GROUP_KEY_PROPERTY}}
