@@ -80,8 +80,12 @@ def filter_clause(m: Matcher) -> dict[str, Any] | None:
 def combination_clause(m: Matcher) -> dict[str, Any] | None:
     """One matcher on a group attribute as a clause on a study document's combinations (nested
     ``combos``, each field as the instance document's, see opensearch_studies)."""
-    if m.keyword == "PatientName":
-        return _clause(m, "combos.patient_name", True, False)
+    if m.keyword == "PatientName":  # as filter_clause: folded, or the original case-insensitively
+        folded = _clause(m, "combos.patient_name", True, False)
+        if folded is None:
+            return None
+        original = _clause(m, "combos.PatientName", False, True)
+        return {"bool": {"should": [folded, original], "minimum_should_match": 1}}
     return _clause(m, f"combos.{m.keyword}", False, vr_of(m.keyword) == "PN")
 
 
@@ -148,14 +152,18 @@ def facet_aggs(request: SearchRequest) -> dict[str, Any]:
 
 
 def _sort(request: SearchRequest, has_text: bool) -> list[Any]:
+    """The sort of documents; within a group (a study, a series) the instance UID decides a tie, so
+    that the document a group shows does not depend on the index's internal order."""
     key, direction = request.sort.key, "desc" if request.sort.descending else "asc"
-    tie = {GROUP_FIELD[request.level]: "asc"}
+    tie = [{GROUP_FIELD[request.level]: "asc"}]
+    if request.level is not Level.IMAGE:
+        tie.append({"sop_instance_uid": "asc"})
     if key == "StudyDate":
-        return [{"study_date": {"order": direction, "missing": "_last"}}, tie]
+        return [{"study_date": {"order": direction, "missing": "_last"}}, *tie]
     if key == "PatientName":
         mode = "max" if request.sort.descending else "min"
-        return [{"patient_name": {"order": direction, "missing": "_last", "mode": mode}}, tie]
-    return ["_score", tie] if has_text else [tie]
+        return [{"patient_name": {"order": direction, "missing": "_last", "mode": mode}}, *tie]
+    return ["_score", *tie] if has_text else tie
 
 
 def page_body(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any]:
@@ -200,9 +208,8 @@ def page_stats_body(
     aggs: dict[str, Any] = {"modalities": {"terms": {"field": "modality", "size": 50}}}
     if best:
         top: dict[str, Any] = {"size": 1, "_source": ["study_uid", "series_uid", "fields"]}
-        order = _sort(request, bool(terms))[:-1]  # the group's own UID: the same on each of its documents
-        if order:
-            top["sort"] = order
+        group_uid = {group: "asc"}  # the same on each of its documents
+        top["sort"] = [key for key in _sort(request, bool(terms)) if key != group_uid]
         aggs["best"] = {"top_hits": top}
     return {
         "size": 0,
@@ -234,6 +241,7 @@ def study_query(request: SearchRequest) -> dict[str, Any]:
     """Studies with one combination that meets every filter: one instance does (PS3.4 C.2.2.2 per
     instance, as the instance documents are matched)."""
     study, combination = _study_filters(request)
+    study.append({"range": {"instances": {"gte": 1}}})  # not the document of a study with none left
     if combination:
         study.append({"nested": {"path": "combos", "score_mode": "none",
                                  "query": {"bool": {"filter": combination}}}})

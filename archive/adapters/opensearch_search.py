@@ -68,6 +68,7 @@ T = TypeVar("T")
 SCHEMA_VERSION = 3
 # An index another process has just created answers 503 for a moment, even at yellow health
 NOT_SEARCHABLE_YET = Backoff(first=0.1, cap=2.0, attempts=15)
+STUDIES_AFTER_WRITE = Backoff(first=0.2, cap=2.0, attempts=6)  # about 5 s
 MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window default
 # flat_object indexes "path=value" as one Lucene term (at most 32,766 bytes);
 # exact filters on longer values are not useful, full text keeps them whole.
@@ -256,10 +257,8 @@ class OpenSearchIndex:
         studies |= {doc.study_uid for doc in documents}
         try:
             await self._upsert(documents)
-        except SearchWriteRejected:  # the documents written count
-            await self.studies.refresh(studies)
-            raise
-        await self.studies.refresh(studies)
+        finally:  # also after a partial failure: the documents written count
+            await self._refresh_studies(studies)
 
     async def _upsert(self, documents: Sequence[SearchDocument]) -> None:
         body: list[dict[str, Any]] = []
@@ -291,8 +290,15 @@ class OpenSearchIndex:
         if not sop_instance_uids:
             return
         studies = await self.studies.studies_of(sop_instance_uids)
-        await self._delete(sop_instance_uids)
-        await self.studies.refresh(studies)
+        try:
+            await self._delete(sop_instance_uids)
+        finally:  # a retried delete finds the documents gone, and with them their studies
+            await self._refresh_studies(studies)
+
+    async def _refresh_studies(self, studies: set[str]) -> None:
+        """Recompute these studies' documents, waiting out a short outage: once the instance write is
+        done, a retry of the whole call would no longer know which studies it touched."""
+        await retrying(STUDIES_AFTER_WRITE, BackendUnavailable)(self.studies.refresh, studies)
 
     async def _delete(self, sop_instance_uids: Sequence[str]) -> None:
         body = [{"delete": {"_index": self.index, "_id": uid}} for uid in sop_instance_uids]
@@ -361,7 +367,10 @@ class OpenSearchIndex:
         if len(hits) < len(keys):
             stale = [key for key in keys if key not in stats]
             log.warning("study documents without matching instances recomputed", extra={"study_uids": stale})
-            await self.studies.refresh(stale)
+            try:
+                await self.studies.refresh(stale)
+            except Exception as exc:  # the answer stands without it (an index refusing writes, say)
+                log.warning("study documents not recomputed", extra={"error": type(exc).__name__})
         buckets = study_facet_buckets(request, totals.get("aggregations", {}))
         facets = {facet: tuple(FacetBucket(value, count) for value, count in found) for facet, found in buckets.items()}
         return SearchResult(total=int(totals["hits"]["total"]["value"]), hits=tuple(hits), facets=facets)

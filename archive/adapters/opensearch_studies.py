@@ -20,7 +20,8 @@ Keeping them right, under any number of indexers at once:
   group_key) gives the combinations and their counts.
 - It writes each with optimistic concurrency: ``if_seq_no``/``if_primary_term`` of the study
   document as read (real-time) just before the aggregation, or ``create`` when there was none; a
-  study left without instances loses its document under the same guard. A conflict means that
+  study left without instances keeps a document with none (never deleted: an absent document has
+  no version to guard a write with), which no list shows. A conflict means that
   another writer wrote the study in between: read and recompute again. So a successful write
   follows a read that came after every earlier successful write, and its aggregation came after
   that read: the last write of a study saw every instance write that had returned before it.
@@ -35,8 +36,10 @@ the instance path answers, as before.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -54,11 +57,11 @@ log = logging.getLogger(__name__)
 Call = Callable[[str, Awaitable[Any]], Awaitable[Any]]
 
 STUDY_SCHEMA = 1
-# group_key: at most this many values of an attribute, each cut to this many characters (valid DICOM
-# values of the group attributes are at most 64 characters a value), so that the key stays well
-# under Lucene's 32,766 bytes of a doc value; longer keys lose values from the end.
-KEY_VALUES = 3
-KEY_VALUE_CHARS = 200
+# group_key: at most this many values of an attribute, each cut as the instance document cuts it,
+# and the key kept under Lucene's 32,766 bytes of a doc value: a longer key loses values from the
+# end of its longest attribute (valid values of these attributes are at most 64 characters).
+KEY_VALUES = 16
+KEY_VALUE_CHARS = 1024  # as the instance document's fields (opensearch_search.MAX_FIELD_VALUE_CHARS)
 MAX_KEY_BYTES = 30_000
 GROUP_KEY_PROPERTY = {"group_key": {"type": "keyword", "index": False, "doc_values": True}}
 STUDIES_AT_ONCE = 500  # studies recomputed in one round of requests
@@ -86,6 +89,9 @@ STUDY_MAPPINGS: dict[str, Any] = {
         "combos": {"type": "nested", "properties": _COMBINATION},
     },
 }
+
+
+LISTED = {"range": {"instances": {"gte": 1}}}  # the study documents of studies with instances
 
 
 class StudyDocumentRejected(ArchiveError):
@@ -159,19 +165,19 @@ class StudyDocuments:
         await self._call("delete study index", self._client.indices.delete(index=self.index, ignore_unavailable=True))
 
     async def ready(self, older_documents: Callable[[], Awaitable[int]]) -> bool:
-        """Whether study lists may read the study documents (checked again every 30 s until so)."""
-        if self._ready:
-            return True
+        """Whether study lists may read the study documents (checked again every 30 s: documents of an
+        older schema written since, by a role of the release before during an upgrade, turn it off)."""
         now = time.monotonic()
         if now < self._next_check:
-            return False
+            return self._ready
         self._next_check = now + READY_RECHECK_SECONDS
         try:
             mapping = await self._call("study index mapping", self._client.indices.get_mapping(index=self.index))
             complete = bool(mapping[self.index]["mappings"].get("_meta", {}).get("complete"))
             self._ready = complete and await older_documents() == 0
         except Exception as exc:  # the instance path answers meanwhile
-            log.warning("study index %s not usable yet", self.index, extra={"error": type(exc).__name__})
+            self._ready = False
+            log.warning("study index %s not usable", self.index, extra={"error": type(exc).__name__})
         return self._ready
 
     async def studies_of(self, sop_instance_uids: Sequence[str]) -> set[str]:
@@ -187,10 +193,11 @@ class StudyDocuments:
         pending = sorted(set(studies))
         for start in range(0, len(pending), STUDIES_AT_ONCE):
             chunk = pending[start:start + STUDIES_AT_ONCE]
-            for _ in range(ATTEMPTS):
+            for attempt in range(ATTEMPTS):
                 chunk = await self._recompute(chunk)
                 if not chunk:
                     break
+                await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # let the other writer finish
             else:
                 raise BackendUnavailable("search", f"study documents: {len(chunk)} kept changing under other writers")
 
@@ -202,16 +209,12 @@ class StudyDocuments:
         combos = await self._combinations(studies)
         body: list[dict[str, Any]] = []
         for study in studies:
-            entries, version = combos.get(study), seen.get(study)
+            version = seen.get(study)
             guard = {"if_seq_no": version[0], "if_primary_term": version[1]} if version else {}
-            if entries:
-                action = "index" if version else "create"
-                body.append({action: {"_index": self.index, "_id": study, **guard}})
-                body.append(study_source(study, entries))
-            elif version:
-                body.append({"delete": {"_index": self.index, "_id": study, **guard}})
-        if not body:
-            return []
+            # Every recomputation writes, and no study document is ever deleted (a study without
+            # instances keeps one with none, which no list shows): "absent" has no version to guard.
+            body.append({"index" if version else "create": {"_index": self.index, "_id": study, **guard}})
+            body.append(study_source(study, combos.get(study, [])))
         only = "errors,items.*.error,items.*._id,items.*.status"
         result = await self._call("bulk studies", self._client.bulk(body=body, refresh="true", filter_path=only))
         if not result.get("errors"):
@@ -220,9 +223,9 @@ class StudyDocuments:
         for item in result.get("items", []):
             outcome = next(iter(item.values()))
             status = outcome.get("status")
-            if "error" not in outcome and status != 404:
+            if "error" not in outcome:
                 continue
-            if status in (404, 409):  # written or deleted by another writer since it was read
+            if status == 409:  # written by another writer since it was read
                 again.append(str(outcome["_id"]))
             elif isinstance(status, int) and (status == 429 or status >= 500):
                 raise BackendUnavailable("search", f"bulk studies: {outcome.get('error')}")
@@ -263,7 +266,7 @@ class StudyDocuments:
             if len(page) < STUDIES_AT_ONCE or "after_key" not in found:
                 break
             composite = {**composite, "after": found["after_key"]}
-        stale = [study async for study in self._documents() if study not in listed]
+        stale = [study async for study in self._documents() if study not in listed]  # to 0 instances
         await self.refresh(stale)
         older = await older_documents()
         if older:
@@ -278,7 +281,7 @@ class StudyDocuments:
     async def _documents(self) -> Any:
         after: list[Any] | None = None
         while True:
-            body: dict[str, Any] = {"query": {"match_all": {}}, "sort": [{"study_uid": "asc"}], "_source": False,
+            body: dict[str, Any] = {"query": LISTED, "sort": [{"study_uid": "asc"}], "_source": False,
                                     "size": STUDIES_AT_ONCE, "track_total_hits": False}
             if after is not None:
                 body["search_after"] = after
