@@ -251,7 +251,7 @@ class StudyDocuments:
             composite = {**composite, "after": found["after_key"]}
 
     async def rebuild(self, older_documents: Callable[[], Awaitable[int]]) -> int:
-        """Recompute every study's document (and remove those of studies without instances); mark
+        """Recompute every study's document (those of studies without instances left to none); mark
         the index complete when every instance document carries its group_key. Returns the studies."""
         listed: set[str] = set()
         composite: dict[str, Any] = {"size": STUDIES_AT_ONCE, "sources": [{"study": {"terms": {"field": "study_uid"}}}]}
