@@ -67,26 +67,25 @@ def _one(field: str, m: SingleValue | Wildcard, normalise: bool, ci: bool) -> di
 
 def filter_clause(m: Matcher) -> dict[str, Any] | None:
     """One matcher as a filter clause on an instance document (None: matches everything)."""
-    if m.keyword == "PatientName":
-        folded = _clause(m, "patient_name", True, False)
-        if folded is None:
-            return None
-        # documents older than schema 2 have no patient_name: case-insensitive on the original
-        original = _clause(m, "fields.PatientName", False, True)
-        return {"bool": {"should": [folded, original], "minimum_should_match": 1}}
-    return _clause(m, f"fields.{m.keyword}", False, vr_of(m.keyword) == "PN")
+    # documents older than schema 2 have no patient_name: also case-insensitive on the original
+    return _attribute_clause(m, "fields.", "patient_name")
 
 
 def combination_clause(m: Matcher) -> dict[str, Any] | None:
     """One matcher on a group attribute as a clause on a study document's combinations (nested
     ``combos``, each field as the instance document's, see opensearch_studies)."""
-    if m.keyword == "PatientName":  # as filter_clause: folded, or the original case-insensitively
-        folded = _clause(m, "combos.patient_name", True, False)
+    return _attribute_clause(m, "combos.", "combos.patient_name")
+
+
+def _attribute_clause(m: Matcher, attributes: str, folded_name: str) -> dict[str, Any] | None:
+    """PatientName folded, or the original case-insensitively; other person names case-insensitively."""
+    if m.keyword == "PatientName":
+        folded = _clause(m, folded_name, True, False)
         if folded is None:
             return None
-        original = _clause(m, "combos.PatientName", False, True)
+        original = _clause(m, f"{attributes}PatientName", False, True)
         return {"bool": {"should": [folded, original], "minimum_should_match": 1}}
-    return _clause(m, f"combos.{m.keyword}", False, vr_of(m.keyword) == "PN")
+    return _clause(m, f"{attributes}{m.keyword}", False, vr_of(m.keyword) == "PN")
 
 
 def _clause(m: Matcher, field: str, normalise: bool, ci: bool) -> dict[str, Any] | None:

@@ -52,7 +52,7 @@ from archive.adapters.opensearch_query import (
     text_clause,
     totals_body,
 )
-from archive.adapters.opensearch_studies import GROUP_KEY_PROPERTY, StudyDocuments, group_key
+from archive.adapters.opensearch_studies import GROUP_KEY_PROPERTY, StudyDocuments, group_key, ids_in_order
 from archive.core.errors import ArchiveError, BackendUnavailable
 from archive.core.levels import Level
 from archive.core.models import SearchDocument
@@ -432,23 +432,7 @@ class OpenSearchIndex:
         result = await self._call("count", self._client.count(index=self.index))
         return int(result["count"])
 
-    async def ids(self) -> AsyncIterator[str]:
+    def ids(self) -> AsyncIterator[str]:
         """Every indexed SOP Instance UID, in UID order, one page at a time (search_after)."""
-        after: list[Any] | None = None
-        while True:
-            body: dict[str, Any] = {
-                "query": {"match_all": {}},
-                "sort": [{"sop_instance_uid": "asc"}],
-                "_source": False,
-                "size": self.page_size,
-                "track_total_hits": False,
-            }
-            if after is not None:
-                body["search_after"] = after
-            result = await self._call("ids", self._client.search(index=self.index, body=body))
-            hits = result["hits"]["hits"]
-            for hit in hits:
-                yield hit["_id"]
-            if len(hits) < self.page_size:
-                return
-            after = hits[-1]["sort"]
+        return ids_in_order(self._call, self._client, self.index, {"match_all": {}}, "sop_instance_uid",
+                            self.page_size)

@@ -42,7 +42,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
@@ -278,17 +278,23 @@ class StudyDocuments:
             self._next_check = 0.0  # this process need not wait for its next look
         return len(listed)
 
-    async def _documents(self) -> Any:
-        after: list[Any] | None = None
-        while True:
-            body: dict[str, Any] = {"query": LISTED, "sort": [{"study_uid": "asc"}], "_source": False,
-                                    "size": STUDIES_AT_ONCE, "track_total_hits": False}
-            if after is not None:
-                body["search_after"] = after
-            result = await self._call("study ids", self._client.search(index=self.index, body=body))
-            hits = result["hits"]["hits"]
-            for hit in hits:
-                yield hit["_id"]
-            if len(hits) < STUDIES_AT_ONCE:
-                return
-            after = hits[-1]["sort"]
+    def _documents(self) -> AsyncIterator[str]:
+        return ids_in_order(self._call, self._client, self.index, LISTED, "study_uid", STUDIES_AT_ONCE)
+
+
+async def ids_in_order(call: Call, client: AsyncOpenSearch, index: str, query: dict[str, Any], field: str,
+                       page_size: int) -> AsyncIterator[str]:
+    """The ids of the documents ``query`` matches, in ``field`` order, one page at a time (search_after)."""
+    after: list[Any] | None = None
+    while True:
+        body: dict[str, Any] = {"query": query, "sort": [{field: "asc"}], "_source": False, "size": page_size,
+                                "track_total_hits": False}
+        if after is not None:
+            body["search_after"] = after
+        result = await call(f"{index} ids", client.search(index=index, body=body))
+        hits = result["hits"]["hits"]
+        for hit in hits:
+            yield hit["_id"]
+        if len(hits) < page_size:
+            return
+        after = hits[-1]["sort"]
