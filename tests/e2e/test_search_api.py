@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,8 +103,18 @@ def loaded(archive: ArchiveProcess, tmp_path: Path) -> dict[str, str]:
     assert result.returncode == 0, result.stderr
     assert pynetdicom_store(archive.dicom_port, reports) == [0x0000] * len(reports)
     expected = len(files) + len(reports)
-    wait_until(lambda: search(archive, level="instance")["total"] == expected, timeout=60)
+    # the indexer counts a batch once it is written: on OpenSearch the study documents are recomputed
+    # after the instances are searchable, so the instance level alone would not say the list is current
+    wait_until(lambda: indexed(archive) >= expected, timeout=60)
+    assert search(archive, level="instance")["total"] == expected
     return uids
+
+
+def indexed(proc: ArchiveProcess) -> float:
+    with urllib.request.urlopen(f"{proc.http}/metrics") as response:
+        text = response.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("archive_indexed_instances_total "))
 
 
 def search(proc: ArchiveProcess, status: int = 200, **params: str) -> Any:
