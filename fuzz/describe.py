@@ -8,7 +8,7 @@ Little Endian, as a C-STORE context may say, when there is none),
 :func:`~archive.ingest.describe.describe` parses the header and builds the DICOM JSON, and
 :meth:`Description.index_message` the message the indexer receives.
 
-Invariants: the message encodes (no NaN), parses back equal through
+Invariants: the DICOM JSON equals pydicom's (the plain path of common elements turned off), the message encodes (no NaN), parses back equal through
 :meth:`IndexMessage.from_bytes` (what the indexer does), and carries no NUL character
 (PostgreSQL text and jsonb refuse it: the message would be poison).
 """
@@ -19,6 +19,7 @@ import atexit
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ImplicitVRLittleEndian
@@ -26,6 +27,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from archive.core.errors import InvalidInstance
 from archive.core.models import IndexMessage
 from archive.core.uids import object_key
+from archive.ingest import describe as describe_module
 from archive.ingest.describe import dataset_offset, describe
 
 # MalformedDataset (unparseable) and InvalidUID (a UID that is not one) are InvalidInstance.
@@ -51,12 +53,26 @@ def transfer_syntax(path: Path) -> str:
     return syntax or str(ImplicitVRLittleEndian)
 
 
+def _pydicom_json(path: Path, syntax: str, offset: int) -> dict[str, Any]:
+    """The header's DICOM JSON with every element through pydicom's DataElement (no plain path)."""
+    original = describe_module._plain_json
+    describe_module._plain_json = lambda raw, ascii_text: None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return describe_module.dataset_json(describe_module.read_header(fh, syntax))
+    finally:
+        describe_module._plain_json = original
+
+
 def fuzz_one(data: bytes) -> None:
     path = _file()
     path.write_bytes(data)
     offset = dataset_offset(path)
     assert 0 <= offset, offset
     description = describe(path, transfer_syntax(path), offset)
+    assert description.metadata == _pydicom_json(path, transfer_syntax(path), offset), \
+        "the plain path's DICOM JSON differs from pydicom's"
     message = description.index_message(object_key(description.sop_instance_uid), len(data), "0" * 64, "FUZZ")
     body = message.to_bytes()
     assert b"\\u0000" not in body, "a NUL character would reach the catalog"

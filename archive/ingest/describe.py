@@ -7,8 +7,10 @@ never read. The result carries the validated UIDs and the DICOM JSON metadata.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import re
 import struct
 import time
 import zlib
@@ -84,9 +86,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _element_json(elem: DataElement, prefix: str) -> dict[str, Any]:
-    out = elem.to_json_dict(bulk_data_element_handler=lambda e: f"bulk:{prefix}{e.tag:08X}",
-                            bulk_data_threshold=BULK_THRESHOLD)
+def _finish(out: dict[str, Any]) -> dict[str, Any]:
     values = out.get("Value")
     if isinstance(values, list):
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
@@ -97,30 +97,144 @@ def _element_json(elem: DataElement, prefix: str) -> dict[str, Any]:
     return out
 
 
+def _element_json(elem: DataElement, prefix: str) -> dict[str, Any]:
+    return _finish(elem.to_json_dict(bulk_data_element_handler=lambda e: f"bulk:{prefix}{e.tag:08X}",
+                                     bulk_data_threshold=BULK_THRESHOLD))
+
+
 _VRS = frozenset(vr.value for vr in VR)
 
+# The common elements' DICOM JSON straight from their bytes (_plain_json), as pydicom's element
+# conversion and to_json_dict give it: the header parse and DICOM JSON were a quarter of `serve`'s
+# CPU an instance, most of it pydicom building a DataElement per element (docs/benchmarks.md,
+# "The header's DICOM JSON without pydicom's elements"). Anything else, or anything unusual in a
+# value, takes pydicom's way; tests/unit/test_describe.py and the describe fuzz target compare both.
+_MULTI = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # values.multi_string: the whole value stripped, then split
+# (and a UID each value stripped: pydicom's UID class)
+_TEXT = frozenset({"SH", "LO"})  # values.convert_text: split, each value stripped
+_SINGLE = frozenset({"ST", "LT", "UT"})  # values.convert_single_string: one value
+_BINARY = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}  # values.convert_numbers
+_SIZES = {vr: struct.calcsize(f"<{fmt}") for vr, fmt in _BINARY.items()}
+_PLAIN_VRS = _MULTI | _TEXT | _SINGLE | frozenset(_BINARY) | {"AE", "UR", "PN", "IS", "DS"}
+# Implicit VR: the dictionary's VR, for the standard tags with one of the VRs above
+_IMPLICIT_VR = {tag: entry[0] for tag, entry in DicomDictionary.items() if entry[0] in _PLAIN_VRS}
+_IS = re.compile(r" *[+-]?[0-9]+ *")  # what int() reads the same way as pydicom's IS (no "1_0", no "1.0")
+_DS = re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")  # no "nan", "inf", "1_0"
+_ASCII_BUT_ESCAPE = bytes(b for b in range(128) if b != 0x1B)  # ESC starts ISO 2022 code extensions
 
-def dataset_json(ds: Dataset, prefix: str = "") -> DicomJson:
+
+@functools.lru_cache(maxsize=64)
+def _decodes_as_ascii(encodings: tuple[str, ...]) -> bool:
+    """Is the dataset's character set one byte ISO 8859 (ISO_IR 6, 100, 101, ...) or UTF-8 (ISO_IR
+    192), whose ASCII bytes pydicom decodes as ASCII? Not ISO_IR 13 (0x5C is the yen sign), not
+    GB18030 or GBK (pydicom splits their person names its own way), not code extensions."""
+    if len(encodings) != 1 or not encodings[0].startswith(("iso8859", "iso_ir_1", "latin_1", "UTF8")):
+        return False
+    try:
+        return _ASCII_BUT_ESCAPE.decode(encodings[0]) == _ASCII_BUT_ESCAPE.decode("ascii")
+    except (LookupError, UnicodeDecodeError):
+        return False
+
+
+def _plain_json(raw: RawDataElement, ascii_text: bool) -> dict[str, Any] | None:
+    """The element's DICOM JSON from its bytes, or None: pydicom's conversion decides."""
+    value = raw.value
+    vr = raw.VR if raw.VR is not None else _IMPLICIT_VR.get(raw.tag)
+    if vr not in _PLAIN_VRS or not isinstance(value, bytes):
+        return None
+    if not value:
+        return {"vr": vr}
+    fmt = _BINARY.get(vr)
+    if fmt is not None:
+        size = _SIZES[vr]
+        if not raw.is_little_endian or len(value) % size:
+            return None
+        numbers = list(struct.unpack(f"<{len(value) // size}{fmt}", value))
+        if vr in ("FL", "FD") and not all(map(math.isfinite, numbers)):
+            return {"vr": vr}  # as _finish: NaN/Infinity are not DICOM JSON numbers
+        return {"vr": vr, "Value": numbers}
+    if not ascii_text or not value.isascii() or b"\x1b" in value:
+        return None
+    text = value.decode("ascii")
+    if vr in _MULTI:
+        values = text.rstrip("\0 ").split("\\")
+        if vr == "UI":
+            values = [v.strip() for v in values]
+    elif vr in _TEXT:
+        values = [v.rstrip("\0 ") for v in text.split("\\")]
+    elif vr in _SINGLE:
+        values = [text.rstrip("\0 ")]
+    elif vr == "AE":
+        values = [v.strip() for v in text.split("\\")]
+    elif vr == "UR":
+        values = [text.rstrip()]
+    elif vr == "PN":
+        values = text.rstrip("\0 ").split("\\")
+        if len(values) > 1 and not all(values) or any("=" in v for v in values):
+            return None  # component groups: PersonName's parsing; an empty one of several: its IndexError
+    else:  # IS, DS
+        values = (text.strip() if vr == "DS" else text).rstrip("\0 ").split("\\")
+        if values == [""]:
+            return {"vr": vr}
+        pattern = _IS if vr == "IS" else _DS
+        if not all(pattern.fullmatch(v) for v in values):
+            return None
+        return _finish({"vr": vr, "Value": [int(v) if vr == "IS" else float(v) for v in values]})
+    if values == [""]:
+        return {"vr": vr}
+    if "\0" in text:  # as _clean
+        values = [v.replace("\0", "") for v in values]
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": v} for v in values]}
+    return {"vr": vr, "Value": values}
+
+
+def _creator_reads(ds: Dataset, tag: BaseTag) -> bool:
+    """A private element's Private Creator, if there is one, converts: pydicom converts it when it
+    converts the element (Dataset.__setitem__), and a creator it cannot read makes the element UN."""
+    if not tag.group & 1:
+        return True
+    creator = BaseTag(tag & 0xFFFF0000 | tag.element >> 8)
+    if creator == tag or creator not in ds:
+        return True
+    try:
+        ds[creator]
+    except Exception:
+        return False
+    return True
+
+
+def dataset_json(ds: Dataset, prefix: str = "", ascii_text: bool | None = None) -> DicomJson:
     """DICOM JSON (PS3.18 F.2) of ``ds`` without deferred or bulk values.
 
     A bulk value becomes the marker ``bulk:<path>``, its path in the instance:
     ``<tag>`` at the top level, ``<sequence tag>/<item index>/<tag>`` inside items;
-    the query service turns markers into BulkDataURIs (PS3.18 F.2.6).
+    the query service turns markers into BulkDataURIs (PS3.18 F.2.6). ``ascii_text``: the
+    text values of ASCII bytes may be read without their character set (default: from ``ds``'s).
     """
     out: DicomJson = {}
+    if ascii_text is None or 0x00080005 in ds:  # an item may name its own character set
+        charset = ds._character_set
+        ascii_text = _decodes_as_ascii((charset,) if isinstance(charset, str) else tuple(charset))
     for tag in sorted(ds.keys()):
         if tag.element == 0 or tag.group in (0x0002, 0xFFFE):
             continue  # group lengths, file meta, delimiters
         raw = ds.get_item(tag, keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
-            # the VR as the file spells it, unread by pydicom: only one of PS3.5 6.2 (fuzzing: "C\x00")
-            vr = raw.VR if raw.VR in _VRS else "UN"
-            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{prefix}{tag:08X}"}
-            continue
+        if isinstance(raw, RawDataElement):
+            if raw.value is None and raw.length:
+                # the VR as the file spells it, unread by pydicom: only one of PS3.5 6.2 (fuzzing: "C\x00")
+                vr = raw.VR if raw.VR in _VRS else "UN"
+                out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{prefix}{tag:08X}"}
+                continue
+            plain = _plain_json(raw, ascii_text) if _creator_reads(ds, tag) else None
+            if plain is not None:
+                out[f"{tag:08X}"] = plain
+                continue
         try:
             elem = ds[tag]
             if elem.VR == "SQ":
-                items = [dataset_json(item, f"{prefix}{tag:08X}/{i}/") for i, item in enumerate(elem.value)]
+                items = [dataset_json(item, f"{prefix}{tag:08X}/{i}/", ascii_text)
+                         for i, item in enumerate(elem.value)]
                 out[f"{tag:08X}"] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             else:
                 out[f"{tag:08X}"] = _element_json(elem, prefix)
@@ -229,9 +343,19 @@ def dataset_offset(path: Path, start: int = 0) -> int:
         return position
 
 
+_UID_TAGS = {"StudyInstanceUID": 0x0020000D, "SeriesInstanceUID": 0x0020000E, "SOPInstanceUID": 0x00080018,
+             "SOPClassUID": 0x00080016}
+
+
 def _uid(ds: Dataset, keyword: str) -> str:
     """A validated UID of ``ds``; an element pydicom cannot decode (an unknown VR, say, which
     :func:`dataset_json` records as UN) is the sender's malformed data (0xC000), not our failure."""
+    raw = ds.get_item(_UID_TAGS[keyword], keep_deferred=True)
+    if (isinstance(raw, RawDataElement) and raw.VR in ("UI", None) and isinstance(raw.value, bytes)
+            and raw.value.isascii()):  # one value, as pydicom's convert_UI and UID read it
+        values = raw.value.decode("ascii").rstrip("\0 ").split("\\")
+        if len(values) == 1:
+            return validate_uid(values[0].strip(), keyword)
     try:
         value = ds.get(keyword)
     except Exception as exc:
