@@ -108,7 +108,7 @@ _VRS = frozenset(vr.value for vr in VR)
 # conversion and to_json_dict give it: the header parse and DICOM JSON were a quarter of `serve`'s
 # CPU an instance, most of it pydicom building a DataElement per element (docs/benchmarks.md,
 # "The header's DICOM JSON without pydicom's elements"). Anything else, or anything unusual in a
-# value, takes pydicom's way; tests/unit/test_describe.py and the describe fuzz target compare both.
+# value, takes pydicom's way; tests/unit/test_describe_plain.py and the describe fuzz target compare both.
 _MULTI = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # values.multi_string: the whole value stripped, then split
 # (and a UID each value stripped: pydicom's UID class)
 _TEXT = frozenset({"SH", "LO"})  # values.convert_text: split, each value stripped
