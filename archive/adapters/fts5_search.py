@@ -37,7 +37,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -357,8 +357,8 @@ class Fts5Search:
                 conn.execute("ROLLBACK")
             raise
 
-    async def delete(self, sop_instance_uids: Sequence[str]) -> None:
-        if sop_instance_uids:
+    async def delete(self, sop_instance_uids: Sequence[str], study_uids: Collection[str] = ()) -> None:
+        if sop_instance_uids:  # the study groups change in the same transaction: no study_uids needed
             await _guard(self._writer, self._delete, list(sop_instance_uids))
 
     def _search(self, expression: str, limit: int) -> list[SearchHit]:

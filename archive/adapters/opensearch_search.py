@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from typing import Any, TypeVar
 
 from opensearchpy import AsyncOpenSearch
@@ -286,10 +286,12 @@ class OpenSearchIndex:
             raise BackendUnavailable("search", f"bulk: {len(failures)} document(s) failed: {first}")
         raise SearchWriteRejected(failures)
 
-    async def delete(self, sop_instance_uids: Sequence[str]) -> None:
+    async def delete(self, sop_instance_uids: Sequence[str], study_uids: Collection[str] = ()) -> None:
         if not sop_instance_uids:
             return
-        studies = await self.studies.studies_of(sop_instance_uids)
+        # the caller's studies too: a delete retried after its study recomputation failed finds the
+        # documents gone, and with them the studies they were in
+        studies = await self.studies.studies_of(sop_instance_uids) | set(study_uids)
         try:
             await self._delete(sop_instance_uids)
         finally:  # a retried delete finds the documents gone, and with them their studies

@@ -7,7 +7,7 @@ run against both. Capabilities are data, not extra methods.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -173,8 +173,10 @@ class SearchIndex(Backend, Protocol):
     async def upsert(self, documents: Sequence[SearchDocument]) -> None:
         """Write documents (id = SOP Instance UID); searchable when this returns."""
 
-    async def delete(self, sop_instance_uids: Sequence[str]) -> None:
-        """Remove the documents (unknown ids are no error); gone from searches when this returns."""
+    async def delete(self, sop_instance_uids: Sequence[str], study_uids: Collection[str] = ()) -> None:
+        """Remove the documents (unknown ids are no error); gone from searches when this returns.
+        ``study_uids``: the studies they were in, when the caller knows them (an index keeping
+        per-study entries updates these too, also when a retry finds the documents gone)."""
 
     async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
         """Instances whose text holds every term (plain terms, ``term*`` prefixes), best first."""

@@ -73,7 +73,7 @@ class DeleteService:
             return 0
         still = await self.catalog.tombstoned([i.sop_instance_uid for i in instances])
         gone = [i for i in instances if i.sop_instance_uid in still]
-        await self.search.delete([i.sop_instance_uid for i in gone])
+        await self.search.delete([i.sop_instance_uid for i in gone], {i.study_uid for i in gone})
         for instance in gone:
             try:
                 await self.store.delete(instance.object_key)

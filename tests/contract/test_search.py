@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -722,19 +723,31 @@ async def same_answers(index: OpenSearchIndex, step: str) -> None:
     assert await study_documents(index) == await recomputed(index), step
 
 
+@contextlib.asynccontextmanager
+async def random_index(unique: str, seed: int, studies: int, count: int) -> AsyncIterator[
+        tuple[OpenSearchIndex, random.Random, list[tuple[str, str, dict[str, list[str]]]], list[SearchDocument]]]:
+    """An OpenSearch index of ``count`` random instances in ``studies`` studies (3 series each),
+    written in batches of 37; dropped afterwards."""
+    rng = random.Random(seed)
+    index = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+    try:
+        await index.migrate()
+        series = random_series(rng, studies=studies, per_study=3)
+        docs = [random_document(rng, series) for _ in range(count)]
+        for start in range(0, len(docs), 37):
+            await index.upsert(docs[start:start + 37])
+        yield index, rng, series, docs
+    finally:
+        await index.drop()
+        await index.close()
+
+
 async def test_opensearch_study_documents_answer_as_the_instances_do(tmp_path: Path, unique: str) -> None:
     """Random instances (values that disagree within a study, several values, missing ones), updates
     that move an instance between studies, deletes: every study-list request gives the same result
     from the study documents as from the instance documents, and the study documents equal a
     recomputation from the instance documents."""
-    rng = random.Random(20261207)
-    index = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
-    try:
-        await index.migrate()
-        series = random_series(rng, studies=12, per_study=3)
-        docs = [random_document(rng, series) for _ in range(400)]
-        for start in range(0, len(docs), 37):
-            await index.upsert(docs[start:start + 37])
+    async with random_index(unique, 20261207, studies=12, count=400) as (index, rng, series, docs):
         await same_answers(index, "loaded")
         assert (await index.query(GROUP_REQUESTS[0])).total == 12
         moved = [dataclasses.replace(random_document(rng, series), sop_instance_uid=doc.sop_instance_uid)
@@ -760,9 +773,29 @@ async def test_opensearch_study_documents_answer_as_the_instances_do(tmp_path: P
         await same_answers(index, "healed")
         await index.delete([doc.sop_instance_uid for doc in docs])
         assert await study_documents(index) == {} and (await index.query(GROUP_REQUESTS[0])).total == 0
-    finally:
-        await index.drop()
-        await index.close()
+
+
+async def test_opensearch_a_retried_delete_recomputes_the_studies_its_caller_names(unique: str) -> None:
+    """A delete whose study recomputation failed (the instances gone, an outage longer than its retry)
+    leaves study documents behind; retried, it finds no documents and so no studies: the caller's
+    study UIDs (the catalog knows them: DeleteService.remove_leftovers) are recomputed."""
+    async with random_index(unique, 11, studies=3, count=60) as (index, rng, series, docs):
+        study = docs[0].study_uid
+        gone = sorted({doc.sop_instance_uid for doc in docs if doc.study_uid == study})[:4]
+        working = index._refresh_studies
+
+        async def down(studies: set[str]) -> None:
+            raise BackendUnavailable("search", "study index unavailable")
+
+        index._refresh_studies = down  # type: ignore[method-assign]
+        with pytest.raises(BackendUnavailable):
+            await index.delete(gone)
+        index._refresh_studies = working  # type: ignore[method-assign]
+        assert await study_documents(index) != await recomputed(index)  # left behind its instances
+        await index.delete(gone)  # retried without the studies: none found
+        assert await study_documents(index) != await recomputed(index)
+        await index.delete(gone, {study})
+        await same_answers(index, "retried with its studies")
 
 
 async def test_opensearch_study_documents_under_concurrent_writers(tmp_path: Path, unique: str) -> None:
