@@ -253,7 +253,8 @@ def study_page_body(request: SearchRequest) -> dict[str, Any]:
     _, combination = _study_filters(request)
     direction = "desc" if request.sort.descending else "asc"
     sort: list[Any] = []
-    field = {"StudyDate": "combos.study_date", "PatientName": "combos.patient_name"}.get(request.sort.key)
+    # the date as a keyword: see opensearch_studies._COMBINATION's date_key
+    field = {"StudyDate": "combos.date_key", "PatientName": "combos.patient_name"}.get(request.sort.key)
     if field is not None:
         nested: dict[str, Any] = {"path": "combos"}
         if combination:

@@ -213,6 +213,15 @@ class OpenSearchIndex:
         load that went around ``upsert``); the studies."""
         return await self.studies.rebuild(self._older_documents)
 
+    async def verify_study_documents(self, repair: bool) -> list[str]:
+        """The studies whose document is behind their instance documents (a crash, or an outage
+        longer than the retry, between an instance write and its study's recomputation);
+        ``repair`` recomputes them."""
+        behind = await self.studies.behind()
+        if repair:
+            await self.studies.refresh(behind)
+        return behind
+
     async def _upgrade(self) -> None:
         """Add the fields of this schema to an index made by an older one (idempotent)."""
         body = {"_meta": {"schema_version": SCHEMA_VERSION}, "properties": {**FACET_PROPERTIES, **GROUP_KEY_PROPERTY}}

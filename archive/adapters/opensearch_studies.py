@@ -37,6 +37,7 @@ the instance path answers, as before.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import random
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 Call = Callable[[str, Awaitable[Any]], Awaitable[Any]]
 
-STUDY_SCHEMA = 1
+STUDY_SCHEMA = 2  # 2: combos.date_key
 # group_key: at most this many values of an attribute, each cut as the instance document cuts it,
 # and the key kept under Lucene's 32,766 bytes of a doc value: a longer key loses values from the
 # end of its longest attribute (valid values of these attributes are at most 64 characters).
@@ -74,6 +75,11 @@ _COMBINATION = {
     **{keyword: {"type": "keyword"} for keyword in STUDY_GROUP_ATTRIBUTES},
     **{name: spec for name, spec in FACET_PROPERTIES.items() if name != "schema_version"},
     "n": {"type": "integer"},
+    # The combination's study date as a keyword (a valid yyyyMMdd, as the date field reads it), which
+    # study pages sort on: a nested sort on the date field fails in OpenSearch 2.19 for a page ending
+    # in a study without a date (it formats the last sort value, Long.MIN) or, with an explicit
+    # "missing", throws UnsupportedOperationException on some segments.
+    "date_key": {"type": "keyword"},
 }
 # The facet fields of every combination, on the study document itself (each distinct value once):
 # a request without a filter on a combination counts them as plain document counts, which at 150,000
@@ -116,7 +122,21 @@ def combination(key: str | None, count: int) -> dict[str, Any]:
     if key is None:
         return entry
     fields = {k: vs for k, vs in zip(STUDY_GROUP_ATTRIBUTES, json.loads(key), strict=True) if vs}
-    return {**fields, **{k: v for k, v in facet_source(fields).items() if v is not None}, **entry}
+    facets = {k: v for k, v in facet_source(fields).items() if v is not None}
+    date_key = {"date_key": facets["study_date"]} if _valid_date(facets.get("study_date")) else {}
+    return {**fields, **facets, **date_key, **entry}
+
+
+def _valid_date(value: str | None) -> bool:
+    """A date OpenSearch's basic_date reads (an instance's study_date, ignore_malformed otherwise);
+    year 0000, which it reads and Python does not, aside."""
+    if value is None or len(value) != 8 or not value.isascii() or not value.isdigit():
+        return False
+    try:
+        datetime.datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
 
 
 def study_source(study: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -141,6 +161,7 @@ class StudyDocuments:
     async def migrate(self, instances_empty: bool) -> None:
         """Create the study index when missing: complete when the instance index is still empty."""
         if await self._call("study index exists", self._client.indices.exists(index=self.index)):
+            await self._upgrade()
             return
         body = {
             "settings": {"index": {
@@ -160,6 +181,18 @@ class StudyDocuments:
         else:
             log.warning("study index %s created beside a filled instance index: study lists read the instance "
                         "documents until `dicom-archive reindex` has rebuilt it", self.index)
+
+    async def _upgrade(self) -> None:
+        """A study index of an older schema gets this one's fields and waits for a rebuild (reindex)."""
+        mapping = await self._call("study index mapping", self._client.indices.get_mapping(index=self.index))
+        meta = mapping[self.index]["mappings"].get("_meta", {})
+        if int(meta.get("schema_version", 0)) >= STUDY_SCHEMA:
+            return
+        body = {"_meta": {"schema_version": STUDY_SCHEMA, "complete": False},
+                "properties": {"combos": {"type": "nested", "properties": _COMBINATION}}}
+        await self._call("put study mapping", self._client.indices.put_mapping(index=self.index, body=body))
+        log.warning("study index %s is of an older schema: study lists read the instance documents until "
+                    "`dicom-archive reindex` has rebuilt it", self.index)
 
     async def drop(self) -> None:
         await self._call("delete study index", self._client.indices.delete(index=self.index, ignore_unavailable=True))
@@ -254,18 +287,9 @@ class StudyDocuments:
         """Recompute every study's document (those of studies without instances left to none); mark
         the index complete when every instance document carries its group_key. Returns the studies."""
         listed: set[str] = set()
-        composite: dict[str, Any] = {"size": STUDIES_AT_ONCE, "sources": [{"study": {"terms": {"field": "study_uid"}}}]}
-        while True:
-            body = {"size": 0, "aggs": {"c": {"composite": composite}}}
-            result = await self._call("studies", self._client.search(index=self.instances, body=body,
-                                                                     request_cache=False))
-            found = result["aggregations"]["c"]
-            page = [bucket["key"]["study"] for bucket in found["buckets"]]
+        async for page in self._study_pages():
             await self.refresh(page)
             listed.update(page)
-            if len(page) < STUDIES_AT_ONCE or "after_key" not in found:
-                break
-            composite = {**composite, "after": found["after_key"]}
         stale = [study async for study in self._documents() if study not in listed]  # to 0 instances
         await self.refresh(stale)
         older = await older_documents()
@@ -277,6 +301,46 @@ class StudyDocuments:
             await self._call("put study meta", self._client.indices.put_mapping(index=self.index, body={"_meta": meta}))
             self._next_check = 0.0  # this process need not wait for its next look
         return len(listed)
+
+    async def behind(self) -> list[str]:
+        """Studies whose document differs from a recomputation from the instance documents as they
+        are (looked at twice: a study written between the two reads of the first look is not one)."""
+        candidates: list[str] = []
+        listed: set[str] = set()
+        async for page in self._study_pages():
+            candidates += await self._differing(page)
+            listed.update(page)
+        candidates += [study async for study in self._documents() if study not in listed]  # listed, no instance
+        second = []
+        for start in range(0, len(candidates), STUDIES_AT_ONCE):
+            second += await self._differing(candidates[start:start + STUDIES_AT_ONCE])
+        return second
+
+    async def _differing(self, studies: list[str]) -> list[str]:
+        if not studies:
+            return []
+        combos = await self._combinations(studies)
+        found = await self._call("mget studies", self._client.mget(index=self.index, body={"ids": studies}))
+        stored = {doc["_id"]: doc.get("_source") for doc in found["docs"] if doc.get("found")}
+        # a study without instances needs no document (none is listed), and one with none is right
+        return [study for study in studies
+                if stored.get(study) != study_source(study, combos.get(study, []))
+                and (study in combos or (stored.get(study) or {}).get("instances"))]
+
+    async def _study_pages(self) -> AsyncIterator[list[str]]:
+        """Every study the instance index has, a page of STUDIES_AT_ONCE at a time (composite aggregation)."""
+        composite: dict[str, Any] = {"size": STUDIES_AT_ONCE, "sources": [{"study": {"terms": {"field": "study_uid"}}}]}
+        while True:
+            body = {"size": 0, "aggs": {"c": {"composite": composite}}}
+            result = await self._call("studies", self._client.search(index=self.instances, body=body,
+                                                                     request_cache=False))
+            found = result["aggregations"]["c"]
+            page = [bucket["key"]["study"] for bucket in found["buckets"]]
+            if page:
+                yield page
+            if len(page) < STUDIES_AT_ONCE or "after_key" not in found:
+                return
+            composite = {**composite, "after": found["after_key"]}
 
     def _documents(self) -> AsyncIterator[str]:
         return ids_in_order(self._call, self._client, self.index, LISTED, "study_uid", STUDIES_AT_ONCE)

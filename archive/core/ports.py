@@ -196,6 +196,9 @@ class StudyDocumentsSearch(SearchIndex, Protocol):
     async def rebuild_study_documents(self) -> int:
         """Recompute every study's document from the instance documents; the number of studies."""
 
+    async def verify_study_documents(self, repair: bool) -> list[str]:
+        """The studies whose document differs from their instance documents; ``repair`` recomputes them."""
+
 
 @dataclass(frozen=True)
 class ApiKey:

@@ -8,6 +8,8 @@ catalog entries missing from the search index, for indexing (the object store
 is the source of truth; the indexer's upserts are idempotent). An orphan whose SOP Instance
 UID has a tombstone is what a delete left behind (it crashed after the catalog commit): repair
 finishes the delete (removes the object and the search document) and never indexes it again.
+A search index with study documents (OpenSearch) compares each with its instance documents;
+repair recomputes those behind.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from archive.core.models import ObjectInfo
-from archive.core.ports import Catalog, MessageQueue, ObjectStore, SearchIndex
+from archive.core.ports import Catalog, MessageQueue, ObjectStore, SearchIndex, StudyDocumentsSearch
 from archive.core.records import CatalogInstance
 from archive.core.uids import uid_from_key
 from archive.ops.rebuild import message_of
@@ -41,6 +43,8 @@ class Report:
     # SOP UIDs of orphaned objects or search documents that have a tombstone: what a delete
     # interrupted after its catalog commit left (counted under orphaned_* too)
     tombstoned: list[str] = field(default_factory=list)
+    # Study UIDs whose study document (OpenSearch) differs from their instance documents
+    stale_study_documents: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     repaired: int = 0
     seconds: float = 0.0
@@ -81,7 +85,8 @@ async def verify(
     started = time.monotonic()
     report = Report()
     report.counts = {k: 0 for k in ("missing_objects", "orphaned_objects", "checksum_mismatches",
-                                     "missing_from_search", "orphaned_search_documents", "tombstoned")}
+                                     "missing_from_search", "orphaned_search_documents", "tombstoned",
+                                     "stale_study_documents")}
     objects: dict[str, ObjectInfo] = {}
     async for info in store.list("instances/"):
         objects[info.key] = info
@@ -135,6 +140,12 @@ async def verify(
     if queue is not None and deleted:
         await search.delete(sorted(deleted))
         report.repaired += len(deleted)
+    if isinstance(search, StudyDocumentsSearch):  # OpenSearch's per-study documents (web UI study lists)
+        behind = await search.verify_study_documents(repair=queue is not None)
+        for study in behind:
+            _note(report, "stale_study_documents", study)
+        if queue is not None:
+            report.repaired += len(behind)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 

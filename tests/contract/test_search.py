@@ -20,7 +20,7 @@ from archive.adapters import fts5_search, opensearch_search
 from archive.adapters.fts5_search import Fts5Search
 from archive.adapters.opensearch_query import FACET_PROPERTIES
 from archive.adapters.opensearch_search import OpenSearchIndex, SearchWriteRejected
-from archive.adapters.opensearch_studies import LISTED
+from archive.adapters.opensearch_studies import LISTED, STUDY_SCHEMA
 from archive.core.errors import BackendUnavailable
 from archive.core.flatten import flatten
 from archive.core.models import SearchDocument
@@ -796,6 +796,65 @@ async def test_opensearch_a_retried_delete_recomputes_the_studies_its_caller_nam
         assert await study_documents(index) != await recomputed(index)
         await index.delete(gone, {study})
         await same_answers(index, "retried with its studies")
+
+
+async def test_opensearch_study_pages_by_date_with_studies_without_one(unique: str) -> None:
+    """Studies none of whose instances has a StudyDate sort last either way, on every page: a page
+    ending in one made OpenSearch fail (it formats the last sort value, and "missing" was Long.MIN)."""
+    async with random_index(unique, 3, studies=8, count=200) as (index, rng, series, docs):
+        dateless = sorted({doc.study_uid for doc in docs})[:2]
+        await index.upsert([dataclasses.replace(doc, fields={k: v for k, v in doc.fields.items() if k != "StudyDate"})
+                            for doc in docs if doc.study_uid in dateless])
+        for descending in (True, False):
+            for limit in (1, 2, 3):
+                for offset in range(0, 9):
+                    for filters in ((), (SingleValue("Modality", "CT"),)):
+                        request = SearchRequest(filters=filters, limit=limit, offset=offset,
+                                                sort=Sort("StudyDate", descending=descending))
+                        assert await index.query(request) == await index._query_instances(request, []), request
+        dated = {doc.study_uid for doc in docs  # a first StudyDate that is a date ("2024" is not)
+                 if doc.study_uid not in dateless and len((doc.fields.get("StudyDate") or [""])[0]) == 8}
+        for descending in (True, False):
+            order = [hit.study_uid for hit in (await index.query(SearchRequest(
+                limit=100, sort=Sort("StudyDate", descending=descending)))).hits]
+            assert set(order[:len(dated)]) == dated and set(dateless) <= set(order[len(dated):])
+
+
+async def test_opensearch_a_study_index_of_an_older_schema_waits_for_a_rebuild(unique: str) -> None:
+    """A study index made by the schema before (no date_key) gets the new field at migrate and is not
+    read until a rebuild has written every study document again."""
+    async with random_index(unique, 9, studies=4, count=40) as (index, rng, series, docs):
+        studies = index.studies
+        await index._client.indices.put_mapping(index=studies.index, body={"_meta": {"schema_version": 1,
+                                                                                      "complete": True}})
+        await index.migrate()
+        meta = (await index._client.indices.get_mapping(index=studies.index))[studies.index]["mappings"]
+        assert meta["_meta"] == {"schema_version": STUDY_SCHEMA, "complete": False}
+        assert "date_key" in meta["properties"]["combos"]["properties"]
+        studies._next_check = 0.0
+        assert not await studies.ready(index._older_documents)
+        await index.rebuild_study_documents()
+        assert await studies.ready(index._older_documents)
+        await same_answers(index, "rebuilt")
+
+
+async def test_opensearch_verify_finds_the_study_documents_behind_and_repairs_them(unique: str) -> None:
+    """Study documents left behind their instances (instances removed around the adapter, a document
+    overwritten with wrong counts, one missing): verify names exactly those studies; repair fixes them."""
+    async with random_index(unique, 5, studies=6, count=120) as (index, rng, series, docs):
+        assert await index.verify_study_documents(repair=False) == []
+        studies_now = sorted({doc.study_uid for doc in docs})
+        emptied, wrong, missing = studies_now[:3]
+        await index._client.delete_by_query(index=unique, body={"query": {"term": {"study_uid": emptied}}},
+                                            refresh=True)
+        document = (await index._client.get(index=index.studies.index, id=wrong))["_source"]
+        await index._client.index(index=index.studies.index, id=wrong, refresh=True,
+                                  body={**document, "instances": document["instances"] + 1})
+        await index._client.delete(index=index.studies.index, id=missing, refresh=True)
+        assert sorted(await index.verify_study_documents(repair=False)) == sorted([emptied, wrong, missing])
+        assert sorted(await index.verify_study_documents(repair=True)) == sorted([emptied, wrong, missing])
+        assert await index.verify_study_documents(repair=False) == []
+        await same_answers(index, "repaired")
 
 
 async def test_opensearch_study_documents_under_concurrent_writers(tmp_path: Path, unique: str) -> None:
