@@ -24,6 +24,9 @@ from archive.ingest.describe import _PLAIN_VRS, dataset_json, read_header
 from tests.factories import dataset_bytes, make_ct
 from tests.sopclasses import make_sr
 
+# random values are mostly invalid ones: pydicom warns about each (UserWarning and its log)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 # a standard tag of each VR, not one describe or pydicom treats specially
 TAGS = {vr: next(tag for tag, entry in sorted(DicomDictionary.items())
                  if entry[0] == vr and entry[1] == "1" and 0x0008 < tag >> 16 < 0x7FE0 and tag & 0xFFFF
