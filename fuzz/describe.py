@@ -27,8 +27,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from archive.core.errors import InvalidInstance
 from archive.core.models import IndexMessage
 from archive.core.uids import object_key
-from archive.ingest import describe as describe_module
-from archive.ingest.describe import dataset_offset, describe
+from archive.ingest.describe import dataset_json, dataset_offset, describe, read_header
 
 # MalformedDataset (unparseable) and InvalidUID (a UID that is not one) are InvalidInstance.
 EXPECTED: tuple[type[BaseException], ...] = (InvalidInstance,)
@@ -55,14 +54,9 @@ def transfer_syntax(path: Path) -> str:
 
 def _pydicom_json(path: Path, syntax: str, offset: int) -> dict[str, Any]:
     """The header's DICOM JSON with every element through pydicom's DataElement (no plain path)."""
-    original = describe_module._plain_json
-    describe_module._plain_json = lambda raw, ascii_text: None
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return describe_module.dataset_json(describe_module.read_header(fh, syntax))
-    finally:
-        describe_module._plain_json = original
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return dataset_json(read_header(fh, syntax), plain=False)
 
 
 def fuzz_one(data: bytes) -> None:

@@ -303,7 +303,7 @@ class OpenSearchIndex:
         studies = await self.studies.studies_of(sop_instance_uids) | set(study_uids)
         try:
             await self._delete(sop_instance_uids)
-        finally:  # a retried delete finds the documents gone, and with them their studies
+        finally:  # also after a partial failure: the documents deleted count
             await self._refresh_studies(studies)
 
     async def _refresh_studies(self, studies: set[str]) -> None:

@@ -184,15 +184,18 @@ class StudyDocuments:
 
     async def _upgrade(self) -> None:
         """A study index of an older schema gets this one's fields and waits for a rebuild (reindex)."""
-        mapping = await self._call("study index mapping", self._client.indices.get_mapping(index=self.index))
-        meta = mapping[self.index]["mappings"].get("_meta", {})
-        if int(meta.get("schema_version", 0)) >= STUDY_SCHEMA:
+        if int((await self._meta()).get("schema_version", 0)) >= STUDY_SCHEMA:
             return
         body = {"_meta": {"schema_version": STUDY_SCHEMA, "complete": False},
                 "properties": {"combos": {"type": "nested", "properties": _COMBINATION}}}
         await self._call("put study mapping", self._client.indices.put_mapping(index=self.index, body=body))
         log.warning("study index %s is of an older schema: study lists read the instance documents until "
                     "`dicom-archive reindex` has rebuilt it", self.index)
+
+    async def _meta(self) -> dict[str, Any]:
+        """The study index's ``_meta``: its schema, and whether it is complete."""
+        mapping = await self._call("study index mapping", self._client.indices.get_mapping(index=self.index))
+        return dict(mapping[self.index]["mappings"].get("_meta", {}))
 
     async def drop(self) -> None:
         await self._call("delete study index", self._client.indices.delete(index=self.index, ignore_unavailable=True))
@@ -205,8 +208,7 @@ class StudyDocuments:
             return self._ready
         self._next_check = now + READY_RECHECK_SECONDS
         try:
-            mapping = await self._call("study index mapping", self._client.indices.get_mapping(index=self.index))
-            complete = bool(mapping[self.index]["mappings"].get("_meta", {}).get("complete"))
+            complete = bool((await self._meta()).get("complete"))
             self._ready = complete and await older_documents() == 0
         except Exception as exc:  # the instance path answers meanwhile
             self._ready = False
@@ -321,11 +323,15 @@ class StudyDocuments:
             return []
         combos = await self._combinations(studies)
         found = await self._call("mget studies", self._client.mget(index=self.index, body={"ids": studies}))
-        stored = {doc["_id"]: doc.get("_source") for doc in found["docs"] if doc.get("found")}
-        # a study without instances needs no document (none is listed), and one with none is right
-        return [study for study in studies
-                if stored.get(study) != study_source(study, combos.get(study, []))
-                and (study in combos or (stored.get(study) or {}).get("instances"))]
+        stored = {doc["_id"]: doc["_source"] for doc in found["docs"] if doc.get("found")}
+        differing = []
+        for study in studies:
+            have = stored.get(study)
+            # a study without instances needs no document (none is listed), and one with none is right
+            needed = study in combos or (have or {}).get("instances")
+            if needed and have != study_source(study, combos.get(study, [])):
+                differing.append(study)
+        return differing
 
     async def _study_pages(self) -> AsyncIterator[list[str]]:
         """Every study the instance index has, a page of STUDIES_AT_ONCE at a time (composite aggregation)."""

@@ -110,7 +110,6 @@ _VRS = frozenset(vr.value for vr in VR)
 # "The header's DICOM JSON without pydicom's elements"). Anything else, or anything unusual in a
 # value, takes pydicom's way; tests/unit/test_describe_plain.py and the describe fuzz target compare both.
 _MULTI = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # values.multi_string: the whole value stripped, then split
-# (and a UID each value stripped: pydicom's UID class)
 _TEXT = frozenset({"SH", "LO"})  # values.convert_text: split, each value stripped
 _SINGLE = frozenset({"ST", "LT", "UT"})  # values.convert_single_string: one value
 _BINARY = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}  # values.convert_numbers
@@ -136,6 +135,12 @@ def _decodes_as_ascii(encodings: tuple[str, ...]) -> bool:
         return False
 
 
+def _uid_values(text: str) -> list[str]:
+    """UI values as pydicom's convert_UI and UID class read them: the value stripped of trailing NULs
+    and spaces, split, each value stripped."""
+    return [v.strip() for v in text.rstrip("\0 ").split("\\")]
+
+
 def _plain_json(raw: RawDataElement, ascii_text: bool) -> dict[str, Any] | None:
     """The element's DICOM JSON from its bytes, or None: pydicom's conversion decides."""
     value = raw.value
@@ -156,10 +161,10 @@ def _plain_json(raw: RawDataElement, ascii_text: bool) -> dict[str, Any] | None:
     if not ascii_text or not value.isascii() or b"\x1b" in value:
         return None
     text = value.decode("ascii")
-    if vr in _MULTI:
+    if vr == "UI":
+        values = _uid_values(text)
+    elif vr in _MULTI:
         values = text.rstrip("\0 ").split("\\")
-        if vr == "UI":
-            values = [v.strip() for v in values]
     elif vr in _TEXT:
         values = [v.rstrip("\0 ") for v in text.split("\\")]
     elif vr in _SINGLE:
@@ -204,13 +209,15 @@ def _creator_reads(ds: Dataset, tag: BaseTag) -> bool:
     return True
 
 
-def dataset_json(ds: Dataset, prefix: str = "", ascii_text: bool | None = None) -> DicomJson:
+def dataset_json(ds: Dataset, prefix: str = "", ascii_text: bool | None = None, *, plain: bool = True) -> DicomJson:
     """DICOM JSON (PS3.18 F.2) of ``ds`` without deferred or bulk values.
 
     A bulk value becomes the marker ``bulk:<path>``, its path in the instance:
     ``<tag>`` at the top level, ``<sequence tag>/<item index>/<tag>`` inside items;
     the query service turns markers into BulkDataURIs (PS3.18 F.2.6). ``ascii_text``: the
     text values of ASCII bytes may be read without their character set (default: from ``ds``'s).
+    ``plain=False``: every element through pydicom's DataElement and ``to_json_dict``, the reference
+    the plain path is compared with (tests/unit/test_describe_plain.py, the describe fuzz target).
     """
     out: DicomJson = {}
     if ascii_text is None or 0x00080005 in ds:  # an item may name its own character set
@@ -226,14 +233,14 @@ def dataset_json(ds: Dataset, prefix: str = "", ascii_text: bool | None = None) 
                 vr = raw.VR if raw.VR in _VRS else "UN"
                 out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"bulk:{prefix}{tag:08X}"}
                 continue
-            plain = _plain_json(raw, ascii_text) if _creator_reads(ds, tag) else None
-            if plain is not None:
-                out[f"{tag:08X}"] = plain
+            answer = _plain_json(raw, ascii_text) if plain and _creator_reads(ds, tag) else None
+            if answer is not None:
+                out[f"{tag:08X}"] = answer
                 continue
         try:
             elem = ds[tag]
             if elem.VR == "SQ":
-                items = [dataset_json(item, f"{prefix}{tag:08X}/{i}/", ascii_text)
+                items = [dataset_json(item, f"{prefix}{tag:08X}/{i}/", ascii_text, plain=plain)
                          for i, item in enumerate(elem.value)]
                 out[f"{tag:08X}"] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             else:
@@ -353,9 +360,9 @@ def _uid(ds: Dataset, keyword: str) -> str:
     raw = ds.get_item(_UID_TAGS[keyword], keep_deferred=True)
     if (isinstance(raw, RawDataElement) and raw.VR in ("UI", None) and isinstance(raw.value, bytes)
             and raw.value.isascii()):  # one value, as pydicom's convert_UI and UID read it
-        values = raw.value.decode("ascii").rstrip("\0 ").split("\\")
+        values = _uid_values(raw.value.decode("ascii"))
         if len(values) == 1:
-            return validate_uid(values[0].strip(), keyword)
+            return validate_uid(values[0], keyword)
     try:
         value = ds.get(keyword)
     except Exception as exc:

@@ -115,6 +115,20 @@ def serve(tmp_path: Path, **env: str) -> ArchiveProcess:
     return ArchiveProcess("serve", base, tmp_path / "serve.log", free_port(), free_port())
 
 
+def metric(proc: ArchiveProcess, name: str, **labels: str) -> float:
+    """A metric's value from ``/metrics``, summed over the series whose labels include ``labels``."""
+    with urllib.request.urlopen(f"{proc.http}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, value = line[len(name):].rsplit(" ", 1)
+            if wanted <= set(series.strip("{}").split(",")) - {""}:
+                total += float(value)
+    return total
+
+
 def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     last = None

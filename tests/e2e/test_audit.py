@@ -23,7 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from tests.conftest import free_port, service_setting
-from tests.e2e.harness import ArchiveProcess, http_json, serve, wait_until
+from tests.e2e.harness import ArchiveProcess, http_json, metric, serve, wait_until
 from tests.e2e.senders import pynetdicom_store
 from tests.factories import make_ct, new_uid
 
@@ -177,14 +177,6 @@ def _store_associations(proc: ArchiveProcess, aet: str, n: int) -> list[float]:
     return times
 
 
-def _metric(proc: ArchiveProcess, name: str, labels: str = "") -> float:
-    body = urllib.request.urlopen(f"{proc.http}/metrics", timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith(name + labels + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def test_a_dead_collector_fails_no_cstore(tmp_path: Path) -> None:
     for name in ("live", "dead"):
         (tmp_path / name).mkdir()
@@ -198,7 +190,7 @@ def test_a_dead_collector_fails_no_cstore(tmp_path: Path) -> None:
             live_times += _store_associations(live, "LIVEAUD", 5)
             dead_times += _store_associations(dead, "DEADAUD", 5)
         # every association's record was dropped for the collector, and is in the local file
-        wait_until(lambda: _metric(dead, "archive_audit_records_dropped_total", '{reason="collector_down"}') >= 17)
+        wait_until(lambda: metric(dead, "archive_audit_records_dropped_total", reason="collector_down") >= 17)
         local = [m for m in _local(dead, "DEADAUD") if _event_id(m) == "110104"]
         assert len(local) == 15
     finally:

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from tests.conftest import free_port, require_tool
-from tests.e2e.harness import ArchiveProcess, http_json, listening, process_tree, serve, wait_until
+from tests.e2e.harness import ArchiveProcess, http_json, listening, metric, process_tree, serve, wait_until
 from tests.e2e.senders import storescu
 from tests.factories import make_ct, new_uid, write_part10
 
@@ -106,22 +106,6 @@ def _ledger(archive: ArchiveProcess, study: str) -> list[dict[str, object]]:
     return rows
 
 
-def _metric(archive: ArchiveProcess, name: str, **labels: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{archive.http}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            body = line[len(name):].rsplit(" ", 1)
-            got = ",".join(sorted(body[0].strip("{}").split(","))) if body[0] else ""
-            if all(part in got.split(",") for part in wanted.split(",") if part):
-                total += float(body[1])
-    return total
-
-
 def test_rules_forward_matching_instances_with_changes_on_the_way(tmp_path: Path) -> None:
     dest = Destination(tmp_path / "pacs").start()
     rules = _rules(tmp_path, """
@@ -167,7 +151,7 @@ rules:
         assert status == 200
         assert {m["00080080"]["Value"][0] for m in meta} == {"General Hospital"}
         assert {m["00080050"]["Value"][0] for m in meta} == {"ACC-1"}
-        wait_until(lambda: _metric(archive, "archive_forwarded_instances_total", destination="PACS",
+        wait_until(lambda: metric(archive, "archive_forwarded_instances_total", destination="PACS",
                                    outcome="sent") == 6, timeout=30)  # counted once the ledger has it
         # the audit trail: DICOM Instances Transferred (action R), the archive sending to PACS, per study
         log = Path(archive.env["ARCHIVE_DATA_DIR"]) / "audit" / "audit.log"
@@ -192,7 +176,7 @@ def test_destination_down_then_back_loses_and_duplicates_nothing(tmp_path: Path)
     try:
         files, uids = _series(tmp_path, "CT", 12)
         assert storescu(archive.dicom_port, files).returncode == 0
-        wait_until(lambda: _metric(archive, "archive_forward_unreachable_total", destination="PACS") >= 1, timeout=60)
+        wait_until(lambda: metric(archive, "archive_forward_unreachable_total", destination="PACS") >= 1, timeout=60)
         # ingest and queries go on while the destination is down
         more, more_uids = _series(tmp_path, "CT", 3)
         assert storescu(archive.dicom_port, more).returncode == 0
@@ -288,7 +272,7 @@ def test_manual_send_and_rules_check(tmp_path: Path) -> None:
         # over HTTP: the same study again; the ledger knows it was sent, nothing goes twice
         status, body = http_json(f"{archive.http}/api/studies/{study}/send", payload={"destination": "PACS"})
         assert (status, body) == (202, {"destination": "PACS", "queued": 4})
-        wait_until(lambda: _metric(archive, "archive_forwarded_instances_total", destination="PACS",
+        wait_until(lambda: metric(archive, "archive_forwarded_instances_total", destination="PACS",
                                    outcome="already_sent") == 4, timeout=30)
         assert sum(dest.received().values()) == 4
         status, body = http_json(f"{archive.http}/api/forwarding?study={study}")
@@ -354,7 +338,7 @@ rules:
         wait_until(lambda: len(dest.received()) == 7, timeout=60)
         received = dest.received()
         assert all(n == 1 for n in received.values()), f"duplicates: {received}"
-        wait_until(lambda: _metric(archive, "archive_forwarded_instances_total", destination="PACS",
+        wait_until(lambda: metric(archive, "archive_forwarded_instances_total", destination="PACS",
                                    outcome="already_sent") == 5, timeout=30)
     finally:
         archive.stop()
@@ -408,7 +392,7 @@ def test_stow_rs_to_another_archive_with_an_api_key_failures_and_dead_letters(tm
             letters = wait_until(lambda: (d := dead()) and d["dead"] == 1 and d, timeout=60)
             assert letters["messages"][0]["sop_instance_uid"] == uids[-1]  # type: ignore[index]
             # the wrong key: 401, the destination counts as unreachable and its jobs wait
-            wait_until(lambda: _metric(archive, "archive_forward_unreachable_total", destination="LOCKED") >= 1)
+            wait_until(lambda: metric(archive, "archive_forward_unreachable_total", destination="LOCKED") >= 1)
             queues = {q["destination"]: q for q in http_json(f"{archive.http}/api/forwarding")[1]["destinations"]}
             assert queues["LOCKED"]["ready"] == 4 and queues["LOCKED"]["dead"] == 0
             assert queues["OTHER"]["dead"] == 1

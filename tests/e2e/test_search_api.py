@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from archive.adapters.opensearch_search import OpenSearchIndex
 from tests.conftest import service_setting
-from tests.e2e.harness import ArchiveProcess, http_json, serve, wait_until
+from tests.e2e.harness import ArchiveProcess, http_json, metric, serve, wait_until
 from tests.e2e.senders import pynetdicom_store, storescu
 from tests.factories import make_ct, new_uid, write_part10
 from tests.sopclasses import make_sr
@@ -105,16 +104,9 @@ def loaded(archive: ArchiveProcess, tmp_path: Path) -> dict[str, str]:
     expected = len(files) + len(reports)
     # the indexer counts a batch once it is written: on OpenSearch the study documents are recomputed
     # after the instances are searchable, so the instance level alone would not say the list is current
-    wait_until(lambda: indexed(archive) >= expected, timeout=60)
+    wait_until(lambda: metric(archive, "archive_indexed_instances_total") >= expected, timeout=60)
     assert search(archive, level="instance")["total"] == expected
     return uids
-
-
-def indexed(proc: ArchiveProcess) -> float:
-    with urllib.request.urlopen(f"{proc.http}/metrics") as response:
-        text = response.read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("archive_indexed_instances_total "))
 
 
 def search(proc: ArchiveProcess, status: int = 200, **params: str) -> Any:
