@@ -17,9 +17,9 @@ from pydicom import dcmread
 
 from tests.conftest import free_port
 from tests.e2e.distributed import distributed
-from tests.e2e.harness import serve, wait_until
+from tests.e2e.harness import metric, serve, wait_until
 from tests.e2e.senders import storescu
-from tests.e2e.test_forwarding import Destination, _cli, _metric, _rules, _series
+from tests.e2e.test_forwarding import Destination, _cli, _rules, _series
 
 pytestmark = pytest.mark.dcmtk
 SECRET = "hook-secret"
@@ -93,7 +93,7 @@ def test_webhooks_are_signed_retried_and_carry_every_event(tmp_path: Path) -> No
             expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
             assert headers["x-archive-signature"] == expected
         assert int(hook.requests[-1][0]["x-archive-delivery"]) >= 1
-        assert _metric(archive, "archive_webhook_deliveries_total", outcome="failed") >= 2
+        assert metric(archive, "archive_webhook_deliveries_total", outcome="failed") >= 2
         # a delete is an event too; no patient data in any event
         assert _cli(archive, "delete", study).returncode == 0  # as DELETE /dicom-web/studies/{study}
         wait_until(lambda: "study.deleted" in kinds(), timeout=30)
