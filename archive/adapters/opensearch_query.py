@@ -196,6 +196,20 @@ def totals_body(request: SearchRequest, terms: Sequence[str]) -> dict[str, Any] 
     return {"query": bool_query(request, terms), "size": 0, "track_total_hits": False, "aggs": aggs}
 
 
+AGGREGATION_REQUESTS = 2  # see split_aggregations
+
+
+def split_aggregations(body: dict[str, Any], parts: int = AGGREGATION_REQUESTS) -> list[dict[str, Any]]:
+    """totals_body's aggregations shared out over ``parts`` requests with the same query, to be sent at
+    once. Each aggregation visits every matching document: at 10M instances a broad free text
+    (1.1M matches) spent ~200 ms in them in one request, 160 ms as two requests at once on this
+    machine's two cores; one request each was no faster, concurrent segment search slower (the
+    page's request and these share the cores; docs/benchmarks.md, "Broad free text at 10M")."""
+    items = list(body["aggs"].items())
+    parts = max(1, min(parts, len(items)))
+    return [{**body, "aggs": dict(items[i::parts])} for i in range(parts)]
+
+
 def page_stats_body(
     request: SearchRequest, terms: Sequence[str], keys: Sequence[str], *, best: bool = False
 ) -> dict[str, Any]:

@@ -21,8 +21,9 @@ flattened attributes when a document is written. ``migrate()`` adds them to an
 existing index (put_mapping, idempotent); documents written before schema 2
 lack them (free text and filters still find them, facets and sorts do not)
 until they are indexed again. ``query()`` translates a SearchRequest with
-:mod:`archive.adapters.opensearch_query` into two requests sent at once, the page
-and the aggregations (total, facets), which may each see a different refresh.
+:mod:`archive.adapters.opensearch_query` into requests sent at once, the page and
+the aggregations (total, facets; shared out over two requests), which may each see
+a different refresh.
 
 Schema 3 adds ``group_key`` (a document's combination of the study-list attributes) and, beside
 the index, one document per study that every write keeps and study lists without free text read
@@ -46,6 +47,7 @@ from archive.adapters.opensearch_query import (
     facet_source,
     page_body,
     page_stats_body,
+    split_aggregations,
     study_facet_buckets,
     study_page_body,
     study_totals_body,
@@ -123,10 +125,6 @@ def _source(doc: SearchDocument) -> dict[str, Any]:
         "group_key": group_key(doc.fields),
         "schema_version": SCHEMA_VERSION,
     }
-
-
-async def _no_aggregations() -> dict[str, Any]:
-    return {}
 
 
 class OpenSearchIndex:
@@ -390,10 +388,12 @@ class OpenSearchIndex:
         grouped = request.level is not Level.IMAGE
         group = GROUP_FIELD[request.level]
         totals = totals_body(request, terms)
-        # the page (and its groups' counts) and the aggregations at once: latency is the slower of the two
-        (page_result, stats), aggs = await asyncio.gather(
-            self._page(request, terms), self._aggregations(totals) if totals is not None else _no_aggregations()
+        # the page (and its groups' counts) and the aggregations at once: latency is the slowest of them
+        bodies = split_aggregations(totals) if totals is not None else []
+        (page_result, stats), *parts = await asyncio.gather(
+            self._page(request, terms), *(self._aggregations(body) for body in bodies)
         )
+        aggs = {name: found for part in parts for name, found in part.items()}
         page = page_result["hits"]["hits"]
         total = int(aggs["groups"]["value"] if grouped else page_result["hits"]["total"]["value"])
         hits = []
