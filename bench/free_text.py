@@ -12,11 +12,11 @@ times them as the query role sends them (the page and its stats in turn, the agg
 beside them), the request cache off: OpenSearch's ``took`` of each request and the wall time of
 the whole. Variants, each measured in the same run:
 
-- ``now``: as the query role of this build sends them;
-- ``split``: the aggregations as one request each (the study count, each facet), all at once;
-- ``halves``: the aggregations in two requests (as many as this machine has cores);
+- ``one request``: the aggregations in one request (the query role before 2026-12-07);
+- ``two requests``: shared out over two requests (``split_aggregations``, what the query role sends);
+- ``one each``: one request an aggregation (the study count, each facet), all at once;
 - ``text as a filter``: the aggregations' request with the text in filter context (no scores);
-- ``concurrent``: both again with the index's concurrent segment search on
+- ``concurrent segments``: the first and the third again with the index's concurrent segment search on
   (``index.search.concurrent_segment_search.mode: all``), then the setting put back.
 
 The kept data is left as it was.
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _querydata import PROFILES  # noqa: E402
 from _util import percentile  # noqa: E402
 
-from archive.adapters.opensearch_query import page_body, page_stats_body, totals_body  # noqa: E402
+from archive.adapters.opensearch_query import page_body, page_stats_body, split_aggregations, totals_body  # noqa: E402
 from archive.core.search import FACETS, SearchRequest, query_terms  # noqa: E402
 
 
@@ -48,13 +48,6 @@ def post(url: str, body: dict[str, Any] | None = None, method: str = "POST") -> 
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as response:
         return dict(json.load(response))
-
-
-def split(body: dict[str, Any], parts: int = 0) -> list[dict[str, Any]]:
-    """The aggregations in ``parts`` requests (0: one each), the query the same."""
-    items = list(body["aggs"].items())
-    parts = parts or len(items)
-    return [{**body, "aggs": dict(items[i::parts])} for i in range(parts)]
 
 
 class Probe:
@@ -81,7 +74,7 @@ class Probe:
         if shape == "filter":  # the text as a filter: no scores computed for the aggregations
             query = totals["query"]["bool"]
             totals = {**totals, "query": {"bool": {"must": [], "filter": query["must"] + query["filter"]}}}
-        bodies = split(totals) if shape == "split" else split(totals, 2) if shape == "halves" else [totals]
+        bodies = split_aggregations(totals, {"one": 1, "filter": 1, "halves": 2}.get(shape, len(totals["aggs"])))
         started = time.perf_counter()
         page = self.pool.submit(self.page, request, terms)
         aggs = [self.pool.submit(self.send, body) for body in bodies]
@@ -141,9 +134,9 @@ def main() -> int:
     items = questions(args.queries + 3, args.seed)  # three untimed
     if args.profile:
         profile(probe, items[0])
-    variants = [("now", "now", None), ("split", "split", None), ("halves", "halves", None),
+    variants = [("one request", "one", None), ("two requests", "halves", None), ("one each", "split", None),
                 ("text as a filter", "filter", None),
-                ("now, concurrent segments", "now", "all"), ("split, concurrent segments", "split", "all")]
+                ("one request, concurrent segments", "one", "all"), ("one each, concurrent segments", "split", "all")]
     results: dict[str, dict[str, list[float]]] = {}
     try:
         for name, shape, mode in variants:
