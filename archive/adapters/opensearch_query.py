@@ -204,7 +204,8 @@ def split_aggregations(body: dict[str, Any], parts: int = AGGREGATION_REQUESTS) 
     once. Each aggregation visits every matching document: at 10M instances a broad free text
     (1.1M matches) spent ~200 ms in them in one request, 160 ms as two requests at once on this
     machine's two cores; one request each was no faster, concurrent segment search slower (the
-    page's request and these share the cores; docs/benchmarks.md, "Broad free text at 10M")."""
+    page's request and these share the cores; docs/benchmarks.md, "The 10M table again in one run,
+    and broad free text")."""
     items = list(body["aggs"].items())
     parts = max(1, min(parts, len(items)))
     return [{**body, "aggs": dict(items[i::parts])} for i in range(parts)]
