@@ -8,6 +8,7 @@ even when the benchmark is interrupted.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import random
 import re
@@ -55,6 +56,15 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def http_text(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return str(response.read().decode())
+
+
+def request_json(url: str, body: dict[str, Any] | None = None, method: str = "POST",
+                 timeout: float = 600) -> dict[str, Any]:
+    """A JSON request and its JSON answer (OpenSearch's REST API, for the benches that probe it)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return dict(json.load(response))
 
 
 # ---- test data -----------------------------------------------------------------------------

@@ -26,28 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _querydata import PROFILES  # noqa: E402
+from _queryclients import questions  # noqa: E402
+from _querydata import Samples  # noqa: E402
 from _util import percentile  # noqa: E402
+from _util import request_json as post  # noqa: E402
 
 from archive.adapters.opensearch_query import page_body, page_stats_body, split_aggregations, totals_body  # noqa: E402
 from archive.core.search import FACETS, SearchRequest, query_terms  # noqa: E402
-
-
-def post(url: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return dict(json.load(response))
 
 
 class Probe:
@@ -67,17 +60,17 @@ class Probe:
             took += float(self.send(page_stats_body(request, terms, keys))["took"])
         return took
 
-    def once(self, request: SearchRequest, shape: str) -> dict[str, float]:
+    def once(self, request: SearchRequest, parts: int, text_as_filter: bool = False) -> dict[str, float]:
+        """The page and the aggregations in ``parts`` requests, all at once."""
         terms = query_terms(request.text)
         totals = totals_body(request, terms)
         assert totals is not None
-        if shape == "filter":  # the text as a filter: no scores computed for the aggregations
+        if text_as_filter:  # no scores computed for the aggregations
             query = totals["query"]["bool"]
             totals = {**totals, "query": {"bool": {"must": [], "filter": query["must"] + query["filter"]}}}
-        bodies = split_aggregations(totals, {"one": 1, "filter": 1, "halves": 2}.get(shape, len(totals["aggs"])))
         started = time.perf_counter()
         page = self.pool.submit(self.page, request, terms)
-        aggs = [self.pool.submit(self.send, body) for body in bodies]
+        aggs = [self.pool.submit(self.send, body) for body in split_aggregations(totals, parts)]
         took_aggs = max(float(future.result()["took"]) for future in aggs)
         took_page = page.result()
         return {"wall": (time.perf_counter() - started) * 1000, "page": took_page, "aggs": took_aggs}
@@ -104,17 +97,6 @@ def profile(probe: Probe, request: SearchRequest) -> None:
         print(f"best {size} instances without collapse: took {result['took']} ms, {len(studies)} studies")
 
 
-def questions(count: int, seed: int) -> list[SearchRequest]:
-    rng = random.Random(f"text_common-{seed}")
-    profiles = [p for p in PROFILES if p.modality in ("CT", "MR", "CR")]
-    out = []
-    for _ in range(count):
-        profile = rng.choice(profiles)
-        text = f"{rng.choice(profile.body_parts).lower()} {profile.modality.lower()}"
-        out.append(SearchRequest(text=text, limit=20, facets=FACETS))
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kept", type=Path, help="the <workdir>/postgres directory of a bench/query.py --keep run")
@@ -131,23 +113,24 @@ def main() -> int:
     count = post(f"{probe.search}/{index}/_count")["count"]
     segments = post(f"{probe.search}/{index}/_segments", method="GET")["indices"][index]["shards"]["0"][0]["segments"]
     print(f"{index}: {count} instance documents in {len(segments)} segments")
-    items = questions(args.queries + 3, args.seed)  # three untimed
+    items = [SearchRequest(text=q.text, limit=20, facets=FACETS)  # the first three untimed
+             for q in questions("text_common", Samples(), args.queries + 3, args.seed)]
     if args.profile:
         profile(probe, items[0])
-    variants = [("one request", "one", None), ("two requests", "halves", None), ("one each", "split", None),
-                ("text as a filter", "filter", None),
-                ("one request, concurrent segments", "one", "all"), ("one each, concurrent segments", "split", "all")]
-    results: dict[str, dict[str, list[float]]] = {}
+    every = len(FACETS) + 1  # the study count and each facet
+    variants = [("one request", 1, False, None), ("two requests", 2, False, None),
+                ("one each", every, False, None), ("text as a filter", 1, True, None),
+                ("one request, concurrent segments", 1, False, "all"),
+                ("one each, concurrent segments", every, False, "all")]
     try:
-        for name, shape, mode in variants:
+        for name, parts, text_as_filter, mode in variants:
             post(settings_url, {"index": {"search.concurrent_segment_search.mode": mode}}, method="PUT")
             times: dict[str, list[float]] = {"wall": [], "page": [], "aggs": []}
             for i, request in enumerate(items):
-                measured = probe.once(request, shape)
+                measured = probe.once(request, parts, text_as_filter)
                 if i >= 3:
                     for key, value in measured.items():
                         times[key].append(value)
-            results[name] = times
             print(f"{name}: " + ", ".join(
                 f"{key} p50 {percentile(values, 0.5):.1f} / p95 {percentile(values, 0.95):.1f} ms"
                 for key, values in times.items()), flush=True)

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import request_json  # noqa: E402
 
 from archive.adapters.opensearch_search import _ANALYSIS, MAPPINGS, OpenSearchIndex  # noqa: E402
 
@@ -41,10 +44,7 @@ if (params.copy > 0) {
 
 
 def call(url: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=3600) as response:
-        return dict(json.load(response))
+    return request_json(url, body, method, timeout=3600)  # a _reindex of 1M documents waits for it
 
 
 async def rebuild(search: str, name: str) -> int:

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import percentile  # noqa: E402
+from _util import request_json as post  # noqa: E402
 
 from archive.adapters.opensearch_query import study_page_body, study_totals_body  # noqa: E402
 from archive.adapters.opensearch_studies import NESTED_LIMIT, STUDY_MAPPINGS, study_source  # noqa: E402
@@ -41,13 +41,6 @@ REQUESTS = {
     "a facet clicked (Modality=MR)": SearchRequest(limit=25, sort=Sort("StudyDate", True), facets=FACETS,
                                                    filters=(SingleValue("Modality", "MR"),)),
 }
-
-
-def post(url: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return dict(json.load(response))
 
 
 def copies(search: str, source: str, target: str, scale: int) -> Iterator[dict[str, Any]]:
