@@ -460,7 +460,7 @@ class Settings:
         "retrieve, commit) of each AE title; see docs/security.md", Text())
     scp_engine: str = setting(
         "ARCHIVE_SCP_ENGINE", "asyncio",
-        "DICOM engine of `serve`, `scp` and `query`: `asyncio` (C-ECHO, C-STORE and C-FIND on asyncio streams, "
+        "DICOM engine of `serve`, `scp` and `query`: `asyncio` (C-ECHO, C-STORE and C-FIND on asyncio, "
         "about twice the store throughput; associations for other services go to pynetdicom on the same port) or "
         "`pynetdicom` (every service in pynetdicom)", Text(choices=("asyncio", "pynetdicom")))
     event_loop: str = setting(

@@ -3,9 +3,10 @@
 The input is what a peer sends on the DICOM port: it is fed to a real
 :class:`~archive.scp.asyncio_engine.association.Association` (PS3.8 9.2 state machine:
 A-ASSOCIATE-RQ parse, P-DATA-TF/PDV walk, command set decode, dataset spool, release and
-abort) over an in-memory stream. The association must end on its own, whatever the bytes:
-a peer cannot make :meth:`Association.run` raise, hang or answer with a malformed PDU.
-C-STOREs reach a store that accepts without parsing (the header parse is the ``describe``
+abort) on its :class:`~archive.scp.asyncio_engine.stream.PduStream`, fed in pieces of
+varying size (as a socket delivers them) by an in-memory transport that honours its flow
+control. The association must end on its own, whatever the bytes: a peer cannot make
+:meth:`Association.run` raise, hang or answer with a malformed PDU. C-STOREs reach a store that accepts without parsing (the header parse is the ``describe``
 target). The pure functions are checked on the side: every A-ASSOCIATE-RQ that parses can
 be answered (``associate_ac``), every command set that decodes can be answered.
 """
@@ -13,7 +14,6 @@ be answered (``associate_ac``), every command set that decodes can be answered.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import struct
 import tempfile
 from pathlib import Path
@@ -24,18 +24,22 @@ from archive.ingest.service import Received
 from archive.scp.access import AccessPolicy
 from archive.scp.asyncio_engine import pdu
 from archive.scp.asyncio_engine.association import Association, AssociationContext
+from archive.scp.asyncio_engine.stream import PduStream
 from archive.scp.status import SUCCESS, Status
 
 EXPECTED: tuple[type[BaseException], ...] = (pdu.ProtocolError,)  # from the pure parsers only
 _STATE: dict[str, Any] = {}
 
 
-class _Writer:
-    """The transport end of the association: collects what the archive sends."""
+class _Transport:
+    """The socket end of the association: collects what the archive sends, obeys pause/resume."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: PduStream) -> None:
+        self.protocol = protocol
         self.sent = bytearray()
-        self.transport = self
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.closing = False
 
     def get_extra_info(self, name: str) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else None
@@ -43,17 +47,38 @@ class _Writer:
     def write(self, data: bytes) -> None:
         self.sent += data
 
-    async def drain(self) -> None:
-        return None
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.reading.clear()
+
+    def resume_reading(self) -> None:
+        self.reading.set()
 
     def close(self) -> None:
-        return None
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
-    async def wait_closed(self) -> None:
-        return None
+    abort = close
 
-    def abort(self) -> None:
-        return None
+    async def feed(self, data: bytes) -> None:
+        """``data`` into the protocol's buffer in pieces of 1 byte to 64 KiB, then EOF."""
+        pos, step = 0, 0
+        while pos < len(data) and not self.closing:
+            await self.reading.wait()
+            if self.closing:
+                return
+            room = self.protocol.get_buffer(-1)
+            step += 1
+            n = min(len(room), len(data) - pos, 1 + (data[pos] * step * 257) % (64 << 10))
+            room[:n] = data[pos:pos + n]
+            pos += n
+            self.protocol.buffer_updated(n)
+            await asyncio.sleep(0)
+        if not self.closing:
+            self.protocol.eof_received()
 
 
 async def _store(received: Received, abstract_syntax: str, tally: StudyTally | None = None,
@@ -66,21 +91,21 @@ def _context() -> AssociationContext:
         spool = Path(tempfile.mkdtemp(prefix="fuzz-pdu-"))
         _STATE["context"] = AssociationContext(
             aet="ARCHIVE", check_called_aet=False, policy=AccessPolicy(), load=lambda: 1, max_associations=4,
-            max_pdu=16384, acse_timeout=5.0, network_timeout=5.0, spool=spool,
-            hasher=concurrent.futures.ThreadPoolExecutor(1), store=_store, audit=NoAudit())
+            max_pdu=16384, acse_timeout=5.0, network_timeout=5.0, spool=spool, store=_store, audit=NoAudit())
         _STATE["loop"] = asyncio.new_event_loop()
     context: AssociationContext = _STATE["context"]
     return context
 
 
 async def _run(data: bytes) -> bytes:
-    reader = asyncio.StreamReader(limit=1 << 20)
-    reader.feed_data(data)
-    reader.feed_eof()
-    writer = _Writer()
-    association = Association(_context(), reader, writer)  # type: ignore[arg-type]
-    await asyncio.wait_for(association.run(), 10.0)  # all input is there: only a bug waits
-    return bytes(writer.sent)
+    stream = PduStream()
+    transport = _Transport(stream)
+    stream.connection_made(transport)  # type: ignore[arg-type]
+    feeder = asyncio.create_task(transport.feed(data))
+    association = Association(_context(), stream)
+    await asyncio.wait_for(association.run(), 10.0)  # all input comes at once: only a bug waits
+    await asyncio.wait_for(feeder, 10.0)
+    return bytes(transport.sent)
 
 
 def _check_answer(sent: bytes) -> None:

@@ -1,19 +1,18 @@
-"""One association's state machine on asyncio streams (PS3.8 9.2, from Sta2 on).
+"""One association's state machine (PS3.8 9.2, from Sta2 on) on its connection's buffer (:mod:`stream`).
 
 A-ASSOCIATE-RQ -> AC or RJ, then P-DATA-TF until A-RELEASE-RQ or A-ABORT. C-ECHO is
-answered at once; a C-STORE's dataset goes straight from the socket into a spool file
-(:mod:`message`) and, once complete, to the one store path of both engines
-(:mod:`archive.scp.store`); the response is a pre-encoded command set. A C-FIND's identifier
-is kept in memory and handed to the query service (:mod:`services`), whose responses a task
-sends while the association goes on reading, for a C-CANCEL-RQ. The association sees the
-receiver only through an :class:`AssociationContext`. PS3.8 for the Upper Layer, PS3.7 for
-DIMSE.
+answered at once; a C-STORE's dataset goes from the receive buffer into a spool file
+(:mod:`message`), PDU after PDU without waiting while they are already received, and, once
+complete, to the one store path of both engines (:mod:`archive.scp.store`); the response is
+a pre-encoded command set. A C-FIND's identifier is kept in memory and handed to the query
+service (:mod:`services`), whose responses a task sends while the association goes on
+reading, for a C-CANCEL-RQ. The association sees the receiver only through an
+:class:`AssociationContext`. PS3.8 for the Upper Layer, PS3.7 for DIMSE.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -31,6 +30,7 @@ from archive.scp.access import AccessPolicy, Rejection
 from archive.scp.asyncio_engine import pdu
 from archive.scp.asyncio_engine.message import Message, stored_header
 from archive.scp.asyncio_engine.services import FindCall, FindService
+from archive.scp.asyncio_engine.stream import Closed, PduStream
 from archive.scp import audit
 from archive.scp.status import (FIND_WITHOUT_IDENTIFIER, SOP_CLASS_NOT_NEGOTIATED, SUCCESS, UNEXPECTED,
                                 UNRECOGNIZED_OPERATION)
@@ -44,7 +44,6 @@ MAX_IDENTIFIER = 1 << 20  # a C-FIND identifier, all fragments together: nothing
 # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
 BUSY = Rejection(0x02, 0x03, 0x02, "too many associations")
 CALLED_AE_UNKNOWN = Rejection(0x01, 0x01, 0x07, "called AE title not recognized")
-CHUNK = 1 << 20  # the most read from the socket at once
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,6 @@ class AssociationContext:
     acse_timeout: float  # ARTIM (PS3.8 9.1.5); 0 = none
     network_timeout: float  # silence allowed while a PDU is expected; 0 = none
     spool: Path  # where datasets are received
-    hasher: concurrent.futures.Executor  # one thread: digests each message's fragments in order
     store: Store | None  # the C-STORE path (archive.scp.store); None: no Storage contexts
     audit: AuditTrail  # one record per study at the association's end; refused associations
     find: FindService | None = None  # C-FIND (the query service); None: no Find contexts
@@ -79,19 +77,14 @@ class AssociationContext:
                 | (self.find.models if self.find is not None else frozenset()))
 
 
-class _Closed(Exception):
-    """The association is over (released, aborted or the peer went away)."""
-
-
 class Association:
     """One association's state machine (PS3.8 9.2, Sta6 onwards)."""
 
-    def __init__(self, context: AssociationContext, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(self, context: AssociationContext, stream: PduStream) -> None:
         self.context = context
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
+        self.stream = stream
+        self.timeout = context.network_timeout or None  # silence allowed while the peer is to speak
+        peer = stream.peer()
         self.address = str(peer[0]) if peer else ""
         self.calling_aet = ""
         self.peer_max = 0
@@ -99,42 +92,34 @@ class Association:
         self.message = Message()
         self.tally = StudyTally()  # what was stored, per study, for the audit trail
         self.established = False
-        self._idle: asyncio.Timeout | None = None  # the network timeout of the PDU being read
-        self._waiting: asyncio.Timeout | None = None  # the network timeout of the next PDU header
+        self._awaiting_header = False  # the read loop waits for the next PDU
         self._operation: asyncio.Task[None] | None = None  # a C-FIND sending its responses
         self._operation_id = 0  # its Message ID, which a C-CANCEL-RQ names
         self._cancel_requested = False
 
-    async def _read(self, n: int) -> bytes:
-        try:
-            return await self.reader.readexactly(n)
-        except asyncio.IncompleteReadError:
-            raise _Closed("peer closed the connection") from None
-
-    async def _pdu_header(self, timeout: float) -> tuple[int, int]:
-        # While a C-FIND sends its responses the requestor need say nothing: the silence counts
-        # from the operation's end (:meth:`_find` reschedules it).
-        async with asyncio.timeout(None if self._busy() else timeout or None) as self._waiting:
-            header = await self._read(6)
-        self._waiting = None
-        return pdu.pdu_header(header)
+    async def _pdu_header(self) -> tuple[int, int]:
+        stream = self.stream
+        if stream.buffered < 6:
+            # While a C-FIND sends its responses the requestor need say nothing: the silence
+            # counts from the operation's end (:meth:`_find` re-arms it).
+            self._awaiting_header = True
+            try:
+                await stream.wait(6, None if self._busy() else self.timeout)
+            finally:
+                self._awaiting_header = False
+        return pdu.pdu_header(stream.take(6))
 
     def _busy(self) -> bool:
         return self._operation is not None and not self._operation.done()
 
     async def _settle(self) -> None:
         """Wait for the operation in progress: one at a time (no Asynchronous Operations
-        Window is negotiated, PS3.7 D.3.3.3). The PDU that asked is read: its network timeout
-        waits too, and starts again when the operation is over."""
+        Window is negotiated, PS3.7 D.3.3.3). No timeout runs meanwhile: they count only a
+        wait for the peer's bytes."""
         operation, self._operation = self._operation, None
         if operation is None or operation.done():
             return
-        idle = self._idle
-        if idle is not None:
-            idle.reschedule(None)
         await asyncio.wait([operation])
-        if idle is not None and self.context.network_timeout:
-            idle.reschedule(asyncio.get_running_loop().time() + self.context.network_timeout)
 
     async def _drop_operation(self) -> None:
         """Stop the operation in progress (the association is ending): no response after an A-ABORT."""
@@ -144,8 +129,7 @@ class Association:
             await asyncio.wait([operation])
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        await self.stream.send(data)
 
     async def run(self) -> None:
         try:
@@ -160,30 +144,27 @@ class Association:
             log.info("association timed out", extra={"calling_aet": self.calling_aet, "peer": self.address})
             await self._drop_operation()
             if self.established:  # Sta6: A-ABORT; ARTIM in Sta2 just closes (PS3.8 9.2, AA-2)
-                with contextlib.suppress(Exception):
-                    self.writer.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
-        except (_Closed, ConnectionError, OSError) as exc:
+                self.stream.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
+        except (Closed, ConnectionError, OSError) as exc:
             log.info("association ended: %s", type(exc).__name__, extra={"calling_aet": self.calling_aet})
         except asyncio.CancelledError:  # stop() after the drain deadline
-            with contextlib.suppress(Exception):
-                self.writer.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
+            self.stream.write(pdu.abort(2, pdu.ABORT_NOT_SPECIFIED))
             raise
         finally:
             await self._drop_operation()
             self.message.discard()
             audit.association_ended(self.context.audit, self.tally, self.calling_aet, self.address, self.context.aet)
-            self.writer.close()
+            self.stream.close()
             try:
-                await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+                await asyncio.wait_for(self.stream.wait_closed(), 5.0)
             except Exception:  # a peer that never reads does not keep the task alive
-                self.writer.transport.abort()
+                self.stream.abort()
 
     async def _associate(self) -> bool:
         """A-ASSOCIATE-RQ -> AC or RJ, within the ARTIM timeout (PS3.8 9.1.5)."""
-        async with asyncio.timeout(self.context.acse_timeout or None):
-            length = pdu.associate_rq_length(await self._read(6))
-        async with asyncio.timeout(self.context.acse_timeout or None):
-            rq = pdu.parse_associate_rq(await self._read(length))
+        artim = self.context.acse_timeout or None
+        length = pdu.associate_rq_length(await self.stream.read(6, artim))
+        rq = pdu.parse_associate_rq(await self.stream.read(length, artim))
         self.calling_aet = rq.calling_aet
         rejection = self._rejection(rq)
         if rejection is not None:
@@ -227,9 +208,7 @@ class Association:
         Closing first can reset the connection before the requestor has read the rejection.
         """
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(min(self.context.acse_timeout or 5.0, 5.0)):
-                while await self.reader.read(4096):
-                    pass
+            await self.stream.drain_until_closed(min(self.context.acse_timeout or 5.0, 5.0))
 
     def _rejection(self, rq: pdu.AssociateRQ) -> Rejection | None:
         if not rq.protocol_version & 0x0001:  # PS3.8 9.3.4: protocol version not supported
@@ -251,34 +230,35 @@ class Association:
         cap = max_pdu + 6 if max_pdu else 0  # peers must respect our Maximum Length (PS3.8 D.1)
         message = self.message
         while True:
-            kind, length = await self._pdu_header(self.context.network_timeout)
+            kind, length = await self._pdu_header()
             if kind == pdu.P_DATA_TF:
                 if cap and length > cap:
                     raise pdu.ProtocolError(f"P-DATA-TF of {length} bytes exceeds our maximum {max_pdu}")
-                async with asyncio.timeout(self.context.network_timeout or None) as self._idle:
-                    await self._p_data(length, message)
-                self._idle = None  # finished: nothing may reschedule it now
+                await self._p_data(length, message)
             elif kind == pdu.A_RELEASE_RQ:
                 message.discard()
-                await self._read(min(length, 4))
+                await self.stream.read(min(length, 4), self.timeout)
                 await self._settle()  # PS3.7 D.3: a release waits for the operation's last response
                 await self.send(pdu.release_rp())
                 return
             elif kind == pdu.A_ABORT:
                 message.discard()
-                raise _Closed("peer aborted")
+                raise Closed("peer aborted")
             else:
                 message.discard()
                 reason = pdu.ABORT_UNEXPECTED_PDU if kind <= pdu.A_ABORT else pdu.ABORT_UNRECOGNIZED_PDU
                 raise pdu.ProtocolError(f"unexpected PDU 0x{kind:02X}", reason)
 
     async def _p_data(self, length: int, message: Message) -> None:
-        """Walk the PDVs of one P-DATA-TF without holding more than a chunk (PS3.8 9.3.5)."""
+        """Walk the PDVs of one P-DATA-TF as they are received (PS3.8 9.3.5)."""
+        stream = self.stream
         remaining = length
         while remaining:
             if remaining < 6:
                 raise pdu.ProtocolError("P-DATA-TF with a truncated PDV")
-            item_length, context_id, control = pdu.pdv_header(await self._read(6))
+            if stream.buffered < 6:
+                await stream.wait(6, self.timeout)
+            item_length, context_id, control = pdu.pdv_header(stream.take(6))
             if item_length < 2 or item_length + 4 > remaining:
                 raise pdu.ProtocolError("PDV length inconsistent with its PDU")
             remaining -= item_length + 4
@@ -294,7 +274,7 @@ class Association:
                 if len(message.command) + size > pdu.MAX_COMMAND:
                     raise pdu.ProtocolError("command set too large")
                 message.context_id = context_id
-                message.command += await self._read(size)
+                message.command += await stream.read(size, self.timeout)
                 if last:
                     message.parsed = pdu.decode_command(bytes(message.command))
                     if message.parsed.has_dataset:
@@ -303,8 +283,7 @@ class Association:
                             message.inline = bytearray()
                         else:
                             message.open(self.context.spool,
-                                         stored_header(message.parsed, self.contexts[context_id][1]),
-                                         self.context.hasher)
+                                         stored_header(message.parsed, self.contexts[context_id][1]))
                     else:
                         await self._dispatch(message)
             else:
@@ -315,22 +294,20 @@ class Association:
                     await self._dispatch(message)
 
     async def _copy(self, size: int, message: Message) -> None:
-        sink = message.spool
+        """One dataset fragment, from the receive buffer to the spool file (or the identifier)."""
+        stream = self.stream
         inline = message.inline
         if inline is not None and len(inline) + size > MAX_IDENTIFIER:
             raise pdu.ProtocolError(f"identifier of more than {MAX_IDENTIFIER} bytes")
         while size:
-            chunk = await self.reader.read(min(size, CHUNK))
-            if not chunk:
-                raise _Closed("peer closed the connection")
+            if not stream.buffered:
+                await stream.wait(1, self.timeout)
+            view = stream.take(size)  # valid until the next await: used at once
             if inline is not None:
-                inline += chunk
-            elif sink is not None:
-                await message.write(chunk)
-            size -= len(chunk)
-            if self._idle is not None and self._idle.when() is not None:
-                # the timeout is for silence, not for the whole of a large PDU
-                self._idle.reschedule(asyncio.get_running_loop().time() + self.context.network_timeout)
+                inline += view
+            elif message.spool is not None:
+                message.write(view)
+            size -= len(view)
 
     async def _dispatch(self, message: Message) -> None:
         command = message.parsed
@@ -363,7 +340,7 @@ class Association:
         elif command.field == pdu.C_STORE_RQ and self.context.store is not None:  # PS3.7 9.3.1
             if message.spool is None:
                 raise pdu.ProtocolError("C-STORE-RQ without a dataset", pdu.ABORT_UNEXPECTED_PARAMETER)
-            spooled = await message.spooled()
+            spooled = message.spooled()
             path = message.close()
             try:
                 received = Received(path, syntax, self.calling_aet, command.sop_class_uid or None,
@@ -406,7 +383,7 @@ class Association:
         except TimeoutError:
             log.warning("C-FIND responses not read within the network timeout: aborting",
                         extra={"calling_aet": self.calling_aet, "peer": self.address})
-            self.writer.transport.abort()  # the read loop sees the connection end
+            self.stream.abort()  # the read loop sees the connection end
         except (ConnectionError, OSError) as exc:  # the read loop ends the association
             log.info("C-FIND responses not sent: %s", type(exc).__name__, extra={"calling_aet": self.calling_aet})
         except Exception:  # our fault: the requestor still gets a final status (0x0110)
@@ -419,6 +396,5 @@ class Association:
                         await self.send(pdu.p_data(context_id, rsp, self.peer_max))
         finally:
             await responses.aclose()
-            waiting, timeout = self._waiting, self.context.network_timeout
-            if waiting is not None and timeout and waiting.when() is None:  # silence counts from now
-                waiting.reschedule(asyncio.get_running_loop().time() + timeout)
+            if self._awaiting_header and self.timeout is not None:  # silence counts from now
+                self.stream.rearm(self.timeout)

@@ -88,7 +88,7 @@ class AssociateRQ:
     extended: dict[str, bytes] = field(default_factory=dict)  # SOP class -> its application information
 
 
-def pdu_header(data: bytes) -> tuple[int, int]:
+def pdu_header(data: bytes | memoryview) -> tuple[int, int]:
     """(type, length) of a 6-byte PDU header."""
     kind, length = _HEADER.unpack(data)
     return kind, length
@@ -104,7 +104,7 @@ def associate_rq_length(header: bytes) -> int:
     return length
 
 
-def pdv_header(data: bytes) -> tuple[int, int, int]:
+def pdv_header(data: bytes | memoryview) -> tuple[int, int, int]:
     """(length incl. context id and control byte, context id, message control header)."""
     return _PDV.unpack(data)
 

@@ -12,7 +12,6 @@ threads while their spool file is fsynced on another; the commit runs on the eve
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import os
@@ -25,9 +24,10 @@ from archive.core.audit import AuditTrail, NoAudit
 from archive.core.errors import BackendUnavailable
 from archive.ingest.service import IngestService, Prepared, Received
 from archive.scp.access import AccessPolicy
-from archive.scp.asyncio_engine.association import CHUNK, Association, AssociationContext
+from archive.scp.asyncio_engine.association import Association, AssociationContext
 from archive.scp.asyncio_engine.handover import Handover, hand_over
 from archive.scp.asyncio_engine.services import FindService
+from archive.scp.asyncio_engine.stream import PduStream
 from archive.scp.spool import process_spool
 from archive.scp.store import prepare_pool, store
 from archive.settings import Settings
@@ -57,8 +57,6 @@ class AsyncioReceiver:
         self._acceptor: asyncio.Task[None] | None = None
         self._context: AssociationContext | None = None
         self._serves: frozenset[str] = frozenset()
-        # one thread, so each message's fragments are digested in the order they came
-        self.hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncio-scp-hash")
         self._pool = prepare_pool(settings.max_associations, "asyncio")
 
     async def start(self, host: str | None = None, port: int | None = None, *, reuse_port: bool = False) -> int:
@@ -68,7 +66,7 @@ class AsyncioReceiver:
             aet=settings.aet, check_called_aet=self.check_called_aet, policy=self.policy, load=self.load,
             max_associations=settings.max_associations, max_pdu=settings.max_pdu,
             acse_timeout=settings.acse_timeout, network_timeout=settings.network_timeout,
-            spool=process_spool(settings.data_dir), hasher=self.hasher,
+            spool=process_spool(settings.data_dir),
             store=None if self.ingest is None else functools.partial(
                 store, ingest=self.ingest, prepare=self._prepare, timeout=settings.store_timeout, access=self.policy),
             audit=self.audit, find=self.find,
@@ -118,9 +116,9 @@ class AsyncioReceiver:
                 except TimeoutError:  # no request within ARTIM (PS3.8 9.1.5): close
                     log.info("association timed out", extra={"peer": str(address[0])})
                     return
-            reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
+            _, stream = await asyncio.get_running_loop().connect_accepted_socket(PduStream, sock=conn)
             owned = False  # the stream closes it
-            await self._accept(reader, writer)
+            await self._accept(stream)
         except OSError:
             pass
         finally:
@@ -128,11 +126,11 @@ class AsyncioReceiver:
             if owned:
                 conn.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, stream: PduStream) -> None:
         assert self._context is not None
         metrics.ACTIVE_ASSOCIATIONS.inc()
         try:
-            await Association(self._context, reader, writer).run()
+            await Association(self._context, stream).run()
         except Exception:  # never let one connection take the server down
             log.exception("association failed")
         finally:
@@ -172,7 +170,6 @@ class AsyncioReceiver:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         self._pool.shutdown(wait=False)
-        self.hasher.shutdown(wait=False)
 
 
 def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
