@@ -1,18 +1,22 @@
 """The association's receive buffer (archive.scp.asyncio_engine.stream) on a real loopback
 connection, on both event loops the roles can run: bytes in order across the buffer's
-compactions, flow control, the silence timeout, the peer's end."""
+compactions, flow control, the silence timeout, the peer's end. Then the message's spool
+file (archive.scp.asyncio_engine.message), written from views of that buffer."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
 
+from archive.scp.asyncio_engine.message import Message
 from archive.scp.asyncio_engine.stream import CAPACITY, HIGH_WATER, Closed, PduStream
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -194,3 +198,40 @@ def test_writes_wait_for_a_peer_that_does_not_read_and_fail_once_it_is_gone(loop
 async def _send_forever(stream: PduStream) -> None:
     while True:
         await stream.send(b"\0" * 65536)
+
+
+# The message's spool file: fragments come as views of the buffer, used before it changes
+
+
+def test_fragments_are_written_in_order_and_digested(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    fragments = [rng.randbytes(rng.choice([1, 100, 16384, 70000])) for _ in range(3000)]
+    message = Message()
+    message.open(tmp_path, b"HEADER")
+    buffer = bytearray()
+    for fragment in fragments:
+        buffer[:] = fragment  # the same memory reused, as the receive buffer is
+        message.write(memoryview(buffer))
+    spooled = message.spooled()
+    path = message.close()
+    body = b"HEADER" + b"".join(fragments)
+    assert path.read_bytes() == body
+    assert spooled is not None and spooled.size == len(body)
+    assert spooled.sha256 == hashlib.sha256(body).hexdigest()
+
+
+def test_without_a_header_nothing_is_digested(tmp_path: Path) -> None:
+    message = Message()
+    message.open(tmp_path, b"")  # the command's UIDs could not make one: prepare rebuilds it
+    message.write(b"dataset")
+    assert message.spooled() is None
+    assert message.close().read_bytes() == b"dataset"
+
+
+def test_discard_removes_the_spool_file(tmp_path: Path) -> None:
+    message = Message()
+    message.open(tmp_path, b"HEADER")
+    message.write(b"x" * 1000)
+    message.discard()
+    assert list(tmp_path.iterdir()) == []
+    message.discard()  # twice is harmless
