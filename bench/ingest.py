@@ -376,9 +376,8 @@ def bench_receiver(name: str, workdir: Path, factory: SliceFactory, args: argpar
         for rep in range(args.repeat):
             for assocs in args.assocs:
                 batch = factory.batch(workdir / "batch", args.count, STUDIES)
-                # The batch just written (and the last run's objects) out to disk first: their
-                # writeback would otherwise fall into this run's fsyncs, so that whichever
-                # scenario ran first measured faster (seen 2026-12-07: +12-25 %, in both orders).
+                # The batch just written (and the last run's objects) out to disk first, so that
+                # their writeback does not fall into this run's fsyncs.
                 os.sync()
                 waited = wait_quiet(args.quiet, args.quiet_wait) if args.quiet_wait > 0 else 0.0
                 try:
@@ -410,9 +409,8 @@ def bench_receiver(name: str, workdir: Path, factory: SliceFactory, args: argpar
 def bench_pair(names: tuple[str, str], workdir: Path, factory: SliceFactory,
                args: argparse.Namespace) -> list[dict[str, Any]]:
     """Two builds of one scenario, a repetition of each in turn (A B B A A B ...), each on a
-    fresh receiver: whichever runs first no longer gets the machine's better minutes (all of
-    one build's repetitions, then all of the other's, favoured the first by 6-14 % on
-    2026-12-07, in both orders)."""
+    fresh receiver: all of one build's repetitions, then all of the other's, favoured whichever
+    ran first by 3-27 % on 2026-12-07, in both orders, with or without the sync before each run."""
     merged: dict[str, dict[str, Any]] = {}
     for rep in range(args.repeat):
         last = rep == args.repeat - 1
