@@ -6,9 +6,11 @@ A-ASSOCIATE-RQ parse, P-DATA-TF/PDV walk, command set decode, dataset spool, rel
 abort) on its :class:`~archive.scp.asyncio_engine.stream.PduStream`, fed in pieces of
 varying size (as a socket delivers them) by an in-memory transport that honours its flow
 control. The association must end on its own, whatever the bytes: a peer cannot make
-:meth:`Association.run` raise, hang or answer with a malformed PDU. C-STOREs reach a store that accepts without parsing (the header parse is the ``describe``
-target). The pure functions are checked on the side: every A-ASSOCIATE-RQ that parses can
-be answered (``associate_ac``), every command set that decodes can be answered.
+:meth:`Association.run` raise, hang or answer with a malformed PDU (no timeouts are set, so
+a wait that does not end fails the input instead of timing out). C-STOREs reach a store that
+accepts without parsing (the header parse is the ``describe`` target). The pure functions
+are checked on the side: every A-ASSOCIATE-RQ that parses can be answered
+(``associate_ac``), every command set that decodes can be answered.
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ class _Transport:
 
     def write(self, data: bytes) -> None:
         self.sent += data
+        if len(self.sent) & 1 and not self.closing:  # now and then, a peer slow to read
+            self.protocol.pause_writing()
+            asyncio.get_running_loop().call_soon(self._resume_writing)
+
+    def _resume_writing(self) -> None:
+        if not self.closing:
+            self.protocol.resume_writing()
 
     def is_closing(self) -> bool:
         return self.closing
@@ -59,23 +68,26 @@ class _Transport:
     def close(self) -> None:
         if not self.closing:
             self.closing = True
+            self.reading.set()  # a feeder held back by a full buffer sees the end
             asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
     abort = close
 
     async def feed(self, data: bytes) -> None:
-        """``data`` into the protocol's buffer in pieces of 1 byte to 64 KiB, then EOF."""
+        """``data`` into the protocol's buffer in pieces of 1 byte to 64 KiB, one to four of
+        them a turn of the loop (as a socket's reads come), then EOF."""
         pos, step = 0, 0
         while pos < len(data) and not self.closing:
             await self.reading.wait()
-            if self.closing:
-                return
-            room = self.protocol.get_buffer(-1)
-            step += 1
-            n = min(len(room), len(data) - pos, 1 + (data[pos] * step * 257) % (64 << 10))
-            room[:n] = data[pos:pos + n]
-            pos += n
-            self.protocol.buffer_updated(n)
+            for _ in range(1 + data[pos] % 4):
+                if self.closing or not self.reading.is_set() or pos >= len(data):
+                    break
+                room = self.protocol.get_buffer(-1)
+                step += 1
+                n = min(len(room), len(data) - pos, 1 + (data[pos] * step * 257) % (64 << 10))
+                room[:n] = data[pos:pos + n]
+                pos += n
+                self.protocol.buffer_updated(n)
             await asyncio.sleep(0)
         if not self.closing:
             self.protocol.eof_received()
@@ -91,7 +103,9 @@ def _context() -> AssociationContext:
         spool = Path(tempfile.mkdtemp(prefix="fuzz-pdu-"))
         _STATE["context"] = AssociationContext(
             aet="ARCHIVE", check_called_aet=False, policy=AccessPolicy(), load=lambda: 1, max_associations=4,
-            max_pdu=16384, acse_timeout=5.0, network_timeout=5.0, spool=spool, store=_store, audit=NoAudit())
+            # no timeouts: all input comes at once, so a wait that does not end is a bug, which
+            # _run's wait_for reports instead of a timeout hiding it
+            max_pdu=16384, acse_timeout=0, network_timeout=0, spool=spool, store=_store, audit=NoAudit())
         _STATE["loop"] = asyncio.new_event_loop()
     context: AssociationContext = _STATE["context"]
     return context

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -10,6 +11,7 @@ import random
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,17 +325,6 @@ def _item(kind: int, value: bytes) -> bytes:
     return struct.pack(">BxH", kind, len(value)) + value
 
 
-@pytest.mark.parametrize("receiver", [{"ARCHIVE_ALLOWED_AETS": "GOODSCU"}], indirect=True)
-def test_calling_ae_outside_the_allow_list_is_rejected(receiver: Running) -> None:
-    assert associate_result(receiver.port, "EVILSCU") == (False, 0x01, 0x03)
-    assert associate_result(receiver.port, "GOODSCU") == (True, None, None)
-
-
-# The association cap is tested for both engines in test_scp_limits.py.
-
-
-# --- raw sockets: malformed input --------------------------------------------------------
-
 def _closed_after(port: int, payload: bytes, *, half_close: bool = True) -> list[int]:
     """Send ``payload`` (then EOF); return the PDU types received until the server closes."""
     kinds: list[int] = []
@@ -455,6 +446,54 @@ def test_stalled_pdu_is_aborted_after_the_network_timeout(receiver: Running) -> 
         sock.sendall(struct.pack(">BxI", 4, 100) + struct.pack(">IBB", 96, 1, 0) + bytes(10))  # then silence
         assert recv_pdu(sock)[0] == A_ABORT
         assert recv_pdu(sock)[0] == -1
+
+
+@pytest.mark.parametrize("receiver", [{"ARCHIVE_NETWORK_TIMEOUT": "2", "ARCHIVE_MAX_ASSOCIATIONS": "1"}],
+                         indirect=True)
+def test_a_peer_that_sends_and_never_reads_is_dropped_after_the_network_timeout(receiver: Running) -> None:
+    """Its responses back up until ours wait to be read: the association gives up after the
+    network timeout instead of holding its place against the cap (here 1) for ever."""
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(associate_rq())
+        assert recv_pdu(sock)[0] == A_ASSOCIATE_AC
+        echoes = p_data(1, COMMAND_LAST, command(0x0030, 1)) * 200  # C-ECHO-RQs; no response is read
+        sock.settimeout(0.2)  # well within the network timeout: the check below comes before it
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            while True:  # until the archive stops reading: its responses wait on us
+                sock.sendall(echoes)
+        assert _new_association(receiver.port) == A_ASSOCIATE_RJ  # the one place is still taken
+        # ... and is given back while this peer is still connected, still not reading
+        assert wait_until(lambda: _new_association(receiver.port) == A_ASSOCIATE_AC, timeout=30)
+
+
+def _new_association(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as other:
+        other.sendall(associate_rq())
+        return recv_pdu(other)[0]
+
+
+@pytest.mark.parametrize("receiver", [{"ARCHIVE_ACSE_TIMEOUT": "0.5"}], indirect=True)
+def test_a_rejected_peer_that_trickles_bytes_is_closed_within_the_artim_timeout(receiver: Running) -> None:
+    """After an A-ASSOCIATE-RJ the requestor is to close; one that keeps sending a byte now and
+    then is closed on all the same, ARTIM counted from the rejection, not from its last byte."""
+    rq = bytearray(associate_rq())
+    rq[6:8] = b"\0\0"  # protocol version 0: rejected (PS3.8 9.3.4)
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:
+        sock.sendall(bytes(rq))
+        assert recv_pdu(sock)[0] == A_ASSOCIATE_RJ
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                sock.sendall(b"x")
+                if sock.recv(100) == b"":
+                    break  # closed by the archive
+            except TimeoutError:  # nothing yet: another byte, 0.2 s on
+                pass
+            except (ConnectionResetError, BrokenPipeError):
+                break
+            assert time.monotonic() < deadline, "a rejected peer is kept as long as it trickles"
 
 
 def test_malformed_pdv_aborts_and_unknown_command_answers_0211(receiver: Running) -> None:

@@ -158,7 +158,7 @@ def test_the_peer_closing_mid_read_ends_the_wait(loop_name: str) -> None:
         with pytest.raises(Closed):
             await stream.read(6, 5.0)
         assert stream.buffered == 3  # what came is still there
-        await stream.send(b"still writable")  # a half-closed peer can be told why (A-ABORT)
+        await stream.send(b"still writable", 5.0)  # a half-closed peer can be told why (A-ABORT)
         assert peer.recv(64) == b"still writable"
 
     run(loop_name, body)
@@ -171,6 +171,36 @@ def test_drain_until_closed_returns_by_closed_or_timeout(loop_name: str) -> None
         with pytest.raises(Closed):
             await stream.drain_until_closed(5.0)
         assert stream.buffered == 0
+
+    run(loop_name, body)
+
+
+def test_drain_until_closed_is_bounded_in_all_by_its_timeout(loop_name: str) -> None:
+    async def body(stream: PduStream, peer: socket.socket) -> float:
+        loop = asyncio.get_running_loop()
+        trickle: list[asyncio.TimerHandle] = []
+
+        def again() -> None:
+            peer.sendall(b"x")
+            trickle[:] = [loop.call_later(0.05, again)]  # far more often than the timeout
+
+        again()
+        started = loop.time()
+        try:
+            with pytest.raises(TimeoutError):
+                await stream.drain_until_closed(0.5)
+        finally:
+            trickle[0].cancel()
+        return loop.time() - started
+
+    assert run(loop_name, body) < 10  # without the bound: the test's own 30 s limit
+
+
+def test_a_send_to_a_peer_that_does_not_read_times_out(loop_name: str) -> None:
+    async def body(stream: PduStream, peer: socket.socket) -> None:
+        with pytest.raises(TimeoutError):
+            while True:
+                await stream.send(b"\0" * 65536, 0.3)
 
     run(loop_name, body)
 
@@ -197,7 +227,7 @@ def test_writes_wait_for_a_peer_that_does_not_read_and_fail_once_it_is_gone(loop
 
 async def _send_forever(stream: PduStream) -> None:
     while True:
-        await stream.send(b"\0" * 65536)
+        await stream.send(b"\0" * 65536, None)
 
 
 # The message's spool file: fragments come as views of the buffer, used before it changes

@@ -129,7 +129,8 @@ class Association:
             await asyncio.wait([operation])
 
     async def send(self, data: bytes) -> None:
-        await self.stream.send(data)
+        """Our next PDU(s): a peer that stops reading them is aborted after the network timeout."""
+        await self.stream.send(data, self.timeout)
 
     async def run(self) -> None:
         try:
@@ -138,8 +139,7 @@ class Association:
         except pdu.ProtocolError as exc:
             log.warning("association aborted: %s", exc, extra={"calling_aet": self.calling_aet, "peer": self.address})
             await self._drop_operation()
-            with contextlib.suppress(Exception):
-                await self.send(pdu.abort(2, exc.reason))
+            self.stream.write(pdu.abort(2, exc.reason))  # no waiting on a peer that broke the protocol
         except TimeoutError:
             log.info("association timed out", extra={"calling_aet": self.calling_aet, "peer": self.address})
             await self._drop_operation()
@@ -374,9 +374,7 @@ class Association:
                 data = pdu.p_data(context_id, rsp, self.peer_max)
                 if answer.identifier is not None:
                     data += pdu.p_data(context_id, answer.identifier, self.peer_max, command=False)
-                # a requestor that stops reading holds nothing for longer than the network timeout
-                async with asyncio.timeout(self.context.network_timeout or None):
-                    await self.send(data)
+                await self.send(data)  # a requestor that stops reading: TimeoutError, below
                 # Let the read loop take what came meanwhile (a C-CANCEL-RQ) before the next
                 # response: writes below the transport's high-water mark never wait.
                 await asyncio.sleep(0)
@@ -392,8 +390,7 @@ class Association:
                 rsp = pdu.encode_response(pdu.C_FIND_RSP, command.message_id, sop_class, "", UNEXPECTED.code,
                                           "Unexpected error while querying")
                 with contextlib.suppress(Exception):
-                    async with asyncio.timeout(self.context.network_timeout or None):
-                        await self.send(pdu.p_data(context_id, rsp, self.peer_max))
+                    await self.send(pdu.p_data(context_id, rsp, self.peer_max))
         finally:
             await responses.aclose()
             if self._awaiting_header and self.timeout is not None:  # silence counts from now

@@ -153,10 +153,15 @@ class PduStream(asyncio.BufferedProtocol):
             self._timer = self._loop.call_at(deadline, self._expire)
 
     async def drain_until_closed(self, timeout: float) -> None:
-        """Throw away what comes until the peer closes the connection, at most ``timeout`` s."""
+        """Throw away what comes until the peer closes the connection: :class:`Closed` then, or
+        :class:`TimeoutError` after ``timeout`` s in all (a trickle of bytes does not extend it)."""
+        deadline = self._loop.time() + timeout
         while True:
             self.take(self.buffered)
-            await self.wait(1, timeout)
+            left = deadline - self._loop.time()
+            if left <= 0:
+                raise TimeoutError()
+            await self.wait(1, left)
 
     def _expire(self) -> None:
         self._timer = None
@@ -181,8 +186,9 @@ class PduStream(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    async def send(self, data: bytes) -> None:
-        """Write ``data``; wait while the peer is not reading what we sent before."""
+    async def send(self, data: bytes, timeout: float | None) -> None:
+        """Write ``data``; wait while the peer is not reading what we sent before, at most
+        ``timeout`` s (:class:`TimeoutError`): a peer that sends and never reads holds nothing."""
         if self._lost is not None:
             raise self._lost
         assert self.transport is not None
@@ -190,7 +196,8 @@ class PduStream(asyncio.BufferedProtocol):
         if self._writing_paused:
             self._drain = self._loop.create_future()
             try:
-                await self._drain
+                async with asyncio.timeout(timeout):
+                    await self._drain
             finally:
                 self._drain = None
 
