@@ -31,6 +31,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                 "cpu_ms_per_instance": med("cpu_ms_per_instance"),
                 "services_cpu_ms_per_instance": med("services_cpu_ms_per_instance"),
+                "cpu_ms_by_process": {name: statistics.median(r["cpu_ms_by_process"].get(name, 0.0) for r in runs)
+                                      for name in sorted({n for r in runs for n in r.get("cpu_ms_by_process", {})})},
                 "other_busy_cores": med("other_busy_cores"),
                 "cstore_coverage": (min(r.get("cstore_observed", 0) / r["count"] for r in runs)
                                     if res["runs"] and "cstore_observed" in runs[0] else None),
@@ -53,8 +55,12 @@ def _pair(a: float | None, b: float | None, fmt: str = "{:.0f}") -> str:
 
 
 def _services(row: dict[str, Any]) -> str:
+    """Per process (when there are several of ours), then the services' CPU."""
+    processes = row.get("cpu_ms_by_process") or {}
+    split = (" (" + ", ".join(f"{name} {ms:.1f}" for name, ms in processes.items()) + ")"
+             if len(processes) > 1 else "")
     value = row.get("services_cpu_ms_per_instance")
-    return "" if value is None else f" (+{value:.1f} services)"
+    return split + ("" if value is None else f" (+{value:.1f} services)")
 
 
 def markdown(rows: list[dict[str, Any]], results: list[dict[str, Any]], large: list[dict[str, Any]]) -> str:

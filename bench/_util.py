@@ -305,6 +305,7 @@ class TreeSampler(threading.Thread):
         self._first_cpu: dict[int, float] = {}
         self._last_cpu: dict[int, float] = {}
         self._owner: dict[int, str] = {}
+        self._name: dict[int, str] = {}
         self._halt = threading.Event()
         self._baseline = True
         self.sample()  # CPU baseline of the processes alive at start
@@ -324,6 +325,8 @@ class TreeSampler(threading.Thread):
                 self._first_cpu.setdefault(pid, stat[1] if self._baseline else 0.0)
                 self._last_cpu[pid] = stat[1]
                 self._owner[pid] = label
+                if pid not in self._name:
+                    self._name[pid] = process_name(pid)
             self.peak[label] = max(self.peak[label], total)
         return seen
 
@@ -337,18 +340,36 @@ class TreeSampler(threading.Thread):
         return sum(last - self._first_cpu.get(pid, 0.0) for pid, last in list(self._last_cpu.items())
                    if pid in alive)
 
-    def stop(self) -> dict[str, dict[str, float]]:
+    def stop(self) -> dict[str, dict[str, Any]]:
         self._halt.set()
         if self.is_alive():
             self.join(5)
         alive = self.sample()
         cpu: dict[str, float] = {k: 0.0 for k in self.roots}
+        by_process: dict[str, dict[str, float]] = {k: {} for k in self.roots}
         for pid, last in self._last_cpu.items():
             # A child that is gone was reaped by its parent in the tree, whose cutime/cstime
             # now hold all of its CPU time: counting its samples too would count it twice.
             if pid in alive:
-                cpu[self._owner[pid]] += last - self._first_cpu.get(pid, 0.0)
-        return {label: {"peak_rss_mb": self.peak[label] / 2**20, "cpu_s": cpu[label]} for label in self.roots}
+                used = last - self._first_cpu.get(pid, 0.0)
+                cpu[self._owner[pid]] += used
+                named = by_process[self._owner[pid]]
+                named[self._name[pid]] = named.get(self._name[pid], 0.0) + used
+        return {label: {"peak_rss_mb": self.peak[label] / 2**20, "cpu_s": cpu[label], "by_process": by_process[label]}
+                for label in self.roots}
+
+
+def process_name(pid: int) -> str:
+    """A process's role for the tables: ``archive.cli``'s subcommand (``serve``, ``indexer`` for
+    serve's indexer child, ``scp``...), else its program's name."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return str(pid)
+    if "archive.cli" in argv and argv.index("archive.cli") + 1 < len(argv):
+        return argv[argv.index("archive.cli") + 1]
+    return Path(argv[0]).name if argv else str(pid)
 
 
 def cpu_jiffies() -> tuple[int, int]:

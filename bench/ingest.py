@@ -192,6 +192,11 @@ def load_run(receiver: Receiver, batch: Batch, assocs: int) -> dict[str, Any]:
     services = {k: u for k, u in usage.items() if k.startswith("service:")}
     result["peak_rss_all_roles_mb"] = sum(u["peak_rss_mb"] for u in ours.values())
     result["cpu_ms_per_instance"] = 1000 * sum(u["cpu_s"] for u in ours.values()) / count
+    by_process: dict[str, float] = {}
+    for u in ours.values():
+        for name, cpu_s in u.get("by_process", {}).items():
+            by_process[name] = by_process.get(name, 0.0) + 1000 * cpu_s / count
+    result["cpu_ms_by_process"] = by_process
     if services:
         result["services_cpu_ms_per_instance"] = 1000 * sum(u["cpu_s"] for u in services.values()) / count
     # What else ran on the machine while sending (other users' work, the services' idle load, the
