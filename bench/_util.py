@@ -325,7 +325,7 @@ class TreeSampler(threading.Thread):
                 self._first_cpu.setdefault(pid, stat[1] if self._baseline else 0.0)
                 self._last_cpu[pid] = stat[1]
                 self._owner[pid] = label
-                if pid not in self._name:
+                if not self._name.get(pid):  # "" while the process is still starting
                     self._name[pid] = process_name(pid)
             self.peak[label] = max(self.peak[label], total)
         return seen
@@ -353,23 +353,24 @@ class TreeSampler(threading.Thread):
             if pid in alive:
                 used = last - self._first_cpu.get(pid, 0.0)
                 cpu[self._owner[pid]] += used
-                named = by_process[self._owner[pid]]
-                named[self._name[pid]] = named.get(self._name[pid], 0.0) + used
+                named, name = by_process[self._owner[pid]], self._name.get(pid) or str(pid)
+                named[name] = named.get(name, 0.0) + used
         return {label: {"peak_rss_mb": self.peak[label] / 2**20, "cpu_s": cpu[label], "by_process": by_process[label]}
                 for label in self.roots}
 
 
 def process_name(pid: int) -> str:
     """A process's role for the tables: ``archive.cli``'s subcommand (``serve``, ``indexer`` for
-    serve's indexer child, ``scp``...), else its program's name."""
+    serve's indexer child, ``scp``...), else its program's name; "" when it cannot be told yet
+    (a process still in exec has no arguments to read) or any more."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
-        return str(pid)
+        return ""
     if "archive.cli" in argv and argv.index("archive.cli") + 1 < len(argv):
         return argv[argv.index("archive.cli") + 1]
-    return Path(argv[0]).name if argv else str(pid)
+    return Path(argv[0]).name if argv else ""
 
 
 def cpu_jiffies() -> tuple[int, int]:

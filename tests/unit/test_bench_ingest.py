@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.e2e.harness import wait_until
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -21,8 +22,9 @@ def test_a_process_is_named_by_its_archive_cli_subcommand_else_its_program() -> 
                             stdin=subprocess.PIPE)
     plain = subprocess.Popen([sys.executable, "-c", wait], stdin=subprocess.PIPE)
     try:
-        assert process_name(role.pid) == "indexer"
-        assert process_name(plain.pid) == Path(sys.executable).name
+        # Popen returns once exec has begun; the arguments can be read a moment later
+        assert wait_until(lambda: process_name(role.pid), timeout=10, interval=0.01) == "indexer"
+        assert wait_until(lambda: process_name(plain.pid), timeout=10, interval=0.01) == Path(sys.executable).name
     finally:
         for proc in (role, plain):
             proc.communicate(b"")
