@@ -14,7 +14,9 @@ study count and each facet's studies are sums; a page in relevance order lists F
 
 This probe builds that on a copy of the kept data's study index (``<index>.common``, dropped at
 the end): ``common`` computed from the catalog's instance metadata (``flatten``, as the indexer
-makes the instance text), then times, for the common-term questions of bench/query.py, the
+makes the instance text). On data ``bench/scale_index.py --text`` made ten times larger inside
+OpenSearch, ``--copies 10`` copies a ``<index>.common`` kept from the data before (``--keep-index``)
+as scale_index copies the instances (each copy's study UIDs suffixed ``.<n>``). It then times, for the common-term questions of bench/query.py, the
 query role's requests as sent now against the sketch's (F; then R's aggregations, R's page if the
 page reaches past F, and the page's studies' stats, at once), the request cache off, and checks
 that both give the same study count and facets.
@@ -55,6 +57,13 @@ from archive.core.models import IndexMessage  # noqa: E402
 from archive.core.search import FACET_SIZE, FACETS, SearchRequest, query_terms  # noqa: E402
 
 COMMON_INDEX_SUFFIX = ".common"
+COPY = """
+if (params.copy > 0) {
+  String s = '.' + params.copy;
+  ctx._id = ctx._id + s;
+  ctx._source.study_uid = ctx._source.study_uid + s;
+}
+"""
 MAX_F = 10_000  # F's studies fetched in one request (index.max_result_window); more: not this path
 
 
@@ -137,6 +146,28 @@ def full_match(request: SearchRequest, terms: list[str]) -> tuple[dict[str, Any]
         facets["facet_StudyDate"] = {"date_histogram": {"field": "study_date", "calendar_interval": "year",
                                                         "format": "yyyy", "min_doc_count": 1}}
     return matches, facets
+
+
+def scale_common(search: str, common: str, copies: int) -> None:
+    """``common`` (the kept data's, before bench/scale_index.py) ``copies`` times, as that copies the
+    instances; ``common`` becomes an alias of the copy."""
+    target = f"{common}-x{copies}"
+    source = post(f"{search}/{common}/_settings", method="GET")
+    assert source is not None
+    settings = next(iter(source.values()))["settings"]["index"]
+    mapping = post(f"{search}/{common}/_mapping", method="GET")
+    assert mapping is not None
+    body = {"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0,
+                                   "mapping.nested_objects.limit": NESTED_LIMIT}, "analysis": settings["analysis"]},
+            "mappings": next(iter(mapping.values()))["mappings"]}
+    post(f"{search}/{target}", body, method="PUT")
+    for copy in range(copies):
+        post(f"{search}/_reindex?wait_for_completion=true&refresh=true", {
+            "source": {"index": common}, "dest": {"index": target},
+            "script": {"lang": "painless", "source": COPY, "params": {"copy": copy}}}, timeout=3600)
+    post(f"{search}/{common}", method="DELETE")
+    post(f"{search}/_aliases", {"actions": [{"add": {"index": target, "alias": common}}]})
+    post(f"{search}/{target}/_forcemerge?max_num_segments=1", timeout=3600)
 
 
 class Sketch:
@@ -244,6 +275,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep-index", action="store_true", help="leave <index>.common in place (and reuse it)")
+    parser.add_argument("--copies", type=int, default=0,
+                        help="copy a kept <index>.common this many times first (after bench/scale_index.py --text)")
     args = parser.parse_args()
     kept = json.loads((args.kept / "kept.json").read_text())
     env, index = kept["saved"]["env"], kept["saved"]["name"]
@@ -251,7 +284,11 @@ def main() -> int:
     probe = Probe(search, index)
     common = index + COMMON_INDEX_SUFFIX
     exists = post(f"{search}/{common}", method="HEAD", ok=(200, 404)) is not None
-    if not (args.keep_index and exists):
+    if args.copies:
+        if not exists:
+            parser.error(f"--copies needs the {common} of the data before scale_index (--keep-index)")
+        scale_common(search, common, args.copies)
+    elif not (args.keep_index and exists):
         build_common_index(search, f"{index}.studies", common, env["ARCHIVE_CATALOG"])
     sketch = Sketch(probe, common)
     items = [SearchRequest(text=q.text, limit=20, facets=FACETS)  # the first three untimed

@@ -8,9 +8,11 @@ OpenSearch does: the kept instance index is copied ``--copies`` times into a new
 ``_reindex`` (each copy's study, series and instance UIDs suffixed ``.<n>``, its values as they
 are), the kept index is replaced by an alias of that name to the copy, and the study documents
 are rebuilt. ``bench/query.py --attach WORKDIR/postgres --kinds ui_list,ui_list_name`` then
-measures the study list on it (this build and a ``--baseline``). What the copy cannot give: free
-text (the index does not keep the text in ``_source``, so copies have none) and the catalog's
-rows of the copies (a page's series and instance counts are missing for them).
+measures the study list on it (this build and a ``--baseline``). The index does not keep the
+text in ``_source``; with ``--text`` each copy's text is made again from its ``fields`` (the
+values ``flatten`` made it of, each cut at 1,024 characters as ``fields`` keeps them), so that free
+text finds the copies too. What the copy cannot give: the catalog's rows of the copies (a page's
+series and instance counts are missing for them).
 ``bench/query.py --remove WORKDIR/postgres`` removes the alias; this script's ``--drop`` the copy.
 """
 
@@ -33,6 +35,18 @@ from _util import request_json  # noqa: E402
 from archive.adapters.opensearch_search import _ANALYSIS, MAPPINGS, OpenSearchIndex  # noqa: E402
 
 SUFFIX = """
+if (params.text) {
+  StringBuilder text = new StringBuilder();
+  for (def entry : ctx._source.fields.entrySet()) {
+    def values = entry.getValue();
+    if (values instanceof List) {
+      for (def value : values) { text.append(value.toString()).append(' '); }
+    } else if (values != null) {
+      text.append(values.toString()).append(' ');
+    }
+  }
+  ctx._source.text = text.toString();
+}
 if (params.copy > 0) {
   String s = '.' + params.copy;
   ctx._id = ctx._id + s;
@@ -61,6 +75,7 @@ def main() -> int:
     parser.add_argument("kept", type=Path)
     parser.add_argument("--copies", type=int, default=10)
     parser.add_argument("--drop", action="store_true", help="remove the copy a run of this script made")
+    parser.add_argument("--text", action="store_true", help="make each copy's text again from its fields")
     args = parser.parse_args()
     kept = json.loads((args.kept / "kept.json").read_text())
     search, name = kept["saved"]["env"]["ARCHIVE_SEARCH"].rstrip("/"), kept["saved"]["name"]
@@ -83,7 +98,7 @@ def main() -> int:
         task = call(f"{search}/_reindex?refresh=false&wait_for_completion=false", {
             "source": {"index": name, "size": 5000},
             "dest": {"index": target},
-            "script": {"lang": "painless", "source": SUFFIX, "params": {"copy": copy}},
+            "script": {"lang": "painless", "source": SUFFIX, "params": {"copy": copy, "text": args.text}},
         })["task"]
         while not (status := call(f"{search}/_tasks/{task}", method="GET"))["completed"]:
             time.sleep(5)
