@@ -25,6 +25,7 @@ that both give the same study count and facets.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -40,6 +41,7 @@ import psycopg  # noqa: E402
 from _queryclients import questions  # noqa: E402
 from _querydata import Samples  # noqa: E402
 from _util import percentile  # noqa: E402
+from _util import request_json as post  # noqa: E402
 from free_text import Probe  # noqa: E402
 
 from archive.adapters.opensearch_query import (  # noqa: E402
@@ -67,29 +69,44 @@ if (params.copy > 0) {
 MAX_F = 10_000  # F's studies fetched in one request (index.max_result_window); more: not this path
 
 
-def post(url: str, body: Any = None, method: str = "POST", ok: tuple[int, ...] = (200,), ndjson: bool = False,
-         timeout: float = 600) -> dict[str, Any] | None:
-    """An OpenSearch REST request: its JSON answer, None for an accepted status without one (HEAD, 404)."""
-    data: bytes | None = None
-    if ndjson:
-        data = "".join(json.dumps(line) + "\n" for line in body).encode()
-    elif body is not None:
-        data = json.dumps(body).encode()
-    kind = "application/x-ndjson" if ndjson else "application/json"
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": kind})
+def exists(url: str) -> bool:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            return dict(json.loads(raw)) if raw else {}
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60):
+            return True
     except urllib.error.HTTPError as exc:
-        if exc.code in ok:
-            return None
+        if exc.code == 404:
+            return False
         raise
+
+
+def delete(url: str) -> None:
+    """DELETE, nothing there being fine."""
+    try:
+        post(url, method="DELETE")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+
+
+def bulk(url: str, lines: list[dict[str, Any]]) -> None:
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    request = urllib.request.Request(f"{url}/_bulk?filter_path=errors", data=data, method="POST",
+                                     headers={"Content-Type": "application/x-ndjson"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        result = json.load(response)
+    assert not result.get("errors"), result
+
+
+def common_values(study_uid: str, metadata: dict[str, Any]) -> set[str]:
+    """The values an instance's text is made of (flatten's fields, as the indexer makes the text)."""
+    message = IndexMessage(key="", size=0, sha256="", study_uid=study_uid, series_uid="", sop_instance_uid="",
+                           sop_class_uid="", transfer_syntax_uid="", received_at=0.0, source_aet="", metadata=metadata)
+    return {v for vs in flatten(message, indexed_at=0.0).fields.values() for v in vs}
 
 
 def build_common_index(search: str, studies: str, common: str, catalog: str) -> int:
     """A copy of the study index with ``common`` filled from the catalog; the studies written."""
-    post(f"{search}/{common}", method="DELETE", ok=(200, 404))
+    delete(f"{search}/{common}")
     mappings = json.loads(json.dumps(STUDY_MAPPINGS))
     mappings["properties"]["common"] = {"type": "text", "analyzer": "folded"}
     body = {"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1",
@@ -100,37 +117,19 @@ def build_common_index(search: str, studies: str, common: str, catalog: str) -> 
          {"source": {"index": studies}, "dest": {"index": common}}, timeout=3600)
     written = 0
     batch: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        if batch:
-            result = post(f"{search}/{common}/_bulk?filter_path=errors", batch, ndjson=True, timeout=600)
-            assert result is not None and not result.get("errors"), result
-            batch.clear()
-
     started = time.perf_counter()
     with psycopg.connect(catalog) as conn, conn.cursor(name="instances") as cursor:
         cursor.itersize = 5000
         cursor.execute("SELECT study_uid, metadata FROM instances ORDER BY study_uid")
-        study, values = None, None
-        for study_uid, metadata in cursor:
-            message = IndexMessage(key="", size=0, sha256="", study_uid=study_uid, series_uid="", sop_instance_uid="",
-                                   sop_class_uid="", transfer_syntax_uid="", received_at=0.0, source_aet="",
-                                   metadata=metadata)
-            mine = {v for vs in flatten(message, indexed_at=0.0).fields.values() for v in vs}
-            if study_uid != study:
-                if study is not None:
-                    batch += [{"update": {"_id": study}}, {"doc": {"common": "\n".join(sorted(values or ()))}}]
-                    written += 1
-                    if len(batch) >= 2000:
-                        flush()
-                study, values = study_uid, mine
-            else:
-                assert values is not None
-                values &= mine
-        if study is not None:
-            batch += [{"update": {"_id": study}}, {"doc": {"common": "\n".join(sorted(values or ()))}}]
+        for study, rows in itertools.groupby(cursor, key=lambda row: row[0]):
+            values = set.intersection(*(common_values(study, metadata) for _, metadata in rows))
+            batch += [{"update": {"_id": study}}, {"doc": {"common": "\n".join(sorted(values))}}]
             written += 1
-    flush()
+            if len(batch) >= 2000:
+                bulk(f"{search}/{common}", batch)
+                batch.clear()
+    if batch:
+        bulk(f"{search}/{common}", batch)
     post(f"{search}/{common}/_refresh")
     post(f"{search}/{common}/_forcemerge?max_num_segments=1", timeout=3600)
     print(f"common text of {written} studies in {time.perf_counter() - started:.0f} s", flush=True)
@@ -152,11 +151,8 @@ def scale_common(search: str, common: str, copies: int) -> None:
     """``common`` (the kept data's, before bench/scale_index.py) ``copies`` times, as that copies the
     instances; ``common`` becomes an alias of the copy."""
     target = f"{common}-x{copies}"
-    source = post(f"{search}/{common}/_settings", method="GET")
-    assert source is not None
-    settings = next(iter(source.values()))["settings"]["index"]
+    settings = next(iter(post(f"{search}/{common}/_settings", method="GET").values()))["settings"]["index"]
     mapping = post(f"{search}/{common}/_mapping", method="GET")
-    assert mapping is not None
     body = {"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0,
                                    "mapping.nested_objects.limit": NESTED_LIMIT}, "analysis": settings["analysis"]},
             "mappings": next(iter(mapping.values()))["mappings"]}
@@ -176,9 +172,7 @@ class Sketch:
         self.pool = ThreadPoolExecutor(8)
 
     def study_search(self, body: dict[str, Any]) -> dict[str, Any]:
-        result = post(f"{self.probe.search}/{self.common}/_search?request_cache=false", body)
-        assert result is not None
-        return result
+        return post(f"{self.probe.search}/{self.common}/_search?request_cache=false", body)
 
     def once(self, request: SearchRequest) -> dict[str, Any]:
         terms = query_terms(request.text)
@@ -283,12 +277,12 @@ def main() -> int:
     search = env["ARCHIVE_SEARCH"].rstrip("/")
     probe = Probe(search, index)
     common = index + COMMON_INDEX_SUFFIX
-    exists = post(f"{search}/{common}", method="HEAD", ok=(200, 404)) is not None
+    kept_index = exists(f"{search}/{common}")
     if args.copies:
-        if not exists:
+        if not kept_index:
             parser.error(f"--copies needs the {common} of the data before scale_index (--keep-index)")
         scale_common(search, common, args.copies)
-    elif not (args.keep_index and exists):
+    elif not (args.keep_index and kept_index):
         build_common_index(search, f"{index}.studies", common, env["ARCHIVE_CATALOG"])
     sketch = Sketch(probe, common)
     items = [SearchRequest(text=q.text, limit=20, facets=FACETS)  # the first three untimed
@@ -330,7 +324,7 @@ def main() -> int:
                 for key, values in series.items()), flush=True)
     finally:
         if not args.keep_index:
-            post(f"{search}/{common}", method="DELETE", ok=(200, 404))
+            delete(f"{search}/{common}")
     return 0
 
 
