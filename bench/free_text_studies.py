@@ -52,7 +52,7 @@ from archive.adapters.opensearch_query import (  # noqa: E402
     text_clause,
     totals_body,
 )
-from archive.adapters.opensearch_search import _ANALYSIS  # noqa: E402
+from archive.adapters.opensearch_query import ANALYSIS  # noqa: E402
 from archive.adapters.opensearch_studies import NESTED_LIMIT, STUDY_MAPPINGS  # noqa: E402
 from archive.core.flatten import flatten  # noqa: E402
 from archive.core.models import IndexMessage  # noqa: E402
@@ -110,7 +110,7 @@ def build_common_index(search: str, studies: str, common: str, catalog: str) -> 
     mappings = json.loads(json.dumps(STUDY_MAPPINGS))
     mappings["properties"]["common"] = {"type": "text", "analyzer": "folded"}
     body = {"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1",
-                                   "mapping.nested_objects.limit": NESTED_LIMIT}, "analysis": _ANALYSIS},
+                                   "mapping.nested_objects.limit": NESTED_LIMIT}, "analysis": ANALYSIS},
             "mappings": mappings}
     post(f"{search}/{common}", body, method="PUT")
     post(f"{search}/_reindex?wait_for_completion=true&refresh=true",

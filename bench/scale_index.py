@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import request_json  # noqa: E402
 
-from archive.adapters.opensearch_search import _ANALYSIS, MAPPINGS, OpenSearchIndex  # noqa: E402
+from archive.adapters.opensearch_query import ANALYSIS  # noqa: E402
+from archive.adapters.opensearch_search import MAPPINGS, OpenSearchIndex  # noqa: E402
 
 SUFFIX = """
 if (params.text) {
@@ -89,7 +90,7 @@ def main() -> int:
                     raise
         return 0
     call(f"{search}/{target}", {  # this build's mapping (a baseline's query role may have put an older template)
-        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}, "analysis": _ANALYSIS},
+        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}, "analysis": ANALYSIS},
         "mappings": MAPPINGS,
     }, method="PUT")
     call(f"{search}/{target}/_settings", {"index": {"refresh_interval": "-1"}}, method="PUT")

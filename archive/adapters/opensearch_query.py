@@ -107,11 +107,19 @@ def _clause(m: Matcher, field: str, normalise: bool, ci: bool) -> dict[str, Any]
     raise InvalidQuery(f"{m.keyword}: unsupported matching {type(m).__name__}")
 
 
-def text_clause(terms: Sequence[str]) -> dict[str, Any]:
+# The analyser of free text: the instance documents' ``text``, the study documents' ``common``.
+ANALYSIS = {
+    "analyzer": {
+        "folded": {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]},
+    }
+}
+
+
+def text_clause(terms: Sequence[str], field: str = "text") -> dict[str, Any]:
     return {
         "simple_query_string": {
             "query": " ".join(terms),
-            "fields": ["text"],
+            "fields": [field],
             "default_operator": "and",
             "flags": "PREFIX|WHITESPACE",  # a trailing * only; no +, -, |, quotes, ~, ()
             "analyze_wildcard": True,  # fold prefixes too: "müll*" finds "Muller"
@@ -232,7 +240,9 @@ def page_stats_body(
     }
 
 
-# --- The study path (archive.adapters.opensearch_studies): study lists without free text -----------
+# --- The study path (archive.adapters.opensearch_studies): study lists -----------------------------
+# Without free text from the study documents' combinations; with free text, the studies whose common
+# text (archive.adapters.opensearch_common) matches every term: all of their instances match.
 
 
 def _study_filters(request: SearchRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -251,18 +261,22 @@ def _study_filters(request: SearchRequest) -> tuple[list[dict[str, Any]], list[d
     return study, combination
 
 
-def study_query(request: SearchRequest) -> dict[str, Any]:
+def study_query(request: SearchRequest, terms: Sequence[str] = ()) -> dict[str, Any]:
     """Studies with one combination that meets every filter: one instance does (PS3.4 C.2.2.2 per
-    instance, as the instance documents are matched)."""
+    instance, as the instance documents are matched); with ``terms``, whose complete common text
+    matches them all (scored: the relevance of a study)."""
     study, combination = _study_filters(request)
     study.append({"range": {"instances": {"gte": 1}}})  # not the document of a study with none left
     if combination:
         study.append({"nested": {"path": "combos", "score_mode": "none",
                                  "query": {"bool": {"filter": combination}}}})
-    return {"bool": {"filter": study}}
+    if not terms:
+        return {"bool": {"filter": study}}
+    study.append({"term": {"common_complete": True}})
+    return {"bool": {"must": [text_clause(terms, "common")], "filter": study}}
 
 
-def study_page_body(request: SearchRequest) -> dict[str, Any]:
+def study_page_body(request: SearchRequest, terms: Sequence[str] = ()) -> dict[str, Any]:
     """One page of study documents, sorted as the instance path sorts its groups: a group's key is
     its best matching document's (the latest date when descending, the earliest ascending)."""
     _, combination = _study_filters(request)
@@ -276,20 +290,25 @@ def study_page_body(request: SearchRequest) -> dict[str, Any]:
             nested["filter"] = {"bool": {"filter": combination}}
         mode = "max" if request.sort.descending else "min"
         sort.append({field: {"order": direction, "missing": "_last", "mode": mode, "nested": nested}})
+    elif terms:  # relevance: the study document's score on its common text
+        sort.append("_score")
     sort.append({"study_uid": "asc"})
-    return {"query": study_query(request), "from": request.offset, "size": request.limit, "sort": sort,
-            "_source": ["study_uid"], "track_total_hits": False}
+    return {"query": study_query(request, terms), "from": request.offset, "size": request.limit, "sort": sort,
+            "_source": ["study_uid"], "track_total_hits": False, "track_scores": bool(terms)}
 
 
-def study_totals_body(request: SearchRequest) -> dict[str, Any]:
+def study_totals_body(request: SearchRequest, terms: Sequence[str] = ()) -> dict[str, Any]:
     """The study count and the facets. Without a filter on a combination every combination of a
     matching study matches, so a facet counts the study documents by their own copies of the
     facet values (plain document counts: a study has each value once); with one, over the matching
-    combinations, counting the studies they belong to (reverse_nested), not the combinations."""
+    combinations, counting the studies they belong to (reverse_nested), not the combinations.
+    ``instances``: the matching studies' instances that meet the filters (study_instances)."""
     _, combination = _study_filters(request)
     plain = facet_aggs(dataclasses.replace(request, level=Level.IMAGE))  # document counts
+    query = study_query(request, terms)
     if not combination:
-        return {"query": study_query(request), "size": 0, "track_total_hits": True, "aggs": plain}
+        aggs = {**plain, "instances": {"sum": {"field": "instances"}}}
+        return {"query": query, "size": 0, "track_total_hits": True, "aggs": aggs}
     facets: dict[str, Any] = {}
     for name, agg in plain.items():
         for kind in ("terms", "date_histogram"):
@@ -300,8 +319,15 @@ def study_totals_body(request: SearchRequest) -> dict[str, Any]:
                     inner["order"] = [{"studies": "desc"}, {"_key": "asc"}]
                 facets[name] = {kind: inner, "aggs": {"studies": {"reverse_nested": {}}}}
     matching = {"bool": {"filter": combination}}
+    facets["instances"] = {"sum": {"field": "combos.n"}}
     aggs = {"combos": {"nested": {"path": "combos"}, "aggs": {"matching": {"filter": matching, "aggs": facets}}}}
-    return {"query": study_query(request), "size": 0, "track_total_hits": True, "aggs": aggs}
+    return {"query": query, "size": 0, "track_total_hits": True, "aggs": aggs}
+
+
+def study_instances(aggregations: dict[str, Any]) -> int:
+    """The instances study_totals_body's studies have that meet the request's filters."""
+    nested = aggregations.get("combos", {}).get("matching")
+    return int((nested or aggregations)["instances"]["value"])
 
 
 def study_facet_buckets(request: SearchRequest, aggregations: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:

@@ -27,7 +27,11 @@ a different refresh.
 
 Schema 3 adds ``group_key`` (a document's combination of the study-list attributes) and, beside
 the index, one document per study that every write keeps and study lists without free text read
-(:mod:`archive.adapters.opensearch_studies`).
+(:mod:`archive.adapters.opensearch_studies`). Schema 4 changes no field: its writers keep the study
+documents' common text (:mod:`archive.adapters.opensearch_common`), which free text on a study list
+reads first (``_query_studies``): when the studies whose common text matches hold every instance
+the text matches (one count of the instance documents, sent at the same time, says so), they are
+the answer; else the instance documents answer, as for every other request.
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import RequestError, TransportError
 
 from archive.adapters.opensearch_query import (
+    ANALYSIS,
     FACET_PROPERTIES,
     GROUP_FIELD,
+    bool_query,
     facet_source,
     page_body,
     page_stats_body,
     split_aggregations,
     study_facet_buckets,
+    study_instances,
     study_page_body,
     study_totals_body,
     text_clause,
@@ -67,7 +74,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 3: group_key; 4: written by a writer that narrows the study documents' common text
 # An index another process has just created answers 503 for a moment, even at yellow health
 NOT_SEARCHABLE_YET = Backoff(first=0.1, cap=2.0, attempts=15)
 STUDIES_AFTER_WRITE = Backoff(first=0.2, cap=2.0, attempts=6)  # about 5 s
@@ -75,12 +82,6 @@ MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window default
 # flat_object indexes "path=value" as one Lucene term (at most 32,766 bytes);
 # exact filters on longer values are not useful, full text keeps them whole.
 MAX_FIELD_VALUE_CHARS = 1024
-
-_ANALYSIS = {
-    "analyzer": {
-        "folded": {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]},
-    }
-}
 
 MAPPINGS: dict[str, Any] = {
     "dynamic": "strict",
@@ -158,7 +159,7 @@ class OpenSearchIndex:
         except OSConnectionError as exc:  # includes ConnectionTimeout
             raise BackendUnavailable("search", f"{what}: {exc}") from exc
         except TransportError as exc:
-            if _transient(exc.status_code):
+            if _transient(exc.status_code) or exc.error == "index_closed_exception":  # StudyDocuments._add_analysis
                 raise BackendUnavailable("search", f"{what}: {exc}") from exc
             raise
 
@@ -173,7 +174,7 @@ class OpenSearchIndex:
                 "mapping.total_fields.limit": 100,  # the strict mapping needs ~10
                 "max_result_window": MAX_RESULT_WINDOW,
             },
-            "analysis": _ANALYSIS,
+            "analysis": ANALYSIS,
         }
         return {
             "index_patterns": [self.index, f"{self.index}-*"],
@@ -200,9 +201,9 @@ class OpenSearchIndex:
         count: int = await retrying(NOT_SEARCHABLE_YET, BackendUnavailable)(self.count)
         await self.studies.migrate(instances_empty=count == 0)
 
-    async def _older_documents(self) -> int:
-        """Documents written by an older schema than this one."""
-        older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": SCHEMA_VERSION}}}}}}
+    async def _older_documents(self, schema: int = SCHEMA_VERSION) -> int:
+        """Documents written by an older schema than ``schema`` (this one)."""
+        older = {"query": {"bool": {"must_not": {"range": {"schema_version": {"gte": schema}}}}}}
         result = await self._call("count", self._client.count(index=self.index, body=older))
         return int(result["count"])
 
@@ -234,8 +235,9 @@ class OpenSearchIndex:
             return
         if older:
             log.warning(
-                "search index %s: %d documents predate schema %d; facets and sorting omit them, and study "
-                "lists read every instance, until they are indexed again (dicom-archive reindex)",
+                "search index %s: %d documents predate schema %d; facets and sorting may omit them, and study "
+                "lists (those with free text at least) read every instance, until they are indexed again "
+                "(dicom-archive reindex)",
                 self.index, older, SCHEMA_VERSION,
             )
 
@@ -262,6 +264,7 @@ class OpenSearchIndex:
         # the studies these instances are in now: one they leave needs its study document again too
         studies = await self.studies.studies_of([doc.sop_instance_uid for doc in documents])
         studies |= {doc.study_uid for doc in documents}
+        await self.studies.narrow(documents)  # before the write: a crash in between leaves common too small
         try:
             await self._upsert(documents)
         finally:  # also after a partial failure: the documents written count
@@ -347,21 +350,33 @@ class OpenSearchIndex:
         terms = query_terms(request.text)
         if request.text.strip() and not terms:  # text without a searchable term
             return SearchResult(total=0, hits=(), facets={facet: () for facet in request.facets})
-        if not terms and by_study_groups(request) and await self.studies.ready(self._older_documents):
-            return await self._query_studies(request)
+        if by_study_groups(request):
+            ready = self.studies.text_ready if terms else self.studies.ready
+            if await ready(self._older_documents):
+                found = await self._query_studies(request, terms)
+                if found is not None:
+                    return found
         return await self._query_instances(request, terms)
 
-    async def _query_studies(self, request: SearchRequest) -> SearchResult:
+    async def _query_studies(self, request: SearchRequest, terms: Sequence[str]) -> SearchResult | None:
         """A study list from the study documents (opensearch_studies); each page study's matching
-        instances, modalities and shown attributes from its instance documents."""
-        page_result, totals = await asyncio.gather(
-            self._search(study_page_body(request), self.studies.index),
-            self._search(study_totals_body(request), self.studies.index),
-        )
-        keys = [hit["_source"]["study_uid"] for hit in page_result["hits"]["hits"]]
+        instances, modalities and shown attributes from its instance documents. With free text, the
+        studies whose common text matches (each instance of theirs matches); None when they do not
+        hold every instance the text matches (a study where only some do, or the two indexes a
+        refresh apart during writes): then the instance documents answer."""
+        requests = [self._search(study_page_body(request, terms), self.studies.index),
+                    self._search(study_totals_body(request, terms), self.studies.index)]
+        if terms:  # every instance the text and the filters match: counted, at the same time
+            requests.append(self._call("count", self._client.count(index=self.index, body={
+                "query": bool_query(request, terms)})))
+        page_result, totals, *counted = await asyncio.gather(*requests)
+        if counted and int(counted[0]["count"]) != study_instances(totals.get("aggregations", {})):
+            return None
+        scores = {hit["_source"]["study_uid"]: hit.get("_score") for hit in page_result["hits"]["hits"]}
+        keys = list(scores)
         stats: dict[str, Any] = {}
         if keys:
-            found = await self._aggregations(page_stats_body(request, [], keys, best=True))
+            found = await self._aggregations(page_stats_body(request, terms, keys, best=True))
             stats = {bucket["key"]: bucket for bucket in found["page"]["buckets"]}
         hits = []
         for key in keys:
@@ -370,8 +385,10 @@ class OpenSearchIndex:
                 continue
             best = bucket["best"]["hits"]["hits"][0]
             source = best["_source"]
+            score = scores[key]
             hits.append(make_hit(request, (source["study_uid"], source["series_uid"], best["_id"]),
-                                 source.get("fields") or {}, score=None, instances=int(bucket["doc_count"]),
+                                 source.get("fields") or {}, score=None if score is None else float(score),
+                                 instances=int(bucket["doc_count"]),
                                  modalities=[m["key"] for m in bucket["modalities"]["buckets"]]))
         if len(hits) < len(keys):
             stale = [key for key in keys if key not in stats]

@@ -41,7 +41,9 @@ def _search_parameters() -> list[dict[str, Any]]:
         _param("offset", f"Results to skip; offset + limit may not exceed {MAX_WINDOW}.",
                {"type": "integer", "minimum": 0, "default": 0}),
         _param("sort", "`relevance` (default with `q`), `StudyDate`/`PatientName` ascending, "
-               "`-StudyDate` (default without `q`)/`-PatientName` descending.",
+               "`-StudyDate` (default without `q`)/`-PatientName` descending. Relevance ranks a study by its "
+               "best matching instance, or, when every instance of each matching study matches (answered from "
+               "the study documents on OpenSearch), by the text all of its instances have.",
                {"type": "string", "enum": list(SORTS)}),
         _param("facets", "Comma-separated facets to compute over the whole match (default all; empty: none). "
                "StudyDate buckets by year, or by month when a closed StudyDate range spans less than 24 months.",

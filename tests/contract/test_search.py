@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import BasicTextSRStorage
 
-from archive.adapters import fts5_search, opensearch_search
+from archive.adapters import fts5_search, opensearch_query, opensearch_search
 from archive.adapters.fts5_search import Fts5Search
 from archive.adapters.opensearch_query import FACET_PROPERTIES
 from archive.adapters.opensearch_search import OpenSearchIndex, SearchWriteRejected
@@ -477,7 +477,7 @@ async def test_opensearch_schema_1_index_is_upgraded_in_place(tmp_path: Path, un
     old = make_doc(tmp_path, patient_name="Old^Doc")
     try:
         await index._client.indices.create(index=unique, body={
-            "settings": {"analysis": opensearch_search._ANALYSIS},
+            "settings": {"analysis": opensearch_query.ANALYSIS},
             "mappings": {"dynamic": "strict", "properties": v1},
         })
         source = {k: v for k, v in opensearch_search._source(old).items() if k in v1}
@@ -829,7 +829,7 @@ async def test_opensearch_a_study_index_of_an_older_schema_waits_for_a_rebuild(u
                                                                                       "complete": True}})
         await index.migrate()
         meta = (await index._client.indices.get_mapping(index=studies.index))[studies.index]["mappings"]
-        assert meta["_meta"] == {"schema_version": STUDY_SCHEMA, "complete": False}
+        assert meta["_meta"] == {"schema_version": STUDY_SCHEMA, "complete": False, "text_complete": False}
         assert "date_key" in meta["properties"]["combos"]["properties"]
         studies._next_check = 0.0
         assert not await studies.ready(index._older_documents)
