@@ -70,6 +70,9 @@ class Family:
     async def forget_cached_answers(self) -> None:
         """Drop cached answers, as a change to the data would (what an ingesting archive sees)."""
 
+    async def cache_answers(self, on: bool) -> None:
+        """Turn the backends' answer cache on or off (``--no-request-cache``)."""
+
     async def close(self) -> None:
         for backend in (self.catalog, self.search):
             if backend is not None:
@@ -159,7 +162,23 @@ class PostgresFamily(Family):
     answer_cache = True  # OpenSearch's shard request cache: requests without hits, until a refresh changes the index
 
     async def forget_cached_answers(self) -> None:
-        await asyncio.to_thread(_post, f"{self.env['ARCHIVE_SEARCH'].rstrip('/')}/{self.name}/_cache/clear?request=true")
+        indexes = f"{self.name},{self.name}.studies"  # the study documents' answers too
+        await asyncio.to_thread(_post, f"{self.env['ARCHIVE_SEARCH'].rstrip('/')}/{indexes}/_cache/clear"
+                                       "?request=true&ignore_unavailable=true")
+
+    async def cache_answers(self, on: bool) -> None:
+        """OpenSearch's request cache on the instance and study indexes: off, every request is answered
+        in full without a cache to clear before it (clearing it slowed the next request by 20-30 ms
+        at 10M, whatever it asked: docs/benchmarks.md)."""
+        import json
+        import urllib.request
+
+        body = json.dumps({"index": {"requests.cache.enable": on}}).encode()
+        search = self.env["ARCHIVE_SEARCH"].rstrip("/")
+        url = f"{search}/{self.name},{self.name}.studies/_settings?ignore_unavailable=true"
+        request = urllib.request.Request(url, data=body, method="PUT", headers={"Content-Type": "application/json"})
+        await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=120).close())
+        self.answer_cache = on
 
     def remove_kept(self) -> None:
         """Drop the schema and index a ``--keep`` run left (after ``restore``), then its directory."""

@@ -1,4 +1,7 @@
-"""Broad free text from study documents: a measured sketch of the next design, on data ``bench/query.py --keep`` left.
+"""Broad free text from study documents: a measured sketch of the design, on data ``bench/query.py --keep`` left.
+
+The design is built since (archive/adapters/opensearch_common.py; ``bench/query.py --attach`` measures
+it through the query role); this sketch stays as the record of what was measured before building it.
 
     .venv/bin/python bench/free_text_studies.py WORKDIR/postgres [--queries 30]
 

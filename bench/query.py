@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/query.py [--sizes 10000,100000,1000000] [--families postgres,sqlite]
                                     [--queries 200] [--kinds ...] [--quick] [--out results.json] [--markdown table.md]
-                                    [--keep] [--attach WORKDIR/FAMILY] [--baseline CHECKOUT]
+                                    [--keep] [--attach WORKDIR/FAMILY [--no-request-cache]] [--baseline CHECKOUT]
                                     [--remove WORKDIR/FAMILY]
 
 For each backend family (PostgreSQL + OpenSearch on the services of ``scripts/services.sh``,
@@ -211,6 +211,8 @@ async def bench_attached(directory: Path, args: argparse.Namespace) -> dict[str,
     services: list[QueryService] = []
     try:
         await family.attach(kept["saved"])
+        if args.no_request_cache:
+            await family.cache_answers(False)
         stage = {**kept["stage"], **family.sizes()}  # disk and memory now; the load figures of that run
         result["stages"].append(stage)
         log(f"{key}: attached to {size} instances: {stage}")
@@ -230,6 +232,8 @@ async def bench_attached(directory: Path, args: argparse.Namespace) -> dict[str,
     finally:
         for service in services:
             service.stop()
+        if args.no_request_cache:
+            await family.cache_answers(True)
         await family.close()  # never removed: that is for whoever kept it
     return result
 
@@ -331,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remove", type=Path, metavar="DIR",
                         help="remove the data a --keep run left (its <workdir>/<family> directory: schema, index, "
                              "files) and exit")
+    parser.add_argument("--no-request-cache", action="store_true",
+                        help="with --attach: OpenSearch's request cache off for the run (not cleared before each "
+                             "question), as an index that changes between any two requests")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="another checkout (with its .venv): its query role answers the same queries on the same "
                              "data at each size, right after ours (e.g. a `git worktree` of main)")

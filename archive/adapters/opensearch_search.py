@@ -367,10 +367,9 @@ class OpenSearchIndex:
         requests = [self._search(study_page_body(request, terms), self.studies.index),
                     self._search(study_totals_body(request, terms), self.studies.index)]
         if terms:  # every instance the text and the filters match: counted, at the same time
-            requests.append(self._call("count", self._client.count(index=self.index, body={
-                "query": bool_query(request, terms)})))
+            requests.append(self._search({"query": bool_query(request, terms), "size": 0, "track_total_hits": True}))
         page_result, totals, *counted = await asyncio.gather(*requests)
-        if counted and int(counted[0]["count"]) != study_instances(totals.get("aggregations", {})):
+        if counted and int(counted[0]["hits"]["total"]["value"]) != study_instances(totals.get("aggregations", {})):
             return None
         scores = {hit["_source"]["study_uid"]: hit.get("_score") for hit in page_result["hits"]["hits"]}
         keys = list(scores)

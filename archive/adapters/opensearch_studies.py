@@ -355,13 +355,16 @@ class StudyDocuments:
 
     async def _recompute(self, studies: list[str], with_text: bool = False) -> list[str]:
         """One round for ``studies``: the ones another writer changed in between, to do again. The
-        common text is carried over; ``with_text`` (a rebuild) narrows it to what the instance
-        documents' fields have and marks it complete."""
+        common text is carried over; ``with_text`` (a rebuild) makes a study's that is not complete
+        from what the instance documents' fields have (narrowed by what writers narrowed since)."""
         found = await self._call("mget studies", self._client.mget(
             index=self.index, body={"ids": studies}, _source_includes=list(COMMON_FIELDS)))
         seen = {doc["_id"]: doc for doc in found["docs"] if doc.get("found")}
         combos = await self._combinations(studies)
-        texts = await self._field_lines(studies) if with_text else {}
+        # a complete common text is kept by every write since it was made: read the fields of the rest
+        unknown = [study for study in studies
+                   if not ((seen.get(study) or {}).get("_source") or {}).get("common_complete")]
+        texts = await self._field_lines(unknown) if with_text and unknown else {}
         body: list[dict[str, Any]] = []
         for study in studies:
             doc = seen.get(study)
