@@ -44,8 +44,11 @@ by a release before this schema). Keeping it sound under any number of writers:
   batch, complete when the instance index has no instance of the study). So a crash between the
   two leaves ``common`` too small, never too large; nothing is written when nothing narrows.
 - Every recomputation of the counts carries ``common`` over from the document it read (under the
-  same version). A rebuild intersects it with the lines it reads from the instance documents'
-  stored fields (the text is not stored), and marks it complete.
+  same version). A rebuild makes the common text of a study whose document has no complete one
+  from the lines it reads from the instance documents' stored fields (the text is not stored),
+  intersected with what writers narrowed since, and marks it complete; a complete one it keeps
+  (every write since it was made narrowed it: reading 1M instances' fields takes a minute and a
+  half, docs/benchmarks.md).
 - A role of the release before writes study documents without ``common``: the study then has
   none until the next rebuild, and its documents of the older instance schema turn the text path
   off (:meth:`StudyDocuments.text_ready`) until they are indexed again.
