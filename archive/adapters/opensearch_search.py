@@ -209,7 +209,8 @@ class OpenSearchIndex:
 
     async def rebuild_study_documents(self) -> int:
         """Recompute every study document from the instance documents (after a reindex, or a bulk
-        load that went around ``upsert``); the studies."""
+        load that went around ``upsert`` into studies without a document: it does not narrow a
+        study's complete common text); the studies."""
         return await self.studies.rebuild(self._older_documents)
 
     async def verify_study_documents(self, repair: bool) -> list[str]:

@@ -237,21 +237,27 @@ class StudyDocuments:
     async def _add_analysis(self) -> None:
         """The free-text analyser on a study index made without it: an analyser can only be added to
         a closed index, so the index is closed for a moment (writes and reads meanwhile fail as with an
-        outage: writes are retried, a query answers 503). Several roles doing it at once is harmless."""
+        outage: writes are retried, a query answers 503). Several roles may do it at once: one that
+        finds the index opened again under it fails its start-up and does it again when restarted."""
         indices = self._client.indices
         settings = await self._call("study index settings", indices.get_settings(index=self.index))
-        if "analysis" in settings[self.index]["settings"]["index"]:
-            return
-        await self._call("close study index", indices.close(index=self.index))
-        try:
-            await self._call("put study analysis", indices.put_settings(index=self.index, body={"analysis": ANALYSIS}))
-        except RequestError:  # another role opened it again in between: it put the analyser, or will again
-            pass
-        finally:
-            await self._call("open study index", indices.open(index=self.index))
-            await self._call("study index health", self._client.cluster.health(
-                index=self.index, wait_for_status="yellow"))  # 30 s at most
-        log.info("study index %s: free-text analyser added", self.index)
+        if "analysis" not in settings[self.index]["settings"]["index"]:
+            await self._call("close study index", indices.close(index=self.index))
+            try:
+                await self._call("put study analysis", indices.put_settings(index=self.index,
+                                                                            body={"analysis": ANALYSIS}))
+            except RequestError:  # another role opened it again in between: it put the analyser, or will again
+                pass
+            finally:
+                await self._open()
+            log.info("study index %s: free-text analyser added", self.index)
+        else:  # open it whatever its state: a role that died between the close and the open left it closed
+            await self._open()
+
+    async def _open(self) -> None:
+        await self._call("open study index", self._client.indices.open(index=self.index))
+        await self._call("study index health", self._client.cluster.health(
+            index=self.index, wait_for_status="yellow"))  # 30 s at most
 
     async def _meta(self) -> dict[str, Any]:
         """The study index's ``_meta``: its schema, and whether it is complete."""
@@ -298,7 +304,10 @@ class StudyDocuments:
     async def refresh(self, studies: Iterable[str], with_text: bool = False) -> None:
         """Recompute the documents of these studies from the instance index (after a write to it);
         ``with_text``: their common text too, from the instance documents' fields (a rebuild)."""
-        await self._rounds(sorted(set(studies)), lambda chunk: self._recompute(chunk, with_text))
+        # the fields read once a study, whatever the rounds (a study being written to keeps conflicting,
+        # and its fields may take seconds to read): what writers narrowed since is in its document
+        texts: dict[str, set[str]] | None = {} if with_text else None
+        await self._rounds(sorted(set(studies)), lambda chunk: self._recompute(chunk, texts))
 
     async def narrow(self, documents: Sequence[SearchDocument]) -> None:
         """Narrow the common text of the documents' studies to what these instances have too: before
@@ -356,10 +365,11 @@ class StudyDocuments:
             else:
                 raise BackendUnavailable("search", f"study documents: {len(chunk)} kept changing under other writers")
 
-    async def _recompute(self, studies: list[str], with_text: bool = False) -> list[str]:
+    async def _recompute(self, studies: list[str], texts: dict[str, set[str]] | None = None) -> list[str]:
         """One round for ``studies``: the ones another writer changed in between, to do again. The
-        common text is carried over; ``with_text`` (a rebuild) makes a study's that is not complete
-        from what the instance documents' fields have (narrowed by what writers narrowed since)."""
+        common text is carried over; with ``texts`` (a rebuild: each study's lines read from its
+        instance documents' fields, filled here for those not read yet) a study's that is not complete
+        is made from them, narrowed by what writers narrowed since."""
         found = await self._call("mget studies", self._client.mget(
             index=self.index, body={"ids": studies}, _source_includes=list(COMMON_FIELDS)))
         seen = {doc["_id"]: doc for doc in found["docs"] if doc.get("found")}
@@ -367,14 +377,18 @@ class StudyDocuments:
         # a complete common text is kept by every write since it was made: read the fields of the rest
         unknown = [study for study in studies
                    if not ((seen.get(study) or {}).get("_source") or {}).get("common_complete")]
-        texts = await self._field_lines(unknown) if with_text and unknown else {}
+        if texts is None:
+            texts = {}
+        else:
+            unread = [study for study in unknown if study not in texts]
+            texts.update(await self._field_lines(unread) if unread else {})
         body: list[dict[str, Any]] = []
         for study in studies:
             doc = seen.get(study)
             guard = {"if_seq_no": doc["_seq_no"], "if_primary_term": doc["_primary_term"]} if doc else {}
             have = (doc or {}).get("_source") or {}
             common = {name: have[name] for name in COMMON_FIELDS if name in have}
-            if study in texts:  # every line of every instance as read, and what writers narrowed since
+            if study in texts and study in unknown:  # every instance's lines as read, and what writers narrowed since
                 lines = texts[study] & common_lines(have["common"]) if "common" in have else texts[study]
                 common = {"common": common_text(lines), "common_complete": True}
             # Every recomputation writes, and no study document is ever deleted (a study without

@@ -16,6 +16,7 @@ import dataclasses
 import random
 from collections.abc import AsyncIterator
 
+from archive.adapters import opensearch_query
 from archive.adapters.opensearch_common import common_lines
 from archive.adapters.opensearch_query import text_clause
 from archive.adapters.opensearch_search import OpenSearchIndex
@@ -200,20 +201,25 @@ async def test_opensearch_a_rebuild_makes_the_common_text_from_the_instance_fiel
         await agree(index, "rebuilt")
 
 
+async def study_index_of_schema_2(index: OpenSearchIndex) -> None:
+    """The study index made again as the release before made it: no analyser, no common text, complete."""
+    await index.studies.drop()
+    old = copy.deepcopy(STUDY_MAPPINGS)
+    for name in COMMON_FIELDS:
+        del old["properties"][name]
+    await index._client.indices.create(index=index.studies.index, body={
+        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0,
+                               "mapping.nested_objects.limit": 1_000_000}},
+        "mappings": {**old, "_meta": {"schema_version": 2, "complete": True}}})
+
+
 async def test_opensearch_the_text_path_waits_for_older_instance_documents_and_an_upgrade(unique: str) -> None:
     """A study index of the schema before (no analyser, no common text; study lists read it) beside
     instance documents of the schema before: migrate adds the analyser and fields, study lists keep
     reading it, free text does not, even after a rebuild, until every instance is indexed again."""
     async with text_index(unique, 9, studies=6) as (index, rng, docs):
         studies = index.studies
-        await studies.drop()
-        old = copy.deepcopy(STUDY_MAPPINGS)
-        for name in COMMON_FIELDS:
-            del old["properties"][name]
-        await index._client.indices.create(index=studies.index, body={
-            "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0,
-                                   "mapping.nested_objects.limit": 1_000_000}},
-            "mappings": {**old, "_meta": {"schema_version": 2, "complete": True}}})
+        await study_index_of_schema_2(index)
         await index._client.update_by_query(index=index.index, refresh=True, body={
             "script": {"source": "ctx._source.schema_version = 3"}})
         await studies._rounds(sorted({doc.study_uid for doc in docs}), studies._recompute)  # as the release before
@@ -236,6 +242,25 @@ async def test_opensearch_the_text_path_waits_for_older_instance_documents_and_a
                 await later.upsert(docs[start:start + 31])
             await later.rebuild_study_documents()
             await agree(later, "reindexed")
+        finally:
+            await later.close()
+
+
+async def test_opensearch_an_upgrade_cut_short_leaves_no_closed_study_index(unique: str) -> None:
+    """A role that died after closing the study index and adding the analyser, before opening it
+    again: the next migrate opens it and finishes the upgrade."""
+    async with text_index(unique, 4, studies=3) as (index, rng, docs):
+        studies = index.studies
+        await study_index_of_schema_2(index)
+        await index._client.indices.close(index=studies.index)
+        await index._client.indices.put_settings(index=studies.index, body={"analysis": opensearch_query.ANALYSIS})
+        later = OpenSearchIndex(service_setting("ARCHIVE_SEARCH"), index=unique)
+        try:
+            await later.migrate()
+            meta = (await later._client.indices.get_mapping(index=studies.index))[studies.index]["mappings"]
+            assert meta["_meta"]["schema_version"] == 3
+            await later._client.count(index=studies.index)  # open: a closed index refuses this
+            await later.upsert(docs[:5])  # its writes go through
         finally:
             await later.close()
 
