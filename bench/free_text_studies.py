@@ -34,7 +34,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -171,17 +170,14 @@ def scale_common(search: str, common: str, copies: int) -> None:
 
 class Sketch:
     def __init__(self, probe: Probe, common: str) -> None:
-        self.probe, self.common = probe, common
-        self.pool = ThreadPoolExecutor(8)
-
-    def study_search(self, body: dict[str, Any]) -> dict[str, Any]:
-        return post(f"{self.probe.search}/{self.common}/_search?request_cache=false", body)
+        self.probe, self.studies = probe, Probe(probe.search, common)  # the same requests, to the study copy
+        self.pool = probe.pool
 
     def once(self, request: SearchRequest) -> dict[str, Any]:
         terms = query_terms(request.text)
         started = time.perf_counter()
         matches, facets = full_match(request, terms)
-        full = self.study_search({
+        full = self.studies.send({
             "query": {"bool": {"must": [matches], "filter": [{"range": {"instances": {"gte": 1}}}]}},
             "size": MAX_F, "_source": False, "docvalue_fields": ["study_uid"], "track_total_hits": True,
             "sort": ["_score", {"study_uid": "asc"}], "aggs": facets,
@@ -245,7 +241,7 @@ class Sketch:
                      "docvalue_fields": ["study_uid"], "track_total_hits": True,
                      "sort": ["_score", {"study_uid": "asc"}], "aggs": facets}
         count_body = {"query": page_body(request, terms)["query"], "size": 0, "track_total_hits": True}
-        full_future = self.pool.submit(self.study_search, full_body)
+        full_future = self.pool.submit(self.studies.send, full_body)
         counted = self.probe.send(count_body)
         full = full_future.result()
         took_f = max(float(full["took"]), float(counted["took"]))
