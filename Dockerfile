@@ -2,6 +2,7 @@
 # of cmd/ (copied to /opt/dicom-archive/cmd: serve, scp, indexer, query, migrate), as the Helm
 # chart runs them. Without a command it runs `serve` (all roles, embedded backends under
 # ARCHIVE_DATA_DIR). docs/deploy.md ("The image") says how to build and run it.
+#   pip wheel --no-deps -w build/native ./native   # the native core's wheel (Rust), as scripts/image.sh does
 #   docker build -t dicom-archive:0.1.0 .
 #   docker run -p 11112:11112 -p 8080:8080 dicom-archive:0.1.0
 #   docker run dicom-archive:0.1.0 /opt/dicom-archive/cmd/scp
@@ -52,14 +53,18 @@ RUN python3 -m venv /opt/dicom-archive/venv \
  && /opt/dicom-archive/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 COPY archive ./archive
 COPY --from=ui /src/archive/query/ui/static ./archive/query/ui/static
+# The native core (native/, Rust): its wheel is built on the host with its Rust toolchain
+# (scripts/image.sh writes build/native; by hand: pip wheel --no-deps -w build/native ./native),
+# for the Python of the base (CPython 3.11+, abi3; glibc of bookworm or later).
+COPY build/native/*.whl /tmp/native/
 # The wheel (pure Python), then a check that every native library of every wheel resolves here
 # (manylinux wheels bring their own; a base without one would fail only when the code loads it).
 # pip and setuptools are not needed at run time: the image has none.
 RUN /opt/dicom-archive/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
- && /opt/dicom-archive/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/dicom_archive-*.whl \
+ && /opt/dicom-archive/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/dicom_archive-*.whl /tmp/native/*.whl \
  && missing="$(find /opt/dicom-archive/venv -name '*.so*' -type f -exec ldd {} + 2>/dev/null | grep 'not found' || true)" \
  && if [ -n "$missing" ]; then echo "missing native libraries: $missing" >&2; exit 1; fi \
- && /opt/dicom-archive/venv/bin/python -c "import archive.cli, archive.compose, psycopg, numpy, PIL.Image, pylibjpeg, libjpeg, openjpeg, rle; from psycopg import pq; print('libpq', pq.version())" \
+ && /opt/dicom-archive/venv/bin/python -c "import archive.cli, archive.compose, archive_native, psycopg, numpy, PIL.Image, pylibjpeg, libjpeg, openjpeg, rle; from psycopg import pq; print('libpq', pq.version())" \
  && /opt/dicom-archive/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # ---- the image: the venv, the entry scripts, an unprivileged user ------------------------------

@@ -10,10 +10,17 @@ FUZZ_TARGETS ?= pdu describe stow qido search
 
 .PHONY: ui ohif fuzz run install system-deps services services-stop image image-stop cluster cluster-stop test test-fast lint bench bench-query bench-dicomweb clean
 
-$(STAMP): pyproject.toml
+# The native core (native/: Rust, PyO3, built by maturin from PyPI) installs into the venv as the
+# package dicom-archive-native; cargo is rustup's (~/.cargo/bin; Debian's Rust is too old for PyO3),
+# its build directory cached under ~/.cache/dicom-archive/native-target.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
+
+$(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	CARGO_TARGET_DIR=$(HOME)/.cache/dicom-archive/native-target $(BIN)/pip install -q --force-reinstall --no-deps ./native
 	touch $(STAMP)
 
 install: $(STAMP)

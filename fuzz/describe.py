@@ -8,7 +8,9 @@ Little Endian, as a C-STORE context may say, when there is none),
 :func:`~archive.ingest.describe.describe` parses the header and builds the DICOM JSON, and
 :meth:`Description.index_message` the message the indexer receives.
 
-Invariants: the DICOM JSON equals pydicom's (the plain path of common elements turned off), the message encodes (no NaN), parses back equal through
+Invariants: the native core (native/) and the Python path describe it alike, the same Description (the
+DICOM JSON in the same order) or the same refusal; the DICOM JSON equals pydicom's (the plain path of
+common elements turned off), the message encodes (no NaN), parses back equal through
 :meth:`IndexMessage.from_bytes` (what the indexer does), and carries no NUL character
 (PostgreSQL text and jsonb refuse it: the message would be poison).
 """
@@ -27,7 +29,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from archive.core.errors import InvalidInstance
 from archive.core.models import IndexMessage
 from archive.core.uids import object_key
-from archive.ingest.describe import dataset_json, dataset_offset, describe, read_header
+from archive.ingest.describe import NATIVE, Description, dataset_json, dataset_offset, describe, read_header
 
 # MalformedDataset (unparseable) and InvalidUID (a UID that is not one) are InvalidInstance.
 EXPECTED: tuple[type[BaseException], ...] = (InvalidInstance,)
@@ -59,12 +61,24 @@ def _pydicom_json(path: Path, syntax: str, offset: int) -> dict[str, Any]:
         return dataset_json(read_header(fh, syntax), plain=False)
 
 
+def _outcome(path: Path, syntax: str, offset: int, native: bool) -> tuple[Description, list[str]] | str:
+    try:
+        description = describe(path, syntax, offset, native=native)
+    except InvalidInstance as exc:
+        return type(exc).__name__
+    return description, list(description.metadata)
+
+
 def fuzz_one(data: bytes) -> None:
     path = _file()
     path.write_bytes(data)
     offset = dataset_offset(path)
     assert 0 <= offset, offset
-    description = describe(path, transfer_syntax(path), offset)
+    syntax = transfer_syntax(path)
+    if NATIVE:
+        assert _outcome(path, syntax, offset, True) == _outcome(path, syntax, offset, False), \
+            "the native core and the Python path describe it differently"
+    description = describe(path, syntax, offset, native=False)
     assert description.metadata == _pydicom_json(path, transfer_syntax(path), offset), \
         "the plain path's DICOM JSON differs from pydicom's"
     message = description.index_message(object_key(description.sop_instance_uid), len(data), "0" * 64, "FUZZ")

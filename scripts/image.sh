@@ -10,7 +10,8 @@
 #   3. the web UI's builder base: that base plus the host's Node.js and npm, tagged
 #      localhost/dicom-archive-base:bookworm-node (ensure_node_base below);
 #   4. the project's image FROM those bases (Dockerfile, classic builder, --network host so that
-#      pip reaches PyPI and npm its registry), tagged localhost/dicom-archive:<version>.
+#      pip reaches PyPI and npm its registry), tagged localhost/dicom-archive:<version>, with the
+#      native core's wheel built on this host into build/native (build_native_wheel below).
 #
 # Usage: scripts/image.sh build|base|daemon|stop|status|env
 #   build    all four (the default); writes <repo>/.image.env (DOCKER_HOST, ARCHIVE_IMAGE, ...)
@@ -329,9 +330,23 @@ DOCKERFILE
   log "UI builder base $NODE_IMAGE ready in $((SECONDS - t0)) s"
 }
 
+# ---- the native core's wheel ----------------------------------------------------------------
+# Built here with the host's Rust toolchain (rustup's; Debian's is too old for PyO3) and copied into
+# the image (Dockerfile, builder stage): the host is Debian bookworm with Python 3.11, as the base.
+build_native_wheel() {
+  local pip="$REPO_ROOT/.venv/bin/pip"
+  [[ -x $pip ]] || die "no $REPO_ROOT/.venv: run make install first (it builds the native core)"
+  rm -rf "$REPO_ROOT/build/native"
+  PATH="$HOME/.cargo/bin:$PATH" CARGO_TARGET_DIR="$CACHE/native-target" \
+    "$pip" wheel -q --no-deps --wheel-dir "$REPO_ROOT/build/native" "$REPO_ROOT/native" \
+    >"$CACHE/native-wheel.log" 2>&1 || { tail -n 30 "$CACHE/native-wheel.log" >&2; die "the native wheel did not build"; }
+  log "native wheel $(basename "$REPO_ROOT"/build/native/*.whl)"
+}
+
 # ---- the project's image -----------------------------------------------------------------
 build_image() {
   local t0=$SECONDS
+  build_native_wheel
   log "docker build $IMAGE FROM $BASE_IMAGE"
   DOCKER_BUILDKIT=0 docker build --network host \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \

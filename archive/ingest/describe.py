@@ -16,7 +16,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -24,12 +24,19 @@ from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian)
+from pydicom.values import convert_string
 from pydicom.valuerep import VR
 
 from archive.core.errors import MalformedDataset
 from archive.core.models import DicomJson, IndexMessage
 from archive.core.uids import encode_uid, validate_uid
+
+try:  # the native core (native/, Rust): the header read and its DICOM JSON; without it, Python's way
+    import archive_native
+except ImportError:  # pragma: no cover - a checkout whose native package was not built
+    archive_native = None  # type: ignore[assignment]
 
 BULK_THRESHOLD = 16 * 1024  # values above this stay out of the metadata (PS3.18 BulkDataURI)
 PIXEL_GROUP = 0x7FE0
@@ -117,6 +124,7 @@ _SIZES = {vr: struct.calcsize(f"<{fmt}") for vr, fmt in _BINARY.items()}
 _PLAIN_VRS = _MULTI | _TEXT | _SINGLE | frozenset(_BINARY) | {"AE", "UR", "PN", "IS", "DS"}
 # Implicit VR: the dictionary's VR, for the standard tags with one of the VRs above
 _IMPLICIT_VR = {tag: entry[0] for tag, entry in DicomDictionary.items() if entry[0] in _PLAIN_VRS}
+_SEQUENCES = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 _IS = re.compile(r" *[+-]?[0-9]+ *")  # what int() reads the same way as pydicom's IS (no "1_0", no "1.0")
 _DS = re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")  # no "nan", "inf", "1_0"
 _ASCII_BUT_ESCAPE = bytes(b for b in range(128) if b != 0x1B)  # ESC starts ISO 2022 code extensions
@@ -315,6 +323,70 @@ def _read_long_sequences(fp: BinaryIO, ds: Dataset, implicit: bool, little: bool
             raise MalformedDataset(f"sequence {BaseTag(tag)} cannot be parsed: {exc}") from exc
 
 
+# The native core reads the first bytes of a dataset; a header longer than this takes pydicom's way.
+NATIVE_HEAD_BYTES = 64 * 1024
+_NATIVE = archive_native.Header(_IMPLICIT_VR, _SEQUENCES) if archive_native is not None else None
+NATIVE = _NATIVE is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _charset_reads_ascii(value: bytes) -> bool | None:
+    """For a Specific Character Set's bytes: do ASCII bytes of text read as ASCII under it
+    (:func:`_decodes_as_ascii` of what pydicom makes of it)? None when pydicom would refuse it
+    (reading, converting or naming its encodings): the native core then leaves the dataset to
+    :func:`read_header`, whose error it is."""
+    try:
+        convert_encodings(convert_string(value, True))  # as pydicom's reader does on the way
+        ds = Dataset()
+        ds[0x00080005] = RawDataElement(BaseTag(0x00080005), None, len(value), value, 0, True, True)
+        charset = ds.get("SpecificCharacterSet")
+        if charset:
+            convert_encodings(charset)  # as read_header does
+        encodings = ds._character_set
+    except Exception:
+        return None
+    return _decodes_as_ascii((encodings,) if isinstance(encodings, str) else tuple(encodings))
+
+
+def _describe_native(fh: BinaryIO, transfer_syntax_uid: str) -> Description | None:
+    """:func:`describe` through the native core, or None where it leaves the dataset to pydicom.
+
+    The core gives the common elements' DICOM JSON and hands the others back as their own bytes
+    (sequences, private blocks, other VRs, text of other bytes), with the elements pydicom reads
+    them by; :func:`read_header` and :func:`dataset_json` read those as they read a whole dataset.
+    """
+    assert _NATIVE is not None
+    if transfer_syntax_uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return None
+    data = fh.read(NATIVE_HEAD_BYTES)
+    read = _NATIVE.read(data, transfer_syntax_uid == ImplicitVRLittleEndian, len(data) < NATIVE_HEAD_BYTES,
+                        _charset_reads_ascii)
+    if read is None:
+        return None
+    metadata, keys, rest, raw_uids = read
+    uids = [_uid_values(raw) for raw in raw_uids]
+    if any(len(values) != 1 for values in uids):
+        return None  # pydicom's conversion decides what several values are
+    if keys is not None:
+        ds = read_header(io.BytesIO(rest), transfer_syntax_uid)
+        try:
+            others = dataset_json(ds)
+        except Exception as exc:
+            raise MalformedDataset(f"dataset cannot be decoded: {exc}") from exc
+        merged = {key: metadata.get(key) or others.get(key) for key in keys}
+        if not all(merged.values()):
+            return None  # not expected: an element neither read
+        metadata = cast(DicomJson, merged)
+    return Description(
+        study_uid=validate_uid(uids[0][0], "StudyInstanceUID"),
+        series_uid=validate_uid(uids[1][0], "SeriesInstanceUID"),
+        sop_instance_uid=validate_uid(uids[2][0], "SOPInstanceUID"),
+        sop_class_uid=validate_uid(uids[3][0], "SOPClassUID"),
+        transfer_syntax_uid=validate_uid(str(transfer_syntax_uid), "TransferSyntaxUID"),
+        metadata=metadata,
+    )
+
+
 def dataset_offset(path: Path, start: int = 0) -> int:
     """Where the dataset from ``start`` begins: after preamble and File Meta of a Part 10 file, else ``start``.
 
@@ -370,9 +442,13 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return validate_uid(value, keyword)
 
 
-def describe(path: Path, transfer_syntax_uid: str, offset: int = 0) -> Description:
-    """Validate the UIDs of a spooled dataset and build its metadata."""
+def describe(path: Path, transfer_syntax_uid: str, offset: int = 0, *, native: bool = NATIVE) -> Description:
+    """Validate the UIDs of a spooled dataset and build its metadata (``native``: through the
+    native core where it reads the dataset; False: pydicom's way, the reference)."""
     with open(path, "rb") as fh:
+        fh.seek(offset)
+        if native and (description := _describe_native(fh, transfer_syntax_uid)) is not None:
+            return description
         fh.seek(offset)
         ds = read_header(fh, transfer_syntax_uid)
         try:
