@@ -53,6 +53,17 @@ def kinds(directory: Path) -> dict[str, tuple[Path, str]]:
         path = directory / f"{len(out)}.raw"
         path.write_bytes(dataset_bytes(ds, implicit=implicit))
         out[name] = (path, str(ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian))
+    # Headers of real modalities, as pydicom ships them (private blocks; sequences of undefined length)
+    import pydicom
+    from pydicom.filereader import read_file_meta_info
+
+    from archive.ingest.describe import dataset_offset
+    shipped = Path(pydicom.__file__).parent / "data" / "test_files"
+    for file, name in (("CT_small.dcm", "pydicom's CT_small.dcm (GE CT: private blocks)"),
+                       ("liver_1frame.dcm", "pydicom's liver_1frame.dcm (enhanced CT: sequences of undefined length)")):
+        path = directory / f"{len(out)}.raw"
+        path.write_bytes((shipped / file).read_bytes()[dataset_offset(shipped / file):])
+        out[name] = (path, str(read_file_meta_info(shipped / file).TransferSyntaxUID))
     return out
 
 

@@ -4,7 +4,8 @@
 //! Meta) and gives the DICOM JSON of the common ones exactly as `archive.ingest.describe`'s plain
 //! path gives it (`_plain_json`: the string VRs, person names without component groups, IS and
 //! DS of plain numbers, US SS UL SL FL FD), the bulk markers of long values, and the four UIDs'
-//! raw values. Every other element (sequences, private blocks, other VRs, text that is not
+//! raw values, private elements included where their Private Creator is read here too. Every other
+//! element (sequences, private elements of Implicit VR, other VRs, text that is not
 //! ASCII under a character set that reads ASCII as ASCII, anything pydicom reads its own way) is
 //! handed back as its own bytes, for pydicom to read exactly as it reads the whole dataset.
 //! A sequence of undefined length is handed back whole (its end found by walking its items).
@@ -385,6 +386,9 @@ impl Header {
         let mut ascii_text = true;
         let mut read_text = false;
         let mut previous: Option<u32> = None;
+        // Private Creators seen: Some(span) read here, None handed back
+        let mut creators: HashMap<u32, Option<(usize, usize)>> = HashMap::new();
+        let mut odd_groups_back: Vec<u16> = Vec::new();
         let mut pos = 0usize;
         let mut elements = 0usize;
         loop {
@@ -479,14 +483,28 @@ impl Header {
                 }
                 continue;
             }
-            if odd {
-                rest.push((start, end)); // private blocks: pydicom reads them with their creators
-                if tag & 0xFFFF != 0 {
+            let element = tag & 0xFFFF;
+            // Private elements (PS3.5 7.8.1) are read as describe reads them when their block's Private
+            // Creator, if there is one, is read here too (describe._creator_reads). A private group
+            // with a group length, an element of no block, or a creator handed back: all to pydicom.
+            let creator = if odd && element >= 0x1000 { Some(tag & 0xFFFF_0000 | element >> 8) } else { None };
+            if odd && (element < 0x10 || (element < 0x1000 && element > 0xFF) || odd_groups_back.contains(&group)
+                || creator.is_some_and(|c| creators.get(&c).is_some_and(|read| read.is_none()))) {
+                if element == 0 {
+                    odd_groups_back.push(group);
+                }
+                if let Some(c) = creator {
+                    if let Some(Some(span)) = creators.get(&c) {
+                        context.push(*span); // its creator goes with it
+                    }
+                }
+                rest.push((start, end));
+                if element != 0 {
                     keys.push(key);
                 }
                 continue;
             }
-            if tag & 0xFFFF == 0 {
+            if element == 0 {
                 continue; // group lengths are not in the JSON
             }
             keys.push(key);
@@ -502,9 +520,19 @@ impl Header {
                 }
                 _ => None,
             };
+            let read = answer.is_some();
             match answer {
                 Some(json) => metadata.set_item(format!("{tag:08X}"), json)?,
                 None => rest.push((start, end)),
+            }
+            if odd && element <= 0xFF {
+                // a Private Creator: read here (its span kept, for a data element of its block handed
+                // back), or handed back (its block's data elements with it)
+                creators.insert(tag, read.then_some((start, end)));
+            } else if !read {
+                if let Some(Some(span)) = creator.and_then(|c| creators.get(&c)) {
+                    context.push(*span);
+                }
             }
         }
         if elements == 0 {

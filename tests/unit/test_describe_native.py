@@ -102,11 +102,23 @@ def random_dataset(rng: random.Random) -> tuple[bytes, str]:
         parts[0x00420011] = (struct.pack("<HHI", 0x0042, 0x0011, 0xFFFFFFFF) if implicit
                              else struct.pack("<HH2s2xI", 0x0042, 0x0011, b"OB", 0xFFFFFFFF)) \
             + _item(b"\x01\x02", False) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-    if rng.random() < 0.25:  # a private block
-        creator_vr = rng.choice(("LO", "LO", "L(", "UN", "SH"))
-        add(0x00090010, creator_vr, b"ACME 1.0")
+    if rng.random() < 0.3:  # a private block: its creator readable or not, or none
+        creator_vr = rng.choice(("LO", "LO", "L(", "UN", "SH", None))
+        if creator_vr is not None:
+            add(0x00090010, creator_vr, rng.choice((b"ACME 1.0", b"GEMS_IDEN_01", b"\xe9t\xe9 ", b"")))
         for i, vr in enumerate(rng.sample(sorted(TAGS), 3)):
             add(0x00091010 + i, vr, random_value(rng, vr))
+        if rng.random() < 0.5:  # UN, which pydicom reads by the creator's private dictionary
+            add(0x00091001, "UN", b"GE_GENESIS_FF ")
+        if rng.random() < 0.2:
+            add(0x00090000, "UL", struct.pack("<I", 64))  # a private group's length
+        if rng.random() < 0.2:
+            add(0x00090005, "LO", b"odd")  # an element of no block
+    if rng.random() < 0.1:  # a second block, GE's, with the values it holds
+        add(0x00190010, "LO", b"GEMS_ACQU_01")
+        add(0x0019100F, "DS", b"-0.25 ")
+        add(0x0019101A, "SS", struct.pack("<h", -3))
+        add(0x00191019, "DS", b"1.5\\2")
     if rng.random() < 0.15:  # values past the bulk threshold: text, bytes, a sequence
         size = module.BULK_THRESHOLD + rng.choice((0, 1, 2, 100))
         kind = rng.choice(("UT", "OB", "SQ"))
