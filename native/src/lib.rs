@@ -5,10 +5,13 @@
 //! path gives it (`_plain_json`: the string VRs, person names without component groups, IS and
 //! DS of plain numbers, US SS UL SL FL FD), the bulk markers of long values, and the four UIDs'
 //! raw values, private elements included where their Private Creator is read here too. Every other
-//! element (sequences, private elements of Implicit VR, other VRs, text that is not
+//! element (sequences with an element the core does not read in an item, private elements of
+//! Implicit VR, other VRs, text that is not
 //! ASCII under a character set that reads ASCII as ASCII, anything pydicom reads its own way) is
 //! handed back as its own bytes, for pydicom to read exactly as it reads the whole dataset.
-//! A sequence of undefined length is handed back whole (its end found by walking its items).
+//! Sequences are read here when every element of every item is read by the same rules (the
+//! dataset's character set; no private element, no character set of an item's own); otherwise
+//! the sequence is handed back whole (one of undefined length: its end found by walking its items).
 //! Anything unusual in the dataset's structure (an undefined length of anything but a sequence, an element out of order,
 //! a VR pydicom would guess, a truncated value, the four UIDs not each one plain value) makes
 //! `read` answer None: the Python path then reads the whole dataset, so every refusal and error
@@ -352,6 +355,148 @@ impl Header {
     }
 }
 
+impl Header {
+    /// Is this element a sequence the core reads: SQ in Explicit VR, the dictionary's SQ in Implicit VR.
+    fn is_sequence(&self, tag: u32, vr: Option<Vr>) -> bool {
+        match vr {
+            Some(vr) => vr == Vr::SQ,
+            None => self.sequences.contains(&tag),
+        }
+    }
+
+    /// A sequence's DICOM JSON and where it ends, as describe.dataset_json gives it (its items read
+    /// by the plain path's rules, with the dataset's character set); None when any element of any
+    /// item is not one the core reads (a private element, a character set of the item's own, another
+    /// VR, an undefined length of anything but a sequence): the sequence is then handed back whole.
+    fn sequence_json<'py>(&self, py: Python<'py>, data: &[u8], at: usize, length: u32, implicit: bool,
+                          ascii_text: bool, depth: usize) -> PyResult<Option<(Bound<'py, PyDict>, usize)>> {
+        let limit = if length == u32::MAX {
+            None
+        } else {
+            match at.checked_add(length as usize).filter(|&end| end <= data.len()) {
+                Some(end) => Some(end),
+                None => return Ok(None),
+            }
+        };
+        if depth > MAX_DEPTH {
+            return Ok(None);
+        }
+        let items = PyList::empty(py);
+        let mut pos = at;
+        loop {
+            if limit == Some(pos) {
+                break;
+            }
+            let bound = limit.unwrap_or(data.len());
+            if bound < pos + 8 {
+                return Ok(None);
+            }
+            let tag = tag_at(data, pos).expect("8 bytes");
+            let item_length = u32_at(data, pos + 4);
+            pos += 8;
+            if tag == SEQUENCE_END {
+                if limit.is_some() || item_length != 0 {
+                    return Ok(None);
+                }
+                break;
+            }
+            if tag != ITEM {
+                return Ok(None);
+            }
+            let item_limit = if item_length == u32::MAX {
+                None
+            } else {
+                match pos.checked_add(item_length as usize).filter(|&end| end <= bound) {
+                    Some(end) => Some(end),
+                    None => return Ok(None),
+                }
+            };
+            let inner = item_length == 0 || item_implicit(data, pos, implicit);
+            let Some((item, end)) = self.item_json(py, data, pos, item_limit, inner, ascii_text, depth + 1)? else {
+                return Ok(None);
+            };
+            items.append(item)?;
+            pos = end;
+        }
+        let out = PyDict::new(py);
+        out.set_item(intern!(py, "vr"), "SQ")?;
+        if !items.is_empty() {
+            out.set_item(intern!(py, "Value"), items)?;
+        }
+        Ok(Some((out, pos)))
+    }
+
+    /// An item's DICOM JSON and where it ends (at `limit`, a defined length, or after its delimiter).
+    #[allow(clippy::too_many_arguments)]
+    fn item_json<'py>(&self, py: Python<'py>, data: &[u8], mut pos: usize, limit: Option<usize>, implicit: bool,
+                      ascii_text: bool, depth: usize) -> PyResult<Option<(Bound<'py, PyDict>, usize)>> {
+        let out = PyDict::new(py);
+        let mut previous: Option<u32> = None;
+        loop {
+            if limit == Some(pos) {
+                return Ok(Some((out, pos)));
+            }
+            let bound = limit.unwrap_or(data.len());
+            if bound < pos + 8 {
+                return Ok(None);
+            }
+            let tag = tag_at(data, pos).expect("8 bytes");
+            if tag == ITEM_END {
+                return Ok(if limit.is_none() { Some((out, pos + 8)) } else { None });
+            }
+            let group = (tag >> 16) as u16;
+            if group == 0xFFFE || group == 0x0002 || group & 1 == 1 || tag == CHARSET || previous.is_some_and(|p| tag <= p) {
+                return Ok(None);
+            }
+            previous = Some(tag);
+            let (vr, length, header) = if implicit {
+                (None, u32_at(data, pos + 4), 8)
+            } else {
+                let Some(vr) = Vr::parse(&data[pos + 4..pos + 6]) else { return Ok(None) };
+                if vr.long_length() {
+                    if bound < pos + 12 {
+                        return Ok(None);
+                    }
+                    (Some(vr), u32_at(data, pos + 8), 12)
+                } else {
+                    (Some(vr), u16_at(data, pos + 6) as u32, 8)
+                }
+            };
+            let value_at = pos + header;
+            if self.is_sequence(tag, vr) {
+                let Some((json, end)) = self.sequence_json(py, data, value_at, length, implicit, ascii_text, depth)? else {
+                    return Ok(None);
+                };
+                if end > bound || (length != u32::MAX && end != value_at + length as usize) {
+                    return Ok(None);
+                }
+                if tag & 0xFFFF != 0 {
+                    out.set_item(format!("{tag:08X}"), json)?;
+                }
+                pos = end;
+                continue;
+            }
+            if length == u32::MAX {
+                return Ok(None);
+            }
+            let Some(end) = value_at.checked_add(length as usize).filter(|&end| end <= bound) else { return Ok(None) };
+            pos = end;
+            if tag & 0xFFFF == 0 {
+                continue; // group lengths are not in the JSON
+            }
+            let vr = vr.or_else(|| self.implicit_vrs.get(&tag).copied());
+            let answer = match vr {
+                Some(vr) if vr.plain() && !(implicit && length == 0) => plain_json(py, vr, &data[value_at..end], ascii_text)?,
+                _ => None,
+            };
+            match answer {
+                Some(json) => out.set_item(format!("{tag:08X}"), json)?,
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
 type Read<'py> = (Bound<'py, PyDict>, Option<Bound<'py, PyList>>, Bound<'py, PyBytes>, Vec<String>);
 
 #[pymethods]
@@ -430,11 +575,21 @@ impl Header {
             let start = pos;
             let value_at = pos + header;
             if length == u32::MAX {
-                // a sequence of undefined length: pydicom reads it, from its own bytes
-                let Some(end) = self.undefined_end(data, value_at, tag, vr, implicit, 0) else { return Ok(None) };
                 if UID_TAGS.contains(&tag) || tag == CHARSET || tag & 0xFFFF == 0 {
                     return Ok(None);
                 }
+                if group & 1 == 0 && self.is_sequence(tag, vr) {
+                    if let Some((json, end)) = self.sequence_json(py, data, value_at, length, implicit, ascii_text, 0)? {
+                        read_text = true;
+                        metadata.set_item(format!("{tag:08X}"), json)?;
+                        keys.push(tag);
+                        pos = end;
+                        elements += 1;
+                        continue;
+                    }
+                }
+                // a sequence of undefined length the core does not read: pydicom reads it, from its own bytes
+                let Some(end) = self.undefined_end(data, value_at, tag, vr, implicit, 0) else { return Ok(None) };
                 rest.push((start, end));
                 keys.push(tag);
                 pos = end;
@@ -512,6 +667,14 @@ impl Header {
                 Some(vr) => Some(vr),
                 None => self.implicit_vrs.get(&tag).copied(),
             };
+            if self.is_sequence(tag, vr) && !odd {
+                read_text = true;
+                match self.sequence_json(py, data, value_at, length, implicit, ascii_text, 0)? {
+                    Some((json, sequence_end)) if sequence_end == end => metadata.set_item(format!("{tag:08X}"), json)?,
+                    _ => rest.push((start, end)),
+                }
+                continue;
+            }
             // Implicit VR: pydicom reads an empty value as None, not bytes
             let answer = match vr {
                 Some(vr) if vr.plain() && !(implicit && value.is_empty()) => {

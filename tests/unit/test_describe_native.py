@@ -79,11 +79,16 @@ def random_dataset(rng: random.Random) -> tuple[bytes, str]:
     if rng.random() < 0.2:
         add(0x00080000, "UL", struct.pack("<I", 100))  # a group length
     if rng.random() < 0.25:  # a sequence: an item with text of its own (and a character set, now and then)
-        inner = element(0x00081150, "UI", b"1.2.840.10008.5.1.4.1.1.2\x00", implicit)
-        if rng.random() < 0.3:
-            inner = element(0x00080005, "CS", b"ISO_IR 13 ", implicit) + inner
-        inner += element(0x00081155, "UI", _uid(rng), implicit)
-        parts[0x00081140] = _sequence(0x00081140, _item(inner, rng.random() < 0.5), implicit, rng.random() < 0.5)
+        items = b""
+        for _ in range(rng.randrange(0, 3)):
+            fields = {0x00081150: element(0x00081150, "UI", b"1.2.840.10008.5.1.4.1.1.2\x00", implicit),
+                      0x00081155: element(0x00081155, "UI", _uid(rng), implicit)}
+            if rng.random() < 0.2:
+                fields[0x00080005] = element(0x00080005, "CS", b"ISO_IR 13 ", implicit)
+            for vr in rng.sample(sorted(TAGS), rng.randrange(0, 6)):  # random values of every VR, in an item
+                fields[TAGS[vr]] = element(TAGS[vr], vr, b"" if rng.random() < 0.1 else random_value(rng, vr), implicit)
+            items += _item(b"".join(fields[tag] for tag in sorted(fields)), rng.random() < 0.5)
+        parts[0x00081140] = _sequence(0x00081140, items, implicit, rng.random() < 0.5)
     if rng.random() < 0.15:  # nested: a sequence in an item, of undefined lengths or not
         leaf = _item(element(0x00080100, "SH", b"T-1234", implicit) + element(0x00080104, "LO", b"a code", implicit),
                      rng.random() < 0.5)
@@ -183,22 +188,32 @@ def test_random_datasets_give_pydicoms_description(seed: int, tmp_path: Path) ->
     assert answered > 250, f"the core answered {answered} of 500"  # not a test that cannot fail
 
 
-def test_the_core_answers_for_the_suites_instances_and_hands_the_odd_elements_back(tmp_path: Path) -> None:
-    """A CT slice is read by the core alone; an SR's content sequence goes to pydicom beside it."""
+def _read(path: Path, implicit: bool) -> tuple[object, ...] | None:
+    with open(path, "rb") as fh:
+        return module._NATIVE.read(fh.read(), implicit, True, module._charset_reads_ascii)
+
+
+def test_the_core_reads_the_suites_instances_and_hands_the_odd_elements_back(tmp_path: Path) -> None:
+    """A CT slice and an SR (its content sequences) are read by the core alone; a sequence with a
+    private element in an item, and a value of another VR, go to pydicom beside the rest."""
     path = tmp_path / "ds"
     for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         implicit = syntax == ImplicitVRLittleEndian
-        path.write_bytes(dataset_bytes(make_ct(size=16), implicit=implicit))
-        with open(path, "rb") as fh:
-            read = module._NATIVE.read(fh.read(), implicit, True, module._charset_reads_ascii)
-        assert read is not None and read[1] is None and read[2] == b""  # nothing handed back
-        assert compare(path.read_bytes(), str(syntax), path)
-        sr = dataset_bytes(make_sr("1.2.3.4", "PID-1", "a report\\ text"), implicit=implicit)
-        path.write_bytes(sr)
-        with open(path, "rb") as fh:
-            read = module._NATIVE.read(fh.read(), implicit, True, module._charset_reads_ascii)
-        assert read is not None and read[1] is not None and read[2]  # the sequences handed back
-        assert compare(sr, str(syntax), path)
+        for ds in (make_ct(size=16), make_sr("1.2.3.4", "PID-1", "a report\\ text")):
+            path.write_bytes(dataset_bytes(ds, implicit=implicit))
+            read = _read(path, implicit)
+            assert read is not None and read[1] is None and read[2] == b""  # nothing handed back
+            assert compare(path.read_bytes(), str(syntax), path)
+        uids = b"".join(element(tag, "UI", b"1.2.3.4", implicit) for tag in UIDS)
+        private_item = _item(element(0x00090010, "LO", b"ACME", implicit) + element(0x00091001, "LO", b"x", implicit),
+                             False)
+        raw = (uids[:-(len(uids) // 2)] + _sequence(0x00081140, private_item, implicit, False)
+               + element(0x00082111, "ST", b"derived", implicit) + uids[-(len(uids) // 2):]
+               + element(0x00280301, "CS", b"NO", implicit) + element(0x00286040, "OB", b"\x01\x02", implicit))
+        path.write_bytes(raw)
+        read = _read(path, implicit)
+        assert read is not None and read[1] is not None and read[2]
+        assert compare(raw, str(syntax), path)
 
 
 def test_every_dataset_pydicom_ships(tmp_path: Path) -> None:
