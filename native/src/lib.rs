@@ -28,6 +28,7 @@ const BULK_THRESHOLD: u32 = 16 * 1024;
 const MAX_SEQUENCE_BYTES: u32 = 64 * 1024 * 1024;
 const PIXEL_GROUP: u16 = 0x7FE0;
 const CHARSET: u32 = 0x0008_0005;
+const PIXEL_REPRESENTATION: u32 = 0x0028_0103;
 /// Study, Series and SOP Instance UID, SOP Class UID: describe's order.
 const UID_TAGS: [u32; 4] = [0x0020_000D, 0x0020_000E, 0x0008_0018, 0x0008_0016];
 /// Elements pydicom reads other elements by (the character set; the ambiguous VRs' Pixel
@@ -467,7 +468,7 @@ impl Header {
                 let Some((json, end)) = self.sequence_json(py, data, value_at, length, implicit, ascii_text, depth)? else {
                     return Ok(None);
                 };
-                if end > bound || (length != u32::MAX && end != value_at + length as usize) {
+                if end > bound || (length != u32::MAX && Some(end) != value_at.checked_add(length as usize)) {
                     return Ok(None);
                 }
                 if tag & 0xFFFF != 0 {
@@ -534,6 +535,8 @@ impl Header {
         // Private Creators seen: Some(span) read here, None handed back
         let mut creators: HashMap<u32, Option<(usize, usize)>> = HashMap::new();
         let mut odd_groups_back: Vec<u16> = Vec::new();
+        let mut defined_sequences = false; // read here, of defined length
+        let mut clean_pixel_representation = true; // none, or one value pydicom reads
         let mut pos = 0usize;
         let mut elements = 0usize;
         loop {
@@ -596,10 +599,9 @@ impl Header {
                 elements += 1;
                 continue;
             }
-            let end = value_at + length as usize;
-            if end > data.len() {
+            let Some(end) = value_at.checked_add(length as usize).filter(|&end| end <= data.len()) else {
                 return Ok(None);
-            }
+            };
             pos = end;
             elements += 1;
             let value = &data[value_at..end];
@@ -608,8 +610,14 @@ impl Header {
             if CONTEXT.contains(&tag) {
                 context.push((start, end));
             }
+            if tag == PIXEL_REPRESENTATION {
+                // pydicom reads it whenever it converts a sequence of defined length: one it cannot
+                // read turns such a sequence into UN (describe's reference way)
+                clean_pixel_representation = length == 2 && matches!(vr, None | Some(Vr::US) | Some(Vr::SS));
+            }
             if tag == CHARSET {
-                if read_text || length > BULK_THRESHOLD {
+                // pydicom reads it by the VR the file gives (a VR of another kind: its error)
+                if read_text || length > BULK_THRESHOLD || !matches!(vr, None | Some(Vr::CS)) {
                     return Ok(None);
                 }
                 match charset_ascii.call1((PyBytes::new(py, value),))?.extract::<Option<bool>>()? {
@@ -624,6 +632,9 @@ impl Header {
                 uids[i] = Some(std::str::from_utf8(value).expect("ASCII").to_owned());
             }
             if length > BULK_THRESHOLD && tag != CHARSET {
+                if group & 1 == 1 && (0x10..=0xFF).contains(&(tag & 0xFFFF)) {
+                    return Ok(None); // a Private Creator pydicom defers: what its block becomes is pydicom's
+                }
                 // deferred by pydicom: a sequence is read (describe._read_long_sequences), the rest is bulk
                 let sequence = match vr { Some(vr) => vr == Vr::SQ, None => self.sequences.contains(&tag) };
                 if sequence && length <= MAX_SEQUENCE_BYTES {
@@ -670,7 +681,10 @@ impl Header {
             if self.is_sequence(tag, vr) && !odd {
                 read_text = true;
                 match self.sequence_json(py, data, value_at, length, implicit, ascii_text, 0)? {
-                    Some((json, sequence_end)) if sequence_end == end => metadata.set_item(format!("{tag:08X}"), json)?,
+                    Some((json, sequence_end)) if sequence_end == end => {
+                        defined_sequences = true;
+                        metadata.set_item(format!("{tag:08X}"), json)?
+                    }
                     _ => rest.push((start, end)),
                 }
                 continue;
@@ -698,7 +712,7 @@ impl Header {
                 }
             }
         }
-        if elements == 0 {
+        if elements == 0 || defined_sequences && !clean_pixel_representation {
             return Ok(None);
         }
         let Some(uids) = uids.into_iter().collect::<Option<Vec<String>>>() else { return Ok(None) };
