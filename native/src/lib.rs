@@ -267,10 +267,16 @@ const SEQUENCE_END: u32 = 0xFFFE_E0DD;
 /// Sequences nested deeper than this take pydicom's way.
 const MAX_DEPTH: usize = 32;
 
+/// Does the element at `at` look like Explicit VR to pydicom (_is_implicit_vr: two capital letters
+/// where Explicit VR has its VR)? False when fewer than six bytes are there.
+fn looks_explicit(data: &[u8], at: usize) -> bool {
+    data.len() >= at + 6 && (0x41..=0x5A).contains(&data[at + 4]) && (0x41..=0x5A).contains(&data[at + 5])
+}
+
 /// Does an item's content read as Implicit VR? pydicom's _is_implicit_vr for a sequence: an item of
 /// an Explicit VR dataset whose first element does not look explicit is read as Implicit VR.
 fn item_implicit(data: &[u8], at: usize, implicit: bool) -> bool {
-    implicit || (data.len() >= at + 6 && !((0x41..=0x5A).contains(&data[at + 4]) && (0x41..=0x5A).contains(&data[at + 5])))
+    implicit || (data.len() >= at + 6 && !looks_explicit(data, at))
 }
 
 fn tag_at(data: &[u8], at: usize) -> Option<u32> {
@@ -550,8 +556,7 @@ impl Header {
             let tag = (group as u32) << 16 | u16_at(data, pos + 2) as u32;
             if pos == 0 {
                 // pydicom's _is_implicit_vr: what the first element looks like decides
-                let looks_explicit = (0x41..=0x5A).contains(&data[4]) && (0x41..=0x5A).contains(&data[5]);
-                if looks_explicit == implicit {
+                if looks_explicit(data, 0) == implicit {
                     return Ok(None);
                 }
             }
@@ -727,7 +732,7 @@ impl Header {
         for (s, e) in rest {
             bytes.extend_from_slice(&data[s..e]);
         }
-        if implicit && bytes.len() >= 6 && (0x41..=0x5A).contains(&bytes[4]) && (0x41..=0x5A).contains(&bytes[5]) {
+        if implicit && looks_explicit(&bytes, 0) {
             return Ok(None); // pydicom would take the elements handed back for Explicit VR
         }
         let order = PyList::empty(py);
