@@ -360,6 +360,7 @@ async def run(settings: Settings, roles: Roles) -> None:
             router = Router(RulesFile(settings.routing_rules, destinations(settings)), forward_queues,
                             backends.catalog) if settings.routing_rules else None
             worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch,
+                             linger=settings.indexer_linger,
                              router=router, stability=backends.stability, stable_seconds=settings.study_stable_seconds,
                              events=events)
             worker_task = asyncio.create_task(worker.run(), name="indexer")

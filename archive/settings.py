@@ -148,6 +148,14 @@ class Seconds(Kind[float]):
         return text.removesuffix(".0")
 
 
+class Pause(Seconds):
+    """A wait of 0 (none) up to 10 seconds."""
+
+    def check(self, value: float) -> None:
+        if not 0 <= value <= 10:
+            raise ValueError(f"must be from 0 to 10 seconds, got {value}")
+
+
 class Minutes(Seconds):
     def check(self, value: float) -> None:
         if not value > 0:
@@ -490,6 +498,11 @@ class Settings:
         "ARCHIVE_DELIVERY_LIMIT", 5, "Deliveries of an index message before it is dead-lettered", Int(low=1))
     indexer_batch: int = setting(
         "ARCHIVE_INDEXER_BATCH", 200, "Most index messages written in one catalog transaction", Int(low=1))
+    indexer_linger: float = setting(
+        "ARCHIVE_INDEXER_LINGER", 0.1,
+        "While messages keep coming, how long the indexer waits for more when it finds fewer than a batch "
+        "(seconds; 0: never): fewer, larger transactions, each instance searchable up to that much later",
+        Pause())
     indexer_prefetch: int = setting(
         "ARCHIVE_INDEXER_PREFETCH", 400, "Unacknowledged messages an indexer holds (RabbitMQ prefetch)", Int(low=1))
     study_stable_seconds: float = setting(

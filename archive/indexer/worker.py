@@ -6,6 +6,8 @@
   the indexer dies meanwhile, and no delivery attempt is burnt while waiting.
 - Any other failure is isolated to its message (the batch is split), which is
   given back to the queue; after the delivery limit the queue dead-letters it.
+- While messages keep coming, a batch smaller than ``batch_size`` waits ``linger`` for more
+  (fewer, larger transactions; acks of a batch go together, one queue transaction embedded).
 - Upserts are keyed on SOP Instance UID, so redeliveries never duplicate.
 - With forwarding rules, the jobs of the committed instances are queued before the ack.
 - A message received before its instance's tombstone (a delete) is dropped by the catalog
@@ -35,6 +37,7 @@ from archive.indexer.stable import StableSweeper
 log = logging.getLogger(__name__)
 
 POISON_RETRY_DELAY = 1.0
+FLOWING_SECONDS = 1.0  # a batch within this long of the one before lingers (ARCHIVE_INDEXER_LINGER)
 BACKEND_DOWN = Backoff(first=0.2, cap=30.0)  # a batch waits, unacknowledged, until the backends answer
 
 
@@ -53,6 +56,7 @@ class Indexer:
         *,
         batch_size: int = 200,
         receive_timeout: float = 0.5,
+        linger: float = 0.0,
         router: Router | None = None,
         stability: StudyStability | None = None,
         stable_seconds: float = 60.0,
@@ -63,6 +67,8 @@ class Indexer:
         self.search = search
         self.batch_size = batch_size
         self.receive_timeout = receive_timeout
+        self.linger = linger
+        self._flowing_until = 0.0  # messages received before this (monotonic) time: linger
         self.router = router
         self.stability = stability
         self.stable_seconds = stable_seconds
@@ -89,7 +95,7 @@ class Indexer:
                                            "search": self.search.name})
         while not self._stopping.is_set():
             try:
-                deliveries = await self.queue.receive(self.batch_size, self.receive_timeout)
+                deliveries = await self._next_batch()
                 if deliveries:
                     await self.handle(deliveries)
             except BackendUnavailable as exc:
@@ -101,6 +107,25 @@ class Indexer:
                 log.error("indexer loop error; continuing", extra={"error": type(exc).__name__})
                 await self._sleep(1.0)
         log.info("indexer stopped")
+
+    async def _next_batch(self) -> list[Delivery]:
+        """What is waiting; while messages keep coming and that is less than a batch, also what arrives
+        within ``linger``. While instances trickle in, batches grow from a few messages to dozens: fewer
+        transactions for the same instances, each searchable up to ``linger`` later. The first message
+        after a quiet second is written at once (one instance stored and looked at is not delayed)."""
+        deliveries = list(await self.queue.receive(self.batch_size, self.receive_timeout))
+        if not deliveries:
+            return deliveries
+        now = time.monotonic()
+        flowing, self._flowing_until = now < self._flowing_until, now + FLOWING_SECONDS
+        if not flowing or len(deliveries) >= self.batch_size or self.linger <= 0:
+            return deliveries
+        await self._sleep(self.linger)
+        try:
+            deliveries += await self.queue.receive(self.batch_size - len(deliveries), 0)
+        except BackendUnavailable as exc:  # what is claimed already is written
+            log.warning("queue unavailable", extra={"reason": str(exc)})
+        return deliveries
 
     async def _sleep(self, seconds: float) -> None:
         await pause(self._stopping, seconds)
@@ -135,8 +160,8 @@ class Indexer:
                 return
             await self._poison(items[0].delivery, items[0].message, exc)
             return
-        for item in items:
-            await self._ack(item.delivery)
+        # together: the embedded queue commits the batch's acks in one transaction
+        await asyncio.gather(*(self._ack(item.delivery) for item in items))
 
     async def _write(self, items: list[_Item]) -> None:
         started = time.perf_counter()

@@ -73,3 +73,76 @@ async def test_stopping_during_an_outage_leaves_the_batch_unacked(tmp_path: Path
     assert all(d.delivery_count == 1 for d in deliveries)
     for backend in (queue, catalog, search):
         await backend.close()
+
+
+class Batches(SqliteCatalog):
+    """The real SQLite catalog, recording how many instances each upsert wrote."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.sizes: list[int] = []
+
+    async def upsert(self, entries: Sequence[CatalogEntry], *, changes: bool = True) -> UpsertOutcome:
+        outcome = await super().upsert(entries, changes=changes)
+        self.sizes.append(len(entries))
+        return outcome
+
+
+class Claims(SqliteQueue):
+    """The real SQLite queue, counting the receives that returned messages."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.claims = 0
+
+    async def receive(self, max_messages: int, timeout: float) -> list:  # type: ignore[type-arg]
+        out = await super().receive(max_messages, timeout)
+        self.claims += bool(out)
+        return out
+
+
+async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_while_messages_keep_coming_a_small_batch_lingers_for_more(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(worker, "FLOWING_SECONDS", 60.0)  # the second message counts as "still coming"
+    queue, catalog, search = Claims(tmp_path / "q.db"), Batches(tmp_path / "c.db"), Fts5Search(tmp_path / "s.db")
+    for backend in (queue, catalog, search):
+        await backend.migrate()
+    messages = [make_message(make_ct(patient_id=f"P{n}"), tmp_path) for n in range(5)]
+    indexer = Indexer(queue, catalog, search, batch_size=10, linger=3.0)
+    running = asyncio.create_task(indexer.run())
+    await queue.publish(messages[0].to_bytes())  # after a quiet spell: written at once
+    await _until(lambda: catalog.sizes == [1])
+    await queue.publish(messages[1].to_bytes())  # within a second of it: lingers, and gathers the rest
+    await _until(lambda: queue.claims == 2)
+    for message in messages[2:]:
+        await queue.publish(message.to_bytes())
+    await _until(lambda: sum(catalog.sizes) == 5)
+    assert catalog.sizes == [1, 4]
+    async with asyncio.timeout(10):
+        while (await queue.depth()).ready:  # all acked, after the search write
+            await asyncio.sleep(0.01)
+    indexer.stop()
+    await asyncio.wait_for(running, 5)
+    for backend in (queue, catalog, search):
+        await backend.close()
+
+
+async def test_a_full_batch_does_not_linger(tmp_path: Path) -> None:
+    queue, catalog, search = SqliteQueue(tmp_path / "q.db"), Batches(tmp_path / "c.db"), Fts5Search(tmp_path / "s.db")
+    for backend in (queue, catalog, search):
+        await backend.migrate()
+    for n in range(5):
+        await queue.publish(make_message(make_ct(patient_id=f"P{n}"), tmp_path).to_bytes())
+    indexer = Indexer(queue, catalog, search, batch_size=2, linger=60.0)
+    running = asyncio.create_task(indexer.run())
+    await _until(lambda: sum(catalog.sizes) >= 4)  # two full batches (the second "flowing"), no minute's wait
+    indexer.stop()  # cuts the last batch's lingering short, if it was received already
+    await asyncio.wait_for(running, 5)
+    assert catalog.sizes[:2] == [2, 2]
+    for backend in (queue, catalog, search):
+        await backend.close()

@@ -111,6 +111,7 @@ ARCHIVE_QUERY_TIMEOUT: {{ $s.queryTimeout | toString | quote }}
 ARCHIVE_DUPLICATE_POLICY: {{ $s.duplicatePolicy | quote }}
 ARCHIVE_DELIVERY_LIMIT: {{ $s.deliveryLimit | int64 | quote }}
 ARCHIVE_INDEXER_BATCH: {{ $s.indexerBatch | int64 | quote }}
+ARCHIVE_INDEXER_LINGER: {{ $s.indexerLinger | toString | quote }}
 ARCHIVE_INDEXER_PREFETCH: {{ $s.indexerPrefetch | int64 | quote }}
 ARCHIVE_QUERY_LIMIT: {{ $s.queryLimit | int64 | quote }}
 ARCHIVE_STUDY_STABLE_SECONDS: {{ $s.studyStableSeconds | toString | quote }}
