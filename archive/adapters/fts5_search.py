@@ -32,7 +32,6 @@ over them: 2.8 s for 100,000 documents here).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sqlite3
@@ -44,6 +43,7 @@ from typing import Any, TypeVar
 from archive.adapters import fts5_query
 from archive.adapters._executor import Blocking
 from archive.adapters._sqlite import connect as sqlite_connect
+from archive.core import jsontext
 from archive.core.errors import BackendUnavailable, ConfigError
 from archive.core.models import SearchDocument
 from archive.core.ports import SearchHit
@@ -308,7 +308,7 @@ class Fts5Search:
         conn.execute("BEGIN IMMEDIATE")  # waits busy_timeout for another writer
         try:
             for doc in documents:
-                fields = json.dumps(doc.fields, ensure_ascii=False, separators=(",", ":"))
+                fields = jsontext.dumps(doc.fields)
                 old = conn.execute(
                     "SELECT grp FROM search_docs WHERE sop_instance_uid = ?", (doc.sop_instance_uid,)
                 ).fetchone()
@@ -391,7 +391,7 @@ class Fts5Search:
             if rows:
                 keys = [row[0] for row in rows]
                 for g, study, series, sop, fields in conn.execute(fts5_query.best_documents_sql(len(keys)), keys):
-                    best[g] = ((study, series, sop), json.loads(fields))
+                    best[g] = ((study, series, sop), jsontext.loads(fields))
             facets = {}
             for facet in request.facets:
                 buckets = conn.execute(fts5_query.facet_sql(facet, request.date_interval))

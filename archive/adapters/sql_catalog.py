@@ -9,11 +9,11 @@ Values never become part of SQL text: every value is a bound parameter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from archive.core import jsontext
 from archive.core.levels import Level
 from archive.core.models import DicomJson
 from archive.core.ports import InstanceMetadata
@@ -107,7 +107,7 @@ def on_conflict(table: str, columns: Sequence[str]) -> str:
 
 
 def dumps(value: DicomJson) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = jsontext.dumps(value)
     # NUL cannot be stored in PostgreSQL text/jsonb; DICOM pads with it at most.
     return text.replace("\\u0000", "") if "\\u0000" in text else text
 

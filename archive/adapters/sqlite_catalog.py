@@ -12,7 +12,6 @@ the lock (waiting up to ``busy_timeout``) instead of failing on lock upgrade.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sqlite3
 import time
@@ -45,6 +44,7 @@ from archive.adapters.sql_catalog import (
 )
 from archive.adapters import sql_changes as feed
 from archive.adapters.sql_reads import CatalogReads
+from archive.core import jsontext
 from archive.core.changes import Change, ChangeAction, Deleted, Deletion, UpsertOutcome
 from archive.core.errors import BackendUnavailable
 from archive.core.records import CatalogEntry
@@ -60,7 +60,7 @@ DIALECT = Dialect(
     placeholder="?",
     like_escape=" ESCAPE '\\'",
     distinct_list="group_concat(DISTINCT {})",
-    decode_json=lambda text: json.loads(text) if text else {},
+    decode_json=lambda text: jsontext.loads(text) if text else {},
 )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archive.core import jsontext
 from archive.core.errors import PoisonMessage
 from archive.core.uids import validate_uid
 
@@ -106,7 +107,7 @@ class IndexMessage:
     def from_bytes(cls, body: bytes) -> "IndexMessage":
         """Parse and validate a message body; raise :class:`PoisonMessage` if unusable."""
         try:
-            raw = json.loads(body)
+            raw = jsontext.loads(body)
             if not isinstance(raw, dict):
                 raise ValueError("body is not a JSON object")
             if raw.get("version") != INDEX_MESSAGE_VERSION:
