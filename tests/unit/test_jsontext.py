@@ -50,6 +50,7 @@ def test_what_json_writes_reads_back_the_same_and_is_written_the_same() -> None:
 @pytest.mark.parametrize("text", [
     '{"a":NaN}', '[Infinity,-Infinity]', '"\\ud800"', '{"x":"a\\udfffb"}', "123456789012345678901234567890",
     '[1e400]', '{"a":1,"a":2}', '[-9223372036854775809]', '{"v": 18446744073709551616}',
+    '{"a" :  -12345678901234567890123}', '[1,\n 12345678901234567890123]', '{"u":"2.25.1234567890123456789012","n":[1e5]}',
 ])
 def test_what_orjson_refuses_reads_as_json_reads_it(text: str) -> None:
     expected, got = json.loads(text), jsontext.loads(text)
