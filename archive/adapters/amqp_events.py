@@ -1,7 +1,8 @@
 """Events on RabbitMQ: the durable topic exchange ``archive.events``, the event type as routing key,
 persistent messages on a channel with publisher confirms (``publish`` returns after the broker's
 ack). Subscribers bind queues of their own (e.g. ``study.*``); an event no queue is bound for is
-dropped by the broker, as a topic exchange does."""
+dropped by the broker, as a topic exchange does (not mandatory: it is not returned to us, which
+cost the indexer and the broker a copy of every event while nobody listens)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class AmqpEvents:
             await asyncio.wait_for(asyncio.gather(*(
                 exchange.publish(aio_pika.Message(e.to_bytes(), content_type="application/json",
                                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                 routing_key=e.type.value) for e in events)), self.confirm_timeout)
+                                 routing_key=e.type.value, mandatory=False) for e in events)), self.confirm_timeout)
         except _ERRORS as exc:
             raise BackendUnavailable("events", f"publishing to {self.exchange_name!r}: {exc}") from exc
 
