@@ -1,11 +1,12 @@
-"""JSON on the indexer's path: orjson where it answers, the standard library where it refuses.
+"""JSON of the index messages: orjson where it answers, the standard library where it does not.
 
-orjson (Rust) reads an index message about twice and writes the catalog's metadata text about ten
-times as fast as ``json``. Where orjson refuses what ``json`` takes (``NaN`` and ``Infinity``
-literals, strings with lone surrogates, keys that are not strings) or reads it otherwise (integers
-beyond 64 bits, which it makes floats), the standard library reads and writes, so every input
-gives what it gave before. One difference is kept: a float NaN or infinity, which JSON has no word for, is written as ``null`` (``json`` wrote
-``NaN``, which PostgreSQL's jsonb refuses).
+orjson (Rust) reads an index message about twice and writes one (or the catalog's metadata text)
+about ten times as fast as ``json``. Where orjson refuses what ``json`` takes (``NaN`` and
+``Infinity`` literals, strings with lone surrogates, keys that are not strings) or reads it
+otherwise (integers beyond 64 bits, which it makes floats), the standard library reads and writes,
+so every input gives what it gave before. One difference is kept: a float NaN or infinity, which
+JSON has no word for, is written as ``null`` (``json`` wrote ``NaN``, which PostgreSQL's jsonb
+refuses; ``describe`` leaves none in an instance's metadata).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +100,7 @@ class IndexMessage:
 
     def to_bytes(self) -> bytes:
         # vars(), not dataclasses.asdict(): asdict deep-copies the metadata first.
-        return json.dumps(vars(self), separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return jsontext.dumps(vars(self)).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "IndexMessage":
