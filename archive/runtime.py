@@ -359,7 +359,10 @@ async def run(settings: Settings, roles: Roles) -> None:
         elif roles.index:
             router = Router(RulesFile(settings.routing_rules, destinations(settings)), forward_queues,
                             backends.catalog) if settings.routing_rules else None
-            worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=settings.indexer_batch,
+            # RabbitMQ hands out no more than the prefetch: a larger batch would never fill (and always linger)
+            batch = settings.indexer_batch if settings.queue.startswith("sqlite://") else min(
+                settings.indexer_batch, settings.indexer_prefetch)
+            worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=batch,
                              linger=settings.indexer_linger,
                              router=router, stability=backends.stability, stable_seconds=settings.study_stable_seconds,
                              events=events)

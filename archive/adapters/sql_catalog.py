@@ -9,6 +9,7 @@ Values never become part of SQL text: every value is a bound parameter.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,10 +107,17 @@ def on_conflict(table: str, columns: Sequence[str]) -> str:
     return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
 
 
+# An escape of the JSON text: an escaped backslash first, so that the "u0000" after one (a backslash in
+# a value, then "u0000") is left alone and only a real NUL's escape goes.
+_ESCAPED_NUL = re.compile(r"\\\\|\\u0000")
+
+
 def dumps(value: DicomJson) -> str:
     text = jsontext.dumps(value)
     # NUL cannot be stored in PostgreSQL text/jsonb; DICOM pads with it at most.
-    return text.replace("\\u0000", "") if "\\u0000" in text else text
+    if "\\u0000" not in text:
+        return text
+    return _ESCAPED_NUL.sub(lambda escape: "" if escape.group() == "\\u0000" else escape.group(), text)
 
 
 def _text(value: str | None) -> str | None:

@@ -26,8 +26,8 @@ _RUN = b"0" * 19
 _SPACE = b" \t\r\n"
 
 
-def _long_number(data: bytes | str) -> bool:
-    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+def _long_number(data: bytes | bytearray | str) -> bool:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     digits = raw.translate(_DIGITS_AS_ZERO)
     at = digits.find(_RUN)
     while at >= 0:
@@ -38,7 +38,7 @@ def _long_number(data: bytes | str) -> bool:
     return False
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | bytearray | str) -> Any:
     if not _long_number(data):
         try:
             return orjson.loads(data)
@@ -54,3 +54,13 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value).decode("utf-8")
     except TypeError:  # orjson.JSONEncodeError
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_message(value: Any) -> bytes:
+    """A message body: compact UTF-8; where orjson refuses, ASCII with escapes and no NaN, as
+    ``json.dumps(value, separators=(",", ":"), allow_nan=False).encode()`` wrote every body before
+    (a lone surrogate escaped, a NaN refused with ValueError)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")

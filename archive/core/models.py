@@ -100,7 +100,7 @@ class IndexMessage:
 
     def to_bytes(self) -> bytes:
         # vars(), not dataclasses.asdict(): asdict deep-copies the metadata first.
-        return jsontext.dumps(vars(self)).encode("utf-8")
+        return jsontext.dumps_message(vars(self))
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "IndexMessage":

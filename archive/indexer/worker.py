@@ -125,6 +125,8 @@ class Indexer:
             deliveries += await self.queue.receive(self.batch_size - len(deliveries), 0)
         except BackendUnavailable as exc:  # what is claimed already is written
             log.warning("queue unavailable", extra={"reason": str(exc)})
+        except Exception as exc:  # the same: never leave claimed messages unhandled until their lease ends
+            log.error("queue receive failed; writing what was received", extra={"error": type(exc).__name__})
         return deliveries
 
     async def _sleep(self, seconds: float) -> None:

@@ -146,3 +146,31 @@ async def test_a_full_batch_does_not_linger(tmp_path: Path) -> None:
     assert catalog.sizes[:2] == [2, 2]
     for backend in (queue, catalog, search):
         await backend.close()
+
+
+class BreaksOnSecondReceive(SqliteQueue):
+    """The real SQLite queue, whose receives after the first fail with an unexpected error."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.receives = 0
+
+    async def receive(self, max_messages: int, timeout: float) -> list:  # type: ignore[type-arg]
+        self.receives += 1
+        if self.receives > 1:
+            raise RuntimeError("unexpected")
+        return await super().receive(max_messages, timeout)
+
+
+async def test_what_a_lingering_batch_claimed_is_kept_when_the_next_receive_fails(tmp_path: Path) -> None:
+    queue, catalog, search = BreaksOnSecondReceive(tmp_path / "q.db"), Batches(tmp_path / "c.db"), \
+        Fts5Search(tmp_path / "s.db")
+    for backend in (queue, catalog, search):
+        await backend.migrate()
+    await queue.publish(make_message(make_ct(patient_id="P0"), tmp_path).to_bytes())
+    indexer = Indexer(queue, catalog, search, batch_size=10, linger=0.01)
+    indexer._flowing_until = float("inf")  # noqa: SLF001 (messages are flowing: the batch lingers)
+    deliveries = await indexer._next_batch()  # noqa: SLF001
+    assert len(deliveries) == 1 and queue.receives == 2  # the second receive failed; the claimed one is kept
+    for backend in (queue, catalog, search):
+        await backend.close()
