@@ -67,6 +67,14 @@ def message_queue(settings: Settings) -> MessageQueue:
                      prefetch=settings.indexer_prefetch)
 
 
+def indexer_batch(settings: Settings) -> int:
+    """The indexer's batch: RabbitMQ hands out no more than the prefetch, and a batch larger than
+    that would never fill (so it would always linger)."""
+    if settings.queue.startswith("sqlite://"):
+        return settings.indexer_batch
+    return min(settings.indexer_batch, settings.indexer_prefetch)
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 

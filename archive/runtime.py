@@ -24,7 +24,7 @@ from aiohttp import web
 from archive import web as archive_web
 from archive.auth import access as http_access
 from archive.auth.https import server_context as https_context
-from archive.compose import Backends, Events, ForwardQueues, WebhookQueues, audit_trail
+from archive.compose import Backends, Events, ForwardQueues, WebhookQueues, audit_trail, indexer_batch
 from archive.core.audit import AuditEvent, AuditTrail, EventKind, Outcome, Subtype
 from archive.core.identity import Principal, PrincipalKind
 from archive.core.ports import Backend
@@ -359,10 +359,8 @@ async def run(settings: Settings, roles: Roles) -> None:
         elif roles.index:
             router = Router(RulesFile(settings.routing_rules, destinations(settings)), forward_queues,
                             backends.catalog) if settings.routing_rules else None
-            # RabbitMQ hands out no more than the prefetch: a larger batch would never fill (and always linger)
-            batch = settings.indexer_batch if settings.queue.startswith("sqlite://") else min(
-                settings.indexer_batch, settings.indexer_prefetch)
-            worker = Indexer(backends.queue, backends.catalog, backends.search, batch_size=batch,
+            worker = Indexer(backends.queue, backends.catalog, backends.search,
+                             batch_size=indexer_batch(settings),
                              linger=settings.indexer_linger,
                              router=router, stability=backends.stability, stable_seconds=settings.study_stable_seconds,
                              events=events)

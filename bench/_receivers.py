@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from _util import ROOT, THIS_BUILD, Batch, Build, Proc, free_port, http_json
@@ -157,6 +158,19 @@ def services_env() -> dict[str, str]:
     return {**_services_env(), **{k: v for k, v in os.environ.items() if k.startswith("ARCHIVE_")}}
 
 
+def service_pids(services: Sequence[str]) -> dict[str, int]:
+    """The running services' pids, by name, from scripts/services.sh's .services/<name>.pid."""
+    pids = {}
+    for service in services:
+        try:
+            pid = int((ROOT / ".services" / f"{service}.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if Path(f"/proc/{pid}").exists():
+            pids[service] = pid
+    return pids
+
+
 DISTRIBUTED_NEEDS = ("ARCHIVE_OBJECT_STORE", "ARCHIVE_S3_ACCESS_KEY", "ARCHIVE_S3_SECRET_KEY",
                      "ARCHIVE_QUEUE", "ARCHIVE_CATALOG", "ARCHIVE_SEARCH")
 
@@ -209,13 +223,8 @@ class Distributed(_OurReceiver):
     def roots(self) -> dict[str, int]:
         """The roles, then the services (their CPU is part of the cost; RSS is reported per role)."""
         roots = super().roots()
-        for service in ("pg", "rabbitmq", "s3", "opensearch"):
-            try:
-                pid = int((ROOT / ".services" / f"{service}.pid").read_text().strip())
-            except (OSError, ValueError):
-                continue
-            if Path(f"/proc/{pid}").exists():
-                roots[f"service:{service}"] = pid
+        for service, pid in service_pids(("pg", "rabbitmq", "s3", "opensearch")).items():
+            roots[f"service:{service}"] = pid
         return roots
 
     def cleanup(self) -> None:

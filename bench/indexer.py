@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from _querydata import Hospital  # noqa: E402
-from _receivers import services_env  # noqa: E402
+from _receivers import service_pids, services_env  # noqa: E402
 from _util import THIS_BUILD, Build, Proc, _stat, free_port, install_signal_handlers, scrape, tree  # noqa: E402
 
 from archive import compose  # noqa: E402
@@ -55,16 +55,8 @@ SERVICES = ("pg", "rabbitmq", "opensearch")
 
 
 def service_cpu() -> float:
-    total = 0.0
-    for service in SERVICES:
-        try:
-            pid = int((ROOT / ".services" / f"{service}.pid").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        for p in tree(pid):
-            stat = _stat(p)
-            total += stat[1] if stat else 0.0
-    return total
+    stats = [_stat(p) for pid in service_pids(SERVICES).values() for p in tree(pid)]
+    return sum(stat[1] for stat in stats if stat)
 
 
 class Backends:

@@ -113,7 +113,7 @@ class Indexer:
         within ``linger``. While instances trickle in, batches grow from a few messages to dozens: fewer
         transactions for the same instances, each searchable up to ``linger`` later. The first message
         after a quiet second is written at once (one instance stored and looked at is not delayed)."""
-        deliveries = list(await self.queue.receive(self.batch_size, self.receive_timeout))
+        deliveries = await self.queue.receive(self.batch_size, self.receive_timeout)
         if not deliveries:
             return deliveries
         now = time.monotonic()

@@ -174,3 +174,14 @@ async def test_what_a_lingering_batch_claimed_is_kept_when_the_next_receive_fail
     assert len(deliveries) == 1 and queue.receives == 2  # the second receive failed; the claimed one is kept
     for backend in (queue, catalog, search):
         await backend.close()
+
+
+def test_on_rabbitmq_a_batch_is_at_most_the_prefetch(tmp_path: Path) -> None:
+    from archive.compose import indexer_batch
+    from archive.settings import Settings
+
+    embedded = {"ARCHIVE_DATA_DIR": str(tmp_path), "ARCHIVE_INDEXER_BATCH": "500", "ARCHIVE_INDEXER_PREFETCH": "400"}
+    assert indexer_batch(Settings.from_env(embedded)) == 500  # the SQLite queue has no prefetch
+    rabbit = {**embedded, "ARCHIVE_QUEUE": "amqp://guest:guest@127.0.0.1:5672/"}
+    assert indexer_batch(Settings.from_env(rabbit)) == 400
+    assert indexer_batch(Settings.from_env({**rabbit, "ARCHIVE_INDEXER_BATCH": "200"})) == 200
